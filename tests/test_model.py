@@ -1,0 +1,157 @@
+import numpy as np
+import pytest
+import torch
+
+from vadclip import VadCLIP, tiny_config
+from vadclip.checkpoint import (CheckpointError, load_checkpoint, load_official_checkpoint,
+                                save_checkpoint)
+from vadclip.model import LGTAdapter, score_video
+from vadclip.reference import reference_forward
+
+
+@pytest.fixture()
+def model(tiny_clip):
+    torch.manual_seed(0)
+    cfg = tiny_config("ucf", visual_length=64)
+    return VadCLIP(cfg, tiny_clip).eval()
+
+
+def test_shapes(model):
+    x = torch.randn(3, 64, 32)
+    out = model(x, torch.tensor([64, 10, 33]))
+    assert out.logits_c.shape == (3, 64)
+    assert out.logits_a.shape == (3, 64, 14)
+    assert out.text_features.shape == (14, 32)
+    assert torch.isfinite(out.logits_a).all() and torch.isfinite(out.logits_c).all()
+
+
+def test_padding_never_changes_real_scores(model):
+    torch.manual_seed(1)
+    x = torch.randn(3, 64, 32)
+    lengths = torch.tensor([64, 21, 7])
+    out = model(x, lengths)
+    garbage = x.clone()
+    garbage[1, 21:] = 100 * torch.randn(43, 32)
+    garbage[2, 7:] = -50.0
+    out2 = model(garbage, lengths)
+    for i, n in enumerate(lengths.tolist()):
+        alone = model(x[i:i + 1, :n], lengths[i:i + 1])
+        assert torch.allclose(alone.logits_c[0], out.logits_c[i, :n], atol=1e-5)
+        assert torch.allclose(alone.logits_a[0], out.logits_a[i, :n], atol=1e-4)
+        assert torch.allclose(out2.logits_c[i, :n], out.logits_c[i, :n], atol=1e-5)
+    # padded positions are inert
+    assert out.logits_c[1, 21:].abs().max() == 0
+
+
+def test_vectorised_matches_per_sample_reference(model):
+    torch.manual_seed(2)
+    x = torch.randn(4, 64, 32)
+    lengths = torch.tensor([64, 40, 9, 1])
+    out = model(x, lengths)
+    ref = reference_forward(model, x, lengths)
+    for i, n in enumerate(lengths.tolist()):
+        assert torch.allclose(out.logits_c[i, :n], ref.logits_c[i, :n], atol=1e-5)
+        assert torch.allclose(out.logits_a[i, :n], ref.logits_a[i, :n], atol=1e-4)
+
+
+def test_window_attention_is_block_diagonal(model):
+    # changing a snippet in window 0 must not change the transformer output in window 2
+    a = model.adapter
+    t = 24
+    x = torch.randn(1, t, 32)
+    valid = torch.ones(1, t, dtype=torch.bool)
+    pos = torch.arange(t)
+    blocked = ~((pos[:, None] // a.window) == (pos[None, :] // a.window))[None]
+    y1 = a.temporal(x, blocked)
+    x2 = x.clone()
+    x2[0, 3] += 5
+    y2 = a.temporal(x2, blocked)
+    assert torch.allclose(y1[0, 16:], y2[0, 16:])
+    assert not torch.allclose(y1[0, 0:8], y2[0, 0:8])
+    assert valid.all()
+
+
+def test_frozen_clip_gets_no_grad_but_prompts_do(model):
+    x = torch.randn(2, 64, 32)
+    out = model(x, torch.tensor([64, 32]))
+    (out.logits_a.sum() + out.logits_c.sum()).backward()
+    assert model.prompt.text_prompt_embeddings.weight.grad is not None
+    assert all(p.grad is None for p in model.clip.parameters())
+    assert not any(p.requires_grad for p in model.clip.parameters())
+    assert not any(k.startswith("clip") for k in model.state_dict())
+
+
+def test_wrong_feature_dim_is_clear_error(model):
+    with pytest.raises(ValueError, match="dim 48.*expects 32"):
+        model(torch.randn(1, 10, 48))
+
+
+def test_too_long_sequence_is_clear_error(model):
+    with pytest.raises(ValueError, match="exceeds visual_length"):
+        model(torch.randn(1, 65, 32))
+
+
+def test_score_video_chunks_long_videos(model):
+    feats = np.random.default_rng(0).normal(size=(150, 32)).astype(np.float32)
+    anomaly, probs = score_video(model, feats)
+    assert anomaly.shape == (150,) and probs.shape == (150, 14)
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+    # the second chunk scores as if it were a video of its own
+    a2, _ = score_video(model, feats[64:128])
+    np.testing.assert_allclose(anomaly[64:128], a2, atol=1e-5)
+
+
+def test_checkpoint_roundtrip_and_frozen_text(model, tmp_path):
+    x = torch.randn(2, 64, 32)
+    ln = torch.tensor([64, 12])
+    ref = model(x, ln)
+    model.freeze_text()
+    save_checkpoint(model, str(tmp_path / "m.pt"))
+    light = load_checkpoint(str(tmp_path / "m.pt"))          # no CLIP needed
+    assert light.clip is None
+    out = light(x, ln)
+    assert torch.allclose(out.logits_a, ref.logits_a, atol=1e-5)
+    assert torch.allclose(out.logits_c, ref.logits_c, atol=1e-6)
+
+
+def test_checkpoint_errors_name_the_file(tmp_path):
+    with pytest.raises(CheckpointError, match="not found: .*missing.pt"):
+        load_checkpoint(str(tmp_path / "missing.pt"))
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="bad.pt"):
+        load_checkpoint(str(bad))
+
+
+def test_official_checkpoint_loads(model, tiny_clip):
+    """An official-format state dict (``clipmodel.*`` + un-prefixed adapter keys) maps
+    onto this model and reproduces its outputs."""
+    official = {}
+    for k, v in model.state_dict().items():
+        if k.startswith("adapter."):
+            official[k[len("adapter."):]] = v
+        elif k.startswith("prompt."):
+            official["text_prompt_embeddings.weight"] = v
+        elif k in ("frozen_text_features", "has_frozen_text"):
+            continue
+        else:
+            official[k] = v
+    official["disAdj.sigma"] = torch.tensor([0.1])
+    for k, v in tiny_clip.clip.state_dict().items():
+        official["clipmodel." + k] = v
+    # the tiny test CLIP uses GELU; official (OpenAI) weights default to QuickGELU
+    cfg = model.cfg.replace(clip_model_kwargs={**model.cfg.clip_model_kwargs, "force_quick_gelu": False})
+    loaded = load_official_checkpoint({"model_state_dict": official}, cfg)
+    x = torch.randn(2, 64, 32)
+    ln = torch.tensor([64, 30])
+    a, b = model(x, ln), loaded(x, ln)
+    assert torch.allclose(a.logits_c, b.logits_c, atol=1e-5)
+    assert torch.allclose(a.logits_a, b.logits_a, atol=1e-4)
+    official["bogus.weight"] = torch.zeros(1)
+    with pytest.raises(CheckpointError, match="bogus"):
+        load_official_checkpoint(official, cfg)
+
+
+def test_adapter_rejects_odd_width():
+    with pytest.raises(ValueError, match="even"):
+        LGTAdapter(33, 16, 1, 1, 8)

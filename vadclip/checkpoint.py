@@ -1,0 +1,118 @@
+"""Saving/loading vadclip checkpoints, and loading the official VadCLIP checkpoints
+(state dicts with ``clipmodel.*`` keys, nwpu-zxr/VadCLIP) into this model."""
+from __future__ import annotations
+
+import io
+import os
+from typing import Any, Dict, Optional, Union
+
+import torch
+
+from .clip_backbone import FrozenCLIP
+from .config import VadConfig
+from .model import VadCLIP
+
+FORMAT = "vadclip/1"
+
+_ADAPTER_PREFIXES = ("temporal.", "gc1.", "gc2.", "gc3.", "gc4.", "linear.", "frame_position_embeddings.")
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def checkpoint_dict(model: VadCLIP, **extra: Any) -> Dict[str, Any]:
+    return {"format": FORMAT, "config": model.cfg.to_dict(), "embed_dim": model.embed_dim,
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra}
+
+
+def save_checkpoint(model: VadCLIP, path: str, **extra: Any) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    torch.save(checkpoint_dict(model, **extra), tmp)
+    os.replace(tmp, path)
+
+
+def _load_obj(src: Union[str, bytes, Dict[str, Any]]) -> Dict[str, Any]:
+    if isinstance(src, dict):
+        return src
+    if isinstance(src, bytes):
+        return torch.load(io.BytesIO(src), map_location="cpu", weights_only=False)
+    if not os.path.isfile(src):
+        raise CheckpointError(f"checkpoint not found: {src}")
+    try:
+        return torch.load(src, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - re-raised with the file name
+        raise CheckpointError(f"{src}: not a readable torch checkpoint ({e})") from e
+
+
+def load_checkpoint(src: Union[str, bytes, Dict[str, Any]], with_clip: bool = False,
+                    clip: Optional[FrozenCLIP] = None, device: str = "cpu") -> VadCLIP:
+    """Load a vadclip checkpoint.  ``with_clip`` rebuilds the frozen CLIP text encoder
+    (needed to go on training the prompts); otherwise the model scores with the frozen
+    text features stored in the checkpoint."""
+    obj = _load_obj(src)
+    if obj.get("format") != FORMAT:
+        raise CheckpointError(f"{src if isinstance(src, str) else 'checkpoint'}: not a {FORMAT} checkpoint "
+                              "(use load_official_checkpoint for the official VadCLIP weights)")
+    cfg = VadConfig.from_dict(obj["config"])
+    state = obj["state_dict"]
+    if with_clip or clip is not None:
+        clip = clip or FrozenCLIP(cfg.clip_model, cfg.clip_pretrained, cfg.clip_model_kwargs, device=device)
+        model = VadCLIP(cfg, clip)
+        model.load_state_dict(state)
+    else:
+        if not bool(state.get("has_frozen_text", torch.tensor(False))):
+            raise CheckpointError("checkpoint has no frozen text features; load it with with_clip=True")
+        model = VadCLIP(cfg, embed_dim=obj["embed_dim"])
+        model.load_state_dict({k: v for k, v in state.items() if not k.startswith("prompt.")})
+    return model.to(device).eval()
+
+
+def map_official_state_dict(state: Dict[str, torch.Tensor]):
+    """Split an official state dict into (this model's state dict, CLIP state dict)."""
+    mine, clip_sd = {}, {}
+    for k, v in state.items():
+        if k.startswith("clipmodel."):
+            clip_sd[k[len("clipmodel."):]] = v
+        elif k.startswith("disAdj."):
+            continue  # unused parameter of the official DistanceAdj
+        elif k.startswith(_ADAPTER_PREFIXES):
+            mine["adapter." + k] = v
+        elif k == "text_prompt_embeddings.weight":
+            mine["prompt.text_prompt_embeddings.weight"] = v
+        elif k.startswith(("mlp1.", "mlp2.", "classifier.")):
+            mine[k] = v
+        else:
+            raise CheckpointError(f"unexpected key in official checkpoint: {k}")
+    return mine, clip_sd
+
+
+def load_official_checkpoint(src: Union[str, Dict[str, Any]], cfg: VadConfig,
+                             clip: Optional[FrozenCLIP] = None, device: str = "cpu") -> VadCLIP:
+    """Load an official VadCLIP ``.pth`` (``model_ucf.pth`` / ``model_xd.pth``, or a training
+    checkpoint with ``model_state_dict``).  Its ``clipmodel.*`` weights are loaded into the
+    frozen CLIP built from ``cfg`` (no download needed: the config's CLIP is built without
+    pretrained weights when the checkpoint carries them)."""
+    obj = _load_obj(src)
+    state = obj.get("model_state_dict", obj)
+    mine, clip_sd = map_official_state_dict(state)
+    if clip is None:
+        kwargs = dict(cfg.clip_model_kwargs)
+        kwargs.setdefault("force_quick_gelu", True)  # OpenAI CLIP uses QuickGELU
+        clip = FrozenCLIP(cfg.clip_model, None if clip_sd else cfg.clip_pretrained, kwargs, device=device)
+    if clip_sd:
+        missing, unexpected = clip.clip.load_state_dict(clip_sd, strict=False)
+        missing = [k for k in missing if k != "attn_mask"]
+        if missing:
+            raise CheckpointError(f"official checkpoint lacks CLIP weights: {missing[:5]}...")
+    model = VadCLIP(cfg, clip)
+    fpe = mine.get("adapter.frame_position_embeddings.weight")
+    if fpe is not None and fpe.shape[0] != cfg.visual_length:
+        raise CheckpointError(f"checkpoint visual_length {fpe.shape[0]} != config {cfg.visual_length}")
+    result = model.load_state_dict(mine, strict=False)
+    missing = [k for k in result.missing_keys if k not in ("frozen_text_features", "has_frozen_text")]
+    if missing or result.unexpected_keys:
+        raise CheckpointError(f"official checkpoint does not fit the config: missing {missing}, "
+                              f"unexpected {result.unexpected_keys}")
+    return model.to(device).eval()

@@ -1,0 +1,126 @@
+"""Frozen open_clip backbone: image encoder for extraction, text encoder that takes
+prompt embeddings (learnable context around class-name tokens) for the A-branch."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+log = logging.getLogger(__name__)
+
+
+def build_open_clip(model_name: str, pretrained: Optional[str], model_kwargs: Optional[Dict[str, Any]] = None,
+                    device: str = "cpu") -> nn.Module:
+    """Create an open_clip model; ``pretrained`` is a tag (e.g. ``openai``), a local
+    weights file, or ``None`` for random init (offline)."""
+    import open_clip
+
+    kwargs = dict(model_kwargs or {})
+    if pretrained and os.path.sep in str(pretrained) and not os.path.isfile(str(pretrained)):
+        raise FileNotFoundError(f"CLIP weights file not found: {pretrained}")
+    if pretrained == "openai":
+        kwargs.setdefault("force_quick_gelu", True)
+    return open_clip.create_model(model_name, pretrained=pretrained or None, device=device, **kwargs)
+
+
+class FrozenCLIP(nn.Module):
+    """Wraps an open_clip CLIP model with all gradients off and eval mode pinned."""
+
+    def __init__(self, model_name: str = "ViT-B-16", pretrained: Optional[str] = "openai",
+                 model_kwargs: Optional[Dict[str, Any]] = None, device: str = "cpu",
+                 model: Optional[nn.Module] = None) -> None:
+        super().__init__()
+        import open_clip
+
+        self.model_name = model_name
+        self.pretrained = pretrained
+        self.clip = model if model is not None else build_open_clip(model_name, pretrained, model_kwargs, device)
+        for p in self.clip.parameters():
+            p.requires_grad_(False)
+        self.clip.eval()
+        self._tokenizer = open_clip.get_tokenizer(model_name)
+        visual = self.clip.visual
+        size = getattr(visual, "image_size", 224)
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        pcfg = getattr(visual, "preprocess_cfg", None) or {}
+        self.mean = tuple(pcfg.get("mean", OPENAI_MEAN))
+        self.std = tuple(pcfg.get("std", OPENAI_STD))
+
+    def train(self, mode: bool = True) -> "FrozenCLIP":  # frozen: always eval
+        super().train(False)
+        return self
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def embed_dim(self) -> int:
+        proj = self.clip.text_projection
+        return int(proj.out_features if isinstance(proj, nn.Linear) else proj.shape[1])
+
+    @property
+    def text_width(self) -> int:
+        return int(self.clip.token_embedding.weight.shape[1])
+
+    @property
+    def context_length(self) -> int:
+        return int(self.clip.positional_embedding.shape[0])
+
+    # ------------------------------------------------------------------ image
+    @torch.no_grad()
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """images: normalised float tensor [N, 3, S, S] → [N, D] (not L2-normalised)."""
+        return self.clip.encode_image(images)
+
+    # ------------------------------------------------------------------- text
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        return self._tokenizer(list(texts))
+
+    @torch.no_grad()
+    def token_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.clip.token_embedding(tokens)
+
+    def encode_text_embeddings(self, embeddings: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
+        """Run the frozen text transformer on input embeddings [C, L, W].
+
+        Gradients flow to ``embeddings`` (the learnable prompt context) while every
+        CLIP weight stays frozen.  Features are pooled at ``eot_index`` [C]."""
+        clip = self.clip
+        x = embeddings + clip.positional_embedding.to(embeddings.dtype)
+        x = clip.transformer(x, attn_mask=clip.attn_mask)
+        x = clip.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), eot_index]
+        proj = clip.text_projection
+        if proj is not None:
+            x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
+        return x
+
+
+def l2norm(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    return x / x.norm(dim=dim, keepdim=True)
+
+
+def normalize_images(frames_uint8: torch.Tensor, size: int, mean: Tuple[float, ...],
+                     std: Tuple[float, ...]) -> torch.Tensor:
+    """[N, H, W, 3] uint8 → resize short side to ``size`` (bicubic), centre crop,
+    CLIP-normalise → [N, 3, size, size] float32."""
+    x = frames_uint8.permute(0, 3, 1, 2).float().div_(255.0)
+    h, w = x.shape[-2:]
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True).clamp_(0, 1)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    x = x[..., top:top + size, left:left + size]
+    m = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+def tokens_eot(tokens: torch.Tensor) -> List[int]:
+    """Index of the end-of-text token per row (the highest id in CLIP's vocabulary)."""
+    return tokens.argmax(dim=-1).tolist()

@@ -1,0 +1,219 @@
+"""Typed configuration with the official VadCLIP defaults per dataset preset.
+
+One :class:`VadConfig` object describes the model, the label space, the
+optimisation schedule and the CLIP backbone.  ``VadConfig.preset("ucf")`` and
+``VadConfig.preset("xd")`` reproduce the hyper-parameters of the official code
+(nwpu-zxr/VadCLIP, ``ucf_option.py`` / ``xd_option.py``); ``preset("custom",
+classes=[...])`` builds a configuration for a user label space.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+# (label key as it appears in manifests, text prompt used for the A-branch)
+UCF_CLASSES: Tuple[Tuple[str, str], ...] = (
+    ("Normal", "normal"),
+    ("Abuse", "abuse"),
+    ("Arrest", "arrest"),
+    ("Arson", "arson"),
+    ("Assault", "assault"),
+    ("Burglary", "burglary"),
+    ("Explosion", "explosion"),
+    ("Fighting", "fighting"),
+    ("RoadAccidents", "roadAccidents"),
+    ("Robbery", "robbery"),
+    ("Shooting", "shooting"),
+    ("Shoplifting", "shoplifting"),
+    ("Stealing", "stealing"),
+    ("Vandalism", "vandalism"),
+)
+
+XD_CLASSES: Tuple[Tuple[str, str], ...] = (
+    ("A", "normal"),
+    ("B1", "fighting"),
+    ("B2", "shooting"),
+    ("B4", "riot"),
+    ("B5", "abuse"),
+    ("B6", "car accident"),
+    ("G", "explosion"),
+)
+
+
+class LabelError(ValueError):
+    """A video-level label that the configured label space does not know."""
+
+
+@dataclass
+class VadConfig:
+    """Everything that defines a VadCLIP model and its training run."""
+
+    preset: str = "ucf"
+    # label space: keys as written in manifests and the prompts fed to CLIP;
+    # index 0 must be the normal class.
+    class_keys: List[str] = field(default_factory=lambda: [k for k, _ in UCF_CLASSES])
+    class_prompts: List[str] = field(default_factory=lambda: [p for _, p in UCF_CLASSES])
+    # multi-label separator ("B2-B1-0") and tokens that only fill slots ("0")
+    label_separator: Optional[str] = None
+    label_placeholders: List[str] = field(default_factory=list)
+
+    # LGT-Adapter / heads
+    visual_length: int = 256
+    visual_heads: int = 1
+    visual_layers: int = 2
+    attn_window: int = 8
+    prompt_prefix: int = 10
+    prompt_postfix: int = 10
+    temperature: float = 0.07
+    sim_threshold: float = 0.7
+    snippet_len: int = 16
+
+    # optimisation
+    lr: float = 2e-5
+    batch_size: int = 64  # per side (normal / abnormal) when balanced
+    balanced_batches: bool = True
+    epochs: int = 10
+    milestones: List[int] = field(default_factory=lambda: [4, 8])
+    lr_gamma: float = 0.1
+    contrast_weight: float = 1e-1
+    seed: int = 234
+
+    # frozen CLIP backbone (open_clip)
+    clip_model: str = "ViT-B-16"
+    clip_pretrained: Optional[str] = "openai"  # tag, local file or None (random init)
+    clip_model_kwargs: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------ presets
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "VadConfig":
+        name = name.lower()
+        if name in ("ucf", "ucf-crime", "ucfcrime"):
+            base: Dict[str, Any] = dict(
+                preset="ucf",
+                class_keys=[k for k, _ in UCF_CLASSES],
+                class_prompts=[p for _, p in UCF_CLASSES],
+                visual_layers=2, attn_window=8, lr=2e-5, batch_size=64,
+                balanced_batches=True, milestones=[4, 8], contrast_weight=1e-1,
+            )
+        elif name in ("xd", "xd-violence", "xdviolence"):
+            base = dict(
+                preset="xd",
+                class_keys=[k for k, _ in XD_CLASSES],
+                class_prompts=[p for _, p in XD_CLASSES],
+                label_separator="-", label_placeholders=["0"],
+                visual_layers=1, attn_window=64, lr=1e-5, batch_size=96,
+                balanced_batches=False, milestones=[3, 6, 10], contrast_weight=1e-4,
+            )
+        elif name == "custom":
+            classes = overrides.pop("classes", None)
+            if not classes:
+                raise ValueError("preset 'custom' needs classes=[normal, abnormal1, ...]")
+            keys, prompts = [], []
+            for c in classes:
+                if isinstance(c, (tuple, list)):
+                    keys.append(str(c[0]))
+                    prompts.append(str(c[1]))
+                else:
+                    keys.append(str(c))
+                    prompts.append(str(c).replace("_", " "))
+            base = dict(preset="custom", class_keys=keys, class_prompts=prompts,
+                        label_separator="-")
+        else:
+            raise ValueError(f"unknown preset {name!r}: use 'ucf', 'xd' or 'custom'")
+        base.update(overrides)
+        return cls(**base)
+
+    # --------------------------------------------------------------- validation
+    def validate(self) -> None:
+        if len(self.class_keys) != len(self.class_prompts):
+            raise ValueError("class_keys and class_prompts must have the same length")
+        if len(self.class_keys) < 2:
+            raise ValueError("need at least two classes (normal + one abnormal)")
+        if len(set(self.class_keys)) != len(self.class_keys):
+            raise ValueError(f"duplicate class keys in {self.class_keys}")
+        for name in ("visual_length", "visual_heads", "visual_layers", "attn_window", "snippet_len"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_keys)
+
+    # ------------------------------------------------------------------- labels
+    def label_tokens(self, label: str) -> List[str]:
+        label = str(label).strip()
+        if self.label_separator and self.label_separator in label and label not in self.class_keys:
+            toks = [t for t in label.split(self.label_separator) if t]
+        else:
+            toks = [label]
+        return [t for t in toks if t not in self.label_placeholders]
+
+    def label_vector(self, label: str) -> np.ndarray:
+        """Multi-hot vector over classes for a video-level label string.
+
+        Raises :class:`LabelError` naming the label when a token is unknown.
+        """
+        vec = np.zeros(self.num_classes, dtype=np.float32)
+        toks = self.label_tokens(label)
+        if not toks:
+            raise LabelError(f"label {label!r} names no class (known: {self.class_keys})")
+        for t in toks:
+            try:
+                vec[self.class_keys.index(t)] = 1.0
+            except ValueError:
+                raise LabelError(
+                    f"unknown label {t!r} in {label!r}; known classes: {self.class_keys}"
+                ) from None
+        return vec
+
+    def is_normal(self, label: str) -> bool:
+        v = self.label_vector(label)
+        return bool(v[0] == 1.0 and v[1:].sum() == 0)
+
+    # ------------------------------------------------------------ serialisation
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "VadConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown config fields: {sorted(unknown)}")
+        return cls(**d)
+
+    def replace(self, **kw: Any) -> "VadConfig":
+        return dataclasses.replace(self, **kw)
+
+
+def tiny_clip_kwargs(embed_dim: int = 32) -> Dict[str, Any]:
+    """open_clip ``model_kwargs`` for a tiny random-init ViT used by tests and the demo."""
+    return {
+        "embed_dim": embed_dim,
+        "vision_cfg": {"image_size": 224, "layers": 1, "width": 32, "patch_size": 32, "head_width": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }
+
+
+def tiny_config(preset: str = "ucf", embed_dim: int = 32, **overrides: Any) -> VadConfig:
+    """A preset with a tiny random-init CLIP (no download; for tests and the demo)."""
+    overrides.setdefault("clip_pretrained", None)
+    overrides.setdefault("clip_model_kwargs", tiny_clip_kwargs(embed_dim))
+    return VadConfig.preset(preset, **overrides)
+
+
+def assert_sequence_of_str(x: Sequence[Any], what: str) -> List[str]:
+    out = [str(v) for v in x]
+    if not out:
+        raise ValueError(f"{what} is empty")
+    return out

@@ -1,0 +1,106 @@
+"""Frame-level ground truth: a table of anomalous frame intervals per video
+(``video_id, start_frame, end_frame[, label]``, end exclusive) read from Parquet or
+CSV, and converters from the UCF-Crime ``Temporal_Anomaly_Annotation.txt`` and the
+XD-Violence ``annotations.txt`` formats."""
+from __future__ import annotations
+
+import csv
+import os
+import re
+from collections import defaultdict
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+GT_SCHEMA = pa.schema([("video_id", pa.string()), ("start_frame", pa.int64()),
+                       ("end_frame", pa.int64()), ("label", pa.string())])
+
+Intervals = Dict[str, List[Tuple[int, int, Optional[str]]]]
+
+
+class GroundTruthError(ValueError):
+    pass
+
+
+def video_key(name: str) -> str:
+    """Normalise a video name to the id used in feature rows: basename without the
+    extension and without an official ``__K`` crop suffix."""
+    base = os.path.basename(str(name).strip())
+    base = re.sub(r"__\d+(\.npy)?$", "", base)
+    return os.path.splitext(base)[0] if re.search(r"\.(mp4|avi|mkv|mov|webm|npy)$", base, re.I) else base
+
+
+def write_gt(rows: Sequence[Dict], path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+    table = pa.Table.from_pylist([{"video_id": r["video_id"], "start_frame": int(r["start_frame"]),
+                                   "end_frame": int(r["end_frame"]), "label": r.get("label")} for r in rows],
+                                 schema=GT_SCHEMA)
+    if path.endswith(".csv"):
+        import pyarrow.csv as pacsv
+        pacsv.write_csv(table, path)
+    else:
+        pq.write_table(table, path)
+
+
+def read_gt(path: str) -> Intervals:
+    """Read a ground-truth table → {video_id: [(start, end, label), ...]}."""
+    if not os.path.exists(path):
+        raise GroundTruthError(f"ground truth not found: {path}")
+    if path.endswith(".csv"):
+        with open(path, newline="") as fh:
+            recs = list(csv.DictReader(fh))
+    else:
+        recs = pq.read_table(path).to_pylist()
+    out: Intervals = defaultdict(list)
+    for i, r in enumerate(recs):
+        try:
+            vid = video_key(r["video_id"])
+            s, e = int(r["start_frame"]), int(r["end_frame"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise GroundTruthError(f"{path}: row {i}: needs video_id,start_frame,end_frame ({exc})") from exc
+        if e < s:
+            raise GroundTruthError(f"{path}: row {i} ({vid}): end_frame {e} < start_frame {s}")
+        if e > s:
+            out[vid].append((s, e, (r.get("label") or None)))
+    return dict(out)
+
+
+def convert_ucf_annotations(txt_path: str) -> List[Dict]:
+    """UCF-Crime ``Temporal_Anomaly_Annotation.txt``: ``name  class  s1  e1  s2  e2``
+    with -1 for a missing second event; Normal videos get no interval."""
+    rows = []
+    with open(txt_path) as fh:
+        for n, line in enumerate(fh, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) < 6:
+                raise GroundTruthError(f"{txt_path}:{n}: expected 6 fields, got {len(parts)}")
+            name, cls = video_key(parts[0]), parts[1]
+            for s, e in ((parts[2], parts[3]), (parts[4], parts[5])):
+                s, e = int(s), int(e)
+                if s >= 0 and e > s and cls != "Normal":
+                    rows.append({"video_id": name, "start_frame": s, "end_frame": e, "label": cls})
+    return rows
+
+
+def convert_xd_annotations(txt_path: str) -> List[Dict]:
+    """XD-Violence ``annotations.txt``: ``name s1 e1 s2 e2 ...``; the label is taken
+    from the ``label_XX`` part of the name when present."""
+    rows = []
+    with open(txt_path) as fh:
+        for n, line in enumerate(fh, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) % 2 == 0:
+                raise GroundTruthError(f"{txt_path}:{n}: expected a name and start/end pairs")
+            name = video_key(parts[0])
+            m = re.search(r"label_([A-Z0-9-]+)", name)
+            label = m.group(1) if m else None
+            nums = [int(x) for x in parts[1:]]
+            for s, e in zip(nums[::2], nums[1::2]):
+                if e > s:
+                    rows.append({"video_id": name, "start_frame": s, "end_frame": e, "label": label})
+    return rows
