@@ -13,3 +13,43 @@ def tiny_clip():
     from vadclip.config import tiny_clip_kwargs
 
     return FrozenCLIP("ViT-B-16", None, tiny_clip_kwargs(32))
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray with more logical CPUs than cores, so Ray Train workers and
+    Ray Data tasks never starve each other on a 2-core machine; a Data pipeline
+    that stops progressing fails fast instead of eating CI time."""
+    import ray
+
+    os.environ["VADCLIP_DATA_NO_PROGRESS_TIMEOUT_S"] = "120"
+    os.environ["VADCLIP_PROGRESS_BARS"] = "0"
+    if not ray.is_initialized():
+        ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False)
+    from vadclip.raysetup import ensure_ray
+
+    ensure_ray()
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def sample_videos(tmp_path_factory):
+    """Real H.264 files of varied fps and sizes (3 normal, 3 abnormal), a corrupt
+    file, an empty file and a missing path, with a CSV manifest."""
+    from vadclip.sample_videos import make_sample_set, write_manifest
+
+    d = tmp_path_factory.mktemp("videos")
+    manifest, gt = make_sample_set(str(d), 3, 3, frames_range=(40, 200), seed=7)
+    corrupt = d / "corrupt.mp4"
+    good = open(manifest[0]["path"], "rb").read()
+    corrupt.write_bytes(b"\x00\x00\x00\x18ftypisom" + bytes(range(256)) * 8)
+    truncated = d / "truncated.mp4"
+    truncated.write_bytes(good[: len(good) // 3])
+    (d / "empty.mp4").write_bytes(b"")
+    bad = [{"path": str(corrupt), "label": "Normal", "video_id": "corrupt"},
+           {"path": str(truncated), "label": "Normal", "video_id": "truncated"},
+           {"path": str(d / "empty.mp4"), "label": "Normal", "video_id": "empty"},
+           {"path": str(d / "missing.mp4"), "label": "Normal", "video_id": "missing"}]
+    write_manifest(manifest + bad, str(d / "manifest.csv"))
+    return {"dir": d, "manifest": str(d / "manifest.csv"), "good": manifest, "bad": bad, "gt": gt}

@@ -13,6 +13,8 @@ from torch import nn
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
+RANDOM_INIT_SEED = 0
+
 log = logging.getLogger(__name__)
 
 
@@ -27,7 +29,13 @@ def build_open_clip(model_name: str, pretrained: Optional[str], model_kwargs: Op
         raise FileNotFoundError(f"CLIP weights file not found: {pretrained}")
     if pretrained == "openai":
         kwargs.setdefault("force_quick_gelu", True)
-    return open_clip.create_model(model_name, pretrained=pretrained or None, device=device, **kwargs)
+    if pretrained:
+        return open_clip.create_model(model_name, pretrained=pretrained, device=device, **kwargs)
+    # random init is seeded so every process (encoder actors, train workers, scorers)
+    # builds the very same "random" CLIP
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        return open_clip.create_model(model_name, pretrained=None, device=device, **kwargs)
 
 
 class FrozenCLIP(nn.Module):

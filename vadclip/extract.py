@@ -1,0 +1,312 @@
+"""Raw videos → CLIP snippet features in Parquet, as a streaming Ray Data job.
+
+Pipeline: manifest rows → ``flat_map`` decode tasks (decord; one frame per snippet;
+resize + crop; bounded chunks of snippets) → CLIP image-encoder actor pool
+(``ActorPoolStrategy``; ``num_gpus`` when the cluster has GPUs; fp16/bf16 there) →
+the driver stitches each video's chunks and writes finished videos to Parquet part
+files (atomic rename).  A failure of one video becomes a row of the errors table;
+re-running skips videos already written (and, unless asked, videos already failed).
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import json
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .features import ERROR_SCHEMA, FEATURE_SCHEMA, feature_row
+from .video import VIDEO_EXTENSIONS, VideoError, iter_snippet_chunks, list_videos
+
+
+@dataclass
+class ExtractOptions:
+    clip_model: str = "ViT-B-16"
+    clip_pretrained: Optional[str] = "openai"
+    clip_model_kwargs: Dict[str, Any] = field(default_factory=dict)
+    snippet_len: int = 16
+    crops: int = 1
+    batch_size: int = 64            # images per encoder forward pass
+    precision: str = "auto"         # auto → fp16 on GPU, fp32 on CPU; or fp32/fp16/bf16
+    num_encoders: int = 1           # size of the encoder actor pool
+    gpus_per_encoder: Optional[float] = None  # None → 1 when the cluster has GPUs
+    rows_per_file: int = 256        # video×crop rows per Parquet part file
+
+    @property
+    def chunk_snippets(self) -> int:
+        return max(1, self.batch_size // self.crops)
+
+
+# ---------------------------------------------------------------------------- manifest
+def _video_id(path: str) -> str:
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def load_manifest(source: str) -> List[Dict[str, Optional[str]]]:
+    """Videos to process from a CSV/Parquet manifest (``path`` [, ``label``, ``video_id``];
+    relative paths are relative to the manifest), a directory (searched recursively) or
+    a glob pattern.  Duplicate ids get a short hash of the path appended."""
+    if os.path.isdir(source):
+        recs = [{"path": p} for p in list_videos(source)]
+    elif source.endswith((".csv", ".parquet")):
+        if not os.path.isfile(source):
+            raise FileNotFoundError(f"manifest not found: {source}")
+        if source.endswith(".csv"):
+            with open(source, newline="") as fh:
+                recs = list(csv.DictReader(fh))
+        else:
+            recs = pq.read_table(source).to_pylist()
+        if recs and "path" not in recs[0]:
+            raise ValueError(f"{source}: manifest needs a 'path' column, has {sorted(recs[0])}")
+        base = os.path.dirname(os.path.abspath(source))
+        for r in recs:
+            p = str(r["path"])
+            r["path"] = p if os.path.isabs(p) else os.path.join(base, p)
+    else:
+        paths = sorted(glob.glob(source, recursive=True))
+        if not paths:
+            raise FileNotFoundError(f"no videos match {source!r}")
+        recs = [{"path": p} for p in paths]
+    out, seen = [], {}
+    for r in recs:
+        path = os.path.abspath(str(r["path"]))
+        vid = str(r.get("video_id") or _video_id(path))
+        if vid in seen and seen[vid] != path:
+            vid = f"{vid}_{hashlib.sha1(path.encode()).hexdigest()[:8]}"
+        seen[vid] = path
+        label = r.get("label")
+        out.append({"path": path, "video_id": vid,
+                    "label": None if label is None or str(label) == "" else str(label)})
+    return out
+
+
+# ----------------------------------------------------------------------------- encoder
+class ClipImageEncoder:
+    """Frozen open_clip image encoder on uint8 crops [n, crops, 3, S, S] → [n, crops, D]."""
+
+    def __init__(self, clip_model: str, clip_pretrained: Optional[str], clip_model_kwargs: Dict[str, Any],
+                 precision: str = "auto", device: Optional[str] = None) -> None:
+        import torch
+
+        from .clip_backbone import FrozenCLIP
+
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if precision == "auto":
+            precision = "fp16" if self.device.startswith("cuda") else "fp32"
+        self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        self.clip = FrozenCLIP(clip_model, clip_pretrained, clip_model_kwargs, device=self.device)
+        self.clip.to(self.dtype)
+        self.mean = torch.tensor(self.clip.mean, device=self.device).view(1, 3, 1, 1) * 255.0
+        self.std = torch.tensor(self.clip.std, device=self.device).view(1, 3, 1, 1) * 255.0
+        self.image_size = self.clip.image_size
+        self.embed_dim = self.clip.embed_dim
+
+    def encode(self, chunk: np.ndarray) -> np.ndarray:
+        import torch
+
+        n, c = chunk.shape[:2]
+        with torch.inference_mode():
+            x = torch.from_numpy(np.require(chunk, requirements=["C", "W"])).to(self.device)
+            x = x.reshape(n * c, *x.shape[2:]).float()
+            x = ((x - self.mean) / self.std).to(self.dtype)
+            f = self.clip.encode_image(x).float()
+        return f.reshape(n, c, -1).cpu().numpy()
+
+
+def extract_video(path: str, encoder: ClipImageEncoder, opts: ExtractOptions):
+    """Single-process extraction of one video → (VideoInfo, features [crops, T, D])."""
+    info, chunks = iter_snippet_chunks(path, opts.snippet_len, encoder.image_size, opts.crops,
+                                       opts.chunk_snippets)
+    feats = np.concatenate([encoder.encode(c) for c in chunks], axis=0)
+    return info, feats.transpose(1, 0, 2)
+
+
+# -------------------------------------------------------------------- ray data stages
+def _decode_rows(item: Dict[str, Any], opts: ExtractOptions, size: int) -> Iterator[Dict[str, Any]]:
+    base = {"video_id": item["video_id"], "path": item["path"], "label": item["label"] or ""}
+    empty = np.zeros((0, opts.crops, 3, size, size), np.uint8)
+    try:
+        info, chunks = iter_snippet_chunks(item["path"], opts.snippet_len, size, opts.crops, opts.chunk_snippets)
+        n_chunks = -(-info.snippet_count(opts.snippet_len) // opts.chunk_snippets)
+        for k, frames in enumerate(chunks):
+            yield dict(base, chunk=k, n_chunks=n_chunks, fps=info.fps, num_frames=info.num_frames,
+                       frames=frames, error="")
+    except Exception as e:  # noqa: BLE001 - every failure becomes an error row
+        msg = str(e) if isinstance(e, VideoError) else f"{item['path']}: {type(e).__name__}: {e}"
+        yield dict(base, chunk=-1, n_chunks=0, fps=0.0, num_frames=0, frames=empty, error=msg)
+
+
+class _EncoderActor:
+    def __init__(self, opts_dict: Dict[str, Any]) -> None:
+        self.opts = ExtractOptions(**opts_dict)
+        self.enc = ClipImageEncoder(self.opts.clip_model, self.opts.clip_pretrained,
+                                    self.opts.clip_model_kwargs, self.opts.precision)
+
+    def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, Any]:
+        feats, errors = [], []
+        for frames, err, path in zip(batch["frames"], batch["error"], batch["path"]):
+            if err or len(frames) == 0:
+                feats.append(np.zeros((0, self.opts.crops, self.enc.embed_dim), np.float32))
+                errors.append(err or f"{path}: no frames decoded")
+                continue
+            try:
+                feats.append(self.enc.encode(np.asarray(frames)))
+                errors.append("")
+            except Exception as e:  # noqa: BLE001
+                feats.append(np.zeros((0, self.opts.crops, self.enc.embed_dim), np.float32))
+                errors.append(f"{path}: encoding failed: {type(e).__name__}: {e}")
+        out = {k: v for k, v in batch.items() if k not in ("frames", "error")}
+        out["error"] = np.asarray(errors, dtype=object)
+        out["features"] = np.asarray(feats + [None], dtype=object)[:-1]  # ragged → object array
+        return out
+
+
+# ------------------------------------------------------------------------------ output
+class PartWriter:
+    """Buffers rows and writes them as Parquet part files (tmp + atomic rename)."""
+
+    def __init__(self, directory: str, schema: pa.Schema, rows_per_file: int, run_id: str) -> None:
+        self.dir, self.schema, self.rows_per_file, self.run_id = directory, schema, rows_per_file, run_id
+        self.buf: List[Dict[str, Any]] = []
+        self.parts = 0
+        os.makedirs(directory, exist_ok=True)
+
+    def add(self, rows: Iterable[Dict[str, Any]]) -> None:
+        self.buf.extend(rows)
+        if len(self.buf) >= self.rows_per_file:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buf:
+            return
+        name = f"part-{self.run_id}-{self.parts:05d}.parquet"
+        tmp = os.path.join(self.dir, "." + name + ".tmp")
+        pq.write_table(pa.Table.from_pylist(self.buf, schema=self.schema), tmp)
+        os.replace(tmp, os.path.join(self.dir, name))
+        self.parts += 1
+        self.buf = []
+
+
+def _read_column(directory: str, column: str) -> List[str]:
+    files = sorted(glob.glob(os.path.join(directory, "part-*.parquet")))
+    out: List[str] = []
+    for f in files:
+        out.extend(pq.read_table(f, columns=[column]).column(column).to_pylist())
+    return out
+
+
+def feature_dir(out_dir: str) -> str:
+    return os.path.join(out_dir, "features")
+
+
+def errors_dir(out_dir: str) -> str:
+    return os.path.join(out_dir, "errors")
+
+
+def _drop_errors_for(out_dir: str, paths: set) -> None:
+    """Rewrite error part files without the given paths (they are being retried)."""
+    for f in sorted(glob.glob(os.path.join(errors_dir(out_dir), "part-*.parquet"))):
+        t = pq.read_table(f)
+        keep = [p not in paths for p in t.column("path").to_pylist()]
+        if not all(keep):
+            tmp = f + ".tmp"
+            pq.write_table(t.filter(pa.array(keep)), tmp)
+            os.replace(tmp, f)
+
+
+def run_extract(source: str, out_dir: str, opts: ExtractOptions, retry_failed: bool = False,
+                address: Optional[str] = None, log=print) -> Dict[str, Any]:
+    """Extract features for every video of ``source`` into ``out_dir``/features (Parquet)
+    with failures in ``out_dir``/errors.  Returns the run summary (also written to
+    ``out_dir``/summary.json)."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from .raysetup import cluster_gpus, ensure_ray
+
+    items = load_manifest(source)
+    os.makedirs(out_dir, exist_ok=True)
+    done = set(_read_column(feature_dir(out_dir), "path"))
+    failed = set(_read_column(errors_dir(out_dir), "path"))
+    if retry_failed and failed:
+        _drop_errors_for(out_dir, failed - done)
+        failed = set()
+    todo = [it for it in items if it["path"] not in done and it["path"] not in failed]
+    skipped = len(items) - len(todo)
+    log(f"[extract] {len(items)} videos: {skipped} already done or failed earlier, {len(todo)} to process")
+    summary: Dict[str, Any] = {"videos_total": len(items), "videos_skipped": skipped, "videos_ok": 0,
+                               "videos_failed": 0, "rows_written": 0, "snippets": 0, "frames": 0}
+    t0 = time.time()
+    if todo:
+        ensure_ray(address)
+        gpus = opts.gpus_per_encoder if opts.gpus_per_encoder is not None else (1.0 if cluster_gpus() > 0 else 0.0)
+        size = _probe_image_size(opts)
+        ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo), 256)))
+        ds = ds.flat_map(_decode_rows, fn_kwargs={"opts": opts, "size": size})
+        ds = ds.map_batches(_EncoderActor, fn_constructor_kwargs={"opts_dict": asdict(opts)},
+                            batch_size=1, batch_format="numpy",
+                            compute=ActorPoolStrategy(size=opts.num_encoders), num_gpus=gpus,
+                            num_cpus=0 if gpus else 1)
+        run_id = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        fw = PartWriter(feature_dir(out_dir), FEATURE_SCHEMA, opts.rows_per_file, run_id)
+        ew = PartWriter(errors_dir(out_dir), ERROR_SCHEMA, 64, run_id)
+        pending: Dict[str, Dict[str, Any]] = {}
+        dead: set = set()
+        for row in ds.iter_rows():
+            vid = row["video_id"]
+            if vid in dead:
+                continue
+            if row["error"]:
+                dead.add(vid)
+                pending.pop(vid, None)
+                ew.add([{"path": row["path"], "video_id": vid, "stage": "extract", "error": row["error"]}])
+                summary["videos_failed"] += 1
+                log(f"[extract] FAILED {row['error']}")
+                continue
+            st = pending.setdefault(vid, {"chunks": {}, "meta": row})
+            st["chunks"][int(row["chunk"])] = np.asarray(row["features"], np.float32)
+            if len(st["chunks"]) == int(row["n_chunks"]):
+                pending.pop(vid)
+                feats = np.concatenate([st["chunks"][k] for k in range(int(row["n_chunks"]))], axis=0)
+                meta = st["meta"]
+                fw.add([feature_row(vid, meta["path"], meta["label"] or None, c, meta["fps"],
+                                    meta["num_frames"], feats[:, c]) for c in range(feats.shape[1])])
+                summary["videos_ok"] += 1
+                summary["rows_written"] += feats.shape[1]
+                summary["snippets"] += feats.shape[0]
+                summary["frames"] += int(meta["num_frames"])
+        fw.flush()
+        for vid in pending:  # cannot happen unless chunks went missing; never drop silently
+            ew.add([{"path": pending[vid]["meta"]["path"], "video_id": vid, "stage": "extract",
+                     "error": "incomplete: not all snippet chunks were encoded"}])
+            summary["videos_failed"] += 1
+        ew.flush()
+    elapsed = time.time() - t0
+    summary.update(elapsed_s=round(elapsed, 3),
+                   frames_per_s=round(summary["frames"] / elapsed, 2) if elapsed > 0 else 0.0,
+                   snippets_per_s=round(summary["snippets"] / elapsed, 2) if elapsed > 0 else 0.0,
+                   output=feature_dir(out_dir), errors=errors_dir(out_dir))
+    with open(os.path.join(out_dir, "summary.json"), "w") as fh:
+        json.dump(summary, fh, indent=2)
+    log(f"[extract] done: {summary['videos_ok']} ok, {summary['videos_failed']} failed, "
+        f"{summary['videos_skipped']} skipped; {summary['snippets']} snippets, {summary['frames']} frames "
+        f"in {elapsed:.1f}s ({summary['frames_per_s']} frames/s) → {feature_dir(out_dir)}")
+    return summary
+
+
+def _probe_image_size(opts: ExtractOptions) -> int:
+    """CLIP input size from the model config (without building the model)."""
+    import open_clip
+
+    cfg = open_clip.get_model_config(opts.clip_model) or {}
+    size = (opts.clip_model_kwargs.get("vision_cfg") or {}).get("image_size") or \
+        cfg.get("vision_cfg", {}).get("image_size", 224)
+    return int(size[0] if isinstance(size, (list, tuple)) else size)

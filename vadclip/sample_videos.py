@@ -1,0 +1,82 @@
+"""Small real H.264 videos with planted anomalies, written with PyAV (demo, tests)."""
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+# abnormal class → how it looks: (colour of the event, does it move fast)
+EVENT_STYLES = {
+    "Explosion": ((255, 140, 0), False),
+    "Fighting": ((220, 20, 60), True),
+    "RoadAccidents": ((30, 144, 255), True),
+}
+
+
+def write_video(path: str, num_frames: int, fps: float = 25.0, width: int = 96, height: int = 64,
+                event: Optional[Tuple[int, int]] = None, style: str = "Explosion", seed: int = 0) -> None:
+    """A drifting textured background; during ``event`` = [start, end) frames a
+    coloured block (static flash or fast-moving object, by ``style``) appears."""
+    import av
+
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+    yy, xx = np.mgrid[0:height, 0:width]
+    phase = rng.uniform(0, 2 * np.pi)
+    tint = rng.integers(60, 120, size=3)
+    colour, moving = EVENT_STYLES.get(style, ((255, 255, 0), False))
+    with av.open(path, "w") as container:
+        stream = container.add_stream("libx264", rate=int(round(fps)))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "ultrafast", "crf": "23"}
+        for i in range(num_frames):
+            wave = 0.5 + 0.5 * np.sin(xx / 9.0 + yy / 13.0 + phase + i * 0.05)
+            img = (tint[None, None, :] * (0.6 + 0.4 * wave[..., None])).astype(np.uint8)
+            if event is not None and event[0] <= i < event[1]:
+                bw, bh = width // 2, height // 2
+                if moving:
+                    x0 = int((i * 7) % max(1, width - bw))
+                    y0 = int((i * 5) % max(1, height - bh))
+                else:
+                    x0, y0 = width // 4, height // 4
+                img[y0:y0 + bh, x0:x0 + bw] = colour
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            for pkt in stream.encode(frame):
+                container.mux(pkt)
+        for pkt in stream.encode():
+            container.mux(pkt)
+
+
+def make_sample_set(out_dir: str, n_normal: int, n_abnormal: int, classes: Sequence[str] = tuple(EVENT_STYLES),
+                    frames_range=(160, 320), fps_choices=(24.0, 25.0, 30.0), sizes=((96, 64), (80, 80), (112, 64)),
+                    seed: int = 0, prefix: str = "clip") -> Tuple[List[Dict], List[Dict]]:
+    """Write ``n_normal + n_abnormal`` videos; returns (manifest rows, ground-truth rows)."""
+    rng = np.random.default_rng(seed)
+    manifest, gt = [], []
+    for i in range(n_normal + n_abnormal):
+        n = int(rng.integers(frames_range[0], frames_range[1] + 1))
+        fps = float(fps_choices[i % len(fps_choices)])
+        w, h = sizes[i % len(sizes)]
+        vid = f"{prefix}{i:03d}"
+        path = os.path.join(out_dir, f"{vid}.mp4")
+        if i < n_normal:
+            write_video(path, n, fps, w, h, None, seed=seed * 1000 + i)
+            manifest.append({"path": path, "label": "Normal", "video_id": vid})
+        else:
+            cls = classes[(i - n_normal) % len(classes)]
+            ln = int(rng.integers(n // 5, n // 3))
+            s = int(rng.integers(0, n - ln))
+            write_video(path, n, fps, w, h, (s, s + ln), cls, seed=seed * 1000 + i)
+            manifest.append({"path": path, "label": cls, "video_id": vid})
+            gt.append({"video_id": vid, "start_frame": s, "end_frame": s + ln, "label": cls})
+    return manifest, gt
+
+
+def write_manifest(rows: Sequence[Dict], path: str) -> None:
+    import csv
+
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, ["path", "label", "video_id"])
+        w.writeheader()
+        w.writerows(rows)
