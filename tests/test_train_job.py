@@ -1,0 +1,75 @@
+import os
+
+import mlflow
+import numpy as np
+import pytest
+
+from vadclip import tiny_config
+from vadclip.features import write_feature_table
+from vadclip.gt import write_gt
+from vadclip.model import score_video
+from vadclip.registry import load_scoring_model
+from vadclip.synthetic import make_feature_set
+from vadclip.train_job import run_train
+
+
+@pytest.fixture(scope="module")
+def feature_sets(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fs")
+    cfg = tiny_config("ucf", visual_length=64, lr=1e-3, batch_size=4, epochs=8, milestones=[100])
+    rows, _ = make_feature_set(cfg, 24, 24, 32, seed=1)
+    erows, egt = make_feature_set(cfg, 8, 8, 32, seed=2, prefix="ev")
+    write_feature_table(rows, str(d / "train.parquet"))
+    write_feature_table(erows, str(d / "eval.parquet"))
+    write_gt(egt, str(d / "gt.parquet"))
+    return cfg, d, erows
+
+
+def test_two_worker_training_registers_a_model(ray_local, feature_sets, tmp_path):
+    cfg, d, erows = feature_sets
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    s = run_train(str(d / "train.parquet"), cfg, str(tmp_path / "runs"), run_name="t1",
+                  eval_path=str(d / "eval.parquet"), gt_path=str(d / "gt.parquet"), num_workers=2,
+                  cpus_per_worker=1, tracking_uri=uri, register_name="vad-test", log=lambda *_: None)
+    assert s["best_metrics"]["auc"] > 0.9, s
+    assert s["registered_version"] == 1 and s["promoted"]
+    client = mlflow.tracking.MlflowClient(uri)
+    hist = client.get_metric_history(s["mlflow_run_id"], "loss")
+    assert len(hist) == cfg.epochs
+    assert hist[-1].value < hist[0].value
+    assert len(client.get_metric_history(s["mlflow_run_id"], "auc")) == cfg.epochs
+
+    registered = load_scoring_model("models:/vad-test@champion", tracking_uri=uri)
+    local = load_scoring_model(s["best_checkpoint"])
+    pyf = mlflow.pyfunc.load_model("models:/vad-test@champion")
+    for r in erows[:3]:
+        feats = np.asarray(r["features"], np.float32).reshape(r["snippet_count"], r["feature_dim"])
+        a1, p1 = score_video(registered, feats)
+        a2, p2 = score_video(local, feats)
+        np.testing.assert_allclose(a1, a2, atol=1e-6)
+        np.testing.assert_allclose(p1, p2, atol=1e-6)
+        df = pyf.predict(feats)
+        np.testing.assert_allclose(df["anomaly"].to_numpy(), a2, atol=1e-6)
+        assert list(df.columns[:2]) == ["anomaly", "p_Normal"]
+
+    # a worse second model is registered but does not take the alias
+    worse = cfg.replace(epochs=1, lr=1e-7)
+    s2 = run_train(str(d / "train.parquet"), worse, str(tmp_path / "runs"), run_name="t2",
+                   eval_path=str(d / "eval.parquet"), gt_path=str(d / "gt.parquet"), num_workers=1,
+                   tracking_uri=uri, register_name="vad-test", log=lambda *_: None)
+    assert s2["registered_version"] == 2 and not s2["promoted"]
+    assert int(client.get_model_version_by_alias("vad-test", "champion").version) == 1
+
+
+def test_crash_resumes_from_checkpoint(ray_local, feature_sets, tmp_path):
+    cfg, d, _ = feature_sets
+    cfg = cfg.replace(epochs=3)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    s = run_train(str(d / "train.parquet"), cfg, str(tmp_path / "runs"), run_name="crashy",
+                  num_workers=2, tracking_uri=uri, fail_after_epoch=2, max_failures=1,
+                  log=lambda *_: None)
+    assert os.path.exists(tmp_path / "runs" / "crashy.failed-once")      # the failure happened
+    client = mlflow.tracking.MlflowClient(uri)
+    epochs = [m.step for m in client.get_metric_history(s["mlflow_run_id"], "loss")]
+    # epochs 1-2 ran before the crash; the restarted workers resumed at epoch 3, not 1
+    assert sorted(epochs) == [1, 2, 3]
