@@ -1,0 +1,13 @@
+"""Ray job entry point: `ray job submit --working-dir . -- python jobs/score_archive.py --help`.
+
+Thin wrapper over `vadclip score`; under `ray job submit` it connects to the cluster
+through RAY_ADDRESS, locally it starts an embedded Ray."""
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from vadclip.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(["score", *sys.argv[1:]]))
