@@ -200,7 +200,8 @@ def tiny_clip_kwargs(embed_dim: int = 32) -> Dict[str, Any]:
     """open_clip ``model_kwargs`` for a tiny random-init ViT used by tests and the demo."""
     return {
         "embed_dim": embed_dim,
-        "vision_cfg": {"image_size": 224, "layers": 1, "width": 32, "patch_size": 32, "head_width": 16},
+        "vision_cfg": {"image_size": 224, "layers": 1, "width": 32, "patch_size": 32, "head_width": 16,
+                       "pool_type": "avg"},
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
     }
 

@@ -34,12 +34,12 @@ def write_video(path: str, num_frames: int, fps: float = 25.0, width: int = 96, 
             wave = 0.5 + 0.5 * np.sin(xx / 9.0 + yy / 13.0 + phase + i * 0.05)
             img = (tint[None, None, :] * (0.6 + 0.4 * wave[..., None])).astype(np.uint8)
             if event is not None and event[0] <= i < event[1]:
-                bw, bh = width // 2, height // 2
+                bw, bh = 3 * width // 4, 3 * height // 4
                 if moving:
                     x0 = int((i * 7) % max(1, width - bw))
                     y0 = int((i * 5) % max(1, height - bh))
                 else:
-                    x0, y0 = width // 4, height // 4
+                    x0, y0 = width // 8, height // 8
                 img[y0:y0 + bh, x0:x0 + bw] = colour
             frame = av.VideoFrame.from_ndarray(img, format="rgb24")
             for pkt in stream.encode(frame):

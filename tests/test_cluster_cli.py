@@ -1,0 +1,44 @@
+import subprocess
+import sys
+
+import pytest
+import ray
+import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+from vadclip.cli import build_parser
+
+
+def _load():
+    with open("cluster.yaml") as fh:
+        return yaml.safe_load(fh)
+
+
+def test_cluster_yaml_passes_ray_validation():
+    cfg = _load()
+    validate_config(prepare_config(cfg))
+    image = cfg["docker"]["image"]
+    assert image.startswith(f"rayproject/ray:{ray.__version__}-") and "ray-ml" not in image
+    assert cfg["available_node_types"]["gpu_worker"]["max_workers"] > cfg["available_node_types"]["gpu_worker"]["min_workers"]
+    assert any("pip install" in c for c in cfg["setup_commands"])
+    bad = _load()
+    bad["max_workers"] = "lots"
+    with pytest.raises(Exception, match="lots"):
+        validate_config(prepare_config(bad))
+
+
+def test_every_cli_option_has_help():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "cmd")
+    assert set(sub.choices) == {"extract", "train", "score", "evaluate", "import-official", "demo"}
+    for name, p in sub.choices.items():
+        for act in p._actions:
+            if act.dest != "help":
+                assert act.help, f"{name} {act.option_strings or act.dest} has no help text"
+
+
+@pytest.mark.parametrize("job", ["extract_features", "train", "score_archive"])
+def test_job_entry_points_run(job):
+    r = subprocess.run([sys.executable, f"jobs/{job}.py", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "--address" in r.stdout
