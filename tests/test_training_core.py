@@ -23,7 +23,7 @@ def test_tiny_training_loss_drops_and_auc_exceeds_0_9(tiny_clip):
     opt, sched = make_optimizer(model, cfg)
     before = evaluate(model, erows, _gt(egt), cfg)
     epoch_loss = []
-    for ep in range(8):
+    for ep in range(16):
         plan = batch_plan([r["label"] for r in rows], cfg, ep)
         assert all(len(b) == 16 for b in plan)
         losses = [train_step(model, opt, collate([rows[i] for i in b], cfg), cfg)["loss"] for b in plan]
