@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -108,27 +107,3 @@ class FrozenCLIP(nn.Module):
             x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
         return x
 
-
-def l2norm(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    return x / x.norm(dim=dim, keepdim=True)
-
-
-def normalize_images(frames_uint8: torch.Tensor, size: int, mean: Tuple[float, ...],
-                     std: Tuple[float, ...]) -> torch.Tensor:
-    """[N, H, W, 3] uint8 → resize short side to ``size`` (bicubic), centre crop,
-    CLIP-normalise → [N, 3, size, size] float32."""
-    x = frames_uint8.permute(0, 3, 1, 2).float().div_(255.0)
-    h, w = x.shape[-2:]
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True).clamp_(0, 1)
-    top, left = (nh - size) // 2, (nw - size) // 2
-    x = x[..., top:top + size, left:left + size]
-    m = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - m) / s
-
-
-def tokens_eot(tokens: torch.Tensor) -> List[int]:
-    """Index of the end-of-text token per row (the highest id in CLIP's vocabulary)."""
-    return tokens.argmax(dim=-1).tolist()

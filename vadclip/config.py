@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -212,9 +212,3 @@ def tiny_config(preset: str = "ucf", embed_dim: int = 32, **overrides: Any) -> V
     overrides.setdefault("clip_model_kwargs", tiny_clip_kwargs(embed_dim))
     return VadConfig.preset(preset, **overrides)
 
-
-def assert_sequence_of_str(x: Sequence[Any], what: str) -> List[str]:
-    out = [str(v) for v in x]
-    if not out:
-        raise ValueError(f"{what} is empty")
-    return out
