@@ -54,21 +54,66 @@ def test_vectorised_matches_per_sample_reference(model):
         assert torch.allclose(out.logits_a[i, :n], ref.logits_a[i, :n], atol=1e-4)
 
 
-def test_window_attention_is_block_diagonal(model):
-    # changing a snippet in window 0 must not change the transformer output in window 2
+def test_vectorised_gradients_match_reference(model):
+    from vadclip.losses import vadclip_loss
+    from vadclip.reference import reference_loss
+
+    torch.manual_seed(3)
+    x = torch.randn(4, 64, 32)
+    lengths = torch.tensor([64, 37, 8, 3])
+    labels = torch.zeros(4, model.cfg.num_classes)
+    labels[:2, 0] = 1
+    labels[2:, 5] = 1
+    grads = []
+    for run in ("vec", "ref"):
+        model.zero_grad(set_to_none=True)
+        if run == "vec":
+            loss = vadclip_loss(model(x, lengths), labels, lengths, 0.1)[0]
+        else:
+            loss = reference_loss(reference_forward(model, x, lengths), labels, lengths, 0.1)
+        loss.backward()
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 20
+    for k in grads[0]:
+        assert torch.allclose(grads[0][k], grads[1][k], atol=1e-5, rtol=1e-4), k
+    model.zero_grad(set_to_none=True)
+
+
+def test_text_encoder_cut_after_eot_is_exact(model):
+    # CLIP's text mask is causal, so positions after the last EOT cannot change the
+    # EOT features: the truncated run equals the full 77-token run
+    emb, eot = model.prompt(), model.prompt.eot_index
+    assert model.clip._causal_mask() is not None
+    full = model.clip.encode_text_embeddings(emb, eot, truncate=False)
+    cut = model.clip.encode_text_embeddings(emb, eot, truncate=True)
+    assert int(eot.max()) + 1 < model.clip.context_length
+    assert torch.allclose(full, cut, atol=1e-5)
+
+
+def test_packed_window_attention_equals_block_masked_attention(model):
+    # the official form: full-sequence MHA with a block-diagonal -inf mask; ours runs
+    # the same weights on packed windows (the last one partial, padded keys masked)
     a = model.adapter
-    t = 24
+    w = a.window
+    t = 2 * w + 5
     x = torch.randn(1, t, 32)
-    valid = torch.ones(1, t, dtype=torch.bool)
     pos = torch.arange(t)
-    blocked = ~((pos[:, None] // a.window) == (pos[None, :] // a.window))[None]
-    y1 = a.temporal(x, blocked)
-    x2 = x.clone()
+    mask = torch.where((pos[:, None] // w) == (pos[None, :] // w), 0.0, float("-inf"))
+    ref = x
+    for blk in a.temporal.resblocks:
+        y = blk.ln_1(ref)
+        ref = ref + blk.attn(y, y, y, need_weights=False, attn_mask=mask)[0]
+        ref = ref + blk.mlp(blk.ln_2(ref))
+    xw = torch.nn.functional.pad(x, (0, 0, 0, 3 * w - t)).view(3, w, 32)
+    ok = (torch.arange(3 * w) < t).view(3, w)
+    out = a.temporal(xw, ok).reshape(1, 3 * w, 32)[:, :t]
+    assert torch.allclose(out, ref, atol=1e-5)
+    # and a change inside window 0 leaves windows 1 and 2 untouched
+    x2 = xw.clone()
     x2[0, 3] += 5
-    y2 = a.temporal(x2, blocked)
-    assert torch.allclose(y1[0, 16:], y2[0, 16:])
-    assert not torch.allclose(y1[0, 0:8], y2[0, 0:8])
-    assert valid.all()
+    out2 = a.temporal(x2, ok)
+    assert torch.equal(out2[1:], a.temporal(xw, ok)[1:])
+    assert not torch.allclose(out2[0], a.temporal(xw, ok)[0])
 
 
 def test_frozen_clip_gets_no_grad_but_prompts_do(model):

@@ -92,18 +92,38 @@ class FrozenCLIP(nn.Module):
     def token_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.clip.token_embedding(tokens)
 
-    def encode_text_embeddings(self, embeddings: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
+    def _causal_mask(self) -> Optional[torch.Tensor]:
+        """The text attention mask when it is causal (CLIP's), else None."""
+        mask = getattr(self.clip, "attn_mask", None)
+        if mask is None or mask.dim() != 2:
+            return None
+        upper = torch.triu(torch.ones_like(mask, dtype=torch.bool), diagonal=1)
+        ok = bool(torch.all(torch.isneginf(mask[upper]))) and bool(torch.all(mask[~upper] == 0))
+        return mask if ok else None
+
+    def encode_text_embeddings(self, embeddings: torch.Tensor, eot_index: torch.Tensor,
+                               truncate: bool = True) -> torch.Tensor:
         """Run the frozen text transformer on input embeddings [C, L, W].
 
         Gradients flow to ``embeddings`` (the learnable prompt context) while every
-        CLIP weight stays frozen.  Features are pooled at ``eot_index`` [C]."""
+        CLIP weight stays frozen.  Features are pooled at ``eot_index`` [C].
+
+        With CLIP's causal mask the feature at the EOT token depends only on the
+        tokens up to it, so (``truncate``) the transformer runs on the first
+        ``max(eot_index) + 1`` positions only: the same result for a fraction of
+        the 77-token cost.  ``truncate=False`` runs all positions (the reference)."""
         clip = self.clip
-        x = embeddings + clip.positional_embedding.to(embeddings.dtype)
-        x = clip.transformer(x, attn_mask=clip.attn_mask)
+        mask = clip.attn_mask
+        if truncate and self._causal_mask() is not None:
+            n = int(eot_index.max()) + 1
+            embeddings = embeddings[:, :n]
+            mask = mask[:n, :n]
+        n = embeddings.shape[1]
+        x = embeddings + clip.positional_embedding[:n].to(embeddings.dtype)
+        x = clip.transformer(x, attn_mask=mask)
         x = clip.ln_final(x)
         x = x[torch.arange(x.shape[0], device=x.device), eot_index]
         proj = clip.text_projection
         if proj is not None:
             x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
         return x
-

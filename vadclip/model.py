@@ -41,6 +41,19 @@ def _mlp(width: int) -> nn.Sequential:
     ]))
 
 
+def window_attention(mha: nn.MultiheadAttention, x: torch.Tensor, key_ok: torch.Tensor) -> torch.Tensor:
+    """Self-attention inside packed windows with the weights of ``mha``.
+
+    x: [N, w, D] windows, key_ok: [N, w] bool (True = real snippet).  Every window
+    holds at least one real snippet, so no query row is fully masked."""
+    n, w, d = x.shape
+    h = mha.num_heads
+    q, k, v = F.linear(x, mha.in_proj_weight, mha.in_proj_bias).chunk(3, dim=-1)
+    q, k, v = (t.reshape(n, w, h, d // h).transpose(1, 2) for t in (q, k, v))
+    o = F.scaled_dot_product_attention(q, k, v, attn_mask=key_ok[:, None, None, :])
+    return mha.out_proj(o.transpose(1, 2).reshape(n, w, d))
+
+
 class ResidualAttentionBlock(nn.Module):
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
@@ -49,24 +62,25 @@ class ResidualAttentionBlock(nn.Module):
         self.mlp = _mlp(width)
         self.ln_2 = LayerNorm(width)
 
-    def forward(self, x: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
-        h = self.ln_1(x)
-        x = x + self.attn(h, h, h, need_weights=False, attn_mask=blocked)[0]
+    def forward(self, x: torch.Tensor, key_ok: torch.Tensor) -> torch.Tensor:
+        x = x + window_attention(self.attn, self.ln_1(x), key_ok)
         return x + self.mlp(self.ln_2(x))
 
 
 class TemporalTransformer(nn.Module):
+    """Transformer whose attention is block-diagonal in windows of ``window``
+    snippets.  Windows never exchange information, so the whole stack runs on
+    packed windows [N, w, D]: no T x T masks and no work on all-padding windows."""
+
     def __init__(self, width: int, layers: int, heads: int) -> None:
         super().__init__()
         self.heads = heads
         self.resblocks = nn.ModuleList([ResidualAttentionBlock(width, heads) for _ in range(layers)])
 
-    def forward(self, x: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
-        # blocked: [B, T, T] bool, True = may not attend; expand per head for MHA
-        mask = blocked.repeat_interleave(self.heads, dim=0)
+    def forward(self, windows: torch.Tensor, key_ok: torch.Tensor) -> torch.Tensor:
         for blk in self.resblocks:
-            x = blk(x, mask)
-        return x
+            windows = blk(windows, key_ok)
+        return windows
 
 
 class GraphConvolution(nn.Module):
@@ -126,23 +140,29 @@ class LGTAdapter(nn.Module):
         return dist[None] * pair_real
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        b, t, _ = x.shape
+        b, t, d = x.shape
         if t > self.visual_length:
             raise ValueError(f"sequence of {t} snippets exceeds visual_length {self.visual_length}; "
                              "split it into chunks first")
         valid = length_mask(lengths, t)                       # [B, T]
         vm = valid[:, :, None].to(x.dtype)
-        eye = torch.eye(t, dtype=torch.bool, device=x.device)[None]
-        pair_real = valid[:, :, None] & valid[:, None, :]     # both snippets real
-        pair_ok = pair_real | eye                             # padded rows see only themselves
         pos = torch.arange(t, device=x.device)
-        same_window = (pos[:, None] // self.window) == (pos[None, :] // self.window)
 
-        x = (x + self.frame_position_embeddings(pos)[None]) * vm
-        x = self.temporal(x, ~(pair_ok & same_window[None]))
-        x = x * vm
+        # local: windowed transformer over the windows that hold real snippets
+        w = self.window
+        nw = -(-t // w)
+        x = x + self.frame_position_embeddings(pos)[None]
+        xw = F.pad(x, (0, 0, 0, nw * w - t)).view(b, nw, w, d)
+        okw = F.pad(valid, (0, nw * w - t)).view(b, nw, w)
+        live = okw[:, :, 0]                                   # window starts on a real snippet
+        bi, wi = live.nonzero(as_tuple=True)
+        y = self.temporal(xw[bi, wi], okw[bi, wi])
+        x = x.new_zeros(b, nw, w, d).index_put((bi, wi), y).view(b, nw * w, d)[:, :t] * vm
 
-        adj = self.similarity_adj(x, pair_ok, valid)
+        # global: GCN over the similarity and distance adjacencies of real snippets
+        pair_real = valid[:, :, None] & valid[:, None, :]
+        eye = torch.eye(t, dtype=torch.bool, device=x.device)[None]
+        adj = self.similarity_adj(x, pair_real | eye, valid)
         dis = self.distance_adj(t, pair_real.to(x.dtype))
         x1 = self.gelu(self.gc1(x, adj)) * vm
         x2 = self.gelu(self.gc3(x, dis)) * vm
@@ -255,8 +275,8 @@ class VadCLIP(nn.Module):
         lengths = lengths.to(features.device)
         v = self.adapter(features.float(), lengths)                     # [B, T, D]
         valid = length_mask(lengths, t)
-        logits_c = self.classifier(v + self.mlp2(v)).squeeze(-1)         # [B, T]
-        logits_c = logits_c.masked_fill(~valid, 0.0)
+        vr = v[valid]                                                   # real snippets [N, D]
+        logits_c = v.new_zeros(b, t).masked_scatter(valid, self.classifier(vr + self.mlp2(vr))[:, 0])
 
         text = self.text_features().to(v.dtype)                         # [C, D]
         # anomaly-focus visual prompt: C-branch logits as attention over snippets

@@ -54,7 +54,8 @@ def _adapter_one(model: VadCLIP, x: torch.Tensor) -> torch.Tensor:
 def reference_forward(model: VadCLIP, features: torch.Tensor, lengths: torch.Tensor) -> VadOutput:
     """Per-sample forward; padded positions of the outputs are 0."""
     b, t, _ = features.shape
-    text = model.text_features()
+    # all 77 text positions, as the official encode_textprompt
+    text = model.clip.encode_text_embeddings(model.prompt(), model.prompt.eot_index, truncate=False)
     logits_c = torch.zeros(b, t)
     logits_a = torch.zeros(b, t, text.shape[0])
     for i in range(b):

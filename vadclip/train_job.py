@@ -52,7 +52,7 @@ def train_loop_per_worker(config: Dict[str, Any]) -> None:
     from .checkpoint import checkpoint_dict
     from .clip_backbone import FrozenCLIP
     from .model import VadCLIP
-    from .training import evaluate, make_optimizer
+    from .training import evaluate, make_optimizer, train_step
 
     cfg = VadConfig.from_dict(config["cfg"])
     ctx = ray.train.get_context()
@@ -118,15 +118,9 @@ def train_loop_per_worker(config: Dict[str, Any]) -> None:
             al = sampler(torch.arange(len(X)), gen)
             plan = [[next(al) for _ in range(per_side)] for _ in range(steps)]
         sums: Dict[str, float] = {}
-        from .losses import vadclip_loss
         for b in plan:
             ib = torch.tensor(b)
-            x, ln, y = X[ib].float().to(device), L[ib].to(device), Y[ib].to(device)
-            out = model(x, ln)
-            loss, parts = vadclip_loss(out, y, ln, cfg.contrast_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            parts = train_step(model, opt, (X[ib].float(), L[ib], Y[ib]), cfg, device)
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
         sched.step()
