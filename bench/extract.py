@@ -11,7 +11,6 @@ import os
 import tempfile
 import time
 
-import numpy as np
 
 from vadclip.config import tiny_clip_kwargs
 from vadclip.extract import ClipImageEncoder, ExtractOptions, run_extract

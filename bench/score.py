@@ -4,8 +4,6 @@ N and 10×N videos (streaming: the peak should stay flat), and snippets/s.
     python bench/score.py [--videos 200] [--snippets 400]
 """
 import argparse
-import os
-import resource
 import subprocess
 import sys
 import tempfile

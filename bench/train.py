@@ -73,7 +73,7 @@ def main():
     if a.text == "vit-b-16" and a.width != 512:
         kw = {"embed_dim": a.width}
     clip = FrozenCLIP("ViT-B-16", None, kw)
-    cfg = VadConfig.preset(a.preset, clip_pretrained=None, visual_length=a.length, clip_model_kwargs=kw)
+    cfg = VadConfig.from_preset(a.preset, clip_pretrained=None, visual_length=a.length, clip_model_kwargs=kw)
     torch.manual_seed(0)
     model = VadCLIP(cfg, clip)
     x = torch.randn(a.batch, a.length, a.width)

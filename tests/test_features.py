@@ -11,15 +11,15 @@ from vadclip.gt import convert_ucf_annotations, convert_xd_annotations, read_gt,
 
 
 def test_labels_presets():
-    ucf = VadConfig.preset("ucf")
+    ucf = VadConfig.from_preset("ucf")
     assert ucf.num_classes == 14 and ucf.attn_window == 8 and ucf.visual_layers == 2
     assert ucf.label_vector("Abuse").tolist() == [0, 1] + [0] * 12
-    xd = VadConfig.preset("xd")
+    xd = VadConfig.from_preset("xd")
     assert xd.num_classes == 7 and xd.attn_window == 64 and xd.lr == 1e-5
     v = xd.label_vector("B2-B1-0")
     assert v.tolist() == [0, 1, 1, 0, 0, 0, 0]
     assert xd.is_normal("A") and not xd.is_normal("B4-0-0")
-    custom = VadConfig.preset("custom", classes=["normal", "fire", "fall"])
+    custom = VadConfig.from_preset("custom", classes=["normal", "fire", "fall"])
     assert custom.label_vector("fire-fall").tolist() == [0, 1, 1]
     with pytest.raises(LabelError, match="unknown label 'Jaywalking'"):
         ucf.label_vector("Jaywalking")
@@ -27,6 +27,14 @@ def test_labels_presets():
         xd.label_vector("B9-0-0")
     roundtrip = VadConfig.from_dict(xd.to_dict())
     assert roundtrip == xd
+
+
+def test_bare_config_is_the_ucf_preset():
+    # the dataclass field ``preset`` is a plain string (no classmethod shadows it)
+    bare = VadConfig()
+    assert bare.preset == "ucf" and isinstance(bare.to_json(), str)
+    assert bare == VadConfig.from_preset("ucf")
+    assert VadConfig.from_dict(bare.to_dict()) == bare
 
 
 def test_uniform_extract_matches_official_definition():
@@ -82,7 +90,7 @@ def test_official_import_roundtrip(tmp_path):
         w.writeheader()
         w.writerows(rows)
     out = tmp_path / "features.parquet"
-    counts = import_official(str(csv_path), str(out), VadConfig.preset("ucf"), roots=[str(d)])
+    counts = import_official(str(csv_path), str(out), VadConfig.from_preset("ucf"), roots=[str(d)])
     assert counts == {"rows": 4, "errors": 3}
     back = read_feature_rows(str(out))
     assert len(back) == 4

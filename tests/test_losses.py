@@ -1,10 +1,9 @@
 import math
 
-import numpy as np
 import pytest
 import torch
 
-from vadclip import VadCLIP, VadOutput, tiny_config
+from vadclip import VadCLIP, tiny_config
 from vadclip.losses import contrast_loss, mil_align_loss, mil_loss, topk_mean, vadclip_loss
 from vadclip.reference import reference_forward, reference_loss
 

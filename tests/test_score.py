@@ -31,7 +31,7 @@ def test_find_events_merges_and_thresholds():
 @pytest.fixture(scope="module")
 def trained(ray_local, tmp_path_factory):
     d = tmp_path_factory.mktemp("score")
-    cfg = VadConfig.preset("custom", classes=CLASSES, visual_length=32, visual_layers=1, lr=1e-3, batch_size=4,
+    cfg = VadConfig.from_preset("custom", classes=CLASSES, visual_length=32, visual_layers=1, lr=1e-3, batch_size=4,
                            epochs=1, clip_pretrained=None, clip_model_kwargs=tiny_clip_kwargs(32))
     man, _ = make_sample_set(str(d / "train"), 10, 10, seed=1, prefix="tr")
     write_manifest(man, str(d / "train.csv"))
@@ -94,7 +94,12 @@ def test_score_videos_end_to_end_resume_and_registry(trained, tmp_path):
     # resume: nothing re-scored, nothing duplicated
     s2 = run_score(str(d / "model.pt"), str(out), features=str(out / "features"), log=lambda *_: None)
     assert s2["videos_scored"] == 0 and s2["videos_skipped"] == 6
-    assert len(pq.read_table(str(out / "scores"))) == 6
+    table = pq.read_table(str(out / "scores")).to_pylist()
+    assert len(table) == 6
+    # totals are streamed from the part files and cover the earlier run's rows too
+    assert s2["videos_total_in_output"] == 6
+    assert s2["anomalous_videos"] == sum(r["flagged"] for r in table) == s["anomalous_videos"]
+    assert s2["events"] == sum(len(r["events"]) for r in table) == s["events"]
 
 
 def test_bad_feature_rows_are_recorded_not_dropped(trained, tmp_path):

@@ -1,7 +1,6 @@
 from collections import defaultdict
 
 import numpy as np
-import torch
 
 from vadclip import build_model, tiny_config
 from vadclip.synthetic import make_feature_set

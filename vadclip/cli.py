@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import List, Optional
 
@@ -144,7 +143,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             if not a.classes:
                 raise SystemExit("--preset custom needs --classes normal,abnormal1,...")
             over["classes"] = a.classes.split(",")
-        cfg = VadConfig.preset(a.preset, **_clip_settings(a), **over)
+        cfg = VadConfig.from_preset(a.preset, **_clip_settings(a), **over)
         s = run_train(a.train, cfg, a.storage, a.run_name, a.eval, a.gt, a.num_workers, a.use_gpu,
                       a.cpus_per_worker, a.metric, a.tracking_uri, a.experiment, a.register, a.alias,
                       a.max_failures, address=a.address)
@@ -178,7 +177,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
             crops = [int(c) for c in a.crops.split(",")] if a.crops else None
             fps = a.fps or (30.0 if a.preset == "ucf" else 24.0)
-            s = import_official(a.csv, a.out, VadConfig.preset(a.preset), roots=a.root, crops=crops, fps=fps)
+            s = import_official(a.csv, a.out, VadConfig.from_preset(a.preset), roots=a.root, crops=crops, fps=fps)
     elif a.cmd == "demo":
         from .demo import run_demo
 

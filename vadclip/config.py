@@ -1,9 +1,9 @@
 """Typed configuration with the official VadCLIP defaults per dataset preset.
 
 One :class:`VadConfig` object describes the model, the label space, the
-optimisation schedule and the CLIP backbone.  ``VadConfig.preset("ucf")`` and
-``VadConfig.preset("xd")`` reproduce the hyper-parameters of the official code
-(nwpu-zxr/VadCLIP, ``ucf_option.py`` / ``xd_option.py``); ``preset("custom",
+optimisation schedule and the CLIP backbone.  ``VadConfig.from_preset("ucf")`` and
+``VadConfig.from_preset("xd")`` reproduce the hyper-parameters of the official code
+(nwpu-zxr/VadCLIP, ``ucf_option.py`` / ``xd_option.py``); ``from_preset("custom",
 classes=[...])`` builds a configuration for a user label space.
 """
 from __future__ import annotations
@@ -92,7 +92,7 @@ class VadConfig:
 
     # ------------------------------------------------------------------ presets
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "VadConfig":
+    def from_preset(cls, name: str, **overrides: Any) -> "VadConfig":
         name = name.lower()
         if name in ("ucf", "ucf-crime", "ucfcrime"):
             base: Dict[str, Any] = dict(
@@ -210,5 +210,5 @@ def tiny_config(preset: str = "ucf", embed_dim: int = 32, **overrides: Any) -> V
     """A preset with a tiny random-init CLIP (no download; for tests and the demo)."""
     overrides.setdefault("clip_pretrained", None)
     overrides.setdefault("clip_model_kwargs", tiny_clip_kwargs(embed_dim))
-    return VadConfig.preset(preset, **overrides)
+    return VadConfig.from_preset(preset, **overrides)
 

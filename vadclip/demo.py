@@ -50,7 +50,7 @@ def run_demo(workdir: str = "./vadclip_demo", n_train: int = 24, n_test: int = 8
     run_extract(os.path.join(workdir, "test.csv"), os.path.join(workdir, "extract", "test"), eo, log=log)
 
     log("[demo] 3/4 training (Ray Train) and registering the model (MLflow)")
-    cfg = VadConfig.preset("custom", classes=DEMO_CLASSES, visual_length=32, attn_window=8, visual_layers=1,
+    cfg = VadConfig.from_preset("custom", classes=DEMO_CLASSES, visual_length=32, attn_window=8, visual_layers=1,
                            lr=1e-3, batch_size=4, epochs=epochs, milestones=[max(1, epochs - 2)],
                            contrast_weight=1e-1, **clip)
     tracking_uri = f"sqlite:///{os.path.join(workdir, 'mlflow.db')}"

@@ -9,7 +9,6 @@ re-running skips videos already written (and, unless asked, videos already faile
 """
 from __future__ import annotations
 
-import csv
 import glob
 import hashlib
 import json
@@ -17,14 +16,15 @@ import os
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .features import ERROR_SCHEMA, FEATURE_SCHEMA, feature_row
-from .video import VIDEO_EXTENSIONS, VideoError, iter_snippet_chunks, list_videos
+from .tables import read_records
+from .video import VideoError, iter_snippet_chunks, list_videos
 
 
 @dataclass
@@ -57,13 +57,7 @@ def load_manifest(source: str) -> List[Dict[str, Optional[str]]]:
     if os.path.isdir(source):
         recs = [{"path": p} for p in list_videos(source)]
     elif source.endswith((".csv", ".parquet")):
-        if not os.path.isfile(source):
-            raise FileNotFoundError(f"manifest not found: {source}")
-        if source.endswith(".csv"):
-            with open(source, newline="") as fh:
-                recs = list(csv.DictReader(fh))
-        else:
-            recs = pq.read_table(source).to_pylist()
+        recs = read_records(source, "manifest")
         if recs and "path" not in recs[0]:
             raise ValueError(f"{source}: manifest needs a 'path' column, has {sorted(recs[0])}")
         base = os.path.dirname(os.path.abspath(source))

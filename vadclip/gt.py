@@ -4,7 +4,6 @@ CSV, and converters from the UCF-Crime ``Temporal_Anomaly_Annotation.txt`` and t
 XD-Violence ``annotations.txt`` formats."""
 from __future__ import annotations
 
-import csv
 import os
 import re
 from collections import defaultdict
@@ -12,6 +11,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from .tables import read_records
 
 GT_SCHEMA = pa.schema([("video_id", pa.string()), ("start_frame", pa.int64()),
                        ("end_frame", pa.int64()), ("label", pa.string())])
@@ -47,11 +48,10 @@ def read_gt(path: str) -> Intervals:
     """Read a ground-truth table → {video_id: [(start, end, label), ...]}."""
     if not os.path.exists(path):
         raise GroundTruthError(f"ground truth not found: {path}")
-    if path.endswith(".csv"):
-        with open(path, newline="") as fh:
-            recs = list(csv.DictReader(fh))
-    else:
-        recs = pq.read_table(path).to_pylist()
+    try:
+        recs = read_records(path, "ground truth")
+    except ValueError as exc:
+        raise GroundTruthError(str(exc)) from exc
     out: Intervals = defaultdict(list)
     for i, r in enumerate(recs):
         try:

@@ -177,40 +177,43 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
     sw = PartWriter(_scores_dir(out_dir), SCORE_SCHEMA, opts.rows_per_file, run_id)
     ew = PartWriter(os.path.join(out_dir, "score_errors"), ERROR_SCHEMA, 64, run_id)
     n_ok = n_err = n_snip = 0
+    plot_dir = os.path.join(out_dir, "plots")
+    plots: List[str] = []
     for r in ds.iter_rows():
         if r["error"]:
             ew.add([{"path": r["path"], "video_id": r["video_id"], "stage": "score", "error": r["error"]}])
             n_err += 1
             log(f"[score] FAILED {r['error']}")
             continue
-        sw.add([{"video_id": r["video_id"], "path": r["path"], "label": r["label"], "fps": float(r["fps"]),
-                 "num_frames": int(r["num_frames"]), "snippet_count": int(r["snippet_count"]),
-                 "classes": list(cfg.class_keys), "anomaly": np.asarray(r["anomaly"], np.float32),
-                 "class_probs": np.asarray(r["class_probs"], np.float32), "video_score": float(r["video_score"]),
-                 "predicted_class": r["predicted_class"], "flagged": bool(r["flagged"]),
-                 "events": json.loads(r["events"])}])
+        row = {"video_id": r["video_id"], "path": r["path"], "label": r["label"], "fps": float(r["fps"]),
+               "num_frames": int(r["num_frames"]), "snippet_count": int(r["snippet_count"]),
+               "classes": list(cfg.class_keys), "anomaly": np.asarray(r["anomaly"], np.float32),
+               "class_probs": np.asarray(r["class_probs"], np.float32), "video_score": float(r["video_score"]),
+               "predicted_class": r["predicted_class"], "flagged": bool(r["flagged"]),
+               "events": json.loads(r["events"])}
+        sw.add([row])
+        if row["flagged"] and len(plots) < opts.max_plots:   # bounded: at most max_plots per run
+            plots.extend(plot_timelines([row], plot_dir, opts.threshold))
         n_ok += 1
         n_snip += int(r["snippet_count"])
     sw.flush()
     ew.flush()
     elapsed = time.time() - t0
-    all_rows = pq.read_table(_scores_dir(out_dir)).to_pylist() if glob.glob(
-        os.path.join(_scores_dir(out_dir), "part-*.parquet")) else []
+    totals = output_totals(_scores_dir(out_dir))
     summary: Dict[str, Any] = {
         "videos_scored": n_ok, "videos_failed": n_err, "videos_skipped": len(done),
-        "videos_total_in_output": len(all_rows),
-        "anomalous_videos": sum(bool(r["flagged"]) for r in all_rows),
-        "events": sum(len(r["events"]) for r in all_rows),
-        "snippets": n_snip, "elapsed_s": round(elapsed, 3),
+        "videos_total_in_output": totals["videos"], "anomalous_videos": totals["flagged"],
+        "events": totals["events"], "snippets": n_snip, "elapsed_s": round(elapsed, 3),
         "snippets_per_s": round(n_snip / elapsed, 2) if elapsed > 0 else 0.0,
         "output": _scores_dir(out_dir),
     }
     if extract_summary:
         summary["extract"] = {k: extract_summary[k] for k in ("videos_ok", "videos_failed", "frames_per_s")}
-    if gt_path and all_rows:
-        summary.update(score_metrics(all_rows, gt_path, cfg))
-    plots = plot_timelines([r for r in all_rows if r["flagged"]][:opts.max_plots],
-                           os.path.join(out_dir, "plots"), opts.threshold)
+    if gt_path and totals["videos"]:
+        # frame-level AUC/AP need every frame score at once: this step (only) grows with the archive
+        rows = pq.read_table(_scores_dir(out_dir), columns=list(METRIC_COLUMNS)).to_pylist()
+        summary.update(score_metrics(rows, gt_path, cfg))
+        del rows
     mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=f"score-{run_id}") as run:
         mlflow.log_params({"model_uri": model_uri, "features": features, **asdict(opts)})
@@ -225,6 +228,23 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
         f"{summary['anomalous_videos']} flagged with {summary['events']} events; "
         f"{summary['snippets_per_s']} snippets/s → {summary['output']}")
     return summary
+
+
+METRIC_COLUMNS = ("video_id", "label", "num_frames", "snippet_count", "anomaly", "class_probs")
+
+
+def output_totals(scores_dir: str) -> Dict[str, int]:
+    """Videos, flagged videos and events in a scores table, one part file and two
+    small columns at a time (memory does not grow with the archive)."""
+    import pyarrow.compute as pc
+
+    tot = {"videos": 0, "flagged": 0, "events": 0}
+    for f in sorted(glob.glob(os.path.join(scores_dir, "part-*.parquet"))):
+        t = pq.read_table(f, columns=["flagged", "events"])
+        tot["videos"] += t.num_rows
+        tot["flagged"] += int(pc.sum(t.column("flagged")).as_py() or 0)
+        tot["events"] += int(pc.sum(pc.list_value_length(t.column("events"))).as_py() or 0)
+    return tot
 
 
 def score_metrics(rows: List[Dict[str, Any]], gt_path: str, cfg) -> Dict[str, float]:

@@ -2,7 +2,7 @@
 the Ray Train workers of :mod:`vadclip.train_job`)."""
 from __future__ import annotations
 
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
