@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-encoders", type=int, default=1, help="size of the encoder actor pool")
     p.add_argument("--gpus-per-encoder", type=float, default=None,
                    help="GPUs per encoder actor (default: 1 if the cluster has GPUs, else 0)")
+    p.add_argument("--encoder-threads", type=int, default=None,
+                   help="CPU-only: torch threads per encoder actor (default: the node's cores / --num-encoders)")
     p.add_argument("--retry-failed", action="store_true", help="retry videos that failed in an earlier run")
     _add_clip(p)
     _add_ray(p)
@@ -132,7 +134,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         opts = ExtractOptions(snippet_len=a.snippet_len, crops=a.crops, batch_size=a.batch_size,
                               precision=a.precision, num_encoders=a.num_encoders,
-                              gpus_per_encoder=a.gpus_per_encoder, **_clip_settings(a))
+                              gpus_per_encoder=a.gpus_per_encoder, encoder_threads=a.encoder_threads,
+                              **_clip_settings(a))
         s = run_extract(a.source, a.out, opts, retry_failed=a.retry_failed, address=a.address)
     elif a.cmd == "train":
         from .train_job import run_train

@@ -38,6 +38,10 @@ class ExtractOptions:
     precision: str = "auto"         # auto → fp16 on GPU, fp32 on CPU; or fp32/fp16/bf16
     num_encoders: int = 1           # size of the encoder actor pool
     gpus_per_encoder: Optional[float] = None  # None → 1 when the cluster has GPUs
+    # CPU encoders: torch threads per encoder actor.  Ray pins an actor that reserves
+    # one CPU to one thread; the encoder is the bottleneck (decode tasks mostly wait on
+    # backpressure), so by default it gets the node's cores shared by the pool.
+    encoder_threads: Optional[int] = None
     rows_per_file: int = 256        # video×crop rows per Parquet part file
 
     @property
@@ -141,6 +145,11 @@ def _decode_rows(item: Dict[str, Any], opts: ExtractOptions, size: int) -> Itera
 class _EncoderActor:
     def __init__(self, opts_dict: Dict[str, Any]) -> None:
         self.opts = ExtractOptions(**opts_dict)
+        import torch
+
+        if not torch.cuda.is_available():
+            n = self.opts.encoder_threads or max(1, (os.cpu_count() or 1) // max(1, self.opts.num_encoders))
+            torch.set_num_threads(int(n))
         self.enc = ClipImageEncoder(self.opts.clip_model, self.opts.clip_pretrained,
                                     self.opts.clip_model_kwargs, self.opts.precision)
 
