@@ -83,7 +83,7 @@ def test_text_encoder_cut_after_eot_is_exact(model):
     # CLIP's text mask is causal, so positions after the last EOT cannot change the
     # EOT features: the truncated run equals the full 77-token run
     emb, eot = model.prompt(), model.prompt.eot_index
-    assert model.clip._causal_mask() is not None
+    assert model.clip.text_is_causal
     full = model.clip.encode_text_embeddings(emb, eot, truncate=False)
     cut = model.clip.encode_text_embeddings(emb, eot, truncate=True)
     assert int(eot.max()) + 1 < model.clip.context_length

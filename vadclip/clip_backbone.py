@@ -37,6 +37,14 @@ def build_open_clip(model_name: str, pretrained: Optional[str], model_kwargs: Op
         return open_clip.create_model(model_name, pretrained=None, device=device, **kwargs)
 
 
+def _is_causal(mask: Optional[torch.Tensor]) -> bool:
+    """True for CLIP's text mask: -inf above the diagonal, 0 on and below it."""
+    if mask is None or mask.dim() != 2:
+        return False
+    upper = torch.triu(torch.ones_like(mask, dtype=torch.bool), diagonal=1)
+    return bool(torch.all(torch.isneginf(mask[upper]))) and bool(torch.all(mask[~upper] == 0))
+
+
 class FrozenCLIP(nn.Module):
     """Wraps an open_clip CLIP model with all gradients off and eval mode pinned."""
 
@@ -59,6 +67,7 @@ class FrozenCLIP(nn.Module):
         pcfg = getattr(visual, "preprocess_cfg", None) or {}
         self.mean = tuple(pcfg.get("mean", OPENAI_MEAN))
         self.std = tuple(pcfg.get("std", OPENAI_STD))
+        self.text_is_causal = _is_causal(getattr(self.clip, "attn_mask", None))
 
     def train(self, mode: bool = True) -> "FrozenCLIP":  # frozen: always eval
         super().train(False)
@@ -92,15 +101,6 @@ class FrozenCLIP(nn.Module):
     def token_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.clip.token_embedding(tokens)
 
-    def _causal_mask(self) -> Optional[torch.Tensor]:
-        """The text attention mask when it is causal (CLIP's), else None."""
-        mask = getattr(self.clip, "attn_mask", None)
-        if mask is None or mask.dim() != 2:
-            return None
-        upper = torch.triu(torch.ones_like(mask, dtype=torch.bool), diagonal=1)
-        ok = bool(torch.all(torch.isneginf(mask[upper]))) and bool(torch.all(mask[~upper] == 0))
-        return mask if ok else None
-
     def encode_text_embeddings(self, embeddings: torch.Tensor, eot_index: torch.Tensor,
                                truncate: bool = True) -> torch.Tensor:
         """Run the frozen text transformer on input embeddings [C, L, W].
@@ -114,7 +114,7 @@ class FrozenCLIP(nn.Module):
         the 77-token cost.  ``truncate=False`` runs all positions (the reference)."""
         clip = self.clip
         mask = clip.attn_mask
-        if truncate and self._causal_mask() is not None:
+        if truncate and self.text_is_causal:
             n = int(eot_index.max()) + 1
             embeddings = embeddings[:, :n]
             mask = mask[:n, :n]

@@ -198,10 +198,14 @@ class PartWriter:
         self.buf = []
 
 
+def part_files(directory: str) -> List[str]:
+    """The Parquet part files a :class:`PartWriter` has written into ``directory``."""
+    return sorted(glob.glob(os.path.join(directory, "part-*.parquet")))
+
+
 def _read_column(directory: str, column: str) -> List[str]:
-    files = sorted(glob.glob(os.path.join(directory, "part-*.parquet")))
     out: List[str] = []
-    for f in files:
+    for f in part_files(directory):
         out.extend(pq.read_table(f, columns=[column]).column(column).to_pylist())
     return out
 
@@ -216,7 +220,7 @@ def errors_dir(out_dir: str) -> str:
 
 def _drop_errors_for(out_dir: str, paths: set) -> None:
     """Rewrite error part files without the given paths (they are being retried)."""
-    for f in sorted(glob.glob(os.path.join(errors_dir(out_dir), "part-*.parquet"))):
+    for f in part_files(errors_dir(out_dir)):
         t = pq.read_table(f)
         keep = [p not in paths for p in t.column("path").to_pylist()]
         if not all(keep):

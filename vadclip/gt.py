@@ -46,11 +46,9 @@ def write_gt(rows: Sequence[Dict], path: str) -> None:
 
 def read_gt(path: str) -> Intervals:
     """Read a ground-truth table → {video_id: [(start, end, label), ...]}."""
-    if not os.path.exists(path):
-        raise GroundTruthError(f"ground truth not found: {path}")
     try:
         recs = read_records(path, "ground truth")
-    except ValueError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         raise GroundTruthError(str(exc)) from exc
     out: Intervals = defaultdict(list)
     for i, r in enumerate(recs):

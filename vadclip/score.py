@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .extract import PartWriter, _read_column
+from .extract import PartWriter, _read_column, part_files
 from .features import ERROR_SCHEMA
 
 EVENT_TYPE = pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("start_frame", pa.int64()),
@@ -239,7 +239,7 @@ def output_totals(scores_dir: str) -> Dict[str, int]:
     import pyarrow.compute as pc
 
     tot = {"videos": 0, "flagged": 0, "events": 0}
-    for f in sorted(glob.glob(os.path.join(scores_dir, "part-*.parquet"))):
+    for f in part_files(scores_dir):
         t = pq.read_table(f, columns=["flagged", "events"])
         tot["videos"] += t.num_rows
         tot["flagged"] += int(pc.sum(t.column("flagged")).as_py() or 0)
