@@ -25,7 +25,7 @@ def ray_local():
     os.environ["VADCLIP_DATA_NO_PROGRESS_TIMEOUT_S"] = "120"
     os.environ["VADCLIP_PROGRESS_BARS"] = "0"
     if not ray.is_initialized():
-        ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=6, include_dashboard=False, log_to_driver=False)
     from vadclip.raysetup import ensure_ray
 
     ensure_ray()

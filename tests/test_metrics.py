@@ -50,15 +50,15 @@ def test_detection_map_hand_built():
     # class 1: one proposal, matches exactly → AP 1.  class 0: the normal curve of
     # video 0 thresholds to its two flanks ([0,20) and [40,100): no IoU ≥ 0.1 with
     # video 1's gt) and video 1 is flat (no proposal over threshold) → AP 0; class 2: 0.
-    assert maps == pytest.approx([100 / 3] * 5)
-    assert avg == pytest.approx(100 / 3)
+    assert maps == pytest.approx([1 / 3] * 5)
+    assert avg == pytest.approx(1 / 3)
 
 
 def test_detection_map_iou_threshold():
     # predicted [20, 40) vs gt [20, 60): IoU = 0.5 → counted at 0.1..0.5
     preds = [_pred(100, 1, 20, 40, 2)]
     maps, _ = detection_map(preds, [[(20, 60)]], [[1]])
-    # class 0 (no gt) → 0, class 1 → 100
-    assert maps == pytest.approx([50.0] * 5)
+    # class 0 (no gt) → 0, class 1 → 1
+    assert maps == pytest.approx([0.5] * 5)
     maps, _ = detection_map(preds, [[(20, 80)]], [[1]])   # IoU 1/3
-    assert maps == pytest.approx([50.0, 50.0, 50.0, 0.0, 0.0])
+    assert maps == pytest.approx([0.5, 0.5, 0.5, 0.0, 0.0])

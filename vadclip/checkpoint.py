@@ -8,6 +8,7 @@ from typing import Any, Dict, Optional, Union
 
 import torch
 
+from .errors import InputError, one_line
 from .clip_backbone import FrozenCLIP
 from .config import VadConfig
 from .model import VadCLIP
@@ -17,7 +18,7 @@ FORMAT = "vadclip/1"
 _ADAPTER_PREFIXES = ("temporal.", "gc1.", "gc2.", "gc3.", "gc4.", "linear.", "frame_position_embeddings.")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     pass
 
 
@@ -33,17 +34,30 @@ def save_checkpoint(model: VadCLIP, path: str, **extra: Any) -> None:
     os.replace(tmp, path)
 
 
+def _torch_load(f, name: str) -> Dict[str, Any]:
+    """``torch.load`` that never runs code: tensors and plain containers only."""
+    import pickle
+
+    try:
+        obj = torch.load(f, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{name}: refused: the checkpoint carries pickled Python objects, and loading "
+                              f"it could run code ({one_line(e, 160)})") from None
+    except Exception as e:  # noqa: BLE001 - re-raised with the file name
+        raise CheckpointError(f"{name}: not a readable torch checkpoint ({one_line(e, 200)})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{name}: not a checkpoint (holds a {type(obj).__name__}, expected a dict)")
+    return obj
+
+
 def _load_obj(src: Union[str, bytes, Dict[str, Any]]) -> Dict[str, Any]:
     if isinstance(src, dict):
         return src
     if isinstance(src, bytes):
-        return torch.load(io.BytesIO(src), map_location="cpu", weights_only=False)
+        return _torch_load(io.BytesIO(src), "checkpoint")
     if not os.path.isfile(src):
         raise CheckpointError(f"checkpoint not found: {src}")
-    try:
-        return torch.load(src, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file name
-        raise CheckpointError(f"{src}: not a readable torch checkpoint ({e})") from e
+    return _torch_load(src, src)
 
 
 def load_checkpoint(src: Union[str, bytes, Dict[str, Any]], with_clip: bool = False,
@@ -116,3 +130,37 @@ def load_official_checkpoint(src: Union[str, Dict[str, Any]], cfg: VadConfig,
         raise CheckpointError(f"official checkpoint does not fit the config: missing {missing}, "
                               f"unexpected {result.unexpected_keys}")
     return model.to(device).eval()
+
+
+def is_official_state(obj: Dict[str, Any]) -> bool:
+    """An official VadCLIP checkpoint: a state dict (or ``model_state_dict``) whose keys
+    are those of the official ``CLIPVAD`` module."""
+    state = obj.get("model_state_dict", obj)
+    return isinstance(state, dict) and any(str(k).startswith(("clipmodel.", "temporal.resblocks."))
+                                           for k in state)
+
+
+def official_preset(obj: Dict[str, Any]) -> str:
+    """The official preset a checkpoint was trained with: UCF-Crime has two temporal
+    layers, XD-Violence one."""
+    state = obj.get("model_state_dict", obj)
+    return "ucf" if any(str(k).startswith("temporal.resblocks.1.") for k in state) else "xd"
+
+
+def load_model_file(src: Union[str, bytes, Dict[str, Any]]) -> VadCLIP:
+    """A scoring model from any checkpoint file, read once and recognised by its
+    contents: a vadclip inference checkpoint (frozen text features), a vadclip training
+    checkpoint (text features computed once with its CLIP), or an official VadCLIP
+    ``.pth`` (its preset recognised from the weights)."""
+    obj = _load_obj(src)
+    name = src if isinstance(src, str) else "checkpoint"
+    if obj.get("format") == FORMAT:
+        if bool(obj["state_dict"].get("has_frozen_text", torch.tensor(False))):
+            return load_checkpoint(obj)
+        model = load_checkpoint(obj, with_clip=True)
+    elif is_official_state(obj):
+        model = load_official_checkpoint(obj, VadConfig.from_preset(official_preset(obj)))
+    else:
+        raise CheckpointError(f"{name}: neither a {FORMAT} checkpoint nor an official VadCLIP checkpoint")
+    model.freeze_text()
+    return model.eval()

@@ -5,15 +5,29 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from typing import List, Optional
 
 from .config import VadConfig, tiny_clip_kwargs
+from .errors import InputError, one_line
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows an option's default once: not for required options, not when it is None
+    or False, and not when the help text already speaks of its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.required or action.default in (None, False, argparse.SUPPRESS) or "default" in text
+                or not action.option_strings):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def _add_clip(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("CLIP backbone (open_clip)")
-    g.add_argument("--clip-model", default="ViT-B-16", help="open_clip model name (default ViT-B-16)")
+    g.add_argument("--clip-model", default="ViT-B-16", help="open_clip model name")
     g.add_argument("--clip-pretrained", default="openai",
                    help="pretrained tag (e.g. openai), a local weights file, or 'none' for random init")
     g.add_argument("--tiny-clip", action="store_true",
@@ -29,37 +43,66 @@ def _clip_settings(a) -> dict:
 
 def _add_ray(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=None,
-                   help="Ray cluster address (default: $RAY_ADDRESS as set by `ray job submit`, else a local Ray)")
+                   help="Ray cluster to join: an address, or 'auto' for a cluster started here with `ray start` "
+                        "(default: $RAY_ADDRESS, which `ray job submit` sets; else an embedded local Ray)")
+
+
+def _add_tracking(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow store shared by train, score and evaluate (default: $MLFLOW_TRACKING_URI, "
+                        "else sqlite:///./runs/mlflow.db with artifacts in ./runs/mlartifacts)")
+
+
+def _add_output(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("output parts (resume keeps every part already written)")
+    g.add_argument("--rows-per-file", type=int, default=256, help="at most this many rows per Parquet part file")
+    g.add_argument("--flush-seconds", type=float, default=60.0,
+                   help="write finished rows at least this often, so an interrupted job keeps its work")
+
+
+def _add_extract_opts(p: argparse.ArgumentParser, crops_help: str) -> None:
+    g = p.add_argument_group("video decoding and CLIP encoding")
+    g.add_argument("--crops", type=int, default=1, choices=[1, 5, 10], help=crops_help)
+    g.add_argument("--batch-size", type=int, default=64, help="images per encoder forward pass")
+    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                   help="encoder precision (default auto: fp16 on GPU, fp32 on CPU)")
+    g.add_argument("--num-encoders", type=int, default=1, help="size of the encoder actor pool")
+    g.add_argument("--gpus-per-encoder", type=float, default=None,
+                   help="GPUs per encoder actor (default: 1 if the cluster has GPUs, else 0)")
+    g.add_argument("--encoder-threads", type=int, default=None,
+                   help="CPU-only: torch threads per encoder actor (default: the node's cores / --num-encoders)")
+
+
+def _extract_options(a, **clip):
+    from .extract import ExtractOptions
+
+    return ExtractOptions(crops=a.crops, batch_size=a.batch_size, precision=a.precision,
+                          num_encoders=a.num_encoders, gpus_per_encoder=a.gpus_per_encoder,
+                          encoder_threads=a.encoder_threads, rows_per_file=a.rows_per_file,
+                          flush_seconds=a.flush_seconds, **clip)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="vadclip", description=__doc__,
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap = argparse.ArgumentParser(prog="vadclip", description=__doc__, formatter_class=_HelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _HelpFormatter
 
     p = sub.add_parser("extract", formatter_class=fmt,
                        help="raw videos → CLIP snippet features (Parquet), resumable, errors recorded")
     p.add_argument("source", help="manifest (CSV/Parquet with path[,label,video_id]), a directory, or a glob")
     p.add_argument("--out", required=True, help="output directory (features/, errors/, summary.json)")
-    p.add_argument("--crops", type=int, default=1, choices=[1, 5, 10],
-                   help="views per frame: 1 (centre) or 5/10 (centre, 4 corners[, flipped])")
     p.add_argument("--snippet-len", type=int, default=16, help="frames per snippet (one frame encoded per snippet)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per encoder forward pass")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
-                   help="encoder precision (auto: fp16 on GPU, fp32 on CPU)")
-    p.add_argument("--num-encoders", type=int, default=1, help="size of the encoder actor pool")
-    p.add_argument("--gpus-per-encoder", type=float, default=None,
-                   help="GPUs per encoder actor (default: 1 if the cluster has GPUs, else 0)")
-    p.add_argument("--encoder-threads", type=int, default=None,
-                   help="CPU-only: torch threads per encoder actor (default: the node's cores / --num-encoders)")
+    _add_extract_opts(p, "views per frame: 1 (centre) or 5/10 (centre, 4 corners[, flipped])")
+    _add_output(p)
     p.add_argument("--retry-failed", action="store_true", help="retry videos that failed in an earlier run")
     _add_clip(p)
     _add_ray(p)
 
     p = sub.add_parser("train", formatter_class=fmt, help="Ray Train distributed training + MLflow registry")
     p.add_argument("--train", required=True, help="training feature set (Parquet file or directory)")
-    p.add_argument("--eval", default=None, help="held-out feature set evaluated each epoch")
+    p.add_argument("--eval", default=None, help="held-out feature set evaluated each epoch (needs --gt)")
+    p.add_argument("--eval-crop", type=int, default=None,
+                   help="crop of the evaluation set to evaluate (default: the lowest crop it holds)")
     p.add_argument("--gt", default=None, help="ground truth: Parquet/CSV of video_id,start_frame,end_frame[,label]")
     p.add_argument("--preset", default="ucf", choices=["ucf", "xd", "custom"], help="official defaults to use")
     p.add_argument("--classes", default=None,
@@ -67,14 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     p.add_argument("--lr", type=float, default=None, help="override the preset's learning rate")
     p.add_argument("--batch-size", type=int, default=None, help="override the preset's batch size")
-    p.add_argument("--visual-length", type=int, default=None, help="override visual_length (256)")
+    p.add_argument("--visual-length", type=int, default=None, help="override the preset's visual_length (256)")
     p.add_argument("--num-workers", type=int, default=2, help="Ray Train workers (DDP ranks)")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per worker (NCCL)")
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per worker")
     p.add_argument("--storage", default="./runs", help="Ray Train storage path (checkpoints; resume)")
     p.add_argument("--run-name", default="vadclip", help="run name; re-running the same name resumes it")
-    p.add_argument("--metric", default=None, help="model selection metric (default auc for ucf, ap for xd)")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default sqlite:///<storage>/mlflow.db)")
+    p.add_argument("--metric", default=None, help="model selection metric (default: auc for ucf, ap for xd)")
+    _add_tracking(p)
     p.add_argument("--experiment", default="vadclip", help="MLflow experiment")
     p.add_argument("--register", default=None, help="register the best model under this name")
     p.add_argument("--alias", default="champion", help="alias moved to the new version when it beats the current one")
@@ -83,33 +126,40 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ray(p)
 
     p = sub.add_parser("score", formatter_class=fmt, help="score an archive with a registered model")
-    p.add_argument("--model", required=True, help="models:/NAME@ALIAS, another MLflow model URI, or a checkpoint")
+    p.add_argument("--model", required=True,
+                   help="models:/NAME@ALIAS, another MLflow model URI, or a checkpoint file (vadclip or official)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--features", help="feature set to score")
-    src.add_argument("--videos", help="raw videos (manifest/dir/glob), extracted first with the model's CLIP")
+    src.add_argument("--videos", help="raw videos (manifest/dir/glob; labels optional), extracted first with "
+                                      "the model's CLIP")
     p.add_argument("--out", required=True, help="output directory (scores/, score_errors/, plots/)")
     p.add_argument("--gt", default=None, help="ground truth intervals → AUC/AP/mAP")
+    p.add_argument("--crop", type=int, default=None, help="crop to score (default: the lowest crop present)")
     p.add_argument("--threshold", type=float, default=0.5, help="snippet anomaly threshold for events")
     p.add_argument("--merge-gap", type=int, default=1, help="merge events this many snippets apart")
     p.add_argument("--min-snippets", type=int, default=1, help="shortest event kept (snippets)")
     p.add_argument("--num-scorers", type=int, default=1, help="size of the scoring actor pool")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
+    p.add_argument("--max-plots", type=int, default=50, help="timeline plots of the top-scoring videos")
+    p.add_argument("--experiment", default="vadclip-score", help="MLflow experiment")
+    _add_tracking(p)
+    _add_extract_opts(p, "with --videos: views per frame extracted (score one with --crop)")
+    _add_output(p)
     _add_ray(p)
 
     p = sub.add_parser("evaluate", formatter_class=fmt, help="metrics of a model on a feature set + ground truth")
-    p.add_argument("--model", required=True, help="models:/NAME@ALIAS or a checkpoint")
+    p.add_argument("--model", required=True, help="models:/NAME@ALIAS or a checkpoint file (vadclip or official)")
     p.add_argument("--features", required=True, help="feature set")
     p.add_argument("--gt", required=True, help="ground truth intervals (Parquet/CSV)")
-    p.add_argument("--crop", type=int, default=0, help="crop index to evaluate")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
+    p.add_argument("--crop", type=int, default=None, help="crop to evaluate (default: the lowest crop present)")
+    _add_tracking(p)
 
     p = sub.add_parser("import-official", formatter_class=fmt,
                        help="official VadCLIP features (CSV path,label + NAME__K.npy) → Parquet; or convert annotations")
     p.add_argument("--csv", help="official list, e.g. ucf_CLIP_rgb.csv")
     p.add_argument("--root", action="append", default=[], help="directory holding the .npy files (repeatable)")
     p.add_argument("--preset", default="ucf", choices=["ucf", "xd"], help="label space used to check labels")
-    p.add_argument("--crops", default=None, help="comma-separated crop indices to keep (default all)")
-    p.add_argument("--fps", type=float, default=None, help="fps to record (default 30 ucf / 24 xd)")
+    p.add_argument("--crops", default=None, help="comma-separated crop indices to keep (default: all)")
+    p.add_argument("--fps", type=float, default=None, help="fps to record (default: 30 ucf / 24 xd)")
     p.add_argument("--out", required=True, help="output Parquet file (or ground-truth file with --annotations)")
     p.add_argument("--annotations", default=None,
                    help="convert Temporal_Anomaly_Annotation.txt (ucf) / annotations.txt (xd) to a gt table")
@@ -123,69 +173,81 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=2, help="Ray Train workers")
     p.add_argument("--clip-model", default="ViT-B-16", help="open_clip model name")
     p.add_argument("--clip-pretrained", default=None,
-                   help="pretrained tag or local weights file; default: a tiny random-init CLIP (offline)")
+                   help="pretrained tag or local weights file (default: a tiny random-init CLIP, offline)")
     return ap
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    a = build_parser().parse_args(argv)
+def _run(a) -> dict:
     if a.cmd == "extract":
-        from .extract import ExtractOptions, run_extract
+        from .extract import run_extract
 
-        opts = ExtractOptions(snippet_len=a.snippet_len, crops=a.crops, batch_size=a.batch_size,
-                              precision=a.precision, num_encoders=a.num_encoders,
-                              gpus_per_encoder=a.gpus_per_encoder, encoder_threads=a.encoder_threads,
-                              **_clip_settings(a))
-        s = run_extract(a.source, a.out, opts, retry_failed=a.retry_failed, address=a.address)
-    elif a.cmd == "train":
+        opts = _extract_options(a, **_clip_settings(a))
+        opts.snippet_len = a.snippet_len
+        return run_extract(a.source, a.out, opts, retry_failed=a.retry_failed, address=a.address)
+    if a.cmd == "train":
         from .train_job import run_train
 
         over = {k: v for k, v in {"epochs": a.epochs, "lr": a.lr, "batch_size": a.batch_size,
                                   "visual_length": a.visual_length}.items() if v is not None}
-        if a.preset == "custom":
-            if not a.classes:
-                raise SystemExit("--preset custom needs --classes normal,abnormal1,...")
+        if a.classes:
             over["classes"] = a.classes.split(",")
         cfg = VadConfig.from_preset(a.preset, **_clip_settings(a), **over)
-        s = run_train(a.train, cfg, a.storage, a.run_name, a.eval, a.gt, a.num_workers, a.use_gpu,
-                      a.cpus_per_worker, a.metric, a.tracking_uri, a.experiment, a.register, a.alias,
-                      a.max_failures, address=a.address)
-    elif a.cmd == "score":
+        return run_train(a.train, cfg, a.storage, a.run_name, eval_path=a.eval, gt_path=a.gt,
+                         num_workers=a.num_workers, use_gpu=a.use_gpu, cpus_per_worker=a.cpus_per_worker,
+                         metric=a.metric, tracking_uri=a.tracking_uri, experiment=a.experiment,
+                         register_name=a.register, alias=a.alias, max_failures=a.max_failures,
+                         eval_crop=a.eval_crop, address=a.address)
+    if a.cmd == "score":
         from .score import ScoreOptions, run_score
 
-        s = run_score(a.model, a.out, features=a.features, videos=a.videos, gt_path=a.gt,
-                      opts=ScoreOptions(threshold=a.threshold, merge_gap=a.merge_gap,
-                                        min_snippets=a.min_snippets, num_scorers=a.num_scorers),
-                      tracking_uri=a.tracking_uri, address=a.address)
-    elif a.cmd == "evaluate":
-        from .features import read_feature_rows
+        opts = ScoreOptions(threshold=a.threshold, merge_gap=a.merge_gap, min_snippets=a.min_snippets,
+                            num_scorers=a.num_scorers, crop=a.crop, rows_per_file=a.rows_per_file,
+                            flush_seconds=a.flush_seconds, max_plots=a.max_plots)
+        return run_score(a.model, a.out, features=a.features, videos=a.videos, gt_path=a.gt, opts=opts,
+                         extract_opts=_extract_options(a), tracking_uri=a.tracking_uri,
+                         experiment=a.experiment, address=a.address)
+    if a.cmd == "evaluate":
+        from .features import check_feature_set, read_feature_rows
         from .gt import read_gt
         from .registry import load_scoring_model
         from .training import evaluate
 
+        gt = read_gt(a.gt)
         model = load_scoring_model(a.model, a.tracking_uri)
-        rows = [r for r in read_feature_rows(a.features) if r["crop"] == a.crop]
-        s = evaluate(model, rows, read_gt(a.gt), model.cfg)
-    elif a.cmd == "import-official":
+        fs = check_feature_set(a.features, model.embed_dim, crop=a.crop)
+        crop = fs["crops"][0] if a.crop is None else a.crop
+        rows = [r for r in read_feature_rows(a.features) if r["crop"] == crop]
+        return dict(evaluate(model, rows, gt, model.cfg), crop=crop, videos=len(rows))
+    if a.cmd == "import-official":
         if a.annotations:
             from .gt import convert_ucf_annotations, convert_xd_annotations, write_gt
 
             rows = (convert_ucf_annotations if a.preset == "ucf" else convert_xd_annotations)(a.annotations)
             write_gt(rows, a.out)
-            s = {"intervals": len(rows), "out": a.out}
-        else:
-            if not a.csv:
-                raise SystemExit("import-official needs --csv (features) or --annotations (ground truth)")
-            from .features import import_official
+            return {"intervals": len(rows), "out": a.out}
+        if not a.csv:
+            raise InputError("import-official needs --csv (features) or --annotations (ground truth)")
+        from .features import import_official
 
-            crops = [int(c) for c in a.crops.split(",")] if a.crops else None
-            fps = a.fps or (30.0 if a.preset == "ucf" else 24.0)
-            s = import_official(a.csv, a.out, VadConfig.from_preset(a.preset), roots=a.root, crops=crops, fps=fps)
-    elif a.cmd == "demo":
-        from .demo import run_demo
+        crops = [int(c) for c in a.crops.split(",")] if a.crops else None
+        fps = a.fps or (30.0 if a.preset == "ucf" else 24.0)
+        return import_official(a.csv, a.out, VadConfig.from_preset(a.preset), roots=a.root, crops=crops, fps=fps)
+    from .demo import run_demo
 
-        s = run_demo(a.workdir, a.train_videos, a.test_videos, a.epochs, a.num_workers,
-                     clip_model=a.clip_model, clip_pretrained=a.clip_pretrained)
+    return run_demo(a.workdir, a.train_videos, a.test_videos, a.epochs, a.num_workers,
+                    clip_model=a.clip_model, clip_pretrained=a.clip_pretrained)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run a command; a problem of the input or configuration is one line on stderr
+    and exit code 2 (as argparse does for bad options), never a traceback."""
+    a = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        s = _run(a)
+    except InputError as e:
+        print(f"vadclip {a.cmd}: error: {one_line(e)}", file=sys.stderr)
+        return 2
     print(json.dumps(s, indent=2, default=str))
     return 0
 

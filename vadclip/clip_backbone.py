@@ -37,6 +37,20 @@ def build_open_clip(model_name: str, pretrained: Optional[str], model_kwargs: Op
         return open_clip.create_model(model_name, pretrained=None, device=device, **kwargs)
 
 
+def clip_embed_dim(model_name: str, model_kwargs: Optional[Dict[str, Any]] = None) -> int:
+    """The feature dimension of an open_clip model, from its config (nothing is built)."""
+    import open_clip
+
+    from .errors import InputError
+
+    if model_kwargs and "embed_dim" in model_kwargs:
+        return int(model_kwargs["embed_dim"])
+    cfg = open_clip.get_model_config(model_name)
+    if cfg is None:
+        raise InputError(f"unknown open_clip model {model_name!r} (see open_clip.list_models())")
+    return int(cfg["embed_dim"])
+
+
 def _is_causal(mask: Optional[torch.Tensor]) -> bool:
     """True for CLIP's text mask: -inf above the diagonal, 0 on and below it."""
     if mask is None or mask.dim() != 2:

@@ -15,6 +15,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .errors import InputError
+
 # (label key as it appears in manifests, text prompt used for the A-branch)
 UCF_CLASSES: Tuple[Tuple[str, str], ...] = (
     ("Normal", "normal"),
@@ -44,7 +46,7 @@ XD_CLASSES: Tuple[Tuple[str, str], ...] = (
 )
 
 
-class LabelError(ValueError):
+class LabelError(InputError):
     """A video-level label that the configured label space does not know."""
 
 
@@ -94,6 +96,8 @@ class VadConfig:
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "VadConfig":
         name = name.lower()
+        if "classes" in overrides and name != "custom":
+            raise InputError(f"classes are set by the {name!r} preset; use the 'custom' preset for your own")
         if name in ("ucf", "ucf-crime", "ucfcrime"):
             base: Dict[str, Any] = dict(
                 preset="ucf",
@@ -114,7 +118,7 @@ class VadConfig:
         elif name == "custom":
             classes = overrides.pop("classes", None)
             if not classes:
-                raise ValueError("preset 'custom' needs classes=[normal, abnormal1, ...]")
+                raise InputError("preset 'custom' needs classes=[normal, abnormal1, ...]")
             keys, prompts = [], []
             for c in classes:
                 if isinstance(c, (tuple, list)):
@@ -126,21 +130,21 @@ class VadConfig:
             base = dict(preset="custom", class_keys=keys, class_prompts=prompts,
                         label_separator="-")
         else:
-            raise ValueError(f"unknown preset {name!r}: use 'ucf', 'xd' or 'custom'")
+            raise InputError(f"unknown preset {name!r}: use 'ucf', 'xd' or 'custom'")
         base.update(overrides)
         return cls(**base)
 
     # --------------------------------------------------------------- validation
     def validate(self) -> None:
         if len(self.class_keys) != len(self.class_prompts):
-            raise ValueError("class_keys and class_prompts must have the same length")
+            raise InputError("class_keys and class_prompts must have the same length")
         if len(self.class_keys) < 2:
-            raise ValueError("need at least two classes (normal + one abnormal)")
+            raise InputError("need at least two classes (normal + one abnormal)")
         if len(set(self.class_keys)) != len(self.class_keys):
-            raise ValueError(f"duplicate class keys in {self.class_keys}")
+            raise InputError(f"duplicate class keys in {self.class_keys}")
         for name in ("visual_length", "visual_heads", "visual_layers", "attn_window", "snippet_len"):
             if int(getattr(self, name)) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                raise InputError(f"{name} must be positive, got {getattr(self, name)}")
 
     @property
     def num_classes(self) -> int:
@@ -189,7 +193,7 @@ class VadConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown config fields: {sorted(unknown)}")
+            raise InputError(f"unknown config fields: {sorted(unknown)}")
         return cls(**d)
 
     def replace(self, **kw: Any) -> "VadConfig":

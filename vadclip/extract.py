@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import logging
 import os
 import time
 import uuid
@@ -22,9 +23,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .errors import InputError, MissingInputError
 from .features import ERROR_SCHEMA, FEATURE_SCHEMA, feature_row
 from .tables import read_records
 from .video import VideoError, iter_snippet_chunks, list_videos
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,7 +46,8 @@ class ExtractOptions:
     # one CPU to one thread; the encoder is the bottleneck (decode tasks mostly wait on
     # backpressure), so by default it gets the node's cores shared by the pool.
     encoder_threads: Optional[int] = None
-    rows_per_file: int = 256        # video×crop rows per Parquet part file
+    rows_per_file: int = 256        # video×crop rows per Parquet part file (at most)
+    flush_seconds: float = 60.0     # ... or fewer: finished rows are written at least this often
 
     @property
     def chunk_snippets(self) -> int:
@@ -57,13 +62,17 @@ def _video_id(path: str) -> str:
 def load_manifest(source: str) -> List[Dict[str, Optional[str]]]:
     """Videos to process from a CSV/Parquet manifest (``path`` [, ``label``, ``video_id``];
     relative paths are relative to the manifest), a directory (searched recursively) or
-    a glob pattern.  Duplicate ids get a short hash of the path appended."""
+    a glob pattern.  Labels are optional (an unlabeled archive is scored as is).  A path
+    listed twice is kept once (an error if its labels differ); different paths with the
+    same id get a short hash of the path appended to the id."""
     if os.path.isdir(source):
         recs = [{"path": p} for p in list_videos(source)]
+        if not recs:
+            raise MissingInputError(f"{source}: no video files under this directory")
     elif source.endswith((".csv", ".parquet")):
         recs = read_records(source, "manifest")
         if recs and "path" not in recs[0]:
-            raise ValueError(f"{source}: manifest needs a 'path' column, has {sorted(recs[0])}")
+            raise InputError(f"{source}: manifest needs a 'path' column, has {sorted(recs[0])}")
         base = os.path.dirname(os.path.abspath(source))
         for r in recs:
             p = str(r["path"])
@@ -71,18 +80,26 @@ def load_manifest(source: str) -> List[Dict[str, Optional[str]]]:
     else:
         paths = sorted(glob.glob(source, recursive=True))
         if not paths:
-            raise FileNotFoundError(f"no videos match {source!r}")
+            raise MissingInputError(f"no videos match {source!r}")
         recs = [{"path": p} for p in paths]
-    out, seen = [], {}
+    out, seen, by_path = [], {}, {}
     for r in recs:
         path = os.path.abspath(str(r["path"]))
+        label = r.get("label")
+        label = None if label is None or str(label) == "" else str(label)
+        if path in by_path:  # listed twice: one row per distinct video
+            if by_path[path]["label"] != label:
+                raise InputError(f"{source}: {path} is listed twice with different labels "
+                                 f"({by_path[path]['label']!r} and {label!r})")
+            continue
         vid = str(r.get("video_id") or _video_id(path))
         if vid in seen and seen[vid] != path:
             vid = f"{vid}_{hashlib.sha1(path.encode()).hexdigest()[:8]}"
         seen[vid] = path
-        label = r.get("label")
-        out.append({"path": path, "video_id": vid,
-                    "label": None if label is None or str(label) == "" else str(label)})
+        by_path[path] = {"path": path, "video_id": vid, "label": label}
+        out.append(by_path[path])
+    if len(out) < len(recs):
+        log.warning("%s: %d duplicate entries ignored (one row per distinct video)", source, len(recs) - len(out))
     return out
 
 
@@ -174,17 +191,35 @@ class _EncoderActor:
 
 # ------------------------------------------------------------------------------ output
 class PartWriter:
-    """Buffers rows and writes them as Parquet part files (tmp + atomic rename)."""
+    """Buffers rows and writes them as Parquet part files (tmp + atomic rename).
 
-    def __init__(self, directory: str, schema: pa.Schema, rows_per_file: int, run_id: str) -> None:
+    A part is written once ``rows_per_file`` rows are buffered or, for a slow job,
+    once the oldest buffered row has waited ``flush_seconds``: an interrupted job
+    loses at most that much work, and the number of part files stays bounded by
+    the job's duration / ``flush_seconds``."""
+
+    def __init__(self, directory: str, schema: pa.Schema, rows_per_file: int, run_id: str,
+                 flush_seconds: Optional[float] = 60.0, clock=time.monotonic) -> None:
         self.dir, self.schema, self.rows_per_file, self.run_id = directory, schema, rows_per_file, run_id
+        self.flush_seconds, self.clock = flush_seconds, clock
         self.buf: List[Dict[str, Any]] = []
         self.parts = 0
+        self._oldest: Optional[float] = None
         os.makedirs(directory, exist_ok=True)
 
     def add(self, rows: Iterable[Dict[str, Any]]) -> None:
+        rows = list(rows)
+        if rows and not self.buf:
+            self._oldest = self.clock()
         self.buf.extend(rows)
         if len(self.buf) >= self.rows_per_file:
+            self.flush()
+        else:
+            self.tick()
+
+    def tick(self) -> None:
+        """Flush if the oldest buffered row has waited ``flush_seconds`` (call it often)."""
+        if self.buf and self.flush_seconds is not None and self.clock() - self._oldest >= self.flush_seconds:
             self.flush()
 
     def flush(self) -> None:
@@ -196,6 +231,7 @@ class PartWriter:
         os.replace(tmp, os.path.join(self.dir, name))
         self.parts += 1
         self.buf = []
+        self._oldest = None
 
 
 def part_files(directory: str) -> List[str]:
@@ -263,11 +299,13 @@ def run_extract(source: str, out_dir: str, opts: ExtractOptions, retry_failed: b
                             compute=ActorPoolStrategy(size=opts.num_encoders), num_gpus=gpus,
                             num_cpus=0 if gpus else 1)
         run_id = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:6]
-        fw = PartWriter(feature_dir(out_dir), FEATURE_SCHEMA, opts.rows_per_file, run_id)
-        ew = PartWriter(errors_dir(out_dir), ERROR_SCHEMA, 64, run_id)
+        fw = PartWriter(feature_dir(out_dir), FEATURE_SCHEMA, opts.rows_per_file, run_id, opts.flush_seconds)
+        ew = PartWriter(errors_dir(out_dir), ERROR_SCHEMA, 64, run_id, opts.flush_seconds)
         pending: Dict[str, Dict[str, Any]] = {}
         dead: set = set()
         for row in ds.iter_rows():
+            fw.tick()
+            ew.tick()
             vid = row["video_id"]
             if vid in dead:
                 continue

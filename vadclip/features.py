@@ -15,6 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .errors import InputError, MissingInputError
+
 FEATURE_SCHEMA = pa.schema([
     ("video_id", pa.string()),
     ("path", pa.string()),
@@ -35,7 +37,7 @@ ERROR_SCHEMA = pa.schema([
 ])
 
 
-class FeatureError(ValueError):
+class FeatureError(InputError):
     """A feature array or row that cannot be used; the message names the source."""
 
 
@@ -77,6 +79,29 @@ def write_feature_table(rows: Sequence[Dict], path: str) -> None:
     table = pa.Table.from_pylist([dict(r, features=np.asarray(r["features"]).reshape(-1)) for r in rows],
                                  schema=FEATURE_SCHEMA)
     pq.write_table(table, path)
+
+
+def check_feature_set(path: str, expected_dim: Optional[int] = None, crop: Optional[int] = None,
+                      what: str = "feature set") -> Dict[str, object]:
+    """Checks that need no worker, from two small columns: the set exists and has rows,
+    some rows have the model's feature dimension, and the requested crop is present.
+    Returns the row count, dimensions and crops found."""
+    if not os.path.exists(path):
+        raise MissingInputError(f"{what} not found: {path}")
+    try:
+        t = pq.read_table(path, columns=["crop", "feature_dim"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise FeatureError(f"{path}: not a vadclip {what} ({type(exc).__name__}: {exc})") from exc
+    if t.num_rows == 0:
+        raise FeatureError(f"{path}: the {what} has no rows")
+    dims = sorted(set(t.column("feature_dim").to_pylist()))
+    crops = sorted(set(t.column("crop").to_pylist()))
+    if expected_dim is not None and expected_dim not in dims:
+        raise FeatureError(f"{path}: features have dimension {dims[0] if len(dims) == 1 else dims}, the model "
+                           f"expects {expected_dim} (extracted with another CLIP?)")
+    if crop is not None and crop not in crops:
+        raise FeatureError(f"{path}: no rows for crop {crop}; the {what} holds crops {crops}")
+    return {"rows": t.num_rows, "dims": dims, "crops": crops}
 
 
 def read_feature_rows(path: str, columns: Optional[List[str]] = None) -> List[Dict]:

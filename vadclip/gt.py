@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .errors import InputError
 from .tables import read_records
 
 GT_SCHEMA = pa.schema([("video_id", pa.string()), ("start_frame", pa.int64()),
@@ -20,7 +21,7 @@ GT_SCHEMA = pa.schema([("video_id", pa.string()), ("start_frame", pa.int64()),
 Intervals = Dict[str, List[Tuple[int, int, Optional[str]]]]
 
 
-class GroundTruthError(ValueError):
+class GroundTruthError(InputError):
     pass
 
 

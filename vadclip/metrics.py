@@ -104,7 +104,8 @@ def _iou_frames(a: Tuple[int, int], b: Tuple[int, int]) -> float:
 def detection_map(predictions: Sequence[np.ndarray], gt_segments: Sequence[Sequence[Tuple[int, int]]],
                   gt_labels: Sequence[Sequence[int]], iou_thresholds: Sequence[float] = IOU_THRESHOLDS,
                   ) -> Tuple[List[float], float]:
-    """Fine-grained detection mAP (percent) per IoU threshold and their mean.
+    """Fine-grained detection mAP (a fraction in [0, 1], like AUC and AP; the official
+    script prints percent) per IoU threshold and their mean.
 
     predictions: per video, frame-level class probabilities [F, C] (A-branch softmax
     repeated ×16); gt_segments/gt_labels: per video, [start, end) frame segments and
@@ -153,5 +154,5 @@ def detection_map(predictions: Sequence[np.ndarray], gt_segments: Sequence[Seque
             else:
                 prec = np.cumsum(tp) / np.arange(1, len(tp) + 1)
                 aps.append(float(np.sum(prec * tp) / gtpos))
-        maps.append(100.0 * float(np.mean(aps)))
+        maps.append(float(np.mean(aps)))
     return maps, float(np.mean(maps))

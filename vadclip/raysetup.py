@@ -1,5 +1,9 @@
-"""Ray start-up shared by the jobs: connect to a cluster (``--address`` or
-``RAY_ADDRESS``, as under ``ray job submit``) or start an embedded local Ray."""
+"""Ray start-up shared by the jobs.
+
+With ``--address`` (or ``RAY_ADDRESS``, which ``ray job submit`` sets for the job's
+driver) a job joins that cluster; ``--address auto`` joins a cluster started on this
+machine with ``ray start``.  Otherwise it starts an embedded local Ray of its own,
+whether or not some other Ray is running on the machine."""
 from __future__ import annotations
 
 import os
@@ -12,10 +16,10 @@ def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None,
 
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
-        if address:
+        if address and address != "local":
             ray.init(address=address, log_to_driver=True)
         else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
     import ray.data
 
     ctx = ray.data.DataContext.get_current()

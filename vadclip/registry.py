@@ -7,6 +7,8 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
+from .errors import InputError, MissingInputError, one_line
+
 try:
     import mlflow.pyfunc
 
@@ -51,15 +53,38 @@ def export_inference_checkpoint(train_ckpt: str, out_path: str) -> str:
     return out_path
 
 
+def _version_of_run(client, name: str, run_id: str, best_epoch) -> Optional[Any]:
+    """A version of ``name`` already registered from this run and this best epoch (a
+    finished training run again) — registering it twice would only duplicate it."""
+    for mv in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
+        if mv.tags.get("vadclip_best_epoch") == str(best_epoch):
+            return mv
+    return None
+
+
 def log_and_register(train_ckpt: str, run_id: str, tracking_uri: str, register_name: Optional[str],
-                     alias: str, metric: str, value: Optional[float], log=print) -> Dict[str, Any]:
+                     alias: str, metric: str, value: Optional[float], best_epoch: Optional[int] = None,
+                     log=print) -> Dict[str, Any]:
     import tempfile
 
     import mlflow
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri)
     out: Dict[str, Any] = {}
+    if register_name:
+        try:
+            prior = _version_of_run(client, register_name, run_id, best_epoch)
+        except MlflowException:
+            prior = None
+        if prior is not None:
+            log(f"[registry] {register_name} v{prior.version} already holds this run's best model; "
+                "not registered again")
+            cur = _alias_version(client, register_name, alias)
+            return {"model_uri": prior.source, "registered_version": int(prior.version), "alias": alias,
+                    "promoted": cur is not None and cur.version == prior.version, "already_registered": True}
     with tempfile.TemporaryDirectory() as d:
         path = export_inference_checkpoint(train_ckpt, os.path.join(d, "vadclip_inference.pt"))
         with mlflow.start_run(run_id=run_id):
@@ -71,16 +96,12 @@ def log_and_register(train_ckpt: str, run_id: str, tracking_uri: str, register_n
     out["model_uri"] = info.model_uri
     if not register_name:
         return out
-    client = MlflowClient(tracking_uri=tracking_uri)
-    mv = mlflow.register_model(f"runs:/{run_id}/model", register_name)
+    mv = mlflow.register_model(info.model_uri, register_name)
     client.set_model_version_tag(register_name, mv.version, metric, str(value))
+    client.set_model_version_tag(register_name, mv.version, "vadclip_best_epoch", str(best_epoch))
     out["registered_version"] = int(mv.version)
-    current = None
-    try:
-        cur = client.get_model_version_by_alias(register_name, alias)
-        current = float(cur.tags.get(metric, "nan"))
-    except Exception:  # no champion yet
-        cur = None
+    cur = _alias_version(client, register_name, alias)
+    current = float(cur.tags.get(metric, "nan")) if cur is not None else float("nan")
     better = cur is None or not np.isfinite(current) or (value is not None and value > current)
     if better:
         client.set_registered_model_alias(register_name, alias, mv.version)
@@ -93,22 +114,36 @@ def log_and_register(train_ckpt: str, run_id: str, tracking_uri: str, register_n
     return out
 
 
+def _alias_version(client, name: str, alias: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:  # no such alias yet
+        return None
+
+
+MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
+
+
 def load_scoring_model(uri: str, tracking_uri: Optional[str] = None):
-    """A VadCLIP model for scoring from ``models:/NAME@ALIAS`` (or any MLflow model URI)
-    or a checkpoint file (a training checkpoint gets its text features frozen)."""
-    from .checkpoint import CheckpointError, load_checkpoint
+    """A VadCLIP model for scoring from ``models:/NAME@ALIAS`` (``runs:/…``, any MLflow
+    model URI) or a checkpoint file of any kind (see :func:`checkpoint.load_model_file`).
+    A URI or file that does not resolve raises an :class:`InputError` naming it."""
+    from .checkpoint import load_model_file
 
-    if os.path.exists(uri):
-        try:
-            return load_checkpoint(uri, with_clip=False)
-        except CheckpointError as e:
-            if "no frozen text features" not in str(e):
-                raise
-        model = load_checkpoint(uri, with_clip=True)
-        model.freeze_text()
-        return model.eval()
+    if not uri.startswith(MLFLOW_SCHEMES):
+        if not os.path.isfile(uri):
+            raise MissingInputError(f"model file not found: {uri} (a model is a checkpoint file or an MLflow "
+                                    "model URI such as models:/NAME@champion)")
+        return load_model_file(uri)
     import mlflow
+    from mlflow.exceptions import MlflowException
 
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-    return mlflow.pyfunc.load_model(uri).unwrap_python_model().model
+    from .tracking import use_store
+
+    store = use_store(tracking_uri)
+    try:
+        return mlflow.pyfunc.load_model(uri).unwrap_python_model().model
+    except MlflowException as e:
+        raise InputError(f"model {uri}: {one_line(e, 300)} (MLflow store {store})") from None

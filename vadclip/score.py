@@ -5,18 +5,18 @@ go to an errors table; summary metrics (and AUC/AP/mAP given ground truth) and
 score-timeline plots of flagged videos are logged to MLflow."""
 from __future__ import annotations
 
-import glob
 import json
 import os
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .errors import InputError
 from .extract import PartWriter, _read_column, part_files
 from .features import ERROR_SCHEMA
 
@@ -37,9 +37,10 @@ class ScoreOptions:
     merge_gap: int = 1           # merge events separated by at most this many snippets
     min_snippets: int = 1        # drop events shorter than this
     num_scorers: int = 1
-    crop: int = 0                # which crop's features to score
-    rows_per_file: int = 256
-    max_plots: int = 50
+    crop: Optional[int] = None   # which crop's features to score (None: the lowest crop present)
+    rows_per_file: int = 256     # scored videos per Parquet part file (at most)
+    flush_seconds: float = 60.0  # ... or fewer: scored rows are written at least this often
+    max_plots: int = 50          # timelines of the top-scoring videos (flagged first)
 
 
 def find_events(anomaly: np.ndarray, probs: np.ndarray, classes: Sequence[str], fps: float, num_frames: int,
@@ -98,11 +99,11 @@ class _ScorerActor:
                 anomaly, probs = score_video(self.model, f)
                 k = min(len(anomaly), len(anomaly) // 16 + 1)
                 vscore = float(np.sort(anomaly)[::-1][:k].mean())
-                pcls = self.classes[1 + int(np.argmax(probs[:, 1:].max(0)))] if vscore > self.opts.threshold \
-                    else self.classes[0]
                 ev = find_events(anomaly, probs, self.classes, float(row["fps"]) or 30.0,
                                  int(row["num_frames"]) or len(anomaly) * 16, self.opts,
                                  self.model.cfg.snippet_len)
+                # flagged ⇔ at least one event; the video's class is that of its strongest event
+                pcls = max(ev, key=lambda e: e["score"])["class_name"] if ev else self.classes[0]
                 out["anomaly"].append(anomaly.astype(np.float32))
                 out["class_probs"].append(probs.astype(np.float32).reshape(-1))
                 out["video_score"].append(vscore)
@@ -127,59 +128,95 @@ def _scores_dir(out_dir: str) -> str:
     return os.path.join(out_dir, "scores")
 
 
+class _TopPlots:
+    """The ``n`` highest-scoring videos seen so far (flagged ones first), for the
+    timelines: a bounded heap, so an archive with nothing flagged still gets plots
+    and a million-video archive still gets ``n``."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.heap, self.count = n, [], 0
+
+    def offer(self, row: Dict[str, Any]) -> None:
+        import heapq
+
+        if self.n <= 0:
+            return
+        key = (bool(row["flagged"]), float(row["video_score"]), self.count)
+        self.count += 1
+        item = (key, {k: row[k] for k in ("video_id", "label", "fps", "anomaly", "events", "flagged")})
+        if len(self.heap) < self.n:
+            heapq.heappush(self.heap, item)
+        elif key > self.heap[0][0]:
+            heapq.heapreplace(self.heap, item)
+
+    def rows(self) -> List[Dict[str, Any]]:
+        return [r for _, r in sorted(self.heap, key=lambda kr: kr[0], reverse=True)]
+
+
 def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, videos: Optional[str] = None,
               extract_opts=None, opts: Optional[ScoreOptions] = None, gt_path: Optional[str] = None,
               tracking_uri: Optional[str] = None, experiment: str = "vadclip-score",
               address: Optional[str] = None, log=print) -> Dict[str, Any]:
     """Score an archive.  Give ``features`` (a Parquet feature set) or ``videos`` (a
-    manifest/dir/glob, extracted first into ``out_dir``/features with the model's CLIP)."""
+    manifest/dir/glob, extracted first into ``out_dir``/features with the model's CLIP).
+    Labels are optional; every distinct video gets exactly one row (resumable)."""
     import mlflow
     import ray
     import ray.data
     from ray.data import ActorPoolStrategy
+    from ray.data.expressions import col
 
     from .checkpoint import checkpoint_dict
+    from .features import check_feature_set
+    from .gt import read_gt
     from .raysetup import ensure_ray
     from .registry import load_scoring_model
+    from .tracking import use_experiment
 
     opts = opts or ScoreOptions()
-    ensure_ray(address)
-    os.makedirs(out_dir, exist_ok=True)
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
+    if features is None and videos is None:
+        raise InputError("give features= (a feature set) or videos= (raw videos)")
+    if gt_path:
+        read_gt(gt_path)  # a bad ground-truth file fails now, not after scoring
     model = load_scoring_model(model_uri, tracking_uri)
     cfg = model.cfg
+    ensure_ray(address)
+    os.makedirs(out_dir, exist_ok=True)
     t0 = time.time()
     extract_summary = None
     if features is None:
-        if videos is None:
-            raise ValueError("give features= (a feature set) or videos= (raw videos)")
         from .extract import ExtractOptions, feature_dir, run_extract
 
-        eo = extract_opts or ExtractOptions(clip_model=cfg.clip_model, clip_pretrained=cfg.clip_pretrained,
-                                            clip_model_kwargs=cfg.clip_model_kwargs, snippet_len=cfg.snippet_len)
+        eo = extract_opts or ExtractOptions()
+        eo = replace(eo, clip_model=cfg.clip_model, clip_pretrained=cfg.clip_pretrained,
+                     clip_model_kwargs=cfg.clip_model_kwargs, snippet_len=cfg.snippet_len)
         extract_summary = run_extract(videos, out_dir, eo, log=log)
         features = feature_dir(out_dir)
-    if not os.path.exists(features) or not glob.glob(os.path.join(features, "*.parquet")) and \
-            not features.endswith(".parquet"):
-        raise FileNotFoundError(f"no feature Parquet files at {features}")
+    found = check_feature_set(features, model.embed_dim, crop=opts.crop)
+    crop = found["crops"][0] if opts.crop is None else opts.crop
 
     done = set(_read_column(_scores_dir(out_dir), "video_id"))
-    ds = ray.data.read_parquet(features)
-    crop = opts.crop
-    ds = ds.filter(lambda r: r["crop"] == crop)
+    # column expressions, not Python row filters: a row filter round-trips the
+    # block through pandas and turns an all-null label column into float NaN
+    ds = ray.data.read_parquet(features).filter(expr=col("crop") == crop)
     if done:
-        ds = ds.filter(lambda r: r["video_id"] not in done)
+        ds = ds.filter(expr=col("video_id").not_in(sorted(done)))
     ckpt_ref = ray.put(checkpoint_dict(model))
     ds = ds.map_batches(_ScorerActor, fn_constructor_args=(ckpt_ref, asdict(opts)), batch_size=8,
                         batch_format="numpy", compute=ActorPoolStrategy(size=opts.num_scorers))
     run_id = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    sw = PartWriter(_scores_dir(out_dir), SCORE_SCHEMA, opts.rows_per_file, run_id)
-    ew = PartWriter(os.path.join(out_dir, "score_errors"), ERROR_SCHEMA, 64, run_id)
-    n_ok = n_err = n_snip = 0
-    plot_dir = os.path.join(out_dir, "plots")
-    plots: List[str] = []
+    sw = PartWriter(_scores_dir(out_dir), SCORE_SCHEMA, opts.rows_per_file, run_id, opts.flush_seconds)
+    ew = PartWriter(os.path.join(out_dir, "score_errors"), ERROR_SCHEMA, 64, run_id, opts.flush_seconds)
+    n_ok = n_err = n_snip = n_dup = 0
+    seen = set(done)
+    top = _TopPlots(opts.max_plots)
     for r in ds.iter_rows():
+        sw.tick()
+        ew.tick()
+        if r["video_id"] in seen:  # a feature set holding a video twice still scores it once
+            n_dup += 1
+            continue
+        seen.add(r["video_id"])
         if r["error"]:
             ew.add([{"path": r["path"], "video_id": r["video_id"], "stage": "score", "error": r["error"]}])
             n_err += 1
@@ -192,20 +229,21 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
                "predicted_class": r["predicted_class"], "flagged": bool(r["flagged"]),
                "events": json.loads(r["events"])}
         sw.add([row])
-        if row["flagged"] and len(plots) < opts.max_plots:   # bounded: at most max_plots per run
-            plots.extend(plot_timelines([row], plot_dir, opts.threshold))
+        top.offer(row)
         n_ok += 1
         n_snip += int(r["snippet_count"])
     sw.flush()
     ew.flush()
+    plots = plot_timelines(top.rows(), os.path.join(out_dir, "plots"), opts.threshold, cfg.snippet_len)
     elapsed = time.time() - t0
     totals = output_totals(_scores_dir(out_dir))
     summary: Dict[str, Any] = {
         "videos_scored": n_ok, "videos_failed": n_err, "videos_skipped": len(done),
+        "duplicate_rows_ignored": n_dup,
         "videos_total_in_output": totals["videos"], "anomalous_videos": totals["flagged"],
         "events": totals["events"], "snippets": n_snip, "elapsed_s": round(elapsed, 3),
         "snippets_per_s": round(n_snip / elapsed, 2) if elapsed > 0 else 0.0,
-        "output": _scores_dir(out_dir),
+        "output": _scores_dir(out_dir), "plots": len(plots),
     }
     if extract_summary:
         summary["extract"] = {k: extract_summary[k] for k in ("videos_ok", "videos_failed", "frames_per_s")}
@@ -214,11 +252,12 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
         rows = pq.read_table(_scores_dir(out_dir), columns=list(METRIC_COLUMNS)).to_pylist()
         summary.update(score_metrics(rows, gt_path, cfg))
         del rows
-    mlflow.set_experiment(experiment)
+    use_experiment(experiment, tracking_uri)
+    summary["tracking_uri"] = mlflow.get_tracking_uri()
     with mlflow.start_run(run_name=f"score-{run_id}") as run:
         mlflow.log_params({"model_uri": model_uri, "features": features, **asdict(opts)})
         mlflow.log_metrics({k: float(v) for k, v in summary.items()
-                            if isinstance(v, (int, float)) and np.isfinite(v)})
+                            if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)})
         for p in plots:
             mlflow.log_artifact(p, artifact_path="timelines")
         summary["mlflow_run_id"] = run.info.run_id
@@ -272,7 +311,7 @@ def score_metrics(rows: List[Dict[str, Any]], gt_path: str, cfg) -> Dict[str, fl
     return m
 
 
-def plot_timelines(rows: List[Dict[str, Any]], out_dir: str, threshold: float) -> List[str]:
+def plot_timelines(rows: List[Dict[str, Any]], out_dir: str, threshold: float, snippet_len: int = 16) -> List[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -283,7 +322,7 @@ def plot_timelines(rows: List[Dict[str, Any]], out_dir: str, threshold: float) -
     for r in rows:
         a = np.asarray(r["anomaly"], np.float32)
         fps = float(r["fps"]) or 30.0
-        t = np.arange(len(a)) * 16 / fps
+        t = np.arange(len(a)) * snippet_len / fps
         fig, ax = plt.subplots(figsize=(8, 2.4))
         ax.plot(t, a, lw=1.2, color="tab:red", label="anomaly score")
         ax.axhline(threshold, ls="--", color="grey", lw=0.8)

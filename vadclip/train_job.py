@@ -169,8 +169,40 @@ def _mlflow_log(config: Dict[str, Any], metrics: Dict[str, Any], step: int) -> N
 
 
 # --------------------------------------------------------------------------- driver
-def default_tracking_uri(base_dir: str = ".") -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{os.path.abspath(os.path.join(base_dir, 'mlflow.db'))}"
+def check_inputs(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_path: Optional[str],
+                 eval_crop: Optional[int] = None) -> Dict[str, Any]:
+    """Everything about the inputs that can be known before a worker starts: both
+    feature sets exist and have the CLIP's dimension, one row per video and crop,
+    every training label is in the label space, evaluation has ground truth and the
+    crop to evaluate is present.  Raises an :class:`InputError` naming the problem."""
+    import pyarrow.parquet as pq
+
+    from .clip_backbone import clip_embed_dim
+    from .errors import InputError
+    from .features import check_feature_set
+
+    if eval_path and not gt_path:
+        raise InputError(f"--eval {eval_path} needs --gt: the evaluation metrics (auc, ap, map) are computed "
+                         "against frame ground truth")
+    if gt_path and not eval_path:
+        raise InputError(f"--gt {gt_path} given without --eval (the feature set to evaluate)")
+    dim = clip_embed_dim(cfg.clip_model, cfg.clip_model_kwargs)
+    check_feature_set(train_path, dim, what="training feature set")
+    meta = pq.read_table(train_path, columns=["video_id", "crop", "label"]).to_pylist()
+    seen = set()
+    for r in meta:
+        key = (r["video_id"], r["crop"])
+        if key in seen:
+            raise InputError(f"{train_path}: video {r['video_id']!r} crop {r['crop']} appears more than once")
+        seen.add(key)
+    labels = [r["label"] for r in meta]
+    _check_labels(labels, cfg, train_path)
+    out: Dict[str, Any] = {"labels": labels, "gt": {}, "eval_crop": None}
+    if eval_path:
+        ev = check_feature_set(eval_path, dim, crop=eval_crop, what="evaluation feature set")
+        out["eval_crop"] = eval_crop if eval_crop is not None else ev["crops"][0]
+        out["gt"] = read_gt(gt_path)
+    return out
 
 
 def run_train(train_path: str, cfg: VadConfig, storage_path: str, run_name: str = "vadclip",
@@ -178,28 +210,28 @@ def run_train(train_path: str, cfg: VadConfig, storage_path: str, run_name: str 
               use_gpu: bool = False, cpus_per_worker: float = 1.0, metric: Optional[str] = None,
               tracking_uri: Optional[str] = None, experiment: str = "vadclip",
               register_name: Optional[str] = None, alias: str = "champion", max_failures: int = 2,
-              eval_crops: Optional[List[int]] = (0,), address: Optional[str] = None,
+              eval_crop: Optional[int] = None, address: Optional[str] = None,
               fail_after_epoch: Optional[int] = None, log=print) -> Dict[str, Any]:
     """Train on a Parquet feature set; returns a summary with the best metrics, the best
-    checkpoint path, the MLflow run id and the registered model version (if any)."""
+    checkpoint path, the MLflow run id and the registered model version (if any).
+    The evaluation set is scored on ``eval_crop`` (default: the lowest crop it holds,
+    e.g. crop 5 for the official UCF-Crime test list)."""
     import mlflow
     import ray
     import ray.data
     import ray.train
+    from mlflow.tracking import MlflowClient
+    from ray.data.expressions import col
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from .raysetup import ensure_ray
+    from .tracking import use_experiment
 
-    ensure_ray(address)
     metric = metric or ("ap" if cfg.preset == "xd" else "auc")
-    if not os.path.exists(train_path):
-        raise FileNotFoundError(f"training features not found: {train_path}")
-    train_ds = ray.data.read_parquet(train_path)
-    labels = [r["label"] for r in train_ds.select_columns(["label"]).take_all()]
-    if not labels:
-        raise ValueError(f"{train_path}: no training rows")
-    _check_labels(labels, cfg, train_path)
+    checked = check_inputs(train_path, cfg, eval_path, gt_path, eval_crop)
+    labels, gt = checked["labels"], checked["gt"]
+    ensure_ray(address)
     n_normal = sum(cfg.is_normal(lab) for lab in labels)
     n_abn = len(labels) - n_normal
     if cfg.balanced_batches:
@@ -208,61 +240,63 @@ def run_train(train_path: str, cfg: VadConfig, storage_path: str, run_name: str 
         steps = max(1, len(labels) // cfg.batch_size)
     cfg_dict = cfg.to_dict()
     # shuffle once so every worker's shard mixes normal and abnormal videos
-    train_ds = train_ds.random_shuffle(seed=cfg.seed).map_batches(_prep_batch, fn_kwargs={"cfg_dict": cfg_dict}, batch_size=16,
-                                    batch_format="numpy")
+    train_ds = ray.data.read_parquet(train_path).random_shuffle(seed=cfg.seed).map_batches(
+        _prep_batch, fn_kwargs={"cfg_dict": cfg_dict}, batch_size=16, batch_format="numpy")
     datasets = {"train": train_ds}
-    gt: Intervals = {}
     if eval_path:
-        eval_ds = ray.data.read_parquet(eval_path)
-        if eval_crops is not None:
-            crops = list(eval_crops)
-            eval_ds = eval_ds.filter(lambda r: r["crop"] in crops)
-        datasets["eval"] = eval_ds
-        gt = read_gt(gt_path) if gt_path else {}
+        datasets["eval"] = ray.data.read_parquet(eval_path).filter(expr=col("crop") == checked["eval_crop"])
 
-    tracking_uri = tracking_uri or default_tracking_uri(storage_path)
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment(experiment)
+    use_experiment(experiment, tracking_uri)
+    tracking_uri = mlflow.get_tracking_uri()
     run_id = _find_or_create_run(experiment, run_name, storage_path)
-    with mlflow.start_run(run_id=run_id):
-        mlflow.log_params({k: (json.dumps(v) if isinstance(v, (list, dict)) else v)
-                           for k, v in cfg_dict.items() if k not in ("class_keys", "class_prompts")})
-        mlflow.log_params({"num_workers": num_workers, "use_gpu": use_gpu, "train_rows": len(labels),
-                           "train_normal": n_normal, "train_abnormal": n_abn, "steps_per_epoch": steps,
-                           "metric": metric, "classes": json.dumps(cfg.class_keys)})
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        with mlflow.start_run(run_id=run_id):
+            mlflow.log_params({k: (json.dumps(v) if isinstance(v, (list, dict)) else v)
+                               for k, v in cfg_dict.items() if k not in ("class_keys", "class_prompts")})
+            mlflow.log_params({"num_workers": num_workers, "use_gpu": use_gpu, "train_rows": len(labels),
+                               "train_normal": n_normal, "train_abnormal": n_abn, "steps_per_epoch": steps,
+                               "metric": metric, "classes": json.dumps(cfg.class_keys),
+                               "eval_crop": checked["eval_crop"]})
+        config = {"cfg": cfg_dict, "steps_per_epoch": steps, "metric": metric, "gt": gt,
+                  "has_eval": bool(eval_path), "mlflow_run_id": run_id, "tracking_uri": tracking_uri}
+        if fail_after_epoch is not None:
+            config["fail_after_epoch"] = fail_after_epoch
+            config["fail_marker"] = os.path.join(os.path.abspath(storage_path), run_name + ".failed-once")
+        trainer = TorchTrainer(
+            train_loop_per_worker, train_loop_config=config,
+            scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                                         resources_per_worker={"CPU": cpus_per_worker,
+                                                               **({"GPU": 1} if use_gpu else {})}),
+            run_config=RunConfig(name=run_name, storage_path=os.path.abspath(storage_path),
+                                 failure_config=FailureConfig(max_failures=max_failures),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=3,
+                                                                    checkpoint_score_attribute="score",
+                                                                    checkpoint_score_order="max")),
+            datasets=datasets, dataset_config=DataConfig(datasets_to_split=["train"]),
+        )
+        result = trainer.fit()
+        if result.error:
+            raise result.error
+        best_ckpt, best_metrics = max(result.best_checkpoints, key=lambda cm: cm[1].get("score", -np.inf))
+        best_dir = os.path.join(os.path.abspath(storage_path), run_name, "best")
+        os.makedirs(best_dir, exist_ok=True)
+        with best_ckpt.as_directory() as d:
+            import shutil
+            shutil.copy(os.path.join(d, CKPT_FILE), os.path.join(best_dir, CKPT_FILE))
+        best_path = os.path.join(best_dir, CKPT_FILE)
+        summary = {"best_checkpoint": best_path, "best_metrics": {k: v for k, v in best_metrics.items()
+                                                                  if isinstance(v, (int, float))},
+                   "metric": metric, "mlflow_run_id": run_id, "tracking_uri": tracking_uri}
+        from .registry import log_and_register
 
-    config = {"cfg": cfg_dict, "steps_per_epoch": steps, "metric": metric, "gt": gt,
-              "has_eval": bool(eval_path), "mlflow_run_id": run_id, "tracking_uri": tracking_uri}
-    if fail_after_epoch is not None:
-        config["fail_after_epoch"] = fail_after_epoch
-        config["fail_marker"] = os.path.join(os.path.abspath(storage_path), run_name + ".failed-once")
-    trainer = TorchTrainer(
-        train_loop_per_worker, train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
-        run_config=RunConfig(name=run_name, storage_path=os.path.abspath(storage_path),
-                             failure_config=FailureConfig(max_failures=max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=3, checkpoint_score_attribute="score",
-                                                                checkpoint_score_order="max")),
-        datasets=datasets, dataset_config=DataConfig(datasets_to_split=["train"]),
-    )
-    result = trainer.fit()
-    if result.error:
-        raise result.error
-    best_ckpt, best_metrics = max(result.best_checkpoints, key=lambda cm: cm[1].get("score", -np.inf))
-    best_dir = os.path.join(os.path.abspath(storage_path), run_name, "best")
-    os.makedirs(best_dir, exist_ok=True)
-    with best_ckpt.as_directory() as d:
-        import shutil
-        shutil.copy(os.path.join(d, CKPT_FILE), os.path.join(best_dir, CKPT_FILE))
-    best_path = os.path.join(best_dir, CKPT_FILE)
-    summary = {"best_checkpoint": best_path, "best_metrics": {k: v for k, v in best_metrics.items()
-                                                              if isinstance(v, (int, float))},
-               "metric": metric, "mlflow_run_id": run_id, "tracking_uri": tracking_uri}
-    from .registry import log_and_register
-
-    summary.update(log_and_register(best_path, run_id, tracking_uri, register_name, alias, metric,
-                                    best_metrics.get(metric, best_metrics.get("score")), log=log))
+        summary.update(log_and_register(best_path, run_id, tracking_uri, register_name, alias, metric,
+                                        best_metrics.get(metric, best_metrics.get("score")),
+                                        best_epoch=best_metrics.get("epoch"), log=log))
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")  # never leave a failed training FINISHED
+        raise
+    client.set_terminated(run_id, "FINISHED")
     log(f"[train] best {metric} {summary['best_metrics'].get(metric, float('nan')):.4f} "
         f"(epoch {summary['best_metrics'].get('epoch')}) → {best_path}")
     return summary
