@@ -41,8 +41,11 @@ def _torch_load(f, name: str) -> Dict[str, Any]:
     try:
         obj = torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{name}: refused: the checkpoint carries pickled Python objects, and loading "
-                              f"it could run code ({one_line(e, 160)})") from None
+        if "Unsupported global" in str(e):
+            glob = next((ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln), "")
+            raise CheckpointError(f"{name}: refused: the checkpoint carries pickled Python objects, and loading "
+                                  f"it could run code ({glob[:160]})") from None
+        raise CheckpointError(f"{name}: not a readable torch checkpoint") from None
     except Exception as e:  # noqa: BLE001 - re-raised with the file name
         raise CheckpointError(f"{name}: not a readable torch checkpoint ({one_line(e, 200)})") from None
     if not isinstance(obj, dict):
@@ -66,9 +69,12 @@ def load_checkpoint(src: Union[str, bytes, Dict[str, Any]], with_clip: bool = Fa
     (needed to go on training the prompts); otherwise the model scores with the frozen
     text features stored in the checkpoint."""
     obj = _load_obj(src)
+    name = src if isinstance(src, str) else "checkpoint"
     if obj.get("format") != FORMAT:
-        raise CheckpointError(f"{src if isinstance(src, str) else 'checkpoint'}: not a {FORMAT} checkpoint "
+        raise CheckpointError(f"{name}: not a {FORMAT} checkpoint "
                               "(use load_official_checkpoint for the official VadCLIP weights)")
+    if not isinstance(obj.get("state_dict"), dict) or not isinstance(obj.get("config"), dict):
+        raise CheckpointError(f"{name}: malformed {FORMAT} checkpoint (needs 'config' and 'state_dict')")
     cfg = VadConfig.from_dict(obj["config"])
     state = obj["state_dict"]
     if with_clip or clip is not None:
@@ -155,7 +161,7 @@ def load_model_file(src: Union[str, bytes, Dict[str, Any]]) -> VadCLIP:
     obj = _load_obj(src)
     name = src if isinstance(src, str) else "checkpoint"
     if obj.get("format") == FORMAT:
-        if bool(obj["state_dict"].get("has_frozen_text", torch.tensor(False))):
+        if bool((obj.get("state_dict") or {}).get("has_frozen_text", torch.tensor(False))):
             return load_checkpoint(obj)
         model = load_checkpoint(obj, with_clip=True)
     elif is_official_state(obj):

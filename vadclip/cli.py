@@ -178,12 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(a) -> dict:
+    log = logging.getLogger("vadclip").info
     if a.cmd == "extract":
         from .extract import run_extract
 
         opts = _extract_options(a, **_clip_settings(a))
         opts.snippet_len = a.snippet_len
-        return run_extract(a.source, a.out, opts, retry_failed=a.retry_failed, address=a.address)
+        return run_extract(a.source, a.out, opts, retry_failed=a.retry_failed, address=a.address, log=log)
     if a.cmd == "train":
         from .train_job import run_train
 
@@ -196,7 +197,7 @@ def _run(a) -> dict:
                          num_workers=a.num_workers, use_gpu=a.use_gpu, cpus_per_worker=a.cpus_per_worker,
                          metric=a.metric, tracking_uri=a.tracking_uri, experiment=a.experiment,
                          register_name=a.register, alias=a.alias, max_failures=a.max_failures,
-                         eval_crop=a.eval_crop, address=a.address)
+                         eval_crop=a.eval_crop, address=a.address, log=log)
     if a.cmd == "score":
         from .score import ScoreOptions, run_score
 
@@ -205,7 +206,7 @@ def _run(a) -> dict:
                             flush_seconds=a.flush_seconds, max_plots=a.max_plots)
         return run_score(a.model, a.out, features=a.features, videos=a.videos, gt_path=a.gt, opts=opts,
                          extract_opts=_extract_options(a), tracking_uri=a.tracking_uri,
-                         experiment=a.experiment, address=a.address)
+                         experiment=a.experiment, address=a.address, log=log)
     if a.cmd == "evaluate":
         from .features import check_feature_set, read_feature_rows
         from .gt import read_gt
@@ -235,14 +236,25 @@ def _run(a) -> dict:
     from .demo import run_demo
 
     return run_demo(a.workdir, a.train_videos, a.test_videos, a.epochs, a.num_workers,
-                    clip_model=a.clip_model, clip_pretrained=a.clip_pretrained)
+                    clip_model=a.clip_model, clip_pretrained=a.clip_pretrained, log=log)
+
+
+def _setup_logging() -> None:
+    """vadclip's own progress lines on stderr; other libraries stay at their warnings."""
+    logger = logging.getLogger("vadclip")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run a command; a problem of the input or configuration is one line on stderr
     and exit code 2 (as argparse does for bad options), never a traceback."""
     a = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    _setup_logging()
     try:
         s = _run(a)
     except InputError as e:

@@ -31,10 +31,20 @@ def build_open_clip(model_name: str, pretrained: Optional[str], model_kwargs: Op
     if pretrained:
         return open_clip.create_model(model_name, pretrained=pretrained, device=device, **kwargs)
     # random init is seeded so every process (encoder actors, train workers, scorers)
-    # builds the very same "random" CLIP
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_INIT_SEED)
-        return open_clip.create_model(model_name, pretrained=None, device=device, **kwargs)
+    # builds the very same "random" CLIP; it is asked for, so open_clip's note that no
+    # weights were loaded is not passed on as a warning
+    root = logging.getLogger()
+    root.addFilter(_asked_for_random_init)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)
+            return open_clip.create_model(model_name, pretrained=None, device=device, **kwargs)
+    finally:
+        root.removeFilter(_asked_for_random_init)
+
+
+def _asked_for_random_init(record: logging.LogRecord) -> bool:
+    return "No pretrained weights loaded" not in record.getMessage()
 
 
 def clip_embed_dim(model_name: str, model_kwargs: Optional[Dict[str, Any]] = None) -> int:

@@ -275,7 +275,10 @@ def run_extract(source: str, out_dir: str, opts: ExtractOptions, retry_failed: b
 
     from .raysetup import cluster_gpus, ensure_ray
 
+    from .storage import absolute
+
     items = load_manifest(source)
+    out_dir = absolute(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     done = set(_read_column(feature_dir(out_dir), "path"))
     failed = set(_read_column(errors_dir(out_dir), "path"))

@@ -173,6 +173,9 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
     from .registry import load_scoring_model
     from .tracking import use_experiment
 
+    from .storage import absolute
+
+    features, videos, gt_path, out_dir = map(absolute, (features, videos, gt_path, out_dir))
     opts = opts or ScoreOptions()
     if features is None and videos is None:
         raise InputError("give features= (a feature set) or videos= (raw videos)")
@@ -180,6 +183,8 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
         read_gt(gt_path)  # a bad ground-truth file fails now, not after scoring
     model = load_scoring_model(model_uri, tracking_uri)
     cfg = model.cfg
+    if features is not None:   # a feature set that cannot fit the model fails before Ray starts
+        check_feature_set(features, model.embed_dim, crop=opts.crop)
     ensure_ray(address)
     os.makedirs(out_dir, exist_ok=True)
     t0 = time.time()

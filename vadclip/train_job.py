@@ -228,6 +228,9 @@ def run_train(train_path: str, cfg: VadConfig, storage_path: str, run_name: str 
     from .raysetup import ensure_ray
     from .tracking import use_experiment
 
+    from .storage import absolute
+
+    train_path, eval_path, gt_path, storage_path = map(absolute, (train_path, eval_path, gt_path, storage_path))
     metric = metric or ("ap" if cfg.preset == "xd" else "auc")
     checked = check_inputs(train_path, cfg, eval_path, gt_path, eval_crop)
     labels, gt = checked["labels"], checked["gt"]
