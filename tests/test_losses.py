@@ -49,7 +49,7 @@ def test_contrast_loss_hand_built():
 
 def test_total_loss_matches_official_loop_reference(tiny_clip):
     torch.manual_seed(3)
-    cfg = tiny_config("xd", visual_length=128)
+    cfg = tiny_config("xd", visual_length=128, padding="masked")
     model = VadCLIP(cfg, tiny_clip)
     x = torch.randn(3, 128, 32)
     lengths = torch.tensor([128, 70, 16])

@@ -12,7 +12,7 @@ from vadclip.reference import reference_forward
 @pytest.fixture()
 def model(tiny_clip):
     torch.manual_seed(0)
-    cfg = tiny_config("ucf", visual_length=64)
+    cfg = tiny_config("ucf", visual_length=64, padding="masked")  # the padding-invariant mode
     return VadCLIP(cfg, tiny_clip).eval()
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import List, Optional
 
@@ -164,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotations", default=None,
                    help="convert Temporal_Anomaly_Annotation.txt (ucf) / annotations.txt (xd) to a gt table")
 
+    p = sub.add_parser("sample-videos", formatter_class=fmt,
+                       help="write small H.264 videos with planted anomalies + manifest.csv + gt.parquet")
+    p.add_argument("out", help="directory for the videos, manifest.csv (path,label,video_id) and gt.parquet")
+    p.add_argument("--normal", type=int, default=4, help="videos without an anomaly")
+    p.add_argument("--abnormal", type=int, default=4, help="videos with one planted anomalous event")
+    p.add_argument("--seed", type=int, default=0, help="random seed (different seeds give different videos)")
+
     p = sub.add_parser("demo", formatter_class=fmt,
                        help="generate videos → extract → train → register → score, all local")
     p.add_argument("--workdir", default="./vadclip_demo", help="where videos, features, runs and scores go")
@@ -233,6 +241,15 @@ def _run(a) -> dict:
         crops = [int(c) for c in a.crops.split(",")] if a.crops else None
         fps = a.fps or (30.0 if a.preset == "ucf" else 24.0)
         return import_official(a.csv, a.out, VadConfig.from_preset(a.preset), roots=a.root, crops=crops, fps=fps)
+    if a.cmd == "sample-videos":
+        from .gt import write_gt
+        from .sample_videos import make_sample_set, write_manifest
+
+        man, gt = make_sample_set(a.out, a.normal, a.abnormal, seed=a.seed, prefix=f"s{a.seed}_")
+        write_manifest(man, os.path.join(a.out, "manifest.csv"))
+        write_gt(gt, os.path.join(a.out, "gt.parquet"))
+        return {"videos": len(man), "manifest": os.path.join(a.out, "manifest.csv"),
+                "gt": os.path.join(a.out, "gt.parquet")}
     from .demo import run_demo
 
     return run_demo(a.workdir, a.train_videos, a.test_videos, a.epochs, a.num_workers,

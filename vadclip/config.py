@@ -46,6 +46,17 @@ XD_CLASSES: Tuple[Tuple[str, str], ...] = (
 )
 
 
+PADDING_MODES = {
+    # the official code: padded positions go through the windowed transformer, the
+    # distance adjacency, the GCN residual convolution and the anomaly-focus visual
+    # prompt (only the similarity adjacency is cut to the true length); a snippet's
+    # scores depend on how much padding follows it.  The paper's numbers come from this.
+    "official": "padded positions take part as in the official code (reproduces the paper)",
+    # padding never changes a real snippet's scores: every stage masks it out
+    "masked": "padding is masked out everywhere (scores independent of padding)",
+}
+
+
 class LabelError(InputError):
     """A video-level label that the configured label space does not know."""
 
@@ -73,6 +84,8 @@ class VadConfig:
     temperature: float = 0.07
     sim_threshold: float = 0.7
     snippet_len: int = 16
+    # how padded positions of a [B, visual_length] batch take part (see PADDING_MODES)
+    padding: str = "official"
 
     # optimisation
     lr: float = 2e-5
@@ -128,7 +141,7 @@ class VadConfig:
                     keys.append(str(c))
                     prompts.append(str(c).replace("_", " "))
             base = dict(preset="custom", class_keys=keys, class_prompts=prompts,
-                        label_separator="-")
+                                label_separator="-", padding="masked")
         else:
             raise InputError(f"unknown preset {name!r}: use 'ucf', 'xd' or 'custom'")
         base.update(overrides)
@@ -142,6 +155,8 @@ class VadConfig:
             raise InputError("need at least two classes (normal + one abnormal)")
         if len(set(self.class_keys)) != len(self.class_keys):
             raise InputError(f"duplicate class keys in {self.class_keys}")
+        if self.padding not in PADDING_MODES:
+            raise InputError(f"padding must be one of {sorted(PADDING_MODES)}, got {self.padding!r}")
         for name in ("visual_length", "visual_heads", "visual_layers", "attn_window", "snippet_len"):
             if int(getattr(self, name)) <= 0:
                 raise InputError(f"{name} must be positive, got {getattr(self, name)}")
@@ -194,7 +209,8 @@ class VadConfig:
         unknown = set(d) - known
         if unknown:
             raise InputError(f"unknown config fields: {sorted(unknown)}")
-        return cls(**d)
+        # configs saved before the padding option existed were trained masked
+        return cls(**{"padding": "masked", **d})
 
     def replace(self, **kw: Any) -> "VadConfig":
         return dataclasses.replace(self, **kw)

@@ -14,7 +14,13 @@ import torch.nn.functional as F
 from .model import length_mask
 
 
+def topk_count(n: int) -> int:
+    """k of the top-k mean for a video of ``n`` real snippets: n // 16 + 1 (official), at most n."""
+    return max(1, min(n // 16 + 1, n))
+
+
 def topk_k(lengths: torch.Tensor) -> torch.Tensor:
+    """:func:`topk_count` for a batch of lengths [B]."""
     return torch.minimum(lengths // 16 + 1, lengths).clamp(min=1)
 
 

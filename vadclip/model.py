@@ -139,36 +139,50 @@ class LGTAdapter(nn.Module):
         dist = torch.exp(-(idx[:, None] - idx[None, :]).abs() / math.e)
         return dist[None] * pair_real
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, official: bool = False) -> torch.Tensor:
+        """x [B, T, D] with true ``lengths`` [B] → [B, T, D].
+
+        masked (default): padded positions take no part anywhere and come out 0, so a
+        real snippet's output does not depend on the padding after it.
+        ``official``: as the official code on its padded input — every window of the
+        transformer attends over padded positions too, the distance adjacency and the
+        GCN residual convolution span all T positions; only the similarity adjacency is
+        cut to the true length."""
         b, t, d = x.shape
         if t > self.visual_length:
             raise ValueError(f"sequence of {t} snippets exceeds visual_length {self.visual_length}; "
                              "split it into chunks first")
         valid = length_mask(lengths, t)                       # [B, T]
         vm = valid[:, :, None].to(x.dtype)
+        keep = (lambda h: h) if official else (lambda h: h * vm)
         pos = torch.arange(t, device=x.device)
 
-        # local: windowed transformer over the windows that hold real snippets
+        # local: windowed transformer (masked: only windows that hold real snippets)
         w = self.window
         nw = -(-t // w)
         x = x + self.frame_position_embeddings(pos)[None]
         xw = F.pad(x, (0, 0, 0, nw * w - t)).view(b, nw, w, d)
-        okw = F.pad(valid, (0, nw * w - t)).view(b, nw, w)
-        live = okw[:, :, 0]                                   # window starts on a real snippet
+        if official:
+            okw = F.pad(torch.ones_like(valid), (0, nw * w - t)).view(b, nw, w)
+        else:
+            okw = F.pad(valid, (0, nw * w - t)).view(b, nw, w)
+        live = okw[:, :, 0]                                   # window starts on a position that counts
         bi, wi = live.nonzero(as_tuple=True)
         y = self.temporal(xw[bi, wi], okw[bi, wi])
-        x = x.new_zeros(b, nw, w, d).index_put((bi, wi), y).view(b, nw * w, d)[:, :t] * vm
+        x = keep(x.new_zeros(b, nw, w, d).index_put((bi, wi), y).view(b, nw * w, d)[:, :t])
 
-        # global: GCN over the similarity and distance adjacencies of real snippets
+        # global: GCN over the similarity adjacency of real snippets and the distance
+        # adjacency (of real snippets; official: of all positions)
         pair_real = valid[:, :, None] & valid[:, None, :]
         eye = torch.eye(t, dtype=torch.bool, device=x.device)[None]
         adj = self.similarity_adj(x, pair_real | eye, valid)
-        dis = self.distance_adj(t, pair_real.to(x.dtype))
-        x1 = self.gelu(self.gc1(x, adj)) * vm
-        x2 = self.gelu(self.gc3(x, dis)) * vm
+        dis = self.distance_adj(t, torch.ones_like(pair_real[:1], dtype=x.dtype) if official
+                                else pair_real.to(x.dtype))
+        x1 = keep(self.gelu(self.gc1(x, adj)))
+        x2 = keep(self.gelu(self.gc3(x, dis)))
         x1 = self.gelu(self.gc2(x1, adj))
         x2 = self.gelu(self.gc4(x2, dis))
-        return self.linear(torch.cat((x1, x2), dim=2)) * vm
+        return keep(self.linear(torch.cat((x1, x2), dim=2)))
 
 
 class PromptLearner(nn.Module):
@@ -267,16 +281,29 @@ class VadCLIP(nn.Module):
 
     # -------------------------------------------------------------- forward
     def forward(self, features: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> VadOutput:
+        """features [B, T, D] (padded), true ``lengths`` [B] → logits for every position.
+
+        ``cfg.padding == "masked"``: logits of padded positions are 0 and real snippets'
+        logits equal those of the unpadded sequence.  ``"official"``: the input is padded
+        to ``visual_length`` as the official code always is, padded positions take part
+        (see :meth:`LGTAdapter.forward`) and the visual prompt pools over all positions."""
         b, t, d = features.shape
         if d != self.embed_dim:
             raise ValueError(f"features have dim {d}, model expects {self.embed_dim}")
         if lengths is None:
             lengths = torch.full((b,), t, dtype=torch.long, device=features.device)
         lengths = lengths.to(features.device)
-        v = self.adapter(features.float(), lengths)                     # [B, T, D]
-        valid = length_mask(lengths, t)
-        vr = v[valid]                                                   # real snippets [N, D]
-        logits_c = v.new_zeros(b, t).masked_scatter(valid, self.classifier(vr + self.mlp2(vr))[:, 0])
+        official = self.cfg.padding == "official"
+        x = features.float()
+        if official and t < self.cfg.visual_length:
+            x = F.pad(x, (0, 0, 0, self.cfg.visual_length - t))
+        v = self.adapter(x, lengths, official)                            # [B, T', D]
+        if official:
+            logits_c = self.classifier(v + self.mlp2(v))[..., 0]
+        else:
+            valid = length_mask(lengths, v.shape[1])
+            vr = v[valid]                                                 # real snippets [N, D]
+            logits_c = v.new_zeros(b, v.shape[1]).masked_scatter(valid, self.classifier(vr + self.mlp2(vr))[:, 0])
 
         text = self.text_features().to(v.dtype)                         # [C, D]
         # anomaly-focus visual prompt: C-branch logits as attention over snippets
@@ -285,7 +312,7 @@ class VadCLIP(nn.Module):
         t_feat = t_feat + self.mlp1(t_feat)
         logits_a = F.normalize(v, dim=-1) @ F.normalize(t_feat, dim=-1).transpose(1, 2)
         logits_a = logits_a / self.cfg.temperature
-        return VadOutput(logits_c, logits_a, text)
+        return VadOutput(logits_c[:, :t], logits_a[:, :t], text)
 
 
 def build_model(cfg: VadConfig, clip: Optional[FrozenCLIP] = None, device: str = "cpu") -> VadCLIP:

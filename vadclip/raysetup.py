@@ -7,6 +7,7 @@ whether or not some other Ray is running on the machine."""
 from __future__ import annotations
 
 import os
+import sys
 from typing import Optional
 
 
@@ -27,10 +28,12 @@ def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None,
         os.environ.get("VADCLIP_DATA_NO_PROGRESS_TIMEOUT_S")
     if timeout:
         ctx.execution_no_progress_timeout_s = float(timeout)
-    if progress_bars is not None:
-        ctx.enable_progress_bars = progress_bars
-    elif os.environ.get("VADCLIP_PROGRESS_BARS", "1") == "0":
-        ctx.enable_progress_bars = False
+    if progress_bars is None:
+        # bars redraw in place on a terminal; into a log file or a job's log every redraw
+        # becomes a line (hundreds of KB for the demo), so they are off there unless asked for
+        env = os.environ.get("VADCLIP_PROGRESS_BARS")
+        progress_bars = env != "0" if env is not None else sys.stderr.isatty()
+    ctx.enable_progress_bars = progress_bars
 
 
 def cluster_gpus() -> float:

@@ -85,6 +85,7 @@ class _ScorerActor:
 
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, Any]:
         from .features import check_features, row_features
+        from .losses import topk_count
         from .model import score_video
 
         out: Dict[str, list] = {k: [] for k in ("video_id", "path", "label", "fps", "num_frames", "snippet_count",
@@ -97,8 +98,7 @@ class _ScorerActor:
             try:
                 f = check_features(row_features(row), f"{row['path']} ({row['video_id']})", self.model.embed_dim)
                 anomaly, probs = score_video(self.model, f)
-                k = min(len(anomaly), len(anomaly) // 16 + 1)
-                vscore = float(np.sort(anomaly)[::-1][:k].mean())
+                vscore = float(np.sort(anomaly)[::-1][:topk_count(len(anomaly))].mean())
                 ev = find_events(anomaly, probs, self.classes, float(row["fps"]) or 30.0,
                                  int(row["num_frames"]) or len(anomaly) * 16, self.opts,
                                  self.model.cfg.snippet_len)
