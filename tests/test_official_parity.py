@@ -89,3 +89,128 @@ def test_old_checkpoints_without_the_option_load_as_masked(official_model):
     d.pop("padding")
     assert type(official_model.cfg).from_dict(d).padding == "masked"
     assert tiny_config("custom", classes=["n", "a"]).padding == "masked"
+
+
+# ------------------------------------------------------------- mAP ground truth
+XD_MULTI = """\
+Bad.Boys.1995__#01-11-55_01-12-40_label_G-B2-B6 B2 157 180 G 185 244 B2 250 282 G 282 355 G 582 810 B6 338 360
+Bullet.in.the.Head.1990__#00-41-30_00-44-16_label_B4-G-0 B4 388 3425 G 3626 3668
+v=U6MC8JJJZSY__#1_label_G-0-0.mp4 G 150 779
+Desperado.1995__#00-16-48_00-18-52_label_B1-0-0 B1 40 110 B1 2190  2310
+"""
+UCF_TEMPORAL = """\
+Arrest001_x264.mp4  Arrest  1185  1485  -1  -1
+Burglary005_x264.mp4  Burglary  4710  5040  -1  -1
+Normal_Videos_003_x264.mp4  Normal  -1  -1  -1  -1
+"""
+
+
+def _row(vid, label, frames):
+    return {"video_id": vid, "label": label, "num_frames": frames, "snippet_count": frames // 16}
+
+
+def test_xd_map_ground_truth_is_the_official_class_split_one(tmp_path):
+    from vadclip.gt import convert_xd_annotations, read_gt, write_gt
+    from vadclip.training import video_gt
+
+    (tmp_path / "annotations_multiclasses.txt").write_text(XD_MULTI)
+    write_gt(convert_xd_annotations(str(tmp_path / "annotations_multiclasses.txt")), str(tmp_path / "gt.parquet"))
+    gt = read_gt(str(tmp_path / "gt.parquet"))
+    cfg = tiny_config("xd")
+    frames, segs, classes = video_gt(_row("Bad.Boys.1995__#01-11-55_01-12-40_label_G-B2-B6", "G-B2-B6", 1200),
+                                     gt, cfg)
+    # six segments in file order, each with its own class (B2=2, B6=5, G=6), as make_gt_mAP_xd
+    assert segs == [(157, 180), (185, 244), (250, 282), (282, 355), (582, 810), (338, 360)]
+    assert classes == [2, 6, 2, 6, 6, 5]
+    assert frames[250:360].all() and not frames[244:250].any()
+    _, segs, classes = video_gt(_row("Bullet.in.the.Head.1990__#00-41-30_00-44-16_label_B4-G-0", "B4-G-0", 4000),
+                                gt, cfg)
+    assert classes == [3, 6]
+    assert video_gt(_row("v=U6MC8JJJZSY__#1_label_G-0-0", "G-0-0", 800), gt, cfg)[1] == [(150, 779)]
+    assert video_gt(_row("Desperado.1995__#00-16-48_00-18-52_label_B1-0-0", "B1-0-0", 2400), gt, cfg)[1] == \
+        [(40, 110), (2190, 2310)]
+    # a normal XD video is one class-0 ("A") segment over its snippets × 16 frames
+    assert video_gt(_row("x__#1_label_A", "A", 320), gt, cfg)[1:] == ([(0, 320)], [0])
+
+
+def test_ucf_map_ground_truth_never_counts_normal(tmp_path):
+    from vadclip.gt import convert_ucf_annotations, read_gt, write_gt
+    from vadclip.training import video_gt
+
+    (tmp_path / "Temporal_Anomaly_Annotation.txt").write_text(UCF_TEMPORAL)
+    write_gt(convert_ucf_annotations(str(tmp_path / "Temporal_Anomaly_Annotation.txt")), str(tmp_path / "gt.csv"))
+    gt = read_gt(str(tmp_path / "gt.csv"))
+    cfg = tiny_config("ucf")
+    assert video_gt(_row("Arrest001_x264", "Arrest", 2000), gt, cfg)[1:] == ([(1185, 1485)], [2])
+    frames, segs, classes = video_gt(_row("Normal_Videos_003_x264", "Normal", 640), gt, cfg)
+    assert segs == [] and classes == [] and not frames.any()
+
+
+# ---------------------------------------------------- official checkpoints, end to end
+@pytest.fixture(scope="module")
+def official_pth(tmp_path_factory):
+    """An official-format ``model_xd.pth``: the state dict of the official CLIPVAD
+    (ViT-B-16 CLIP weights as ``clipmodel.*``, fp16 like the released files)."""
+    from vadclip.clip_backbone import FrozenCLIP
+    from vadclip.config import VadConfig
+
+    d = tmp_path_factory.mktemp("official")
+    clip = FrozenCLIP("ViT-B-16", None, {"force_quick_gelu": True})
+    torch.manual_seed(5)
+    model = VadCLIP(VadConfig.from_preset("xd"), clip)
+    state = {}
+    for k, v in model.state_dict().items():
+        if k.startswith("adapter."):
+            state[k[len("adapter."):]] = v
+        elif k.startswith("prompt."):
+            state["text_prompt_embeddings.weight"] = v
+        elif k not in ("frozen_text_features", "has_frozen_text"):
+            state[k] = v
+    state["disAdj.sigma"] = torch.tensor([0.1])
+    for k, v in clip.clip.state_dict().items():
+        state["clipmodel." + k] = v.half() if v.is_floating_point() else v
+    torch.save(state, str(d / "model_xd.pth"))
+    return d
+
+
+def test_official_checkpoint_through_the_cli_and_the_registry(ray_local, official_pth, tmp_path, capsys):
+    import json
+
+    from vadclip.checkpoint import load_model_file
+    from vadclip.cli import main
+    from vadclip.features import feature_row, write_feature_table
+    from vadclip.gt import write_gt
+
+    pth = str(official_pth / "model_xd.pth")
+    model = load_model_file(pth)
+    assert model.cfg.preset == "xd" and model.cfg.padding == "official" and model.embed_dim == 512
+    rng = np.random.default_rng(0)
+    rows = [feature_row(f"v{i}__#1_label_{'A' if i < 2 else 'B1-0-0'}", f"v{i}.npy", "A" if i < 2 else "B1-0-0",
+                        0, 24.0, t * 16, rng.normal(size=(t, 512)).astype(np.float32))
+            for i, t in enumerate([40, 300, 90, 600])]
+    write_feature_table(rows, str(tmp_path / "test.parquet"))
+    write_gt([{"video_id": rows[2]["video_id"], "start_frame": 160, "end_frame": 640, "label": "B1"},
+              {"video_id": rows[3]["video_id"], "start_frame": 3200, "end_frame": 6400, "label": "B1"}],
+             str(tmp_path / "gt.csv"))
+    db = f"sqlite:///{tmp_path}/m.db"
+
+    def run(*argv):
+        assert main(list(argv)) == 0, capsys.readouterr().err
+        out = capsys.readouterr().out
+        return json.loads(out[out.rindex("\n{\n") + 1:] if not out.startswith("{\n") else out)
+
+    ev = run("evaluate", "--model", pth, "--features", str(tmp_path / "test.parquet"), "--gt", str(tmp_path / "gt.csv"))
+    assert 0.0 <= ev["auc"] <= 1.0 and ev["videos"] == 4
+    reg = run("register-official", pth, "--name", "vadclip-xd-official", "--tracking-uri", db)
+    assert reg["registered_version"] == 1 and reg["preset"] == "xd" and reg["padding"] == "official"
+    for uri, out in ((pth, "a"), ("models:/vadclip-xd-official@champion", "b")):
+        run("score", "--model", uri, "--features", str(tmp_path / "test.parquet"), "--out", str(tmp_path / out),
+            "--tracking-uri", db, "--flush-seconds", "0")
+    import pyarrow.parquet as pq
+
+    a = {r["video_id"]: r["anomaly"] for r in pq.read_table(str(tmp_path / "a" / "scores")).to_pylist()}
+    b = {r["video_id"]: r["anomaly"] for r in pq.read_table(str(tmp_path / "b" / "scores")).to_pylist()}
+    for r in rows:   # the same scores from the file and from the registry, and the official test's
+        ref, _ = official_test_scores(model, np.asarray(r["features"]).reshape(-1, 512))
+        np.testing.assert_allclose(a[r["video_id"]], ref, atol=1e-5)
+        np.testing.assert_allclose(b[r["video_id"]], ref, atol=1e-5)

@@ -163,7 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, default=None, help="fps to record (default: 30 ucf / 24 xd)")
     p.add_argument("--out", required=True, help="output Parquet file (or ground-truth file with --annotations)")
     p.add_argument("--annotations", default=None,
-                   help="convert Temporal_Anomaly_Annotation.txt (ucf) / annotations.txt (xd) to a gt table")
+                   help="convert Temporal_Anomaly_Annotation.txt (ucf) or annotations_multiclasses.txt / "
+                        "annotations.txt (xd) to a ground-truth table (the multiclass file gives the "
+                        "official fine-grained mAP ground truth)")
+
+    p = sub.add_parser("register-official", formatter_class=fmt,
+                       help="register a model file (an official model_ucf.pth / model_xd.pth too) in MLflow")
+    p.add_argument("checkpoint", help="model file: official VadCLIP .pth or a vadclip checkpoint")
+    p.add_argument("--name", required=True, help="registered model name (score it as models:/NAME@ALIAS)")
+    p.add_argument("--alias", default="champion", help="alias set on the new version")
+    _add_tracking(p)
 
     p = sub.add_parser("sample-videos", formatter_class=fmt,
                        help="write small H.264 videos with planted anomalies + manifest.csv + gt.parquet")
@@ -241,6 +250,10 @@ def _run(a) -> dict:
         crops = [int(c) for c in a.crops.split(",")] if a.crops else None
         fps = a.fps or (30.0 if a.preset == "ucf" else 24.0)
         return import_official(a.csv, a.out, VadConfig.from_preset(a.preset), roots=a.root, crops=crops, fps=fps)
+    if a.cmd == "register-official":
+        from .registry import register_model_file
+
+        return register_model_file(a.checkpoint, a.name, a.alias, a.tracking_uri, log=log)
     if a.cmd == "sample-videos":
         from .gt import write_gt
         from .sample_videos import make_sample_set, write_manifest

@@ -86,6 +86,10 @@ class VadConfig:
     snippet_len: int = 16
     # how padded positions of a [B, visual_length] batch take part (see PADDING_MODES)
     padding: str = "official"
+    # fine-grained mAP ground truth: does a normal video count as one class-0 segment
+    # over its whole length?  Official XD-Violence: yes; official UCF-Crime: no (its
+    # normal label never matches the class list, so Normal is never counted)
+    map_normal_segments: bool = True
 
     # optimisation
     lr: float = 2e-5
@@ -118,6 +122,7 @@ class VadConfig:
                 class_prompts=[p for _, p in UCF_CLASSES],
                 visual_layers=2, attn_window=8, lr=2e-5, batch_size=64,
                 balanced_batches=True, milestones=[4, 8], contrast_weight=1e-1,
+                map_normal_segments=False,
             )
         elif name in ("xd", "xd-violence", "xdviolence"):
             base = dict(

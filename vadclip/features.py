@@ -165,7 +165,11 @@ def _resolve(path: str, roots: Sequence[str]) -> str:
     if os.path.isfile(path):
         return path
     for root in roots:
-        for cand in (os.path.join(root, path), os.path.join(root, os.path.basename(path))):
+        # the official lists hold the authors' absolute paths: try them under each root
+        # as given, by file name, and by class folder + file name (UCFClipFeatures/Abuse/…)
+        tail2 = os.path.join(os.path.basename(os.path.dirname(path)), os.path.basename(path))
+        for cand in (os.path.join(root, path.lstrip("/")), os.path.join(root, os.path.basename(path)),
+                     os.path.join(root, tail2)):
             if os.path.isfile(cand):
                 return cand
     raise FeatureError(f"{path}: feature file not found (searched {list(roots) or 'as given'})")

@@ -85,21 +85,36 @@ def convert_ucf_annotations(txt_path: str) -> List[Dict]:
 
 
 def convert_xd_annotations(txt_path: str) -> List[Dict]:
-    """XD-Violence ``annotations.txt``: ``name s1 e1 s2 e2 ...``; the label is taken
-    from the ``label_XX`` part of the name when present."""
+    """XD-Violence annotations, either file of the official release:
+
+    * ``annotations.txt``: ``name s1 e1 s2 e2 ...`` — merged segments; each gets the
+      video's label from the ``label_XX`` part of its name;
+    * ``annotations_multiclasses.txt``: ``name C1 s1 e1 C2 s2 e2 ...`` — segments split
+      by class, each with its own class (what the official fine-grained mAP uses).
+
+    The format is recognised per line (a class code or a number after the name)."""
     rows = []
     with open(txt_path) as fh:
         for n, line in enumerate(fh, 1):
             parts = line.split()
             if not parts:
                 continue
-            if len(parts) % 2 == 0:
-                raise GroundTruthError(f"{txt_path}:{n}: expected a name and start/end pairs")
             name = video_key(parts[0])
-            m = re.search(r"label_([A-Z0-9-]+)", name)
-            label = m.group(1) if m else None
-            nums = [int(x) for x in parts[1:]]
-            for s, e in zip(nums[::2], nums[1::2]):
+            rest = parts[1:]
+            if rest and not rest[0].lstrip("-").isdigit():           # multiclass triplets
+                if len(rest) % 3:
+                    raise GroundTruthError(f"{txt_path}:{n}: expected a name and class/start/end triplets")
+                segs = [(rest[j], rest[j + 1], rest[j + 2]) for j in range(0, len(rest), 3)]
+            else:
+                if len(rest) % 2:
+                    raise GroundTruthError(f"{txt_path}:{n}: expected a name and start/end pairs")
+                m = re.search(r"label_([A-Z0-9-]+)", name)
+                segs = [(m.group(1) if m else None, rest[j], rest[j + 1]) for j in range(0, len(rest), 2)]
+            for label, s, e in segs:
+                try:
+                    s, e = int(s), int(e)
+                except ValueError:
+                    raise GroundTruthError(f"{txt_path}:{n}: frame numbers expected, got {s!r} {e!r}") from None
                 if e > s:
                     rows.append({"video_id": name, "start_frame": s, "end_frame": e, "label": label})
     return rows

@@ -62,9 +62,12 @@ def _version_of_run(client, name: str, run_id: str, best_epoch) -> Optional[Any]
     return None
 
 
-def log_and_register(train_ckpt: str, run_id: str, tracking_uri: str, register_name: Optional[str],
+def log_and_register(train_ckpt: Optional[str], run_id: str, tracking_uri: str, register_name: Optional[str],
                      alias: str, metric: str, value: Optional[float], best_epoch: Optional[int] = None,
-                     log=print) -> Dict[str, Any]:
+                     log=print, model=None) -> Dict[str, Any]:
+    """Log the model of ``train_ckpt`` (or an already loaded scoring ``model``) to the
+    MLflow run as a pyfunc, register it as ``register_name`` and move ``alias`` to it
+    when its ``metric`` beats the alias's (always, when ``value`` is None and no alias exists)."""
     import tempfile
 
     import mlflow
@@ -86,7 +89,13 @@ def log_and_register(train_ckpt: str, run_id: str, tracking_uri: str, register_n
             return {"model_uri": prior.source, "registered_version": int(prior.version), "alias": alias,
                     "promoted": cur is not None and cur.version == prior.version, "already_registered": True}
     with tempfile.TemporaryDirectory() as d:
-        path = export_inference_checkpoint(train_ckpt, os.path.join(d, "vadclip_inference.pt"))
+        path = os.path.join(d, "vadclip_inference.pt")
+        if model is None:
+            export_inference_checkpoint(train_ckpt, path)
+        else:
+            from .checkpoint import save_checkpoint
+
+            save_checkpoint(model, path)
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(name="model", python_model=VadCLIPPyfunc(),
                                            artifacts={"checkpoint": path},
@@ -121,6 +130,33 @@ def _alias_version(client, name: str, alias: str):
         return client.get_model_version_by_alias(name, alias)
     except MlflowException:  # no such alias yet
         return None
+
+
+def register_model_file(path: str, name: str, alias: Optional[str] = "champion",
+                        tracking_uri: Optional[str] = None, experiment: str = "vadclip-official",
+                        log=print) -> Dict[str, Any]:
+    """Register any model file — an official VadCLIP ``.pth`` included — in the MLflow
+    registry, so that it scores as ``models:/NAME@ALIAS``."""
+    import mlflow
+
+    from .checkpoint import load_model_file
+    from .tracking import use_experiment
+
+    if not os.path.isfile(path):
+        raise MissingInputError(f"model file not found: {path}")
+    model = load_model_file(path)
+    use_experiment(experiment, tracking_uri)
+    with mlflow.start_run(run_name=f"register-{os.path.basename(path)}") as run:
+        mlflow.log_params({"source_file": os.path.abspath(path), "preset": model.cfg.preset,
+                           "padding": model.cfg.padding})
+    out = log_and_register(None, run.info.run_id, mlflow.get_tracking_uri(), name, alias or "champion",
+                           "registered", None, model=model, log=log)
+    if alias:
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(mlflow.get_tracking_uri()).set_registered_model_alias(name, alias, out["registered_version"])
+        out["promoted"] = True
+    return dict(out, name=name, preset=model.cfg.preset, padding=model.cfg.padding)
 
 
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")

@@ -69,8 +69,8 @@ def video_gt(row: Dict, gt: Intervals, cfg: VadConfig) -> Tuple[np.ndarray, List
     n = int(row["num_frames"]) or int(row["snippet_count"]) * cfg.snippet_len
     ivs = gt.get(row["video_id"], [])
     frames = intervals_to_frames([(s, e) for s, e, _ in ivs], n)
-    if not ivs:
-        return frames, [(0, n)], [0]
+    if not ivs:   # a normal video: one class-0 segment, or none (official UCF-Crime)
+        return (frames, [(0, n)], [0]) if cfg.map_normal_segments else (frames, [], [])
     vec = cfg.label_vector(row["label"]) if row.get("label") else None
     default_cls = int(np.argmax(vec[1:]) + 1) if vec is not None and vec[1:].any() else 1
     classes = []
