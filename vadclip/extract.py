@@ -48,6 +48,8 @@ class ExtractOptions:
     encoder_threads: Optional[int] = None
     rows_per_file: int = 256        # video×crop rows per Parquet part file (at most)
     flush_seconds: float = 60.0     # ... or fewer: finished rows are written at least this often
+    max_restarts: int = 3           # encoder actor deaths tolerated (restarted, batch retried), then the job fails
+    exit_once_on: Optional[List[str]] = None  # fault injection: [video_id, marker file] kills an encoder once
 
     @property
     def chunk_snippets(self) -> int:
@@ -154,9 +156,12 @@ def _decode_rows(item: Dict[str, Any], opts: ExtractOptions, size: int) -> Itera
         for k, frames in enumerate(chunks):
             yield dict(base, chunk=k, n_chunks=n_chunks, fps=info.fps, num_frames=info.num_frames,
                        frames=frames, error="")
-    except Exception as e:  # noqa: BLE001 - every failure becomes an error row
-        msg = str(e) if isinstance(e, VideoError) else f"{item['path']}: {type(e).__name__}: {e}"
-        yield dict(base, chunk=-1, n_chunks=0, fps=0.0, num_frames=0, frames=empty, error=msg)
+    except VideoError as e:
+        # a problem of this video (missing, empty, unreadable, truncated): an error row.
+        # Anything else (decord missing, out of memory, I/O of the node) is a problem of
+        # the environment: it propagates, Ray retries the task, and if it persists the
+        # job fails — no video is marked failed because of it.
+        yield dict(base, chunk=-1, n_chunks=0, fps=0.0, num_frames=0, frames=empty, error=str(e))
 
 
 class _EncoderActor:
@@ -172,17 +177,19 @@ class _EncoderActor:
 
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, Any]:
         feats, errors = [], []
-        for frames, err, path in zip(batch["frames"], batch["error"], batch["path"]):
+        for frames, err, path, vid in zip(batch["frames"], batch["error"], batch["path"], batch["video_id"]):
+            if self.opts.exit_once_on and vid == self.opts.exit_once_on[0] \
+                    and not os.path.exists(self.opts.exit_once_on[1]):
+                open(self.opts.exit_once_on[1], "w").close()
+                os._exit(1)   # fault injection (tests, bench/soak.py): this actor dies mid-job, once
             if err or len(frames) == 0:
                 feats.append(np.zeros((0, self.opts.crops, self.enc.embed_dim), np.float32))
                 errors.append(err or f"{path}: no frames decoded")
                 continue
-            try:
-                feats.append(self.enc.encode(np.asarray(frames)))
-                errors.append("")
-            except Exception as e:  # noqa: BLE001
-                feats.append(np.zeros((0, self.opts.crops, self.enc.embed_dim), np.float32))
-                errors.append(f"{path}: encoding failed: {type(e).__name__}: {e}")
+            # an encoder failure (CUDA error, out of memory) is the environment's: it
+            # propagates, the actor is restarted and the batch retried by Ray
+            feats.append(self.enc.encode(np.asarray(frames)))
+            errors.append("")
         out = {k: v for k, v in batch.items() if k not in ("frames", "error")}
         out["error"] = np.asarray(errors, dtype=object)
         out["features"] = np.asarray(feats + [None], dtype=object)[:-1]  # ragged → object array
@@ -300,17 +307,19 @@ def run_extract(source: str, out_dir: str, opts: ExtractOptions, retry_failed: b
         ds = ds.map_batches(_EncoderActor, fn_constructor_kwargs={"opts_dict": asdict(opts)},
                             batch_size=1, batch_format="numpy",
                             compute=ActorPoolStrategy(size=opts.num_encoders), num_gpus=gpus,
-                            num_cpus=0 if gpus else 1)
+                            num_cpus=0 if gpus else 1, max_restarts=opts.max_restarts,
+                            max_task_retries=opts.max_restarts)
         run_id = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:6]
         fw = PartWriter(feature_dir(out_dir), FEATURE_SCHEMA, opts.rows_per_file, run_id, opts.flush_seconds)
         ew = PartWriter(errors_dir(out_dir), ERROR_SCHEMA, 64, run_id, opts.flush_seconds)
         pending: Dict[str, Dict[str, Any]] = {}
         dead: set = set()
+        written: set = set()   # a retried task may deliver a finished video's chunks again
         for row in ds.iter_rows():
             fw.tick()
             ew.tick()
             vid = row["video_id"]
-            if vid in dead:
+            if vid in dead or vid in written:
                 continue
             if row["error"]:
                 dead.add(vid)
@@ -323,6 +332,7 @@ def run_extract(source: str, out_dir: str, opts: ExtractOptions, retry_failed: b
             st["chunks"][int(row["chunk"])] = np.asarray(row["features"], np.float32)
             if len(st["chunks"]) == int(row["n_chunks"]):
                 pending.pop(vid)
+                written.add(vid)
                 feats = np.concatenate([st["chunks"][k] for k in range(int(row["n_chunks"]))], axis=0)
                 meta = st["meta"]
                 fw.add([feature_row(vid, meta["path"], meta["label"] or None, c, meta["fps"],

@@ -28,6 +28,10 @@ def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None,
         os.environ.get("VADCLIP_DATA_NO_PROGRESS_TIMEOUT_S")
     if timeout:
         ctx.execution_no_progress_timeout_s = float(timeout)
+    # a map task that raises (the environment's errors; input problems are caught as
+    # error rows inside the stages) is retried twice before the job fails
+    ctx.retried_map_errors = True
+    ctx.max_map_retries = 2
     if progress_bars is None:
         # bars redraw in place on a terminal; into a log file or a job's log every redraw
         # becomes a line (hundreds of KB for the demo), so they are off there unless asked for

@@ -111,7 +111,7 @@ class _ScorerActor:
                 out["flagged"].append(bool(ev))
                 out["events"].append(json.dumps(ev))
                 out["error"].append("")
-            except Exception as e:  # noqa: BLE001 - recorded, never dropped
+            except InputError as e:  # a problem of this row's features: recorded, never dropped
                 out["anomaly"].append(np.zeros(0, np.float32))
                 out["class_probs"].append(np.zeros(0, np.float32))
                 out["video_score"].append(float("nan"))
@@ -208,7 +208,8 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
         ds = ds.filter(expr=col("video_id").not_in(sorted(done)))
     ckpt_ref = ray.put(checkpoint_dict(model))
     ds = ds.map_batches(_ScorerActor, fn_constructor_args=(ckpt_ref, asdict(opts)), batch_size=8,
-                        batch_format="numpy", compute=ActorPoolStrategy(size=opts.num_scorers))
+                        batch_format="numpy", compute=ActorPoolStrategy(size=opts.num_scorers),
+                        max_restarts=3, max_task_retries=3)
     run_id = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:6]
     sw = PartWriter(_scores_dir(out_dir), SCORE_SCHEMA, opts.rows_per_file, run_id, opts.flush_seconds)
     ew = PartWriter(os.path.join(out_dir, "score_errors"), ERROR_SCHEMA, 64, run_id, opts.flush_seconds)

@@ -5,6 +5,7 @@ and registration of the best model with a ``@champion``-style alias."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
@@ -55,6 +56,11 @@ def train_loop_per_worker(config: Dict[str, Any]) -> None:
     from .training import evaluate, make_optimizer, train_step
 
     cfg = VadConfig.from_dict(config["cfg"])
+    # one readable line per epoch from rank 0 (Train V2 both logs and echoes print(), and
+    # logs two more INFO lines per report and rank): vadclip logs, Ray Train warns
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    log = logging.getLogger("vadclip.train")
+    log.setLevel(logging.INFO)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -74,7 +80,7 @@ def train_loop_per_worker(config: Dict[str, Any]) -> None:
         sched.load_state_dict(st["scheduler"])
         start_epoch, best, history = st["epoch"] + 1, st["best"], st["history"]
         if rank == 0:
-            print(f"[train] resumed from checkpoint after epoch {st['epoch'] + 1}")
+            log.info(f"[train] resumed from checkpoint after epoch {st['epoch'] + 1}")
     model = ray.train.torch.prepare_model(model)
     core = model.module if hasattr(model, "module") else model
 
@@ -144,7 +150,7 @@ def train_loop_per_worker(config: Dict[str, Any]) -> None:
                             "history": history}, os.path.join(d, STATE_FILE))
                 torch.save(checkpoint_dict(core, epoch=epoch + 1, metrics=metrics), os.path.join(d, CKPT_FILE))
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-            print(f"[train] epoch {epoch + 1}/{cfg.epochs} loss {metrics['loss']:.4f} "
+            log.info(f"[train] epoch {epoch + 1}/{cfg.epochs} loss {metrics['loss']:.4f} "
                   f"{config['metric']} {metrics.get(config['metric'], float('nan')):.4f}"
                   f"{' (best)' if is_best else ''}")
         else:
