@@ -79,7 +79,7 @@ def test_driver_killed_during_scoring_then_rerun(tmp_path):
 
     cfg = tiny_config("custom", classes=["Normal", "Fire"], visual_length=32)
     save_checkpoint(build_model(cfg), str(tmp_path / "m.pt"))
-    rows, _ = make_feature_set(cfg, 800, 700, 32, t_range=(8, 40), seed=4)
+    rows, _ = make_feature_set(cfg, 300, 300, 32, t_range=(8, 40), seed=4)
     write_feature_table(rows, str(tmp_path / "f" / "part-0.parquet"))
     out = tmp_path / "o"
     cmd = _cli("score", "--model", str(tmp_path / "m.pt"), "--features", str(tmp_path / "f"), "--out", str(out),
