@@ -58,6 +58,7 @@ def test_readme_ray_job_submit_workflow_runs_as_written(tmp_path):
     # a head that outlives a failed run would block the next one: stop it on any exit
     full = ("set -euo pipefail\n"
             "trap 'if [ -n \"${HEAD:-}\" ]; then kill -TERM $HEAD 2>/dev/null || true; fi' EXIT\n" + script)
+    had_mlruns = os.path.exists(os.path.join(ROOT, "mlruns"))
     r = subprocess.run(["bash", "-c", full], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-6000:]
@@ -67,4 +68,6 @@ def test_readme_ray_job_submit_workflow_runs_as_written(tmp_path):
     scores = pq.read_table(str(work / "scores" / "scores")).to_pylist()
     assert sorted(r["video_id"] for r in scores) == [f"s1_{i:03d}" for i in range(6)]
     assert all(r["label"] is None for r in scores)          # the archive was scored as unlabeled
-    assert (work / "mlflow.db").exists() and not os.path.exists(os.path.join(ROOT, "mlruns"))
+    # one store, its artifacts beside it; nothing written into the checkout
+    assert (work / "mlflow.db").exists() and list((work / "mlartifacts").rglob("MLmodel"))
+    assert had_mlruns or not os.path.exists(os.path.join(ROOT, "mlruns"))

@@ -24,7 +24,7 @@ def test_encoder_actor_killed_mid_job_loses_and_duplicates_nothing(ray_local, sa
     victim = sample_videos["good"][3]["video_id"]
     marker = tmp_path / "killed-once"
     opts = ExtractOptions(clip_pretrained=None, clip_model_kwargs=tiny_clip_kwargs(32), batch_size=32,
-                          exit_once_on=[victim, str(marker)])
+                          exit_once_on=[[victim, str(marker)]])
     s = run_extract(sample_videos["manifest"], str(tmp_path / "out"), opts, log=lambda *_: None)
     assert marker.exists()                                       # the actor did die, once
     good = sorted(v["video_id"] for v in sample_videos["good"])

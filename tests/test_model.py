@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from vadclip import VadCLIP, tiny_config
-from vadclip.checkpoint import (CheckpointError, load_checkpoint, load_official_checkpoint,
+from vadclip.checkpoint import (CheckpointError, load_checkpoint, load_official_checkpoint, official_state_dict,
                                 save_checkpoint)
 from vadclip.model import LGTAdapter, score_video
 from vadclip.reference import reference_forward
@@ -171,19 +171,8 @@ def test_checkpoint_errors_name_the_file(tmp_path):
 def test_official_checkpoint_loads(model, tiny_clip):
     """An official-format state dict (``clipmodel.*`` + un-prefixed adapter keys) maps
     onto this model and reproduces its outputs."""
-    official = {}
-    for k, v in model.state_dict().items():
-        if k.startswith("adapter."):
-            official[k[len("adapter."):]] = v
-        elif k.startswith("prompt."):
-            official["text_prompt_embeddings.weight"] = v
-        elif k in ("frozen_text_features", "has_frozen_text"):
-            continue
-        else:
-            official[k] = v
-    official["disAdj.sigma"] = torch.tensor([0.1])
-    for k, v in tiny_clip.clip.state_dict().items():
-        official["clipmodel." + k] = v
+    official = official_state_dict(model)
+    assert "clipmodel.token_embedding.weight" in official and "temporal.resblocks.1.attn.in_proj_weight" in official
     # the tiny test CLIP uses GELU; official (OpenAI) weights default to QuickGELU
     cfg = model.cfg.replace(clip_model_kwargs={**model.cfg.clip_model_kwargs, "force_quick_gelu": False})
     loaded = load_official_checkpoint({"model_state_dict": official}, cfg)

@@ -210,6 +210,16 @@ def test_bad_inputs_fail_before_any_worker_with_one_line(ray_local, archive, tmp
         (["score", "--model", str(tmp_path / "evil.pt"), "--features", str(tmp_path / "ok.parquet"),
           "--out", str(tmp_path / "o"), "--tracking-uri", db], "refused: the checkpoint carries pickled"),
     ]
+    _write_csv(str(tmp_path / "nopath.csv"), ["file", "label"], [["a.mp4", "Normal"]])
+    odd = [dict(r, label="Unicorn") if i == 0 else r for i, r in enumerate(ok)]
+    write_feature_table(odd, str(tmp_path / "odd.parquet"))
+    cases += [
+        (["extract", str(tmp_path / "nopath.csv"), "--out", str(tmp_path / "x"), "--tiny-clip"],
+         "manifest needs a 'path' column"),
+        (["train", "--train", str(tmp_path / "odd.parquet"), *base], "unknown label 'Unicorn'"),
+        (["train", "--train", str(tmp_path / "ok.parquet"), "--preset", "ucf", "--classes", "a,b", "--tiny-clip"],
+         "use the 'custom' preset"),
+    ]
     for argv, expected in cases:
         assert main(argv) == 2, argv
         _one_error_line(capsys.readouterr().err, expected)

@@ -157,19 +157,10 @@ def official_pth(tmp_path_factory):
     d = tmp_path_factory.mktemp("official")
     clip = FrozenCLIP("ViT-B-16", None, {"force_quick_gelu": True})
     torch.manual_seed(5)
+    from vadclip.checkpoint import official_state_dict
+
     model = VadCLIP(VadConfig.from_preset("xd"), clip)
-    state = {}
-    for k, v in model.state_dict().items():
-        if k.startswith("adapter."):
-            state[k[len("adapter."):]] = v
-        elif k.startswith("prompt."):
-            state["text_prompt_embeddings.weight"] = v
-        elif k not in ("frozen_text_features", "has_frozen_text"):
-            state[k] = v
-    state["disAdj.sigma"] = torch.tensor([0.1])
-    for k, v in clip.clip.state_dict().items():
-        state["clipmodel." + k] = v.half() if v.is_floating_point() else v
-    torch.save(state, str(d / "model_xd.pth"))
+    torch.save(official_state_dict(model, torch.float16), str(d / "model_xd.pth"))
     return d
 
 

@@ -57,8 +57,9 @@ def test_score_videos_end_to_end_resume_and_registry(trained, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     import mlflow
 
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("t")
+    from vadclip.tracking import use_experiment
+
+    use_experiment("t", uri)   # artifacts beside the store, not in ./mlruns
     with mlflow.start_run() as run:
         pass
     reg = log_and_register(str(d / "model.pt"), run.info.run_id, uri, "scorer", "champion", "auc", 0.9,

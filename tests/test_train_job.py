@@ -73,3 +73,28 @@ def test_crash_resumes_from_checkpoint(ray_local, feature_sets, tmp_path):
     epochs = [m.step for m in client.get_metric_history(s["mlflow_run_id"], "loss")]
     # epochs 1-2 ran before the crash; the restarted workers resumed at epoch 3, not 1
     assert sorted(epochs) == [1, 2, 3]
+
+
+def test_official_recipe_evaluates_within_epochs_and_keeps_the_best(ray_local, feature_sets, tmp_path):
+    """--recipe official: the UCF loop's evaluation every N samples (here 16: twice per
+    epoch), the best model so far reloaded at each epoch end, so the final checkpoint is
+    the best evaluation point's model — with two DDP ranks agreeing on "best"."""
+    from vadclip.checkpoint import load_model_file
+    from vadclip.gt import read_gt
+    from vadclip.training import evaluate
+
+    cfg, d, erows = feature_sets
+    cfg = cfg.replace(epochs=2)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    s = run_train(str(d / "train.parquet"), cfg, str(tmp_path / "runs"), run_name="official",
+                  eval_path=str(d / "eval.parquet"), gt_path=str(d / "gt.parquet"), num_workers=2,
+                  tracking_uri=uri, recipe="official", eval_every_samples=16, log=lambda *_: None)
+    client = mlflow.tracking.MlflowClient(uri)
+    points = client.get_metric_history(s["mlflow_run_id"], "step_auc")
+    assert len(points) == 4                                   # steps 2 and 4 of both epochs
+    best = max(p.value for p in points)
+    assert s["best_metrics"]["score"] == pytest.approx(best)
+    model = load_model_file(s["best_checkpoint"])
+    again = evaluate(model, erows, read_gt(str(d / "gt.parquet")), model.cfg)
+    assert again["auc"] == pytest.approx(best, abs=1e-6)     # the checkpoint is that model
+    assert client.get_run(s["mlflow_run_id"]).data.params["recipe"] == "official"

@@ -108,6 +108,27 @@ def map_official_state_dict(state: Dict[str, torch.Tensor]):
     return mine, clip_sd
 
 
+def official_state_dict(model: VadCLIP, clip_dtype: Optional[torch.dtype] = None) -> Dict[str, torch.Tensor]:
+    """This model as an official ``CLIPVAD`` state dict (the inverse of
+    :func:`map_official_state_dict`): loadable by the official code, and by
+    :func:`load_official_checkpoint`.  ``clip_dtype`` casts the CLIP weights (the
+    released files hold fp16)."""
+    if model.clip is None:
+        raise CheckpointError("an official state dict needs the model's CLIP (load it with with_clip=True)")
+    state: Dict[str, torch.Tensor] = {}
+    for k, v in model.state_dict().items():
+        if k.startswith("adapter."):
+            state[k[len("adapter."):]] = v
+        elif k.startswith("prompt."):
+            state["text_prompt_embeddings.weight"] = v
+        elif k not in ("frozen_text_features", "has_frozen_text"):
+            state[k] = v
+    state["disAdj.sigma"] = torch.tensor([0.1])   # unused parameter of the official DistanceAdj
+    for k, v in model.clip.clip.state_dict().items():
+        state["clipmodel." + k] = v.to(clip_dtype) if clip_dtype is not None and v.is_floating_point() else v
+    return state
+
+
 def load_official_checkpoint(src: Union[str, Dict[str, Any]], cfg: VadConfig,
                              clip: Optional[FrozenCLIP] = None, device: str = "cpu") -> VadCLIP:
     """Load an official VadCLIP ``.pth`` (``model_ucf.pth`` / ``model_xd.pth``, or a training

@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_extract_opts(p, "views per frame: 1 (centre) or 5/10 (centre, 4 corners[, flipped])")
     _add_output(p)
     p.add_argument("--retry-failed", action="store_true", help="retry videos that failed in an earlier run")
+    p.add_argument("--inject-encoder-exit", action="append", default=None, metavar="VIDEO_ID:MARKER",
+                   help=argparse.SUPPRESS)  # fault injection for bench/soak.py: an encoder dies once
     _add_clip(p)
     _add_ray(p)
 
@@ -117,7 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per worker")
     p.add_argument("--storage", default="./runs", help="Ray Train storage path (checkpoints; resume)")
     p.add_argument("--run-name", default="vadclip", help="run name; re-running the same name resumes it")
-    p.add_argument("--metric", default=None, help="model selection metric (default: auc for ucf, ap for xd)")
+    p.add_argument("--metric", default=None,
+                   help="model selection metric (default: auc for ucf, ap for xd; ap_align for xd with "
+                        "--recipe official)")
+    p.add_argument("--recipe", default="vadclip", choices=["vadclip", "official"],
+                   help="vadclip: evaluate once per epoch, keep the best; official: the official loops — UCF "
+                        "evaluates every 1,280 samples, and the best model so far is reloaded at each epoch end")
     _add_tracking(p)
     p.add_argument("--experiment", default="vadclip", help="MLflow experiment")
     p.add_argument("--register", default=None, help="register the best model under this name")
@@ -201,6 +208,7 @@ def _run(a) -> dict:
 
         opts = _extract_options(a, **_clip_settings(a))
         opts.snippet_len = a.snippet_len
+        opts.exit_once_on = [v.rsplit(":", 1) for v in a.inject_encoder_exit or []] or None
         return run_extract(a.source, a.out, opts, retry_failed=a.retry_failed, address=a.address, log=log)
     if a.cmd == "train":
         from .train_job import run_train
@@ -214,7 +222,7 @@ def _run(a) -> dict:
                          num_workers=a.num_workers, use_gpu=a.use_gpu, cpus_per_worker=a.cpus_per_worker,
                          metric=a.metric, tracking_uri=a.tracking_uri, experiment=a.experiment,
                          register_name=a.register, alias=a.alias, max_failures=a.max_failures,
-                         eval_crop=a.eval_crop, address=a.address, log=log)
+                         eval_crop=a.eval_crop, address=a.address, recipe=a.recipe, log=log)
     if a.cmd == "score":
         from .score import ScoreOptions, run_score
 

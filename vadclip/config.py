@@ -89,7 +89,7 @@ class VadConfig:
     # fine-grained mAP ground truth: does a normal video count as one class-0 segment
     # over its whole length?  Official XD-Violence: yes; official UCF-Crime: no (its
     # normal label never matches the class list, so Normal is never counted)
-    map_normal_segments: bool = True
+    map_normal_segments: bool = False
 
     # optimisation
     lr: float = 2e-5
@@ -132,6 +132,7 @@ class VadConfig:
                 label_separator="-", label_placeholders=["0"],
                 visual_layers=1, attn_window=64, lr=1e-5, batch_size=96,
                 balanced_batches=False, milestones=[3, 6, 10], contrast_weight=1e-4,
+                map_normal_segments=True,
             )
         elif name == "custom":
             classes = overrides.pop("classes", None)
@@ -146,7 +147,7 @@ class VadConfig:
                     keys.append(str(c))
                     prompts.append(str(c).replace("_", " "))
             base = dict(preset="custom", class_keys=keys, class_prompts=prompts,
-                                label_separator="-", padding="masked")
+                                label_separator="-", padding="masked", map_normal_segments=True)
         else:
             raise InputError(f"unknown preset {name!r}: use 'ucf', 'xd' or 'custom'")
         base.update(overrides)
@@ -214,8 +215,9 @@ class VadConfig:
         unknown = set(d) - known
         if unknown:
             raise InputError(f"unknown config fields: {sorted(unknown)}")
-        # configs saved before the padding option existed were trained masked
-        return cls(**{"padding": "masked", **d})
+        # configs saved before these options existed: trained masked, normal videos
+        # counted as one class-0 segment in the mAP
+        return cls(**{"padding": "masked", "map_normal_segments": True, **d})
 
     def replace(self, **kw: Any) -> "VadConfig":
         return dataclasses.replace(self, **kw)

@@ -49,7 +49,9 @@ class ExtractOptions:
     rows_per_file: int = 256        # video×crop rows per Parquet part file (at most)
     flush_seconds: float = 60.0     # ... or fewer: finished rows are written at least this often
     max_restarts: int = 3           # encoder actor deaths tolerated (restarted, batch retried), then the job fails
-    exit_once_on: Optional[List[str]] = None  # fault injection: [video_id, marker file] kills an encoder once
+    # fault injection: [[video_id, marker file], ...] — the encoder actor that meets the
+    # video dies (os._exit) once, unless the marker exists; tests and bench/soak.py
+    exit_once_on: Optional[List[List[str]]] = None
 
     @property
     def chunk_snippets(self) -> int:
@@ -178,10 +180,10 @@ class _EncoderActor:
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, Any]:
         feats, errors = [], []
         for frames, err, path, vid in zip(batch["frames"], batch["error"], batch["path"], batch["video_id"]):
-            if self.opts.exit_once_on and vid == self.opts.exit_once_on[0] \
-                    and not os.path.exists(self.opts.exit_once_on[1]):
-                open(self.opts.exit_once_on[1], "w").close()
-                os._exit(1)   # fault injection (tests, bench/soak.py): this actor dies mid-job, once
+            for victim, marker in self.opts.exit_once_on or ():
+                if vid == victim and not os.path.exists(marker):
+                    open(marker, "w").close()
+                    os._exit(1)   # fault injection (tests, bench/soak.py): this actor dies mid-job, once
             if err or len(frames) == 0:
                 feats.append(np.zeros((0, self.opts.crops, self.enc.embed_dim), np.float32))
                 errors.append(err or f"{path}: no frames decoded")

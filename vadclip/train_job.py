@@ -45,10 +45,72 @@ def _check_labels(rows_labels: List[Optional[str]], cfg: VadConfig, source: str)
 
 
 # ---------------------------------------------------------------------- worker loop
-def train_loop_per_worker(config: Dict[str, Any]) -> None:
+RECIPES = {
+    # vadclip: evaluate once per epoch on the given set, keep the best checkpoint
+    "vadclip": {},
+    # the official training loops: UCF evaluates every 1,280 samples, XD after every
+    # epoch, and both reload the best model so far at the end of each epoch
+    "official": {"ucf": {"eval_every_samples": 1280}, "xd": {}},
+}
+
+
+def _load_shard(rank: int):
+    """This worker's shard, materialised once in the training view."""
+    import ray.train
     import torch
+
+    xs, ls, ys = [], [], []
+    for b in ray.train.get_dataset_shard("train").iter_batches(batch_size=64, batch_format="numpy"):
+        xs.append(b["x"]), ls.append(b["length"]), ys.append(b["y"])
+    if not xs:
+        raise RuntimeError(f"worker {rank} received no training rows; use fewer workers")
+    return (torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ls)),
+            torch.from_numpy(np.concatenate(ys)))
+
+
+def _epoch_plan(y, cfg: VadConfig, steps: int, world: int, seed: int) -> List[List[int]]:
+    """``steps`` batches of this shard: balanced (UCF, ``batch_size // world`` normal +
+    as many abnormal per rank) or mixed (XD); the same number of steps on every rank."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    per_side = max(1, cfg.batch_size // world)
+
+    def sampler(idx):
+        while True:
+            for i in idx[torch.randperm(len(idx), generator=gen)]:
+                yield int(i)
+
+    if cfg.balanced_batches:
+        normal = (y[:, 0] == 1) & (y[:, 1:].sum(1) == 0)
+        norm_idx, abn_idx = torch.where(normal)[0], torch.where(~normal)[0]
+        if len(norm_idx) == 0 or len(abn_idx) == 0:
+            raise RuntimeError(f"balanced batches need normal and abnormal rows on every worker "
+                               f"(got {len(norm_idx)} normal, {len(abn_idx)} abnormal)")
+        ns, as_ = sampler(norm_idx), sampler(abn_idx)
+        return [[next(ns) for _ in range(per_side)] + [next(as_) for _ in range(per_side)] for _ in range(steps)]
+    al = sampler(torch.arange(len(y)))
+    return [[next(al) for _ in range(per_side)] for _ in range(steps)]
+
+
+def _broadcast_flag(flag: bool) -> bool:
+    """Rank 0's decision, on every rank."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([1 if flag else 0])
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
+def train_loop_per_worker(config: Dict[str, Any]) -> None:
+    import copy
+
     import ray.train
     import ray.train.torch
+    import torch
 
     from .checkpoint import checkpoint_dict
     from .clip_backbone import FrozenCLIP
@@ -66,95 +128,101 @@ def train_loop_per_worker(config: Dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed + rank)
+    recipe = config.get("recipe", "vadclip")
+    eval_every = config.get("eval_every_samples")
+    metric = config["metric"]
 
     clip = FrozenCLIP(cfg.clip_model, cfg.clip_pretrained, cfg.clip_model_kwargs, device=str(device))
     model = VadCLIP(cfg, clip)
     opt, sched = make_optimizer(model, cfg)
-    start_epoch, best, history = 0, -float("inf"), []
+    start_epoch, best, history, best_state = 0, -float("inf"), [], None
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            st = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
+            st = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
         start_epoch, best, history = st["epoch"] + 1, st["best"], st["history"]
+        best_state = st.get("best_model")
         if rank == 0:
             log.info(f"[train] resumed from checkpoint after epoch {st['epoch'] + 1}")
     model = ray.train.torch.prepare_model(model)
     core = model.module if hasattr(model, "module") else model
 
-    # materialise this worker's shard once (training view, bounded by the shard size)
-    shard = ray.train.get_dataset_shard("train")
-    xs, ls, ys = [], [], []
-    for b in shard.iter_batches(batch_size=64, batch_format="numpy"):
-        xs.append(b["x"]), ls.append(b["length"]), ys.append(b["y"])
-    X = torch.from_numpy(np.concatenate(xs)) if xs else torch.zeros(0)
-    L = torch.from_numpy(np.concatenate(ls)) if ls else torch.zeros(0, dtype=torch.long)
-    Y = torch.from_numpy(np.concatenate(ys)) if ys else torch.zeros(0)
-    if len(X) == 0:
-        raise RuntimeError(f"worker {rank} received no training rows; use fewer workers")
-    normal = (Y[:, 0] == 1) & (Y[:, 1:].sum(1) == 0)
-    norm_idx, abn_idx = torch.where(normal)[0], torch.where(~normal)[0]
+    X, L, Y = _load_shard(rank)
     steps = int(config["steps_per_epoch"])
-    per_side = max(1, cfg.batch_size // world)
-
+    global_batch = max(1, cfg.batch_size // world) * world * (2 if cfg.balanced_batches else 1)
     eval_rows, gt = None, config.get("gt") or {}
     if rank == 0 and config.get("has_eval"):
         eval_rows = list(ray.train.get_dataset_shard("eval").iter_rows())
-    fail_at = config.get("fail_after_epoch")
-    marker = config.get("fail_marker")
 
-    def sampler(idx: torch.Tensor, gen: torch.Generator):
-        while True:
-            for i in idx[torch.randperm(len(idx), generator=gen)]:
-                yield int(i)
+    def report(metrics: Dict[str, Any], epoch: int) -> None:
+        """Once per epoch on every rank; rank 0 with the checkpoint (resume state + model)."""
+        if rank != 0:
+            ray.train.report({"epoch": metrics["epoch"]})
+            return
+        _mlflow_log(config, metrics, epoch + 1)
+        with tempfile.TemporaryDirectory() as d:
+            torch.save({"model": core.state_dict(), "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(), "epoch": epoch, "best": best,
+                        "history": history, "best_model": best_state}, os.path.join(d, STATE_FILE))
+            torch.save(checkpoint_dict(core, epoch=epoch + 1, metrics=metrics), os.path.join(d, CKPT_FILE))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+    def eval_point(metrics: Dict[str, Any]) -> bool:
+        """Rank 0 evaluates; every rank learns whether this is the best model so far and,
+        if so, keeps a copy of it (DDP keeps the ranks' weights identical)."""
+        nonlocal best, best_state
+        if rank == 0:
+            if eval_rows:
+                metrics.update(evaluate(core, eval_rows, gt, cfg, str(device)))
+            score = metrics.get(metric, float("nan"))
+            if score is None or not np.isfinite(score):
+                score = -metrics.get("loss", float("inf"))
+            metrics["score"] = float(score)
+        is_best = _broadcast_flag(rank == 0 and metrics["score"] > best)
+        if is_best:
+            if rank == 0:
+                best = metrics["score"]
+            if recipe == "official":
+                best_state = copy.deepcopy(core.state_dict())
+        return is_best
 
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()
-        gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch * 17 + rank)
         model.train()
-        if cfg.balanced_batches:
-            if len(norm_idx) == 0 or len(abn_idx) == 0:
-                raise RuntimeError(f"worker {rank}: balanced batches need normal and abnormal rows "
-                                   f"(got {len(norm_idx)} normal, {len(abn_idx)} abnormal)")
-            ns, as_ = sampler(norm_idx, gen), sampler(abn_idx, gen)
-            plan = [[next(ns) for _ in range(per_side)] + [next(as_) for _ in range(per_side)] for _ in range(steps)]
-        else:
-            al = sampler(torch.arange(len(X)), gen)
-            plan = [[next(al) for _ in range(per_side)] for _ in range(steps)]
+        plan = _epoch_plan(Y, cfg, steps, world, cfg.seed * 1000 + epoch * 17 + rank)
         sums: Dict[str, float] = {}
-        for b in plan:
+        for i, b in enumerate(plan):
             ib = torch.tensor(b)
             parts = train_step(model, opt, (X[ib].float(), L[ib], Y[ib]), cfg, device)
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
+            if eval_every and i and (i * global_batch) % eval_every == 0:   # the official UCF loop's test points
+                m: Dict[str, Any] = {}
+                is_best = eval_point(m)
+                model.train()
+                if rank == 0:   # logged at "samples seen"; the best model so far is kept in memory
+                    _mlflow_log(config, {f"step_{k}": v for k, v in m.items()}, (epoch * steps + i) * global_batch)
+                    log.info(f"[train] epoch {epoch + 1} step {i}: {metric} {m.get(metric, float('nan')):.4f}"
+                             f"{' (best)' if is_best else ''}")
         sched.step()
         metrics: Dict[str, Any] = {k: v / max(1, len(plan)) for k, v in sums.items()}
         metrics.update(epoch=epoch + 1, lr=opt.param_groups[0]["lr"], epoch_time_s=time.time() - t0)
-
+        is_best = False
+        if not eval_every:
+            is_best = eval_point(metrics)
+        if recipe == "official" and best_state is not None:
+            core.load_state_dict(best_state)       # the official loops go on from the best model
+            metrics["score"] = best
+        metrics.setdefault("score", best)
         if rank == 0:
-            if eval_rows:
-                metrics.update(evaluate(core, eval_rows, gt, cfg, str(device)))
-            score = metrics.get(config["metric"], float("nan"))
-            if score is None or not np.isfinite(score):
-                score = -metrics["loss"]
-            metrics["score"] = float(score)
-            is_best = metrics["score"] > best
-            best = max(best, metrics["score"])
             history.append({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
-            _mlflow_log(config, metrics, epoch + 1)
-            with tempfile.TemporaryDirectory() as d:
-                torch.save({"model": core.state_dict(), "optimizer": opt.state_dict(),
-                            "scheduler": sched.state_dict(), "epoch": epoch, "best": best,
-                            "history": history}, os.path.join(d, STATE_FILE))
-                torch.save(checkpoint_dict(core, epoch=epoch + 1, metrics=metrics), os.path.join(d, CKPT_FILE))
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
             log.info(f"[train] epoch {epoch + 1}/{cfg.epochs} loss {metrics['loss']:.4f} "
-                  f"{config['metric']} {metrics.get(config['metric'], float('nan')):.4f}"
-                  f"{' (best)' if is_best else ''}")
-        else:
-            ray.train.report({"epoch": epoch + 1, "loss": metrics["loss"]})
+                     f"{metric} {metrics.get(metric, float('nan')):.4f}{' (best)' if is_best else ''}")
+        report(metrics, epoch)
+        fail_at, marker = config.get("fail_after_epoch"), config.get("fail_marker")
         if fail_at is not None and epoch + 1 == fail_at and marker and not os.path.exists(marker):
             open(marker, "w").close()
             raise RuntimeError(f"injected failure after epoch {epoch + 1} (test of crash recovery)")
@@ -217,7 +285,8 @@ def run_train(train_path: str, cfg: VadConfig, storage_path: str, run_name: str 
               tracking_uri: Optional[str] = None, experiment: str = "vadclip",
               register_name: Optional[str] = None, alias: str = "champion", max_failures: int = 2,
               eval_crop: Optional[int] = None, address: Optional[str] = None,
-              fail_after_epoch: Optional[int] = None, log=print) -> Dict[str, Any]:
+              fail_after_epoch: Optional[int] = None, recipe: str = "vadclip",
+              eval_every_samples: Optional[int] = None, log=print) -> Dict[str, Any]:
     """Train on a Parquet feature set; returns a summary with the best metrics, the best
     checkpoint path, the MLflow run id and the registered model version (if any).
     The evaluation set is scored on ``eval_crop`` (default: the lowest crop it holds,
@@ -237,6 +306,17 @@ def run_train(train_path: str, cfg: VadConfig, storage_path: str, run_name: str 
     from .storage import absolute
 
     train_path, eval_path, gt_path, storage_path = map(absolute, (train_path, eval_path, gt_path, storage_path))
+    from .errors import InputError
+
+    if recipe not in RECIPES:
+        raise InputError(f"unknown recipe {recipe!r}: use one of {sorted(RECIPES)}")
+    if recipe == "official":
+        if not eval_path:
+            raise InputError("--recipe official selects its model on an evaluation set: give --eval and --gt")
+        # the official XD loop keeps the model with the best A-branch AP, UCF the best C-branch AUC
+        metric = metric or ("ap_align" if cfg.preset == "xd" else "auc")
+        if eval_every_samples is None:
+            eval_every_samples = RECIPES["official"].get(cfg.preset, {}).get("eval_every_samples")
     metric = metric or ("ap" if cfg.preset == "xd" else "auc")
     checked = check_inputs(train_path, cfg, eval_path, gt_path, eval_crop)
     labels, gt = checked["labels"], checked["gt"]
@@ -266,9 +346,11 @@ def run_train(train_path: str, cfg: VadConfig, storage_path: str, run_name: str 
             mlflow.log_params({"num_workers": num_workers, "use_gpu": use_gpu, "train_rows": len(labels),
                                "train_normal": n_normal, "train_abnormal": n_abn, "steps_per_epoch": steps,
                                "metric": metric, "classes": json.dumps(cfg.class_keys),
-                               "eval_crop": checked["eval_crop"]})
+                               "eval_crop": checked["eval_crop"], "recipe": recipe,
+                               "eval_every_samples": eval_every_samples})
         config = {"cfg": cfg_dict, "steps_per_epoch": steps, "metric": metric, "gt": gt,
-                  "has_eval": bool(eval_path), "mlflow_run_id": run_id, "tracking_uri": tracking_uri}
+                  "has_eval": bool(eval_path), "mlflow_run_id": run_id, "tracking_uri": tracking_uri,
+                  "recipe": recipe, "eval_every_samples": eval_every_samples}
         if fail_after_epoch is not None:
             config["fail_after_epoch"] = fail_after_epoch
             config["fail_marker"] = os.path.join(os.path.abspath(storage_path), run_name + ".failed-once")

@@ -1,0 +1,114 @@
+"""Soak: an extraction of many short videos, 10% of them bad, with two encoder actors
+killed mid-job and the driver killed (SIGKILL) once, then the same command again.
+
+    python bench/soak.py [--videos 500] [--bad-fraction 0.1] [--workdir /tmp/vadclip_soak]
+
+Prints videos in, feature rows out, error rows, duplicates, lost good videos, good
+videos wrongly marked failed and bad videos not recorded.  Target: 0 lost, 0
+duplicated, 0 good videos marked failed.  Uses the tiny random-init CLIP (the
+bookkeeping under faults is what is measured, not the encoder)."""
+import argparse
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import numpy as np
+import pyarrow.parquet as pq
+
+
+def make_archive(root: str, n: int, bad_fraction: float, seed: int = 0):
+    from vadclip.sample_videos import write_manifest, write_video
+
+    rng = np.random.default_rng(seed)
+    os.makedirs(root, exist_ok=True)
+    rows, bad = [], set()
+    n_bad = int(round(n * bad_fraction))
+    bad_idx = set(rng.choice(n, n_bad, replace=False).tolist())
+    good_bytes = None
+    for i in range(n):
+        vid = f"soak{i:04d}"
+        path = os.path.join(root, f"{vid}.mp4")
+        if i in bad_idx:
+            kind = i % 4
+            if kind == 0:
+                open(path, "wb").write(b"\x00\x00\x00\x18ftypisom" + bytes(range(256)) * 4)   # corrupt
+            elif kind == 1:
+                open(path, "wb").write(b"")                                              # empty
+            elif kind == 2 and good_bytes:
+                open(path, "wb").write(good_bytes[: len(good_bytes) // 3])               # truncated
+            else:
+                path = os.path.join(root, f"{vid}_missing.mp4")                          # missing
+            bad.add(vid)
+        else:
+            write_video(path, int(rng.integers(32, 80)), 25.0, 64, 48, None, seed=i)
+            if good_bytes is None:
+                good_bytes = open(path, "rb").read()
+        rows.append({"path": path, "label": "", "video_id": vid})
+    write_manifest(rows, os.path.join(root, "manifest.csv"))
+    return rows, bad
+
+
+def ids(directory: str):
+    out = []
+    for f in sorted(glob.glob(os.path.join(directory, "part-*.parquet"))):
+        out.extend(pq.read_table(f, columns=["video_id"]).column("video_id").to_pylist())
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--videos", type=int, default=500)
+    ap.add_argument("--bad-fraction", type=float, default=0.1)
+    ap.add_argument("--workdir", default="/tmp/vadclip_soak")
+    ap.add_argument("--kill-at", type=float, default=0.4, help="kill the driver once this fraction is written")
+    a = ap.parse_args()
+    shutil.rmtree(a.workdir, ignore_errors=True)
+    t0 = time.time()
+    rows, bad = make_archive(os.path.join(a.workdir, "videos"), a.videos, a.bad_fraction)
+    good = [r["video_id"] for r in rows if r["video_id"] not in bad]
+    print(f"archive: {len(rows)} videos ({len(bad)} bad) written in {time.time() - t0:.0f}s")
+    out = os.path.join(a.workdir, "out")
+    victims = [good[len(good) // 5], good[len(good) // 2]]
+    cmd = [sys.executable, "-m", "vadclip.cli", "extract", os.path.join(a.workdir, "videos", "manifest.csv"),
+           "--out", out, "--tiny-clip", "--flush-seconds", "1", "--rows-per-file", "16"]
+    for i, v in enumerate(victims):
+        cmd += ["--inject-encoder-exit", f"{v}:{os.path.join(a.workdir, f'killed{i}')}"]
+    env = {**os.environ, "VADCLIP_PROGRESS_BARS": "0"}
+
+    t1 = time.time()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
+    killed_at = None
+    while p.poll() is None:
+        done = len(ids(os.path.join(out, "features"))) + len(ids(os.path.join(out, "errors")))
+        if done >= a.kill_at * len(rows):
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+            killed_at = done
+            break
+        time.sleep(0.5)
+    print(f"run 1: driver SIGKILLed with {killed_at} videos written" if killed_at is not None
+          else "run 1: finished before the driver kill (raise --videos)")
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        print(r.stderr[-3000:])
+        raise SystemExit("run 2 failed")
+    elapsed = time.time() - t1
+    feats, errs = ids(os.path.join(out, "features")), ids(os.path.join(out, "errors"))
+    fc, ec = Counter(feats), Counter(errs)
+    kills = sum(os.path.exists(os.path.join(a.workdir, f"killed{i}")) for i in range(len(victims)))
+    print(f"encoder actors killed: {kills}; driver kills: {int(killed_at is not None)}; "
+          f"extraction {elapsed:.0f}s over both runs")
+    print(f"videos in: {len(rows)}  feature rows out: {len(feats)}  error rows: {len(errs)}")
+    print(f"duplicated: {sum(c - 1 for c in fc.values() if c > 1) + sum(c - 1 for c in ec.values() if c > 1)}  "
+          f"lost: {len([v for v in good if v not in fc])}  "
+          f"good marked failed: {len([v for v in good if v in ec])}  "
+          f"bad not recorded: {len([v for v in bad if v not in ec])}")
+
+
+if __name__ == "__main__":
+    main()
