@@ -52,11 +52,13 @@ def test_two_worker_training_registers_a_model(ray_local, feature_sets, tmp_path
         np.testing.assert_allclose(df["anomaly"].to_numpy(), a2, atol=1e-6)
         assert list(df.columns[:2]) == ["anomaly", "p_Normal"]
 
-    # a worse second model is registered but does not take the alias
-    worse = cfg.replace(epochs=1, lr=1e-7)
-    s2 = run_train(str(d / "train.parquet"), worse, str(tmp_path / "runs"), run_name="t2",
-                   eval_path=str(d / "eval.parquet"), gt_path=str(d / "gt.parquet"), num_workers=1,
-                   tracking_uri=uri, register_name="vad-test", log=lambda *_: None)
+    # a worse second model (another run, a lower auc) is registered but does not take the alias
+    from vadclip.registry import log_and_register
+
+    with mlflow.start_run(experiment_id=client.get_run(s["mlflow_run_id"]).info.experiment_id) as run2:
+        pass
+    s2 = log_and_register(s["best_checkpoint"], run2.info.run_id, uri, "vad-test", "champion", "auc",
+                          s["best_metrics"]["auc"] - 0.1, best_epoch=1, log=lambda *_: None)
     assert s2["registered_version"] == 2 and not s2["promoted"]
     assert int(client.get_model_version_by_alias("vad-test", "champion").version) == 1
 

@@ -120,7 +120,8 @@ def train_loop_per_worker(config: Dict[str, Any]) -> None:
     cfg = VadConfig.from_dict(config["cfg"])
     # one readable line per epoch from rank 0 (Train V2 both logs and echoes print(), and
     # logs two more INFO lines per report and rank): vadclip logs, Ray Train warns
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith("ray.train")] + ["ray.train"]:
+        logging.getLogger(name).setLevel(logging.WARNING)
     log = logging.getLogger("vadclip.train")
     log.setLevel(logging.INFO)
     ctx = ray.train.get_context()
