@@ -169,20 +169,12 @@ def test_official_checkpoint_through_the_cli_and_the_registry(ray_local, officia
 
     from vadclip.checkpoint import load_model_file
     from vadclip.cli import main
-    from vadclip.features import feature_row, write_feature_table
+    from vadclip.features import read_feature_rows
     from vadclip.gt import write_gt
 
     pth = str(official_pth / "model_xd.pth")
     model = load_model_file(pth)
     assert model.cfg.preset == "xd" and model.cfg.padding == "official" and model.embed_dim == 512
-    rng = np.random.default_rng(0)
-    rows = [feature_row(f"v{i}__#1_label_{'A' if i < 2 else 'B1-0-0'}", f"v{i}.npy", "A" if i < 2 else "B1-0-0",
-                        0, 24.0, t * 16, rng.normal(size=(t, 512)).astype(np.float32))
-            for i, t in enumerate([40, 300, 90, 600])]
-    write_feature_table(rows, str(tmp_path / "test.parquet"))
-    write_gt([{"video_id": rows[2]["video_id"], "start_frame": 160, "end_frame": 640, "label": "B1"},
-              {"video_id": rows[3]["video_id"], "start_frame": 3200, "end_frame": 6400, "label": "B1"}],
-             str(tmp_path / "gt.csv"))
     db = f"sqlite:///{tmp_path}/m.db"
 
     def run(*argv):
@@ -190,10 +182,33 @@ def test_official_checkpoint_through_the_cli_and_the_registry(ray_local, officia
         out = capsys.readouterr().out
         return json.loads(out[out.rindex("\n{\n") + 1:] if not out.startswith("{\n") else out)
 
+    # an official-style test list: the authors' absolute paths, one crop per video (__5, as
+    # the UCF list), features under <root>/<class folder>/; imported, then evaluated and
+    # scored with no crop option
+    rng = np.random.default_rng(0)
+    names = [f"v{i}__#1_label_{'A' if i < 2 else 'B1-0-0'}" for i in range(4)]
+    labels = ["A", "A", "B1-0-0", "B1-0-0"]
+    lines = ["path,label"]
+    for name, label, t in zip(names, labels, [40, 300, 90, 600]):
+        (tmp_path / "feats" / "Fighting").mkdir(parents=True, exist_ok=True)
+        np.save(str(tmp_path / "feats" / "Fighting" / f"{name}__5.npy"), rng.normal(size=(t, 512)).astype(np.float32))
+        lines.append(f"/home/someone/XDTestClipFeatures/Fighting/{name}__5.npy,{label}")
+    (tmp_path / "test_list.csv").write_text("\n".join(lines) + "\n")
+    imp = run("import-official", "--csv", str(tmp_path / "test_list.csv"), "--root", str(tmp_path / "feats"),
+              "--preset", "xd", "--out", str(tmp_path / "test.parquet"))
+    assert imp == {"rows": 4, "errors": 0}
+    rows = sorted(read_feature_rows(str(tmp_path / "test.parquet")), key=lambda r: r["video_id"])
+    assert [r["crop"] for r in rows] == [5, 5, 5, 5]
+    write_gt([{"video_id": names[2], "start_frame": 160, "end_frame": 640, "label": "B1"},
+              {"video_id": names[3], "start_frame": 3200, "end_frame": 6400, "label": "B1"}],
+             str(tmp_path / "gt.csv"))
+
     ev = run("evaluate", "--model", pth, "--features", str(tmp_path / "test.parquet"), "--gt", str(tmp_path / "gt.csv"))
-    assert 0.0 <= ev["auc"] <= 1.0 and ev["videos"] == 4
+    assert 0.0 <= ev["auc"] <= 1.0 and ev["videos"] == 4 and ev["crop"] == 5
     reg = run("register-official", pth, "--name", "vadclip-xd-official", "--tracking-uri", db)
     assert reg["registered_version"] == 1 and reg["preset"] == "xd" and reg["padding"] == "official"
+    again = run("register-official", pth, "--name", "vadclip-xd-official", "--tracking-uri", db)
+    assert again["registered_version"] == 2 and again["promoted"]      # the alias follows the new file
     for uri, out in ((pth, "a"), ("models:/vadclip-xd-official@champion", "b")):
         run("score", "--model", uri, "--features", str(tmp_path / "test.parquet"), "--out", str(tmp_path / out),
             "--tracking-uri", db, "--flush-seconds", "0")

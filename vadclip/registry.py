@@ -110,7 +110,7 @@ def log_and_register(train_ckpt: Optional[str], run_id: str, tracking_uri: str, 
     client.set_model_version_tag(register_name, mv.version, "vadclip_best_epoch", str(best_epoch))
     out["registered_version"] = int(mv.version)
     cur = _alias_version(client, register_name, alias)
-    current = float(cur.tags.get(metric, "nan")) if cur is not None else float("nan")
+    current = _tag_value(cur, metric)
     better = cur is None or not np.isfinite(current) or (value is not None and value > current)
     if better:
         client.set_registered_model_alias(register_name, alias, mv.version)
@@ -121,6 +121,14 @@ def log_and_register(train_ckpt: Optional[str], run_id: str, tracking_uri: str, 
     out["promoted"] = bool(better)
     out["alias"] = alias
     return out
+
+
+def _tag_value(version, metric: str) -> float:
+    """The metric a version was registered with (NaN when absent or not a number)."""
+    try:
+        return float(version.tags.get(metric, "nan")) if version is not None else float("nan")
+    except ValueError:
+        return float("nan")
 
 
 def _alias_version(client, name: str, alias: str):
