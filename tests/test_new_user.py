@@ -5,7 +5,6 @@ import json
 import logging
 
 import mlflow
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 

@@ -283,7 +283,6 @@ def run_extract(source: str, out_dir: str, opts: ExtractOptions, retry_failed: b
     from ray.data import ActorPoolStrategy
 
     from .raysetup import cluster_gpus, ensure_ray
-
     from .storage import absolute
 
     items = load_manifest(source)

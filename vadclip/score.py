@@ -171,9 +171,8 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
     from .gt import read_gt
     from .raysetup import ensure_ray
     from .registry import load_scoring_model
-    from .tracking import use_experiment
-
     from .storage import absolute
+    from .tracking import use_experiment
 
     features, videos, gt_path, out_dir = map(absolute, (features, videos, gt_path, out_dir))
     opts = opts or ScoreOptions()
@@ -183,8 +182,8 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
         read_gt(gt_path)  # a bad ground-truth file fails now, not after scoring
     model = load_scoring_model(model_uri, tracking_uri)
     cfg = model.cfg
-    if features is not None:   # a feature set that cannot fit the model fails before Ray starts
-        check_feature_set(features, model.embed_dim, crop=opts.crop)
+    # a feature set that cannot fit the model fails before Ray starts
+    found = check_feature_set(features, model.embed_dim, crop=opts.crop) if features is not None else None
     ensure_ray(address)
     os.makedirs(out_dir, exist_ok=True)
     t0 = time.time()
@@ -197,7 +196,7 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
                      clip_model_kwargs=cfg.clip_model_kwargs, snippet_len=cfg.snippet_len)
         extract_summary = run_extract(videos, out_dir, eo, log=log)
         features = feature_dir(out_dir)
-    found = check_feature_set(features, model.embed_dim, crop=opts.crop)
+        found = check_feature_set(features, model.embed_dim, crop=opts.crop)
     crop = found["crops"][0] if opts.crop is None else opts.crop
 
     done = set(_read_column(_scores_dir(out_dir), "video_id"))

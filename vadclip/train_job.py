@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from .config import VadConfig
-from .gt import Intervals, read_gt
+from .gt import read_gt
 
 CKPT_FILE = "vadclip.pt"
 STATE_FILE = "train_state.pt"
@@ -301,14 +301,12 @@ def run_train(train_path: str, cfg: VadConfig, storage_path: str, run_name: str 
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from .errors import InputError
     from .raysetup import ensure_ray
+    from .storage import absolute
     from .tracking import use_experiment
 
-    from .storage import absolute
-
     train_path, eval_path, gt_path, storage_path = map(absolute, (train_path, eval_path, gt_path, storage_path))
-    from .errors import InputError
-
     if recipe not in RECIPES:
         raise InputError(f"unknown recipe {recipe!r}: use one of {sorted(RECIPES)}")
     if recipe == "official":
