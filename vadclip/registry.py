@@ -45,11 +45,9 @@ class VadCLIPPyfunc(_Base):
 def export_inference_checkpoint(train_ckpt: str, out_path: str) -> str:
     """Training checkpoint → self-contained scoring checkpoint (frozen text features,
     no CLIP weights needed)."""
-    from .checkpoint import load_checkpoint, save_checkpoint
+    from .checkpoint import load_model_file, save_checkpoint
 
-    model = load_checkpoint(train_ckpt, with_clip=True)
-    model.freeze_text()
-    save_checkpoint(model, out_path)
+    save_checkpoint(load_model_file(train_ckpt), out_path)
     return out_path
 
 
@@ -67,7 +65,8 @@ def log_and_register(train_ckpt: Optional[str], run_id: str, tracking_uri: str, 
                      log=print, model=None) -> Dict[str, Any]:
     """Log the model of ``train_ckpt`` (or an already loaded scoring ``model``) to the
     MLflow run as a pyfunc, register it as ``register_name`` and move ``alias`` to it
-    when its ``metric`` beats the alias's (always, when ``value`` is None and no alias exists)."""
+    when its ``metric`` beats the alias's (with ``value`` None: unless the alias's version
+    has a number for ``metric``)."""
     import tempfile
 
     import mlflow
@@ -95,7 +94,7 @@ def log_and_register(train_ckpt: Optional[str], run_id: str, tracking_uri: str, 
         else:
             from .checkpoint import save_checkpoint
 
-            save_checkpoint(model, path)
+            save_checkpoint(model, path)   # already a scoring model (frozen text features)
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(name="model", python_model=VadCLIPPyfunc(),
                                            artifacts={"checkpoint": path},
@@ -140,7 +139,7 @@ def _alias_version(client, name: str, alias: str):
         return None
 
 
-def register_model_file(path: str, name: str, alias: Optional[str] = "champion",
+def register_model_file(path: str, name: str, alias: str = "champion",
                         tracking_uri: Optional[str] = None, experiment: str = "vadclip-official",
                         log=print) -> Dict[str, Any]:
     """Register any model file — an official VadCLIP ``.pth`` included — in the MLflow
@@ -157,13 +156,9 @@ def register_model_file(path: str, name: str, alias: Optional[str] = "champion",
     with mlflow.start_run(run_name=f"register-{os.path.basename(path)}") as run:
         mlflow.log_params({"source_file": os.path.abspath(path), "preset": model.cfg.preset,
                            "padding": model.cfg.padding})
-    out = log_and_register(None, run.info.run_id, mlflow.get_tracking_uri(), name, alias or "champion",
+    # no metric value: log_and_register moves the alias to the new version unconditionally
+    out = log_and_register(None, run.info.run_id, mlflow.get_tracking_uri(), name, alias,
                            "registered", None, model=model, log=log)
-    if alias:
-        from mlflow.tracking import MlflowClient
-
-        MlflowClient(mlflow.get_tracking_uri()).set_registered_model_alias(name, alias, out["registered_version"])
-        out["promoted"] = True
     return dict(out, name=name, preset=model.cfg.preset, padding=model.cfg.padding)
 
 
