@@ -15,8 +15,7 @@ def tiny_clip():
     return FrozenCLIP("ViT-B-16", None, tiny_clip_kwargs(32))
 
 
-@pytest.fixture(scope="session")
-def ray_local():
+def init_local_ray():
     """A real local Ray with more logical CPUs than cores, so Ray Train workers and
     Ray Data tasks never starve each other on a 2-core machine; a Data pipeline
     that stops progressing fails fast instead of eating CI time."""
@@ -29,7 +28,14 @@ def ray_local():
     from vadclip.raysetup import ensure_ray
 
     ensure_ray()
-    yield ray
+    return ray
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    yield init_local_ray()
+    import ray
+
     ray.shutdown()
 
 

@@ -11,7 +11,8 @@ import pytest
 from vadclip import tiny_config
 from vadclip.checkpoint import save_checkpoint
 from vadclip.cli import build_parser, main
-from vadclip.extract import PartWriter, load_manifest
+from vadclip.extract import load_manifest
+from vadclip.parts import PartWriter
 from vadclip.features import ERROR_SCHEMA, write_feature_table
 from vadclip.gt import write_gt
 from vadclip.model import build_model

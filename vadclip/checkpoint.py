@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import io
-import os
 from typing import Any, Dict, Optional, Union
 
 import torch
 
+from . import storage
 from .errors import InputError, one_line
 from .clip_backbone import FrozenCLIP
 from .config import VadConfig
@@ -28,10 +28,10 @@ def checkpoint_dict(model: VadCLIP, **extra: Any) -> Dict[str, Any]:
 
 
 def save_checkpoint(model: VadCLIP, path: str, **extra: Any) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    torch.save(checkpoint_dict(model, **extra), tmp)
-    os.replace(tmp, path)
+    """Write a checkpoint (local or in object storage) whole or not at all."""
+    buf = io.BytesIO()
+    torch.save(checkpoint_dict(model, **extra), buf)
+    storage.write_bytes(path, buf.getvalue())
 
 
 def _torch_load(f, name: str) -> Dict[str, Any]:
@@ -58,9 +58,9 @@ def _load_obj(src: Union[str, bytes, Dict[str, Any]]) -> Dict[str, Any]:
         return src
     if isinstance(src, bytes):
         return _torch_load(io.BytesIO(src), "checkpoint")
-    if not os.path.isfile(src):
+    if not storage.isfile(src):
         raise CheckpointError(f"checkpoint not found: {src}")
-    return _torch_load(src, src)
+    return _torch_load(io.BytesIO(storage.read_bytes(src)), src)
 
 
 def load_checkpoint(src: Union[str, bytes, Dict[str, Any]], with_clip: bool = False,

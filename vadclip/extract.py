@@ -4,29 +4,30 @@ Pipeline: manifest rows → ``flat_map`` decode tasks (decord; one frame per sni
 resize + crop; bounded chunks of snippets) → CLIP image-encoder actor pool
 (``ActorPoolStrategy``; ``num_gpus`` when the cluster has GPUs; fp16/bf16 there) →
 the driver stitches each video's chunks and writes finished videos to Parquet part
-files (atomic rename).  A failure of one video becomes a row of the errors table;
-re-running skips videos already written (and, unless asked, videos already failed).
+files (committed parts, :mod:`vadclip.parts`).  Videos and outputs may be local or in
+object storage (:mod:`vadclip.storage`); a remote video is streamed to the decode
+task's node-local scratch, never through the driver.  A failure of one video becomes
+a row of the errors table; re-running skips videos already written (and, unless
+asked, videos already failed).
 """
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import logging
 import os
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Iterable, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
+from . import storage
 from .errors import InputError, MissingInputError
 from .features import ERROR_SCHEMA, FEATURE_SCHEMA, feature_row
+from .parts import PartWriter, drop_rows, new_run_id, read_column, remove_uncommitted
 from .tables import read_records
-from .video import VideoError, iter_snippet_chunks, list_videos
+from .video import VideoError, fetched, iter_snippet_chunks, list_videos
 
 log = logging.getLogger(__name__)
 
@@ -60,35 +61,37 @@ class ExtractOptions:
 
 # ---------------------------------------------------------------------------- manifest
 def _video_id(path: str) -> str:
-    return os.path.splitext(os.path.basename(path))[0]
+    return storage.stem(path)
 
 
 def load_manifest(source: str) -> List[Dict[str, Optional[str]]]:
     """Videos to process from a CSV/Parquet manifest (``path`` [, ``label``, ``video_id``];
     relative paths are relative to the manifest), a directory (searched recursively) or
-    a glob pattern.  Labels are optional (an unlabeled archive is scored as is).  A path
+    a glob pattern — each local or in object storage, and so may be the videos.
+    Labels are optional (an unlabeled archive is scored as is).  A path
     listed twice is kept once (an error if its labels differ); different paths with the
     same id get a short hash of the path appended to the id."""
-    if os.path.isdir(source):
+    source = storage.absolute(source)
+    if storage.isdir(source):
         recs = [{"path": p} for p in list_videos(source)]
         if not recs:
             raise MissingInputError(f"{source}: no video files under this directory")
-    elif source.endswith((".csv", ".parquet")):
+    elif source.lower().endswith((".csv", ".parquet")):
         recs = read_records(source, "manifest")
         if recs and "path" not in recs[0]:
             raise InputError(f"{source}: manifest needs a 'path' column, has {sorted(recs[0])}")
-        base = os.path.dirname(os.path.abspath(source))
+        base = storage.dirname(source)
         for r in recs:
             p = str(r["path"])
-            r["path"] = p if os.path.isabs(p) else os.path.join(base, p)
+            r["path"] = p if storage.is_uri(p) or p.startswith("/") else storage.join(base, p)
     else:
-        paths = sorted(glob.glob(source, recursive=True))
+        paths = storage.glob(source)
         if not paths:
             raise MissingInputError(f"no videos match {source!r}")
         recs = [{"path": p} for p in paths]
     out, seen, by_path = [], {}, {}
     for r in recs:
-        path = os.path.abspath(str(r["path"]))
+        path = storage.absolute(str(r["path"]))
         label = r.get("label")
         label = None if label is None or str(label) == "" else str(label)
         if path in by_path:  # listed twice: one row per distinct video
@@ -142,9 +145,10 @@ class ClipImageEncoder:
 
 def extract_video(path: str, encoder: ClipImageEncoder, opts: ExtractOptions):
     """Single-process extraction of one video → (VideoInfo, features [crops, T, D])."""
-    info, chunks = iter_snippet_chunks(path, opts.snippet_len, encoder.image_size, opts.crops,
-                                       opts.chunk_snippets)
-    feats = np.concatenate([encoder.encode(c) for c in chunks], axis=0)
+    with fetched(path) as local:
+        info, chunks = iter_snippet_chunks(local, opts.snippet_len, encoder.image_size, opts.crops,
+                                           opts.chunk_snippets, name=path)
+        feats = np.concatenate([encoder.encode(c) for c in chunks], axis=0)
     return info, feats.transpose(1, 0, 2)
 
 
@@ -153,11 +157,14 @@ def _decode_rows(item: Dict[str, Any], opts: ExtractOptions, size: int) -> Itera
     base = {"video_id": item["video_id"], "path": item["path"], "label": item["label"] or ""}
     empty = np.zeros((0, opts.crops, 3, size, size), np.uint8)
     try:
-        info, chunks = iter_snippet_chunks(item["path"], opts.snippet_len, size, opts.crops, opts.chunk_snippets)
-        n_chunks = -(-info.snippet_count(opts.snippet_len) // opts.chunk_snippets)
-        for k, frames in enumerate(chunks):
-            yield dict(base, chunk=k, n_chunks=n_chunks, fps=info.fps, num_frames=info.num_frames,
-                       frames=frames, error="")
+        # a video in object storage is streamed to this node's scratch and removed after
+        with fetched(item["path"]) as local:
+            info, chunks = iter_snippet_chunks(local, opts.snippet_len, size, opts.crops, opts.chunk_snippets,
+                                               name=item["path"])
+            n_chunks = -(-info.snippet_count(opts.snippet_len) // opts.chunk_snippets)
+            for k, frames in enumerate(chunks):
+                yield dict(base, chunk=k, n_chunks=n_chunks, fps=info.fps, num_frames=info.num_frames,
+                           frames=frames, error="")
     except VideoError as e:
         # a problem of this video (missing, empty, unreadable, truncated): an error row.
         # Anything else (decord missing, out of memory, I/O of the node) is a problem of
@@ -199,79 +206,12 @@ class _EncoderActor:
 
 
 # ------------------------------------------------------------------------------ output
-class PartWriter:
-    """Buffers rows and writes them as Parquet part files (tmp + atomic rename).
-
-    A part is written once ``rows_per_file`` rows are buffered or, for a slow job,
-    once the oldest buffered row has waited ``flush_seconds``: an interrupted job
-    loses at most that much work, and the number of part files stays bounded by
-    the job's duration / ``flush_seconds``."""
-
-    def __init__(self, directory: str, schema: pa.Schema, rows_per_file: int, run_id: str,
-                 flush_seconds: Optional[float] = 60.0, clock=time.monotonic) -> None:
-        self.dir, self.schema, self.rows_per_file, self.run_id = directory, schema, rows_per_file, run_id
-        self.flush_seconds, self.clock = flush_seconds, clock
-        self.buf: List[Dict[str, Any]] = []
-        self.parts = 0
-        self._oldest: Optional[float] = None
-        os.makedirs(directory, exist_ok=True)
-
-    def add(self, rows: Iterable[Dict[str, Any]]) -> None:
-        rows = list(rows)
-        if rows and not self.buf:
-            self._oldest = self.clock()
-        self.buf.extend(rows)
-        if len(self.buf) >= self.rows_per_file:
-            self.flush()
-        else:
-            self.tick()
-
-    def tick(self) -> None:
-        """Flush if the oldest buffered row has waited ``flush_seconds`` (call it often)."""
-        if self.buf and self.flush_seconds is not None and self.clock() - self._oldest >= self.flush_seconds:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.buf:
-            return
-        name = f"part-{self.run_id}-{self.parts:05d}.parquet"
-        tmp = os.path.join(self.dir, "." + name + ".tmp")
-        pq.write_table(pa.Table.from_pylist(self.buf, schema=self.schema), tmp)
-        os.replace(tmp, os.path.join(self.dir, name))
-        self.parts += 1
-        self.buf = []
-        self._oldest = None
-
-
-def part_files(directory: str) -> List[str]:
-    """The Parquet part files a :class:`PartWriter` has written into ``directory``."""
-    return sorted(glob.glob(os.path.join(directory, "part-*.parquet")))
-
-
-def _read_column(directory: str, column: str) -> List[str]:
-    out: List[str] = []
-    for f in part_files(directory):
-        out.extend(pq.read_table(f, columns=[column]).column(column).to_pylist())
-    return out
-
-
 def feature_dir(out_dir: str) -> str:
-    return os.path.join(out_dir, "features")
+    return storage.join(out_dir, "features")
 
 
 def errors_dir(out_dir: str) -> str:
-    return os.path.join(out_dir, "errors")
-
-
-def _drop_errors_for(out_dir: str, paths: set) -> None:
-    """Rewrite error part files without the given paths (they are being retried)."""
-    for f in part_files(errors_dir(out_dir)):
-        t = pq.read_table(f)
-        keep = [p not in paths for p in t.column("path").to_pylist()]
-        if not all(keep):
-            tmp = f + ".tmp"
-            pq.write_table(t.filter(pa.array(keep)), tmp)
-            os.replace(tmp, f)
+    return storage.join(out_dir, "errors")
 
 
 def run_extract(source: str, out_dir: str, opts: ExtractOptions, retry_failed: bool = False,
@@ -287,11 +227,13 @@ def run_extract(source: str, out_dir: str, opts: ExtractOptions, retry_failed: b
 
     items = load_manifest(source)
     out_dir = absolute(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    done = set(_read_column(feature_dir(out_dir), "path"))
-    failed = set(_read_column(errors_dir(out_dir), "path"))
+    storage.makedirs(out_dir)
+    for d in (feature_dir(out_dir), errors_dir(out_dir)):
+        remove_uncommitted(d)
+    done = set(read_column(feature_dir(out_dir), "path"))
+    failed = set(read_column(errors_dir(out_dir), "path"))
     if retry_failed and failed:
-        _drop_errors_for(out_dir, failed - done)
+        drop_rows(errors_dir(out_dir), "path", failed - done)
         failed = set()
     todo = [it for it in items if it["path"] not in done and it["path"] not in failed]
     skipped = len(items) - len(todo)
@@ -310,7 +252,7 @@ def run_extract(source: str, out_dir: str, opts: ExtractOptions, retry_failed: b
                             compute=ActorPoolStrategy(size=opts.num_encoders), num_gpus=gpus,
                             num_cpus=0 if gpus else 1, max_restarts=opts.max_restarts,
                             max_task_retries=opts.max_restarts)
-        run_id = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        run_id = new_run_id()
         fw = PartWriter(feature_dir(out_dir), FEATURE_SCHEMA, opts.rows_per_file, run_id, opts.flush_seconds)
         ew = PartWriter(errors_dir(out_dir), ERROR_SCHEMA, 64, run_id, opts.flush_seconds)
         pending: Dict[str, Dict[str, Any]] = {}
@@ -353,8 +295,7 @@ def run_extract(source: str, out_dir: str, opts: ExtractOptions, retry_failed: b
                    frames_per_s=round(summary["frames"] / elapsed, 2) if elapsed > 0 else 0.0,
                    snippets_per_s=round(summary["snippets"] / elapsed, 2) if elapsed > 0 else 0.0,
                    output=feature_dir(out_dir), errors=errors_dir(out_dir))
-    with open(os.path.join(out_dir, "summary.json"), "w") as fh:
-        json.dump(summary, fh, indent=2)
+    storage.write_text(storage.join(out_dir, "summary.json"), json.dumps(summary, indent=2))
     log(f"[extract] done: {summary['videos_ok']} ok, {summary['videos_failed']} failed, "
         f"{summary['videos_skipped']} skipped; {summary['snippets']} snippets, {summary['frames']} frames "
         f"in {elapsed:.1f}s ({summary['frames_per_s']} frames/s) → {feature_dir(out_dir)}")

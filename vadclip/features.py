@@ -7,15 +7,16 @@ A feature row is one video × crop:
 """
 from __future__ import annotations
 
-import os
+import io
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from .errors import InputError, MissingInputError
+from . import storage
+from .errors import InputError
+from .parts import dataset_files, read_table, table_bytes
 
 FEATURE_SCHEMA = pa.schema([
     ("video_id", pa.string()),
@@ -75,10 +76,10 @@ def row_features(row: Dict) -> np.ndarray:
 
 
 def write_feature_table(rows: Sequence[Dict], path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    """One Parquet file (local or in object storage) holding ``rows``."""
     table = pa.Table.from_pylist([dict(r, features=np.asarray(r["features"]).reshape(-1)) for r in rows],
                                  schema=FEATURE_SCHEMA)
-    pq.write_table(table, path)
+    storage.write_bytes(path, table_bytes(table))
 
 
 def check_feature_set(path: str, expected_dim: Optional[int] = None, crop: Optional[int] = None,
@@ -86,11 +87,11 @@ def check_feature_set(path: str, expected_dim: Optional[int] = None, crop: Optio
     """Checks that need no worker, from two small columns: the set exists and has rows,
     some rows have the model's feature dimension, and the requested crop is present.
     Returns the row count, dimensions and crops found."""
-    if not os.path.exists(path):
-        raise MissingInputError(f"{what} not found: {path}")
+    files = dataset_files(path, what)
     try:
-        t = pq.read_table(path, columns=["crop", "feature_dim"])
-    except (OSError, ValueError, KeyError) as exc:
+        t = read_table(path, columns=["crop", "feature_dim"], what=what) if files else pa.table(
+            {"crop": pa.array([], pa.int32()), "feature_dim": pa.array([], pa.int32())})
+    except (pa.ArrowInvalid, ValueError, KeyError) as exc:
         raise FeatureError(f"{path}: not a vadclip {what} ({type(exc).__name__}: {exc})") from exc
     if t.num_rows == 0:
         raise FeatureError(f"{path}: the {what} has no rows")
@@ -106,8 +107,7 @@ def check_feature_set(path: str, expected_dim: Optional[int] = None, crop: Optio
 
 def read_feature_rows(path: str, columns: Optional[List[str]] = None) -> List[Dict]:
     """All rows of a feature set (a Parquet file or directory) as dicts."""
-    table = pq.read_table(path, columns=columns)
-    return table.to_pylist()
+    return read_table(path, columns=columns, what="feature set").to_pylist()
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -155,22 +155,23 @@ _OFFICIAL_NAME = re.compile(r"^(?P<name>.+)__(?P<crop>\d+)\.npy$")
 
 
 def parse_official_name(path: str) -> Tuple[str, int]:
-    m = _OFFICIAL_NAME.match(os.path.basename(path))
+    m = _OFFICIAL_NAME.match(storage.basename(path))
     if not m:
         raise FeatureError(f"{path}: not an official feature file name (expected NAME__K.npy)")
     return m.group("name"), int(m.group("crop"))
 
 
 def _resolve(path: str, roots: Sequence[str]) -> str:
-    if os.path.isfile(path):
+    if storage.isfile(path):
         return path
     for root in roots:
         # the official lists hold the authors' absolute paths: try them under each root
         # as given, by file name, and by class folder + file name (UCFClipFeatures/Abuse/…)
-        tail2 = os.path.join(os.path.basename(os.path.dirname(path)), os.path.basename(path))
-        for cand in (os.path.join(root, path.lstrip("/")), os.path.join(root, os.path.basename(path)),
-                     os.path.join(root, tail2)):
-            if os.path.isfile(cand):
+        name = storage.basename(path)
+        folder = storage.basename(path[:-len(name)].rstrip("/")) if "/" in path else ""
+        for cand in (storage.join(root, path.lstrip("/")), storage.join(root, name),
+                     storage.join(root, folder, name)):
+            if storage.isfile(cand):
                 return cand
     raise FeatureError(f"{path}: feature file not found (searched {list(roots) or 'as given'})")
 
@@ -184,9 +185,12 @@ def import_official(csv_path: str, out_path: str, cfg=None, roots: Sequence[str]
     reported in ``<out_path>.errors.parquet`` and skipped; returns counts."""
     import csv
 
-    roots = list(roots) or [os.path.dirname(os.path.abspath(csv_path))]
+    csv_path, out_path = storage.absolute(csv_path), storage.absolute(out_path)
+    roots = [storage.absolute(r) for r in roots] or [storage.dirname(csv_path)]
+    if not storage.isfile(csv_path):
+        raise FeatureError(f"official list not found: {csv_path}")
     rows, errors = [], []
-    with open(csv_path, newline="") as fh:
+    with io.StringIO(storage.read_text(csv_path), newline="") as fh:
         reader = csv.DictReader(fh)
         if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
             raise FeatureError(f"{csv_path}: expected CSV columns 'path,label', got {reader.fieldnames}")
@@ -199,11 +203,12 @@ def import_official(csv_path: str, out_path: str, cfg=None, roots: Sequence[str]
                 if cfg is not None:
                     cfg.label_vector(label)
                 fp = _resolve(p, roots)
-                arr = check_features(np.load(fp), fp, expected_dim)
+                arr = check_features(np.load(io.BytesIO(storage.read_bytes(fp))), fp, expected_dim)
                 rows.append(feature_row(name, fp, label, crop, fps, arr.shape[0] * snippet_len, arr))
             except (FeatureError, ValueError, OSError) as e:
                 errors.append({"path": p, "video_id": None, "stage": "import", "error": str(e)})
     write_feature_table(rows, out_path)
     if errors:
-        pq.write_table(pa.Table.from_pylist(errors, schema=ERROR_SCHEMA), out_path + ".errors.parquet")
+        storage.write_bytes(out_path + ".errors.parquet",
+                            table_bytes(pa.Table.from_pylist(errors, schema=ERROR_SCHEMA)))
     return {"rows": len(rows), "errors": len(errors)}

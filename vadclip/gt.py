@@ -4,7 +4,8 @@ CSV, and converters from the UCF-Crime ``Temporal_Anomaly_Annotation.txt`` and t
 XD-Violence ``annotations.txt`` formats."""
 from __future__ import annotations
 
-import os
+import io
+import posixpath
 import re
 from collections import defaultdict
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -12,6 +13,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import storage
 from .errors import InputError
 from .tables import read_records
 
@@ -28,21 +30,23 @@ class GroundTruthError(InputError):
 def video_key(name: str) -> str:
     """Normalise a video name to the id used in feature rows: basename without the
     extension and without an official ``__K`` crop suffix."""
-    base = os.path.basename(str(name).strip())
+    base = posixpath.basename(str(name).strip().replace("\\", "/"))
     base = re.sub(r"__\d+(\.npy)?$", "", base)
-    return os.path.splitext(base)[0] if re.search(r"\.(mp4|avi|mkv|mov|webm|npy)$", base, re.I) else base
+    return posixpath.splitext(base)[0] if re.search(r"\.(mp4|avi|mkv|mov|webm|npy)$", base, re.I) else base
 
 
 def write_gt(rows: Sequence[Dict], path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+    """A ground-truth table as Parquet (or CSV by its name), local or in object storage."""
     table = pa.Table.from_pylist([{"video_id": r["video_id"], "start_frame": int(r["start_frame"]),
                                    "end_frame": int(r["end_frame"]), "label": r.get("label")} for r in rows],
                                  schema=GT_SCHEMA)
+    sink = pa.BufferOutputStream()
     if path.endswith(".csv"):
         import pyarrow.csv as pacsv
-        pacsv.write_csv(table, path)
+        pacsv.write_csv(table, sink)
     else:
-        pq.write_table(table, path)
+        pq.write_table(table, sink)
+    storage.write_bytes(path, sink.getvalue().to_pybytes())
 
 
 def read_gt(path: str) -> Intervals:
@@ -65,11 +69,17 @@ def read_gt(path: str) -> Intervals:
     return dict(out)
 
 
+def _read_annotations(txt_path: str) -> str:
+    if not storage.isfile(txt_path):
+        raise GroundTruthError(f"annotation file not found: {txt_path}")
+    return storage.read_text(txt_path)
+
+
 def convert_ucf_annotations(txt_path: str) -> List[Dict]:
     """UCF-Crime ``Temporal_Anomaly_Annotation.txt``: ``name  class  s1  e1  s2  e2``
     with -1 for a missing second event; Normal videos get no interval."""
     rows = []
-    with open(txt_path) as fh:
+    with io.StringIO(_read_annotations(txt_path)) as fh:
         for n, line in enumerate(fh, 1):
             parts = line.split()
             if not parts:
@@ -94,7 +104,7 @@ def convert_xd_annotations(txt_path: str) -> List[Dict]:
 
     The format is recognised per line (a class code or a number after the name)."""
     rows = []
-    with open(txt_path) as fh:
+    with io.StringIO(_read_annotations(txt_path)) as fh:
         for n, line in enumerate(fh, 1):
             parts = line.split()
             if not parts:

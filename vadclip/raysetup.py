@@ -3,7 +3,12 @@
 With ``--address`` (or ``RAY_ADDRESS``, which ``ray job submit`` sets for the job's
 driver) a job joins that cluster; ``--address auto`` joins a cluster started on this
 machine with ``ray start``.  Otherwise it starts an embedded local Ray of its own,
-whether or not some other Ray is running on the machine."""
+whether or not some other Ray is running on the machine.
+
+Object-storage settings (``AWS_*``, ``GOOGLE_*``, ``AZURE_*``, ``VADCLIP_SCRATCH``) in
+the driver's environment go to the job's workers with it when the job joins a
+running cluster from a shell (under ``ray job submit`` the job's ``runtime_env``
+already carries them); an embedded Ray's workers inherit them."""
 from __future__ import annotations
 
 import os
@@ -18,7 +23,7 @@ def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None,
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
         if address and address != "local":
-            ray.init(address=address, log_to_driver=True)
+            ray.init(address=address, log_to_driver=True, runtime_env=_forwarded_env())
         else:
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
     import ray.data
@@ -38,6 +43,16 @@ def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None,
         env = os.environ.get("VADCLIP_PROGRESS_BARS")
         progress_bars = env != "0" if env is not None else sys.stderr.isatty()
     ctx.enable_progress_bars = progress_bars
+
+
+STORAGE_ENV_PREFIXES = ("AWS_", "GOOGLE_", "GCS_", "AZURE_", "VADCLIP_SCRATCH")
+
+
+def _forwarded_env():
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:   # a submitted job: its runtime_env rules
+        return None
+    env = {k: v for k, v in os.environ.items() if k.startswith(STORAGE_ENV_PREFIXES)}
+    return {"env_vars": env} if env else None
 
 
 def cluster_gpus() -> float:

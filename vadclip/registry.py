@@ -7,6 +7,7 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
+from . import storage
 from .errors import InputError, MissingInputError, one_line
 
 try:
@@ -149,12 +150,13 @@ def register_model_file(path: str, name: str, alias: str = "champion",
     from .checkpoint import load_model_file
     from .tracking import use_experiment
 
-    if not os.path.isfile(path):
+    path = storage.absolute(path)
+    if not storage.isfile(path):
         raise MissingInputError(f"model file not found: {path}")
     model = load_model_file(path)
     use_experiment(experiment, tracking_uri)
-    with mlflow.start_run(run_name=f"register-{os.path.basename(path)}") as run:
-        mlflow.log_params({"source_file": os.path.abspath(path), "preset": model.cfg.preset,
+    with mlflow.start_run(run_name=f"register-{storage.basename(path)}") as run:
+        mlflow.log_params({"source_file": path, "preset": model.cfg.preset,
                            "padding": model.cfg.padding})
     # no metric value: log_and_register moves the alias to the new version unconditionally
     out = log_and_register(None, run.info.run_id, mlflow.get_tracking_uri(), name, alias,
@@ -172,7 +174,8 @@ def load_scoring_model(uri: str, tracking_uri: Optional[str] = None):
     from .checkpoint import load_model_file
 
     if not uri.startswith(MLFLOW_SCHEMES):
-        if not os.path.isfile(uri):
+        uri = storage.absolute(uri)
+        if not storage.isfile(uri):
             raise MissingInputError(f"model file not found: {uri} (a model is a checkpoint file or an MLflow "
                                     "model URI such as models:/NAME@champion)")
         return load_model_file(uri)

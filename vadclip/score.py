@@ -7,18 +7,18 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
-import uuid
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from . import storage
 from .errors import InputError
-from .extract import PartWriter, _read_column, part_files
 from .features import ERROR_SCHEMA
+from .parts import PartWriter, dataset_files, new_run_id, part_files, read_column, read_table, remove_uncommitted
 
 EVENT_TYPE = pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("start_frame", pa.int64()),
                         ("end_frame", pa.int64()), ("class_name", pa.string()), ("score", pa.float64())])
@@ -125,7 +125,7 @@ class _ScorerActor:
 
 
 def _scores_dir(out_dir: str) -> str:
-    return os.path.join(out_dir, "scores")
+    return storage.join(out_dir, "scores")
 
 
 class _TopPlots:
@@ -185,7 +185,9 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
     # a feature set that cannot fit the model fails before Ray starts
     found = check_feature_set(features, model.embed_dim, crop=opts.crop) if features is not None else None
     ensure_ray(address)
-    os.makedirs(out_dir, exist_ok=True)
+    storage.makedirs(out_dir)
+    for d in (_scores_dir(out_dir), storage.join(out_dir, "score_errors")):
+        remove_uncommitted(d)
     t0 = time.time()
     extract_summary = None
     if features is None:
@@ -199,19 +201,19 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
         found = check_feature_set(features, model.embed_dim, crop=opts.crop)
     crop = found["crops"][0] if opts.crop is None else opts.crop
 
-    done = set(_read_column(_scores_dir(out_dir), "video_id"))
+    done = set(read_column(_scores_dir(out_dir), "video_id"))
     # column expressions, not Python row filters: a row filter round-trips the
     # block through pandas and turns an all-null label column into float NaN
-    ds = ray.data.read_parquet(features).filter(expr=col("crop") == crop)
+    ds = ray.data.read_parquet(dataset_files(features)).filter(expr=col("crop") == crop)
     if done:
         ds = ds.filter(expr=col("video_id").not_in(sorted(done)))
     ckpt_ref = ray.put(checkpoint_dict(model))
     ds = ds.map_batches(_ScorerActor, fn_constructor_args=(ckpt_ref, asdict(opts)), batch_size=8,
                         batch_format="numpy", compute=ActorPoolStrategy(size=opts.num_scorers),
                         max_restarts=3, max_task_retries=3)
-    run_id = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    run_id = new_run_id()
     sw = PartWriter(_scores_dir(out_dir), SCORE_SCHEMA, opts.rows_per_file, run_id, opts.flush_seconds)
-    ew = PartWriter(os.path.join(out_dir, "score_errors"), ERROR_SCHEMA, 64, run_id, opts.flush_seconds)
+    ew = PartWriter(storage.join(out_dir, "score_errors"), ERROR_SCHEMA, 64, run_id, opts.flush_seconds)
     n_ok = n_err = n_snip = n_dup = 0
     seen = set(done)
     top = _TopPlots(opts.max_plots)
@@ -239,7 +241,9 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
         n_snip += int(r["snippet_count"])
     sw.flush()
     ew.flush()
-    plots = plot_timelines(top.rows(), os.path.join(out_dir, "plots"), opts.threshold, cfg.snippet_len)
+    plot_tmp = tempfile.TemporaryDirectory(prefix="vadclip-plots-")
+    local_plots = plot_timelines(top.rows(), plot_tmp.name, opts.threshold, cfg.snippet_len)
+    plots = storage.upload_dir(plot_tmp.name, storage.join(out_dir, "plots"))
     elapsed = time.time() - t0
     totals = output_totals(_scores_dir(out_dir))
     summary: Dict[str, Any] = {
@@ -254,7 +258,7 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
         summary["extract"] = {k: extract_summary[k] for k in ("videos_ok", "videos_failed", "frames_per_s")}
     if gt_path and totals["videos"]:
         # frame-level AUC/AP need every frame score at once: this step (only) grows with the archive
-        rows = pq.read_table(_scores_dir(out_dir), columns=list(METRIC_COLUMNS)).to_pylist()
+        rows = read_table(_scores_dir(out_dir), columns=list(METRIC_COLUMNS)).to_pylist()
         summary.update(score_metrics(rows, gt_path, cfg))
         del rows
     use_experiment(experiment, tracking_uri)
@@ -263,11 +267,11 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
         mlflow.log_params({"model_uri": model_uri, "features": features, **asdict(opts)})
         mlflow.log_metrics({k: float(v) for k, v in summary.items()
                             if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)})
-        for p in plots:
+        for p in local_plots:
             mlflow.log_artifact(p, artifact_path="timelines")
         summary["mlflow_run_id"] = run.info.run_id
-    with open(os.path.join(out_dir, "score_summary.json"), "w") as fh:
-        json.dump(summary, fh, indent=2, default=float)
+    plot_tmp.cleanup()
+    storage.write_text(storage.join(out_dir, "score_summary.json"), json.dumps(summary, indent=2, default=float))
     log(f"[score] {n_ok} scored, {n_err} failed, {len(done)} already done; "
         f"{summary['anomalous_videos']} flagged with {summary['events']} events; "
         f"{summary['snippets_per_s']} snippets/s → {summary['output']}")
@@ -282,9 +286,12 @@ def output_totals(scores_dir: str) -> Dict[str, int]:
     small columns at a time (memory does not grow with the archive)."""
     import pyarrow.compute as pc
 
+    import pyarrow.parquet as pq
+
     tot = {"videos": 0, "flagged": 0, "events": 0}
     for f in part_files(scores_dir):
-        t = pq.read_table(f, columns=["flagged", "events"])
+        fs, p = storage.resolve(f)
+        t = pq.read_table(p, columns=["flagged", "events"], filesystem=fs)
         tot["videos"] += t.num_rows
         tot["flagged"] += int(pc.sum(t.column("flagged")).as_py() or 0)
         tot["events"] += int(pc.sum(pc.list_value_length(t.column("events"))).as_py() or 0)
@@ -322,7 +329,7 @@ def plot_timelines(rows: List[Dict[str, Any]], out_dir: str, threshold: float, s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    os.makedirs(out_dir, exist_ok=True)
+    os.makedirs(out_dir, exist_ok=True)   # a local folder (run_score uploads it)
     paths = []
     for r in rows:
         a = np.asarray(r["anomaly"], np.float32)

@@ -2,23 +2,25 @@
 from __future__ import annotations
 
 import csv
-import os
+import io
 from typing import Any, Dict, List
 
+from . import storage
 from .errors import InputError, MissingInputError
 
 
 def read_records(path: str, what: str = "table") -> List[Dict[str, Any]]:
-    """Rows of a ``.csv`` (header row) or Parquet file as dicts.  A missing or
-    unreadable file raises an error naming the file and ``what`` it should be."""
-    if not os.path.isfile(path):
+    """Rows of a ``.csv`` (header row) or Parquet file, local or in object storage, as
+    dicts.  A missing or unreadable file raises an error naming the file and ``what``
+    it should be."""
+    if not storage.isfile(path):
         raise MissingInputError(f"{what} not found: {path}")
     try:
-        if path.endswith(".csv"):
-            with open(path, newline="") as fh:
-                return list(csv.DictReader(fh))
+        if path.lower().endswith(".csv"):
+            return list(csv.DictReader(io.StringIO(storage.read_text(path), newline="")))
         import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pylist()
+        with storage.open_input(path) as fh:
+            return pq.read_table(fh).to_pylist()
     except (OSError, ValueError, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"{path}: cannot read {what}: {type(exc).__name__}: {exc}") from exc

@@ -6,6 +6,8 @@ The tracking URI is, in this order: the ``--tracking-uri`` option, the
 (or file) store, experiments created here keep their artifacts beside the store
 (``<store dir>/mlartifacts``), never in an ``./mlruns`` of whatever directory a
 command happened to run in; a tracking server keeps its own artifact root.
+``VADCLIP_ARTIFACT_ROOT`` (for example ``s3://bucket/mlartifacts``) puts the artifacts
+of experiments created from then on there instead, whatever the store.
 """
 from __future__ import annotations
 
@@ -23,7 +25,9 @@ def resolve_tracking_uri(uri: Optional[str] = None) -> str:
 
 
 def _artifact_root(uri: str) -> Optional[str]:
-    """Artifact location beside a local store; None for a server (its own root)."""
+    """``$VADCLIP_ARTIFACT_ROOT``, else beside a local store; None for a server (its own root)."""
+    if os.environ.get("VADCLIP_ARTIFACT_ROOT"):
+        return os.environ["VADCLIP_ARTIFACT_ROOT"].rstrip("/")
     if uri.startswith("sqlite:///"):
         base = os.path.dirname(uri[len("sqlite:///"):])
     elif uri.startswith("file://"):

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from . import storage
 from .config import VadConfig
 from .gt import read_gt
 
@@ -224,8 +225,8 @@ def train_loop_per_worker(config: Dict[str, Any]) -> None:
                      f"{metric} {metrics.get(metric, float('nan')):.4f}{' (best)' if is_best else ''}")
         report(metrics, epoch)
         fail_at, marker = config.get("fail_after_epoch"), config.get("fail_marker")
-        if fail_at is not None and epoch + 1 == fail_at and marker and not os.path.exists(marker):
-            open(marker, "w").close()
+        if fail_at is not None and epoch + 1 == fail_at and marker and not storage.exists(marker):
+            storage.write_bytes(marker, b"")
             raise RuntimeError(f"injected failure after epoch {epoch + 1} (test of crash recovery)")
 
 
@@ -250,11 +251,10 @@ def check_inputs(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_p
     feature sets exist and have the CLIP's dimension, one row per video and crop,
     every training label is in the label space, evaluation has ground truth and the
     crop to evaluate is present.  Raises an :class:`InputError` naming the problem."""
-    import pyarrow.parquet as pq
-
     from .clip_backbone import clip_embed_dim
     from .errors import InputError
     from .features import check_feature_set
+    from .parts import read_table
 
     if eval_path and not gt_path:
         raise InputError(f"--eval {eval_path} needs --gt: the evaluation metrics (auc, ap, map) are computed "
@@ -263,7 +263,7 @@ def check_inputs(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_p
         raise InputError(f"--gt {gt_path} given without --eval (the feature set to evaluate)")
     dim = clip_embed_dim(cfg.clip_model, cfg.clip_model_kwargs)
     check_feature_set(train_path, dim, what="training feature set")
-    meta = pq.read_table(train_path, columns=["video_id", "crop", "label"]).to_pylist()
+    meta = read_table(train_path, columns=["video_id", "crop", "label"], what="training feature set").to_pylist()
     seen = set()
     for r in meta:
         key = (r["video_id"], r["crop"])
@@ -302,11 +302,12 @@ def run_train(train_path: str, cfg: VadConfig, storage_path: str, run_name: str 
     from ray.train.torch import TorchTrainer
 
     from .errors import InputError
+    from .parts import dataset_files
     from .raysetup import ensure_ray
-    from .storage import absolute
     from .tracking import use_experiment
 
-    train_path, eval_path, gt_path, storage_path = map(absolute, (train_path, eval_path, gt_path, storage_path))
+    train_path, eval_path, gt_path, storage_path = map(storage.absolute,
+                                                       (train_path, eval_path, gt_path, storage_path))
     if recipe not in RECIPES:
         raise InputError(f"unknown recipe {recipe!r}: use one of {sorted(RECIPES)}")
     if recipe == "official":
@@ -328,11 +329,11 @@ def run_train(train_path: str, cfg: VadConfig, storage_path: str, run_name: str 
         steps = max(1, len(labels) // cfg.batch_size)
     cfg_dict = cfg.to_dict()
     # shuffle once so every worker's shard mixes normal and abnormal videos
-    train_ds = ray.data.read_parquet(train_path).random_shuffle(seed=cfg.seed).map_batches(
+    train_ds = ray.data.read_parquet(dataset_files(train_path)).random_shuffle(seed=cfg.seed).map_batches(
         _prep_batch, fn_kwargs={"cfg_dict": cfg_dict}, batch_size=16, batch_format="numpy")
     datasets = {"train": train_ds}
     if eval_path:
-        datasets["eval"] = ray.data.read_parquet(eval_path).filter(expr=col("crop") == checked["eval_crop"])
+        datasets["eval"] = ray.data.read_parquet(dataset_files(eval_path)).filter(expr=col("crop") == checked["eval_crop"])
 
     use_experiment(experiment, tracking_uri)
     tracking_uri = mlflow.get_tracking_uri()
@@ -352,13 +353,13 @@ def run_train(train_path: str, cfg: VadConfig, storage_path: str, run_name: str 
                   "recipe": recipe, "eval_every_samples": eval_every_samples}
         if fail_after_epoch is not None:
             config["fail_after_epoch"] = fail_after_epoch
-            config["fail_marker"] = os.path.join(os.path.abspath(storage_path), run_name + ".failed-once")
+            config["fail_marker"] = storage.join(storage_path, run_name + ".failed-once")
         trainer = TorchTrainer(
             train_loop_per_worker, train_loop_config=config,
             scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                          resources_per_worker={"CPU": cpus_per_worker,
                                                                **({"GPU": 1} if use_gpu else {})}),
-            run_config=RunConfig(name=run_name, storage_path=os.path.abspath(storage_path),
+            run_config=RunConfig(name=run_name, storage_path=storage_path,
                                  failure_config=FailureConfig(max_failures=max_failures),
                                  checkpoint_config=CheckpointConfig(num_to_keep=3,
                                                                     checkpoint_score_attribute="score",
@@ -369,12 +370,9 @@ def run_train(train_path: str, cfg: VadConfig, storage_path: str, run_name: str 
         if result.error:
             raise result.error
         best_ckpt, best_metrics = max(result.best_checkpoints, key=lambda cm: cm[1].get("score", -np.inf))
-        best_dir = os.path.join(os.path.abspath(storage_path), run_name, "best")
-        os.makedirs(best_dir, exist_ok=True)
+        best_path = storage.join(storage_path, run_name, "best", CKPT_FILE)
         with best_ckpt.as_directory() as d:
-            import shutil
-            shutil.copy(os.path.join(d, CKPT_FILE), os.path.join(best_dir, CKPT_FILE))
-        best_path = os.path.join(best_dir, CKPT_FILE)
+            storage.upload(os.path.join(d, CKPT_FILE), best_path)
         summary = {"best_checkpoint": best_path, "best_metrics": {k: v for k, v in best_metrics.items()
                                                                   if isinstance(v, (int, float))},
                    "metric": metric, "mlflow_run_id": run_id, "tracking_uri": tracking_uri}
@@ -396,7 +394,7 @@ def _find_or_create_run(experiment: str, run_name: str, storage_path: str) -> st
     """Re-use the MLflow run of an interrupted training with the same name and storage."""
     import mlflow
 
-    key = os.path.join(os.path.abspath(storage_path), run_name)
+    key = storage.join(storage.absolute(storage_path), run_name)
     exp = mlflow.get_experiment_by_name(experiment)
     runs = mlflow.search_runs([exp.experiment_id], filter_string=f"tags.vadclip_storage = '{key}'",
                               output_format="list") if exp else []

@@ -3,13 +3,16 @@ crops) to the CLIP input size, in bounded chunks so memory does not grow with
 video length."""
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
-from typing import Iterator, List, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from . import storage
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts")
 
@@ -30,28 +33,52 @@ class VideoInfo:
         return -(-self.num_frames // snippet_len)
 
 
-def open_video(path: str):
+@contextlib.contextmanager
+def fetched(path: str) -> Iterator[str]:
+    """A local file holding the video ``path`` (local or in object storage) for the
+    length of the ``with``: a missing or empty object is a :class:`VideoError` of this
+    video; a failing store (timeouts, refused connections, credentials) raises
+    ``OSError``, a problem of the environment that Ray retries and never records
+    against the video.  Remote videos are streamed to node-local scratch, removed
+    afterwards (failures included)."""
+    st = storage.info(path)
+    if st.type == storage.pafs.FileType.NotFound:
+        raise VideoError(f"{path}: file not found")
+    if st.type != storage.pafs.FileType.File:
+        raise VideoError(f"{path}: not a file")
+    if st.size == 0:
+        raise VideoError(f"{path}: empty file (0 bytes)")
+    try:
+        with storage.local_file(path, suffix=storage.extension(path)) as local:
+            yield local
+    except FileNotFoundError:
+        raise VideoError(f"{path}: file not found (removed while being read)") from None
+
+
+def open_video(path: str, name: Optional[str] = None):
+    """decord reader and info of a local video file; errors name ``name`` (default ``path``)."""
     import decord
 
-    if not os.path.exists(path):
-        raise VideoError(f"{path}: file not found")
+    name = name or path
+    if not os.path.isfile(path):
+        raise VideoError(f"{name}: file not found")
     if os.path.getsize(path) == 0:
-        raise VideoError(f"{path}: empty file (0 bytes)")
+        raise VideoError(f"{name}: empty file (0 bytes)")
     try:
         vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
     except Exception as e:  # decord raises RuntimeError/DECORDError
-        raise VideoError(f"{path}: not a readable video ({str(e).splitlines()[0][:200]})") from None
+        raise VideoError(f"{name}: not a readable video ({str(e).splitlines()[0][:200]})") from None
     n = len(vr)
     if n <= 0:
-        raise VideoError(f"{path}: video has no frames")
+        raise VideoError(f"{name}: video has no frames")
     try:
         h, w = vr[0].shape[:2]
     except Exception as e:
-        raise VideoError(f"{path}: cannot decode the first frame ({str(e).splitlines()[0][:200]})") from None
+        raise VideoError(f"{name}: cannot decode the first frame ({str(e).splitlines()[0][:200]})") from None
     fps = float(vr.get_avg_fps() or 0.0)
     if not np.isfinite(fps) or fps <= 0:
         fps = 30.0
-    return vr, VideoInfo(path, n, fps, int(h), int(w))
+    return vr, VideoInfo(name, n, fps, int(h), int(w))
 
 
 def snippet_frame_indices(num_frames: int, snippet_len: int) -> np.ndarray:
@@ -89,9 +116,11 @@ def crop_views(frames: np.ndarray, size: int, crops: int) -> np.ndarray:
 
 
 def iter_snippet_chunks(path: str, snippet_len: int = 16, size: int = 224, crops: int = 1,
-                        chunk_snippets: int = 32) -> Tuple[VideoInfo, Iterator[np.ndarray]]:
-    """Open a video and return (info, iterator of [n, crops, 3, size, size] uint8 chunks)."""
-    vr, info = open_video(path)
+                        chunk_snippets: int = 32, name: Optional[str] = None) -> Tuple[VideoInfo, Iterator[np.ndarray]]:
+    """Open a local video file and return (info, iterator of [n, crops, 3, size, size]
+    uint8 chunks); errors name ``name`` (the user's path or URI, default ``path``)."""
+    name = name or path
+    vr, info = open_video(path, name)
     idx = snippet_frame_indices(info.num_frames, snippet_len)
 
     def gen():
@@ -100,17 +129,15 @@ def iter_snippet_chunks(path: str, snippet_len: int = 16, size: int = 224, crops
             try:
                 frames = vr.get_batch(sel.tolist()).asnumpy()
             except Exception as e:
-                raise VideoError(f"{path}: decoding failed at frame {int(sel[0])} of {info.num_frames} "
+                raise VideoError(f"{name}: decoding failed at frame {int(sel[0])} of {info.num_frames} "
                                  f"(truncated or corrupt?): {str(e).splitlines()[0][:200]}") from None
             if frames.shape[0] != len(sel):
-                raise VideoError(f"{path}: decoder returned {frames.shape[0]} frames, expected {len(sel)}")
+                raise VideoError(f"{name}: decoder returned {frames.shape[0]} frames, expected {len(sel)}")
             yield crop_views(frames, size, crops)
 
     return info, gen()
 
 
 def list_videos(root: str) -> List[str]:
-    out = []
-    for d, _, files in os.walk(root):
-        out.extend(os.path.join(d, f) for f in files if f.lower().endswith(VIDEO_EXTENSIONS))
-    return sorted(out)
+    """Video files under a folder or object-store prefix (recursive, sorted)."""
+    return storage.list_files(root, recursive=True, suffixes=VIDEO_EXTENSIONS)

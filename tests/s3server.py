@@ -1,0 +1,60 @@
+"""A real S3-API server for the object-storage tests: moto's standalone server
+(``moto[server]``) on 127.0.0.1 and a free port, started as a separate process and
+stopped at the end; pyarrow, Ray, boto3 and MLflow reach it through the standard
+``AWS_*`` environment variables, exactly as they would reach a real bucket."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+
+ENV_KEYS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+            "AWS_EC2_METADATA_DISABLED")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def s3_server(*buckets: str):
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    saved = {k: os.environ.get(k) for k in ENV_KEYS}
+    try:
+        t0 = time.time()
+        while True:
+            try:
+                urllib.request.urlopen(url + "/moto-api/", timeout=1)
+                break
+            except Exception:
+                if proc.poll() is not None or time.time() - t0 > 30:
+                    raise RuntimeError(f"moto server did not start on {url}")
+                time.sleep(0.2)
+        os.environ.update(AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                          AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true")
+        import boto3
+
+        client = boto3.client("s3")
+        for b in buckets:
+            client.create_bucket(Bucket=b)
+        yield client
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
