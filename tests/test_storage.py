@@ -1,0 +1,101 @@
+"""The storage layer on its own: committed part files (local), and paths, globs,
+whole-object writes and scratch copies against a real S3-API server process."""
+import os
+
+import pyarrow as pa
+import pytest
+
+from s3server import s3_server
+from vadclip import storage
+from vadclip.features import ERROR_SCHEMA
+from vadclip.parts import MARKERS, PartWriter, dataset_files, part_files, read_column, remove_uncommitted
+from vadclip.video import VideoError, fetched
+
+
+def _rows(*ids):
+    return [{"path": f"/v/{i}.mp4", "video_id": i, "stage": "extract", "error": "x"} for i in ids]
+
+
+def _writer(d, run_id="r1"):
+    return PartWriter(str(d), ERROR_SCHEMA, rows_per_file=2, run_id=run_id, flush_seconds=None)
+
+
+def test_only_committed_parts_count_and_leftovers_are_removed(tmp_path):
+    w = _writer(tmp_path)
+    w.add(_rows("a", "b"))
+    w.add(_rows("c"))
+    w.flush()
+    assert sorted(read_column(str(tmp_path), "video_id")) == ["a", "b", "c"]
+    assert sorted(os.listdir(tmp_path / MARKERS)) == sorted(os.path.basename(p) for p in part_files(str(tmp_path)))
+    # a crash between the part and its marker: the part is there, unmarked
+    (tmp_path / "part-zz-00000.parquet").write_bytes(b"PAR1 half")
+    assert sorted(read_column(str(tmp_path), "video_id")) == ["a", "b", "c"]
+    assert remove_uncommitted(str(tmp_path)) == 1
+    assert not (tmp_path / "part-zz-00000.parquet").exists()
+    assert len(part_files(str(tmp_path))) == 2
+
+
+def test_folders_written_before_markers_and_plain_parquet_folders_still_read(tmp_path):
+    import pyarrow.parquet as pq
+
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    pq.write_table(pa.Table.from_pylist(_rows("a"), schema=ERROR_SCHEMA), legacy / "part-old-00000.parquet")
+    assert read_column(str(legacy), "video_id") == ["a"]
+    assert remove_uncommitted(str(legacy)) == 0                    # never deletes an unmarked legacy folder
+    plain = tmp_path / "plain" / "year=2026"
+    plain.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(_rows("b"), schema=ERROR_SCHEMA), plain / "data.parquet")
+    assert [os.path.basename(f) for f in dataset_files(str(tmp_path / "plain"))] == ["data.parquet"]
+    with pytest.raises(Exception, match="feature set not found"):
+        dataset_files(str(tmp_path / "nowhere"))
+
+
+@pytest.fixture(scope="module")
+def s3():
+    with s3_server("bkt") as client:
+        yield client
+
+
+def test_uris_globs_and_whole_object_writes_on_s3(s3):
+    for key in ("a/x.mp4", "a/b/y.mp4", "a/b/c/z.MP4", "a/notes.txt"):
+        s3.put_object(Bucket="bkt", Key=key, Body=b"v")
+    assert storage.isdir("s3://bkt/a") and storage.isfile("s3://bkt/a/x.mp4") and not storage.exists("s3://bkt/q")
+    assert storage.glob("s3://bkt/a/*.mp4") == ["s3://bkt/a/x.mp4"]
+    assert storage.glob("s3://bkt/a/**/*.mp4") == ["s3://bkt/a/b/y.mp4", "s3://bkt/a/x.mp4"]
+    from vadclip.video import list_videos
+
+    assert list_videos("s3://bkt/a") == ["s3://bkt/a/b/c/z.MP4", "s3://bkt/a/b/y.mp4", "s3://bkt/a/x.mp4"]
+    storage.write_text("s3://bkt/out/s.json", '{"ok": 1}')
+    assert storage.read_text("s3://bkt/out/s.json") == '{"ok": 1}'
+    assert storage.join("s3://bkt/out/", "features", "p.parquet") == "s3://bkt/out/features/p.parquet"
+    assert storage.dirname("s3://bkt/out/s.json") == "s3://bkt/out"
+
+
+def test_scratch_copies_are_removed_and_store_failures_are_not_video_errors(s3, tmp_path, monkeypatch):
+    monkeypatch.setenv("VADCLIP_SCRATCH", str(tmp_path))
+    s3.put_object(Bucket="bkt", Key="v/ok.mp4", Body=b"0123456789" * 1000)
+    s3.put_object(Bucket="bkt", Key="v/empty.mp4", Body=b"")
+    with fetched("s3://bkt/v/ok.mp4") as local:
+        assert local.startswith(str(tmp_path)) and os.path.getsize(local) == 10000
+    with pytest.raises(RuntimeError, match="boom"):
+        with fetched("s3://bkt/v/ok.mp4"):
+            raise RuntimeError("boom")
+    assert os.listdir(tmp_path) == []                                # removed, failure included
+    with pytest.raises(VideoError, match="s3://bkt/v/missing.mp4: file not found"):
+        with fetched("s3://bkt/v/missing.mp4"):
+            pass
+    with pytest.raises(VideoError, match="empty file"):
+        with fetched("s3://bkt/v/empty.mp4"):
+            pass
+    # a store that cannot be reached is the environment's problem: OSError, never a VideoError
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed}")
+    with pytest.raises(OSError) as exc:
+        with fetched("s3://bkt/v/ok.mp4"):
+            pass
+    assert not isinstance(exc.value, VideoError)
