@@ -88,10 +88,22 @@ def test_score_videos_end_to_end_resume_and_registry(trained, tmp_path):
                 hits += 1
     assert hits >= 1
     assert s["auc"] > 0.5 and 0 <= s["map_avg"] <= 1
-    # timelines of the top-scoring videos (all 6 here: max_plots is 50), flagged ones among them
-    plotted = {p.stem for p in (out / "plots").glob("*.png")}
-    assert s["plots"] == len(plotted) == 6
-    assert {v for v, r in rows.items() if r["flagged"]} <= plotted
+    # the review report: a page (timeline + key frames) per flagged video, max_plots being 50
+    flagged = {v for v, r in rows.items() if r["flagged"]}
+    assert (out / "report" / "index.html").is_file() and s["report"] == str(out / "report" / "index.html")
+    page = (out / "report" / "index.html").read_text()
+    assert s["plots"] == len(flagged) == len(list((out / "report" / "img").glob("*_timeline.png")))
+    assert all(f"<h3>{v}</h3>" in page for v in flagged)
+    assert "name scorer · version 1 · alias @champion" in page
+    # MLflow conventions: the archive as a dataset input, the summary as a dict, the
+    # report and the timelines (log_figure) as artifacts
+    client = mlflow.tracking.MlflowClient(uri)
+    run = client.get_run(s["mlflow_run_id"])
+    (inp,) = run.inputs.dataset_inputs
+    assert inp.dataset.name == "archive" and json.loads(inp.dataset.profile)["num_rows"] == 6
+    arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"report", "timelines", "score_summary.json"} <= arts
+    assert "index.html" in {a.path.split("/")[-1] for a in client.list_artifacts(run.info.run_id, "report")}
     for r in rows.values():   # one rule: flagged ⇔ events, and a flagged video is never "Normal"
         assert r["flagged"] == bool(r["events"])
         assert (r["predicted_class"] != "Normal") == r["flagged"]

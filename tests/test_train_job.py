@@ -1,3 +1,4 @@
+import json
 import os
 
 import mlflow
@@ -38,6 +39,10 @@ def test_two_worker_training_registers_a_model(ray_local, feature_sets, tmp_path
     assert len(hist) == cfg.epochs
     assert hist[-1].value < hist[0].value
     assert len(client.get_metric_history(s["mlflow_run_id"], "auc")) == cfg.epochs
+    inputs = {i.dataset.name: i for i in client.get_run(s["mlflow_run_id"]).inputs.dataset_inputs}
+    assert sorted(inputs) == ["eval", "train"]
+    assert json.loads(inputs["train"].dataset.profile)["num_rows"] == 48
+    assert inputs["train"].tags[0].value == "training" and inputs["eval"].dataset.digest
 
     registered = load_scoring_model("models:/vad-test@champion", tracking_uri=uri)
     local = load_scoring_model(s["best_checkpoint"])

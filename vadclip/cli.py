@@ -140,19 +140,26 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--features", help="feature set to score")
     src.add_argument("--videos", help="raw videos (manifest/dir/glob; labels optional), extracted first with "
                                       "the model's CLIP")
-    p.add_argument("--out", required=True, help="output directory (scores/, score_errors/, plots/)")
+    p.add_argument("--out", required=True, help="output directory (scores/, score_errors/, report/)")
     p.add_argument("--gt", default=None, help="ground truth intervals → AUC/AP/mAP")
     p.add_argument("--crop", type=int, default=None, help="crop to score (default: the lowest crop present)")
     p.add_argument("--threshold", type=float, default=0.5, help="snippet anomaly threshold for events")
     p.add_argument("--merge-gap", type=int, default=1, help="merge events this many snippets apart")
     p.add_argument("--min-snippets", type=int, default=1, help="shortest event kept (snippets)")
     p.add_argument("--num-scorers", type=int, default=1, help="size of the scoring actor pool")
-    p.add_argument("--max-plots", type=int, default=50, help="timeline plots of the top-scoring videos")
+    p.add_argument("--max-plots", type=int, default=50,
+                   help="flagged videos (top by score) given a timeline and key frames in the report")
     p.add_argument("--experiment", default="vadclip-score", help="MLflow experiment")
     _add_tracking(p)
     _add_extract_opts(p, "with --videos: views per frame extracted (score one with --crop)")
     _add_output(p)
     _add_ray(p)
+
+    p = sub.add_parser("report", formatter_class=fmt,
+                       help="(re)build the review report of a scoring output (OUT/report/index.html)")
+    p.add_argument("out", help="the scoring job's --out (holding scores/ and score_summary.json); a path or URI")
+    p.add_argument("--gt", default=None, help="ground truth intervals, shaded on the timelines")
+    p.add_argument("--max-plots", type=int, default=50, help="flagged videos (top by score) given a page")
 
     p = sub.add_parser("evaluate", formatter_class=fmt, help="metrics of a model on a feature set + ground truth")
     p.add_argument("--model", required=True, help="models:/NAME@ALIAS or a checkpoint file (vadclip or official)")
@@ -232,6 +239,16 @@ def _run(a) -> dict:
         return run_score(a.model, a.out, features=a.features, videos=a.videos, gt_path=a.gt, opts=opts,
                          extract_opts=_extract_options(a), tracking_uri=a.tracking_uri,
                          experiment=a.experiment, address=a.address, log=log)
+    if a.cmd == "report":
+        from .parts import part_files
+        from .report import build_report
+        from .storage import absolute, join
+
+        out = absolute(a.out)
+        if not part_files(join(out, "scores")):
+            raise InputError(f"{out}: no scores here (expected {join(out, 'scores')}/part-*.parquet from "
+                             "`vadclip score --out`)")
+        return build_report(out, gt_path=a.gt, top_n=a.max_plots)
     if a.cmd == "evaluate":
         from .features import check_feature_set, read_feature_rows
         from .gt import read_gt
@@ -281,7 +298,16 @@ def _setup_logging() -> None:
     """vadclip's own progress lines on stderr; other libraries stay at their warnings."""
     logger = logging.getLogger("vadclip")
     if not logger.handlers:
-        handler = logging.StreamHandler()
+        class _Stderr(logging.StreamHandler):   # whatever sys.stderr is now (tests swap it)
+            @property
+            def stream(self):
+                return sys.stderr
+
+            @stream.setter
+            def stream(self, _):
+                pass
+
+        handler = _Stderr()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)

@@ -67,12 +67,12 @@ def run_demo(workdir: str = "./vadclip_demo", n_train: int = 24, n_test: int = 8
         "heldout_auc": sc.get("auc"), "heldout_ap": sc.get("ap"), "heldout_map_avg": sc.get("map_avg"),
         "train_best": {k: tr["best_metrics"].get(k) for k in ("epoch", "auc", "ap")},
         "registered": f"models:/vadclip-demo@champion (version {tr.get('registered_version')})",
-        "scores": sc["output"], "timelines": os.path.join(workdir, "scores", "plots"),
+        "scores": sc["output"], "report": sc["report"],
         "mlflow": tracking_uri, "random_init_clip": not clip_pretrained,
         "elapsed_s": round(time.time() - t0, 1),
     }
     log(f"[demo] held-out frame AUC {out['heldout_auc']:.4f}  AP {out['heldout_ap']:.4f}  "
         f"(random-init CLIP: {out['random_init_clip']})")
-    log(f"[demo] scores: {out['scores']}  plots: {out['timelines']}  MLflow: {out['mlflow']} "
-        f"(mlflow ui --backend-store-uri {tracking_uri})")
+    log(f"[demo] scores: {out['scores']}  MLflow: {out['mlflow']} (mlflow ui --backend-store-uri {tracking_uri})")
+    log(f"[demo] review report: {out['report']}")
     return out

@@ -43,6 +43,27 @@ class VadCLIPPyfunc(_Base):
         return df
 
 
+# models from code: loading the MLflow model runs this file, never unpickles a class
+MODEL_CODE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mlflow_model.py")
+
+
+def _signature(checkpoint: str) -> Dict[str, Any]:
+    """Signature and input example of the pyfunc: features [T, D] float32 in; a frame
+    of ``anomaly`` and one ``p_<class>`` column per class out."""
+    from mlflow.models import infer_signature
+
+    from .checkpoint import load_checkpoint
+    from .model import score_video
+
+    model = load_checkpoint(checkpoint)
+    example = np.random.default_rng(0).normal(size=(8, model.embed_dim)).astype(np.float32)
+    anomaly, probs = score_video(model, example)
+    import pandas as pd
+
+    out = pd.DataFrame({"anomaly": anomaly, **{f"p_{k}": probs[:, i] for i, k in enumerate(model.cfg.class_keys)}})
+    return {"signature": infer_signature(example, out), "input_example": example}
+
+
 def export_inference_checkpoint(train_ckpt: str, out_path: str) -> str:
     """Training checkpoint → self-contained scoring checkpoint (frozen text features,
     no CLIP weights needed)."""
@@ -97,9 +118,9 @@ def log_and_register(train_ckpt: Optional[str], run_id: str, tracking_uri: str, 
 
             save_checkpoint(model, path)   # already a scoring model (frozen text features)
         with mlflow.start_run(run_id=run_id):
-            info = mlflow.pyfunc.log_model(name="model", python_model=VadCLIPPyfunc(),
-                                           artifacts={"checkpoint": path},
-                                           pip_requirements=["vadclip", "torch", "numpy", "pandas"])
+            info = mlflow.pyfunc.log_model(name="model", python_model=MODEL_CODE, artifacts={"checkpoint": path},
+                                           pip_requirements=["vadclip", "torch", "numpy", "pandas"],
+                                           **_signature(path))
             if value is not None and np.isfinite(value):
                 mlflow.log_metric(f"best_{metric}", float(value))
     out["model_uri"] = info.model_uri

@@ -1,12 +1,13 @@
 """Archive scoring as a Ray Data job: feature rows (or raw videos, extracted first)
 → model actor pool → per-video Parquet rows with per-snippet anomaly scores,
 per-class probabilities and thresholded, merged event segments.  Resumable; failures
-go to an errors table; summary metrics (and AUC/AP/mAP given ground truth) and
-score-timeline plots of flagged videos are logged to MLflow."""
+go to an errors table; the run ends with the review report (:mod:`vadclip.report`:
+summary, events, timelines and key frames of the top flagged videos) beside the
+scores, and the summary metrics (AUC/AP/mAP given ground truth), the summary and the
+report are logged to MLflow."""
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
@@ -19,6 +20,7 @@ from . import storage
 from .errors import InputError
 from .features import ERROR_SCHEMA
 from .parts import PartWriter, dataset_files, new_run_id, part_files, read_column, read_table, remove_uncommitted
+from .report import build_report
 
 EVENT_TYPE = pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("start_frame", pa.int64()),
                         ("end_frame", pa.int64()), ("class_name", pa.string()), ("score", pa.float64())])
@@ -40,7 +42,7 @@ class ScoreOptions:
     crop: Optional[int] = None   # which crop's features to score (None: the lowest crop present)
     rows_per_file: int = 256     # scored videos per Parquet part file (at most)
     flush_seconds: float = 60.0  # ... or fewer: scored rows are written at least this often
-    max_plots: int = 50          # timelines of the top-scoring videos (flagged first)
+    max_plots: int = 50          # flagged videos (top by score) given a page in the report
 
 
 def find_events(anomaly: np.ndarray, probs: np.ndarray, classes: Sequence[str], fps: float, num_frames: int,
@@ -128,31 +130,6 @@ def _scores_dir(out_dir: str) -> str:
     return storage.join(out_dir, "scores")
 
 
-class _TopPlots:
-    """The ``n`` highest-scoring videos seen so far (flagged ones first), for the
-    timelines: a bounded heap, so an archive with nothing flagged still gets plots
-    and a million-video archive still gets ``n``."""
-
-    def __init__(self, n: int) -> None:
-        self.n, self.heap, self.count = n, [], 0
-
-    def offer(self, row: Dict[str, Any]) -> None:
-        import heapq
-
-        if self.n <= 0:
-            return
-        key = (bool(row["flagged"]), float(row["video_score"]), self.count)
-        self.count += 1
-        item = (key, {k: row[k] for k in ("video_id", "label", "fps", "anomaly", "events", "flagged")})
-        if len(self.heap) < self.n:
-            heapq.heappush(self.heap, item)
-        elif key > self.heap[0][0]:
-            heapq.heapreplace(self.heap, item)
-
-    def rows(self) -> List[Dict[str, Any]]:
-        return [r for _, r in sorted(self.heap, key=lambda kr: kr[0], reverse=True)]
-
-
 def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, videos: Optional[str] = None,
               extract_opts=None, opts: Optional[ScoreOptions] = None, gt_path: Optional[str] = None,
               tracking_uri: Optional[str] = None, experiment: str = "vadclip-score",
@@ -172,7 +149,7 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
     from .raysetup import ensure_ray
     from .registry import load_scoring_model
     from .storage import absolute
-    from .tracking import use_experiment
+    from .tracking import log_feature_set, use_experiment
 
     features, videos, gt_path, out_dir = map(absolute, (features, videos, gt_path, out_dir))
     opts = opts or ScoreOptions()
@@ -216,7 +193,6 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
     ew = PartWriter(storage.join(out_dir, "score_errors"), ERROR_SCHEMA, 64, run_id, opts.flush_seconds)
     n_ok = n_err = n_snip = n_dup = 0
     seen = set(done)
-    top = _TopPlots(opts.max_plots)
     for r in ds.iter_rows():
         sw.tick()
         ew.tick()
@@ -236,14 +212,10 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
                "predicted_class": r["predicted_class"], "flagged": bool(r["flagged"]),
                "events": json.loads(r["events"])}
         sw.add([row])
-        top.offer(row)
         n_ok += 1
         n_snip += int(r["snippet_count"])
     sw.flush()
     ew.flush()
-    plot_tmp = tempfile.TemporaryDirectory(prefix="vadclip-plots-")
-    local_plots = plot_timelines(top.rows(), plot_tmp.name, opts.threshold, cfg.snippet_len)
-    plots = storage.upload_dir(plot_tmp.name, storage.join(out_dir, "plots"))
     elapsed = time.time() - t0
     totals = output_totals(_scores_dir(out_dir))
     summary: Dict[str, Any] = {
@@ -252,8 +224,10 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
         "videos_total_in_output": totals["videos"], "anomalous_videos": totals["flagged"],
         "events": totals["events"], "snippets": n_snip, "elapsed_s": round(elapsed, 3),
         "snippets_per_s": round(n_snip / elapsed, 2) if elapsed > 0 else 0.0,
-        "output": _scores_dir(out_dir), "plots": len(plots),
+        "output": _scores_dir(out_dir), "model_uri": model_uri, **_model_identity(model_uri, tracking_uri),
+        "snippet_len": cfg.snippet_len, **asdict(opts),
     }
+    summary["videos_failed_total"] = len(read_column(storage.join(out_dir, "score_errors"), "video_id"))
     if extract_summary:
         summary["extract"] = {k: extract_summary[k] for k in ("videos_ok", "videos_failed", "frames_per_s")}
     if gt_path and totals["videos"]:
@@ -263,19 +237,46 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
         del rows
     use_experiment(experiment, tracking_uri)
     summary["tracking_uri"] = mlflow.get_tracking_uri()
-    with mlflow.start_run(run_name=f"score-{run_id}") as run:
-        mlflow.log_params({"model_uri": model_uri, "features": features, **asdict(opts)})
-        mlflow.log_metrics({k: float(v) for k, v in summary.items()
-                            if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)})
-        for p in local_plots:
-            mlflow.log_artifact(p, artifact_path="timelines")
+    with mlflow.start_run(run_name=f"score-{run_id}") as run, \
+            tempfile.TemporaryDirectory(prefix="vadclip-report-") as report_dir:
         summary["mlflow_run_id"] = run.info.run_id
-    plot_tmp.cleanup()
+        mlflow.log_params({"model_uri": model_uri, "features": features, **asdict(opts)})
+        log_feature_set(features, "archive", "scoring")
+        rep = build_report(out_dir, summary, gt_path=gt_path, top_n=opts.max_plots, local_dir=report_dir,
+                           on_figure=lambda fig, name: mlflow.log_figure(fig, f"timelines/{name}"))
+        summary.update(report=rep["report"], plots=rep["videos_shown"])
+        mlflow.log_metrics({k: float(v) for k, v in summary.items()
+                            if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+                            and k not in asdict(opts)})
+        mlflow.log_dict(summary, "score_summary.json")
+        mlflow.log_artifacts(report_dir, artifact_path="report")
     storage.write_text(storage.join(out_dir, "score_summary.json"), json.dumps(summary, indent=2, default=float))
     log(f"[score] {n_ok} scored, {n_err} failed, {len(done)} already done; "
         f"{summary['anomalous_videos']} flagged with {summary['events']} events; "
         f"{summary['snippets_per_s']} snippets/s → {summary['output']}")
+    log(f"[score] review report: {summary['report']}")
     return summary
+
+
+def _model_identity(model_uri: str, tracking_uri: Optional[str]) -> Dict[str, Any]:
+    """Registered name, version and alias of ``models:/NAME@ALIAS`` or ``models:/NAME/V``."""
+    if not model_uri.startswith("models:/"):
+        return {}
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    ref = model_uri[len("models:/"):]
+    name, alias, version = ref, None, None
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+    elif "/" in ref:
+        name, version = ref.split("/", 1)
+    try:
+        if alias:
+            version = MlflowClient(tracking_uri=tracking_uri).get_model_version_by_alias(name, alias).version
+    except MlflowException:
+        pass
+    return {"model_name": name, "model_version": version, "model_alias": alias}
 
 
 METRIC_COLUMNS = ("video_id", "label", "num_frames", "snippet_count", "anomaly", "class_probs")
@@ -321,32 +322,3 @@ def score_metrics(rows: List[Dict[str, Any]], gt_path: str, cfg) -> Dict[str, fl
     m.update({f"map_iou0{i + 1}": v for i, v in enumerate(maps)})
     m["map_avg"] = avg
     return m
-
-
-def plot_timelines(rows: List[Dict[str, Any]], out_dir: str, threshold: float, snippet_len: int = 16) -> List[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    os.makedirs(out_dir, exist_ok=True)   # a local folder (run_score uploads it)
-    paths = []
-    for r in rows:
-        a = np.asarray(r["anomaly"], np.float32)
-        fps = float(r["fps"]) or 30.0
-        t = np.arange(len(a)) * snippet_len / fps
-        fig, ax = plt.subplots(figsize=(8, 2.4))
-        ax.plot(t, a, lw=1.2, color="tab:red", label="anomaly score")
-        ax.axhline(threshold, ls="--", color="grey", lw=0.8)
-        for ev in r["events"]:
-            ax.axvspan(ev["start_s"], ev["end_s"], color="tab:orange", alpha=0.25)
-            ax.text(ev["start_s"], 1.02, ev["class_name"], fontsize=7, transform=ax.get_xaxis_transform())
-        ax.set_ylim(0, 1)
-        ax.set_xlabel("seconds")
-        ax.set_title(f"{r['video_id']} (label: {r['label'] or '?'})", fontsize=9)
-        fig.tight_layout()
-        p = os.path.join(out_dir, f"{r['video_id']}.png")
-        fig.savefig(p, dpi=80)
-        plt.close(fig)
-        paths.append(p)
-    return paths

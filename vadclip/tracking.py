@@ -68,3 +68,17 @@ def use_experiment(name: str, uri: Optional[str] = None) -> str:
         exp_id = exp.experiment_id
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
+
+
+def log_feature_set(path: str, name: str, context: str, meta=None) -> None:
+    """Log a feature set as an ``mlflow.data`` input of the active run: its name, its
+    source (path or URI), a digest and the row count, from the small ``video_id``,
+    ``crop`` and ``label`` columns (``meta``: that table if already read)."""
+    import mlflow
+
+    from .parts import read_table
+
+    if meta is None:
+        meta = read_table(path, columns=["video_id", "crop", "label"], what=name)
+    df = meta.to_pandas() if hasattr(meta, "to_pandas") else meta
+    mlflow.log_input(mlflow.data.from_pandas(df, source=path, name=name), context=context)

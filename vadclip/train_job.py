@@ -263,7 +263,8 @@ def check_inputs(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_p
         raise InputError(f"--gt {gt_path} given without --eval (the feature set to evaluate)")
     dim = clip_embed_dim(cfg.clip_model, cfg.clip_model_kwargs)
     check_feature_set(train_path, dim, what="training feature set")
-    meta = read_table(train_path, columns=["video_id", "crop", "label"], what="training feature set").to_pylist()
+    meta_table = read_table(train_path, columns=["video_id", "crop", "label"], what="training feature set")
+    meta = meta_table.to_pylist()
     seen = set()
     for r in meta:
         key = (r["video_id"], r["crop"])
@@ -272,7 +273,7 @@ def check_inputs(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_p
         seen.add(key)
     labels = [r["label"] for r in meta]
     _check_labels(labels, cfg, train_path)
-    out: Dict[str, Any] = {"labels": labels, "gt": {}, "eval_crop": None}
+    out: Dict[str, Any] = {"labels": labels, "gt": {}, "eval_crop": None, "meta": meta_table}
     if eval_path:
         ev = check_feature_set(eval_path, dim, crop=eval_crop, what="evaluation feature set")
         out["eval_crop"] = eval_crop if eval_crop is not None else ev["crops"][0]
@@ -304,7 +305,7 @@ def run_train(train_path: str, cfg: VadConfig, storage_path: str, run_name: str 
     from .errors import InputError
     from .parts import dataset_files
     from .raysetup import ensure_ray
-    from .tracking import use_experiment
+    from .tracking import log_feature_set, use_experiment
 
     train_path, eval_path, gt_path, storage_path = map(storage.absolute,
                                                        (train_path, eval_path, gt_path, storage_path))
@@ -348,6 +349,9 @@ def run_train(train_path: str, cfg: VadConfig, storage_path: str, run_name: str 
                                "metric": metric, "classes": json.dumps(cfg.class_keys),
                                "eval_crop": checked["eval_crop"], "recipe": recipe,
                                "eval_every_samples": eval_every_samples})
+            log_feature_set(train_path, "train", "training", checked["meta"])
+            if eval_path:
+                log_feature_set(eval_path, "eval", "evaluation")
         config = {"cfg": cfg_dict, "steps_per_epoch": steps, "metric": metric, "gt": gt,
                   "has_eval": bool(eval_path), "mlflow_run_id": run_id, "tracking_uri": tracking_uri,
                   "recipe": recipe, "eval_every_samples": eval_every_samples}
