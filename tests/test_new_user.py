@@ -237,7 +237,7 @@ def test_failed_training_marks_its_mlflow_run_failed(ray_local, tmp_path):
     uri = f"sqlite:///{tmp_path}/m.db"
     with pytest.raises(Exception):
         run_train(str(tmp_path / "t.parquet"), cfg, str(tmp_path / "runs"), run_name="doomed", num_workers=1,
-                  cpus_per_worker=0.5, tracking_uri=uri, fail_after_epoch=1, max_failures=0, log=lambda *_: None)
+                  cpus_per_worker=0.5, tracking_uri=uri, faults={"raise_after_epoch": 1}, max_failures=0, log=lambda *_: None)
     client = mlflow.tracking.MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("vadclip").experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]
@@ -254,7 +254,8 @@ def test_scoring_with_nothing_flagged_still_plots_the_top_videos(ray_local, arch
                   opts=ScoreOptions(threshold=1.0, max_plots=3), tracking_uri=f"sqlite:///{tmp_path}/m.db",
                   log=lambda *_: None)
     assert s["anomalous_videos"] == 0 and s["plots"] == 3
-    assert len(list((tmp_path / "o" / "plots").glob("*.png"))) == 3
+    assert len(list((tmp_path / "o" / "report" / "img").glob("*_timeline.png"))) == 3
+    assert "and the 3 highest-scoring unflagged" in (tmp_path / "o" / "report" / "index.html").read_text()
 
 
 def test_score_videos_takes_the_extraction_options(ray_local, archive, tmp_path, capsys):

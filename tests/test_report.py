@@ -70,9 +70,11 @@ def test_report_cli_writes_a_page_with_existing_decodable_images(scored, capsys)
     page = (out / "report" / "index.html").read_text()
     flagged = [r for r in rows if r["flagged"]]
     n_events = sum(len(r["events"]) for r in rows)
-    assert res["videos_shown"] == len(flagged) == 3 and res["events_total"] == n_events
+    # every video gets a page here (max_plots 50): the 3 flagged first, then the others
+    assert res["videos_shown"] == len(rows) == 6 and len(flagged) == 3 and res["events_total"] == n_events
+    assert page.index("<h3>clip003</h3>") < page.index("<h3>clip000</h3>")
     srcs = re.findall(r"<img src='([^']+)'", page)
-    assert len(srcs) == len(flagged) * (1 + 3 * 1)                  # a timeline + start/peak/end per event
+    assert len(srcs) == len(rows) + 3 * len(flagged)             # timelines + start/peak/end of each event
     for src in srcs:
         with Image.open(out / "report" / src) as im:               # exists and decodes
             im.load()
@@ -90,7 +92,7 @@ def test_report_is_bounded_but_counts_everything(tmp_path):
     w.flush()
     assert main(["report", str(tmp_path), "--max-plots", "4"]) == 0
     page = (tmp_path / "report" / "index.html").read_text()
-    assert page.count("class='video'") == 4 and "top 4 of 200 by score" in page
+    assert page.count("class='video'") == 4 and "Flagged videos (top 4 of 200 by score)</h2>" in page
     assert "key frames unavailable" in page                       # the videos are gone; the report still builds
     assert main(["report", str(tmp_path / "nothing")]) == 2         # no scores: a one-line error
 

@@ -6,8 +6,8 @@ MLflow artifact).
 * run summary: videos scored, flagged, failed, events, throughput, the model (name,
   version, alias) and the thresholds; the counts always cover the whole archive;
 * a sortable table of events (video, start–end as timestamps, class, score);
-* for the top-N flagged videos (by video score; N bounded, so a million-video archive
-  still gives a small report): the score timeline (C-branch score, top class
+* for the top-N videos (flagged ones first, by video score; N bounded, so a
+  million-video archive still gives a small report): the score timeline (C-branch score, top class
   probabilities, threshold, events shaded, ground truth shaded when given) and key
   frames decoded at each event's start, peak and end.
 
@@ -67,14 +67,16 @@ def _scan(scores_dir: str, top_n: int):
             counts["videos"] += 1
             evs = r["events"] or []
             counts["events"] += len(evs)
-            if not r["flagged"]:
-                continue
-            counts["flagged"] += 1
-            item = ((float(r["video_score"]), n), r)
+            counts["flagged"] += bool(r["flagged"])
+            # pages: flagged videos first, then the highest-scoring others (an archive with
+            # nothing flagged still shows how close it came)
+            item = ((bool(r["flagged"]), float(r["video_score"]), n), r)
             if len(top) < top_n:
                 heapq.heappush(top, item)
             elif top_n > 0 and item[0] > top[0][0]:
                 heapq.heapreplace(top, item)
+            if not r["flagged"]:
+                continue
             for k, e in enumerate(evs):
                 ev = ((float(e["score"]), n, k), dict(e, video_id=r["video_id"]))
                 if len(events) < MAX_EVENTS_SHOWN:
@@ -253,15 +255,22 @@ def render_html(summary: Dict[str, Any], counts: Dict[str, int], events: List[Di
                    f"<td class='cls'>{e(ev['class_name'])}</td><td class='num' data-v='{ev['score']:.6f}'>"
                    f"{ev['score']:.3f}</td></tr>")
     out.append("</tbody></table>")
-    out.append(f"<h2>Flagged videos (top {len(videos)} of {counts['flagged']:,} by score)</h2>")
+    n_flag = sum(bool(v["flagged"]) for v in videos)
+    head = f"Flagged videos (top {n_flag} of {counts['flagged']:,} by score)"
+    if len(videos) > n_flag:
+        head += f" and the {len(videos) - n_flag} highest-scoring unflagged"
+    out.append(f"<h2>{head}</h2>")
     for v in videos:
         dur = (int(v["num_frames"]) / (float(v["fps"]) or 30.0)) if v["num_frames"] else 0.0
-        out.append(f"<div class='video' id='{anchors[v['video_id']]}'><h3>{e(v['video_id'])}</h3>"
+        out.append(f"<div class='video{'' if v['flagged'] else ' unflagged'}' id='{anchors[v['video_id']]}'>"
+                   f"<h3>{e(v['video_id'])}</h3>"
                    f"<div class='meta'>{e(str(v['path']))} · {timestamp(dur)} · video score "
                    f"{float(v['video_score']):.3f} · predicted <span class='cls'>{e(str(v['predicted_class']))}</span>"
                    f"{' · label ' + e(str(v['label'])) if v.get('label') else ''}</div>")
         out.append(f"<img src='{v['timeline']}' alt='score timeline of {e(v['video_id'])}' width='800'>")
-        if v["frames"]:
+        if not v["flagged"]:
+            out.append("<div class='meta'>not flagged: no event above the threshold</div>")
+        elif v["frames"]:
             out.append("<div class='strip'>")
             for fr in v["frames"]:
                 ev = v["events"][fr["event"]]

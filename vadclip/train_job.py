@@ -94,6 +94,16 @@ def _epoch_plan(y, cfg: VadConfig, steps: int, world: int, seed: int) -> List[Li
     return [[next(al) for _ in range(per_side)] for _ in range(steps)]
 
 
+def _fault_due(config: Dict[str, Any], kind: str, epoch: int) -> bool:
+    """Fault injection (tests): ``kind`` is asked for at this epoch and has not happened
+    yet in this training (a marker file beside the run's storage remembers it)."""
+    faults, marker = config.get("faults") or {}, config.get("fault_marker")
+    if faults.get(kind) != epoch + 1 or not marker or storage.exists(marker):
+        return False
+    storage.write_bytes(marker, kind.encode())
+    return True
+
+
 def _broadcast_flag(flag: bool) -> bool:
     """Rank 0's decision, on every rank."""
     import torch
@@ -197,6 +207,12 @@ def train_loop_per_worker(config: Dict[str, Any]) -> None:
         plan = _epoch_plan(Y, cfg, steps, world, cfg.seed * 1000 + epoch * 17 + rank)
         sums: Dict[str, float] = {}
         for i, b in enumerate(plan):
+            if rank == 0 and i == len(plan) // 2 and _fault_due(config, "exit_in_epoch", epoch):
+                # fault injection: this worker process dies in the middle of an epoch, once —
+                # a few seconds in, so that Train's controller has taken the last report
+                # (a checkpoint counts once the controller has it)
+                time.sleep(5)
+                os._exit(1)
             ib = torch.tensor(b)
             parts = train_step(model, opt, (X[ib].float(), L[ib], Y[ib]), cfg, device)
             for k, v in parts.items():
@@ -224,9 +240,7 @@ def train_loop_per_worker(config: Dict[str, Any]) -> None:
             log.info(f"[train] epoch {epoch + 1}/{cfg.epochs} loss {metrics['loss']:.4f} "
                      f"{metric} {metrics.get(metric, float('nan')):.4f}{' (best)' if is_best else ''}")
         report(metrics, epoch)
-        fail_at, marker = config.get("fail_after_epoch"), config.get("fail_marker")
-        if fail_at is not None and epoch + 1 == fail_at and marker and not storage.exists(marker):
-            storage.write_bytes(marker, b"")
+        if _fault_due(config, "raise_after_epoch", epoch):
             raise RuntimeError(f"injected failure after epoch {epoch + 1} (test of crash recovery)")
 
 
@@ -287,7 +301,7 @@ def run_train(train_path: str, cfg: VadConfig, storage_path: str, run_name: str 
               tracking_uri: Optional[str] = None, experiment: str = "vadclip",
               register_name: Optional[str] = None, alias: str = "champion", max_failures: int = 2,
               eval_crop: Optional[int] = None, address: Optional[str] = None,
-              fail_after_epoch: Optional[int] = None, recipe: str = "vadclip",
+              faults: Optional[Dict[str, int]] = None, recipe: str = "vadclip",
               eval_every_samples: Optional[int] = None, log=print) -> Dict[str, Any]:
     """Train on a Parquet feature set; returns a summary with the best metrics, the best
     checkpoint path, the MLflow run id and the registered model version (if any).
@@ -355,9 +369,9 @@ def run_train(train_path: str, cfg: VadConfig, storage_path: str, run_name: str 
         config = {"cfg": cfg_dict, "steps_per_epoch": steps, "metric": metric, "gt": gt,
                   "has_eval": bool(eval_path), "mlflow_run_id": run_id, "tracking_uri": tracking_uri,
                   "recipe": recipe, "eval_every_samples": eval_every_samples}
-        if fail_after_epoch is not None:
-            config["fail_after_epoch"] = fail_after_epoch
-            config["fail_marker"] = storage.join(storage_path, run_name + ".failed-once")
+        if faults:   # {"raise_after_epoch": N} or {"exit_in_epoch": N}, once per training
+            config["faults"] = dict(faults)
+            config["fault_marker"] = storage.join(storage_path, run_name + ".failed-once")
         trainer = TorchTrainer(
             train_loop_per_worker, train_loop_config=config,
             scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
