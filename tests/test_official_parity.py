@@ -111,7 +111,7 @@ def _row(vid, label, frames):
 
 def test_xd_map_ground_truth_is_the_official_class_split_one(tmp_path):
     from vadclip.gt import convert_xd_annotations, read_gt, write_gt
-    from vadclip.training import video_gt
+    from vadclip.evaluation import video_gt
 
     (tmp_path / "annotations_multiclasses.txt").write_text(XD_MULTI)
     write_gt(convert_xd_annotations(str(tmp_path / "annotations_multiclasses.txt")), str(tmp_path / "gt.parquet"))
@@ -135,7 +135,7 @@ def test_xd_map_ground_truth_is_the_official_class_split_one(tmp_path):
 
 def test_ucf_map_ground_truth_never_counts_normal(tmp_path):
     from vadclip.gt import convert_ucf_annotations, read_gt, write_gt
-    from vadclip.training import video_gt
+    from vadclip.evaluation import video_gt
 
     (tmp_path / "Temporal_Anomaly_Annotation.txt").write_text(UCF_TEMPORAL)
     write_gt(convert_ucf_annotations(str(tmp_path / "Temporal_Anomaly_Annotation.txt")), str(tmp_path / "gt.csv"))

@@ -91,7 +91,7 @@ def test_official_recipe_evaluates_within_epochs_and_keeps_the_best(ray_local, f
     the best evaluation point's model — with two DDP ranks agreeing on "best"."""
     from vadclip.checkpoint import load_model_file
     from vadclip.gt import read_gt
-    from vadclip.training import evaluate
+    from vadclip.evaluation import evaluate
 
     cfg, d, erows = feature_sets
     cfg = cfg.replace(epochs=2)

@@ -4,7 +4,8 @@ import numpy as np
 
 from vadclip import build_model, tiny_config
 from vadclip.synthetic import make_feature_set
-from vadclip.training import batch_plan, collate, evaluate, make_optimizer, train_step
+from vadclip.evaluation import evaluate
+from vadclip.training import batch_plan, collate, make_optimizer, train_step
 
 
 def _gt(rows):

@@ -28,18 +28,57 @@ class _HelpFormatter(argparse.HelpFormatter):
 
 def _add_clip(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("CLIP backbone (open_clip)")
-    g.add_argument("--clip-model", default="ViT-B-16", help="open_clip model name")
-    g.add_argument("--clip-pretrained", default="openai",
-                   help="pretrained tag (e.g. openai), a local weights file, or 'none' for random init")
+    g.add_argument("--clip-model", default=None, help="open_clip model name (default: ViT-B-16)")
+    g.add_argument("--clip-pretrained", default=None,
+                   help="pretrained tag, a local weights file, or 'none' for random init (default: openai)")
     g.add_argument("--tiny-clip", action="store_true",
                    help="use a tiny random-init CLIP (offline; for smoke tests, not real detection)")
 
 
-def _clip_settings(a) -> dict:
+def _clip_settings(a, given_only: bool = False) -> dict:
+    """The CLIP flags as config fields; ``given_only``: only those on the command line."""
     if a.tiny_clip:
-        return {"clip_model": a.clip_model, "clip_pretrained": None, "clip_model_kwargs": tiny_clip_kwargs(32)}
-    pre = None if str(a.clip_pretrained).lower() == "none" else a.clip_pretrained
-    return {"clip_model": a.clip_model, "clip_pretrained": pre, "clip_model_kwargs": {}}
+        return {"clip_model": a.clip_model or "ViT-B-16", "clip_pretrained": None,
+                "clip_model_kwargs": tiny_clip_kwargs(32)}
+    out = {}
+    if a.clip_model or not given_only:
+        out["clip_model"] = a.clip_model or "ViT-B-16"
+    if a.clip_pretrained or not given_only:
+        pre = a.clip_pretrained or "openai"
+        out["clip_pretrained"] = None if str(pre).lower() == "none" else pre
+        out["clip_model_kwargs"] = {}
+    return out
+
+
+def _train_config(a) -> VadConfig:
+    """``--config FILE`` (JSON/YAML), then ``--preset``/``--classes``, then the flags given."""
+    over = {k: v for k, v in {"epochs": a.epochs, "lr": a.lr, "batch_size": a.batch_size,
+                              "visual_length": a.visual_length}.items() if v is not None}
+    classes = a.classes.split(",") if a.classes else None
+    if not a.config:
+        return VadConfig.from_preset(a.preset or "ucf", **_clip_settings(a), **over,
+                                     **({"classes": classes} if classes else {}))
+    import yaml
+
+    from . import storage
+
+    try:
+        d = yaml.safe_load(storage.read_text(a.config))
+    except FileNotFoundError:
+        raise InputError(f"config file not found: {a.config}") from None
+    except yaml.YAMLError as e:
+        raise InputError(f"{a.config}: not JSON or YAML ({one_line(e, 200)})") from None
+    if not isinstance(d, dict):
+        raise InputError(f"{a.config}: expected a mapping of config fields, got {type(d).__name__}")
+    over.update(_clip_settings(a, given_only=True))
+    if "class_keys" in d:          # a whole config (e.g. VadConfig.to_dict() of a trained model)
+        if a.preset or classes:
+            raise InputError(f"{a.config} is a whole config (it has class_keys): --preset/--classes do not apply")
+        return VadConfig.from_dict(d).replace(**over)
+    preset = a.preset or d.pop("preset", "ucf")
+    if classes:
+        d["classes"] = classes
+    return VadConfig.from_preset(preset, **{**d, **over})
 
 
 def _add_ray(p: argparse.ArgumentParser) -> None:
@@ -107,7 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-crop", type=int, default=None,
                    help="crop of the evaluation set to evaluate (default: the lowest crop it holds)")
     p.add_argument("--gt", default=None, help="ground truth: Parquet/CSV of video_id,start_frame,end_frame[,label]")
-    p.add_argument("--preset", default="ucf", choices=["ucf", "xd", "custom"], help="official defaults to use")
+    p.add_argument("--preset", default=None, choices=["ucf", "xd", "custom"],
+                   help="the official settings to start from (default: ucf, or the --config file's)")
+    p.add_argument("--config", default=None,
+                   help="JSON/YAML file of VadConfig fields: with 'preset' (and 'classes' for custom) it "
+                        "overrides that preset's defaults; with 'class_keys' it is a whole config. Flags "
+                        "given here override the file")
     p.add_argument("--classes", default=None,
                    help="custom preset: comma-separated classes, normal first (e.g. normal,fire,fall)")
     p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
@@ -218,18 +262,15 @@ def _run(a) -> dict:
         opts.exit_once_on = [v.rsplit(":", 1) for v in a.inject_encoder_exit or []] or None
         return run_extract(a.source, a.out, opts, retry_failed=a.retry_failed, address=a.address, log=log)
     if a.cmd == "train":
-        from .train_job import run_train
+        from .train_job import TrainOptions, run_train
 
-        over = {k: v for k, v in {"epochs": a.epochs, "lr": a.lr, "batch_size": a.batch_size,
-                                  "visual_length": a.visual_length}.items() if v is not None}
-        if a.classes:
-            over["classes"] = a.classes.split(",")
-        cfg = VadConfig.from_preset(a.preset, **_clip_settings(a), **over)
-        return run_train(a.train, cfg, a.storage, a.run_name, eval_path=a.eval, gt_path=a.gt,
-                         num_workers=a.num_workers, use_gpu=a.use_gpu, cpus_per_worker=a.cpus_per_worker,
-                         metric=a.metric, tracking_uri=a.tracking_uri, experiment=a.experiment,
-                         register_name=a.register, alias=a.alias, max_failures=a.max_failures,
-                         eval_crop=a.eval_crop, address=a.address, recipe=a.recipe, log=log)
+        cfg = _train_config(a)
+        opts = TrainOptions(storage=a.storage, run_name=a.run_name, num_workers=a.num_workers, use_gpu=a.use_gpu,
+                            cpus_per_worker=a.cpus_per_worker, metric=a.metric, recipe=a.recipe,
+                            eval_crop=a.eval_crop, max_failures=a.max_failures, register_name=a.register,
+                            alias=a.alias, experiment=a.experiment, tracking_uri=a.tracking_uri,
+                            address=a.address)
+        return run_train(a.train, cfg, eval_path=a.eval, gt_path=a.gt, opts=opts, log=log)
     if a.cmd == "score":
         from .score import ScoreOptions, run_score
 
@@ -253,7 +294,7 @@ def _run(a) -> dict:
         from .features import check_feature_set, read_feature_rows
         from .gt import read_gt
         from .registry import load_scoring_model
-        from .training import evaluate
+        from .evaluation import evaluate
 
         gt = read_gt(a.gt)
         model = load_scoring_model(a.model, a.tracking_uri)

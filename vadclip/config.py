@@ -57,6 +57,22 @@ PADDING_MODES = {
 }
 
 
+# The presets as data: the official hyper-parameters per dataset (nwpu-zxr/VadCLIP,
+# ucf_option.py / xd_option.py and their train loops); anything not named here takes
+# the VadConfig default.  ``from_preset(name, **overrides)`` starts from a row.
+PRESETS: Dict[str, Dict[str, Any]] = {
+    "ucf": dict(visual_layers=2, attn_window=8, lr=2e-5, batch_size=64, balanced_batches=True,
+                milestones=[4, 8], contrast_weight=1e-1, map_normal_segments=False),
+    "xd": dict(label_separator="-", label_placeholders=["0"], visual_layers=1, attn_window=64, lr=1e-5,
+               batch_size=96, balanced_batches=False, milestones=[3, 6, 10], contrast_weight=1e-4,
+               map_normal_segments=True),
+    # a user's label space (classes=[normal, abnormal1, ...]): masked padding (not the paper's recipe)
+    "custom": dict(label_separator="-", padding="masked", map_normal_segments=True),
+}
+PRESET_CLASSES: Dict[str, Tuple[Tuple[str, str], ...]] = {"ucf": UCF_CLASSES, "xd": XD_CLASSES}
+PRESET_ALIASES = {"ucf-crime": "ucf", "ucfcrime": "ucf", "xd-violence": "xd", "xdviolence": "xd"}
+
+
 class LabelError(InputError):
     """A video-level label that the configured label space does not know."""
 
@@ -112,44 +128,21 @@ class VadConfig:
     # ------------------------------------------------------------------ presets
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "VadConfig":
-        name = name.lower()
+        name = PRESET_ALIASES.get(name.lower(), name.lower())
+        if name not in PRESETS:
+            raise InputError(f"unknown preset {name!r}: use one of {sorted(PRESETS)}")
         if "classes" in overrides and name != "custom":
             raise InputError(f"classes are set by the {name!r} preset; use the 'custom' preset for your own")
-        if name in ("ucf", "ucf-crime", "ucfcrime"):
-            base: Dict[str, Any] = dict(
-                preset="ucf",
-                class_keys=[k for k, _ in UCF_CLASSES],
-                class_prompts=[p for _, p in UCF_CLASSES],
-                visual_layers=2, attn_window=8, lr=2e-5, batch_size=64,
-                balanced_batches=True, milestones=[4, 8], contrast_weight=1e-1,
-                map_normal_segments=False,
-            )
-        elif name in ("xd", "xd-violence", "xdviolence"):
-            base = dict(
-                preset="xd",
-                class_keys=[k for k, _ in XD_CLASSES],
-                class_prompts=[p for _, p in XD_CLASSES],
-                label_separator="-", label_placeholders=["0"],
-                visual_layers=1, attn_window=64, lr=1e-5, batch_size=96,
-                balanced_batches=False, milestones=[3, 6, 10], contrast_weight=1e-4,
-                map_normal_segments=True,
-            )
-        elif name == "custom":
+        base: Dict[str, Any] = dict(PRESETS[name], preset=name)
+        if name == "custom":
             classes = overrides.pop("classes", None)
             if not classes:
                 raise InputError("preset 'custom' needs classes=[normal, abnormal1, ...]")
-            keys, prompts = [], []
-            for c in classes:
-                if isinstance(c, (tuple, list)):
-                    keys.append(str(c[0]))
-                    prompts.append(str(c[1]))
-                else:
-                    keys.append(str(c))
-                    prompts.append(str(c).replace("_", " "))
-            base = dict(preset="custom", class_keys=keys, class_prompts=prompts,
-                                label_separator="-", padding="masked", map_normal_segments=True)
+            pairs = [(str(c[0]), str(c[1])) if isinstance(c, (tuple, list)) else (str(c), str(c).replace("_", " "))
+                     for c in classes]
         else:
-            raise InputError(f"unknown preset {name!r}: use 'ucf', 'xd' or 'custom'")
+            pairs = PRESET_CLASSES[name]
+        base.update(class_keys=[k for k, _ in pairs], class_prompts=[p for _, p in pairs])
         base.update(overrides)
         return cls(**base)
 

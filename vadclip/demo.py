@@ -2,6 +2,7 @@
 extract → train → register → score on a local Ray with a sqlite MLflow store."""
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any, Dict, Optional
@@ -13,7 +14,8 @@ DEMO_CLASSES = ["Normal", "Explosion", "Fighting", "RoadAccidents"]
 
 def run_demo(workdir: str = "./vadclip_demo", n_train: int = 24, n_test: int = 8, epochs: int = 12,
              num_workers: int = 2, clip_model: str = "ViT-B-16", clip_pretrained: Optional[str] = None,
-             log=print) -> Dict[str, Any]:
+             log=None) -> Dict[str, Any]:
+    log = log or logging.getLogger("vadclip").info
     from .extract import ExtractOptions, feature_dir, run_extract
     from .gt import write_gt
     from .raysetup import ensure_ray

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
@@ -153,36 +153,63 @@ def extract_video(path: str, encoder: ClipImageEncoder, opts: ExtractOptions):
 
 
 # -------------------------------------------------------------------- ray data stages
-def _decode_rows(item: Dict[str, Any], opts: ExtractOptions, size: int) -> Iterator[Dict[str, Any]]:
-    base = {"video_id": item["video_id"], "path": item["path"], "label": item["label"] or ""}
-    empty = np.zeros((0, opts.crops, 3, size, size), np.uint8)
-    try:
-        # a video in object storage is streamed to this node's scratch and removed after
-        with fetched(item["path"]) as local:
-            info, chunks = iter_snippet_chunks(local, opts.snippet_len, size, opts.crops, opts.chunk_snippets,
-                                               name=item["path"])
-            n_chunks = -(-info.snippet_count(opts.snippet_len) // opts.chunk_snippets)
-            for k, frames in enumerate(chunks):
-                yield dict(base, chunk=k, n_chunks=n_chunks, fps=info.fps, num_frames=info.num_frames,
-                           frames=frames, error="")
-    except VideoError as e:
-        # a problem of this video (missing, empty, unreadable, truncated): an error row.
-        # Anything else (decord missing, out of memory, I/O of the node) is a problem of
-        # the environment: it propagates, Ray retries the task, and if it persists the
-        # job fails — no video is marked failed because of it.
-        yield dict(base, chunk=-1, n_chunks=0, fps=0.0, num_frames=0, frames=empty, error=str(e))
+class DecodeStage:
+    """Ray Data ``flat_map`` stage: one manifest row → the video's snippet frames in
+    chunks of ``opts.chunk_snippets`` ([n, crops, 3, S, S] uint8 each), or one error row.
+
+    A problem of the video (missing, empty, unreadable, truncated) is an error row; any
+    other exception (decord missing, out of memory, a failing store) is the
+    environment's: it propagates, Ray retries the task, and if it persists the job
+    fails — no video is marked failed because of it.  A video in object storage is
+    streamed to this node's scratch and removed after."""
+
+    num_cpus = 1.0          # one decode thread per task (decord num_threads=1)
+
+    def __init__(self, opts: ExtractOptions, image_size: int) -> None:
+        self.opts, self.size = opts, image_size
+
+    def __call__(self, item: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
+        opts = self.opts
+        base = {"video_id": item["video_id"], "path": item["path"], "label": item["label"] or ""}
+        empty = np.zeros((0, opts.crops, 3, self.size, self.size), np.uint8)
+        try:
+            with fetched(item["path"]) as local:
+                info, chunks = iter_snippet_chunks(local, opts.snippet_len, self.size, opts.crops,
+                                                   opts.chunk_snippets, name=item["path"])
+                n_chunks = -(-info.snippet_count(opts.snippet_len) // opts.chunk_snippets)
+                for k, frames in enumerate(chunks):
+                    yield dict(base, chunk=k, n_chunks=n_chunks, fps=info.fps, num_frames=info.num_frames,
+                               frames=frames, error="")
+        except VideoError as e:
+            yield dict(base, chunk=-1, n_chunks=0, fps=0.0, num_frames=0, frames=empty, error=str(e))
 
 
-class _EncoderActor:
-    def __init__(self, opts_dict: Dict[str, Any]) -> None:
-        self.opts = ExtractOptions(**opts_dict)
+class EncodeStage:
+    """Ray Data ``map_batches`` actor stage: decoded chunks → CLIP image features
+    ([n, crops, D] float32 per row); error rows pass through.  An encoder failure
+    (CUDA error, out of memory) is the environment's: the actor is restarted and the
+    batch retried by Ray, up to ``opts.max_restarts`` times."""
+
+    def __init__(self, opts: ExtractOptions) -> None:
         import torch
 
+        self.opts = opts
         if not torch.cuda.is_available():
-            n = self.opts.encoder_threads or max(1, (os.cpu_count() or 1) // max(1, self.opts.num_encoders))
+            # Ray pins an actor that reserves one CPU to one thread; the encoder is the
+            # bottleneck, so it gets the node's cores shared by the pool
+            n = opts.encoder_threads or max(1, (os.cpu_count() or 1) // max(1, opts.num_encoders))
             torch.set_num_threads(int(n))
-        self.enc = ClipImageEncoder(self.opts.clip_model, self.opts.clip_pretrained,
-                                    self.opts.clip_model_kwargs, self.opts.precision)
+        self.enc = ClipImageEncoder(opts.clip_model, opts.clip_pretrained, opts.clip_model_kwargs, opts.precision)
+
+    @staticmethod
+    def ray_args(opts: ExtractOptions, gpus: float) -> Dict[str, Any]:
+        """What one encoder actor needs, for ``map_batches``."""
+        from ray.data import ActorPoolStrategy
+
+        return {"fn_constructor_kwargs": {"opts": opts}, "batch_size": 1, "batch_format": "numpy",
+                "compute": ActorPoolStrategy(size=opts.num_encoders), "num_gpus": gpus,
+                "num_cpus": 0 if gpus else 1, "max_restarts": opts.max_restarts,
+                "max_task_retries": opts.max_restarts}
 
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, Any]:
         feats, errors = [], []
@@ -195,8 +222,6 @@ class _EncoderActor:
                 feats.append(np.zeros((0, self.opts.crops, self.enc.embed_dim), np.float32))
                 errors.append(err or f"{path}: no frames decoded")
                 continue
-            # an encoder failure (CUDA error, out of memory) is the environment's: it
-            # propagates, the actor is restarted and the batch retried by Ray
             feats.append(self.enc.encode(np.asarray(frames)))
             errors.append("")
         out = {k: v for k, v in batch.items() if k not in ("frames", "error")}
@@ -215,12 +240,12 @@ def errors_dir(out_dir: str) -> str:
 
 
 def run_extract(source: str, out_dir: str, opts: ExtractOptions, retry_failed: bool = False,
-                address: Optional[str] = None, log=print) -> Dict[str, Any]:
+                address: Optional[str] = None, log=None) -> Dict[str, Any]:
     """Extract features for every video of ``source`` into ``out_dir``/features (Parquet)
     with failures in ``out_dir``/errors.  Returns the run summary (also written to
     ``out_dir``/summary.json)."""
+    log = log or logging.getLogger("vadclip").info
     import ray
-    from ray.data import ActorPoolStrategy
 
     from .raysetup import cluster_gpus, ensure_ray
     from .storage import absolute
@@ -246,12 +271,8 @@ def run_extract(source: str, out_dir: str, opts: ExtractOptions, retry_failed: b
         gpus = opts.gpus_per_encoder if opts.gpus_per_encoder is not None else (1.0 if cluster_gpus() > 0 else 0.0)
         size = _probe_image_size(opts)
         ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo), 256)))
-        ds = ds.flat_map(_decode_rows, fn_kwargs={"opts": opts, "size": size})
-        ds = ds.map_batches(_EncoderActor, fn_constructor_kwargs={"opts_dict": asdict(opts)},
-                            batch_size=1, batch_format="numpy",
-                            compute=ActorPoolStrategy(size=opts.num_encoders), num_gpus=gpus,
-                            num_cpus=0 if gpus else 1, max_restarts=opts.max_restarts,
-                            max_task_retries=opts.max_restarts)
+        ds = ds.flat_map(DecodeStage(opts, size), num_cpus=DecodeStage.num_cpus)
+        ds = ds.map_batches(EncodeStage, **EncodeStage.ray_args(opts, gpus))
         run_id = new_run_id()
         fw = PartWriter(feature_dir(out_dir), FEATURE_SCHEMA, opts.rows_per_file, run_id, opts.flush_seconds)
         ew = PartWriter(errors_dir(out_dir), ERROR_SCHEMA, 64, run_id, opts.flush_seconds)

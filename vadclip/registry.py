@@ -2,6 +2,7 @@
 registration under a name, and an alias (``@champion``) moved only on improvement."""
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Dict, Optional
 
@@ -84,11 +85,12 @@ def _version_of_run(client, name: str, run_id: str, best_epoch) -> Optional[Any]
 
 def log_and_register(train_ckpt: Optional[str], run_id: str, tracking_uri: str, register_name: Optional[str],
                      alias: str, metric: str, value: Optional[float], best_epoch: Optional[int] = None,
-                     log=print, model=None) -> Dict[str, Any]:
+                     log=None, model=None) -> Dict[str, Any]:
     """Log the model of ``train_ckpt`` (or an already loaded scoring ``model``) to the
     MLflow run as a pyfunc, register it as ``register_name`` and move ``alias`` to it
     when its ``metric`` beats the alias's (with ``value`` None: unless the alias's version
     has a number for ``metric``)."""
+    log = log or logging.getLogger("vadclip").info
     import tempfile
 
     import mlflow
@@ -163,9 +165,10 @@ def _alias_version(client, name: str, alias: str):
 
 def register_model_file(path: str, name: str, alias: str = "champion",
                         tracking_uri: Optional[str] = None, experiment: str = "vadclip-official",
-                        log=print) -> Dict[str, Any]:
+                        log=None) -> Dict[str, Any]:
     """Register any model file — an official VadCLIP ``.pth`` included — in the MLflow
     registry, so that it scores as ``models:/NAME@ALIAS``."""
+    log = log or logging.getLogger("vadclip").info
     import mlflow
 
     from .checkpoint import load_model_file

@@ -166,7 +166,7 @@ def key_frames(row: Dict[str, Any], img_dir: str, stem: str, snippet_len: int) -
             vr, info = open_video(local, row["path"])
             idx = [min(f, info.num_frames - 1) for _, _, f in wanted]
             frames = vr.get_batch(idx).asnumpy()
-    except (VideoError, OSError, RuntimeError) as exc:
+    except (VideoError, OSError, RuntimeError, ValueError) as exc:   # the report goes on without them
         log.warning("report: no key frames for %s (%s)", row["video_id"], str(exc).splitlines()[0][:200])
         return []
     out = []

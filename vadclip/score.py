@@ -8,6 +8,7 @@ report are logged to MLflow."""
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
@@ -74,16 +75,34 @@ def find_events(anomaly: np.ndarray, probs: np.ndarray, classes: Sequence[str], 
     return events
 
 
-class _ScorerActor:
-    def __init__(self, ckpt_ref, opts_dict: Dict[str, Any]) -> None:
-        import ray
+class ScoreStage:
+    """Ray Data ``map_batches`` actor stage: feature rows → per-snippet anomaly scores,
+    class probabilities, video score, events and the flag, one output row per input
+    row.  A row whose features cannot be used (wrong dimension, NaN, empty) gets its
+    error recorded, never dropped; anything else is the environment's and Ray retries.
 
+    ``checkpoint`` is a checkpoint dict (or a Ray object reference to one, so that a
+    pool of actors shares one copy of the weights)."""
+
+    def __init__(self, checkpoint, opts: ScoreOptions) -> None:
         from .checkpoint import load_checkpoint
 
-        obj = ray.get(ckpt_ref) if isinstance(ckpt_ref, ray.ObjectRef) else ckpt_ref
-        self.model = load_checkpoint(obj)
-        self.opts = ScoreOptions(**opts_dict)
+        if not isinstance(checkpoint, dict):
+            import ray
+
+            checkpoint = ray.get(checkpoint)
+        self.model = load_checkpoint(checkpoint)
+        self.opts = opts
         self.classes = list(self.model.cfg.class_keys)
+
+    @staticmethod
+    def ray_args(checkpoint_ref, opts: ScoreOptions) -> Dict[str, Any]:
+        """What one scorer actor needs, for ``map_batches`` (one CPU; the model is small)."""
+        from ray.data import ActorPoolStrategy
+
+        return {"fn_constructor_args": (checkpoint_ref, opts), "batch_size": 8, "batch_format": "numpy",
+                "compute": ActorPoolStrategy(size=opts.num_scorers), "num_cpus": 1,
+                "max_restarts": 3, "max_task_retries": 3}
 
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, Any]:
         from .features import check_features, row_features
@@ -133,14 +152,14 @@ def _scores_dir(out_dir: str) -> str:
 def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, videos: Optional[str] = None,
               extract_opts=None, opts: Optional[ScoreOptions] = None, gt_path: Optional[str] = None,
               tracking_uri: Optional[str] = None, experiment: str = "vadclip-score",
-              address: Optional[str] = None, log=print) -> Dict[str, Any]:
+              address: Optional[str] = None, log=None) -> Dict[str, Any]:
     """Score an archive.  Give ``features`` (a Parquet feature set) or ``videos`` (a
     manifest/dir/glob, extracted first into ``out_dir``/features with the model's CLIP).
     Labels are optional; every distinct video gets exactly one row (resumable)."""
+    log = log or logging.getLogger("vadclip").info
     import mlflow
     import ray
     import ray.data
-    from ray.data import ActorPoolStrategy
     from ray.data.expressions import col
 
     from .checkpoint import checkpoint_dict
@@ -185,9 +204,7 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
     if done:
         ds = ds.filter(expr=col("video_id").not_in(sorted(done)))
     ckpt_ref = ray.put(checkpoint_dict(model))
-    ds = ds.map_batches(_ScorerActor, fn_constructor_args=(ckpt_ref, asdict(opts)), batch_size=8,
-                        batch_format="numpy", compute=ActorPoolStrategy(size=opts.num_scorers),
-                        max_restarts=3, max_task_retries=3)
+    ds = ds.map_batches(ScoreStage, **ScoreStage.ray_args(ckpt_ref, opts))
     run_id = new_run_id()
     sw = PartWriter(_scores_dir(out_dir), SCORE_SCHEMA, opts.rows_per_file, run_id, opts.flush_seconds)
     ew = PartWriter(storage.join(out_dir, "score_errors"), ERROR_SCHEMA, 64, run_id, opts.flush_seconds)
@@ -301,24 +318,7 @@ def output_totals(scores_dir: str) -> Dict[str, int]:
 
 def score_metrics(rows: List[Dict[str, Any]], gt_path: str, cfg) -> Dict[str, float]:
     """AUC/AP/abnormal AUC/mAP of scored rows against a ground-truth interval table."""
+    from .evaluation import metrics_from_scores
     from .gt import read_gt
-    from .metrics import detection_map, expand_snippets, frame_metrics
-    from .training import video_gt
 
-    gt = read_gt(gt_path)
-    scores, gts, preds, segs, labs = [], [], [], [], []
-    for r in rows:
-        frames, seg, lab = video_gt(r, gt, cfg)
-        n = len(frames)
-        a = np.asarray(r["anomaly"], np.float32)
-        p = np.asarray(r["class_probs"], np.float32).reshape(len(a), -1)
-        scores.append(expand_snippets(a, n, cfg.snippet_len))
-        preds.append(expand_snippets(p, n, cfg.snippet_len))
-        gts.append(frames)
-        segs.append(seg)
-        labs.append(lab)
-    m = frame_metrics(scores, gts)
-    maps, avg = detection_map(preds, segs, labs)
-    m.update({f"map_iou0{i + 1}": v for i, v in enumerate(maps)})
-    m["map_avg"] = avg
-    return m
+    return metrics_from_scores(((r, r["anomaly"], r["class_probs"]) for r in rows), read_gt(gt_path), cfg)

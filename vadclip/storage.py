@@ -26,6 +26,13 @@ from typing import Iterator, List, Optional, Tuple
 
 import pyarrow.fs as pafs
 
+from .errors import InputError
+
+
+class UnsupportedURI(InputError):
+    """A URI whose scheme pyarrow.fs does not know (or a malformed one)."""
+
+
 COPY_CHUNK = 8 << 20    # bytes per read when streaming an object to node-local scratch
 _local = pafs.LocalFileSystem()
 _cache: dict = {}
@@ -57,15 +64,24 @@ def resolve(path: str) -> Tuple[pafs.FileSystem, str]:
         return _local, path[len("file://"):]
     scheme, rest = path.split("://", 1)
     if scheme not in ("s3", "gs", "gcs"):
-        return pafs.FileSystem.from_uri(path)
+        return _from_uri(path)
     key = (scheme, rest.split("/", 1)[0], os.environ.get("AWS_ENDPOINT_URL"))
     with _lock:
         fs = _cache.get(key)
     if fs is None:
-        fs, _ = pafs.FileSystem.from_uri(path)
+        fs, _ = _from_uri(path)
         with _lock:
             _cache[key] = fs
     return fs, rest.rstrip("/")
+
+
+def _from_uri(path: str):
+    import pyarrow as pa
+
+    try:
+        return pafs.FileSystem.from_uri(path)
+    except pa.ArrowInvalid as e:   # an unknown scheme or a malformed URI: the user's input
+        raise UnsupportedURI(f"{path}: not a path or a supported URI ({str(e).splitlines()[0][:160]})") from None
 
 
 def join(base: str, *parts: str) -> str:

@@ -4,11 +4,13 @@ evaluation on rank 0, checkpoints through ``ray.train.report``, MLflow tracking,
 and registration of the best model with a ``@champion``-style alias."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -126,7 +128,8 @@ def train_loop_per_worker(config: Dict[str, Any]) -> None:
     from .checkpoint import checkpoint_dict
     from .clip_backbone import FrozenCLIP
     from .model import VadCLIP
-    from .training import evaluate, make_optimizer, train_step
+    from .evaluation import evaluate
+    from .training import make_optimizer, train_step
 
     cfg = VadConfig.from_dict(config["cfg"])
     # one readable line per epoch from rank 0 (Train V2 both logs and echoes print(), and
@@ -295,18 +298,50 @@ def check_inputs(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_p
     return out
 
 
-def run_train(train_path: str, cfg: VadConfig, storage_path: str, run_name: str = "vadclip",
-              eval_path: Optional[str] = None, gt_path: Optional[str] = None, num_workers: int = 2,
-              use_gpu: bool = False, cpus_per_worker: float = 1.0, metric: Optional[str] = None,
-              tracking_uri: Optional[str] = None, experiment: str = "vadclip",
-              register_name: Optional[str] = None, alias: str = "champion", max_failures: int = 2,
-              eval_crop: Optional[int] = None, address: Optional[str] = None,
-              faults: Optional[Dict[str, int]] = None, recipe: str = "vadclip",
-              eval_every_samples: Optional[int] = None, log=print) -> Dict[str, Any]:
+@dataclass
+class TrainOptions:
+    """How a training runs (what it learns is the :class:`VadConfig`)."""
+    storage: str = "./runs"              # Ray Train storage (path or URI): checkpoints, resume
+    run_name: str = "vadclip"            # re-running the same name and storage resumes it
+    num_workers: int = 2                 # DDP ranks
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    metric: Optional[str] = None         # model selection (default: auc ucf / ap xd / ap_align xd official)
+    recipe: str = "vadclip"              # or "official" (see RECIPES)
+    eval_every_samples: Optional[int] = None
+    eval_crop: Optional[int] = None      # default: the lowest crop of the evaluation set
+    max_failures: int = 2                # worker-group restarts from the last checkpoint
+    register_name: Optional[str] = None
+    alias: str = "champion"
+    experiment: str = "vadclip"
+    tracking_uri: Optional[str] = None
+    address: Optional[str] = None
+    faults: Optional[Dict[str, int]] = None   # fault injection (tests): raise_after_epoch / exit_in_epoch
+
+
+def run_train(train_path: str, cfg: VadConfig, storage_path: Optional[str] = None, run_name: Optional[str] = None,
+              eval_path: Optional[str] = None, gt_path: Optional[str] = None,
+              opts: Optional[TrainOptions] = None, log=None, **options: Any) -> Dict[str, Any]:
     """Train on a Parquet feature set; returns a summary with the best metrics, the best
     checkpoint path, the MLflow run id and the registered model version (if any).
-    The evaluation set is scored on ``eval_crop`` (default: the lowest crop it holds,
+    ``opts`` (or its fields as keyword arguments, which override it) say how; the
+    evaluation set is scored on ``eval_crop`` (default: the lowest crop it holds,
     e.g. crop 5 for the official UCF-Crime test list)."""
+    unknown = set(options) - {f.name for f in dataclasses.fields(TrainOptions)}
+    if unknown:
+        raise TypeError(f"run_train: unknown options {sorted(unknown)}")
+    o = dataclasses.replace(opts or TrainOptions(), **options,
+                            **({"storage": storage_path} if storage_path is not None else {}),
+                            **({"run_name": run_name} if run_name is not None else {}))
+    return _run_train(train_path, cfg, eval_path, gt_path, o, log or logging.getLogger("vadclip").info)
+
+
+def _run_train(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_path: Optional[str],
+               o: TrainOptions, log) -> Dict[str, Any]:
+    storage_path, run_name, num_workers, use_gpu = o.storage, o.run_name, o.num_workers, o.use_gpu
+    cpus_per_worker, metric, tracking_uri, experiment = o.cpus_per_worker, o.metric, o.tracking_uri, o.experiment
+    register_name, alias, max_failures, eval_crop = o.register_name, o.alias, o.max_failures, o.eval_crop
+    address, faults, recipe, eval_every_samples = o.address, o.faults, o.recipe, o.eval_every_samples
     import mlflow
     import ray
     import ray.data

@@ -1,5 +1,6 @@
-"""Framework-free training and evaluation steps (used directly in tests and inside
-the Ray Train workers of :mod:`vadclip.train_job`)."""
+"""Framework-free training steps: the batches of an epoch, their collation, one
+optimisation step (used directly in tests and inside the Ray Train workers of
+:mod:`vadclip.train_job`).  Evaluation lives in :mod:`vadclip.evaluation`."""
 from __future__ import annotations
 
 from typing import Dict, List, Sequence, Tuple
@@ -9,10 +10,7 @@ import torch
 
 from .config import VadConfig
 from .features import process_train, row_features
-from .gt import Intervals
 from .losses import vadclip_loss
-from .metrics import detection_map, expand_snippets, frame_metrics, intervals_to_frames
-from .model import VadCLIP, score_video
 
 
 def collate(rows: Sequence[Dict], cfg: VadConfig) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -62,44 +60,3 @@ def make_optimizer(model: torch.nn.Module, cfg: VadConfig):
     opt = torch.optim.AdamW(params, lr=cfg.lr)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, cfg.milestones, cfg.lr_gamma)
     return opt, sched
-
-
-def video_gt(row: Dict, gt: Intervals, cfg: VadConfig) -> Tuple[np.ndarray, List[Tuple[int, int]], List[int]]:
-    """Frame labels, mAP segments and segment classes of one evaluation video."""
-    n = int(row["num_frames"]) or int(row["snippet_count"]) * cfg.snippet_len
-    ivs = gt.get(row["video_id"], [])
-    frames = intervals_to_frames([(s, e) for s, e, _ in ivs], n)
-    if not ivs:   # a normal video: one class-0 segment, or none (official UCF-Crime)
-        return (frames, [(0, n)], [0]) if cfg.map_normal_segments else (frames, [], [])
-    vec = cfg.label_vector(row["label"]) if row.get("label") else None
-    default_cls = int(np.argmax(vec[1:]) + 1) if vec is not None and vec[1:].any() else 1
-    classes = []
-    for _, _, lab in ivs:
-        classes.append(int(np.argmax(cfg.label_vector(lab)[1:]) + 1) if lab else default_cls)
-    return frames, [(s, e) for s, e, _ in ivs], classes
-
-
-@torch.no_grad()
-def evaluate(model: VadCLIP, rows: Sequence[Dict], gt: Intervals, cfg: VadConfig,
-             device: str = "cpu", with_map: bool = True) -> Dict[str, float]:
-    """Frame-level AUC/AP (C-branch), abnormal-only AUC, A-branch AUC/AP and mAP@IoU."""
-    s_c, s_a, gts, preds, segs, labs = [], [], [], [], [], []
-    for r in rows:
-        anomaly, probs = score_video(model, row_features(r), device)
-        frames, seg, lab = video_gt(r, gt, cfg)
-        n = len(frames)
-        s_c.append(expand_snippets(anomaly, n, cfg.snippet_len))
-        s_a.append(expand_snippets(1.0 - probs[:, 0], n, cfg.snippet_len))
-        gts.append(frames)
-        preds.append(expand_snippets(probs, n, cfg.snippet_len))
-        segs.append(seg)
-        labs.append(lab)
-    m = frame_metrics(s_c, gts)
-    m2 = frame_metrics(s_a, gts)
-    m["auc_align"], m["ap_align"] = m2["auc"], m2["ap"]
-    if with_map:
-        maps, avg = detection_map(preds, segs, labs)
-        for th, v in zip((1, 2, 3, 4, 5), maps):
-            m[f"map_iou0{th}"] = v
-        m["map_avg"] = avg
-    return m

@@ -41,7 +41,10 @@ def fetched(path: str) -> Iterator[str]:
     ``OSError``, a problem of the environment that Ray retries and never records
     against the video.  Remote videos are streamed to node-local scratch, removed
     afterwards (failures included)."""
-    st = storage.info(path)
+    try:
+        st = storage.info(path)
+    except storage.UnsupportedURI as e:
+        raise VideoError(str(e)) from None
     if st.type == storage.pafs.FileType.NotFound:
         raise VideoError(f"{path}: file not found")
     if st.type != storage.pafs.FileType.File:

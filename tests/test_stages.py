@@ -1,0 +1,52 @@
+"""Each Ray Data stage on a hand-built batch, without Ray (the end-to-end tests run
+them in pipelines): decode, encode, score."""
+import numpy as np
+
+from vadclip import build_model, tiny_config
+from vadclip.checkpoint import checkpoint_dict, load_model_file
+from vadclip.config import tiny_clip_kwargs
+from vadclip.extract import DecodeStage, EncodeStage, ExtractOptions
+from vadclip.features import feature_row
+from vadclip.score import ScoreOptions, ScoreStage
+
+OPTS = ExtractOptions(clip_pretrained=None, clip_model_kwargs=tiny_clip_kwargs(32), batch_size=4)
+
+
+def test_decode_stage_chunks_a_video_and_turns_a_bad_one_into_one_error_row(sample_videos):
+    good = sample_videos["good"][0]
+    stage = DecodeStage(OPTS, 64)
+    rows = list(stage({"video_id": good["video_id"], "path": good["path"], "label": good["label"]}))
+    n_snip = sum(r["frames"].shape[0] for r in rows)
+    assert rows[0]["frames"].shape[1:] == (1, 3, 64, 64) and rows[0]["frames"].dtype == np.uint8
+    assert [r["chunk"] for r in rows] == list(range(rows[0]["n_chunks"]))
+    assert n_snip == -(-rows[0]["num_frames"] // 16) and all(r["error"] == "" for r in rows)
+    bad = sample_videos["bad"][0]
+    (err,) = list(stage({"video_id": "corrupt", "path": bad["path"], "label": None}))
+    assert err["chunk"] == -1 and "corrupt.mp4: not a readable video" in err["error"]
+
+
+def test_encode_stage_encodes_chunks_and_passes_errors_through():
+    stage = EncodeStage(OPTS)
+    frames = np.random.default_rng(0).integers(0, 255, (3, 1, 3, 224, 224), dtype=np.uint8)
+    batch = {"video_id": np.array(["a", "b"]), "path": np.array(["a.mp4", "b.mp4"]),
+             "frames": np.array([frames, frames[:0]] + [None], dtype=object)[:-1],
+             "error": np.array(["", "b.mp4: empty file (0 bytes)"], dtype=object), "chunk": np.array([0, -1])}
+    out = stage(batch)
+    assert out["features"][0].shape == (3, 1, 32) and out["features"][0].dtype == np.float32
+    assert out["features"][1].shape == (0, 1, 32) and out["error"][1] == "b.mp4: empty file (0 bytes)"
+    np.testing.assert_allclose(out["features"][0], stage.enc.encode(frames), atol=1e-6)
+    assert list(out["chunk"]) == [0, -1] and "frames" not in out
+
+
+def test_score_stage_scores_rows_and_records_bad_features():
+    cfg = tiny_config("custom", classes=["Normal", "Fire"], visual_length=32)
+    scoring_model = load_model_file(checkpoint_dict(build_model(cfg)))   # frozen text features, as run_score has
+    stage = ScoreStage(checkpoint_dict(scoring_model), ScoreOptions(threshold=0.0))
+    rng = np.random.default_rng(0)
+    rows = [feature_row("ok", "ok.mp4", None, 0, 25.0, 320, rng.normal(size=(20, 32))),
+            feature_row("nan", "nan.mp4", None, 0, 25.0, 32, np.full((2, 32), np.nan))]
+    batch = {k: np.array([r[k] for r in rows] + [None], dtype=object)[:-1] for k in rows[0]}
+    out = stage(batch)
+    assert len(out["anomaly"][0]) == 20 and out["class_probs"][0].shape == (40,)
+    assert out["flagged"][0] and out["error"][0] == ""            # threshold 0: every snippet is anomalous
+    assert out["error"][1].startswith("nan.mp4: FeatureError") and len(out["anomaly"][1]) == 0
