@@ -75,16 +75,18 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--padding", default="masked", choices=["masked", "official"],
                     help="masked: vs the per-sample masked reference; official: vs the official computation")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (bench/gpu.py runs this on a GPU)")
     a = ap.parse_args()
+    dev = torch.device(a.device)
     kw = {} if a.text == "vit-b-16" else tiny_clip_kwargs(a.width)
     if a.text == "vit-b-16" and a.width != 512:
         kw = {"embed_dim": a.width}
-    clip = FrozenCLIP("ViT-B-16", None, kw)
+    clip = FrozenCLIP("ViT-B-16", None, kw, device=str(dev))
     cfg = VadConfig.from_preset(a.preset, clip_pretrained=None, visual_length=a.length, clip_model_kwargs=kw,
                                 padding=a.padding)
     reference = official_forward if a.padding == "official" else reference_forward
     torch.manual_seed(0)
-    model = VadCLIP(cfg, clip)
+    model = VadCLIP(cfg, clip).to(dev)
     x = torch.randn(a.batch, a.length, a.width)
     if a.lengths == "full":
         lengths = torch.full((a.batch,), a.length)
@@ -93,6 +95,7 @@ def main():
     labels = torch.zeros(a.batch, cfg.num_classes)
     labels[: a.batch // 2, 0] = 1
     labels[a.batch // 2:, 3] = 1
+    x, lengths, labels = x.to(dev), lengths.to(dev), labels.to(dev)
 
     out = model(x, lengths)
     ref = reference(model, x, lengths)
@@ -107,9 +110,13 @@ def main():
 
     def step(fn):
         model.zero_grad(set_to_none=True)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
         t = time.perf_counter()
         loss = fn()
         loss.backward()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
         return time.perf_counter() - t
 
     vec = lambda: vadclip_loss(model(x, lengths), labels, lengths, cfg.contrast_weight)[0]  # noqa: E731

@@ -152,7 +152,9 @@ def test_train_and_score_with_s3_for_every_input_and_output(s3, two_nodes, s3_ex
     good = sorted(v["video_id"] for v in sample_videos["good"])
     assert sorted(read_column(f"s3://{BUCKET}/scores/scores", "video_id")) == good
     assert sc["videos_scored"] == len(good) and "auc" in sc
-    assert len(_keys(s3, "scores/plots/")) == 2
+    report = _keys(s3, "scores/report/")                         # the review report, in the bucket too
+    assert "scores/report/index.html" in report and len([k for k in report if k.endswith("_timeline.png")]) == 2
+    assert sc["report"] == f"s3://{BUCKET}/scores/report/index.html"
     summary = json.loads(storage.read_text(f"s3://{BUCKET}/scores/score_summary.json"))
     assert summary["videos_total_in_output"] == len(good)
     # each committed part reads back whole through plain pyarrow as well

@@ -126,6 +126,11 @@ class ClipImageEncoder:
         self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
         self.clip = FrozenCLIP(clip_model, clip_pretrained, clip_model_kwargs, device=self.device)
         self.clip.to(self.dtype)
+        # on a GPU: channels-last for the patch-embedding convolution; open_clip's attention
+        # runs through scaled_dot_product_attention (flash/memory-efficient kernels in fp16/bf16)
+        self.channels_last = self.device.startswith("cuda")
+        if self.channels_last:
+            self.clip.clip.visual.to(memory_format=torch.channels_last)
         self.mean = torch.tensor(self.clip.mean, device=self.device).view(1, 3, 1, 1) * 255.0
         self.std = torch.tensor(self.clip.std, device=self.device).view(1, 3, 1, 1) * 255.0
         self.image_size = self.clip.image_size
@@ -139,6 +144,8 @@ class ClipImageEncoder:
             x = torch.from_numpy(np.require(chunk, requirements=["C", "W"])).to(self.device)
             x = x.reshape(n * c, *x.shape[2:]).float()
             x = ((x - self.mean) / self.std).to(self.dtype)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             f = self.clip.encode_image(x).float()
         return f.reshape(n, c, -1).cpu().numpy()
 

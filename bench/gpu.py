@@ -1,0 +1,112 @@
+"""The GPU figures of issue #14, on one GPU, in one run:
+
+1. encoder only: ViT-B-16 image encoder, bf16 (or --precision), channels-last, SDPA,
+   on pre-made uint8 crops → images/s (target ≥ 5,000 on an H100);
+2. end to end: the extraction job (Ray Data: CPU decode tasks → one GPU encoder actor)
+   on generated videos → snippets/s, and its ratio to (1) (target ≥ 0.9);
+3. decode: frames of video per second per CPU core (decord, the job's decode path);
+4. training: steps/s of this project's step vs the official computation at the
+   official batch sizes (UCF 64+64, XD 96), through bench/train.py --device cuda
+   (target ≥ 5x).
+
+    python bench/gpu.py                       # on a GPU machine
+    python bench/gpu.py --device cpu --tiny --videos 4 --images 256 --skip-train   # smoke run on a CPU
+
+Random-init weights (no download): the same FLOPs as the pretrained model.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+
+def encoder_only(device: str, precision: str, kw: dict, batch: int, images: int) -> float:
+    import torch
+
+    from vadclip.extract import ClipImageEncoder
+
+    enc = ClipImageEncoder("ViT-B-16", None, kw, precision, device=device)
+    size = enc.image_size
+    x = np.random.default_rng(0).integers(0, 255, (batch, 1, 3, size, size), dtype=np.uint8)
+    enc.encode(x)                                            # warm-up (kernels, allocator)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    n, t = 0, time.perf_counter()
+    while n < images:
+        enc.encode(x)
+        n += batch
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return n / (time.perf_counter() - t)
+
+
+def decode_fps(paths) -> float:
+    from vadclip.video import iter_snippet_chunks
+
+    frames, t = 0, time.perf_counter()
+    for p in paths:
+        info, it = iter_snippet_chunks(p, 16, 224, 1, 64)
+        for _ in it:
+            pass
+        frames += info.num_frames
+    return frames / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--precision", default="bf16")
+    ap.add_argument("--batch-size", type=int, default=512, help="images per encoder forward")
+    ap.add_argument("--images", type=int, default=20000, help="images for the encoder-only figure")
+    ap.add_argument("--videos", type=int, default=64)
+    ap.add_argument("--frames", type=int, default=1600, help="frames per generated video (100 snippets)")
+    ap.add_argument("--tiny", action="store_true", help="tiny CLIP (smoke runs)")
+    ap.add_argument("--skip-train", action="store_true")
+    a = ap.parse_args()
+    from vadclip.config import tiny_clip_kwargs
+    from vadclip.extract import ExtractOptions, run_extract
+    from vadclip.raysetup import ensure_ray
+    from vadclip.sample_videos import make_sample_set
+
+    kw = tiny_clip_kwargs(32) if a.tiny else {}
+    ips = encoder_only(a.device, a.precision, kw, a.batch_size, a.images)
+    print(f"1. encoder only ({'tiny' if a.tiny else 'ViT-B-16'} {a.precision}, batch {a.batch_size}): "
+          f"{ips:,.0f} images/s (target >= 5,000 bf16 on an H100)")
+
+    d = tempfile.mkdtemp()
+    man, _ = make_sample_set(os.path.join(d, "v"), a.videos // 2, a.videos - a.videos // 2,
+                             frames_range=(a.frames, a.frames), sizes=((320, 240),), seed=0)
+    fps = decode_fps([m["path"] for m in man[: max(1, len(man) // 8)]])
+    print(f"3. decode (decord, one core, 320x240): {fps:,.0f} frames of video/s = {fps / 16:,.0f} snippets/s "
+          f"per core")
+    gpus = 1.0 if a.device.startswith("cuda") else 0.0
+    opts = ExtractOptions(clip_pretrained=None, clip_model_kwargs=kw, batch_size=a.batch_size,
+                          precision=a.precision if gpus else "fp32", gpus_per_encoder=gpus)
+    ensure_ray(progress_bars=False)
+    run_extract([m["path"] for m in man][0], os.path.join(d, "warm"), opts, log=lambda *_: None)
+    t = time.perf_counter()
+    s = run_extract(os.path.join(d, "v"), os.path.join(d, "out"), opts, log=lambda *_: None)
+    sps = s["snippets"] / (time.perf_counter() - t)
+    print(f"2. end to end (Ray Data job, {os.cpu_count()} CPUs decoding, 1 encoder): {sps:,.0f} snippets/s "
+          f"= {sps / ips:.2f} of encoder-only (target >= 0.9)")
+    if a.skip_train:
+        return
+    here = os.path.dirname(os.path.abspath(__file__))
+    for preset, batch in (("ucf", 128), ("xd", 96)):
+        r = subprocess.run([sys.executable, os.path.join(here, "train.py"), "--preset", preset, "--batch", str(batch),
+                            "--padding", "official", "--device", a.device, "--reps", "5"],
+                           capture_output=True, text=True)
+        print(f"4. training {preset} batch {batch}: " + (r.stdout.strip().splitlines()[-1] if r.returncode == 0
+                                                          else "FAILED " + r.stderr[-500:]))
+
+
+if __name__ == "__main__":
+    main()
