@@ -288,3 +288,17 @@ def test_tiny_clip_is_built_without_a_missing_weights_warning(caplog):
         FrozenCLIP("ViT-B-16", None, tiny_clip_kwargs(32))
     warned = [r for r in caplog.records if r.levelno >= logging.WARNING and "pretrained" in r.getMessage()]
     assert not warned
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--clip-pretrained", "nosuchtag"], "unknown pretrained tag 'nosuchtag' for ViT-B-16"),
+    (["--clip-pretrained", "/nope/weights.bin"], "CLIP weights file not found: /nope/weights.bin"),
+    (["--clip-model", "NoSuchModel"], "unknown open_clip model 'NoSuchModel'"),
+])
+def test_clip_weights_are_checked_once_at_job_start(tmp_path, capsys, args, msg):
+    """Model weights that cannot load are one line at job start, before the manifest
+    is read or any worker starts (not a failure in every encoder actor)."""
+    assert main(["extract", str(tmp_path / "not-even-read"), "--out", str(tmp_path / "o"), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and msg in err[0]
+    assert not (tmp_path / "o").exists()

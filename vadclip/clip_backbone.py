@@ -47,6 +47,44 @@ def _asked_for_random_init(record: logging.LogRecord) -> bool:
     return "No pretrained weights loaded" not in record.getMessage()
 
 
+def check_clip(model_name: str, pretrained: Optional[str]) -> None:
+    """At job start, on the driver: the open_clip model exists, and its weights are a
+    known pretrained tag for it or an existing local file (``None``: random init).
+    Raises a one-line :class:`InputError`.  (Whether a tag's download succeeds is seen
+    by the first worker that loads it; a failure there fails the job, never a video.)"""
+    import open_clip
+
+    from .errors import InputError
+
+    if open_clip.get_model_config(model_name) is None:
+        raise InputError(f"unknown open_clip model {model_name!r} (see open_clip.list_models())")
+    if not pretrained:
+        return
+    p = str(pretrained)
+    if os.path.sep in p or p.endswith((".pt", ".pth", ".bin", ".safetensors")):
+        if not os.path.isfile(p):
+            raise InputError(f"CLIP weights file not found: {p}")
+        return
+    tags = open_clip.list_pretrained_tags_by_model(model_name)
+    if p not in tags:
+        raise InputError(f"unknown pretrained tag {p!r} for {model_name} (known: {', '.join(tags) or 'none'}; "
+                         "or give a local weights file)")
+
+
+def check_packages(*names: str) -> None:
+    """The packages a job's workers need, importable here (one line if one is missing)."""
+    import importlib
+
+    from .errors import InputError
+
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise InputError(f"the {name!r} package is required and cannot be imported ({e}); "
+                             f"pip install {'av' if name == 'av' else name}") from None
+
+
 def clip_embed_dim(model_name: str, model_kwargs: Optional[Dict[str, Any]] = None) -> int:
     """The feature dimension of an open_clip model, from its config (nothing is built)."""
     import open_clip

@@ -257,6 +257,10 @@ def run_extract(source: str, out_dir: str, opts: ExtractOptions, retry_failed: b
     from .raysetup import cluster_gpus, ensure_ray
     from .storage import absolute
 
+    from .clip_backbone import check_clip, check_packages
+
+    check_packages("decord", "open_clip")             # once, at job start, with one line
+    check_clip(opts.clip_model, opts.clip_pretrained)
     items = load_manifest(source)
     out_dir = absolute(out_dir)
     storage.makedirs(out_dir)

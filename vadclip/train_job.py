@@ -268,7 +268,7 @@ def check_inputs(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_p
     feature sets exist and have the CLIP's dimension, one row per video and crop,
     every training label is in the label space, evaluation has ground truth and the
     crop to evaluate is present.  Raises an :class:`InputError` naming the problem."""
-    from .clip_backbone import clip_embed_dim
+    from .clip_backbone import check_clip, clip_embed_dim
     from .errors import InputError
     from .features import check_feature_set
     from .parts import read_table
@@ -278,6 +278,7 @@ def check_inputs(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_p
                          "against frame ground truth")
     if gt_path and not eval_path:
         raise InputError(f"--gt {gt_path} given without --eval (the feature set to evaluate)")
+    check_clip(cfg.clip_model, cfg.clip_pretrained)       # the text tower's weights, before any worker
     dim = clip_embed_dim(cfg.clip_model, cfg.clip_model_kwargs)
     check_feature_set(train_path, dim, what="training feature set")
     meta_table = read_table(train_path, columns=["video_id", "crop", "label"], what="training feature set")
