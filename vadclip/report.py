@@ -231,9 +231,9 @@ def render_html(summary: Dict[str, Any], counts: Dict[str, int], events: List[Di
         ("thresholds", f"snippet score > {summary.get('threshold', '?')}; events merged across gaps ≤ "
                        f"{summary.get('merge_gap', '?')} snippets, at least {summary.get('min_snippets', '?')} long"),
     ]
-    for k in ("auc", "ap", "map_avg"):
+    for k, label in (("auc", "frame AUC"), ("ap", "frame AP"), ("map_avg", "mAP (mean over IoU 0.1–0.5)")):
         if isinstance(summary.get(k), (int, float)):
-            rows.append((k.upper().replace("_AVG", " (avg IoU 0.1–0.5)"), f"{summary[k]:.4f}"))
+            rows.append((label, f"{summary[k]:.4f}"))
     out = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
            f"<title>vadclip review — {e(str(summary.get('output', '')))}</title><style>{_CSS}</style></head><body>",
            "<h1>Anomaly review</h1>",
