@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-snippets", type=int, default=1, help="shortest event kept (snippets)")
     p.add_argument("--num-scorers", type=int, default=1, help="size of the scoring actor pool")
     p.add_argument("--max-plots", type=int, default=50,
-                   help="flagged videos (top by score) given a timeline and key frames in the report")
+                   help="videos given a page in the report: flagged ones first (with key frames), then by score")
     p.add_argument("--experiment", default="vadclip-score", help="MLflow experiment")
     _add_tracking(p)
     _add_extract_opts(p, "with --videos: views per frame extracted (score one with --crop)")
@@ -203,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="(re)build the review report of a scoring output (OUT/report/index.html)")
     p.add_argument("out", help="the scoring job's --out (holding scores/ and score_summary.json); a path or URI")
     p.add_argument("--gt", default=None, help="ground truth intervals, shaded on the timelines")
-    p.add_argument("--max-plots", type=int, default=50, help="flagged videos (top by score) given a page")
+    p.add_argument("--max-plots", type=int, default=50,
+                   help="videos given a page: flagged ones first (with key frames), then by score")
 
     p = sub.add_parser("evaluate", formatter_class=fmt, help="metrics of a model on a feature set + ground truth")
     p.add_argument("--model", required=True, help="models:/NAME@ALIAS or a checkpoint file (vadclip or official)")

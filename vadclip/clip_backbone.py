@@ -56,8 +56,7 @@ def check_clip(model_name: str, pretrained: Optional[str]) -> None:
 
     from .errors import InputError
 
-    if open_clip.get_model_config(model_name) is None:
-        raise InputError(f"unknown open_clip model {model_name!r} (see open_clip.list_models())")
+    model_config(model_name)
     if not pretrained:
         return
     p = str(pretrained)
@@ -87,16 +86,21 @@ def check_packages(*names: str) -> None:
 
 def clip_embed_dim(model_name: str, model_kwargs: Optional[Dict[str, Any]] = None) -> int:
     """The feature dimension of an open_clip model, from its config (nothing is built)."""
+    if model_kwargs and "embed_dim" in model_kwargs:
+        return int(model_kwargs["embed_dim"])
+    return int(model_config(model_name)["embed_dim"])
+
+
+def model_config(model_name: str) -> Dict[str, Any]:
+    """open_clip's config of ``model_name``; an unknown name is a one-line :class:`InputError`."""
     import open_clip
 
     from .errors import InputError
 
-    if model_kwargs and "embed_dim" in model_kwargs:
-        return int(model_kwargs["embed_dim"])
     cfg = open_clip.get_model_config(model_name)
     if cfg is None:
         raise InputError(f"unknown open_clip model {model_name!r} (see open_clip.list_models())")
-    return int(cfg["embed_dim"])
+    return cfg
 
 
 def _is_causal(mask: Optional[torch.Tensor]) -> bool:

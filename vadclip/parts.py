@@ -90,6 +90,12 @@ def write_part(directory: str, name: str, table: pa.Table) -> str:
     return path
 
 
+def read_file(path: str, columns: Optional[Sequence[str]] = None, filters=None) -> pa.Table:
+    """One Parquet file (a path or URI), optionally some columns or rows."""
+    fs, p = storage.resolve(path)
+    return pq.read_table(p, columns=list(columns) if columns else None, filters=filters, filesystem=fs)
+
+
 def _listing(directory: str):
     names = [storage.basename(f) for f in storage.list_files(directory, recursive=False)]
     marked = {storage.basename(f) for f in storage.list_files(storage.join(directory, MARKERS), recursive=False)}
@@ -99,15 +105,20 @@ def _listing(directory: str):
 def part_files(directory: str) -> List[str]:
     """The committed part files of ``directory`` (none when it does not exist)."""
     parts, marked = _listing(directory)
-    if not marked and storage.is_local(directory) and not storage.exists(storage.join(directory, MARKERS)):
+    if _before_markers(directory, marked):
         marked = set(parts)   # written before commit markers: atomic renames, all whole
     return [storage.join(directory, n) for n in parts if n in marked]
+
+
+def _before_markers(directory: str, marked) -> bool:
+    """A local folder written before commit markers existed (no marker folder at all)."""
+    return not marked and storage.is_local(directory) and not storage.exists(storage.join(directory, MARKERS))
 
 
 def remove_uncommitted(directory: str) -> int:
     """Delete parts left without a marker by an interrupted run; returns how many."""
     parts, marked = _listing(directory)
-    if not marked and storage.is_local(directory) and not storage.exists(storage.join(directory, MARKERS)):
+    if _before_markers(directory, marked):
         return 0
     stale = [n for n in parts if n not in marked]
     for n in stale:
@@ -137,8 +148,7 @@ def read_table(path: str, columns: Optional[Sequence[str]] = None, what: str = "
     """A whole table (file or folder, see :func:`dataset_files`), optionally some columns."""
     tables = []
     for f in dataset_files(path, what):
-        fs, p = storage.resolve(f)
-        tables.append(pq.read_table(p, columns=list(columns) if columns else None, filesystem=fs))
+        tables.append(read_file(f, columns))
     if not tables:
         return pa.table({c: pa.array([], pa.string()) for c in (columns or [])})
     return pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
@@ -148,8 +158,7 @@ def read_column(directory: str, column: str) -> List[Any]:
     """One column of every committed part of ``directory`` (empty when it does not exist)."""
     out: List[Any] = []
     for f in part_files(directory):
-        fs, p = storage.resolve(f)
-        out.extend(pq.read_table(p, columns=[column], filesystem=fs).column(column).to_pylist())
+        out.extend(read_file(f, [column]).column(column).to_pylist())
     return out
 
 
@@ -158,8 +167,7 @@ def drop_rows(directory: str, column: str, values: set) -> None:
     is in ``values`` (failed videos about to be retried).  Each part is replaced in
     one write, so a crash leaves either the old or the new part."""
     for f in part_files(directory):
-        fs, p = storage.resolve(f)
-        t = pq.read_table(p, filesystem=fs)
+        t = read_file(f)
         keep = [v not in values for v in t.column(column).to_pylist()]
         if not all(keep):
             storage.write_bytes(f, table_bytes(t.filter(pa.array(keep))))

@@ -48,30 +48,18 @@ class VadCLIPPyfunc(_Base):
 MODEL_CODE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mlflow_model.py")
 
 
-def _signature(checkpoint: str) -> Dict[str, Any]:
+def _signature(model) -> Dict[str, Any]:
     """Signature and input example of the pyfunc: features [T, D] float32 in; a frame
-    of ``anomaly`` and one ``p_<class>`` column per class out."""
+    of ``anomaly`` and one ``p_<class>`` column per class out (from ``model``'s output)."""
+    import pandas as pd
     from mlflow.models import infer_signature
 
-    from .checkpoint import load_checkpoint
     from .model import score_video
 
-    model = load_checkpoint(checkpoint)
     example = np.random.default_rng(0).normal(size=(8, model.embed_dim)).astype(np.float32)
     anomaly, probs = score_video(model, example)
-    import pandas as pd
-
     out = pd.DataFrame({"anomaly": anomaly, **{f"p_{k}": probs[:, i] for i, k in enumerate(model.cfg.class_keys)}})
     return {"signature": infer_signature(example, out), "input_example": example}
-
-
-def export_inference_checkpoint(train_ckpt: str, out_path: str) -> str:
-    """Training checkpoint → self-contained scoring checkpoint (frozen text features,
-    no CLIP weights needed)."""
-    from .checkpoint import load_model_file, save_checkpoint
-
-    save_checkpoint(load_model_file(train_ckpt), out_path)
-    return out_path
 
 
 def _version_of_run(client, name: str, run_id: str, best_epoch) -> Optional[Any]:
@@ -113,16 +101,15 @@ def log_and_register(train_ckpt: Optional[str], run_id: str, tracking_uri: str, 
                     "promoted": cur is not None and cur.version == prior.version, "already_registered": True}
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "vadclip_inference.pt")
-        if model is None:
-            export_inference_checkpoint(train_ckpt, path)
-        else:
-            from .checkpoint import save_checkpoint
+        from .checkpoint import load_model_file, save_checkpoint
 
-            save_checkpoint(model, path)   # already a scoring model (frozen text features)
+        if model is None:   # a training checkpoint → a scoring model (frozen text features)
+            model = load_model_file(train_ckpt)
+        save_checkpoint(model, path)
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(name="model", python_model=MODEL_CODE, artifacts={"checkpoint": path},
                                            pip_requirements=["vadclip", "torch", "numpy", "pandas"],
-                                           **_signature(path))
+                                           **_signature(model))
             if value is not None and np.isfinite(value):
                 mlflow.log_metric(f"best_{metric}", float(value))
     out["model_uri"] = info.model_uri

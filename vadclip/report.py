@@ -6,7 +6,7 @@ MLflow artifact).
 * run summary: videos scored, flagged, failed, events, throughput, the model (name,
   version, alias) and the thresholds; the counts always cover the whole archive;
 * a sortable table of events (video, start–end as timestamps, class, score);
-* for the top-N videos (flagged ones first, by video score; N bounded, so a
+* for the top-N videos (flagged ones first, then the others, by video score; N bounded, so a
   million-video archive still gives a small report): the score timeline (C-branch score, top class
   probabilities, threshold, events shaded, ground truth shaded when given) and key
   frames decoded at each event's start, peak and end.
@@ -52,17 +52,14 @@ def _safe(video_id: str) -> str:
 
 def _scan(scores_dir: str, top_n: int):
     """One pass over the parts: counts, the top-N flagged videos and the strongest events."""
-    import pyarrow.parquet as pq
-
-    from .parts import part_files
+    from .parts import part_files, read_file
 
     counts = {"videos": 0, "flagged": 0, "events": 0}
     top: List = []
     events: List = []
     n = 0
     for f in part_files(scores_dir):
-        fs, p = storage.resolve(f)
-        for r in pq.read_table(p, columns=SUMMARY_COLUMNS, filesystem=fs).to_pylist():
+        for r in read_file(f, SUMMARY_COLUMNS).to_pylist():
             n += 1
             counts["videos"] += 1
             evs = r["events"] or []
@@ -88,16 +85,13 @@ def _scan(scores_dir: str, top_n: int):
 
 
 def _full_rows(scores_dir: str, ids: List[str]) -> Dict[str, Dict[str, Any]]:
-    import pyarrow.parquet as pq
-
-    from .parts import part_files
+    from .parts import part_files, read_file
 
     out: Dict[str, Dict[str, Any]] = {}
     if not ids:
         return out
     for f in part_files(scores_dir):
-        fs, p = storage.resolve(f)
-        t = pq.read_table(p, filesystem=fs, filters=[("video_id", "in", ids)])
+        t = read_file(f, filters=[("video_id", "in", ids)])
         for r in t.to_pylist():
             out.setdefault(r["video_id"], r)
     return out
@@ -322,12 +316,9 @@ def build_report(out_dir: str, summary: Optional[Dict[str, Any]] = None, gt_path
     with open(os.path.join(local_dir, "index.html"), "w", encoding="utf-8") as fh:
         fh.write(page)
     dest = storage.join(out_dir, "report")
-    if storage.is_local(dest) and os.path.abspath(storage.resolve(dest)[1]) == os.path.abspath(local_dir):
-        written = dest
-    else:
+    if not (storage.is_local(dest) and storage.resolve(dest)[1] == os.path.abspath(local_dir)):
         storage.upload_dir(local_dir, dest)
-        written = dest
     if tmp is not None:
         tmp.cleanup()
-    return {"report": storage.join(written, "index.html"), "videos_shown": len(videos),
+    return {"report": storage.join(dest, "index.html"), "videos_shown": len(videos),
             "events_shown": len(events), **{f"{k}_total": v for k, v in counts.items()}}

@@ -20,7 +20,8 @@ import pyarrow as pa
 from . import storage
 from .errors import InputError
 from .features import ERROR_SCHEMA
-from .parts import PartWriter, dataset_files, new_run_id, part_files, read_column, read_table, remove_uncommitted
+from .parts import (PartWriter, dataset_files, new_run_id, part_files, read_column, read_file, read_table,
+                    remove_uncommitted)
 from .report import build_report
 
 EVENT_TYPE = pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("start_frame", pa.int64()),
@@ -43,7 +44,7 @@ class ScoreOptions:
     crop: Optional[int] = None   # which crop's features to score (None: the lowest crop present)
     rows_per_file: int = 256     # scored videos per Parquet part file (at most)
     flush_seconds: float = 60.0  # ... or fewer: scored rows are written at least this often
-    max_plots: int = 50          # flagged videos (top by score) given a page in the report
+    max_plots: int = 50          # videos given a page in the report (flagged first, then by score)
 
 
 def find_events(anomaly: np.ndarray, probs: np.ndarray, classes: Sequence[str], fps: float, num_frames: int,
@@ -304,12 +305,9 @@ def output_totals(scores_dir: str) -> Dict[str, int]:
     small columns at a time (memory does not grow with the archive)."""
     import pyarrow.compute as pc
 
-    import pyarrow.parquet as pq
-
     tot = {"videos": 0, "flagged": 0, "events": 0}
     for f in part_files(scores_dir):
-        fs, p = storage.resolve(f)
-        t = pq.read_table(p, columns=["flagged", "events"], filesystem=fs)
+        t = read_file(f, ["flagged", "events"])
         tot["videos"] += t.num_rows
         tot["flagged"] += int(pc.sum(t.column("flagged")).as_py() or 0)
         tot["events"] += int(pc.sum(pc.list_value_length(t.column("events"))).as_py() or 0)
