@@ -39,6 +39,12 @@ def test_two_worker_training_registers_a_model(ray_local, feature_sets, tmp_path
     assert len(hist) == cfg.epochs
     assert hist[-1].value < hist[0].value
     assert len(client.get_metric_history(s["mlflow_run_id"], "auc")) == cfg.epochs
+    # each rank runs batch_plan over its own ~24 rows with 2 + 2 per batch: at most 12 // 2
+    # steps, the same on both ranks (the smaller shard decides), every video at most once
+    steps = {m.value for m in client.get_metric_history(s["mlflow_run_id"], "steps")}
+    assert len(steps) == 1 and 1 <= steps.pop() <= 6
+    rss = client.get_metric_history(s["mlflow_run_id"], "worker_peak_rss_mb")
+    assert len(rss) == cfg.epochs and all(100 < m.value < 4000 for m in rss)
     inputs = {i.dataset.name: i for i in client.get_run(s["mlflow_run_id"]).inputs.dataset_inputs}
     assert sorted(inputs) == ["eval", "train"]
     assert json.loads(inputs["train"].dataset.profile)["num_rows"] == 48

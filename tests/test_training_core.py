@@ -5,7 +5,12 @@ import numpy as np
 from vadclip import build_model, tiny_config
 from vadclip.synthetic import make_feature_set
 from vadclip.evaluation import evaluate
-from vadclip.training import batch_plan, collate, make_optimizer, train_step
+import os
+
+import pytest
+import torch
+
+from vadclip.training import ShardCache, batch_plan, collate, make_optimizer, prepare_batch, train_step
 
 
 def _gt(rows):
@@ -45,3 +50,40 @@ def test_batch_plans():
     xd = tiny_config("xd", batch_size=5)
     plan = batch_plan(["A"] * 7 + ["B1-0-0"] * 5, xd, 1)
     assert sorted(i for b in plan for i in b) == list(range(12))
+
+
+def test_rank_share_of_a_balanced_plan():
+    """A DDP rank's plan: its share of the batch per side, every video at most once per
+    epoch, cut to the number of steps the ranks agreed on."""
+    cfg = tiny_config("ucf", batch_size=8)
+    labels = ["Normal"] * 13 + ["Abuse"] * 9
+    plan = batch_plan(labels, cfg, 3, batch_size=4)
+    assert len(plan) == 2 and all(len(b) == 8 for b in plan)
+    flat = [i for b in plan for i in b]
+    assert len(flat) == len(set(flat))
+    assert all(sum(labels[i] == "Normal" for i in b) == 4 for b in plan)
+    assert batch_plan(labels, cfg, 3, batch_size=4, steps=1) == plan[:1]
+    assert batch_plan(labels, cfg, 4, batch_size=4) != plan       # reshuffled each epoch
+    with pytest.raises(ValueError, match="normal and abnormal"):
+        batch_plan(["Abuse"] * 4, cfg, 0)
+
+
+def test_shard_cache_returns_what_collate_builds(tmp_path):
+    """Rows streamed through prepare_batch into the on-disk shard come back by index
+    exactly as collate builds them in memory; the cache leaves nothing behind."""
+    cfg = tiny_config("ucf", visual_length=16)
+    rows, _ = make_feature_set(cfg, 5, 4, 24, seed=7)      # lengths vary: pooled and padded rows
+    cols = {k: [r[k] for r in rows] for k in rows[0]}
+    with ShardCache(str(tmp_path)) as cache:
+        for lo, hi in ((0, 4), (4, 9)):
+            b = prepare_batch({k: v[lo:hi] for k, v in cols.items()}, cfg)
+            cache.append(b["x"], b["length"], b["y"], b["label"])
+        assert len(cache) == 9 and cache.labels == [r["label"] for r in rows]
+        idx = [8, 0, 3, 3]
+        got, want = cache.batch(idx), collate([rows[i] for i in idx], cfg)
+        for g, w in zip(got, want):
+            assert g.dtype == w.dtype
+            torch.testing.assert_close(g, w, rtol=0, atol=0)
+        d = cache.dir
+        assert os.path.exists(os.path.join(d, "x.f32"))
+    assert not os.path.exists(d)

@@ -25,19 +25,10 @@ STATE_FILE = "train_state.pt"
 
 # ------------------------------------------------------------------- data preparation
 def _prep_batch(batch: Dict[str, Any], cfg_dict: Dict[str, Any]) -> Dict[str, Any]:
-    """Ray Data map: feature rows → training view (pool/pad to visual_length)."""
-    from .features import process_train, row_features
+    """Ray Data map: feature rows → training view (:func:`vadclip.training.prepare_batch`)."""
+    from .training import prepare_batch
 
-    cfg = VadConfig.from_dict(cfg_dict)
-    feats, lengths, labels = [], [], []
-    for i in range(len(batch["video_id"])):
-        row = {k: batch[k][i] for k in ("video_id", "features", "snippet_count", "feature_dim")}
-        f, n = process_train(row_features(row), cfg.visual_length)
-        feats.append(f)
-        lengths.append(n)
-        labels.append(cfg.label_vector(batch["label"][i]))
-    return {"x": np.stack(feats), "length": np.asarray(lengths, np.int64), "y": np.stack(labels),
-            "video_id": np.asarray(batch["video_id"], dtype=object)}
+    return prepare_batch(batch, VadConfig.from_dict(cfg_dict))
 
 
 def _check_labels(rows_labels: List[Optional[str]], cfg: VadConfig, source: str) -> None:
@@ -45,6 +36,12 @@ def _check_labels(rows_labels: List[Optional[str]], cfg: VadConfig, source: str)
         if lab is None:
             raise ValueError(f"{source}: training rows need a video-level label")
         cfg.label_vector(lab)  # raises LabelError naming the label
+
+
+def rank_batch_size(cfg: VadConfig, world: int) -> int:
+    """Each DDP rank's share of the batch (per side when balanced); the global batch
+    is the official one when ``batch_size`` divides by the number of workers."""
+    return max(1, cfg.batch_size // world)
 
 
 # ---------------------------------------------------------------------- worker loop
@@ -57,45 +54,6 @@ RECIPES = {
 }
 
 
-def _load_shard(rank: int):
-    """This worker's shard, materialised once in the training view."""
-    import ray.train
-    import torch
-
-    xs, ls, ys = [], [], []
-    for b in ray.train.get_dataset_shard("train").iter_batches(batch_size=64, batch_format="numpy"):
-        xs.append(b["x"]), ls.append(b["length"]), ys.append(b["y"])
-    if not xs:
-        raise RuntimeError(f"worker {rank} received no training rows; use fewer workers")
-    return (torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ls)),
-            torch.from_numpy(np.concatenate(ys)))
-
-
-def _epoch_plan(y, cfg: VadConfig, steps: int, world: int, seed: int) -> List[List[int]]:
-    """``steps`` batches of this shard: balanced (UCF, ``batch_size // world`` normal +
-    as many abnormal per rank) or mixed (XD); the same number of steps on every rank."""
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    per_side = max(1, cfg.batch_size // world)
-
-    def sampler(idx):
-        while True:
-            for i in idx[torch.randperm(len(idx), generator=gen)]:
-                yield int(i)
-
-    if cfg.balanced_batches:
-        normal = (y[:, 0] == 1) & (y[:, 1:].sum(1) == 0)
-        norm_idx, abn_idx = torch.where(normal)[0], torch.where(~normal)[0]
-        if len(norm_idx) == 0 or len(abn_idx) == 0:
-            raise RuntimeError(f"balanced batches need normal and abnormal rows on every worker "
-                               f"(got {len(norm_idx)} normal, {len(abn_idx)} abnormal)")
-        ns, as_ = sampler(norm_idx), sampler(abn_idx)
-        return [[next(ns) for _ in range(per_side)] + [next(as_) for _ in range(per_side)] for _ in range(steps)]
-    al = sampler(torch.arange(len(y)))
-    return [[next(al) for _ in range(per_side)] for _ in range(steps)]
-
-
 def _fault_due(config: Dict[str, Any], kind: str, epoch: int) -> bool:
     """Fault injection (tests): ``kind`` is asked for at this epoch and has not happened
     yet in this training (a marker file beside the run's storage remembers it)."""
@@ -104,6 +62,19 @@ def _fault_due(config: Dict[str, Any], kind: str, epoch: int) -> bool:
         return False
     storage.write_bytes(marker, kind.encode())
     return True
+
+
+def _all_reduce(value: float, op: str) -> float:
+    """``value`` reduced over the ranks (``"min"``/``"max"``/``"sum"``); the value itself
+    without a process group."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    t = torch.tensor([float(value)], dtype=torch.float64)
+    dist.all_reduce(t, op={"min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX, "sum": dist.ReduceOp.SUM}[op])
+    return float(t.item())
 
 
 def _broadcast_flag(flag: bool) -> bool:
@@ -118,133 +89,204 @@ def _broadcast_flag(flag: bool) -> bool:
     return bool(t.item())
 
 
-def train_loop_per_worker(config: Dict[str, Any]) -> None:
-    import copy
+def _peak_rss_mb() -> float:
+    import resource
 
-    import ray.train
-    import ray.train.torch
-    import torch
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0   # KiB on Linux
 
-    from .checkpoint import checkpoint_dict
-    from .clip_backbone import FrozenCLIP
-    from .model import VadCLIP
-    from .evaluation import evaluate
-    from .training import make_optimizer, train_step
 
-    cfg = VadConfig.from_dict(config["cfg"])
-    # one readable line per epoch from rank 0 (Train V2 both logs and echoes print(), and
-    # logs two more INFO lines per report and rank): vadclip logs, Ray Train warns
+def _quiet_ray_train_logs():
+    """One readable line per epoch from rank 0 (Train V2 both logs and echoes print(),
+    and logs two more INFO lines per report and rank): vadclip logs, Ray Train warns."""
     for name in [n for n in logging.root.manager.loggerDict if n.startswith("ray.train")] + ["ray.train"]:
         logging.getLogger(name).setLevel(logging.WARNING)
     log = logging.getLogger("vadclip.train")
     log.setLevel(logging.INFO)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed + rank)
-    recipe = config.get("recipe", "vadclip")
-    eval_every = config.get("eval_every_samples")
-    metric = config["metric"]
+    return log
 
-    clip = FrozenCLIP(cfg.clip_model, cfg.clip_pretrained, cfg.clip_model_kwargs, device=str(device))
-    model = VadCLIP(cfg, clip)
-    opt, sched = make_optimizer(model, cfg)
-    start_epoch, best, history, best_state = 0, -float("inf"), [], None
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
+
+def _cache_shard(cfg: VadConfig, rank: int):
+    """Stream this worker's shard (already in the training view) onto node-local disk."""
+    import ray.train
+
+    from .training import ShardCache
+
+    cache = ShardCache(prefix=f"vadclip-shard-r{rank}-")
+    try:
+        for b in ray.train.get_dataset_shard("train").iter_batches(batch_size=16, batch_format="numpy",
+                                                                   prefetch_batches=1):
+            cache.append(b["x"], b["length"], b["y"], b["label"])
+        if not len(cache):
+            raise RuntimeError(f"worker {rank} received no training rows; use fewer workers")
+    except BaseException:
+        cache.close()
+        raise
+    return cache
+
+
+class _Worker:
+    """One Ray Train rank: restore, then per epoch run :func:`batch_plan` over the cached
+    shard, evaluate on rank 0, report the checkpoint."""
+
+    def __init__(self, config: Dict[str, Any]):
+        import ray.train
+        import ray.train.torch
+        import torch
+
+        from .clip_backbone import FrozenCLIP
+        from .model import VadCLIP
+        from .training import make_optimizer
+
+        self.config, self.cfg = config, VadConfig.from_dict(config["cfg"])
+        cfg = self.cfg
+        self.log = _quiet_ray_train_logs()
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed + self.rank)
+        self.recipe, self.metric = config.get("recipe", "vadclip"), config["metric"]
+        self.eval_every = config.get("eval_every_samples")
+        model = VadCLIP(cfg, FrozenCLIP(cfg.clip_model, cfg.clip_pretrained, cfg.clip_model_kwargs,
+                                        device=str(self.device)))
+        self.opt, self.sched = make_optimizer(model, cfg)
+        self.start_epoch, self.best, self.history, self.best_state = 0, -float("inf"), [], None
+        self._restore(model)
+        self.model = ray.train.torch.prepare_model(model)
+        self.core = self.model.module if hasattr(self.model, "module") else self.model
+        self.per_rank = rank_batch_size(cfg, self.world)
+        self.global_batch = self.per_rank * self.world * (2 if cfg.balanced_batches else 1)
+        self.eval_rows, self.gt = None, config.get("gt") or {}
+        if self.rank == 0 and config.get("has_eval"):
+            self.eval_rows = list(ray.train.get_dataset_shard("eval").iter_rows())
+
+    def _restore(self, model) -> None:
+        import ray.train
+        import torch
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return
         with ckpt.as_directory() as d:
             st = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
         model.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
-        start_epoch, best, history = st["epoch"] + 1, st["best"], st["history"]
-        best_state = st.get("best_model")
-        if rank == 0:
-            log.info(f"[train] resumed from checkpoint after epoch {st['epoch'] + 1}")
-    model = ray.train.torch.prepare_model(model)
-    core = model.module if hasattr(model, "module") else model
+        self.opt.load_state_dict(st["optimizer"])
+        self.sched.load_state_dict(st["scheduler"])
+        self.start_epoch, self.best, self.history = st["epoch"] + 1, st["best"], st["history"]
+        self.best_state = st.get("best_model")
+        if self.rank == 0:
+            self.log.info(f"[train] resumed from checkpoint after epoch {st['epoch'] + 1}")
 
-    X, L, Y = _load_shard(rank)
-    steps = int(config["steps_per_epoch"])
-    global_batch = max(1, cfg.batch_size // world) * world * (2 if cfg.balanced_batches else 1)
-    eval_rows, gt = None, config.get("gt") or {}
-    if rank == 0 and config.get("has_eval"):
-        eval_rows = list(ray.train.get_dataset_shard("eval").iter_rows())
+    def steps(self, shard) -> int:
+        """Batches per epoch: what the smallest rank's shard fills, the same on every rank."""
+        from .training import batch_plan
 
-    def report(metrics: Dict[str, Any], epoch: int) -> None:
+        try:
+            mine = len(batch_plan(shard.labels, self.cfg, 0, self.per_rank))
+        except ValueError as exc:
+            raise RuntimeError(f"worker {self.rank}: {exc}; use fewer workers") from None
+        steps = int(_all_reduce(mine, "min"))
+        cap = self.config.get("max_steps_per_epoch")
+        return min(steps, int(cap)) if cap else steps
+
+    def report(self, metrics: Dict[str, Any], epoch: int) -> None:
         """Once per epoch on every rank; rank 0 with the checkpoint (resume state + model)."""
-        if rank != 0:
+        import ray.train
+        import torch
+
+        from .checkpoint import checkpoint_dict
+
+        if self.rank != 0:
             ray.train.report({"epoch": metrics["epoch"]})
             return
-        _mlflow_log(config, metrics, epoch + 1)
+        _mlflow_log(self.config, metrics, epoch + 1)
         with tempfile.TemporaryDirectory() as d:
-            torch.save({"model": core.state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(), "epoch": epoch, "best": best,
-                        "history": history, "best_model": best_state}, os.path.join(d, STATE_FILE))
-            torch.save(checkpoint_dict(core, epoch=epoch + 1, metrics=metrics), os.path.join(d, CKPT_FILE))
+            torch.save({"model": self.core.state_dict(), "optimizer": self.opt.state_dict(),
+                        "scheduler": self.sched.state_dict(), "epoch": epoch, "best": self.best,
+                        "history": self.history, "best_model": self.best_state}, os.path.join(d, STATE_FILE))
+            torch.save(checkpoint_dict(self.core, epoch=epoch + 1, metrics=metrics), os.path.join(d, CKPT_FILE))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
-    def eval_point(metrics: Dict[str, Any]) -> bool:
+    def eval_point(self, metrics: Dict[str, Any]) -> bool:
         """Rank 0 evaluates; every rank learns whether this is the best model so far and,
         if so, keeps a copy of it (DDP keeps the ranks' weights identical)."""
-        nonlocal best, best_state
-        if rank == 0:
-            if eval_rows:
-                metrics.update(evaluate(core, eval_rows, gt, cfg, str(device)))
-            score = metrics.get(metric, float("nan"))
+        import copy
+
+        from .evaluation import evaluate
+
+        if self.rank == 0:
+            if self.eval_rows:
+                metrics.update(evaluate(self.core, self.eval_rows, self.gt, self.cfg, str(self.device)))
+            score = metrics.get(self.metric, float("nan"))
             if score is None or not np.isfinite(score):
                 score = -metrics.get("loss", float("inf"))
             metrics["score"] = float(score)
-        is_best = _broadcast_flag(rank == 0 and metrics["score"] > best)
+        is_best = _broadcast_flag(self.rank == 0 and metrics["score"] > self.best)
         if is_best:
-            if rank == 0:
-                best = metrics["score"]
-            if recipe == "official":
-                best_state = copy.deepcopy(core.state_dict())
+            if self.rank == 0:
+                self.best = metrics["score"]
+            if self.recipe == "official":
+                self.best_state = copy.deepcopy(self.core.state_dict())
         return is_best
 
-    for epoch in range(start_epoch, cfg.epochs):
+    def _step_eval(self, epoch: int, i: int, steps: int) -> None:
+        """The official UCF loop's test points: every ``eval_every_samples`` samples."""
+        m: Dict[str, Any] = {}
+        is_best = self.eval_point(m)
+        if self.rank == 0:   # logged at "samples seen"; the best model so far is kept in memory
+            _mlflow_log(self.config, {f"step_{k}": v for k, v in m.items()}, (epoch * steps + i) * self.global_batch)
+            self.log.info(f"[train] epoch {epoch + 1} step {i}: {self.metric} "
+                          f"{m.get(self.metric, float('nan')):.4f}{' (best)' if is_best else ''}")
+
+    def epoch(self, shard, epoch: int, steps: int) -> Dict[str, Any]:
+        from .training import batch_plan, train_step
+
         t0 = time.time()
-        model.train()
-        plan = _epoch_plan(Y, cfg, steps, world, cfg.seed * 1000 + epoch * 17 + rank)
+        plan = batch_plan(shard.labels, self.cfg, self.cfg.seed * 1000 + epoch * 17 + self.rank,
+                          self.per_rank, steps)
         sums: Dict[str, float] = {}
         for i, b in enumerate(plan):
-            if rank == 0 and i == len(plan) // 2 and _fault_due(config, "exit_in_epoch", epoch):
+            if self.rank == 0 and i == len(plan) // 2 and _fault_due(self.config, "exit_in_epoch", epoch):
                 # fault injection: this worker process dies in the middle of an epoch, once —
                 # a few seconds in, so that Train's controller has taken the last report
                 # (a checkpoint counts once the controller has it)
                 time.sleep(5)
                 os._exit(1)
-            ib = torch.tensor(b)
-            parts = train_step(model, opt, (X[ib].float(), L[ib], Y[ib]), cfg, device)
-            for k, v in parts.items():
+            self.model.train()
+            for k, v in train_step(self.model, self.opt, shard.batch(b), self.cfg, self.device).items():
                 sums[k] = sums.get(k, 0.0) + v
-            if eval_every and i and (i * global_batch) % eval_every == 0:   # the official UCF loop's test points
-                m: Dict[str, Any] = {}
-                is_best = eval_point(m)
-                model.train()
-                if rank == 0:   # logged at "samples seen"; the best model so far is kept in memory
-                    _mlflow_log(config, {f"step_{k}": v for k, v in m.items()}, (epoch * steps + i) * global_batch)
-                    log.info(f"[train] epoch {epoch + 1} step {i}: {metric} {m.get(metric, float('nan')):.4f}"
-                             f"{' (best)' if is_best else ''}")
-        sched.step()
+            if self.eval_every and i and (i * self.global_batch) % self.eval_every == 0:
+                self._step_eval(epoch, i, steps)
+        self.sched.step()
         metrics: Dict[str, Any] = {k: v / max(1, len(plan)) for k, v in sums.items()}
-        metrics.update(epoch=epoch + 1, lr=opt.param_groups[0]["lr"], epoch_time_s=time.time() - t0)
-        is_best = False
-        if not eval_every:
-            is_best = eval_point(metrics)
-        if recipe == "official" and best_state is not None:
-            core.load_state_dict(best_state)       # the official loops go on from the best model
-            metrics["score"] = best
-        metrics.setdefault("score", best)
-        if rank == 0:
-            history.append({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
-            log.info(f"[train] epoch {epoch + 1}/{cfg.epochs} loss {metrics['loss']:.4f} "
-                     f"{metric} {metrics.get(metric, float('nan')):.4f}{' (best)' if is_best else ''}")
-        report(metrics, epoch)
-        if _fault_due(config, "raise_after_epoch", epoch):
-            raise RuntimeError(f"injected failure after epoch {epoch + 1} (test of crash recovery)")
+        metrics.update(epoch=epoch + 1, lr=self.opt.param_groups[0]["lr"], epoch_time_s=time.time() - t0,
+                       steps=len(plan), worker_peak_rss_mb=_all_reduce(_peak_rss_mb(), "max"))
+        is_best = False if self.eval_every else self.eval_point(metrics)
+        if self.recipe == "official" and self.best_state is not None:
+            self.core.load_state_dict(self.best_state)       # the official loops go on from the best model
+            metrics["score"] = self.best
+        metrics.setdefault("score", self.best)
+        if self.rank == 0:
+            self.history.append({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+            self.log.info(f"[train] epoch {epoch + 1}/{self.cfg.epochs} loss {metrics['loss']:.4f} "
+                          f"{self.metric} {metrics.get(self.metric, float('nan')):.4f}"
+                          f"{' (best)' if is_best else ''}")
+        return metrics
+
+    def run(self) -> None:
+        shard = _cache_shard(self.cfg, self.rank)
+        try:
+            steps = self.steps(shard)
+            for epoch in range(self.start_epoch, self.cfg.epochs):
+                self.report(self.epoch(shard, epoch, steps), epoch)
+                if _fault_due(self.config, "raise_after_epoch", epoch):
+                    raise RuntimeError(f"injected failure after epoch {epoch + 1} (test of crash recovery)")
+        finally:
+            shard.close()
+
+
+def train_loop_per_worker(config: Dict[str, Any]) -> None:
+    _Worker(config).run()
 
 
 def _mlflow_log(config: Dict[str, Any], metrics: Dict[str, Any], step: int) -> None:
@@ -317,6 +359,7 @@ class TrainOptions:
     experiment: str = "vadclip"
     tracking_uri: Optional[str] = None
     address: Optional[str] = None
+    max_steps_per_epoch: Optional[int] = None   # cut epochs short (smoke runs, benches)
     faults: Optional[Dict[str, int]] = None   # fault injection (tests): raise_after_epoch / exit_in_epoch
 
 
@@ -339,10 +382,6 @@ def run_train(train_path: str, cfg: VadConfig, storage_path: Optional[str] = Non
 
 def _run_train(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_path: Optional[str],
                o: TrainOptions, log) -> Dict[str, Any]:
-    storage_path, run_name, num_workers, use_gpu = o.storage, o.run_name, o.num_workers, o.use_gpu
-    cpus_per_worker, metric, tracking_uri, experiment = o.cpus_per_worker, o.metric, o.tracking_uri, o.experiment
-    register_name, alias, max_failures, eval_crop = o.register_name, o.alias, o.max_failures, o.eval_crop
-    address, faults, recipe, eval_every_samples = o.address, o.faults, o.recipe, o.eval_every_samples
     import mlflow
     import ray
     import ray.data
@@ -357,27 +396,31 @@ def _run_train(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_pat
     from .raysetup import ensure_ray
     from .tracking import log_feature_set, use_experiment
 
-    train_path, eval_path, gt_path, storage_path = map(storage.absolute,
-                                                       (train_path, eval_path, gt_path, storage_path))
-    if recipe not in RECIPES:
-        raise InputError(f"unknown recipe {recipe!r}: use one of {sorted(RECIPES)}")
-    if recipe == "official":
+    from .training import batch_plan
+
+    train_path, eval_path, gt_path = map(storage.absolute, (train_path, eval_path, gt_path))
+    o = dataclasses.replace(o, storage=storage.absolute(o.storage))
+    if o.recipe not in RECIPES:
+        raise InputError(f"unknown recipe {o.recipe!r}: use one of {sorted(RECIPES)}")
+    if o.recipe == "official":
         if not eval_path:
             raise InputError("--recipe official selects its model on an evaluation set: give --eval and --gt")
         # the official XD loop keeps the model with the best A-branch AP, UCF the best C-branch AUC
-        metric = metric or ("ap_align" if cfg.preset == "xd" else "auc")
-        if eval_every_samples is None:
-            eval_every_samples = RECIPES["official"].get(cfg.preset, {}).get("eval_every_samples")
-    metric = metric or ("ap" if cfg.preset == "xd" else "auc")
-    checked = check_inputs(train_path, cfg, eval_path, gt_path, eval_crop)
+        o.metric = o.metric or ("ap_align" if cfg.preset == "xd" else "auc")
+        if o.eval_every_samples is None:
+            o.eval_every_samples = RECIPES["official"].get(cfg.preset, {}).get("eval_every_samples")
+    metric = o.metric or ("ap" if cfg.preset == "xd" else "auc")
+    checked = check_inputs(train_path, cfg, eval_path, gt_path, o.eval_crop)
     labels, gt = checked["labels"], checked["gt"]
-    ensure_ray(address)
+    ensure_ray(o.address)
     n_normal = sum(cfg.is_normal(lab) for lab in labels)
     n_abn = len(labels) - n_normal
-    if cfg.balanced_batches:
-        steps = max(1, min(n_normal, n_abn) // cfg.batch_size)
-    else:
-        steps = max(1, len(labels) // cfg.batch_size)
+    # the steps of an epoch as if the shards split the labels evenly (each rank counts its own)
+    try:
+        steps = len(batch_plan(labels, cfg, 0, rank_batch_size(cfg, o.num_workers) * o.num_workers,
+                               o.max_steps_per_epoch))
+    except ValueError as exc:
+        raise InputError(f"{train_path}: {exc}") from None
     cfg_dict = cfg.to_dict()
     # shuffle once so every worker's shard mixes normal and abnormal videos
     train_ds = ray.data.read_parquet(dataset_files(train_path)).random_shuffle(seed=cfg.seed).map_batches(
@@ -386,35 +429,35 @@ def _run_train(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_pat
     if eval_path:
         datasets["eval"] = ray.data.read_parquet(dataset_files(eval_path)).filter(expr=col("crop") == checked["eval_crop"])
 
-    use_experiment(experiment, tracking_uri)
+    use_experiment(o.experiment, o.tracking_uri)
     tracking_uri = mlflow.get_tracking_uri()
-    run_id = _find_or_create_run(experiment, run_name, storage_path)
+    run_id = _find_or_create_run(o.experiment, o.run_name, o.storage)
     client = MlflowClient(tracking_uri=tracking_uri)
     try:
         with mlflow.start_run(run_id=run_id):
             mlflow.log_params({k: (json.dumps(v) if isinstance(v, (list, dict)) else v)
                                for k, v in cfg_dict.items() if k not in ("class_keys", "class_prompts")})
-            mlflow.log_params({"num_workers": num_workers, "use_gpu": use_gpu, "train_rows": len(labels),
+            mlflow.log_params({"num_workers": o.num_workers, "use_gpu": o.use_gpu, "train_rows": len(labels),
                                "train_normal": n_normal, "train_abnormal": n_abn, "steps_per_epoch": steps,
                                "metric": metric, "classes": json.dumps(cfg.class_keys),
-                               "eval_crop": checked["eval_crop"], "recipe": recipe,
-                               "eval_every_samples": eval_every_samples})
+                               "eval_crop": checked["eval_crop"], "recipe": o.recipe,
+                               "eval_every_samples": o.eval_every_samples})
             log_feature_set(train_path, "train", "training", checked["meta"])
             if eval_path:
                 log_feature_set(eval_path, "eval", "evaluation")
-        config = {"cfg": cfg_dict, "steps_per_epoch": steps, "metric": metric, "gt": gt,
+        config = {"cfg": cfg_dict, "metric": metric, "gt": gt, "max_steps_per_epoch": o.max_steps_per_epoch,
                   "has_eval": bool(eval_path), "mlflow_run_id": run_id, "tracking_uri": tracking_uri,
-                  "recipe": recipe, "eval_every_samples": eval_every_samples}
-        if faults:   # {"raise_after_epoch": N} or {"exit_in_epoch": N}, once per training
-            config["faults"] = dict(faults)
-            config["fault_marker"] = storage.join(storage_path, run_name + ".failed-once")
+                  "recipe": o.recipe, "eval_every_samples": o.eval_every_samples}
+        if o.faults:   # {"raise_after_epoch": N} or {"exit_in_epoch": N}, once per training
+            config["faults"] = dict(o.faults)
+            config["fault_marker"] = storage.join(o.storage, o.run_name + ".failed-once")
         trainer = TorchTrainer(
             train_loop_per_worker, train_loop_config=config,
-            scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
-                                         resources_per_worker={"CPU": cpus_per_worker,
-                                                               **({"GPU": 1} if use_gpu else {})}),
-            run_config=RunConfig(name=run_name, storage_path=storage_path,
-                                 failure_config=FailureConfig(max_failures=max_failures),
+            scaling_config=ScalingConfig(num_workers=o.num_workers, use_gpu=o.use_gpu,
+                                         resources_per_worker={"CPU": o.cpus_per_worker,
+                                                               **({"GPU": 1} if o.use_gpu else {})}),
+            run_config=RunConfig(name=o.run_name, storage_path=o.storage,
+                                 failure_config=FailureConfig(max_failures=o.max_failures),
                                  checkpoint_config=CheckpointConfig(num_to_keep=3,
                                                                     checkpoint_score_attribute="score",
                                                                     checkpoint_score_order="max")),
@@ -424,7 +467,7 @@ def _run_train(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_pat
         if result.error:
             raise result.error
         best_ckpt, best_metrics = max(result.best_checkpoints, key=lambda cm: cm[1].get("score", -np.inf))
-        best_path = storage.join(storage_path, run_name, "best", CKPT_FILE)
+        best_path = storage.join(o.storage, o.run_name, "best", CKPT_FILE)
         with best_ckpt.as_directory() as d:
             storage.upload(os.path.join(d, CKPT_FILE), best_path)
         summary = {"best_checkpoint": best_path, "best_metrics": {k: v for k, v in best_metrics.items()
@@ -432,7 +475,7 @@ def _run_train(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_pat
                    "metric": metric, "mlflow_run_id": run_id, "tracking_uri": tracking_uri}
         from .registry import log_and_register
 
-        summary.update(log_and_register(best_path, run_id, tracking_uri, register_name, alias, metric,
+        summary.update(log_and_register(best_path, run_id, tracking_uri, o.register_name, o.alias, metric,
                                         best_metrics.get(metric, best_metrics.get("score")),
                                         best_epoch=best_metrics.get("epoch"), log=log))
     except BaseException:
