@@ -163,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per worker")
     p.add_argument("--max-steps-per-epoch", type=int, default=None,
                    help="cut each epoch to this many steps (smoke runs; default: every video once)")
+    p.add_argument("--micro-batch", type=int, default=None,
+                   help="rows per forward/backward pass on a worker; gradients are accumulated to the same "
+                        "step in less memory (default: the worker's whole batch at once)")
     p.add_argument("--storage", default="./runs", help="Ray Train storage path (checkpoints; resume)")
     p.add_argument("--run-name", default="vadclip", help="run name; re-running the same name resumes it")
     p.add_argument("--metric", default=None,
@@ -272,7 +275,8 @@ def _run(a) -> dict:
                             cpus_per_worker=a.cpus_per_worker, metric=a.metric, recipe=a.recipe,
                             eval_crop=a.eval_crop, max_failures=a.max_failures, register_name=a.register,
                             alias=a.alias, experiment=a.experiment, tracking_uri=a.tracking_uri,
-                            address=a.address, max_steps_per_epoch=a.max_steps_per_epoch)
+                            address=a.address, max_steps_per_epoch=a.max_steps_per_epoch,
+                            micro_batch=a.micro_batch)
         return run_train(a.train, cfg, eval_path=a.eval, gt_path=a.gt, opts=opts, log=log)
     if a.cmd == "score":
         from .score import ScoreOptions, run_score

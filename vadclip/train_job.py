@@ -253,7 +253,8 @@ class _Worker:
                 time.sleep(5)
                 os._exit(1)
             self.model.train()
-            for k, v in train_step(self.model, self.opt, shard.batch(b), self.cfg, self.device).items():
+            for k, v in train_step(self.model, self.opt, shard.batch(b), self.cfg, self.device,
+                                   self.config.get("micro_batch")).items():
                 sums[k] = sums.get(k, 0.0) + v
             if self.eval_every and i and (i * self.global_batch) % self.eval_every == 0:
                 self._step_eval(epoch, i, steps)
@@ -360,6 +361,7 @@ class TrainOptions:
     tracking_uri: Optional[str] = None
     address: Optional[str] = None
     max_steps_per_epoch: Optional[int] = None   # cut epochs short (smoke runs, benches)
+    micro_batch: Optional[int] = None    # rows per forward/backward pass on a rank (same step, less memory)
     faults: Optional[Dict[str, int]] = None   # fault injection (tests): raise_after_epoch / exit_in_epoch
 
 
@@ -441,11 +443,12 @@ def _run_train(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_pat
                                "train_normal": n_normal, "train_abnormal": n_abn, "steps_per_epoch": steps,
                                "metric": metric, "classes": json.dumps(cfg.class_keys),
                                "eval_crop": checked["eval_crop"], "recipe": o.recipe,
-                               "eval_every_samples": o.eval_every_samples})
+                               "eval_every_samples": o.eval_every_samples, "micro_batch": o.micro_batch})
             log_feature_set(train_path, "train", "training", checked["meta"])
             if eval_path:
                 log_feature_set(eval_path, "eval", "evaluation")
         config = {"cfg": cfg_dict, "metric": metric, "gt": gt, "max_steps_per_epoch": o.max_steps_per_epoch,
+                  "micro_batch": o.micro_batch,
                   "has_eval": bool(eval_path), "mlflow_run_id": run_id, "tracking_uri": tracking_uri,
                   "recipe": o.recipe, "eval_every_samples": o.eval_every_samples}
         if o.faults:   # {"raise_after_epoch": N} or {"exit_in_epoch": N}, once per training

@@ -124,15 +124,32 @@ class ShardCache:
         self.close()
 
 
-def train_step(model, optimizer, batch, cfg: VadConfig, device: str = "cpu") -> Dict[str, float]:
-    x, lengths, labels = (t.to(device) for t in batch)
+def train_step(model, optimizer, batch, cfg: VadConfig, device: str = "cpu",
+               micro_batch: Optional[int] = None) -> Dict[str, float]:
+    """One optimisation step on ``batch``.  ``micro_batch`` runs the forward and backward
+    passes on that many rows at a time and accumulates the gradients, weighted by rows
+    (every loss term is a mean over videos, the contrast term depends on no video): the
+    same step in less activation memory; under DDP only the last pass all-reduces."""
+    import contextlib
+
+    x, lengths, labels = batch
+    b = len(x)
+    size = min(b, int(micro_batch or b))
     model.train()
-    out = model(x, lengths)
-    loss, parts = vadclip_loss(out, labels, lengths, cfg.contrast_weight)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    sums: Dict[str, float] = {}
+    for lo in range(0, b, size):
+        hi = min(lo + size, b)
+        quiet = model.no_sync() if hi < b and hasattr(model, "no_sync") else contextlib.nullcontext()
+        with quiet:
+            n = lengths[lo:hi].to(device)
+            out = model(x[lo:hi].to(device), n)
+            loss, parts = vadclip_loss(out, labels[lo:hi].to(device), n, cfg.contrast_weight)
+            (loss * ((hi - lo) / b)).backward()
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + v * (hi - lo) / b
     optimizer.step()
-    return parts
+    return sums
 
 
 def make_optimizer(model: torch.nn.Module, cfg: VadConfig):
