@@ -12,7 +12,7 @@ import tempfile
 import time
 
 
-from vadclip.config import tiny_clip_kwargs
+from vadclip.config import ClipSpec
 from vadclip.extract import ClipImageEncoder, ExtractOptions, run_extract
 from vadclip.sample_videos import make_sample_set
 from vadclip.video import iter_snippet_chunks
@@ -27,8 +27,8 @@ def main():
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--num-encoders", type=int, default=1)
     a = ap.parse_args()
-    kw = tiny_clip_kwargs(32) if a.tiny else {}
-    opts = ExtractOptions(clip_pretrained=None, clip_model_kwargs=kw, batch_size=a.batch_size,
+    spec = ClipSpec.tiny() if a.tiny else ClipSpec("ViT-B-16", None)
+    opts = ExtractOptions(clip=spec, batch_size=a.batch_size,
                           precision=a.precision, num_encoders=a.num_encoders)
     d = tempfile.mkdtemp()
     make_sample_set(os.path.join(d, "v"), a.videos // 2, a.videos - a.videos // 2,
@@ -41,7 +41,7 @@ def main():
         info, it = iter_snippet_chunks(os.path.join(src, p), 16, 224, 1, opts.chunk_snippets)
         chunks.extend(it)
         frames += info.num_frames
-    enc = ClipImageEncoder("ViT-B-16", None, kw, a.precision)
+    enc = ClipImageEncoder(spec, a.precision)
     enc.encode(chunks[0])
     t = time.perf_counter()
     for c in chunks:

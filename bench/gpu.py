@@ -28,12 +28,12 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 
-def encoder_only(device: str, precision: str, kw: dict, batch: int, images: int) -> float:
+def encoder_only(device: str, precision: str, spec, batch: int, images: int) -> float:
     import torch
 
     from vadclip.extract import ClipImageEncoder
 
-    enc = ClipImageEncoder("ViT-B-16", None, kw, precision, device=device)
+    enc = ClipImageEncoder(spec, precision, device=device)
     size = enc.image_size
     x = np.random.default_rng(0).integers(0, 255, (batch, 1, 3, size, size), dtype=np.uint8)
     enc.encode(x)                                            # warm-up (kernels, allocator)
@@ -71,13 +71,13 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="tiny CLIP (smoke runs)")
     ap.add_argument("--skip-train", action="store_true")
     a = ap.parse_args()
-    from vadclip.config import tiny_clip_kwargs
+    from vadclip.config import ClipSpec
     from vadclip.extract import ExtractOptions, run_extract
     from vadclip.raysetup import ensure_ray
     from vadclip.sample_videos import make_sample_set
 
-    kw = tiny_clip_kwargs(32) if a.tiny else {}
-    ips = encoder_only(a.device, a.precision, kw, a.batch_size, a.images)
+    spec = ClipSpec.tiny() if a.tiny else ClipSpec("ViT-B-16", None)
+    ips = encoder_only(a.device, a.precision, spec, a.batch_size, a.images)
     print(f"1. encoder only ({'tiny' if a.tiny else 'ViT-B-16'} {a.precision}, batch {a.batch_size}): "
           f"{ips:,.0f} images/s (target >= 5,000 bf16 on an H100)")
 
@@ -88,7 +88,7 @@ def main() -> None:
     print(f"3. decode (decord, one core, 320x240): {fps:,.0f} frames of video/s = {fps / 16:,.0f} snippets/s "
           f"per core")
     gpus = 1.0 if a.device.startswith("cuda") else 0.0
-    opts = ExtractOptions(clip_pretrained=None, clip_model_kwargs=kw, batch_size=a.batch_size,
+    opts = ExtractOptions(clip=spec, batch_size=a.batch_size,
                           precision=a.precision if gpus else "fp32", gpus_per_encoder=gpus)
     ensure_ray(progress_bars=False)
     run_extract([m["path"] for m in man][0], os.path.join(d, "warm"), opts, log=lambda *_: None)

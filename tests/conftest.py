@@ -10,9 +10,9 @@ warnings.filterwarnings("ignore", message=".*No pretrained weights.*")
 @pytest.fixture(scope="session")
 def tiny_clip():
     from vadclip.clip_backbone import FrozenCLIP
-    from vadclip.config import tiny_clip_kwargs
+    from vadclip.config import ClipSpec
 
-    return FrozenCLIP("ViT-B-16", None, tiny_clip_kwargs(32))
+    return FrozenCLIP(ClipSpec.tiny())
 
 
 def init_local_ray():

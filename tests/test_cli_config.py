@@ -13,7 +13,7 @@ def _cfg(*argv):
 def test_config_file_preset_with_overrides_and_flags_on_top(tmp_path):
     (tmp_path / "c.yaml").write_text("preset: custom\nclasses: [normal, fire, fall]\nlr: 0.001\nepochs: 3\n")
     c = _cfg("--config", str(tmp_path / "c.yaml"), "--epochs", "5", "--tiny-clip")
-    assert (c.preset, c.class_keys, c.lr, c.epochs, c.clip_pretrained, c.padding) == \
+    assert (c.preset, c.class_keys, c.lr, c.epochs, c.clip.pretrained, c.padding) == \
         ("custom", ["normal", "fire", "fall"], 0.001, 5, None, "masked")
 
 

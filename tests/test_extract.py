@@ -5,14 +5,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from vadclip.config import tiny_clip_kwargs
+from vadclip.config import ClipSpec
 from vadclip.extract import ClipImageEncoder, ExtractOptions, extract_video, load_manifest, run_extract
 from vadclip.features import read_feature_rows, row_features
 from vadclip.video import VideoError, crop_views, iter_snippet_chunks, open_video
 
 
 def _opts(**kw):
-    return ExtractOptions(clip_pretrained=None, clip_model_kwargs=tiny_clip_kwargs(32), batch_size=16, **kw)
+    return ExtractOptions(clip=ClipSpec.tiny(), batch_size=16, **kw)
 
 
 def test_decode_counts_and_bad_files(sample_videos):
@@ -58,7 +58,7 @@ def test_ray_job_matches_direct_call_resumes_and_records_errors(ray_local, sampl
     msgs = {e["video_id"]: e["error"] for e in errors}
     assert "empty file" in msgs["empty"] and "not found" in msgs["missing"] and "corrupt.mp4" in msgs["corrupt"]
 
-    enc = ClipImageEncoder("ViT-B-16", None, tiny_clip_kwargs(32))
+    enc = ClipImageEncoder(ClipSpec.tiny())
     by_id = {r["video_id"]: r for r in rows}
     for rec in good:
         r = by_id[rec["video_id"]]

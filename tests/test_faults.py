@@ -11,7 +11,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from vadclip.config import tiny_clip_kwargs
+from vadclip.config import ClipSpec
 from vadclip.extract import ExtractOptions, errors_dir, feature_dir, run_extract
 
 
@@ -23,7 +23,7 @@ def _ids(directory, column="video_id"):
 def test_encoder_actor_killed_mid_job_loses_and_duplicates_nothing(ray_local, sample_videos, tmp_path):
     victim = sample_videos["good"][3]["video_id"]
     marker = tmp_path / "killed-once"
-    opts = ExtractOptions(clip_pretrained=None, clip_model_kwargs=tiny_clip_kwargs(32), batch_size=32,
+    opts = ExtractOptions(clip=ClipSpec.tiny(), batch_size=32,
                           exit_once_on=[[victim, str(marker)]])
     s = run_extract(sample_videos["manifest"], str(tmp_path / "out"), opts, log=lambda *_: None)
     assert marker.exists()                                       # the actor did die, once

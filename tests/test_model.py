@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from vadclip import VadCLIP, tiny_config
+from vadclip.config import ClipSpec
 from vadclip.checkpoint import (CheckpointError, load_checkpoint, load_official_checkpoint, official_state_dict,
                                 save_checkpoint)
 from vadclip.model import LGTAdapter, score_video
@@ -174,7 +175,8 @@ def test_official_checkpoint_loads(model, tiny_clip):
     official = official_state_dict(model)
     assert "clipmodel.token_embedding.weight" in official and "temporal.resblocks.1.attn.in_proj_weight" in official
     # the tiny test CLIP uses GELU; official (OpenAI) weights default to QuickGELU
-    cfg = model.cfg.replace(clip_model_kwargs={**model.cfg.clip_model_kwargs, "force_quick_gelu": False})
+    c = model.cfg.clip
+    cfg = model.cfg.replace(clip=ClipSpec(c.model, c.pretrained, {**c.kwargs, "force_quick_gelu": False}))
     loaded = load_official_checkpoint({"model_state_dict": official}, cfg)
     x = torch.randn(2, 64, 32)
     ln = torch.tensor([64, 30])

@@ -282,10 +282,10 @@ def test_help_shows_each_default_once_and_none_for_required_options(capsys):
 
 def test_tiny_clip_is_built_without_a_missing_weights_warning(caplog):
     from vadclip.clip_backbone import FrozenCLIP
-    from vadclip.config import tiny_clip_kwargs
+    from vadclip.config import ClipSpec
 
     with caplog.at_level(logging.INFO):
-        FrozenCLIP("ViT-B-16", None, tiny_clip_kwargs(32))
+        FrozenCLIP(ClipSpec.tiny())
     warned = [r for r in caplog.records if r.levelno >= logging.WARNING and "pretrained" in r.getMessage()]
     assert not warned
 

@@ -22,7 +22,7 @@ import pytest
 
 from s3server import s3_server
 from vadclip import storage, tiny_config
-from vadclip.config import tiny_clip_kwargs
+from vadclip.config import ClipSpec
 from vadclip.extract import ExtractOptions, errors_dir, feature_dir, run_extract
 from vadclip.parts import part_files, read_column
 
@@ -100,7 +100,7 @@ def s3_extracted(s3, two_nodes, sample_videos):
     # what a crash in the middle of an upload would leave: a part without its marker
     half = "extract/features/part-19990101000000-dead00-00000.parquet"
     s3.put_object(Bucket=BUCKET, Key=half, Body=b"PAR1 half-written")
-    opts = ExtractOptions(clip_pretrained=None, clip_model_kwargs=tiny_clip_kwargs(32), batch_size=8,
+    opts = ExtractOptions(clip=ClipSpec.tiny(), batch_size=8,
                           rows_per_file=4)
     summary = run_extract(manifest, out, opts, address=two_nodes["address"], log=lambda *_: None)
     return {"out": out, "first": first, "summary": summary, "half": half}

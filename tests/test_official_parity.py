@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from vadclip import VadCLIP, tiny_config
+from vadclip.config import ClipSpec
 from vadclip.losses import vadclip_loss
 from vadclip.model import score_video
 from vadclip.reference import official_forward, official_test_scores, reference_loss
@@ -155,7 +156,7 @@ def official_pth(tmp_path_factory):
     from vadclip.config import VadConfig
 
     d = tmp_path_factory.mktemp("official")
-    clip = FrozenCLIP("ViT-B-16", None, {"force_quick_gelu": True})
+    clip = FrozenCLIP(ClipSpec("ViT-B-16", None, {"force_quick_gelu": True}))
     torch.manual_seed(5)
     from vadclip.checkpoint import official_state_dict
 

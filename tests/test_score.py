@@ -6,7 +6,7 @@ import pytest
 
 from vadclip import VadConfig, build_model
 from vadclip.checkpoint import save_checkpoint
-from vadclip.config import tiny_clip_kwargs
+from vadclip.config import ClipSpec
 from vadclip.extract import ExtractOptions, feature_dir, run_extract
 from vadclip.features import read_feature_rows
 from vadclip.gt import write_gt
@@ -32,10 +32,10 @@ def test_find_events_merges_and_thresholds():
 def trained(ray_local, tmp_path_factory):
     d = tmp_path_factory.mktemp("score")
     cfg = VadConfig.from_preset("custom", classes=CLASSES, visual_length=32, visual_layers=1, lr=1e-3, batch_size=4,
-                           epochs=1, clip_pretrained=None, clip_model_kwargs=tiny_clip_kwargs(32))
+                           epochs=1, clip=ClipSpec.tiny())
     man, _ = make_sample_set(str(d / "train"), 10, 10, seed=1, prefix="tr")
     write_manifest(man, str(d / "train.csv"))
-    eo = ExtractOptions(clip_pretrained=None, clip_model_kwargs=tiny_clip_kwargs(32), batch_size=32)
+    eo = ExtractOptions(clip=ClipSpec.tiny(), batch_size=32)
     run_extract(str(d / "train.csv"), str(d / "ext"), eo, log=lambda *_: None)
     rows = read_feature_rows(feature_dir(str(d / "ext")))
     model = build_model(cfg)

@@ -4,12 +4,12 @@ import numpy as np
 
 from vadclip import build_model, tiny_config
 from vadclip.checkpoint import checkpoint_dict, load_model_file
-from vadclip.config import tiny_clip_kwargs
+from vadclip.config import ClipSpec
 from vadclip.extract import DecodeStage, EncodeStage, ExtractOptions
 from vadclip.features import feature_row
 from vadclip.score import ScoreOptions, ScoreStage
 
-OPTS = ExtractOptions(clip_pretrained=None, clip_model_kwargs=tiny_clip_kwargs(32), batch_size=4)
+OPTS = ExtractOptions(clip=ClipSpec.tiny(), batch_size=4)
 
 
 def test_decode_stage_chunks_a_video_and_turns_a_bad_one_into_one_error_row(sample_videos):

@@ -43,8 +43,10 @@ def test_two_worker_training_registers_a_model(ray_local, feature_sets, tmp_path
     # steps, the same on both ranks (the smaller shard decides), every video at most once
     steps = {m.value for m in client.get_metric_history(s["mlflow_run_id"], "steps")}
     assert len(steps) == 1 and 1 <= steps.pop() <= 6
-    rss = client.get_metric_history(s["mlflow_run_id"], "worker_peak_rss_mb")
-    assert len(rss) == cfg.epochs and all(100 < m.value < 4000 for m in rss)
+    rss, private = (sorted(client.get_metric_history(s["mlflow_run_id"], f"worker_peak_{k}_mb"), key=lambda m: m.step)
+                    for k in ("rss", "private"))
+    assert len(rss) == len(private) == cfg.epochs
+    assert all(100 < p.value <= r.value < 4000 for p, r in zip(private, rss))
     inputs = {i.dataset.name: i for i in client.get_run(s["mlflow_run_id"]).inputs.dataset_inputs}
     assert sorted(inputs) == ["eval", "train"]
     assert json.loads(inputs["train"].dataset.profile)["num_rows"] == 48

@@ -78,7 +78,7 @@ def load_checkpoint(src: Union[str, bytes, Dict[str, Any]], with_clip: bool = Fa
     cfg = VadConfig.from_dict(obj["config"])
     state = obj["state_dict"]
     if with_clip or clip is not None:
-        clip = clip or FrozenCLIP(cfg.clip_model, cfg.clip_pretrained, cfg.clip_model_kwargs, device=device)
+        clip = clip or FrozenCLIP(cfg.clip, device=device)
         model = VadCLIP(cfg, clip)
         model.load_state_dict(state)
     else:
@@ -139,9 +139,10 @@ def load_official_checkpoint(src: Union[str, Dict[str, Any]], cfg: VadConfig,
     state = obj.get("model_state_dict", obj)
     mine, clip_sd = map_official_state_dict(state)
     if clip is None:
-        kwargs = dict(cfg.clip_model_kwargs)
-        kwargs.setdefault("force_quick_gelu", True)  # OpenAI CLIP uses QuickGELU
-        clip = FrozenCLIP(cfg.clip_model, None if clip_sd else cfg.clip_pretrained, kwargs, device=device)
+        kwargs = dict(cfg.clip.kwargs)
+        kwargs.setdefault("force_quick_gelu", True)  # the official weights are OpenAI's: QuickGELU
+        spec = cfg.clip.__class__(cfg.clip.model, None if clip_sd else cfg.clip.pretrained, kwargs)
+        clip = FrozenCLIP(spec, device=device)
     if clip_sd:
         missing, unexpected = clip.clip.load_state_dict(clip_sd, strict=False)
         missing = [k for k in missing if k != "attn_mask"]

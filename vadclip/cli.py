@@ -10,7 +10,7 @@ import os
 import sys
 from typing import List, Optional
 
-from .config import VadConfig, tiny_clip_kwargs
+from .config import ClipSpec, VadConfig
 from .errors import InputError, one_line
 
 
@@ -36,10 +36,10 @@ def _add_clip(p: argparse.ArgumentParser) -> None:
 
 
 def _clip_settings(a, given_only: bool = False) -> dict:
-    """The CLIP flags as config fields; ``given_only``: only those on the command line."""
+    """The CLIP flags as config fields: ``{"clip": ClipSpec}``; ``given_only``: only the
+    flags on the command line, as fields laid over a config file's CLIP."""
     if a.tiny_clip:
-        return {"clip_model": a.clip_model or "ViT-B-16", "clip_pretrained": None,
-                "clip_model_kwargs": tiny_clip_kwargs(32)}
+        return {"clip": ClipSpec.tiny()}
     out = {}
     if a.clip_model or not given_only:
         out["clip_model"] = a.clip_model or "ViT-B-16"
@@ -47,7 +47,7 @@ def _clip_settings(a, given_only: bool = False) -> dict:
         pre = a.clip_pretrained or "openai"
         out["clip_pretrained"] = None if str(pre).lower() == "none" else pre
         out["clip_model_kwargs"] = {}
-    return out
+    return out if given_only else {"clip": ClipSpec(out["clip_model"], out["clip_pretrained"])}
 
 
 def _train_config(a) -> VadConfig:
@@ -338,8 +338,9 @@ def _run(a) -> dict:
                 "gt": os.path.join(a.out, "gt.parquet")}
     from .demo import run_demo
 
+    pre = None if str(a.clip_pretrained).lower() == "none" else a.clip_pretrained
     return run_demo(a.workdir, a.train_videos, a.test_videos, a.epochs, a.num_workers,
-                    clip_model=a.clip_model, clip_pretrained=a.clip_pretrained, log=log)
+                    clip=ClipSpec(a.clip_model, pre) if pre else None, log=log)
 
 
 def _setup_logging() -> None:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 import torch
 from torch import nn
+
+from .config import ClipSpec
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -16,17 +19,43 @@ RANDOM_INIT_SEED = 0
 
 log = logging.getLogger(__name__)
 
+# the project's own open_clip model configs (the tiny test CLIP), registered once per process
+CONFIG_DIR = Path(__file__).parent / "clip_configs"
+
+
+def _register_configs() -> None:
+    import open_clip
+
+    if CONFIG_DIR not in getattr(open_clip.factory, "_MODEL_CONFIG_PATHS", []):
+        open_clip.add_model_config(CONFIG_DIR)
+
+
+_register_configs()
+
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+
+
+def weights_kind(pretrained: Optional[str]) -> str:
+    """``none`` (random init), ``file`` (a path, or a name ending in a weights suffix,
+    e.g. ``weights.pt``) or ``tag`` (an open_clip pretrained tag)."""
+    if not pretrained:
+        return "none"
+    p = str(pretrained)
+    return "file" if os.path.sep in p or p.endswith(WEIGHT_SUFFIXES) else "tag"
+
 
 def build_open_clip(model_name: str, pretrained: Optional[str], model_kwargs: Optional[Dict[str, Any]] = None,
                     device: str = "cpu") -> nn.Module:
     """Create an open_clip model; ``pretrained`` is a tag (e.g. ``openai``), a local
-    weights file, or ``None`` for random init (offline)."""
+    weights file, or ``None`` for random init (offline).  A tag's activation
+    (QuickGELU for the OpenAI weights) comes from open_clip's pretrained config."""
     import open_clip
 
     kwargs = dict(model_kwargs or {})
-    if pretrained and os.path.sep in str(pretrained) and not os.path.isfile(str(pretrained)):
+    kind = weights_kind(pretrained)
+    if kind == "file" and not os.path.isfile(str(pretrained)):
         raise FileNotFoundError(f"CLIP weights file not found: {pretrained}")
-    if pretrained == "openai":
+    if kind == "tag" and open_clip.get_pretrained_cfg(model_name, pretrained).get("quick_gelu"):
         kwargs.setdefault("force_quick_gelu", True)
     if pretrained:
         return open_clip.create_model(model_name, pretrained=pretrained, device=device, **kwargs)
@@ -57,10 +86,10 @@ def check_clip(model_name: str, pretrained: Optional[str]) -> None:
     from .errors import InputError
 
     model_config(model_name)
-    if not pretrained:
+    kind, p = weights_kind(pretrained), str(pretrained)
+    if kind == "none":
         return
-    p = str(pretrained)
-    if os.path.sep in p or p.endswith((".pt", ".pth", ".bin", ".safetensors")):
+    if kind == "file":
         if not os.path.isfile(p):
             raise InputError(f"CLIP weights file not found: {p}")
         return
@@ -114,19 +143,17 @@ def _is_causal(mask: Optional[torch.Tensor]) -> bool:
 class FrozenCLIP(nn.Module):
     """Wraps an open_clip CLIP model with all gradients off and eval mode pinned."""
 
-    def __init__(self, model_name: str = "ViT-B-16", pretrained: Optional[str] = "openai",
-                 model_kwargs: Optional[Dict[str, Any]] = None, device: str = "cpu",
+    def __init__(self, spec: Optional[ClipSpec] = None, device: str = "cpu",
                  model: Optional[nn.Module] = None) -> None:
         super().__init__()
         import open_clip
 
-        self.model_name = model_name
-        self.pretrained = pretrained
-        self.clip = model if model is not None else build_open_clip(model_name, pretrained, model_kwargs, device)
+        self.spec = spec = ClipSpec.of(spec)
+        self.clip = model if model is not None else build_open_clip(spec.model, spec.pretrained, spec.kwargs, device)
         for p in self.clip.parameters():
             p.requires_grad_(False)
         self.clip.eval()
-        self._tokenizer = open_clip.get_tokenizer(model_name)
+        self._tokenizer = open_clip.get_tokenizer(spec.model)
         visual = self.clip.visual
         size = getattr(visual, "image_size", 224)
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)

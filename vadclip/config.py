@@ -73,6 +73,86 @@ PRESET_CLASSES: Dict[str, Tuple[Tuple[str, str], ...]] = {"ucf": UCF_CLASSES, "x
 PRESET_ALIASES = {"ucf-crime": "ucf", "ucfcrime": "ucf", "xd-violence": "xd", "xdviolence": "xd"}
 
 
+TINY_CLIP = "vadclip-tiny"   # a tiny ViT registered with open_clip (vadclip/clip_configs/); tests, demo
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """Which frozen CLIP, shared by the model config and the extraction options: an
+    open_clip model name, its weights (a pretrained tag such as ``openai``, a local
+    weights file, or ``None`` for seeded random init) and ``kwargs`` passed on to
+    ``open_clip.create_model`` (e.g. ``{"embed_dim": 512}`` or
+    ``{"force_quick_gelu": True}`` for a local OpenAI weights file; a tag's own
+    activation comes from open_clip's pretrained config)."""
+
+    model: str = "ViT-B-16"
+    pretrained: Optional[str] = "openai"
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def tiny(cls, embed_dim: int = 32) -> "ClipSpec":
+        """The tiny random-init CLIP (no download; tests and the offline demo)."""
+        return cls(TINY_CLIP, None, {} if embed_dim == 32 else {"embed_dim": int(embed_dim)})
+
+    @classmethod
+    def of(cls, value: Any) -> "ClipSpec":
+        """A spec from a spec, a dict (``to_dict``), or None (the default)."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, dict):
+            unknown = set(value) - {"model", "pretrained", "kwargs"}
+            if unknown:
+                raise InputError(f"unknown CLIP settings {sorted(unknown)} (use model, pretrained, kwargs)")
+            return cls(**{k: v for k, v in value.items() if not (k == "kwargs" and v is None)})
+        raise InputError(f"CLIP settings must be a mapping of model/pretrained/kwargs, got {value!r}")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"model": self.model, "pretrained": self.pretrained, "kwargs": dict(self.kwargs)}
+
+    def check(self) -> None:
+        """At job start: the model exists and its weights are a known tag or a local file."""
+        from .clip_backbone import check_clip
+
+        check_clip(self.model, self.pretrained)
+
+    @property
+    def embed_dim(self) -> int:
+        from .clip_backbone import clip_embed_dim
+
+        return clip_embed_dim(self.model, self.kwargs)
+
+    @property
+    def image_size(self) -> int:
+        from .clip_backbone import model_config
+
+        size = (self.kwargs.get("vision_cfg") or {}).get("image_size") or \
+            model_config(self.model).get("vision_cfg", {}).get("image_size", 224)
+        return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+    def describe(self) -> str:
+        return f"{self.model} ({'random init' if not self.pretrained else self.pretrained})"
+
+
+# configs written before ClipSpec kept the CLIP in three flat fields
+_FLAT_CLIP = {"clip_model": "model", "clip_pretrained": "pretrained", "clip_model_kwargs": "kwargs"}
+
+
+def _fold_flat_clip(d: Dict[str, Any], base: Optional[ClipSpec] = None) -> Dict[str, Any]:
+    """``clip_model``/``clip_pretrained``/``clip_model_kwargs`` (older checkpoints,
+    config files) into one ``clip``, over ``base``."""
+    if not any(k in d for k in _FLAT_CLIP):
+        return d
+    d = dict(d)
+    base = ClipSpec.of(d.pop("clip", base)).to_dict()
+    for old, new in _FLAT_CLIP.items():
+        if old in d:
+            base[new] = d.pop(old)
+    d["clip"] = ClipSpec.of(base)
+    return d
+
+
 class LabelError(InputError):
     """A video-level label that the configured label space does not know."""
 
@@ -118,11 +198,10 @@ class VadConfig:
     seed: int = 234
 
     # frozen CLIP backbone (open_clip)
-    clip_model: str = "ViT-B-16"
-    clip_pretrained: Optional[str] = "openai"  # tag, local file or None (random init)
-    clip_model_kwargs: Dict[str, Any] = field(default_factory=dict)
+    clip: ClipSpec = field(default_factory=ClipSpec)
 
     def __post_init__(self) -> None:
+        self.clip = ClipSpec.of(self.clip)
         self.validate()
 
     # ------------------------------------------------------------------ presets
@@ -143,7 +222,7 @@ class VadConfig:
         else:
             pairs = PRESET_CLASSES[name]
         base.update(class_keys=[k for k, _ in pairs], class_prompts=[p for _, p in pairs])
-        base.update(overrides)
+        base.update(_fold_flat_clip(overrides))
         return cls(**base)
 
     # --------------------------------------------------------------- validation
@@ -197,13 +276,14 @@ class VadConfig:
 
     # ------------------------------------------------------------ serialisation
     def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        return dict(dataclasses.asdict(self), clip=self.clip.to_dict())
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "VadConfig":
+        d = _fold_flat_clip(d)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -213,22 +293,10 @@ class VadConfig:
         return cls(**{"padding": "masked", "map_normal_segments": True, **d})
 
     def replace(self, **kw: Any) -> "VadConfig":
-        return dataclasses.replace(self, **kw)
-
-
-def tiny_clip_kwargs(embed_dim: int = 32) -> Dict[str, Any]:
-    """open_clip ``model_kwargs`` for a tiny random-init ViT used by tests and the demo."""
-    return {
-        "embed_dim": embed_dim,
-        "vision_cfg": {"image_size": 224, "layers": 1, "width": 32, "patch_size": 32, "head_width": 16,
-                       "pool_type": "avg"},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-    }
+        return dataclasses.replace(self, **_fold_flat_clip(kw, self.clip))
 
 
 def tiny_config(preset: str = "ucf", embed_dim: int = 32, **overrides: Any) -> VadConfig:
-    """A preset with a tiny random-init CLIP (no download; for tests and the demo)."""
-    overrides.setdefault("clip_pretrained", None)
-    overrides.setdefault("clip_model_kwargs", tiny_clip_kwargs(embed_dim))
+    """A preset with the tiny random-init CLIP (no download; for tests and the demo)."""
+    overrides.setdefault("clip", ClipSpec.tiny(embed_dim))
     return VadConfig.from_preset(preset, **overrides)
-

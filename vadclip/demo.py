@@ -7,14 +7,13 @@ import os
 import time
 from typing import Any, Dict, Optional
 
-from .config import VadConfig, tiny_clip_kwargs
+from .config import ClipSpec, VadConfig
 
 DEMO_CLASSES = ["Normal", "Explosion", "Fighting", "RoadAccidents"]
 
 
 def run_demo(workdir: str = "./vadclip_demo", n_train: int = 24, n_test: int = 8, epochs: int = 12,
-             num_workers: int = 2, clip_model: str = "ViT-B-16", clip_pretrained: Optional[str] = None,
-             log=None) -> Dict[str, Any]:
+             num_workers: int = 2, clip: Optional[ClipSpec] = None, log=None) -> Dict[str, Any]:
     log = log or logging.getLogger("vadclip").info
     from .extract import ExtractOptions, feature_dir, run_extract
     from .gt import write_gt
@@ -25,11 +24,10 @@ def run_demo(workdir: str = "./vadclip_demo", n_train: int = 24, n_test: int = 8
 
     t0 = time.time()
     workdir = os.path.abspath(workdir)
-    if clip_pretrained:
-        clip = {"clip_model": clip_model, "clip_pretrained": clip_pretrained, "clip_model_kwargs": {}}
-        log(f"[demo] CLIP backbone: {clip_model} with pretrained weights {clip_pretrained!r}")
+    if clip is not None and clip.pretrained:
+        log(f"[demo] CLIP backbone: {clip.model} with pretrained weights {clip.pretrained!r}")
     else:
-        clip = {"clip_model": clip_model, "clip_pretrained": None, "clip_model_kwargs": tiny_clip_kwargs(32)}
+        clip = ClipSpec.tiny()
         log("[demo] NOTE: using a small RANDOM-INIT CLIP (no download, runs offline). The pipeline is the "
             "real one, but features carry no pretrained semantics; pass --clip-pretrained openai (or a "
             "local weights file) for real ViT-B-16 features.")
@@ -47,14 +45,14 @@ def run_demo(workdir: str = "./vadclip_demo", n_train: int = 24, n_test: int = 8
     write_gt(test_gt, gt_path)
 
     log("[demo] 2/4 extracting CLIP snippet features (Ray Data)")
-    eo = ExtractOptions(batch_size=32, **clip)
+    eo = ExtractOptions(batch_size=32, clip=clip)
     run_extract(os.path.join(workdir, "train.csv"), os.path.join(workdir, "extract", "train"), eo, log=log)
     run_extract(os.path.join(workdir, "test.csv"), os.path.join(workdir, "extract", "test"), eo, log=log)
 
     log("[demo] 3/4 training (Ray Train) and registering the model (MLflow)")
     cfg = VadConfig.from_preset("custom", classes=DEMO_CLASSES, visual_length=32, attn_window=8, visual_layers=1,
                            lr=1e-3, batch_size=4, epochs=epochs, milestones=[max(1, epochs - 2)],
-                           contrast_weight=1e-1, **clip)
+                           contrast_weight=1e-1, clip=clip)
     tracking_uri = f"sqlite:///{os.path.join(workdir, 'mlflow.db')}"
     tr = run_train(feature_dir(os.path.join(workdir, "extract", "train")), cfg, os.path.join(workdir, "runs"),
                    run_name="demo", eval_path=feature_dir(os.path.join(workdir, "extract", "test")),
@@ -70,7 +68,7 @@ def run_demo(workdir: str = "./vadclip_demo", n_train: int = 24, n_test: int = 8
         "train_best": {k: tr["best_metrics"].get(k) for k in ("epoch", "auc", "ap")},
         "registered": f"models:/vadclip-demo@champion (version {tr.get('registered_version')})",
         "scores": sc["output"], "report": sc["report"],
-        "mlflow": tracking_uri, "random_init_clip": not clip_pretrained,
+        "mlflow": tracking_uri, "random_init_clip": not clip.pretrained,
         "elapsed_s": round(time.time() - t0, 1),
     }
     log(f"[demo] held-out frame AUC {out['heldout_auc']:.4f}  AP {out['heldout_ap']:.4f}  "

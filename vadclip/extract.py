@@ -23,6 +23,7 @@ from typing import Any, Dict, Iterator, List, Optional
 import numpy as np
 
 from . import storage
+from .config import ClipSpec
 from .errors import InputError, MissingInputError
 from .features import ERROR_SCHEMA, FEATURE_SCHEMA, feature_row
 from .parts import PartWriter, drop_rows, new_run_id, read_column, remove_uncommitted
@@ -34,9 +35,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ExtractOptions:
-    clip_model: str = "ViT-B-16"
-    clip_pretrained: Optional[str] = "openai"
-    clip_model_kwargs: Dict[str, Any] = field(default_factory=dict)
+    clip: ClipSpec = field(default_factory=ClipSpec)   # the frozen CLIP (as in the model config)
     snippet_len: int = 16
     crops: int = 1
     batch_size: int = 64            # images per encoder forward pass
@@ -114,8 +113,7 @@ def load_manifest(source: str) -> List[Dict[str, Optional[str]]]:
 class ClipImageEncoder:
     """Frozen open_clip image encoder on uint8 crops [n, crops, 3, S, S] → [n, crops, D]."""
 
-    def __init__(self, clip_model: str, clip_pretrained: Optional[str], clip_model_kwargs: Dict[str, Any],
-                 precision: str = "auto", device: Optional[str] = None) -> None:
+    def __init__(self, spec: ClipSpec, precision: str = "auto", device: Optional[str] = None) -> None:
         import torch
 
         from .clip_backbone import FrozenCLIP
@@ -124,7 +122,7 @@ class ClipImageEncoder:
         if precision == "auto":
             precision = "fp16" if self.device.startswith("cuda") else "fp32"
         self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-        self.clip = FrozenCLIP(clip_model, clip_pretrained, clip_model_kwargs, device=self.device)
+        self.clip = FrozenCLIP(spec, device=self.device)
         self.clip.to(self.dtype)
         # on a GPU: channels-last for the patch-embedding convolution; open_clip's attention
         # runs through scaled_dot_product_attention (flash/memory-efficient kernels in fp16/bf16)
@@ -206,7 +204,7 @@ class EncodeStage:
             # bottleneck, so it gets the node's cores shared by the pool
             n = opts.encoder_threads or max(1, (os.cpu_count() or 1) // max(1, opts.num_encoders))
             torch.set_num_threads(int(n))
-        self.enc = ClipImageEncoder(opts.clip_model, opts.clip_pretrained, opts.clip_model_kwargs, opts.precision)
+        self.enc = ClipImageEncoder(opts.clip, opts.precision)
 
     @staticmethod
     def ray_args(opts: ExtractOptions, gpus: float) -> Dict[str, Any]:
@@ -257,10 +255,10 @@ def run_extract(source: str, out_dir: str, opts: ExtractOptions, retry_failed: b
     from .raysetup import cluster_gpus, ensure_ray
     from .storage import absolute
 
-    from .clip_backbone import check_clip, check_packages
+    from .clip_backbone import check_packages
 
     check_packages("decord", "open_clip")             # once, at job start, with one line
-    check_clip(opts.clip_model, opts.clip_pretrained)
+    opts.clip.check()
     items = load_manifest(source)
     out_dir = absolute(out_dir)
     storage.makedirs(out_dir)
@@ -280,7 +278,7 @@ def run_extract(source: str, out_dir: str, opts: ExtractOptions, retry_failed: b
     if todo:
         ensure_ray(address)
         gpus = opts.gpus_per_encoder if opts.gpus_per_encoder is not None else (1.0 if cluster_gpus() > 0 else 0.0)
-        size = _probe_image_size(opts)
+        size = opts.clip.image_size
         ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo), 256)))
         ds = ds.flat_map(DecodeStage(opts, size), num_cpus=DecodeStage.num_cpus)
         ds = ds.map_batches(EncodeStage, **EncodeStage.ray_args(opts, gpus))
@@ -332,13 +330,3 @@ def run_extract(source: str, out_dir: str, opts: ExtractOptions, retry_failed: b
         f"{summary['videos_skipped']} skipped; {summary['snippets']} snippets, {summary['frames']} frames "
         f"in {elapsed:.1f}s ({summary['frames_per_s']} frames/s) → {feature_dir(out_dir)}")
     return summary
-
-
-def _probe_image_size(opts: ExtractOptions) -> int:
-    """CLIP input size from the model config (without building the model)."""
-    import open_clip
-
-    cfg = open_clip.get_model_config(opts.clip_model) or {}
-    size = (opts.clip_model_kwargs.get("vision_cfg") or {}).get("image_size") or \
-        cfg.get("vision_cfg", {}).get("image_size", 224)
-    return int(size[0] if isinstance(size, (list, tuple)) else size)

@@ -318,7 +318,7 @@ class VadCLIP(nn.Module):
 def build_model(cfg: VadConfig, clip: Optional[FrozenCLIP] = None, device: str = "cpu") -> VadCLIP:
     """Model with its frozen CLIP text encoder built from the config (for training)."""
     if clip is None:
-        clip = FrozenCLIP(cfg.clip_model, cfg.clip_pretrained, cfg.clip_model_kwargs, device=device)
+        clip = FrozenCLIP(cfg.clip, device=device)
     torch.manual_seed(cfg.seed)
     return VadCLIP(cfg, clip).to(device)
 

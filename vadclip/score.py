@@ -191,8 +191,7 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
         from .extract import ExtractOptions, feature_dir, run_extract
 
         eo = extract_opts or ExtractOptions()
-        eo = replace(eo, clip_model=cfg.clip_model, clip_pretrained=cfg.clip_pretrained,
-                     clip_model_kwargs=cfg.clip_model_kwargs, snippet_len=cfg.snippet_len)
+        eo = replace(eo, clip=cfg.clip, snippet_len=cfg.snippet_len)
         extract_summary = run_extract(videos, out_dir, eo, log=log)
         features = feature_dir(out_dir)
         found = check_feature_set(features, model.embed_dim, crop=opts.crop)

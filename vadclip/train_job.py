@@ -89,10 +89,40 @@ def _broadcast_flag(flag: bool) -> bool:
     return bool(t.item())
 
 
-def _peak_rss_mb() -> float:
-    import resource
+class _MemoryWatch:
+    """Peak memory of this worker process, in MiB: ``rss`` (``ru_maxrss``) and, sampled
+    every 50 ms from ``/proc/self/status``, ``private`` (anonymous memory: tensors,
+    batches, the model) and ``shared`` (object-store pages the worker has read; they
+    belong to the node's object store, whose size Ray caps, not to the worker)."""
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0   # KiB on Linux
+    def __init__(self, every: float = 0.05):
+        import threading
+
+        self.peak = {"private": 0.0, "shared": 0.0}
+        self._stop = threading.Event()
+        if os.path.exists("/proc/self/status"):
+            threading.Thread(target=self._run, args=(every,), daemon=True).start()
+
+    def _sample(self) -> None:
+        with open("/proc/self/status") as f:
+            for line in f:
+                key = {"RssAnon:": "private", "RssShmem:": "shared"}.get(line.split(":")[0] + ":")
+                if key:
+                    self.peak[key] = max(self.peak[key], int(line.split()[1]) / 1024.0)
+
+    def _run(self, every: float) -> None:
+        while not self._stop.wait(every):
+            self._sample()
+
+    def read(self) -> Dict[str, float]:
+        import resource
+
+        if os.path.exists("/proc/self/status"):
+            self._sample()
+        return {"rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, **self.peak}
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def _quiet_ray_train_logs():
@@ -137,6 +167,7 @@ class _Worker:
         from .model import VadCLIP
         from .training import make_optimizer
 
+        self.memory = _MemoryWatch()
         self.config, self.cfg = config, VadConfig.from_dict(config["cfg"])
         cfg = self.cfg
         self.log = _quiet_ray_train_logs()
@@ -147,8 +178,7 @@ class _Worker:
         np.random.seed(cfg.seed + self.rank)
         self.recipe, self.metric = config.get("recipe", "vadclip"), config["metric"]
         self.eval_every = config.get("eval_every_samples")
-        model = VadCLIP(cfg, FrozenCLIP(cfg.clip_model, cfg.clip_pretrained, cfg.clip_model_kwargs,
-                                        device=str(self.device)))
+        model = VadCLIP(cfg, FrozenCLIP(cfg.clip, device=str(self.device)))
         self.opt, self.sched = make_optimizer(model, cfg)
         self.start_epoch, self.best, self.history, self.best_state = 0, -float("inf"), [], None
         self._restore(model)
@@ -261,7 +291,8 @@ class _Worker:
         self.sched.step()
         metrics: Dict[str, Any] = {k: v / max(1, len(plan)) for k, v in sums.items()}
         metrics.update(epoch=epoch + 1, lr=self.opt.param_groups[0]["lr"], epoch_time_s=time.time() - t0,
-                       steps=len(plan), worker_peak_rss_mb=_all_reduce(_peak_rss_mb(), "max"))
+                       steps=len(plan), **{f"worker_peak_{k}_mb": _all_reduce(v, "max")
+                                           for k, v in sorted(self.memory.read().items())})
         is_best = False if self.eval_every else self.eval_point(metrics)
         if self.recipe == "official" and self.best_state is not None:
             self.core.load_state_dict(self.best_state)       # the official loops go on from the best model
@@ -284,6 +315,7 @@ class _Worker:
                     raise RuntimeError(f"injected failure after epoch {epoch + 1} (test of crash recovery)")
         finally:
             shard.close()
+            self.memory.stop()
 
 
 def train_loop_per_worker(config: Dict[str, Any]) -> None:
@@ -311,7 +343,6 @@ def check_inputs(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_p
     feature sets exist and have the CLIP's dimension, one row per video and crop,
     every training label is in the label space, evaluation has ground truth and the
     crop to evaluate is present.  Raises an :class:`InputError` naming the problem."""
-    from .clip_backbone import check_clip, clip_embed_dim
     from .errors import InputError
     from .features import check_feature_set
     from .parts import read_table
@@ -321,8 +352,8 @@ def check_inputs(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_p
                          "against frame ground truth")
     if gt_path and not eval_path:
         raise InputError(f"--gt {gt_path} given without --eval (the feature set to evaluate)")
-    check_clip(cfg.clip_model, cfg.clip_pretrained)       # the text tower's weights, before any worker
-    dim = clip_embed_dim(cfg.clip_model, cfg.clip_model_kwargs)
+    cfg.clip.check()       # the text tower's weights, before any worker
+    dim = cfg.clip.embed_dim
     check_feature_set(train_path, dim, what="training feature set")
     meta_table = read_table(train_path, columns=["video_id", "crop", "label"], what="training feature set")
     meta = meta_table.to_pylist()
