@@ -82,15 +82,20 @@ def write_feature_table(rows: Sequence[Dict], path: str) -> None:
     storage.write_bytes(path, table_bytes(table))
 
 
+META_COLUMNS = ["video_id", "crop", "label", "feature_dim"]
+
+
 def check_feature_set(path: str, expected_dim: Optional[int] = None, crop: Optional[int] = None,
                       what: str = "feature set") -> Dict[str, object]:
-    """Checks that need no worker, from two small columns: the set exists and has rows,
-    some rows have the model's feature dimension, and the requested crop is present.
-    Returns the row count, dimensions and crops found."""
+    """Checks that need no worker, from the small columns (``META_COLUMNS``, read once):
+    the set exists and has rows, some rows have the model's feature dimension, and the
+    requested crop is present.  Returns the row count, dimensions and crops found, and
+    the small columns as ``meta``."""
     files = dataset_files(path, what)
     try:
-        t = read_table(path, columns=["crop", "feature_dim"], what=what) if files else pa.table(
-            {"crop": pa.array([], pa.int32()), "feature_dim": pa.array([], pa.int32())})
+        t = read_table(path, columns=META_COLUMNS, what=what) if files else pa.table(
+            {"video_id": pa.array([], pa.string()), "crop": pa.array([], pa.int32()),
+             "label": pa.array([], pa.string()), "feature_dim": pa.array([], pa.int32())})
     except (pa.ArrowInvalid, ValueError, KeyError) as exc:
         raise FeatureError(f"{path}: not a vadclip {what} ({type(exc).__name__}: {exc})") from exc
     if t.num_rows == 0:
@@ -102,7 +107,7 @@ def check_feature_set(path: str, expected_dim: Optional[int] = None, crop: Optio
                            f"expects {expected_dim} (extracted with another CLIP?)")
     if crop is not None and crop not in crops:
         raise FeatureError(f"{path}: no rows for crop {crop}; the {what} holds crops {crops}")
-    return {"rows": t.num_rows, "dims": dims, "crops": crops}
+    return {"rows": t.num_rows, "dims": dims, "crops": crops, "meta": t}
 
 
 def read_feature_rows(path: str, columns: Optional[List[str]] = None) -> List[Dict]:

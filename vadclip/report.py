@@ -50,21 +50,33 @@ def _safe(video_id: str) -> str:
     return f"{base}-{hashlib.sha1(str(video_id).encode()).hexdigest()[:6]}"
 
 
-def _scan(scores_dir: str, top_n: int):
-    """One pass over the parts: counts, the top-N flagged videos and the strongest events."""
+def output_totals(scores_dir: str) -> Dict[str, int]:
+    """Videos, flagged videos and events in a scores table, one part file and two
+    small columns at a time (memory does not grow with the archive)."""
+    import pyarrow.compute as pc
+
     from .parts import part_files, read_file
 
-    counts = {"videos": 0, "flagged": 0, "events": 0}
+    tot = {"videos": 0, "flagged": 0, "events": 0}
+    for f in part_files(scores_dir):
+        t = read_file(f, ["flagged", "events"])
+        tot["videos"] += t.num_rows
+        tot["flagged"] += int(pc.sum(t.column("flagged")).as_py() or 0)
+        tot["events"] += int(pc.sum(pc.list_value_length(t.column("events"))).as_py() or 0)
+    return tot
+
+
+def _scan(scores_dir: str, top_n: int):
+    """One pass over the parts: the top-N videos for pages and the strongest events."""
+    from .parts import part_files, read_file
+
     top: List = []
     events: List = []
     n = 0
     for f in part_files(scores_dir):
         for r in read_file(f, SUMMARY_COLUMNS).to_pylist():
             n += 1
-            counts["videos"] += 1
             evs = r["events"] or []
-            counts["events"] += len(evs)
-            counts["flagged"] += bool(r["flagged"])
             # pages: flagged videos first, then the highest-scoring others (an archive with
             # nothing flagged still shows how close it came)
             item = ((bool(r["flagged"]), float(r["video_score"]), n), r)
@@ -80,7 +92,7 @@ def _scan(scores_dir: str, top_n: int):
                     heapq.heappush(events, ev)
                 elif ev[0] > events[0][0]:
                     heapq.heapreplace(events, ev)
-    return (counts, [r for _, r in sorted(top, key=lambda kr: kr[0], reverse=True)],
+    return ([r for _, r in sorted(top, key=lambda kr: kr[0], reverse=True)],
             [e for _, e in sorted(events, key=lambda kr: kr[0], reverse=True)])
 
 
@@ -296,7 +308,8 @@ def build_report(out_dir: str, summary: Optional[Dict[str, Any]] = None, gt_path
     snippet_len = int(snippet_len or summary.get("snippet_len") or 16)
     threshold = float(summary.get("threshold", 0.5))
     gt = read_gt(gt_path) if gt_path else {}
-    counts, top, events = _scan(scores, top_n)
+    counts = output_totals(scores)
+    top, events = _scan(scores, top_n)
     full = _full_rows(scores, [r["video_id"] for r in top])
     tmp = None
     if local_dir is None:

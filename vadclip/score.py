@@ -20,9 +20,9 @@ import pyarrow as pa
 from . import storage
 from .errors import InputError
 from .features import ERROR_SCHEMA
-from .parts import (PartWriter, dataset_files, new_run_id, part_files, read_column, read_file, read_table,
+from .parts import (PartWriter, dataset_files, new_run_id, read_column, read_table,
                     remove_uncommitted)
-from .report import build_report
+from .report import build_report, output_totals
 
 EVENT_TYPE = pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("start_frame", pa.int64()),
                         ("end_frame", pa.int64()), ("class_name", pa.string()), ("score", pa.float64())])
@@ -297,20 +297,6 @@ def _model_identity(model_uri: str, tracking_uri: Optional[str]) -> Dict[str, An
 
 
 METRIC_COLUMNS = ("video_id", "label", "num_frames", "snippet_count", "anomaly", "class_probs")
-
-
-def output_totals(scores_dir: str) -> Dict[str, int]:
-    """Videos, flagged videos and events in a scores table, one part file and two
-    small columns at a time (memory does not grow with the archive)."""
-    import pyarrow.compute as pc
-
-    tot = {"videos": 0, "flagged": 0, "events": 0}
-    for f in part_files(scores_dir):
-        t = read_file(f, ["flagged", "events"])
-        tot["videos"] += t.num_rows
-        tot["flagged"] += int(pc.sum(t.column("flagged")).as_py() or 0)
-        tot["events"] += int(pc.sum(pc.list_value_length(t.column("events"))).as_py() or 0)
-    return tot
 
 
 def score_metrics(rows: List[Dict[str, Any]], gt_path: str, cfg) -> Dict[str, float]:

@@ -345,7 +345,6 @@ def check_inputs(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_p
     crop to evaluate is present.  Raises an :class:`InputError` naming the problem."""
     from .errors import InputError
     from .features import check_feature_set
-    from .parts import read_table
 
     if eval_path and not gt_path:
         raise InputError(f"--eval {eval_path} needs --gt: the evaluation metrics (auc, ap, map) are computed "
@@ -354,9 +353,8 @@ def check_inputs(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_p
         raise InputError(f"--gt {gt_path} given without --eval (the feature set to evaluate)")
     cfg.clip.check()       # the text tower's weights, before any worker
     dim = cfg.clip.embed_dim
-    check_feature_set(train_path, dim, what="training feature set")
-    meta_table = read_table(train_path, columns=["video_id", "crop", "label"], what="training feature set")
-    meta = meta_table.to_pylist()
+    meta_table = check_feature_set(train_path, dim, what="training feature set")["meta"]
+    meta = meta_table.select(["video_id", "crop", "label"]).to_pylist()
     seen = set()
     for r in meta:
         key = (r["video_id"], r["crop"])
@@ -365,10 +363,11 @@ def check_inputs(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_p
         seen.add(key)
     labels = [r["label"] for r in meta]
     _check_labels(labels, cfg, train_path)
-    out: Dict[str, Any] = {"labels": labels, "gt": {}, "eval_crop": None, "meta": meta_table}
+    out: Dict[str, Any] = {"labels": labels, "gt": {}, "eval_crop": None, "meta": meta_table, "eval_meta": None}
     if eval_path:
         ev = check_feature_set(eval_path, dim, crop=eval_crop, what="evaluation feature set")
         out["eval_crop"] = eval_crop if eval_crop is not None else ev["crops"][0]
+        out["eval_meta"] = ev["meta"]
         out["gt"] = read_gt(gt_path)
     return out
 
@@ -477,7 +476,7 @@ def _run_train(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_pat
                                "eval_every_samples": o.eval_every_samples, "micro_batch": o.micro_batch})
             log_feature_set(train_path, "train", "training", checked["meta"])
             if eval_path:
-                log_feature_set(eval_path, "eval", "evaluation")
+                log_feature_set(eval_path, "eval", "evaluation", checked["eval_meta"])
         config = {"cfg": cfg_dict, "metric": metric, "gt": gt, "max_steps_per_epoch": o.max_steps_per_epoch,
                   "micro_batch": o.micro_batch,
                   "has_eval": bool(eval_path), "mlflow_run_id": run_id, "tracking_uri": tracking_uri,
