@@ -128,7 +128,10 @@ class _MemoryWatch:
 def _quiet_ray_train_logs():
     """One readable line per epoch from rank 0 (Train V2 both logs and echoes print(),
     and logs two more INFO lines per report and rank): vadclip logs, Ray Train warns."""
-    for name in [n for n in logging.root.manager.loggerDict if n.startswith("ray.train")] + ["ray.train"]:
+    # Train V2's report logger is named by its file path (logging.getLogger(__file__))
+    names = [n for n in logging.root.manager.loggerDict
+             if n.startswith("ray.train") or f"{os.sep}ray{os.sep}train{os.sep}" in n]
+    for name in names + ["ray.train"]:
         logging.getLogger(name).setLevel(logging.WARNING)
     log = logging.getLogger("vadclip.train")
     log.setLevel(logging.INFO)
