@@ -33,3 +33,24 @@ def test_bad_config_files_are_one_line_errors(tmp_path, capsys):
         assert main(["train", "--train", str(tmp_path), "--config", str(f)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and msg in err[0]
+
+
+def test_clip_is_one_mapping_and_old_flat_fields_still_load(tmp_path):
+    """``clip:`` in a config file is one ClipSpec; a flag lays over it; configs saved with
+    the older clip_model / clip_pretrained / clip_model_kwargs fields fold into it."""
+    import pytest
+
+    from vadclip.config import ClipSpec
+    from vadclip.errors import InputError
+
+    (tmp_path / "c.yaml").write_text("preset: xd\nclip: {model: vadclip-tiny, pretrained: null}\nepochs: 2\n")
+    c = _cfg("--config", str(tmp_path / "c.yaml"))
+    assert (c.preset, c.clip, c.epochs) == ("xd", ClipSpec("vadclip-tiny", None), 2)
+    assert c.clip.embed_dim == 32 and c.clip.image_size == 224      # from the registered open_clip config
+    assert VadConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    old = {k: v for k, v in c.to_dict().items() if k != "clip"}
+    old.update(clip_model="ViT-B-16", clip_pretrained=None, clip_model_kwargs={"embed_dim": 64})
+    assert VadConfig.from_dict(old).clip == ClipSpec("ViT-B-16", None, {"embed_dim": 64})
+    assert c.replace(clip_pretrained="laion2b_s34b_b88k").clip == ClipSpec("vadclip-tiny", "laion2b_s34b_b88k")
+    with pytest.raises(InputError, match="unknown CLIP settings"):
+        VadConfig.from_dict(dict(c.to_dict(), clip={"name": "x"}))
