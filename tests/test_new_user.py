@@ -3,6 +3,7 @@ one MLflow store, early input checks and one-line CLI errors (issue #9)."""
 import csv
 import json
 import logging
+import time
 
 import mlflow
 import pyarrow.parquet as pq
@@ -160,9 +161,13 @@ def test_one_mlflow_store_for_train_and_score(ray_local, tmp_path, monkeypatch, 
     first = _last_json(capsys.readouterr().out)
     assert first["registered_version"] == 1
     assert first["tracking_uri"] == f"sqlite:///{tmp_path}/runs/mlflow.db"
-    assert main(train) == 0                                    # the finished run again
-    again = _last_json(capsys.readouterr().out)
+    t0 = time.time()
+    assert main(train) == 0                                    # the finished run again: nothing to train
+    out = capsys.readouterr()
+    again = _last_json(out.out)
     assert again["registered_version"] == 1 and again.get("already_registered")
+    assert "already finished with this config: nothing to train" in out.err, out.err[-2000:]
+    assert again["best_metrics"] == first["best_metrics"] and time.time() - t0 < 20
     s = _score_cli(capsys, "--model", "models:/vad-new@champion", "--features", "train.parquet", "--out", "o")
     assert s["videos_scored"] == 12 and s["tracking_uri"] == first["tracking_uri"]
     assert not (tmp_path / "mlruns").exists()

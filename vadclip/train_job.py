@@ -468,44 +468,52 @@ def _run_train(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_pat
     tracking_uri = mlflow.get_tracking_uri()
     run_id = _find_or_create_run(o.experiment, o.run_name, o.storage)
     client = MlflowClient(tracking_uri=tracking_uri)
+    result_path = storage.join(o.storage, o.run_name, "best", "result.json")
     try:
-        with mlflow.start_run(run_id=run_id):
-            mlflow.log_params({k: (json.dumps(v) if isinstance(v, (list, dict)) else v)
-                               for k, v in cfg_dict.items() if k not in ("class_keys", "class_prompts")})
-            mlflow.log_params({"num_workers": o.num_workers, "use_gpu": o.use_gpu, "train_rows": len(labels),
-                               "train_normal": n_normal, "train_abnormal": n_abn, "steps_per_epoch": steps,
-                               "metric": metric, "classes": json.dumps(cfg.class_keys),
-                               "eval_crop": checked["eval_crop"], "recipe": o.recipe,
-                               "eval_every_samples": o.eval_every_samples, "micro_batch": o.micro_batch})
-            log_feature_set(train_path, "train", "training", checked["meta"])
-            if eval_path:
-                log_feature_set(eval_path, "eval", "evaluation", checked["eval_meta"])
-        config = {"cfg": cfg_dict, "metric": metric, "gt": gt, "max_steps_per_epoch": o.max_steps_per_epoch,
-                  "micro_batch": o.micro_batch,
-                  "has_eval": bool(eval_path), "mlflow_run_id": run_id, "tracking_uri": tracking_uri,
-                  "recipe": o.recipe, "eval_every_samples": o.eval_every_samples}
-        if o.faults:   # {"raise_after_epoch": N} or {"exit_in_epoch": N}, once per training
-            config["faults"] = dict(o.faults)
-            config["fault_marker"] = storage.join(o.storage, o.run_name + ".failed-once")
-        trainer = TorchTrainer(
-            train_loop_per_worker, train_loop_config=config,
-            scaling_config=ScalingConfig(num_workers=o.num_workers, use_gpu=o.use_gpu,
-                                         resources_per_worker={"CPU": o.cpus_per_worker,
-                                                               **({"GPU": 1} if o.use_gpu else {})}),
-            run_config=RunConfig(name=o.run_name, storage_path=o.storage,
-                                 failure_config=FailureConfig(max_failures=o.max_failures),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=3,
-                                                                    checkpoint_score_attribute="score",
-                                                                    checkpoint_score_order="max")),
-            datasets=datasets, dataset_config=DataConfig(datasets_to_split=["train"]),
-        )
-        result = trainer.fit()
-        if result.error:
-            raise result.error
-        best_ckpt, best_metrics = max(result.best_checkpoints, key=lambda cm: cm[1].get("score", -np.inf))
         best_path = storage.join(o.storage, o.run_name, "best", CKPT_FILE)
-        with best_ckpt.as_directory() as d:
-            storage.upload(os.path.join(d, CKPT_FILE), best_path)
+        finished = _finished_result(client, run_id, result_path, cfg_dict, metric)
+        if finished is not None:
+            best_metrics = finished["best_metrics"]
+            log(f"[train] run {o.run_name!r} already finished with this config: nothing to train")
+        else:
+            with mlflow.start_run(run_id=run_id):
+                mlflow.log_params({k: (json.dumps(v) if isinstance(v, (list, dict)) else v)
+                                   for k, v in cfg_dict.items() if k not in ("class_keys", "class_prompts")})
+                mlflow.log_params({"num_workers": o.num_workers, "use_gpu": o.use_gpu, "train_rows": len(labels),
+                                   "train_normal": n_normal, "train_abnormal": n_abn, "steps_per_epoch": steps,
+                                   "metric": metric, "classes": json.dumps(cfg.class_keys),
+                                   "eval_crop": checked["eval_crop"], "recipe": o.recipe,
+                                   "eval_every_samples": o.eval_every_samples, "micro_batch": o.micro_batch})
+                log_feature_set(train_path, "train", "training", checked["meta"])
+                if eval_path:
+                    log_feature_set(eval_path, "eval", "evaluation", checked["eval_meta"])
+            config = {"cfg": cfg_dict, "metric": metric, "gt": gt, "max_steps_per_epoch": o.max_steps_per_epoch,
+                      "micro_batch": o.micro_batch,
+                      "has_eval": bool(eval_path), "mlflow_run_id": run_id, "tracking_uri": tracking_uri,
+                      "recipe": o.recipe, "eval_every_samples": o.eval_every_samples}
+            if o.faults:   # {"raise_after_epoch": N} or {"exit_in_epoch": N}, once per training
+                config["faults"] = dict(o.faults)
+                config["fault_marker"] = storage.join(o.storage, o.run_name + ".failed-once")
+            trainer = TorchTrainer(
+                train_loop_per_worker, train_loop_config=config,
+                scaling_config=ScalingConfig(num_workers=o.num_workers, use_gpu=o.use_gpu,
+                                             resources_per_worker={"CPU": o.cpus_per_worker,
+                                                                   **({"GPU": 1} if o.use_gpu else {})}),
+                run_config=RunConfig(name=o.run_name, storage_path=o.storage,
+                                     failure_config=FailureConfig(max_failures=o.max_failures),
+                                     checkpoint_config=CheckpointConfig(num_to_keep=3,
+                                                                        checkpoint_score_attribute="score",
+                                                                        checkpoint_score_order="max")),
+                datasets=datasets, dataset_config=DataConfig(datasets_to_split=["train"]),
+            )
+            result = trainer.fit()
+            if result.error:
+                raise result.error
+            best_ckpt, best_metrics = max(result.best_checkpoints, key=lambda cm: cm[1].get("score", -np.inf))
+            with best_ckpt.as_directory() as d:
+                storage.upload(os.path.join(d, CKPT_FILE), best_path)
+            storage.write_text(result_path, json.dumps({"config": cfg_dict, "metric": metric, "best_metrics": {
+                k: v for k, v in best_metrics.items() if isinstance(v, (int, float))}}))
         summary = {"best_checkpoint": best_path, "best_metrics": {k: v for k, v in best_metrics.items()
                                                                   if isinstance(v, (int, float))},
                    "metric": metric, "mlflow_run_id": run_id, "tracking_uri": tracking_uri}
@@ -521,6 +529,17 @@ def _run_train(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_pat
     log(f"[train] best {metric} {summary['best_metrics'].get(metric, float('nan')):.4f} "
         f"(epoch {summary['best_metrics'].get('epoch')}) → {best_path}")
     return summary
+
+
+def _finished_result(client, run_id: str, result_path: str, cfg_dict: Dict[str, Any],
+                     metric: str) -> Optional[Dict[str, Any]]:
+    """The result of this run if it already finished with the same config and metric
+    (a re-run then trains nothing and starts no worker); else None."""
+    if client.get_run(run_id).info.status != "FINISHED" or not storage.isfile(result_path):
+        return None
+    done = json.loads(storage.read_text(result_path))
+    same = json.loads(json.dumps(cfg_dict)) == done.get("config") and done.get("metric") == metric
+    return done if same else None
 
 
 def _find_or_create_run(experiment: str, run_name: str, storage_path: str) -> str:
