@@ -64,16 +64,23 @@ def _fault_due(config: Dict[str, Any], kind: str, epoch: int) -> bool:
     return True
 
 
+def _grouped() -> bool:
+    """A process group of more than one rank is running."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def _all_reduce(value: float, op: str) -> float:
-    """``value`` reduced over the ranks (``"min"``/``"max"``/``"sum"``); the value itself
+    """``value`` reduced over the ranks (``"min"``/``"max"``); the value itself
     without a process group."""
     import torch
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not _grouped():
         return value
     t = torch.tensor([float(value)], dtype=torch.float64)
-    dist.all_reduce(t, op={"min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX, "sum": dist.ReduceOp.SUM}[op])
+    dist.all_reduce(t, op={"min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}[op])
     return float(t.item())
 
 
@@ -82,7 +89,7 @@ def _broadcast_flag(flag: bool) -> bool:
     import torch
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not _grouped():
         return flag
     t = torch.tensor([1 if flag else 0])
     dist.broadcast(t, src=0)
@@ -138,7 +145,7 @@ def _quiet_ray_train_logs():
     return log
 
 
-def _cache_shard(cfg: VadConfig, rank: int):
+def _cache_shard(rank: int):
     """Stream this worker's shard (already in the training view) onto node-local disk."""
     import ray.train
 
@@ -285,7 +292,6 @@ class _Worker:
                 # (a checkpoint counts once the controller has it)
                 time.sleep(5)
                 os._exit(1)
-            self.model.train()
             for k, v in train_step(self.model, self.opt, shard.batch(b), self.cfg, self.device,
                                    self.config.get("micro_batch")).items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -309,7 +315,7 @@ class _Worker:
         return metrics
 
     def run(self) -> None:
-        shard = _cache_shard(self.cfg, self.rank)
+        shard = _cache_shard(self.rank)
         try:
             steps = self.steps(shard)
             for epoch in range(self.start_epoch, self.cfg.epochs):
