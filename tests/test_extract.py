@@ -50,6 +50,12 @@ def test_ray_job_matches_direct_call_resumes_and_records_errors(ray_local, sampl
     good, bad = sample_videos["good"], sample_videos["bad"]
     assert s1["videos_ok"] + s1["videos_failed"] == len(good) + len(bad)
     assert s1["videos_failed"] >= 3          # corrupt, empty, missing (truncated may decode partly)
+    # the run's pace, from the encode times the rows carry: one encoder, busy part of
+    # its span, start-up before its first encode, a steady rate over the span
+    assert s1["encoders"] == opts.num_encoders
+    assert 0 < s1["encoder_busy_fraction"] <= 1
+    assert 0 < s1["startup_s"] < s1["elapsed_s"]
+    assert s1["steady_snippets_per_s"] > 0
     rows = read_feature_rows(str(out / "features"))
     errors = pq.read_table(str(out / "errors")).to_pylist()
     # never loses rows: every video is either a feature row or an error row

@@ -205,6 +205,8 @@ class EncodeStage:
             n = opts.encoder_threads or max(1, (os.cpu_count() or 1) // max(1, opts.num_encoders))
             torch.set_num_threads(int(n))
         self.enc = ClipImageEncoder(opts.clip, opts.precision)
+        import socket
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
 
     @staticmethod
     def ray_args(opts: ExtractOptions, gpus: float) -> Dict[str, Any]:
@@ -217,25 +219,60 @@ class EncodeStage:
                 "max_task_retries": opts.max_restarts}
 
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, Any]:
-        feats, errors = [], []
+        feats, errors, t0s, t1s = [], [], [], []
         for frames, err, path, vid in zip(batch["frames"], batch["error"], batch["path"], batch["video_id"]):
             for victim, marker in self.opts.exit_once_on or ():
                 if vid == victim and not os.path.exists(marker):
                     open(marker, "w").close()
                     os._exit(1)   # fault injection (tests, bench/soak.py): this actor dies mid-job, once
+            t0s.append(time.time())
             if err or len(frames) == 0:
                 feats.append(np.zeros((0, self.opts.crops, self.enc.embed_dim), np.float32))
                 errors.append(err or f"{path}: no frames decoded")
-                continue
-            feats.append(self.enc.encode(np.asarray(frames)))
-            errors.append("")
+            else:
+                feats.append(self.enc.encode(np.asarray(frames)))
+                errors.append("")
+            t1s.append(time.time())
         out = {k: v for k, v in batch.items() if k not in ("frames", "error")}
+        # when this encoder worked on each row: the run's start-up, busy fraction and pace
+        out["encoder"] = np.asarray([self.name] * len(feats), dtype=object)
+        out["enc_t0"], out["enc_t1"] = np.asarray(t0s), np.asarray(t1s)
         out["error"] = np.asarray(errors, dtype=object)
         out["features"] = np.asarray(feats + [None], dtype=object)[:-1]  # ragged → object array
         return out
 
 
 # ------------------------------------------------------------------------------ output
+class _Pace:
+    """How the encoders spent the run, from the encode times each row carries: the
+    start-up (job start → the first encode), each encoder's busy fraction (time
+    encoding / time from its first encode to its last; 1.0 means the decode tasks kept
+    it fed), and the job's steady snippet rate over those spans — what a long archive
+    runs at, without the actor start-up and model load."""
+
+    def __init__(self) -> None:
+        self.spans: Dict[str, List[float]] = {}   # encoder → [first start, last end, busy, snippets]
+
+    def row(self, row: Dict[str, Any]) -> None:
+        if row["error"]:
+            return
+        t0, t1 = float(row["enc_t0"]), float(row["enc_t1"])
+        sp = self.spans.setdefault(str(row["encoder"]), [t0, t1, 0.0, 0])
+        sp[0], sp[1] = min(sp[0], t0), max(sp[1], t1)
+        sp[2] += t1 - t0
+        sp[3] += len(row["features"])
+
+    def summary(self, t0: float) -> Dict[str, Any]:
+        if not self.spans:
+            return {}
+        first = min(sp[0] for sp in self.spans.values())
+        busy = [sp[2] / (sp[1] - sp[0]) if sp[1] > sp[0] else 1.0 for sp in self.spans.values()]
+        rate = sum(sp[3] / (sp[1] - sp[0]) for sp in self.spans.values() if sp[1] > sp[0])
+        return {"startup_s": round(first - t0, 3), "encoders": len(self.spans),
+                "encoder_busy_fraction": round(min(busy), 4),
+                "steady_snippets_per_s": round(rate, 3)}
+
+
 def feature_dir(out_dir: str) -> str:
     return storage.join(out_dir, "features")
 
@@ -288,9 +325,11 @@ def run_extract(source: str, out_dir: str, opts: ExtractOptions, retry_failed: b
         pending: Dict[str, Dict[str, Any]] = {}
         dead: set = set()
         written: set = set()   # a retried task may deliver a finished video's chunks again
+        pace = _Pace()
         for row in ds.iter_rows():
             fw.tick()
             ew.tick()
+            pace.row(row)
             vid = row["video_id"]
             if vid in dead or vid in written:
                 continue
@@ -320,6 +359,7 @@ def run_extract(source: str, out_dir: str, opts: ExtractOptions, retry_failed: b
                      "error": "incomplete: not all snippet chunks were encoded"}])
             summary["videos_failed"] += 1
         ew.flush()
+        summary.update(pace.summary(t0))
     elapsed = time.time() - t0
     summary.update(elapsed_s=round(elapsed, 3),
                    frames_per_s=round(summary["frames"] / elapsed, 2) if elapsed > 0 else 0.0,
@@ -329,4 +369,7 @@ def run_extract(source: str, out_dir: str, opts: ExtractOptions, retry_failed: b
     log(f"[extract] done: {summary['videos_ok']} ok, {summary['videos_failed']} failed, "
         f"{summary['videos_skipped']} skipped; {summary['snippets']} snippets, {summary['frames']} frames "
         f"in {elapsed:.1f}s ({summary['frames_per_s']} frames/s) → {feature_dir(out_dir)}")
+    if "startup_s" in summary:
+        log(f"[extract] encoders: first encode {summary['startup_s']:.1f}s after the start, then busy "
+            f"{summary['encoder_busy_fraction']:.1%} of the time at {summary['steady_snippets_per_s']} snippets/s")
     return summary

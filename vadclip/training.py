@@ -85,6 +85,7 @@ class ShardCache:
         self.lengths: List[int] = []
         self.labels: List[str] = []
         self._y: List[np.ndarray] = []
+        self._unflushed = False
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -97,13 +98,16 @@ class ShardCache:
             raise ValueError(f"training rows of shape {x.shape[1:]} after rows of shape {self.shape}")
         self._file.seek(0, os.SEEK_END)
         self._file.write(memoryview(x).cast("B"))
+        self._unflushed = True
         self.lengths.extend(int(n) for n in lengths)
         self._y.extend(np.asarray(y, np.float32))
         self.labels.extend(str(v) for v in labels)
 
     def batch(self, idx: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(features [B, L, D], lengths [B], labels [B, C]) of rows ``idx``."""
-        self._file.flush()
+        if self._unflushed:   # rows appended since the last read: to the file before preadv
+            self._file.flush()
+            self._unflushed = False
         out = np.empty((len(idx), *self.shape), np.float32)
         size = out[0].nbytes
         for j, i in enumerate(idx):
