@@ -6,6 +6,8 @@ file: frames of video decoded per second (one thread unless the path says otherw
 the ratio to "PyAV decodes every frame, converts only the sampled ones" (the target:
 the extraction job's path ≥ 0.9 of it), and the largest pixel difference from that
 path's frames (same frames selected ⇒ differences are colour-conversion rounding).
+The extraction job decodes with ``torchcodec_frames_at`` where torchcodec loads (FFmpeg's
+shared libraries installed) and with ``decord_get_batch`` elsewhere (``--decoder``).
 
     python bench/decode.py                       # 320x240 … 1920x1080, GOP 12 and 250
     python bench/decode.py --sizes 640x360 --frames 160 --repeat 3
@@ -102,12 +104,31 @@ def pyav_threaded(path):
     return pyav_every_frame(path, threads=True)
 
 
+def torchcodec_frames_at(path, seek_mode="exact"):
+    """torchcodec (system FFmpeg) on the CPU, one FFmpeg thread: ``get_frames_at`` on the
+    snippet indices, in chunks of 32 — the job's ``--decoder torchcodec`` path."""
+    from torchcodec.decoders import VideoDecoder
+
+    dec = VideoDecoder(path, device="cpu", dimension_order="NHWC", seek_mode=seek_mode, num_ffmpeg_threads=1)
+    n = dec.metadata.num_frames
+    idx = snippet_indices(n)
+    out = [dec.get_frames_at(idx[s:s + 32].tolist()).data.numpy() for s in range(0, len(idx), 32)]
+    return np.concatenate(out), n
+
+
 PATHS = {
     "pyav_every_frame": pyav_every_frame,               # the baseline of the target
     "pyav_every_frame_threads": pyav_threaded,
     "decord_get_batch": decord_get_batch,
     "decord_sequential": decord_sequential,
 }
+
+from vadclip.video import torchcodec_missing  # noqa: E402
+
+if torchcodec_missing() is None:         # torchcodec needs FFmpeg's shared libraries on the system
+    PATHS["torchcodec_frames_at"] = torchcodec_frames_at
+else:
+    print(f"(torchcodec left out: {torchcodec_missing()})")
 
 
 def main() -> None:

@@ -4,12 +4,15 @@
    on pre-made uint8 crops → images/s (target ≥ 5,000 on an H100);
 2. end to end: the extraction job (Ray Data: CPU decode tasks → one GPU encoder actor)
    on generated videos → snippets/s, and its ratio to (1) (target ≥ 0.9);
-3. decode: frames of video per second per CPU core (decord, the job's decode path);
+3. decode + resize + crop (a decode task's work): frames of video per second, per CPU
+   core for decord and torchcodec on the CPU, and for torchcodec's NVDEC decoder with
+   the resize on the GPU (``--decode-device cuda`` in the job);
 4. training: steps/s of this project's step vs the official computation at the
    official batch sizes (UCF 64+64, XD 96), through bench/train.py --device cuda
    (target ≥ 5x).
 
     python bench/gpu.py                       # on a GPU machine
+    python bench/gpu.py --decode-device cuda  # ... the job decoding on the GPU too
     python bench/gpu.py --device cpu --tiny --videos 4 --images 256 --skip-train   # smoke run on a CPU
 
 Random-init weights (no download): the same FLOPs as the pretrained model.
@@ -48,16 +51,18 @@ def encoder_only(device: str, precision: str, spec, batch: int, images: int) -> 
     return n / (time.perf_counter() - t)
 
 
-def decode_fps(paths) -> float:
+def decode_fps(paths, decoder: str = "auto", device: str = "cpu"):
+    """(frames of video per second, what decoded them) through the job's decode path."""
     from vadclip.video import iter_snippet_chunks
 
-    frames, t = 0, time.perf_counter()
+    frames, t, used = 0, time.perf_counter(), set()
     for p in paths:
-        info, it = iter_snippet_chunks(p, 16, 224, 1, 64)
+        info, it = iter_snippet_chunks(p, 16, 224, 1, 64, decoder=decoder, device=device)
         for _ in it:
             pass
         frames += info.num_frames
-    return frames / (time.perf_counter() - t)
+        used.add(info.decoder)
+    return frames / (time.perf_counter() - t), ",".join(sorted(used))
 
 
 def main() -> None:
@@ -70,6 +75,8 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=1600, help="frames per generated video (100 snippets)")
     ap.add_argument("--tiny", action="store_true", help="tiny CLIP (smoke runs)")
     ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--decode-device", default="cpu", choices=["cpu", "cuda"],
+                    help="where the extraction job decodes (cuda: torchcodec's NVDEC decoder)")
     a = ap.parse_args()
     from vadclip.config import ClipSpec
     from vadclip.extract import ExtractOptions, run_extract
@@ -84,19 +91,30 @@ def main() -> None:
     d = tempfile.mkdtemp()
     man, _ = make_sample_set(os.path.join(d, "v"), a.videos // 2, a.videos - a.videos // 2,
                              frames_range=(a.frames, a.frames), sizes=((320, 240),), seed=0)
-    fps = decode_fps([m["path"] for m in man[: max(1, len(man) // 8)]])
-    print(f"3. decode (decord, one core, 320x240): {fps:,.0f} frames of video/s = {fps / 16:,.0f} snippets/s "
-          f"per core")
+    import torch
+
+    torch.set_num_threads(1)
+    few = [m["path"] for m in man[: max(1, len(man) // 8)]]
+    for dec, dev in (("decord", "cpu"), ("torchcodec", "cpu"), ("torchcodec", "cuda")):
+        if dev == "cuda" and not a.device.startswith("cuda"):
+            continue
+        fps, used = decode_fps(few, dec, dev)
+        print(f"3. decode + resize + crop ({used}{', one core' if dev == 'cpu' else ''}, 320x240): {fps:,.0f} frames of video/s "
+              f"= {fps / 16:,.0f} snippets/s")
+    torch.set_num_threads(os.cpu_count() or 1)
     gpus = 1.0 if a.device.startswith("cuda") else 0.0
-    opts = ExtractOptions(clip=spec, batch_size=a.batch_size,
-                          precision=a.precision if gpus else "fp32", gpus_per_encoder=gpus)
+    opts = ExtractOptions(clip=spec, batch_size=a.batch_size, precision=a.precision if gpus else "fp32",
+                          gpus_per_encoder=gpus / 2 if a.decode_device == "cuda" else gpus,
+                          decode_device=a.decode_device)
     ensure_ray(progress_bars=False)
     run_extract([m["path"] for m in man][0], os.path.join(d, "warm"), opts, log=lambda *_: None)
     t = time.perf_counter()
     s = run_extract(os.path.join(d, "v"), os.path.join(d, "out"), opts, log=lambda *_: None)
     sps = s["snippets"] / (time.perf_counter() - t)
-    print(f"2. end to end (Ray Data job, {os.cpu_count()} CPUs decoding, 1 encoder): {sps:,.0f} snippets/s "
-          f"= {sps / ips:.2f} of encoder-only (target >= 0.9)")
+    print(f"2. end to end (Ray Data job, {os.cpu_count()} CPUs, decoding with {', '.join(s['decoders'])}, "
+          f"1 encoder): {sps:,.0f} snippets/s = {sps / ips:.2f} of encoder-only (target >= 0.9); steady "
+          f"{s.get('steady_snippets_per_s', 0):,.0f} snippets/s = {s.get('steady_snippets_per_s', 0) / ips:.2f}, "
+          f"encoder busy {s.get('encoder_busy_fraction', 0):.0%}")
     if a.skip_train:
         return
     here = os.path.dirname(os.path.abspath(__file__))

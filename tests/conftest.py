@@ -8,6 +8,20 @@ warnings.filterwarnings("ignore", message=".*No pretrained weights.*")
 
 
 @pytest.fixture(scope="session")
+def torchcodec_ok():
+    """torchcodec loads (FFmpeg's shared libraries are installed); where it does not,
+    its tests skip — unless VADCLIP_REQUIRE_TORCHCODEC=1 (CI), where they fail."""
+    from vadclip.video import torchcodec_missing
+
+    why = torchcodec_missing()
+    if why is not None:
+        if os.environ.get("VADCLIP_REQUIRE_TORCHCODEC") == "1":
+            pytest.fail(f"torchcodec is required here (VADCLIP_REQUIRE_TORCHCODEC=1) and does not load: {why}")
+        pytest.skip(f"torchcodec does not load here: {why}")
+    return True
+
+
+@pytest.fixture(scope="session")
 def tiny_clip():
     from vadclip.clip_backbone import FrozenCLIP
     from vadclip.config import ClipSpec

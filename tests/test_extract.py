@@ -8,26 +8,71 @@ import pytest
 from vadclip.config import ClipSpec
 from vadclip.extract import ClipImageEncoder, ExtractOptions, extract_video, load_manifest, run_extract
 from vadclip.features import read_feature_rows, row_features
-from vadclip.video import VideoError, crop_views, iter_snippet_chunks, open_video
+from vadclip.video import (VideoError, check_decoder, crop_views, iter_snippet_chunks, open_video,
+                           resolve_decoder, torchcodec_missing)
 
 
 def _opts(**kw):
     return ExtractOptions(clip=ClipSpec.tiny(), batch_size=16, **kw)
 
 
-def test_decode_counts_and_bad_files(sample_videos):
+@pytest.mark.parametrize("decoder", ["decord", "torchcodec"])
+def test_decode_counts_and_bad_files(sample_videos, decoder, request):
+    if decoder == "torchcodec":
+        request.getfixturevalue("torchcodec_ok")
     for rec in sample_videos["good"]:
-        info, chunks = iter_snippet_chunks(rec["path"], 16, 224, 1, 4)
+        info, chunks = iter_snippet_chunks(rec["path"], 16, 224, 1, 4, decoder=decoder)
         arrs = list(chunks)
+        assert info.decoder == ("decord" if decoder == "decord" else "torchcodec-cpu")
         assert sum(a.shape[0] for a in arrs) == -(-info.num_frames // 16)
         assert arrs[0].shape[1:] == (1, 3, 224, 224) and arrs[0].dtype == np.uint8
     d = sample_videos["dir"]
     with pytest.raises(VideoError, match="empty.mp4: empty file"):
-        open_video(str(d / "empty.mp4"))
+        open_video(str(d / "empty.mp4"), decoder=decoder)
     with pytest.raises(VideoError, match="missing.mp4: file not found"):
-        open_video(str(d / "missing.mp4"))
-    with pytest.raises(VideoError, match="corrupt.mp4: not a readable video"):
-        open_video(str(d / "corrupt.mp4"))
+        open_video(str(d / "missing.mp4"), decoder=decoder)
+    with pytest.raises(VideoError, match=r"corrupt.mp4: not a readable video \((?!\w+, \S+\.cpp)"):
+        open_video(str(d / "corrupt.mp4"), decoder=decoder)
+    # a truncated file: unreadable, or readable up to where it was cut — never a crash
+    try:
+        info, chunks = iter_snippet_chunks(str(d / "truncated.mp4"), 16, 64, 1, 4, decoder=decoder)
+        assert sum(len(c) for c in chunks) == -(-info.num_frames // 16)
+    except VideoError as e:
+        assert str(e).startswith(str(d / "truncated.mp4") + ": ")
+
+
+def test_decoders_give_the_same_frames(sample_videos, torchcodec_ok):
+    """torchcodec and decord select the same frames and give the same pixels (the
+    middle frame of each snippet, short last snippets included), at every size."""
+    for rec in sample_videos["good"]:
+        for crops in (1, 10):
+            ia, a = iter_snippet_chunks(rec["path"], 16, 64, crops, 3, decoder="decord")
+            ib, b = iter_snippet_chunks(rec["path"], 16, 64, crops, 3, decoder="torchcodec")
+            a, b = np.concatenate(list(a)), np.concatenate(list(b))
+            assert (ia.num_frames, ia.width, ia.height) == (ib.num_frames, ib.width, ib.height)
+            assert abs(ia.fps - ib.fps) < 1e-6
+            assert a.shape == b.shape and np.array_equal(a, b), rec["path"]
+    assert resolve_decoder("auto", "cpu") == ("torchcodec", "cpu")
+
+
+def test_decoder_choices_and_the_cuda_fallback(sample_videos):
+    with pytest.raises(ValueError, match="decoding on cuda needs the torchcodec decoder"):
+        check_decoder("decord", "cuda")
+    with pytest.raises(ValueError, match="decoder must be one of"):
+        check_decoder("ffmpeg", "cpu")
+    with pytest.raises(ValueError, match="decode device must be one of"):
+        check_decoder("auto", "gpu")
+    import torch
+
+    rec = sample_videos["good"][0]
+    info, chunks = iter_snippet_chunks(rec["path"], 16, 64, 1, 4, decoder="auto", device="cuda")
+    got = np.concatenate(list(chunks))
+    if torch.cuda.is_available() and torchcodec_missing() is None:
+        assert info.decoder in ("torchcodec-cuda", "torchcodec-cpu")
+    else:   # no CUDA device here: the CPU decodes, the same frames as a CPU request
+        assert info.decoder == ("torchcodec-cpu" if torchcodec_missing() is None else "decord")
+        _, ref = iter_snippet_chunks(rec["path"], 16, 64, 1, 4, decoder="decord")
+        assert np.array_equal(got, np.concatenate(list(ref)))
 
 
 def test_ten_crop_order():
@@ -56,6 +101,7 @@ def test_ray_job_matches_direct_call_resumes_and_records_errors(ray_local, sampl
     assert 0 < s1["encoder_busy_fraction"] <= 1
     assert 0 < s1["startup_s"] < s1["elapsed_s"]
     assert s1["steady_snippets_per_s"] > 0
+    assert s1["decoders"] == (["decord"] if torchcodec_missing() else ["torchcodec-cpu"])
     rows = read_feature_rows(str(out / "features"))
     errors = pq.read_table(str(out / "errors")).to_pylist()
     # never loses rows: every video is either a feature row or an error row
@@ -89,13 +135,22 @@ def test_ray_job_matches_direct_call_resumes_and_records_errors(ray_local, sampl
     assert sorted(r["video_id"] for r in again) == sorted(r["video_id"] for r in rows)
 
 
-def test_five_crop_rows(ray_local, sample_videos, tmp_path):
+def test_five_crop_rows_and_a_cuda_decode_request_on_a_cpu_cluster(ray_local, sample_videos, tmp_path):
+    """Five crops per video; ``decode_device="cuda"`` on a cluster without GPUs says so
+    and decodes on the CPU, with the features decord's frames give."""
     rec = sample_videos["good"][0]
-    opts = _opts(crops=5)
-    run_extract(rec["path"], str(tmp_path / "f5"), opts, log=lambda *_: None)
+    opts = _opts(crops=5, decode_device="cuda")
+    lines = []
+    s = run_extract(rec["path"], str(tmp_path / "f5"), opts, log=lines.append)
     rows = read_feature_rows(str(tmp_path / "f5" / "features"))
     assert sorted(r["crop"] for r in rows) == [0, 1, 2, 3, 4]
     assert len({r["snippet_count"] for r in rows}) == 1
+    assert any("decode device cuda: the cluster has no GPU" in ln for ln in lines)
+    assert s["decoders"] == (["decord"] if torchcodec_missing() else ["torchcodec-cpu"])
+    enc = ClipImageEncoder(ClipSpec.tiny())
+    _, direct = extract_video(rec["path"], enc, _opts(crops=5, decoder="decord"))
+    for r in rows:
+        np.testing.assert_allclose(row_features(r), direct[r["crop"]], rtol=1e-5, atol=1e-5)
 
 
 def test_manifest_forms(sample_videos, tmp_path):

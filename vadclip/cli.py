@@ -111,6 +111,15 @@ def _add_extract_opts(p: argparse.ArgumentParser, crops_help: str) -> None:
                    help="GPUs per encoder actor (default: 1 if the cluster has GPUs, else 0)")
     g.add_argument("--encoder-threads", type=int, default=None,
                    help="CPU-only: torch threads per encoder actor (default: the node's cores / --num-encoders)")
+    g.add_argument("--decoder", default="auto", choices=["auto", "decord", "torchcodec"],
+                   help="video decoder (default auto: torchcodec where FFmpeg's shared libraries are "
+                        "installed, the fastest on the CPU; decord elsewhere; both give the same frames)")
+    g.add_argument("--decode-device", default="cpu", choices=["cpu", "cuda"],
+                   help="cuda: decode on the GPU (torchcodec's NVDEC decoder), in decode tasks that "
+                        "reserve --decode-gpus each; the CPU where there is no GPU or NVDEC cannot read a file")
+    g.add_argument("--decode-gpus", type=float, default=0.1,
+                   help="with --decode-device cuda: the GPU share each decode task reserves "
+                        "(an encoder then takes 0.5 GPU unless --gpus-per-encoder says otherwise)")
 
 
 def _extract_options(a, **clip):
@@ -118,7 +127,8 @@ def _extract_options(a, **clip):
 
     return ExtractOptions(crops=a.crops, batch_size=a.batch_size, precision=a.precision,
                           num_encoders=a.num_encoders, gpus_per_encoder=a.gpus_per_encoder,
-                          encoder_threads=a.encoder_threads, rows_per_file=a.rows_per_file,
+                          encoder_threads=a.encoder_threads, decoder=a.decoder, decode_device=a.decode_device,
+                          decode_gpus=a.decode_gpus, rows_per_file=a.rows_per_file,
                           flush_seconds=a.flush_seconds, **clip)
 
 

@@ -1,6 +1,7 @@
 """Raw videos → CLIP snippet features in Parquet, as a streaming Ray Data job.
 
-Pipeline: manifest rows → ``flat_map`` decode tasks (decord; one frame per snippet;
+Pipeline: manifest rows → ``flat_map`` decode tasks (torchcodec or decord, on the CPU,
+or torchcodec's NVDEC decoder with ``decode_device="cuda"``; one frame per snippet;
 resize + crop; bounded chunks of snippets) → CLIP image-encoder actor pool
 (``ActorPoolStrategy``; ``num_gpus`` when the cluster has GPUs; fp16/bf16 there) →
 the driver stitches each video's chunks and writes finished videos to Parquet part
@@ -28,7 +29,7 @@ from .errors import InputError, MissingInputError
 from .features import ERROR_SCHEMA, FEATURE_SCHEMA, feature_row
 from .parts import PartWriter, drop_rows, new_run_id, read_column, remove_uncommitted
 from .tables import read_records
-from .video import VideoError, fetched, iter_snippet_chunks, list_videos
+from .video import VideoError, check_decoder, fetched, iter_snippet_chunks, list_videos
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,9 @@ class ExtractOptions:
     # one CPU to one thread; the encoder is the bottleneck (decode tasks mostly wait on
     # backpressure), so by default it gets the node's cores shared by the pool.
     encoder_threads: Optional[int] = None
+    decoder: str = "auto"           # auto (torchcodec where FFmpeg's libraries load, else decord) | decord | torchcodec
+    decode_device: str = "cpu"      # cuda: torchcodec's NVDEC decoder in decode tasks that reserve decode_gpus
+    decode_gpus: float = 0.1        # GPU share each decode task reserves with decode_device="cuda"
     rows_per_file: int = 256        # video×crop rows per Parquet part file (at most)
     flush_seconds: float = 60.0     # ... or fewer: finished rows are written at least this often
     max_restarts: int = 3           # encoder actor deaths tolerated (restarted, batch retried), then the job fails
@@ -152,7 +156,8 @@ def extract_video(path: str, encoder: ClipImageEncoder, opts: ExtractOptions):
     """Single-process extraction of one video → (VideoInfo, features [crops, T, D])."""
     with fetched(path) as local:
         info, chunks = iter_snippet_chunks(local, opts.snippet_len, encoder.image_size, opts.crops,
-                                           opts.chunk_snippets, name=path)
+                                           opts.chunk_snippets, name=path, decoder=opts.decoder,
+                                           device=opts.decode_device)
         feats = np.concatenate([encoder.encode(c) for c in chunks], axis=0)
     return info, feats.transpose(1, 0, 2)
 
@@ -166,12 +171,13 @@ class DecodeStage:
     other exception (decord missing, out of memory, a failing store) is the
     environment's: it propagates, Ray retries the task, and if it persists the job
     fails — no video is marked failed because of it.  A video in object storage is
-    streamed to this node's scratch and removed after."""
+    streamed to this node's scratch and removed after.  ``device`` is where to decode
+    (cuda only in tasks that reserved a GPU share); each row names the decoder used."""
 
-    num_cpus = 1.0          # one decode thread per task (decord num_threads=1)
+    num_cpus = 1.0          # one decode thread per task (num_threads=1 / num_ffmpeg_threads=1)
 
-    def __init__(self, opts: ExtractOptions, image_size: int) -> None:
-        self.opts, self.size = opts, image_size
+    def __init__(self, opts: ExtractOptions, image_size: int, device: str = "cpu") -> None:
+        self.opts, self.size, self.device = opts, image_size, device
 
     def __call__(self, item: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
         opts = self.opts
@@ -180,13 +186,14 @@ class DecodeStage:
         try:
             with fetched(item["path"]) as local:
                 info, chunks = iter_snippet_chunks(local, opts.snippet_len, self.size, opts.crops,
-                                                   opts.chunk_snippets, name=item["path"])
+                                                   opts.chunk_snippets, name=item["path"], decoder=opts.decoder,
+                                                   device=self.device)
                 n_chunks = -(-info.snippet_count(opts.snippet_len) // opts.chunk_snippets)
                 for k, frames in enumerate(chunks):
                     yield dict(base, chunk=k, n_chunks=n_chunks, fps=info.fps, num_frames=info.num_frames,
-                               frames=frames, error="")
+                               frames=frames, error="", decoder=info.decoder)
         except VideoError as e:
-            yield dict(base, chunk=-1, n_chunks=0, fps=0.0, num_frames=0, frames=empty, error=str(e))
+            yield dict(base, chunk=-1, n_chunks=0, fps=0.0, num_frames=0, frames=empty, error=str(e), decoder="")
 
 
 class EncodeStage:
@@ -296,6 +303,10 @@ def run_extract(source: str, out_dir: str, opts: ExtractOptions, retry_failed: b
 
     check_packages("decord", "open_clip")             # once, at job start, with one line
     opts.clip.check()
+    try:
+        check_decoder(opts.decoder, opts.decode_device)
+    except ValueError as e:
+        raise InputError(str(e)) from None
     items = load_manifest(source)
     out_dir = absolute(out_dir)
     storage.makedirs(out_dir)
@@ -314,10 +325,20 @@ def run_extract(source: str, out_dir: str, opts: ExtractOptions, retry_failed: b
     t0 = time.time()
     if todo:
         ensure_ray(address)
-        gpus = opts.gpus_per_encoder if opts.gpus_per_encoder is not None else (1.0 if cluster_gpus() > 0 else 0.0)
+        have_gpus = cluster_gpus() > 0
+        decode_gpus = 0.0
+        if opts.decode_device == "cuda":
+            if have_gpus:
+                decode_gpus = opts.decode_gpus
+            else:
+                log("[extract] decode device cuda: the cluster has no GPU, the videos are decoded on the CPU")
+        # an encoder takes a whole GPU, or half of it when the decode tasks decode there too
+        gpus = (opts.gpus_per_encoder if opts.gpus_per_encoder is not None
+                else (0.5 if decode_gpus else 1.0) if have_gpus else 0.0)
         size = opts.clip.image_size
         ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo), 256)))
-        ds = ds.flat_map(DecodeStage(opts, size), num_cpus=DecodeStage.num_cpus)
+        ds = ds.flat_map(DecodeStage(opts, size, "cuda" if decode_gpus else "cpu"),
+                         num_cpus=DecodeStage.num_cpus, num_gpus=decode_gpus)
         ds = ds.map_batches(EncodeStage, **EncodeStage.ray_args(opts, gpus))
         run_id = new_run_id()
         fw = PartWriter(feature_dir(out_dir), FEATURE_SCHEMA, opts.rows_per_file, run_id, opts.flush_seconds)
@@ -326,10 +347,13 @@ def run_extract(source: str, out_dir: str, opts: ExtractOptions, retry_failed: b
         dead: set = set()
         written: set = set()   # a retried task may deliver a finished video's chunks again
         pace = _Pace()
+        decoders: set = set()
         for row in ds.iter_rows():
             fw.tick()
             ew.tick()
             pace.row(row)
+            if row.get("decoder"):
+                decoders.add(str(row["decoder"]))
             vid = row["video_id"]
             if vid in dead or vid in written:
                 continue
@@ -360,6 +384,7 @@ def run_extract(source: str, out_dir: str, opts: ExtractOptions, retry_failed: b
             summary["videos_failed"] += 1
         ew.flush()
         summary.update(pace.summary(t0))
+        summary["decoders"] = sorted(decoders)
     elapsed = time.time() - t0
     summary.update(elapsed_s=round(elapsed, 3),
                    frames_per_s=round(summary["frames"] / elapsed, 2) if elapsed > 0 else 0.0,
@@ -368,7 +393,8 @@ def run_extract(source: str, out_dir: str, opts: ExtractOptions, retry_failed: b
     storage.write_text(storage.join(out_dir, "summary.json"), json.dumps(summary, indent=2))
     log(f"[extract] done: {summary['videos_ok']} ok, {summary['videos_failed']} failed, "
         f"{summary['videos_skipped']} skipped; {summary['snippets']} snippets, {summary['frames']} frames "
-        f"in {elapsed:.1f}s ({summary['frames_per_s']} frames/s) → {feature_dir(out_dir)}")
+        f"in {elapsed:.1f}s ({summary['frames_per_s']} frames/s) → {feature_dir(out_dir)}"
+        + (f"; decoded with {', '.join(summary['decoders'])}" if summary.get("decoders") else ""))
     if "startup_s" in summary:
         log(f"[extract] encoders: first encode {summary['startup_s']:.1f}s after the start, then busy "
             f"{summary['encoder_busy_fraction']:.1%} of the time at {summary['steady_snippets_per_s']} snippets/s")

@@ -169,9 +169,9 @@ def key_frames(row: Dict[str, Any], img_dir: str, stem: str, snippet_len: int) -
             wanted.append((k, what, f))
     try:
         with fetched(row["path"]) as local:
-            vr, info = open_video(local, row["path"])
+            reader, info = open_video(local, row["path"])
             idx = [min(f, info.num_frames - 1) for _, _, f in wanted]
-            frames = vr.get_batch(idx).asnumpy()
+            frames = reader.get(idx)
     except (VideoError, OSError, RuntimeError, ValueError) as exc:   # the report goes on without them
         log.warning("report: no key frames for %s (%s)", row["video_id"], str(exc).splitlines()[0][:200])
         return []
