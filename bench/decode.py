@@ -52,13 +52,11 @@ def snippet_indices(n: int, snippet_len: int = 16) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- the candidate paths
-def decord_get_batch(path, threads=1):
-    import decord
+def decord_get_batch(path):
+    """The job's decord path: its reader's ``get`` on the snippet indices, in chunks of 32."""
+    from vadclip.video import DecordReader
 
-    vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=threads)
-    idx = snippet_indices(len(vr))
-    out = [vr.get_batch(idx[s:s + 32].tolist()).asnumpy() for s in range(0, len(idx), 32)]
-    return np.concatenate(out), len(vr)
+    return _reader_chunks(DecordReader(path, path))
 
 
 def decord_sequential(path, threads=1):
@@ -104,16 +102,18 @@ def pyav_threaded(path):
     return pyav_every_frame(path, threads=True)
 
 
-def torchcodec_frames_at(path, seek_mode="exact"):
-    """torchcodec (system FFmpeg) on the CPU, one FFmpeg thread: ``get_frames_at`` on the
-    snippet indices, in chunks of 32 — the job's ``--decoder torchcodec`` path."""
-    from torchcodec.decoders import VideoDecoder
+def torchcodec_frames_at(path):
+    """The job's torchcodec path on the CPU (``get_frames_at``, one FFmpeg thread), in
+    chunks of 32."""
+    from vadclip.video import TorchcodecReader
 
-    dec = VideoDecoder(path, device="cpu", dimension_order="NHWC", seek_mode=seek_mode, num_ffmpeg_threads=1)
-    n = dec.metadata.num_frames
-    idx = snippet_indices(n)
-    out = [dec.get_frames_at(idx[s:s + 32].tolist()).data.numpy() for s in range(0, len(idx), 32)]
-    return np.concatenate(out), n
+    return _reader_chunks(TorchcodecReader(path, path, "cpu"))
+
+
+def _reader_chunks(reader):
+    idx = snippet_indices(reader.num_frames)
+    out = [reader.get(idx[s:s + 32].tolist()) for s in range(0, len(idx), 32)]
+    return np.concatenate(out), reader.num_frames
 
 
 PATHS = {

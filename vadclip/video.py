@@ -107,7 +107,8 @@ def resolve_decoder(decoder: str = "auto", device: str = "cpu") -> Tuple[str, st
     return "torchcodec", device
 
 
-class _DecordReader:
+class DecordReader:
+    """decord on the CPU; ``get(indices)`` → [N, H, W, 3] uint8 numpy."""
     device = "cpu"
 
     def __init__(self, path: str, name: str) -> None:
@@ -125,7 +126,9 @@ class _DecordReader:
         return self.vr.get_batch([int(i) for i in idx]).asnumpy()
 
 
-class _TorchcodecReader:
+class TorchcodecReader:
+    """torchcodec (exact seeks, one FFmpeg thread) on ``device``."""
+
     def __init__(self, path: str, name: str, device: str = "cpu") -> None:
         from torchcodec.decoders import VideoDecoder
 
@@ -150,13 +153,13 @@ class _TorchcodecReader:
 def _open_reader(path: str, name: str, decoder: str, device: str):
     kind, dev = resolve_decoder(decoder, device)
     if kind == "decord":
-        return _DecordReader(path, name)
+        return DecordReader(path, name)
     if dev == "cuda":
         try:
-            return _TorchcodecReader(path, name, "cuda")
+            return TorchcodecReader(path, name, "cuda")
         except VideoError as e:   # the GPU decoder's limits are not the video's fault: the CPU decides
             _note_once(f"the CUDA decoder cannot open {name} ({e}): decoding it on the CPU")
-    return _TorchcodecReader(path, name, "cpu")
+    return TorchcodecReader(path, name, "cpu")
 
 
 def _read(reader, sel: Sequence[int], path: str, name: str):
@@ -169,7 +172,7 @@ def _read(reader, sel: Sequence[int], path: str, name: str):
     except Exception as e:
         if reader.device == "cuda":
             _note_once(f"the CUDA decoder failed on {name} ({_first_line(e)}): decoding it on the CPU")
-            reader = _TorchcodecReader(path, name, "cpu")
+            reader = TorchcodecReader(path, name, "cpu")
             return _read(reader, sel, path, name)
         raise VideoError(f"{name}: decoding failed at frame {int(sel[0])} of {reader.num_frames} "
                          f"(truncated or corrupt?): {_first_line(e)}") from None
@@ -221,7 +224,7 @@ def open_video(path: str, name: Optional[str] = None, decoder: str = "auto", dev
     fps = reader.fps
     if not np.isfinite(fps) or fps <= 0:
         fps = 30.0
-    return reader, VideoInfo(name, n, fps, int(h), int(w))
+    return reader, VideoInfo(name, n, fps, int(h), int(w), reader.kind)
 
 
 def snippet_frame_indices(num_frames: int, snippet_len: int) -> np.ndarray:
@@ -269,14 +272,13 @@ def iter_snippet_chunks(path: str, snippet_len: int = 16, size: int = 224, crops
     name = name or path
     reader, info = open_video(path, name, decoder, device)
     idx = snippet_frame_indices(info.num_frames, snippet_len)
-    info.decoder = reader.kind
 
     def gen():
         rd = reader
         for s in range(0, len(idx), chunk_snippets):
             sel = idx[s:s + chunk_snippets]
             rd, frames = _read(rd, sel.tolist(), path, name)
-            info.decoder = rd.kind
+            info.decoder = rd.kind        # a GPU failure may have moved it to the CPU
             if frames.shape[0] != len(sel):
                 raise VideoError(f"{name}: decoder returned {frames.shape[0]} frames, expected {len(sel)}")
             yield crop_views(frames, size, crops)
