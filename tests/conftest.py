@@ -7,18 +7,36 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 warnings.filterwarnings("ignore", message=".*No pretrained weights.*")
 
 
-@pytest.fixture(scope="session")
-def torchcodec_ok():
-    """torchcodec loads (FFmpeg's shared libraries are installed); where it does not,
-    its tests skip — unless VADCLIP_REQUIRE_TORCHCODEC=1 (CI), where they fail."""
-    from vadclip.video import torchcodec_missing
+def torchcodec_decodes(path: str):
+    """None where torchcodec really decodes ``path`` in this process, else why not.
+    Asked of torchcodec itself, never of vadclip's own probe (the code under test)."""
+    try:
+        from torchcodec.decoders import VideoDecoder
 
-    why = torchcodec_missing()
+        VideoDecoder(path).get_frame_at(0)
+    except Exception as e:   # no FFmpeg: "Could not load libtorchcodec" at the first decoder
+        return (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return None
+
+
+@pytest.fixture(scope="session")
+def torchcodec_ok(sample_videos):
+    """torchcodec decodes a real file here (FFmpeg's shared libraries are installed);
+    where it does not, its tests skip — unless VADCLIP_REQUIRE_TORCHCODEC=1 (CI), where
+    they fail."""
+    why = torchcodec_decodes(sample_videos["good"][0]["path"])
     if why is not None:
         if os.environ.get("VADCLIP_REQUIRE_TORCHCODEC") == "1":
-            pytest.fail(f"torchcodec is required here (VADCLIP_REQUIRE_TORCHCODEC=1) and does not load: {why}")
-        pytest.skip(f"torchcodec does not load here: {why}")
+            pytest.fail(f"torchcodec is required here (VADCLIP_REQUIRE_TORCHCODEC=1) and does not decode: {why}")
+        pytest.skip(f"torchcodec does not decode here: {why}")
     return True
+
+
+@pytest.fixture(scope="session")
+def expected_decoder(sample_videos):
+    """What ``--decoder auto`` must decode with in this process: torchcodec where it
+    really decodes a file, decord elsewhere."""
+    return "torchcodec-cpu" if torchcodec_decodes(sample_videos["good"][0]["path"]) is None else "decord"
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,8 @@ import pytest
 from vadclip.config import ClipSpec
 from vadclip.extract import ClipImageEncoder, ExtractOptions, extract_video, load_manifest, run_extract
 from vadclip.features import read_feature_rows, row_features
-from vadclip.video import (VideoError, check_decoder, crop_views, iter_snippet_chunks, open_video,
-                           resolve_decoder, torchcodec_missing)
+from vadclip.video import (DecoderUnavailable, VideoError, check_decoder, crop_views, iter_snippet_chunks,
+                           open_video, resolve_decoder, torchcodec_missing)
 
 
 def _opts(**kw):
@@ -55,7 +55,23 @@ def test_decoders_give_the_same_frames(sample_videos, torchcodec_ok):
     assert resolve_decoder("auto", "cpu") == ("torchcodec", "cpu")
 
 
-def test_decoder_choices_and_the_cuda_fallback(sample_videos):
+def test_auto_takes_torchcodec_exactly_where_it_decodes(sample_videos, expected_decoder):
+    """The probe agrees with a real decode of a real file by torchcodec itself; where
+    torchcodec cannot decode, auto takes decord and a request by name is the
+    environment's error, never a video's."""
+    real = expected_decoder == "torchcodec-cpu"
+    assert (torchcodec_missing() is None) == real
+    assert resolve_decoder("auto", "cpu") == (("torchcodec", "cpu") if real else ("decord", "cpu"))
+    info, _ = iter_snippet_chunks(sample_videos["good"][0]["path"], 16, 64, 1, 4, decoder="auto")
+    assert info.decoder == expected_decoder
+    if not real:
+        with pytest.raises(DecoderUnavailable, match="torchcodec cannot decode here"):
+            resolve_decoder("torchcodec", "cpu")
+        with pytest.raises(DecoderUnavailable):   # not a VideoError: no video is marked failed
+            open_video(sample_videos["good"][0]["path"], decoder="torchcodec")
+
+
+def test_decoder_choices_and_the_cuda_fallback(sample_videos, expected_decoder):
     with pytest.raises(ValueError, match="decoding on cuda needs the torchcodec decoder"):
         check_decoder("decord", "cuda")
     with pytest.raises(ValueError, match="decoder must be one of"):
@@ -67,10 +83,10 @@ def test_decoder_choices_and_the_cuda_fallback(sample_videos):
     rec = sample_videos["good"][0]
     info, chunks = iter_snippet_chunks(rec["path"], 16, 64, 1, 4, decoder="auto", device="cuda")
     got = np.concatenate(list(chunks))
-    if torch.cuda.is_available() and torchcodec_missing() is None:
+    if torch.cuda.is_available() and expected_decoder != "decord":
         assert info.decoder in ("torchcodec-cuda", "torchcodec-cpu")
     else:   # no CUDA device here: the CPU decodes, the same frames as a CPU request
-        assert info.decoder == ("torchcodec-cpu" if torchcodec_missing() is None else "decord")
+        assert info.decoder == expected_decoder
         _, ref = iter_snippet_chunks(rec["path"], 16, 64, 1, 4, decoder="decord")
         assert np.array_equal(got, np.concatenate(list(ref)))
 
@@ -88,7 +104,8 @@ def test_ten_crop_order():
     assert mean[6] < mean[7] and np.isclose(mean[6], mean[2]) and np.isclose(mean[7], mean[1])
 
 
-def test_ray_job_matches_direct_call_resumes_and_records_errors(ray_local, sample_videos, tmp_path):
+def test_ray_job_matches_direct_call_resumes_and_records_errors(ray_local, sample_videos, tmp_path,
+                                                                expected_decoder):
     out = tmp_path / "feat"
     opts = _opts()
     s1 = run_extract(sample_videos["manifest"], str(out), opts, log=lambda *_: None)
@@ -101,7 +118,7 @@ def test_ray_job_matches_direct_call_resumes_and_records_errors(ray_local, sampl
     assert 0 < s1["encoder_busy_fraction"] <= 1
     assert 0 < s1["startup_s"] < s1["elapsed_s"]
     assert s1["steady_snippets_per_s"] > 0
-    assert s1["decoders"] == (["decord"] if torchcodec_missing() else ["torchcodec-cpu"])
+    assert s1["decoders"] == [expected_decoder]
     rows = read_feature_rows(str(out / "features"))
     errors = pq.read_table(str(out / "errors")).to_pylist()
     # never loses rows: every video is either a feature row or an error row
@@ -135,7 +152,8 @@ def test_ray_job_matches_direct_call_resumes_and_records_errors(ray_local, sampl
     assert sorted(r["video_id"] for r in again) == sorted(r["video_id"] for r in rows)
 
 
-def test_five_crop_rows_and_a_cuda_decode_request_on_a_cpu_cluster(ray_local, sample_videos, tmp_path):
+def test_five_crop_rows_and_a_cuda_decode_request_on_a_cpu_cluster(ray_local, sample_videos, tmp_path,
+                                                                   expected_decoder):
     """Five crops per video; ``decode_device="cuda"`` on a cluster without GPUs says so
     and decodes on the CPU, with the features decord's frames give."""
     rec = sample_videos["good"][0]
@@ -146,7 +164,7 @@ def test_five_crop_rows_and_a_cuda_decode_request_on_a_cpu_cluster(ray_local, sa
     assert sorted(r["crop"] for r in rows) == [0, 1, 2, 3, 4]
     assert len({r["snippet_count"] for r in rows}) == 1
     assert any("decode device cuda: the cluster has no GPU" in ln for ln in lines)
-    assert s["decoders"] == (["decord"] if torchcodec_missing() else ["torchcodec-cpu"])
+    assert s["decoders"] == [expected_decoder]
     enc = ClipImageEncoder(ClipSpec.tiny())
     _, direct = extract_video(rec["path"], enc, _opts(crops=5, decoder="decord"))
     for r in rows:

@@ -161,3 +161,33 @@ def test_train_and_score_with_s3_for_every_input_and_output(s3, two_nodes, s3_ex
     parts = part_files(f"s3://{BUCKET}/scores/scores")
     assert sum(pq.read_table(io.BytesIO(storage.read_bytes(f))).num_rows for f in parts) == len(good)
     assert not os.path.exists(tmp_path / "scores") and not os.path.exists(tmp_path / "mlruns")
+
+
+def test_clip_weights_in_a_bucket_reach_the_actors_through_ray(s3, two_nodes, sample_videos, tmp_path):
+    """Weights given as an s3:// URI are read once, by the driver; the encoder actors on
+    the other node get them from Ray's object store into a node-local file named by the
+    digest, and build the very CLIP the same weights give from a local file."""
+    import hashlib
+
+    import numpy as np
+    import torch
+
+    from vadclip.clip_backbone import build_open_clip
+    from vadclip.config import TINY_CLIP
+    from vadclip.features import read_feature_rows, row_features
+
+    buf = io.BytesIO()
+    torch.save(build_open_clip(TINY_CLIP, None).state_dict(), buf)   # the seeded random-init tiny CLIP
+    s3.put_object(Bucket=BUCKET, Key="models/tiny.pt", Body=buf.getvalue())
+    digest = hashlib.sha256(buf.getvalue()).hexdigest()
+    rec = sample_videos["good"][0]
+    feats = {}
+    for name, spec in (("bucket", ClipSpec(TINY_CLIP, f"s3://{BUCKET}/models/tiny.pt")), ("init", ClipSpec.tiny())):
+        s = run_extract(rec["path"], str(tmp_path / name), ExtractOptions(clip=spec, batch_size=8),
+                        address=two_nodes["address"], log=lambda *_: None)
+        assert s["videos_ok"] == 1
+        feats[name] = row_features(read_feature_rows(str(tmp_path / name / "features"))[0])
+    np.testing.assert_array_equal(feats["bucket"], feats["init"])
+    node_copy = two_nodes["scratch"] / "clip-weights" / f"{digest}.pt"
+    assert node_copy.read_bytes() == buf.getvalue()           # written on the worker node from the object store
+    assert len(list((two_nodes["scratch"] / "clip-weights" / "uri").iterdir())) == 1   # the driver's one download

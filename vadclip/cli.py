@@ -259,7 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="generate videos → extract → train → register → score, all local")
     p.add_argument("--workdir", default="./vadclip_demo", help="where videos, features, runs and scores go")
     p.add_argument("--train-videos", type=int, default=24, help="training videos (half with planted anomalies)")
-    p.add_argument("--test-videos", type=int, default=8, help="held-out videos (half with planted anomalies)")
+    p.add_argument("--val-videos", type=int, default=8,
+                   help="validation videos: the epoch is chosen on them (half with planted anomalies)")
+    p.add_argument("--test-videos", type=int, default=8,
+                   help="held-out test videos, used for nothing but the figures printed (half with planted anomalies)")
     p.add_argument("--epochs", type=int, default=12, help="training epochs")
     p.add_argument("--num-workers", type=int, default=2, help="Ray Train workers")
     p.add_argument("--clip-model", default="ViT-B-16", help="open_clip model name")
@@ -309,15 +312,16 @@ def _run(a) -> dict:
         return build_report(out, gt_path=a.gt, top_n=a.max_plots)
     if a.cmd == "evaluate":
         from .features import check_feature_set, read_feature_rows
-        from .gt import read_gt
-        from .registry import load_scoring_model
         from .evaluation import evaluate
+        from .gt import check_matches, read_gt
+        from .registry import load_scoring_model
 
         gt = read_gt(a.gt)
         model = load_scoring_model(a.model, a.tracking_uri)
         fs = check_feature_set(a.features, model.embed_dim, crop=a.crop)
         crop = fs["crops"][0] if a.crop is None else a.crop
         rows = [r for r in read_feature_rows(a.features) if r["crop"] == crop]
+        check_matches(gt, a.gt, [r["video_id"] for r in rows], f"the videos of {a.features}")
         return dict(evaluate(model, rows, gt, model.cfg), crop=crop, videos=len(rows))
     if a.cmd == "import-official":
         if a.annotations:
@@ -350,7 +354,7 @@ def _run(a) -> dict:
 
     pre = None if str(a.clip_pretrained).lower() == "none" else a.clip_pretrained
     return run_demo(a.workdir, a.train_videos, a.test_videos, a.epochs, a.num_workers,
-                    clip=ClipSpec(a.clip_model, pre) if pre else None, log=log)
+                    clip=ClipSpec(a.clip_model, pre) if pre else None, n_val=a.val_videos, log=log)
 
 
 def _setup_logging() -> None:

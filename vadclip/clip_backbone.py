@@ -3,7 +3,6 @@ prompt embeddings (learnable context around class-name tokens) for the A-branch.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
@@ -32,33 +31,27 @@ def _register_configs() -> None:
 
 _register_configs()
 
-WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
-
-
-def weights_kind(pretrained: Optional[str]) -> str:
-    """``none`` (random init), ``file`` (a path, or a name ending in a weights suffix,
-    e.g. ``weights.pt``) or ``tag`` (an open_clip pretrained tag)."""
-    if not pretrained:
-        return "none"
-    p = str(pretrained)
-    return "file" if os.path.sep in p or p.endswith(WEIGHT_SUFFIXES) else "tag"
-
-
 def build_open_clip(model_name: str, pretrained: Optional[str], model_kwargs: Optional[Dict[str, Any]] = None,
                     device: str = "cpu") -> nn.Module:
     """Create an open_clip model; ``pretrained`` is a tag (e.g. ``openai``), a local
-    weights file, or ``None`` for random init (offline).  A tag's activation
-    (QuickGELU for the OpenAI weights) comes from open_clip's pretrained config."""
+    weights file or a storage URI, or ``None`` for random init (offline).  The weights
+    come from a file on this node: the job's weights where a worker was handed them
+    (:func:`vadclip.weights.activate`), else resolved here once
+    (:func:`vadclip.weights.resolve_weights`).  A tag's activation (QuickGELU for the
+    OpenAI weights) and preprocessing come from open_clip's pretrained config."""
     import open_clip
 
+    from .weights import activate, active, resolve_weights
+
     kwargs = dict(model_kwargs or {})
-    kind = weights_kind(pretrained)
-    if kind == "file" and not os.path.isfile(str(pretrained)):
-        raise FileNotFoundError(f"CLIP weights file not found: {pretrained}")
-    if kind == "tag" and open_clip.get_pretrained_cfg(model_name, pretrained).get("quick_gelu"):
-        kwargs.setdefault("force_quick_gelu", True)
     if pretrained:
-        return open_clip.create_model(model_name, pretrained=pretrained, device=device, **kwargs)
+        w = active(model_name, pretrained)
+        if w is None:
+            w = resolve_weights(model_name, pretrained)
+            activate(w)
+        for k, v in w.create_kwargs().items():
+            kwargs.setdefault(k, v)
+        return open_clip.create_model(model_name, pretrained=w.local_file(), device=device, **kwargs)
     # random init is seeded so every process (encoder actors, train workers, scorers)
     # builds the very same "random" CLIP; it is asked for, so open_clip's note that no
     # weights were loaded is not passed on as a warning
@@ -76,27 +69,16 @@ def _asked_for_random_init(record: logging.LogRecord) -> bool:
     return "No pretrained weights loaded" not in record.getMessage()
 
 
-def check_clip(model_name: str, pretrained: Optional[str]) -> None:
-    """At job start, on the driver: the open_clip model exists, and its weights are a
-    known pretrained tag for it or an existing local file (``None``: random init).
-    Raises a one-line :class:`InputError`.  (Whether a tag's download succeeds is seen
-    by the first worker that loads it; a failure there fails the job, never a video.)"""
-    import open_clip
-
-    from .errors import InputError
+def resolve_clip(model_name: str, pretrained: Optional[str]):
+    """At job start, on the driver, before any worker: the open_clip model exists and
+    its weights are had once (:func:`vadclip.weights.resolve_weights`; None for random
+    init).  Raises a one-line :class:`InputError`."""
+    from .weights import activate, resolve_weights
 
     model_config(model_name)
-    kind, p = weights_kind(pretrained), str(pretrained)
-    if kind == "none":
-        return
-    if kind == "file":
-        if not os.path.isfile(p):
-            raise InputError(f"CLIP weights file not found: {p}")
-        return
-    tags = open_clip.list_pretrained_tags_by_model(model_name)
-    if p not in tags:
-        raise InputError(f"unknown pretrained tag {p!r} for {model_name} (known: {', '.join(tags) or 'none'}; "
-                         "or give a local weights file)")
+    w = resolve_weights(model_name, pretrained)
+    activate(w)     # what the driver itself builds uses the same file
+    return w
 
 
 def check_packages(*names: str) -> None:

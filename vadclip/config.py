@@ -111,11 +111,12 @@ class ClipSpec:
     def to_dict(self) -> Dict[str, Any]:
         return {"model": self.model, "pretrained": self.pretrained, "kwargs": dict(self.kwargs)}
 
-    def check(self) -> None:
-        """At job start: the model exists and its weights are a known tag or a local file."""
-        from .clip_backbone import check_clip
+    def resolve(self):
+        """At job start, on the driver: the model exists and its weights are had once
+        (a :class:`vadclip.weights.Weights` to hand to the workers; None for random init)."""
+        from .clip_backbone import resolve_clip
 
-        check_clip(self.model, self.pretrained)
+        return resolve_clip(self.model, self.pretrained)
 
     @property
     def embed_dim(self) -> int:

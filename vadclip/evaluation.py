@@ -10,14 +10,14 @@ from typing import Dict, Iterable, List, Sequence, Tuple
 import numpy as np
 
 from .config import VadConfig
-from .gt import Intervals
+from .gt import Intervals, intervals_of
 from .metrics import detection_map, expand_snippets, frame_metrics, intervals_to_frames
 
 
 def video_gt(row: Dict, gt: Intervals, cfg: VadConfig) -> Tuple[np.ndarray, List[Tuple[int, int]], List[int]]:
     """Frame labels, mAP segments and segment classes of one evaluation video."""
     n = int(row["num_frames"]) or int(row["snippet_count"]) * cfg.snippet_len
-    ivs = gt.get(row["video_id"], [])
+    ivs = intervals_of(gt, row["video_id"])
     frames = intervals_to_frames([(s, e) for s, e, _ in ivs], n)
     if not ivs:   # a normal video: one class-0 segment, or none (official UCF-Crime)
         return (frames, [(0, n)], [0]) if cfg.map_normal_segments else (frames, [], [])

@@ -26,10 +26,11 @@ import numpy as np
 from . import storage
 from .config import ClipSpec
 from .errors import InputError, MissingInputError
+from .ids import video_id
 from .features import ERROR_SCHEMA, FEATURE_SCHEMA, feature_row
 from .parts import PartWriter, drop_rows, new_run_id, read_column, remove_uncommitted
 from .tables import read_records
-from .video import VideoError, check_decoder, fetched, iter_snippet_chunks, list_videos
+from .video import VideoError, check_decoder, fetched, iter_snippet_chunks, list_videos, torchcodec_missing
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +64,6 @@ class ExtractOptions:
 
 
 # ---------------------------------------------------------------------------- manifest
-def _video_id(path: str) -> str:
-    return storage.stem(path)
-
-
 def load_manifest(source: str) -> List[Dict[str, Optional[str]]]:
     """Videos to process from a CSV/Parquet manifest (``path`` [, ``label``, ``video_id``];
     relative paths are relative to the manifest), a directory (searched recursively) or
@@ -102,7 +99,7 @@ def load_manifest(source: str) -> List[Dict[str, Optional[str]]]:
                 raise InputError(f"{source}: {path} is listed twice with different labels "
                                  f"({by_path[path]['label']!r} and {label!r})")
             continue
-        vid = str(r.get("video_id") or _video_id(path))
+        vid = str(r.get("video_id") or video_id(path))
         if vid in seen and seen[vid] != path:
             vid = f"{vid}_{hashlib.sha1(path.encode()).hexdigest()[:8]}"
         seen[vid] = path
@@ -202,10 +199,13 @@ class EncodeStage:
     (CUDA error, out of memory) is the environment's: the actor is restarted and the
     batch retried by Ray, up to ``opts.max_restarts`` times."""
 
-    def __init__(self, opts: ExtractOptions) -> None:
+    def __init__(self, opts: ExtractOptions, weights=None) -> None:
         import torch
 
+        from .weights import activate
+
         self.opts = opts
+        activate(weights)     # the job's CLIP weights, from this node or Ray's object store
         if not torch.cuda.is_available():
             # Ray pins an actor that reserves one CPU to one thread; the encoder is the
             # bottleneck, so it gets the node's cores shared by the pool
@@ -216,11 +216,12 @@ class EncodeStage:
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
     @staticmethod
-    def ray_args(opts: ExtractOptions, gpus: float) -> Dict[str, Any]:
-        """What one encoder actor needs, for ``map_batches``."""
+    def ray_args(opts: ExtractOptions, gpus: float, weights=None) -> Dict[str, Any]:
+        """What one encoder actor needs, for ``map_batches`` (``weights``: the job's
+        :class:`vadclip.weights.Weights`, shared through Ray)."""
         from ray.data import ActorPoolStrategy
 
-        return {"fn_constructor_kwargs": {"opts": opts}, "batch_size": 1, "batch_format": "numpy",
+        return {"fn_constructor_kwargs": {"opts": opts, "weights": weights}, "batch_size": 1, "batch_format": "numpy",
                 "compute": ActorPoolStrategy(size=opts.num_encoders), "num_gpus": gpus,
                 "num_cpus": 0 if gpus else 1, "max_restarts": opts.max_restarts,
                 "max_task_retries": opts.max_restarts}
@@ -302,11 +303,17 @@ def run_extract(source: str, out_dir: str, opts: ExtractOptions, retry_failed: b
     from .clip_backbone import check_packages
 
     check_packages("decord", "open_clip")             # once, at job start, with one line
-    opts.clip.check()
+    weights = opts.clip.resolve()                      # once per job, here, before any worker
     try:
         check_decoder(opts.decoder, opts.decode_device)
     except ValueError as e:
         raise InputError(str(e)) from None
+    why = torchcodec_missing() if opts.decoder != "decord" else None
+    if why is not None:   # a decoder that cannot load is the environment's problem, never a video's
+        if opts.decoder == "torchcodec":
+            raise InputError(f"--decoder torchcodec: torchcodec cannot decode here: {why}; "
+                             "use --decoder auto (decord where torchcodec cannot decode) or --decoder decord")
+        log(f"[extract] torchcodec cannot decode here ({why}): decoding with decord")
     items = load_manifest(source)
     out_dir = absolute(out_dir)
     storage.makedirs(out_dir)
@@ -339,7 +346,7 @@ def run_extract(source: str, out_dir: str, opts: ExtractOptions, retry_failed: b
         ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo), 256)))
         ds = ds.flat_map(DecodeStage(opts, size, "cuda" if decode_gpus else "cpu"),
                          num_cpus=DecodeStage.num_cpus, num_gpus=decode_gpus)
-        ds = ds.map_batches(EncodeStage, **EncodeStage.ray_args(opts, gpus))
+        ds = ds.map_batches(EncodeStage, **EncodeStage.ray_args(opts, gpus, weights and weights.shared()))
         run_id = new_run_id()
         fw = PartWriter(feature_dir(out_dir), FEATURE_SCHEMA, opts.rows_per_file, run_id, opts.flush_seconds)
         ew = PartWriter(errors_dir(out_dir), ERROR_SCHEMA, 64, run_id, opts.flush_seconds)

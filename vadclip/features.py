@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import storage
+from .ids import video_id
 from .errors import InputError
 from .parts import dataset_files, read_table, table_bytes
 
@@ -163,7 +164,7 @@ def parse_official_name(path: str) -> Tuple[str, int]:
     m = _OFFICIAL_NAME.match(storage.basename(path))
     if not m:
         raise FeatureError(f"{path}: not an official feature file name (expected NAME__K.npy)")
-    return m.group("name"), int(m.group("crop"))
+    return video_id(path), int(m.group("crop"))   # the name before __K, by the one id rule
 
 
 def _resolve(path: str, roots: Sequence[str]) -> str:

@@ -5,7 +5,7 @@ XD-Violence ``annotations.txt`` formats."""
 from __future__ import annotations
 
 import io
-import posixpath
+import logging
 import re
 from collections import defaultdict
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 
 from . import storage
 from .errors import InputError
+from .ids import video_id
 from .tables import read_records
 
 GT_SCHEMA = pa.schema([("video_id", pa.string()), ("start_frame", pa.int64()),
@@ -22,17 +23,13 @@ GT_SCHEMA = pa.schema([("video_id", pa.string()), ("start_frame", pa.int64()),
 
 Intervals = Dict[str, List[Tuple[int, int, Optional[str]]]]
 
+log = logging.getLogger(__name__)
+
 
 class GroundTruthError(InputError):
     pass
 
 
-def video_key(name: str) -> str:
-    """Normalise a video name to the id used in feature rows: basename without the
-    extension and without an official ``__K`` crop suffix."""
-    base = posixpath.basename(str(name).strip().replace("\\", "/"))
-    base = re.sub(r"__\d+(\.npy)?$", "", base)
-    return posixpath.splitext(base)[0] if re.search(r"\.(mp4|avi|mkv|mov|webm|npy)$", base, re.I) else base
 
 
 def write_gt(rows: Sequence[Dict], path: str) -> None:
@@ -58,7 +55,7 @@ def read_gt(path: str) -> Intervals:
     out: Intervals = defaultdict(list)
     for i, r in enumerate(recs):
         try:
-            vid = video_key(r["video_id"])
+            vid = video_id(r["video_id"])
             s, e = int(r["start_frame"]), int(r["end_frame"])
         except (KeyError, TypeError, ValueError) as exc:
             raise GroundTruthError(f"{path}: row {i}: needs video_id,start_frame,end_frame ({exc})") from exc
@@ -67,6 +64,32 @@ def read_gt(path: str) -> Intervals:
         if e > s:
             out[vid].append((s, e, (r.get("label") or None)))
     return dict(out)
+
+
+def intervals_of(gt: Intervals, vid: str) -> List[Tuple[int, int, Optional[str]]]:
+    """The ground-truth intervals of the video ``vid`` (a feature or score row's id,
+    under the one id rule of :mod:`vadclip.ids`)."""
+    return gt.get(vid) or gt.get(video_id(vid)) or []
+
+
+def check_matches(gt: Intervals, gt_path: str, video_ids: Sequence[str], what: str = "the scored videos") -> int:
+    """How many of the ground truth's videos are among ``video_ids``.  None of them (a
+    ground truth for other videos, or names under another id rule) is a one-line
+    :class:`GroundTruthError` naming the file and three names of each side; some of
+    them is a warning with the count (the others are not evaluated)."""
+    ids = set(video_ids)
+    ids |= {video_id(v) for v in ids}
+    named = sorted(gt)
+    found = [v for v in named if v in ids]
+    if named and not found:
+        raise GroundTruthError(
+            f"{gt_path}: none of its {len(named)} videos is among {what} ({len(set(video_ids))}); it names "
+            f"{', '.join(named[:3])}{', …' if len(named) > 3 else ''} while the videos are "
+            f"{', '.join(sorted(set(video_ids))[:3]) or 'none'}{', …' if len(set(video_ids)) > 3 else ''}")
+    if len(found) < len(named):
+        log.warning("%s: %d of its %d videos are not among %s; they are not evaluated", gt_path,
+                    len(named) - len(found), len(named), what)
+    return len(found)
 
 
 def _read_annotations(txt_path: str) -> str:
@@ -86,7 +109,7 @@ def convert_ucf_annotations(txt_path: str) -> List[Dict]:
                 continue
             if len(parts) < 6:
                 raise GroundTruthError(f"{txt_path}:{n}: expected 6 fields, got {len(parts)}")
-            name, cls = video_key(parts[0]), parts[1]
+            name, cls = video_id(parts[0]), parts[1]
             for s, e in ((parts[2], parts[3]), (parts[4], parts[5])):
                 s, e = int(s), int(e)
                 if s >= 0 and e > s and cls != "Normal":
@@ -109,7 +132,7 @@ def convert_xd_annotations(txt_path: str) -> List[Dict]:
             parts = line.split()
             if not parts:
                 continue
-            name = video_key(parts[0])
+            name = video_id(parts[0])
             rest = parts[1:]
             if rest and not rest[0].lstrip("-").isdigit():           # multiclass triplets
                 if len(rest) % 3:

@@ -298,7 +298,7 @@ def build_report(out_dir: str, summary: Optional[Dict[str, Any]] = None, gt_path
     ``summary`` defaults to ``out_dir``/score_summary.json.  With ``local_dir`` the
     report is also left there (for MLflow); ``on_figure(fig, name)`` sees each
     timeline figure.  Returns what was written."""
-    from .gt import read_gt, video_key
+    from .gt import intervals_of, read_gt
 
     out_dir = storage.absolute(out_dir)
     scores = storage.join(out_dir, "scores")
@@ -322,7 +322,7 @@ def build_report(out_dir: str, summary: Optional[Dict[str, Any]] = None, gt_path
         row = full.get(r["video_id"], r)
         stem = _safe(r["video_id"])
         plot_timeline(row, os.path.join(img_dir, f"{stem}_timeline.png"), threshold, snippet_len,
-                      gt.get(video_key(r["video_id"])), on_figure)
+                      intervals_of(gt, r["video_id"]) or None, on_figure)
         videos.append(dict(row, timeline=f"img/{stem}_timeline.png",
                            frames=key_frames(row, img_dir, stem, snippet_len)))
     page = render_html(summary, counts, events, videos)

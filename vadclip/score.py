@@ -165,7 +165,7 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
 
     from .checkpoint import checkpoint_dict
     from .features import check_feature_set
-    from .gt import read_gt
+    from .gt import check_matches, read_gt
     from .raysetup import ensure_ray
     from .registry import load_scoring_model
     from .storage import absolute
@@ -175,12 +175,17 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
     opts = opts or ScoreOptions()
     if features is None and videos is None:
         raise InputError("give features= (a feature set) or videos= (raw videos)")
-    if gt_path:
-        read_gt(gt_path)  # a bad ground-truth file fails now, not after scoring
+    gt = read_gt(gt_path) if gt_path else None   # a bad ground-truth file fails now, not after scoring
     model = load_scoring_model(model_uri, tracking_uri)
     cfg = model.cfg
     # a feature set that cannot fit the model fails before Ray starts
     found = check_feature_set(features, model.embed_dim, crop=opts.crop) if features is not None else None
+    if gt is not None:   # ground truth named for other videos (or by another id rule) fails now too
+        from .extract import load_manifest
+
+        ids = (found["meta"].column("video_id").to_pylist() if found is not None
+               else [r["video_id"] for r in load_manifest(videos)])
+        check_matches(gt, gt_path, ids, f"the videos of {features or videos}")
     ensure_ray(address)
     storage.makedirs(out_dir)
     for d in (_scores_dir(out_dir), storage.join(out_dir, "score_errors")):
@@ -247,6 +252,7 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
     summary["videos_failed_total"] = len(read_column(storage.join(out_dir, "score_errors"), "video_id"))
     if extract_summary:
         summary["extract"] = {k: extract_summary[k] for k in ("videos_ok", "videos_failed", "frames_per_s")}
+        summary["extract"]["decoders"] = extract_summary.get("decoders", [])
     if gt_path and totals["videos"]:
         # frame-level AUC/AP need every frame score at once: this step (only) grows with the archive
         rows = read_table(_scores_dir(out_dir), columns=list(METRIC_COLUMNS)).to_pylist()

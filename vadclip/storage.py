@@ -106,11 +106,6 @@ def extension(path: str) -> str:
     return posixpath.splitext(basename(path))[1].lower()
 
 
-def stem(path: str) -> str:
-    """``name`` of ``…/name.mp4``."""
-    return posixpath.splitext(basename(path))[0]
-
-
 def _uri_of(template: str, inner: str) -> str:
     """The user-facing name of ``inner`` (a path inside the filesystem of ``template``)."""
     if not is_uri(template):
@@ -289,12 +284,23 @@ def local_file(path: str, suffix: str = "") -> Iterator[str]:
     fd, tmp = tempfile.mkstemp(prefix="vadclip-", suffix=suffix, dir=scratch_dir())
     try:
         with os.fdopen(fd, "wb") as out, fs.open_input_stream(p) as src:
-            while True:
-                buf = src.read(COPY_CHUNK)
-                if not buf:
-                    break
-                out.write(buf)
+            shutil.copyfileobj(src, out, COPY_CHUNK)
         yield tmp
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def download(path: str, dest: str) -> None:
+    """Copy ``path`` (local or in object storage) to the local file ``dest``, streamed
+    ``COPY_CHUNK`` bytes at a time, whole or not at all (a temporary name, then a rename)."""
+    fs, p = resolve(path)
+    os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
+    tmp = f"{dest}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with open(tmp, "wb") as out, fs.open_input_stream(p) as src:
+            shutil.copyfileobj(src, out, COPY_CHUNK)
+        os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

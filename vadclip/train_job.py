@@ -17,7 +17,7 @@ import numpy as np
 
 from . import storage
 from .config import VadConfig
-from .gt import read_gt
+from .gt import check_matches, read_gt
 
 CKPT_FILE = "vadclip.pt"
 STATE_FILE = "train_state.pt"
@@ -176,6 +176,7 @@ class _Worker:
         from .clip_backbone import FrozenCLIP
         from .model import VadCLIP
         from .training import make_optimizer
+        from .weights import activate
 
         self.memory = _MemoryWatch()
         self.config, self.cfg = config, VadConfig.from_dict(config["cfg"])
@@ -188,6 +189,7 @@ class _Worker:
         np.random.seed(cfg.seed + self.rank)
         self.recipe, self.metric = config.get("recipe", "vadclip"), config["metric"]
         self.eval_every = config.get("eval_every_samples")
+        activate(config.get("weights"))   # the CLIP weights the driver resolved, through Ray
         model = VadCLIP(cfg, FrozenCLIP(cfg.clip, device=str(self.device)))
         self.opt, self.sched = make_optimizer(model, cfg)
         self.start_epoch, self.best, self.history, self.best_state = 0, -float("inf"), [], None
@@ -360,7 +362,7 @@ def check_inputs(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_p
                          "against frame ground truth")
     if gt_path and not eval_path:
         raise InputError(f"--gt {gt_path} given without --eval (the feature set to evaluate)")
-    cfg.clip.check()       # the text tower's weights, before any worker
+    weights = cfg.clip.resolve()       # the text tower's weights, once, before any worker
     dim = cfg.clip.embed_dim
     meta_table = check_feature_set(train_path, dim, what="training feature set")["meta"]
     meta = meta_table.select(["video_id", "crop", "label"]).to_pylist()
@@ -372,12 +374,15 @@ def check_inputs(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_p
         seen.add(key)
     labels = [r["label"] for r in meta]
     _check_labels(labels, cfg, train_path)
-    out: Dict[str, Any] = {"labels": labels, "gt": {}, "eval_crop": None, "meta": meta_table, "eval_meta": None}
+    out: Dict[str, Any] = {"labels": labels, "gt": {}, "eval_crop": None, "meta": meta_table, "eval_meta": None,
+                           "weights": weights}
     if eval_path:
         ev = check_feature_set(eval_path, dim, crop=eval_crop, what="evaluation feature set")
         out["eval_crop"] = eval_crop if eval_crop is not None else ev["crops"][0]
         out["eval_meta"] = ev["meta"]
         out["gt"] = read_gt(gt_path)
+        check_matches(out["gt"], gt_path, ev["meta"].column("video_id").to_pylist(),
+                      f"the videos of {eval_path}")
     return out
 
 
@@ -496,7 +501,8 @@ def _run_train(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_pat
             config = {"cfg": cfg_dict, "metric": metric, "gt": gt, "max_steps_per_epoch": o.max_steps_per_epoch,
                       "micro_batch": o.micro_batch,
                       "has_eval": bool(eval_path), "mlflow_run_id": run_id, "tracking_uri": tracking_uri,
-                      "recipe": o.recipe, "eval_every_samples": o.eval_every_samples}
+                      "recipe": o.recipe, "eval_every_samples": o.eval_every_samples,
+                      "weights": checked["weights"] and checked["weights"].shared()}
             if o.faults:   # {"raise_after_epoch": N} or {"exit_in_epoch": N}, once per training
                 config["faults"] = dict(o.faults)
                 config["fault_marker"] = storage.join(o.storage, o.run_name + ".failed-once")

@@ -5,17 +5,18 @@ Two decoders deliver the same frames (the same pixels on every file the tests an
 ``bench/decode.py`` write): torchcodec, on the system's FFmpeg libraries (the fastest
 on the CPU in ``bench/decode.py``, and NVDEC on a GPU with ``device="cuda"``), and
 decord, whose wheel carries its own FFmpeg.  ``decoder="auto"`` takes torchcodec where
-it loads and decord elsewhere; a CUDA request falls back to the CPU where there is no
+it loads and decord elsewhere (torchcodec asked for by name where it cannot decode is an error of
+the environment, never of a video); a CUDA request falls back to the CPU where there is no
 CUDA device or the GPU decoder cannot read a file."""
 from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
 import logging
 import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -23,10 +24,10 @@ import torch
 import torch.nn.functional as F
 
 from . import storage
+from .ids import VIDEO_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts")
 
 
 class VideoError(RuntimeError):
@@ -58,24 +59,41 @@ def _first_line(e: BaseException) -> str:
     return re.sub(r"^\w+, \S+\.(?:cpp|h):\d+, ", "", line)[:200]
 
 
+PROBE_CLIP = Path(__file__).parent / "assets" / "probe.mp4"   # 2 H.264 frames, 32x32, 1.5 KB
+
+
 @functools.lru_cache(maxsize=None)
 def torchcodec_missing() -> Optional[str]:
-    """None where torchcodec loads in this process (it needs FFmpeg's shared libraries
-    on the system), else why not."""
+    """None where torchcodec can decode in this process, else why not (one line).
+
+    Checked by decoding a bundled two-frame clip once per process: ``import
+    torchcodec.decoders`` succeeds without FFmpeg, whose shared libraries torchcodec
+    loads only at the first decoder, so an import says nothing."""
     try:
-        importlib.import_module("torchcodec.decoders")
-    except Exception as e:   # ImportError, or RuntimeError/OSError when FFmpeg is missing
-        return _first_line(e)
+        from torchcodec.decoders import VideoDecoder
+
+        VideoDecoder(PROBE_CLIP.read_bytes(), seek_mode="exact").get_frame_at(1)
+    except Exception as e:   # ImportError, or RuntimeError when FFmpeg's libraries do not load
+        why = _first_line(e).rstrip(" :.")
+        if "Could not load libtorchcodec" in why:
+            why = ("it cannot load FFmpeg's shared libraries: none of a version it supports is installed "
+                   "(apt-get install ffmpeg)")
+        return why
     return None
+
+
+class DecoderUnavailable(RuntimeError):
+    """The decoder asked for by name cannot decode in this process: a problem of the
+    environment (never of a video)."""
 
 
 _noted: set = set()
 
 
-def _note_once(msg: str) -> None:
+def _note_once(msg: str, level: int = logging.WARNING) -> None:
     if msg not in _noted:
         _noted.add(msg)
-        log.warning(msg)
+        log.log(level, msg)
 
 
 def check_decoder(decoder: str, device: str) -> None:
@@ -91,15 +109,21 @@ def check_decoder(decoder: str, device: str) -> None:
 
 def resolve_decoder(decoder: str = "auto", device: str = "cpu") -> Tuple[str, str]:
     """What this process decodes with: ("decord" | "torchcodec", "cpu" | "cuda").
-    torchcodec asked for where it does not load → decord (same frames); cuda asked for
-    where there is no CUDA device → the CPU; each said once in the log."""
+
+    ``auto`` takes torchcodec where it can decode in this process (:func:`torchcodec_missing`)
+    and decord elsewhere, said once in the log; ``torchcodec`` asked for by name where
+    it cannot decode raises :class:`DecoderUnavailable` (the environment's problem:
+    Ray retries the task, then the job fails; no video is marked failed).  cuda asked
+    for where there is no CUDA device → the CPU, said once."""
     check_decoder(decoder, device)
     if decoder == "decord":
         return "decord", "cpu"
     why = torchcodec_missing()
     if why is not None:
-        if decoder == "torchcodec" or device == "cuda":
-            _note_once(f"torchcodec does not load here ({why}): decoding with decord on the CPU")
+        if decoder == "torchcodec":
+            raise DecoderUnavailable(f"--decoder torchcodec: torchcodec cannot decode here: {why}")
+        # the job's driver says so once for the run (run_extract); here, a debug note per process
+        _note_once(f"torchcodec cannot decode here ({why}): decoding with decord on the CPU", logging.DEBUG)
         return "decord", "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         _note_once("no CUDA device here: torchcodec decodes on the CPU")
