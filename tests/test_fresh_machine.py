@@ -16,8 +16,8 @@ NO_TORCHCODEC = ("from torchcodec.decoders import VideoDecoder; import sys; "
 
 
 def _json(out: str) -> dict:
-    start = 0 if out.startswith("{\n") else out.rindex("\n{\n") + 1
-    return json.loads(out[start:])
+    """stdout holds the JSON result alone (Ray's own lines go to stderr)."""
+    return json.loads(out)
 
 
 def _one_error_line(err: str, *expected: str) -> str:

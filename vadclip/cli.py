@@ -4,6 +4,7 @@ The ``jobs/*.py`` entry points for ``ray job submit`` call the same functions.""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -30,7 +31,9 @@ def _add_clip(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("CLIP backbone (open_clip)")
     g.add_argument("--clip-model", default=None, help="open_clip model name (default: ViT-B-16)")
     g.add_argument("--clip-pretrained", default=None,
-                   help="pretrained tag, a local weights file, or 'none' for random init (default: openai)")
+                   help="pretrained tag (downloaded once into the cache), a local weights file or a storage URI "
+                        "(s3://models/ViT-B-16.bin), or 'none' for random init; read once per job by the driver "
+                        "and handed to the workers through Ray (default: openai)")
     g.add_argument("--tiny-clip", action="store_true",
                    help="use a tiny random-init CLIP (offline; for smoke tests, not real detection)")
 
@@ -383,13 +386,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     a = build_parser().parse_args(argv)
     _setup_logging()
     try:
-        s = _run(a)
+        # stdout carries the JSON result alone: what Ray prints there while the job runs
+        # (its workers' and raylet's lines) goes to stderr with the log
+        with contextlib.redirect_stdout(sys.stderr):
+            s = _run(a)
     except InputError as e:
         print(f"vadclip {a.cmd}: error: {one_line(e)}", file=sys.stderr)
         return 2
-    print(json.dumps(s, indent=2, default=str))
+    print(json.dumps(s, indent=2, default=str), flush=True)
     return 0
 
 
+def entry(argv: Optional[List[str]] = None) -> None:
+    """The ``vadclip`` command (and ``jobs/*.py``): :func:`main`, then whatever Ray still
+    prints while the process winds down goes to stderr, after the JSON result."""
+    rc = main(argv)
+    sys.stdout.flush()
+    sys.stdout = sys.stderr
+    sys.exit(rc)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()
