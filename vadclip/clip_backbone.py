@@ -10,9 +10,8 @@ import torch
 from torch import nn
 
 from .config import ClipSpec
+from .provenance import OPENAI_MEAN, OPENAI_STD
 
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 RANDOM_INIT_SEED = 0
 
