@@ -23,8 +23,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from vadclip.config import ClipSpec  # noqa: E402
@@ -128,7 +126,6 @@ def main():
         assert s["videos_ok"] == a.videos, s
         rows.append((prec, enc.precision, enc_rate, frac, s["snippets"] / t_job, s["steady_snippets_per_s"],
                      s["encoder_busy_fraction"], s["precisions"], enc.precision_why))
-        del enc
 
     print(f"{'asked':>6} {'encoder':>8} {'enc-only':>9} {'of peak':>8} {'job e2e':>8} {'steady':>8} {'busy':>6} "
           f"{'slower':>8} {'steady/slower':>13} {'shared':>7} {'steady/shared':>13}   (snippets/s)")

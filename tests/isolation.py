@@ -13,8 +13,6 @@ import shutil
 import subprocess
 from typing import Dict, List, Optional, Sequence
 
-import pytest
-
 # the libraries FFmpeg installs (not libavahi/libavif, which only share the prefix)
 FFMPEG_LIB = re.compile(r"^lib(avcodec|avformat|avutil|avdevice|avfilter|swscale|swresample|postproc|avresample)"
                         r"\.so(\.\d+)*$")
@@ -41,18 +39,6 @@ def isolation_missing() -> Optional[str]:
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"unshare failed ({e})"
     return None if rc == 0 else "unshare -m -n is not permitted here"
-
-
-@pytest.fixture(scope="session")
-def isolation():
-    """Skips where namespaces are not available, except in CI (``CI`` set), where
-    these tests must run."""
-    why = isolation_missing()
-    if why is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"these tests must run in CI: {why}")
-        pytest.skip(why)
-    return True
 
 
 def run_isolated(cmd: Sequence[str], *, no_ffmpeg: bool = False, offline: bool = False,

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from isolation import isolation, run_isolated  # noqa: F401  (isolation is a fixture)
+from isolation import run_isolated
 
 VADCLIP = [sys.executable, "-m", "vadclip.cli"]
 NO_TORCHCODEC = ("from torchcodec.decoders import VideoDecoder; import sys; "

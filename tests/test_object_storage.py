@@ -152,6 +152,13 @@ def test_train_and_score_with_s3_for_every_input_and_output(s3, two_nodes, s3_ex
     good = sorted(v["video_id"] for v in sample_videos["good"])
     assert sorted(read_column(f"s3://{BUCKET}/scores/scores", "video_id")) == good
     assert sc["videos_scored"] == len(good) and "auc" in sc
+    # the registered version knows what it was trained on, and the features it scored fit it
+    from mlflow.tracking import MlflowClient
+
+    mv = MlflowClient(tracking).get_model_version("vad-s3", str(tr["registered_version"]))
+    prov = json.loads(mv.tags["vadclip_feature_provenance"])
+    assert prov["clip_model"] == "vadclip-tiny" and prov["snippet_len"] == 16 and prov["source"] == "vadclip extract"
+    assert sc["feature_mismatch"] is None
     report = _keys(s3, "scores/report/")                         # the review report, in the bucket too
     assert "scores/report/index.html" in report and len([k for k in report if k.endswith("_timeline.png")]) == 2
     assert sc["report"] == f"s3://{BUCKET}/scores/report/index.html"

@@ -148,6 +148,11 @@ def load_official_checkpoint(src: Union[str, Dict[str, Any]], cfg: VadConfig,
         missing = [k for k in missing if k != "attn_mask"]
         if missing:
             raise CheckpointError(f"official checkpoint lacks CLIP weights: {missing[:5]}...")
+    if cfg.feature_provenance is None:   # official models were trained on the official release's features
+        from . import __version__
+        from .provenance import official
+
+        cfg = cfg.replace(feature_provenance=official(range(10), __version__))
     model = VadCLIP(cfg, clip)
     fpe = mine.get("adapter.frame_position_embeddings.weight")
     if fpe is not None and fpe.shape[0] != cfg.visual_length:

@@ -27,6 +27,11 @@ class _HelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+_MISMATCH_HELP = ("use features whose provenance (CLIP model and weights, image size, normalisation, snippet "
+                  "length, frame rule) differs from the model's training features; recorded in the summary, MLflow "
+                  "and the report (default: refused in one line, exit 2)")
+
+
 def _add_clip(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("CLIP backbone (open_clip)")
     g.add_argument("--clip-model", default=None, help="open_clip model name (default: ViT-B-16)")
@@ -193,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--register", default=None, help="register the best model under this name")
     p.add_argument("--alias", default="champion", help="alias moved to the new version when it beats the current one")
     p.add_argument("--max-failures", type=int, default=2, help="worker-group restarts from the last checkpoint")
+    p.add_argument("--allow-feature-mismatch", action="store_true",
+                   help="evaluate on --eval features whose provenance differs from --train's (recorded as an MLflow "
+                        "tag; default: refused in one line, exit 2)")
     _add_clip(p)
     _add_ray(p)
 
@@ -213,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-plots", type=int, default=50,
                    help="videos given a page in the report: flagged ones first (with key frames), then by score")
     p.add_argument("--experiment", default="vadclip-score", help="MLflow experiment")
+    p.add_argument("--allow-feature-mismatch", action="store_true", help=_MISMATCH_HELP)
     _add_tracking(p)
     _add_extract_opts(p, "with --videos: views per frame extracted (score one with --crop)")
     _add_output(p)
@@ -230,6 +239,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", required=True, help="feature set")
     p.add_argument("--gt", required=True, help="ground truth intervals (Parquet/CSV)")
     p.add_argument("--crop", type=int, default=None, help="crop to evaluate (default: the lowest crop present)")
+    p.add_argument("--allow-feature-mismatch", action="store_true", help=_MISMATCH_HELP)
+    _add_tracking(p)
+
+    p = sub.add_parser("compare-features", formatter_class=fmt,
+                       help="how close two feature sets are (per-video cosine, relative L2) and where they came from")
+    p.add_argument("a", help="a feature set (e.g. your own extraction)")
+    p.add_argument("b", help="another (e.g. the released features, imported with import-official)")
+    p.add_argument("--model", default=None, help="also the metrics of this model on each set (needs --gt)")
+    p.add_argument("--gt", default=None, help="ground truth for --model")
+    p.add_argument("--crop", type=int, default=None, help="crop for --model (default: the lowest both hold)")
+    p.add_argument("--worst", type=int, default=5, help="how many of the least similar videos to list")
     _add_tracking(p)
 
     p = sub.add_parser("import-official", formatter_class=fmt,
@@ -293,14 +313,15 @@ def _run(a) -> dict:
                             eval_crop=a.eval_crop, max_failures=a.max_failures, register_name=a.register,
                             alias=a.alias, experiment=a.experiment, tracking_uri=a.tracking_uri,
                             address=a.address, max_steps_per_epoch=a.max_steps_per_epoch,
-                            micro_batch=a.micro_batch)
+                            micro_batch=a.micro_batch, allow_feature_mismatch=a.allow_feature_mismatch)
         return run_train(a.train, cfg, eval_path=a.eval, gt_path=a.gt, opts=opts, log=log)
     if a.cmd == "score":
         from .score import ScoreOptions, run_score
 
         opts = ScoreOptions(threshold=a.threshold, merge_gap=a.merge_gap, min_snippets=a.min_snippets,
                             num_scorers=a.num_scorers, crop=a.crop, rows_per_file=a.rows_per_file,
-                            flush_seconds=a.flush_seconds, max_plots=a.max_plots)
+                            flush_seconds=a.flush_seconds, max_plots=a.max_plots,
+                            allow_feature_mismatch=a.allow_feature_mismatch)
         return run_score(a.model, a.out, features=a.features, videos=a.videos, gt_path=a.gt, opts=opts,
                          extract_opts=_extract_options(a), tracking_uri=a.tracking_uri,
                          experiment=a.experiment, address=a.address, log=log)
@@ -319,14 +340,33 @@ def _run(a) -> dict:
         from .evaluation import evaluate
         from .gt import check_matches, read_gt
         from .registry import load_scoring_model
+        from .score import check_fit
 
         gt = read_gt(a.gt)
         model = load_scoring_model(a.model, a.tracking_uri)
         fs = check_feature_set(a.features, model.embed_dim, crop=a.crop)
+        mismatch = check_fit(model.cfg, a.features, f"the model {a.model}", a.allow_feature_mismatch, log)
         crop = fs["crops"][0] if a.crop is None else a.crop
         rows = [r for r in read_feature_rows(a.features) if r["crop"] == crop]
         check_matches(gt, a.gt, [r["video_id"] for r in rows], f"the videos of {a.features}")
-        return dict(evaluate(model, rows, gt, model.cfg), crop=crop, videos=len(rows))
+        return dict(evaluate(model, rows, gt, model.cfg), crop=crop, videos=len(rows),
+                    **({"feature_mismatch": mismatch} if mismatch else {}))
+    if a.cmd == "compare-features":
+        from .compare import compare_features, metrics_side_by_side, table
+        from .storage import absolute
+
+        if a.model and not a.gt:
+            raise InputError("compare-features --model needs --gt (the metrics are computed against ground truth)")
+        a.a, a.b = absolute(a.a), absolute(a.b)
+        out = compare_features(a.a, a.b, a.worst)
+        if a.model:
+            from .gt import read_gt
+            from .registry import load_scoring_model
+
+            model = load_scoring_model(a.model, a.tracking_uri)
+            out["metrics"] = metrics_side_by_side(model, a.a, a.b, read_gt(a.gt), a.crop)
+        print(table(out), file=sys.stderr)
+        return out
     if a.cmd == "import-official":
         if a.annotations:
             from .gt import convert_ucf_annotations, convert_xd_annotations, write_gt

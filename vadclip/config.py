@@ -200,6 +200,9 @@ class VadConfig:
 
     # frozen CLIP backbone (open_clip)
     clip: ClipSpec = field(default_factory=ClipSpec)
+    # the provenance of the features the model was trained on (set by training; see
+    # vadclip.provenance): evaluation and scoring refuse features that do not fit it
+    feature_provenance: Optional[Dict[str, Any]] = None
 
     def __post_init__(self) -> None:
         self.clip = ClipSpec.of(self.clip)

@@ -23,7 +23,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 
-from . import storage
+from . import provenance, storage
 from .config import ClipSpec
 from .errors import InputError, MissingInputError
 from .ids import video_id
@@ -351,6 +351,30 @@ class _Pace:
                 "steady_snippets_per_s": round(rate, 3)}
 
 
+def feature_provenance(opts: ExtractOptions, weights=None) -> Dict[str, Any]:
+    """What the feature set written with ``opts`` (and the resolved ``weights``) is:
+    see :mod:`vadclip.provenance`."""
+    from . import __version__
+    from .clip_backbone import model_config
+
+    pre = dict(model_config(opts.clip.model).get("preprocess_cfg") or {})
+    pre.update(weights.preprocess if weights is not None else {})
+    return provenance.extraction(opts.clip, weights, opts.clip.image_size,
+                                 pre.get("mean") or provenance.OPENAI_MEAN, pre.get("std") or provenance.OPENAI_STD,
+                                 opts.snippet_len, opts.crops, opts.precision, opts.decoder, __version__)
+
+
+def _one_provenance(features: str, prov: Dict[str, Any]) -> None:
+    """An output folder never mixes provenances: features already there from other
+    settings stop the run in one line, before any worker."""
+    old = provenance.read(features)
+    diff = provenance.differences(old, prov, provenance.SAME_FOLDER)
+    if diff:
+        raise provenance.ProvenanceError(
+            f"{features}: holds features of other settings ({'; '.join(diff)}: already there vs this run); "
+            "one output folder never mixes provenances: give another --out")
+
+
 def feature_dir(out_dir: str) -> str:
     return storage.join(out_dir, "features")
 
@@ -389,6 +413,8 @@ def run_extract(source: str, out_dir: str, opts: ExtractOptions, retry_failed: b
     storage.makedirs(out_dir)
     for d in (feature_dir(out_dir), errors_dir(out_dir)):
         remove_uncommitted(d)
+    prov = feature_provenance(opts, weights)
+    _one_provenance(feature_dir(out_dir), prov)
     done = set(read_column(feature_dir(out_dir), "path"))
     failed = set(read_column(errors_dir(out_dir), "path"))
     if retry_failed and failed:
@@ -418,7 +444,8 @@ def run_extract(source: str, out_dir: str, opts: ExtractOptions, retry_failed: b
                          num_cpus=DecodeStage.num_cpus, num_gpus=decode_gpus)
         ds = ds.map_batches(EncodeStage, **EncodeStage.ray_args(opts, gpus, weights and weights.shared()))
         run_id = new_run_id()
-        fw = PartWriter(feature_dir(out_dir), FEATURE_SCHEMA, opts.rows_per_file, run_id, opts.flush_seconds)
+        fw = PartWriter(feature_dir(out_dir), provenance.with_provenance(FEATURE_SCHEMA, prov), opts.rows_per_file,
+                        run_id, opts.flush_seconds)
         ew = PartWriter(errors_dir(out_dir), ERROR_SCHEMA, 64, run_id, opts.flush_seconds)
         pending: Dict[str, Dict[str, Any]] = {}
         dead: set = set()

@@ -76,10 +76,13 @@ def row_features(row: Dict) -> np.ndarray:
     return flat.reshape(t, d)
 
 
-def write_feature_table(rows: Sequence[Dict], path: str) -> None:
-    """One Parquet file (local or in object storage) holding ``rows``."""
+def write_feature_table(rows: Sequence[Dict], path: str, prov: Optional[Dict] = None) -> None:
+    """One Parquet file (local or in object storage) holding ``rows`` (and their
+    provenance ``prov`` in its metadata, :mod:`vadclip.provenance`)."""
+    from .provenance import with_provenance
+
     table = pa.Table.from_pylist([dict(r, features=np.asarray(r["features"]).reshape(-1)) for r in rows],
-                                 schema=FEATURE_SCHEMA)
+                                 schema=with_provenance(FEATURE_SCHEMA, prov))
     storage.write_bytes(path, table_bytes(table))
 
 
@@ -213,7 +216,10 @@ def import_official(csv_path: str, out_path: str, cfg=None, roots: Sequence[str]
                 rows.append(feature_row(name, fp, label, crop, fps, arr.shape[0] * snippet_len, arr))
             except (FeatureError, ValueError, OSError) as e:
                 errors.append({"path": p, "video_id": None, "stage": "import", "error": str(e)})
-    write_feature_table(rows, out_path)
+    from . import __version__
+    from .provenance import official
+
+    write_feature_table(rows, out_path, official(sorted({r["crop"] for r in rows}), __version__))
     if errors:
         storage.write_bytes(out_path + ".errors.parquet",
                             table_bytes(pa.Table.from_pylist(errors, schema=ERROR_SCHEMA)))

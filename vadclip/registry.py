@@ -2,6 +2,7 @@
 registration under a name, and an alias (``@champion``) moved only on improvement."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any, Dict, Optional
@@ -118,6 +119,9 @@ def log_and_register(train_ckpt: Optional[str], run_id: str, tracking_uri: str, 
     mv = mlflow.register_model(info.model_uri, register_name)
     client.set_model_version_tag(register_name, mv.version, metric, str(value))
     client.set_model_version_tag(register_name, mv.version, "vadclip_best_epoch", str(best_epoch))
+    if model.cfg.feature_provenance:   # what it was trained on: scoring refuses features that do not fit
+        client.set_model_version_tag(register_name, mv.version, "vadclip_feature_provenance",
+                                     json.dumps(model.cfg.feature_provenance, sort_keys=True))
     out["registered_version"] = int(mv.version)
     cur = _alias_version(client, register_name, alias)
     current = _tag_value(cur, metric)

@@ -237,6 +237,9 @@ def render_html(summary: Dict[str, Any], counts: Dict[str, int], events: List[Di
         ("thresholds", f"snippet score > {summary.get('threshold', '?')}; events merged across gaps ≤ "
                        f"{summary.get('merge_gap', '?')} snippets, at least {summary.get('min_snippets', '?')} long"),
     ]
+    if summary.get("feature_mismatch"):
+        rows.append(("FEATURES DO NOT FIT THE MODEL", f"scored anyway (--allow-feature-mismatch): "
+                                                      f"{summary['feature_mismatch']}"))
     for k, label in (("auc", "frame AUC"), ("ap", "frame AP"), ("map_avg", "mAP (mean over IoU 0.1–0.5)")):
         if isinstance(summary.get(k), (int, float)):
             rows.append((label, f"{summary[k]:.4f}"))

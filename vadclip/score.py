@@ -45,6 +45,7 @@ class ScoreOptions:
     rows_per_file: int = 256     # scored videos per Parquet part file (at most)
     flush_seconds: float = 60.0  # ... or fewer: scored rows are written at least this often
     max_plots: int = 50          # videos given a page in the report (flagged first, then by score)
+    allow_feature_mismatch: bool = False   # score features whose provenance does not fit the model's (recorded)
 
 
 def find_events(anomaly: np.ndarray, probs: np.ndarray, classes: Sequence[str], fps: float, num_frames: int,
@@ -180,6 +181,8 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
     cfg = model.cfg
     # a feature set that cannot fit the model fails before Ray starts
     found = check_feature_set(features, model.embed_dim, crop=opts.crop) if features is not None else None
+    mismatch = check_fit(cfg, features, f"the model {model_uri}", opts.allow_feature_mismatch, log) \
+        if features is not None else None
     if gt is not None:   # ground truth named for other videos (or by another id rule) fails now too
         from .extract import load_manifest
 
@@ -200,6 +203,7 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
         extract_summary = run_extract(videos, out_dir, eo, log=log)
         features = feature_dir(out_dir)
         found = check_feature_set(features, model.embed_dim, crop=opts.crop)
+        mismatch = check_fit(cfg, features, f"the model {model_uri}", opts.allow_feature_mismatch, log)
     crop = found["crops"][0] if opts.crop is None else opts.crop
 
     done = set(read_column(_scores_dir(out_dir), "video_id"))
@@ -247,7 +251,7 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
         "events": totals["events"], "snippets": n_snip, "elapsed_s": round(elapsed, 3),
         "snippets_per_s": round(n_snip / elapsed, 2) if elapsed > 0 else 0.0,
         "output": _scores_dir(out_dir), "model_uri": model_uri, **_model_identity(model_uri, tracking_uri),
-        "snippet_len": cfg.snippet_len, **asdict(opts),
+        "snippet_len": cfg.snippet_len, **asdict(opts), "feature_mismatch": mismatch,
     }
     summary["videos_failed_total"] = len(read_column(storage.join(out_dir, "score_errors"), "video_id"))
     if extract_summary:
@@ -264,6 +268,8 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
             tempfile.TemporaryDirectory(prefix="vadclip-report-") as report_dir:
         summary["mlflow_run_id"] = run.info.run_id
         mlflow.log_params({"model_uri": model_uri, "features": features, **asdict(opts)})
+        if mismatch:
+            mlflow.set_tag("vadclip.feature_mismatch", mismatch)
         log_feature_set(features, "archive", "scoring")
         rep = build_report(out_dir, summary, gt_path=gt_path, top_n=opts.max_plots, local_dir=report_dir,
                            on_figure=lambda fig, name: mlflow.log_figure(fig, f"timelines/{name}"))
@@ -279,6 +285,21 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
         f"{summary['snippets_per_s']} snippets/s → {summary['output']}")
     log(f"[score] review report: {summary['report']}")
     return summary
+
+
+def check_fit(cfg, features: str, model_name: str, allow: bool = False, log=None) -> Optional[str]:
+    """Do ``features`` fit a model of config ``cfg`` (the provenance of its training
+    features against theirs)?  A mismatch is a one-line :class:`ProvenanceError` naming
+    both sides, or, with ``allow``, a warning line that is returned for the record."""
+    from . import provenance
+
+    line = provenance.mismatch(cfg.feature_provenance, provenance.read(features), model_name,
+                               f"the features {features}")
+    if line and not allow:
+        raise provenance.ProvenanceError(line + "; --allow-feature-mismatch scores anyway (and records it)")
+    if line:
+        (log or logging.getLogger("vadclip").info)(f"[score] WARNING {line} (scored anyway: --allow-feature-mismatch)")
+    return line
 
 
 def _model_identity(model_uri: str, tracking_uri: Optional[str]) -> Dict[str, Any]:

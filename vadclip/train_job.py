@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from . import storage
+from . import provenance, storage
 from .config import VadConfig
 from .gt import check_matches, read_gt
 
@@ -349,7 +349,7 @@ def _mlflow_log(config: Dict[str, Any], metrics: Dict[str, Any], step: int) -> N
 
 # --------------------------------------------------------------------------- driver
 def check_inputs(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_path: Optional[str],
-                 eval_crop: Optional[int] = None) -> Dict[str, Any]:
+                 eval_crop: Optional[int] = None, allow_feature_mismatch: bool = False, log=None) -> Dict[str, Any]:
     """Everything about the inputs that can be known before a worker starts: both
     feature sets exist and have the CLIP's dimension, one row per video and crop,
     every training label is in the label space, evaluation has ground truth and the
@@ -374,12 +374,20 @@ def check_inputs(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_p
         seen.add(key)
     labels = [r["label"] for r in meta]
     _check_labels(labels, cfg, train_path)
+    train_prov = provenance.read(train_path)
     out: Dict[str, Any] = {"labels": labels, "gt": {}, "eval_crop": None, "meta": meta_table, "eval_meta": None,
-                           "weights": weights}
+                           "weights": weights, "provenance": train_prov, "feature_mismatch": None}
     if eval_path:
         ev = check_feature_set(eval_path, dim, crop=eval_crop, what="evaluation feature set")
         out["eval_crop"] = eval_crop if eval_crop is not None else ev["crops"][0]
         out["eval_meta"] = ev["meta"]
+        line = provenance.mismatch(train_prov, provenance.read(eval_path), f"a model trained on {train_path}",
+                                   f"the evaluation features {eval_path}")
+        if line and not allow_feature_mismatch:
+            raise provenance.ProvenanceError(line + "; --allow-feature-mismatch evaluates anyway")
+        if line:
+            (log or logging.getLogger("vadclip").warning)(f"[train] {line} (evaluated anyway: --allow-feature-mismatch)")
+        out["feature_mismatch"] = line
         out["gt"] = read_gt(gt_path)
         check_matches(out["gt"], gt_path, ev["meta"].column("video_id").to_pylist(),
                       f"the videos of {eval_path}")
@@ -406,6 +414,7 @@ class TrainOptions:
     address: Optional[str] = None
     max_steps_per_epoch: Optional[int] = None   # cut epochs short (smoke runs, benches)
     micro_batch: Optional[int] = None    # rows per forward/backward pass on a rank (same step, less memory)
+    allow_feature_mismatch: bool = False  # evaluate on features whose provenance differs from the training set's
     faults: Optional[Dict[str, int]] = None   # fault injection (tests): raise_after_epoch / exit_in_epoch
 
 
@@ -456,8 +465,10 @@ def _run_train(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_pat
         if o.eval_every_samples is None:
             o.eval_every_samples = RECIPES["official"].get(cfg.preset, {}).get("eval_every_samples")
     metric = o.metric or ("ap" if cfg.preset == "xd" else "auc")
-    checked = check_inputs(train_path, cfg, eval_path, gt_path, o.eval_crop)
+    checked = check_inputs(train_path, cfg, eval_path, gt_path, o.eval_crop, o.allow_feature_mismatch, log)
     labels, gt = checked["labels"], checked["gt"]
+    # the model records what it was trained on (checkpoint, MLflow run, registered version)
+    cfg = cfg.replace(feature_provenance=checked["provenance"])
     ensure_ray(o.address)
     n_normal = sum(cfg.is_normal(lab) for lab in labels)
     n_abn = len(labels) - n_normal
@@ -489,13 +500,17 @@ def _run_train(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_pat
         else:
             with mlflow.start_run(run_id=run_id):
                 mlflow.log_params({k: (json.dumps(v) if isinstance(v, (list, dict)) else v)
-                                   for k, v in cfg_dict.items() if k not in ("class_keys", "class_prompts")})
+                                   for k, v in cfg_dict.items()
+                                   if k not in ("class_keys", "class_prompts", "feature_provenance")})
                 mlflow.log_params({"num_workers": o.num_workers, "use_gpu": o.use_gpu, "train_rows": len(labels),
                                    "train_normal": n_normal, "train_abnormal": n_abn, "steps_per_epoch": steps,
                                    "metric": metric, "classes": json.dumps(cfg.class_keys),
                                    "eval_crop": checked["eval_crop"], "recipe": o.recipe,
                                    "eval_every_samples": o.eval_every_samples, "micro_batch": o.micro_batch})
                 log_feature_set(train_path, "train", "training", checked["meta"])
+                mlflow.set_tag("vadclip.feature_provenance", json.dumps(checked["provenance"], sort_keys=True))
+                if checked["feature_mismatch"]:
+                    mlflow.set_tag("vadclip.feature_mismatch", checked["feature_mismatch"])
                 if eval_path:
                     log_feature_set(eval_path, "eval", "evaluation", checked["eval_meta"])
             config = {"cfg": cfg_dict, "metric": metric, "gt": gt, "max_steps_per_epoch": o.max_steps_per_epoch,
