@@ -190,7 +190,7 @@ def test_clip_weights_in_a_bucket_reach_the_actors_through_ray(s3, two_nodes, sa
     rec = sample_videos["good"][0]
     feats = {}
     for name, spec in (("bucket", ClipSpec(TINY_CLIP, f"s3://{BUCKET}/models/tiny.pt")), ("init", ClipSpec.tiny())):
-        s = run_extract(rec["path"], str(tmp_path / name), ExtractOptions(clip=spec, batch_size=8),
+        s = run_extract(rec["path"], str(tmp_path / name), ExtractOptions(clip=spec, batch_size=8, precision="fp32"),
                         address=two_nodes["address"], log=lambda *_: None)
         assert s["videos_ok"] == 1
         feats[name] = row_features(read_feature_rows(str(tmp_path / name / "features"))[0])
