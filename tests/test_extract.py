@@ -212,3 +212,33 @@ def test_cpu_auto_precision_is_never_the_slower_one_and_bf16_matches_fp32(sample
     a, b = f32.encode(x)[:, 0], f16.encode(x)[:, 0]
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cos.min() >= 0.999, cos
+
+
+def test_a_video_replaced_at_the_same_path_is_extracted_again(ray_local, sample_videos, tmp_path):
+    """Rows remember their input's size and modification time: a camera's file rewritten
+    under the same name is extracted again on the next run (its old rows replaced, one
+    row per video still), an unchanged one is not."""
+    import shutil
+
+    good = sample_videos["good"]
+    src = tmp_path / "cams"
+    src.mkdir()
+    shutil.copy(good[0]["path"], src / "cam1.mp4")
+    shutil.copy(good[1]["path"], src / "cam2.mp4")
+    out = tmp_path / "out"
+    s1 = run_extract(str(src), str(out), _opts(), log=lambda *_: None)
+    assert s1["videos_ok"] == 2 and s1["videos_changed"] == 0
+    before = {r["video_id"]: r for r in read_feature_rows(str(out / "features"))}
+    shutil.copy(good[2]["path"], src / "cam1.mp4")           # rewritten with other footage
+    lines = []
+    s2 = run_extract(str(src), str(out), _opts(), log=lines.append)
+    assert s2["videos_changed"] == 1 and s2["videos_ok"] == 1 and s2["videos_skipped"] == 1
+    assert any("1 videos changed since their rows were written" in ln for ln in lines)
+    after = {r["video_id"]: r for r in read_feature_rows(str(out / "features"))}
+    assert sorted(after) == ["cam1", "cam2"] and len(read_feature_rows(str(out / "features"))) == 2
+    info, direct = extract_video(good[2]["path"], ClipImageEncoder(ClipSpec.tiny(), "fp32"), _opts())
+    assert after["cam1"]["num_frames"] == info.num_frames
+    np.testing.assert_allclose(row_features(after["cam1"]), direct[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(row_features(after["cam2"]), row_features(before["cam2"]))
+    s3 = run_extract(str(src), str(out), _opts(), log=lambda *_: None)
+    assert s3["videos_changed"] == 0 and s3["videos_ok"] == 0 and s3["videos_skipped"] == 2

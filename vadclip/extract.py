@@ -28,9 +28,10 @@ from .config import ClipSpec
 from .errors import InputError, MissingInputError
 from .ids import video_id
 from .features import ERROR_SCHEMA, FEATURE_SCHEMA, feature_row
-from .parts import PartWriter, drop_rows, new_run_id, read_column, remove_uncommitted
+from .parts import PartWriter, drop_rows, new_run_id, read_identities, remove_uncommitted
 from .tables import read_records
-from .video import VideoError, check_decoder, fetched, iter_snippet_chunks, list_videos, torchcodec_missing
+from .video import (VideoError, check_decoder, fetched, identity_of, iter_snippet_chunks, list_videos,
+                    torchcodec_missing, video_file)
 
 log = logging.getLogger(__name__)
 
@@ -247,10 +248,13 @@ class DecodeStage:
 
     def __call__(self, item: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
         opts = self.opts
-        base = {"video_id": item["video_id"], "path": item["path"], "label": item["label"] or ""}
+        base = {"video_id": item["video_id"], "path": item["path"], "label": item["label"] or "",
+                "input_identity": ""}
         empty = np.zeros((0, opts.crops, 3, self.size, self.size), np.uint8)
         try:
-            with fetched(item["path"]) as local:
+            st = video_file(item["path"])
+            base["input_identity"] = identity_of(st)    # re-running extracts the video again if this changes
+            with fetched(item["path"], st) as local:
                 info, chunks = iter_snippet_chunks(local, opts.snippet_len, self.size, opts.crops,
                                                    opts.chunk_snippets, name=item["path"], decoder=opts.decoder,
                                                    device=self.device)
@@ -375,6 +379,26 @@ def _one_provenance(features: str, prov: Dict[str, Any]) -> None:
             "one output folder never mixes provenances: give another --out")
 
 
+def changed_inputs(identities: Dict[str, Optional[str]], threads: int = 32) -> set:
+    """The paths whose file is no longer what their rows were made from (size or
+    modification time differ).  A path without a recorded identity (rows written before
+    identities were) or whose file is gone keeps its rows.  One stat (a HEAD in object
+    storage) per path, ``threads`` at a time; a failing store raises (the environment's)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    known = [(p, i) for p, i in identities.items() if i]
+
+    def now(p: str) -> Optional[str]:
+        try:
+            return identity_of(video_file(p))
+        except VideoError:
+            return None
+
+    with ThreadPoolExecutor(max(1, min(threads, len(known) or 1))) as pool:
+        current = list(pool.map(now, [p for p, _ in known]))
+    return {p for (p, old), new in zip(known, current) if new is not None and new != old}
+
+
 def feature_dir(out_dir: str) -> str:
     return storage.join(out_dir, "features")
 
@@ -415,15 +439,21 @@ def run_extract(source: str, out_dir: str, opts: ExtractOptions, retry_failed: b
         remove_uncommitted(d)
     prov = feature_provenance(opts, weights)
     _one_provenance(feature_dir(out_dir), prov)
-    done = set(read_column(feature_dir(out_dir), "path"))
-    failed = set(read_column(errors_dir(out_dir), "path"))
+    done_ids, failed_ids = read_identities(feature_dir(out_dir)), read_identities(errors_dir(out_dir))
+    changed = changed_inputs({**failed_ids, **done_ids})
+    if changed:   # a video replaced at the same path (a camera's daily file rewritten): its rows go, it runs again
+        drop_rows(feature_dir(out_dir), "path", changed)
+        drop_rows(errors_dir(out_dir), "path", changed)
+        log(f"[extract] {len(changed)} videos changed since their rows were written: processing them again")
+    done, failed = set(done_ids) - changed, set(failed_ids) - changed
     if retry_failed and failed:
         drop_rows(errors_dir(out_dir), "path", failed - done)
         failed = set()
     todo = [it for it in items if it["path"] not in done and it["path"] not in failed]
     skipped = len(items) - len(todo)
     log(f"[extract] {len(items)} videos: {skipped} already done or failed earlier, {len(todo)} to process")
-    summary: Dict[str, Any] = {"videos_total": len(items), "videos_skipped": skipped, "videos_ok": 0,
+    summary: Dict[str, Any] = {"videos_total": len(items), "videos_skipped": skipped, "videos_changed": len(changed),
+                               "videos_ok": 0,
                                "videos_failed": 0, "rows_written": 0, "snippets": 0, "frames": 0}
     t0 = time.time()
     if todo:
@@ -445,8 +475,8 @@ def run_extract(source: str, out_dir: str, opts: ExtractOptions, retry_failed: b
         ds = ds.map_batches(EncodeStage, **EncodeStage.ray_args(opts, gpus, weights and weights.shared()))
         run_id = new_run_id()
         fw = PartWriter(feature_dir(out_dir), provenance.with_provenance(FEATURE_SCHEMA, prov), opts.rows_per_file,
-                        run_id, opts.flush_seconds)
-        ew = PartWriter(errors_dir(out_dir), ERROR_SCHEMA, 64, run_id, opts.flush_seconds)
+                        run_id, opts.flush_seconds, identities=True)
+        ew = PartWriter(errors_dir(out_dir), ERROR_SCHEMA, 64, run_id, opts.flush_seconds, identities=True)
         pending: Dict[str, Dict[str, Any]] = {}
         dead: set = set()
         written: set = set()   # a retried task may deliver a finished video's chunks again
@@ -467,7 +497,8 @@ def run_extract(source: str, out_dir: str, opts: ExtractOptions, retry_failed: b
             if row["error"]:
                 dead.add(vid)
                 pending.pop(vid, None)
-                ew.add([{"path": row["path"], "video_id": vid, "stage": "extract", "error": row["error"]}])
+                ew.add([{"path": row["path"], "video_id": vid, "stage": "extract", "error": row["error"],
+                         "input_identity": row["input_identity"]}])
                 summary["videos_failed"] += 1
                 log(f"[extract] FAILED {row['error']}")
                 continue
@@ -478,8 +509,9 @@ def run_extract(source: str, out_dir: str, opts: ExtractOptions, retry_failed: b
                 written.add(vid)
                 feats = np.concatenate([st["chunks"][k] for k in range(int(row["n_chunks"]))], axis=0)
                 meta = st["meta"]
-                fw.add([feature_row(vid, meta["path"], meta["label"] or None, c, meta["fps"],
-                                    meta["num_frames"], feats[:, c]) for c in range(feats.shape[1])])
+                fw.add([dict(feature_row(vid, meta["path"], meta["label"] or None, c, meta["fps"],
+                                         meta["num_frames"], feats[:, c]), input_identity=meta["input_identity"])
+                        for c in range(feats.shape[1])])
                 summary["videos_ok"] += 1
                 summary["rows_written"] += feats.shape[1]
                 summary["snippets"] += feats.shape[0]

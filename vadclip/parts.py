@@ -9,6 +9,7 @@ part and never duplicates or loses a row.  (Output folders written before marker
 existed, on local disk with an atomic rename, are read as they are.)"""
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -49,8 +50,10 @@ class PartWriter:
     the job's duration / ``flush_seconds``."""
 
     def __init__(self, directory: str, schema: pa.Schema, rows_per_file: int, run_id: str,
-                 flush_seconds: Optional[float] = 60.0, clock=time.monotonic) -> None:
+                 flush_seconds: Optional[float] = 60.0, clock=time.monotonic, identities: bool = False) -> None:
         self.dir, self.schema, self.rows_per_file, self.run_id = directory, schema, rows_per_file, run_id
+        # rows carry "input_identity" (not a column): kept per path in each part's metadata
+        self.identities = identities
         self.flush_seconds, self.clock = flush_seconds, clock
         self.buf: List[Dict[str, Any]] = []
         self.parts = 0
@@ -76,7 +79,11 @@ class PartWriter:
         if not self.buf:
             return
         name = f"part-{self.run_id}-{self.parts:05d}.parquet"
-        write_part(self.dir, name, pa.Table.from_pylist(self.buf, schema=self.schema))
+        schema = self.schema
+        if self.identities:
+            ids = {r["path"]: r.get("input_identity") or None for r in self.buf}
+            schema = schema.with_metadata({**(schema.metadata or {}), IDENTITY_KEY: json.dumps(ids).encode()})
+        write_part(self.dir, name, pa.Table.from_pylist(self.buf, schema=schema))
         self.parts += 1
         self.buf = []
         self._oldest = None
@@ -139,8 +146,11 @@ def dataset_files(path: str, what: str = "feature set") -> List[str]:
     if any(_is_part(n) for n in names):
         files = part_files(path)
     else:
+        # hidden and bookkeeping entries (``_committed/`` markers, ``.tmp`` files) are no data,
+        # whatever their depth (a part folder whose parts are all gone still has its markers)
+        base = path.rstrip("/") + "/"
         files = [f for f in storage.list_files(path, recursive=True, suffixes=(".parquet",))
-                 if not storage.basename(f).startswith((".", "_"))]
+                 if not any(c.startswith((".", "_")) for c in f[len(base):].split("/"))]
     return files
 
 
@@ -152,6 +162,21 @@ def read_table(path: str, columns: Optional[Sequence[str]] = None, what: str = "
     if not tables:
         return pa.table({c: pa.array([], pa.string()) for c in (columns or [])})
     return pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
+
+
+IDENTITY_KEY = b"vadclip.input_identity"
+
+
+def read_identities(directory: str) -> Dict[str, Optional[str]]:
+    """``{path: identity of the input when its row was written}`` over the committed
+    parts of ``directory`` (None where a part predates identities)."""
+    out: Dict[str, Optional[str]] = {}
+    for f in part_files(directory):
+        t = read_file(f, ["path"])
+        ids = json.loads((t.schema.metadata or {}).get(IDENTITY_KEY) or b"{}")
+        for p in t.column("path").to_pylist():
+            out[p] = ids.get(p)
+    return out
 
 
 def read_column(directory: str, column: str) -> List[Any]:

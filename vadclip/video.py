@@ -202,14 +202,11 @@ def _read(reader, sel: Sequence[int], path: str, name: str):
                          f"(truncated or corrupt?): {_first_line(e)}") from None
 
 
-@contextlib.contextmanager
-def fetched(path: str) -> Iterator[str]:
-    """A local file holding the video ``path`` (local or in object storage) for the
-    length of the ``with``: a missing or empty object is a :class:`VideoError` of this
-    video; a failing store (timeouts, refused connections, credentials) raises
-    ``OSError``, a problem of the environment that Ray retries and never records
-    against the video.  Remote videos are streamed to node-local scratch, removed
-    afterwards (failures included)."""
+def video_file(path: str):
+    """The file info of the video ``path`` (local or in object storage): a missing or
+    empty object is a :class:`VideoError` of this video; a failing store (timeouts,
+    refused connections, credentials) raises ``OSError``, a problem of the environment
+    that Ray retries and never records against the video."""
     try:
         st = storage.info(path)
     except storage.UnsupportedURI as e:
@@ -220,6 +217,24 @@ def fetched(path: str) -> Iterator[str]:
         raise VideoError(f"{path}: not a file")
     if st.size == 0:
         raise VideoError(f"{path}: empty file (0 bytes)")
+    return st
+
+
+def identity_of(st) -> str:
+    """What identifies the content of a file between two runs: its size and
+    modification time (an object store's last-modified time), ``SIZE:MTIME_NS``."""
+    mtime = getattr(st, "mtime_ns", None)
+    return f"{st.size}:{mtime if mtime is not None else ''}"
+
+
+@contextlib.contextmanager
+def fetched(path: str, st=None) -> Iterator[str]:
+    """A local file holding the video ``path`` (local or in object storage) for the
+    length of the ``with`` (``st``: its :func:`video_file` info, when already known).
+    Remote videos are streamed to node-local scratch, removed afterwards (failures
+    included); problems as in :func:`video_file`."""
+    if st is None:
+        video_file(path)
     try:
         with storage.local_file(path, suffix=storage.extension(path)) as local:
             yield local
