@@ -35,7 +35,8 @@ def extracted(ray_local, sample_videos, tmp_path_factory):
     8-frame snippets in bf16."""
     d = tmp_path_factory.mktemp("prov")
     man = d / "m.csv"
-    man.write_text("path,label\n" + "".join(f"{v['path']},{v['label']}\n" for v in sample_videos["good"][:3]))
+    good = sample_videos["good"][1:4]      # two normal videos, one abnormal
+    man.write_text("path,label\n" + "".join(f"{v['path']},{v['label']}\n" for v in good))
     for name, kw in (("s16", {"precision": "fp32"}), ("s8", {"snippet_len": 8, "precision": "bf16"})):
         run_extract(str(man), str(d / name), ExtractOptions(clip=ClipSpec.tiny(), batch_size=16, **kw),
                     log=lambda *_: None)
@@ -97,7 +98,7 @@ def test_features_that_do_not_fit_the_model_are_refused_unless_allowed(extracted
     _one_error_line(capsys.readouterr().err, "snippet_len 8 vs 16")
 
 
-def test_compare_features_on_two_extractions_of_the_same_videos(extracted, capsys):
+def test_compare_features_on_two_extractions_of_the_same_videos(extracted, sample_videos, tmp_path, capsys):
     d, _ = extracted
     from vadclip.extract import ExtractOptions as EO
 
@@ -111,6 +112,18 @@ def test_compare_features_on_two_extractions_of_the_same_videos(extracted, capsy
     assert 0 < out["rel_l2"]["max"] < 0.1
     assert out["provenance_differences"] == ["precision fp32 vs bf16"]
     assert "cosine" in cap.err and "rel L2" in cap.err and "provenance differs: precision fp32 vs bf16" in cap.err
+    # with a model: its metrics on each set, side by side
+    from vadclip.gt import write_gt
+
+    save_checkpoint(build_model(tiny_config("custom", classes=CLASSES, visual_length=32, visual_layers=1)),
+                    str(tmp_path / "m.pt"))
+    write_gt(sample_videos["gt"], str(tmp_path / "gt.parquet"))
+    assert main(["compare-features", str(d / "s16" / "features"), str(d / "s16bf16" / "features"),
+                 "--model", str(tmp_path / "m.pt"), "--gt", str(tmp_path / "gt.parquet")]) == 0
+    cap = capsys.readouterr()
+    m = json.loads(cap.out)["metrics"]
+    assert m["a"]["videos"] == m["b"]["videos"] == 3 and 0 <= m["a"]["auc"] <= 1 and 0 <= m["b"]["auc"] <= 1
+    assert abs(m["a"]["auc"] - m["b"]["auc"]) < 0.05 and "model on A: AUC" in cap.err
     # another snippet length: every video differs in its snippet count
     assert main(["compare-features", str(d / "s16" / "features"), str(d / "s8" / "features")]) == 0
     out = json.loads(capsys.readouterr().out)
