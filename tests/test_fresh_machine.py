@@ -8,25 +8,12 @@ import time
 
 import pytest
 
+from cli_output import one_error_line
 from isolation import run_isolated
 
 VADCLIP = [sys.executable, "-m", "vadclip.cli"]
 NO_TORCHCODEC = ("from torchcodec.decoders import VideoDecoder; import sys; "
                  "VideoDecoder(sys.argv[1]).get_frame_at(0)")
-
-
-def _json(out: str) -> dict:
-    """stdout holds the JSON result alone (Ray's own lines go to stderr)."""
-    return json.loads(out)
-
-
-def _one_error_line(err: str, *expected: str) -> str:
-    assert "Traceback" not in err, err[-3000:]
-    lines = [ln for ln in err.splitlines() if ln.startswith("vadclip ")]
-    assert len(lines) == 1 and ": error: " in lines[0], err[-3000:]
-    for e in expected:
-        assert e in lines[0], lines[0]
-    return lines[0]
 
 
 def test_extraction_where_ffmpeg_cannot_load(isolation, sample_videos, tmp_path):
@@ -40,7 +27,7 @@ def test_extraction_where_ffmpeg_cannot_load(isolation, sample_videos, tmp_path)
     p = run_isolated([*VADCLIP, "extract", sample_videos["manifest"], "--out", str(tmp_path / "x"), "--tiny-clip",
                       "--batch-size", "16"], no_ffmpeg=True)
     assert p.returncode == 0, p.stderr[-3000:]
-    s = _json(p.stdout)
+    s = json.loads(p.stdout)   # the JSON result alone: Ray's own lines go to stderr
     assert s["decoders"] == ["decord"]
     assert s["videos_ok"] + s["videos_failed"] == len(good) + len(bad)
     assert s["videos_ok"] >= len(good) and s["videos_failed"] >= 3   # truncated may decode in part
@@ -55,7 +42,7 @@ def test_extraction_where_ffmpeg_cannot_load(isolation, sample_videos, tmp_path)
     p = run_isolated([*VADCLIP, "extract", sample_videos["manifest"], "--out", str(tmp_path / "y"), "--tiny-clip",
                       "--decoder", "torchcodec"], no_ffmpeg=True, timeout=120)
     assert p.returncode == 2
-    _one_error_line(p.stderr, "--decoder torchcodec: torchcodec cannot decode here", "apt-get install ffmpeg")
+    one_error_line(p.stderr, "--decoder torchcodec: torchcodec cannot decode here", "apt-get install ffmpeg")
     assert time.time() - t0 < 60 and not (tmp_path / "y" / "features").exists()
 
 
@@ -67,7 +54,7 @@ def test_hub_weights_offline_fail_in_one_line_before_any_worker(isolation, sampl
                      env={"HF_HOME": str(tmp_path / "hf"), "XDG_CACHE_HOME": str(tmp_path / "cache")}, timeout=180)
     elapsed = time.time() - t0
     assert p.returncode == 2, p.stderr[-3000:]
-    _one_error_line(p.stderr, "ViT-B-16/openai", "not cached here", "--clip-pretrained")
+    one_error_line(p.stderr, "ViT-B-16/openai", "not cached here", "--clip-pretrained")
     assert elapsed < 60, elapsed                      # the hub client alone retries for ~50 s per file
     assert "Retrying" not in p.stderr and "RayActorError" not in p.stderr and "(raylet)" not in p.stderr
     assert not (tmp_path / "x" / "features").exists()
@@ -80,7 +67,7 @@ def test_demo_where_ffmpeg_cannot_load(isolation, tmp_path):
     p = run_isolated([*VADCLIP, "demo", "--workdir", str(tmp_path / "demo"), "--train-videos", "8",
                       "--val-videos", "4", "--test-videos", "4", "--epochs", "2"], no_ffmpeg=True)
     assert p.returncode == 0, p.stderr[-3000:]
-    out = _json(p.stdout)
+    out = json.loads(p.stdout)   # the JSON result alone: Ray's own lines go to stderr
     assert out["decoders"] == ["decord"]
     assert out["videos"] == {"train": 8, "validation": 4, "test": 4}
     assert 0.0 <= out["heldout_auc"] <= 1.0 and 0.0 <= out["heldout_ap"] <= 1.0

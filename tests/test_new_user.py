@@ -1,7 +1,6 @@
 """What a new user hits first: unlabeled archives, duplicate entries, interrupted jobs,
 one MLflow store, early input checks and one-line CLI errors (issue #9)."""
 import csv
-import json
 import logging
 import time
 
@@ -9,6 +8,7 @@ import mlflow
 import pyarrow.parquet as pq
 import pytest
 
+from cli_output import one_error_line, result_json
 from vadclip import tiny_config
 from vadclip.checkpoint import save_checkpoint
 from vadclip.cli import build_parser, main
@@ -40,25 +40,11 @@ def _write_csv(path, header, rows):
         w.writerows(rows)
 
 
-def _last_json(out: str) -> dict:
-    """The command's JSON result: the last top-level object on stdout."""
-    start = 0 if out.startswith("{\n") else out.rindex("\n{\n") + 1
-    return json.loads(out[start:])
-
-
-def _one_error_line(err: str, expected: str) -> str:
-    """stderr of a failed command: no traceback, exactly one `vadclip CMD: error:` line."""
-    assert "Traceback" not in err, err
-    lines = [ln for ln in err.splitlines() if ln.startswith("vadclip ")]
-    assert len(lines) == 1 and ": error: " in lines[0] and expected in lines[0], err
-    return lines[0]
-
-
 def _score_cli(capsys, *args):
     rc = main(["score", *args, "--flush-seconds", "0"])
     out, err = capsys.readouterr()
     assert rc == 0, err
-    return _last_json(out)
+    return result_json(out)
 
 
 def test_every_kind_of_source_may_be_unlabeled(archive, tmp_path):
@@ -107,7 +93,7 @@ def test_duplicate_manifest_entries_give_one_row_per_video(ray_local, archive, t
     # the same path with two different labels is a mistake in the manifest: one line, exit 2
     _write_csv(man, ["path", "label"], [[paths[0], "Normal"], [paths[0], "Explosion"]])
     assert main(["extract", man, "--out", str(tmp_path / "x"), "--tiny-clip"]) == 2
-    line = _one_error_line(capsys.readouterr().err, "listed twice with different labels")
+    line = one_error_line(capsys.readouterr().err, "listed twice with different labels")
     assert paths[0] in line
 
 
@@ -158,13 +144,13 @@ def test_one_mlflow_store_for_train_and_score(ray_local, tmp_path, monkeypatch, 
              "--tiny-clip", "--epochs", "1", "--batch-size", "2", "--visual-length", "32", "--num-workers", "1",
              "--cpus-per-worker", "0.5", "--register", "vad-new", "--run-name", "once"]
     assert main(train) == 0
-    first = _last_json(capsys.readouterr().out)
+    first = result_json(capsys.readouterr().out)
     assert first["registered_version"] == 1
     assert first["tracking_uri"] == f"sqlite:///{tmp_path}/runs/mlflow.db"
     t0 = time.time()
     assert main(train) == 0                                    # the finished run again: nothing to train
     out = capsys.readouterr()
-    again = _last_json(out.out)
+    again = result_json(out.out)
     assert again["registered_version"] == 1 and again.get("already_registered")
     assert "already finished with this config: nothing to train" in out.err, out.err[-2000:]
     assert again["best_metrics"] == first["best_metrics"] and time.time() - t0 < 20
@@ -227,7 +213,7 @@ def test_bad_inputs_fail_before_any_worker_with_one_line(ray_local, archive, tmp
     ]
     for argv, expected in cases:
         assert main(argv) == 2, argv
-        _one_error_line(capsys.readouterr().err, expected)
+        one_error_line(capsys.readouterr().err, expected)
     # nothing was started for them: no MLflow run exists in the store
     client = mlflow.tracking.MlflowClient(db)
     assert all(not client.search_runs([e.experiment_id]) for e in client.search_experiments())

@@ -5,6 +5,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
+from cli_output import one_error_line, result_json
 from vadclip import provenance, tiny_config
 from vadclip.checkpoint import save_checkpoint
 from vadclip.cli import main
@@ -13,20 +14,6 @@ from vadclip.extract import ExtractOptions, feature_provenance, run_extract
 from vadclip.model import build_model
 
 CLASSES = ["Normal", "Explosion", "Fighting", "RoadAccidents"]
-
-
-def _json(out: str) -> dict:
-    start = 0 if out.startswith("{\n") else out.rindex("\n{\n") + 1
-    return json.loads(out[start:])
-
-
-def _one_error_line(err: str, *expected: str) -> str:
-    assert "Traceback" not in err, err[-3000:]
-    lines = [ln for ln in err.splitlines() if ln.startswith("vadclip ")]
-    assert len(lines) == 1 and ": error: " in lines[0], err[-3000:]
-    for e in expected:
-        assert e in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +45,7 @@ def test_every_part_records_its_provenance_and_a_folder_never_mixes_them(extract
     # the same folder, other settings: one line, exit 2, nothing written
     rc = main(["extract", str(man), "--out", str(d / "s16"), "--tiny-clip", "--snippet-len", "8"])
     assert rc == 2
-    _one_error_line(capsys.readouterr().err, "holds features of other settings", "snippet_len 16 vs 8",
+    one_error_line(capsys.readouterr().err, "holds features of other settings", "snippet_len 16 vs 8",
                     "give another --out")
     assert sorted((d / "s16" / "features").glob("part-*.parquet")) == parts
 
@@ -73,15 +60,15 @@ def test_features_that_do_not_fit_the_model_are_refused_unless_allowed(extracted
     args = ["score", "--model", str(tmp_path / "m16.pt"), "--features", str(d / "s8" / "features"),
             "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--flush-seconds", "0"]
     assert main([*args, "--out", str(tmp_path / "refused")]) == 2
-    _one_error_line(capsys.readouterr().err, str(d / "s8" / "features"), str(tmp_path / "m16.pt"),
+    one_error_line(capsys.readouterr().err, str(d / "s8" / "features"), str(tmp_path / "m16.pt"),
                     "snippet_len 8 vs 16", "--allow-feature-mismatch")
     assert not (tmp_path / "refused" / "scores").exists()
     # the 16-frame set fits
     assert main([*args[:4], str(d / "s16" / "features"), *args[5:], "--out", str(tmp_path / "fits")]) == 0
-    assert _json(capsys.readouterr().out)["feature_mismatch"] is None
+    assert result_json(capsys.readouterr().out)["feature_mismatch"] is None
     # allowed: scored, and recorded in the summary, MLflow and the report
     assert main([*args, "--out", str(tmp_path / "allowed"), "--allow-feature-mismatch"]) == 0
-    s = _json(capsys.readouterr().out)
+    s = result_json(capsys.readouterr().out)
     assert "snippet_len 8 vs 16" in s["feature_mismatch"] and s["videos_scored"] == 3
     import mlflow
 
@@ -95,7 +82,7 @@ def test_features_that_do_not_fit_the_model_are_refused_unless_allowed(extracted
              str(tmp_path / "gt.parquet"))
     assert main(["evaluate", "--model", str(tmp_path / "m16.pt"), "--features", str(d / "s8" / "features"),
                  "--gt", str(tmp_path / "gt.parquet")]) == 2
-    _one_error_line(capsys.readouterr().err, "snippet_len 8 vs 16")
+    one_error_line(capsys.readouterr().err, "snippet_len 8 vs 16")
 
 
 def test_compare_features_on_two_extractions_of_the_same_videos(extracted, sample_videos, tmp_path, capsys):
