@@ -125,3 +125,12 @@ def test_official_release_and_vadclip_extraction_agree_on_tags():
     assert provenance.differences(dict(mine, weights="b" * 64), mine) == [
         "weights sha256:bbbbbbbbbbbb vs sha256:aaaaaaaaaaaa"]
     assert provenance.mismatch(None, mine, "m", "f") is None  # unknown: nothing to compare
+    # a vadclip extraction of raw videos fits an official checkpoint (scored with --videos)
+    from vadclip.config import ClipSpec as CS
+    from vadclip.weights import Weights
+
+    w = Weights("ViT-B-16", "openai", "c" * 64, 1, "/x", True, {"mean": list(provenance.OPENAI_MEAN),
+                                                                  "std": list(provenance.OPENAI_STD)})
+    ours = feature_provenance(ExtractOptions(clip=CS("ViT-B-16", "openai"), crops=1), w)
+    assert provenance.differences(off, ours) == []
+    assert provenance.differences(off, dict(ours, snippet_len=32)) == ["snippet_len 16 vs 32"]

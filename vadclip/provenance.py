@@ -61,7 +61,7 @@ def official(crops: Iterable[int], version: str) -> Dict[str, Any]:
     return {"source": OFFICIAL_RELEASE, "vadclip_version": version, "clip_model": "ViT-B-16",
             "clip_pretrained": "openai", "weights": "openai", "image_size": 224,
             "mean": list(OPENAI_MEAN), "std": list(OPENAI_STD), "snippet_len": 16,
-            "frame_rule": "official release", "crops": sorted(set(int(c) for c in crops)),
+            "frame_rule": None, "crops": sorted(set(int(c) for c in crops)),   # the frame rule is not published
             "crop_rule": "ten crops of the official release; the crop from the file name (NAME__K.npy)",
             "precision": "official release", "decoder": "official release"}
 
@@ -105,11 +105,13 @@ def _key(prov: Dict[str, Any], keys) -> Dict[str, Any]:
 
 
 def differences(a: Optional[Dict[str, Any]], b: Optional[Dict[str, Any]], keys=COMPARED) -> List[str]:
-    """``key a≠b`` for each compared key where ``a`` and ``b`` disagree (none where
-    either side is unknown)."""
+    """``key a≠b`` for each compared key where ``a`` and ``b`` disagree; nothing is
+    compared where a side is unknown (no provenance, or a value it does not know:
+    the official release does not say which frame of a snippet it took)."""
     if not a or not b:
         return []
-    return [f"{k} {_show(a.get(k))} vs {_show(b.get(k))}" for k in keys if not _same(k, a, b)]
+    return [f"{k} {_show(a.get(k))} vs {_show(b.get(k))}" for k in keys
+            if a.get(k) is not None and b.get(k) is not None and not _same(k, a, b)]
 
 
 def _same(key: str, a: Dict[str, Any], b: Dict[str, Any]) -> bool:
