@@ -30,8 +30,8 @@ def test_cluster_yaml_passes_ray_validation():
 def test_every_cli_option_has_help():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "cmd")
-    assert set(sub.choices) == {"extract", "train", "score", "evaluate", "import-official", "register-official", "sample-videos", "report",
-                                   "demo"}
+    assert set(sub.choices) == {"extract", "train", "score", "evaluate", "compare-features", "import-official",
+                                "register-official", "sample-videos", "report", "demo"}
     for name, p in sub.choices.items():
         for act in p._actions:
             if act.dest != "help":
