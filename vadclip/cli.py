@@ -1,4 +1,4 @@
-"""``vadclip`` command line: extract | train | score | evaluate | import-official | demo.
+"""``vadclip`` command line: extract | train | score | evaluate | compare-features | import-official | demo.
 
 The ``jobs/*.py`` entry points for ``ray job submit`` call the same functions."""
 from __future__ import annotations

@@ -260,7 +260,7 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
     if gt_path and totals["videos"]:
         # frame-level AUC/AP need every frame score at once: this step (only) grows with the archive
         rows = read_table(_scores_dir(out_dir), columns=list(METRIC_COLUMNS)).to_pylist()
-        summary.update(score_metrics(rows, gt_path, cfg))
+        summary.update(score_metrics(rows, gt, cfg))
         del rows
     use_experiment(experiment, tracking_uri)
     summary["tracking_uri"] = mlflow.get_tracking_uri()
@@ -326,9 +326,9 @@ def _model_identity(model_uri: str, tracking_uri: Optional[str]) -> Dict[str, An
 METRIC_COLUMNS = ("video_id", "label", "num_frames", "snippet_count", "anomaly", "class_probs")
 
 
-def score_metrics(rows: List[Dict[str, Any]], gt_path: str, cfg) -> Dict[str, float]:
-    """AUC/AP/abnormal AUC/mAP of scored rows against a ground-truth interval table."""
+def score_metrics(rows: List[Dict[str, Any]], gt, cfg) -> Dict[str, float]:
+    """AUC/AP/abnormal AUC/mAP of scored rows against ground-truth intervals (read once,
+    at the start of the run)."""
     from .evaluation import metrics_from_scores
-    from .gt import read_gt
 
-    return metrics_from_scores(((r, r["anomaly"], r["class_probs"]) for r in rows), read_gt(gt_path), cfg)
+    return metrics_from_scores(((r, r["anomaly"], r["class_probs"]) for r in rows), gt, cfg)
