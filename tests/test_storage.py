@@ -99,3 +99,23 @@ def test_scratch_copies_are_removed_and_store_failures_are_not_video_errors(s3, 
         with fetched("s3://bkt/v/ok.mp4"):
             pass
     assert not isinstance(exc.value, VideoError)
+
+
+def test_scratch_copies_of_dead_processes_are_swept(tmp_path):
+    """A worker SIGKILLed mid-copy leaves its scratch copy; the next copy on the node
+    removes it, and never a live process's."""
+    import os
+    import subprocess
+    import sys
+
+    from vadclip.storage import _sweep_dead_copies
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    (tmp_path / f"vadclip-{dead}-abc.mp4").write_bytes(b"x")
+    (tmp_path / f"vadclip-{os.getpid()}-def.mp4").write_bytes(b"x")
+    (tmp_path / f"vadclip-{os.getppid()}-ghi.mp4").write_bytes(b"x")
+    (tmp_path / "clip-weights").mkdir()
+    _sweep_dead_copies(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == sorted(["clip-weights", f"vadclip-{os.getpid()}-def.mp4",
+                                                   f"vadclip-{os.getppid()}-ghi.mp4"])

@@ -281,7 +281,9 @@ def local_file(path: str, suffix: str = "") -> Iterator[str]:
     if fs is _local:
         yield p
         return
-    fd, tmp = tempfile.mkstemp(prefix="vadclip-", suffix=suffix, dir=scratch_dir())
+    scratch = scratch_dir()
+    _sweep_dead_copies(scratch)
+    fd, tmp = tempfile.mkstemp(prefix=f"vadclip-{os.getpid()}-", suffix=suffix, dir=scratch)
     try:
         with os.fdopen(fd, "wb") as out, fs.open_input_stream(p) as src:
             shutil.copyfileobj(src, out, COPY_CHUNK)
@@ -289,6 +291,29 @@ def local_file(path: str, suffix: str = "") -> Iterator[str]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+_COPY_NAME = re.compile(r"^vadclip-(\d+)-")
+
+
+def _sweep_dead_copies(scratch: str) -> None:
+    """Remove the copies that processes no longer alive on this node left behind (a
+    worker SIGKILLed mid-copy, with its job's driver, never reaches its ``finally``).
+    A copy is named after the process that writes it; the folder holds only the copies
+    in flight, so a look at it before each copy costs little."""
+    for name in os.listdir(scratch):
+        m = _COPY_NAME.match(name)
+        if not m or int(m.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:       # its writer is gone: nobody will remove it
+            try:
+                os.remove(os.path.join(scratch, name))
+            except OSError:
+                pass
+        except PermissionError:          # alive, another user's
+            pass
 
 
 def download(path: str, dest: str) -> None:
