@@ -42,7 +42,7 @@ class ExtractOptions:
     snippet_len: int = 16
     crops: int = 1
     batch_size: int = 64            # images per encoder forward pass
-    precision: str = "auto"         # auto → fp16 on GPU; on a CPU bf16 where native and faster, else fp32; or fp32/fp16/bf16
+    precision: str = "auto"         # auto → fp16 on GPU; on a CPU bf16 where native and faster, else fp32
     num_encoders: int = 1           # size of the encoder actor pool
     gpus_per_encoder: Optional[float] = None  # None → 1 when the cluster has GPUs
     # CPU encoders: torch threads per encoder actor.  Ray pins an actor that reserves
@@ -129,7 +129,7 @@ def cpu_bf16_flags() -> List[str]:
 _cpu_choice: Dict[Any, Any] = {}
 
 
-def cpu_precision(visual, image_size: int, key: Any = None) -> Any:
+def cpu_precision(visual, image_size: int, key: Any) -> Any:
     """``(precision, why)`` for the image tower ``visual`` on this CPU at torch's current
     thread count: bf16 where the CPU has native bf16 *and* the tower itself, timed on
     two images in fp32 and in a bf16 copy (alternating, best of three, after a
@@ -141,7 +141,7 @@ def cpu_precision(visual, image_size: int, key: Any = None) -> Any:
     import torch
 
     key = (torch.get_num_threads(), key)
-    if key[1] is not None and key in _cpu_choice:
+    if key in _cpu_choice:
         return _cpu_choice[key]
     flags = cpu_bf16_flags()
     if not flags:
