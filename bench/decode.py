@@ -46,7 +46,7 @@ def write_video(path: str, w: int, h: int, frames: int, gop: int, fps: int = 25)
 
 
 def snippet_indices(n: int, snippet_len: int = 16) -> np.ndarray:
-    from vadclip.video import snippet_frame_indices
+    from vadclip.video.decode import snippet_frame_indices
 
     return snippet_frame_indices(n, snippet_len)
 
@@ -54,7 +54,7 @@ def snippet_indices(n: int, snippet_len: int = 16) -> np.ndarray:
 # ---------------------------------------------------------------- the candidate paths
 def decord_get_batch(path):
     """The job's decord path: its reader's ``get`` on the snippet indices, in chunks of 32."""
-    from vadclip.video import DecordReader
+    from vadclip.video.decode import DecordReader
 
     return _reader_chunks(DecordReader(path, path))
 
@@ -105,7 +105,7 @@ def pyav_threaded(path):
 def torchcodec_frames_at(path):
     """The job's torchcodec path on the CPU (``get_frames_at``, one FFmpeg thread), in
     chunks of 32."""
-    from vadclip.video import TorchcodecReader
+    from vadclip.video.decode import TorchcodecReader
 
     return _reader_chunks(TorchcodecReader(path, path, "cpu"))
 
@@ -123,7 +123,7 @@ PATHS = {
     "decord_sequential": decord_sequential,
 }
 
-from vadclip.video import torchcodec_missing  # noqa: E402
+from vadclip.video.decode import torchcodec_missing  # noqa: E402
 
 if torchcodec_missing() is None:         # torchcodec needs FFmpeg's shared libraries on the system
     PATHS["torchcodec_frames_at"] = torchcodec_frames_at

@@ -25,10 +25,10 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from vadclip.config import ClipSpec  # noqa: E402
-from vadclip.extract import ClipImageEncoder, DecodeStage, ExtractOptions, load_manifest, run_extract  # noqa: E402
-from vadclip.sample_videos import make_sample_set  # noqa: E402
-from vadclip.video import iter_snippet_chunks  # noqa: E402
+from vadclip.model.config import ClipSpec  # noqa: E402
+from vadclip.jobs.extract import ClipImageEncoder, DecodeStage, ExtractOptions, load_manifest, run_extract  # noqa: E402
+from vadclip.video.samples import make_sample_set  # noqa: E402
+from vadclip.video.decode import iter_snippet_chunks  # noqa: E402
 
 
 def matmul_peak(dtype, threads: int) -> float:
@@ -97,7 +97,7 @@ def main():
     peaks = {"fp32": matmul_peak(torch.float32, threads), "bf16": matmul_peak(torch.bfloat16, threads)}
     print(f"matmul peak ({threads} threads): fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
 
-    from vadclip.raysetup import ensure_ray
+    from vadclip.jobs.cluster import ensure_ray
     ensure_ray(progress_bars=False)
     base = ExtractOptions(clip=spec, batch_size=a.batch_size, num_encoders=a.num_encoders)
     size = spec.image_size

@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 def encoder_only(device: str, precision: str, spec, batch: int, images: int) -> float:
     import torch
 
-    from vadclip.extract import ClipImageEncoder
+    from vadclip.jobs.extract import ClipImageEncoder
 
     enc = ClipImageEncoder(spec, precision, device=device)
     size = enc.image_size
@@ -55,7 +55,7 @@ def encoder_only(device: str, precision: str, spec, batch: int, images: int) -> 
 
 def decode_fps(paths, decoder: str = "auto", device: str = "cpu"):
     """(frames of video per second, what decoded them) through the job's decode path."""
-    from vadclip.video import iter_snippet_chunks
+    from vadclip.video.decode import iter_snippet_chunks
 
     frames, t, used = 0, time.perf_counter(), set()
     for p in paths:
@@ -80,10 +80,10 @@ def main() -> None:
     ap.add_argument("--decode-device", default="cpu", choices=["cpu", "cuda"],
                     help="where the extraction job decodes (cuda: torchcodec's NVDEC decoder)")
     a = ap.parse_args()
-    from vadclip.config import ClipSpec
-    from vadclip.extract import ExtractOptions, run_extract
-    from vadclip.raysetup import ensure_ray
-    from vadclip.sample_videos import make_sample_set
+    from vadclip.model.config import ClipSpec
+    from vadclip.jobs.extract import ExtractOptions, run_extract
+    from vadclip.jobs.cluster import ensure_ray
+    from vadclip.video.samples import make_sample_set
 
     spec = ClipSpec.tiny() if a.tiny else ClipSpec("ViT-B-16", None)
     ips = encoder_only(a.device, a.precision, spec, a.batch_size, a.images)
@@ -123,7 +123,7 @@ def main() -> None:
     steady = s.get("steady_snippets_per_s", 0)
     print(f"   vs the slower of encoder-only and decode-only ({bound:,.0f} snippets/s; decode-only on the CPU "
           f"= one core's rate x {os.cpu_count()} cores): {steady / bound:.2f} (target >= 0.9)")
-    from vadclip.features import read_feature_rows
+    from vadclip.io.features import read_feature_rows
 
     rows = read_feature_rows(os.path.join(d, "out", "features"), ["video_id", "fps", "num_frames"])
     video_s = sum(r["num_frames"] / (r["fps"] or 25.0) for r in rows)

@@ -29,8 +29,8 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from vadclip.config import UCF_CLASSES, tiny_config  # noqa: E402
-from vadclip.features import FEATURE_SCHEMA  # noqa: E402
+from vadclip.model.config import UCF_CLASSES, tiny_config  # noqa: E402
+from vadclip.io.features import FEATURE_SCHEMA  # noqa: E402
 
 
 def write_set(out: str, videos: int, crops: int, max_len: int, dim: int = 512, per_file: int = 200) -> int:
@@ -76,7 +76,7 @@ def main() -> None:
     import mlflow
     import ray
 
-    from vadclip.train_job import run_train
+    from vadclip.jobs.train import run_train
 
     data = os.path.join(a.dir, "train")
     t0 = time.time()

@@ -16,10 +16,10 @@ import tempfile
 CHILD = r"""
 import json, os, resource, sys, numpy as np
 from vadclip import build_model, tiny_config
-from vadclip.checkpoint import save_checkpoint
-from vadclip.features import feature_row, write_feature_table
-from vadclip.raysetup import ensure_ray
-from vadclip.score import ScoreOptions, run_score
+from vadclip.model.checkpoint import save_checkpoint
+from vadclip.io.features import feature_row, write_feature_table
+from vadclip.jobs.cluster import ensure_ray
+from vadclip.jobs.score import ScoreOptions, run_score
 d, n, t = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 cfg = tiny_config("ucf", visual_length=256)
 m = build_model(cfg); m.freeze_text(); save_checkpoint(m, os.path.join(d, "m.pt"))

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 
 def make_archive(root: str, n: int, bad_fraction: float, seed: int = 0):
-    from vadclip.sample_videos import write_manifest, write_video
+    from vadclip.video.samples import write_manifest, write_video
 
     rng = np.random.default_rng(seed)
     os.makedirs(root, exist_ok=True)

@@ -37,10 +37,10 @@ import time
 import torch
 
 from vadclip import VadCLIP
-from vadclip.clip_backbone import FrozenCLIP
-from vadclip.config import ClipSpec, VadConfig
-from vadclip.losses import vadclip_loss
-from vadclip.reference import official_forward, reference_forward, reference_loss
+from vadclip.clip.backbone import FrozenCLIP
+from vadclip.model.config import ClipSpec, VadConfig
+from vadclip.model.losses import vadclip_loss
+from vadclip.testing.reference import official_forward, reference_forward, reference_loss
 
 
 def macs(model: VadCLIP, lengths: torch.Tensor, text_tokens: int, vectorised: bool) -> float:

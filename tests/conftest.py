@@ -55,8 +55,8 @@ def isolation():
 
 @pytest.fixture(scope="session")
 def tiny_clip():
-    from vadclip.clip_backbone import FrozenCLIP
-    from vadclip.config import ClipSpec
+    from vadclip.clip.backbone import FrozenCLIP
+    from vadclip.model.config import ClipSpec
 
     return FrozenCLIP(ClipSpec.tiny())
 
@@ -71,7 +71,7 @@ def init_local_ray():
     os.environ["VADCLIP_PROGRESS_BARS"] = "0"
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=6, include_dashboard=False, log_to_driver=False)
-    from vadclip.raysetup import ensure_ray
+    from vadclip.jobs.cluster import ensure_ray
 
     ensure_ray()
     return ray
@@ -89,7 +89,7 @@ def ray_local():
 def sample_videos(tmp_path_factory):
     """Real H.264 files of varied fps and sizes (3 normal, 3 abnormal), a corrupt
     file, an empty file and a missing path, with a CSV manifest."""
-    from vadclip.sample_videos import make_sample_set, write_manifest
+    from vadclip.video.samples import make_sample_set, write_manifest
 
     d = tmp_path_factory.mktemp("videos")
     manifest, gt = make_sample_set(str(d), 3, 3, frames_range=(40, 200), seed=7)

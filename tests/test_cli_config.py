@@ -40,7 +40,7 @@ def test_clip_is_one_mapping_and_old_flat_fields_still_load(tmp_path):
     the older clip_model / clip_pretrained / clip_model_kwargs fields fold into it."""
     import pytest
 
-    from vadclip.config import ClipSpec
+    from vadclip.model.config import ClipSpec
     from vadclip.errors import InputError
 
     (tmp_path / "c.yaml").write_text("preset: xd\nclip: {model: vadclip-tiny, pretrained: null}\nepochs: 2\n")

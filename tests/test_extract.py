@@ -5,11 +5,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from vadclip.config import ClipSpec
-from vadclip.extract import (ClipImageEncoder, ExtractOptions, cpu_bf16_flags, extract_video, load_manifest,
+from vadclip.model.config import ClipSpec
+from vadclip.jobs.extract import (ClipImageEncoder, ExtractOptions, cpu_bf16_flags, extract_video, load_manifest,
                              run_extract)
-from vadclip.features import read_feature_rows, row_features
-from vadclip.video import (DecoderUnavailable, VideoError, check_decoder, crop_views, iter_snippet_chunks,
+from vadclip.io.features import read_feature_rows, row_features
+from vadclip.video.decode import (DecoderUnavailable, VideoError, check_decoder, crop_views, iter_snippet_chunks,
                            open_video, resolve_decoder, torchcodec_missing)
 
 

@@ -11,8 +11,8 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from vadclip.config import ClipSpec
-from vadclip.extract import ExtractOptions, errors_dir, feature_dir, run_extract
+from vadclip.model.config import ClipSpec
+from vadclip.jobs.extract import ExtractOptions, errors_dir, feature_dir, run_extract
 
 
 def _ids(directory, column="video_id"):
@@ -73,9 +73,9 @@ def test_driver_killed_during_extraction_then_rerun(sample_videos, tmp_path):
 @pytest.mark.slow
 def test_driver_killed_during_scoring_then_rerun(tmp_path):
     from vadclip import build_model, tiny_config
-    from vadclip.checkpoint import save_checkpoint
-    from vadclip.features import write_feature_table
-    from vadclip.synthetic import make_feature_set
+    from vadclip.model.checkpoint import save_checkpoint
+    from vadclip.io.features import write_feature_table
+    from vadclip.testing.synthetic import make_feature_set
 
     cfg = tiny_config("custom", classes=["Normal", "Fire"], visual_length=32)
     save_checkpoint(build_model(cfg), str(tmp_path / "m.pt"))

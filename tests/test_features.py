@@ -4,10 +4,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from vadclip.config import LabelError, VadConfig
-from vadclip.features import (FeatureError, check_features, import_official, process_train,
+from vadclip.model.config import LabelError, VadConfig
+from vadclip.io.features import (FeatureError, check_features, import_official, process_train,
                               read_feature_rows, row_features, split_chunks, uniform_extract)
-from vadclip.gt import convert_ucf_annotations, convert_xd_annotations, read_gt, write_gt
+from vadclip.io.gt import convert_ucf_annotations, convert_xd_annotations, read_gt, write_gt
 
 
 def test_labels_presets():

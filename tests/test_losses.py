@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from vadclip import VadCLIP, tiny_config
-from vadclip.losses import contrast_loss, mil_align_loss, mil_loss, topk_mean, vadclip_loss
-from vadclip.reference import reference_forward, reference_loss
+from vadclip.model.losses import contrast_loss, mil_align_loss, mil_loss, topk_mean, vadclip_loss
+from vadclip.testing.reference import reference_forward, reference_loss
 
 
 def test_topk_mean_hand_built():

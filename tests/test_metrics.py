@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from vadclip.metrics import detection_map, expand_snippets, frame_metrics, intervals_to_frames
+from vadclip.metrics.measures import detection_map, expand_snippets, frame_metrics, intervals_to_frames
 
 
 def test_expand_snippets():

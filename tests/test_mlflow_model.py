@@ -6,10 +6,10 @@ import mlflow
 import numpy as np
 
 from vadclip import build_model, tiny_config
-from vadclip.checkpoint import save_checkpoint
-from vadclip.model import score_video
-from vadclip.registry import load_scoring_model, log_and_register
-from vadclip.tracking import use_experiment
+from vadclip.model.checkpoint import save_checkpoint
+from vadclip.model.network import score_video
+from vadclip.tracking.registry import load_scoring_model, log_and_register
+from vadclip.tracking.runs import use_experiment
 
 
 def test_model_from_code_with_signature(tmp_path):

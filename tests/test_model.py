@@ -3,11 +3,11 @@ import pytest
 import torch
 
 from vadclip import VadCLIP, tiny_config
-from vadclip.config import ClipSpec
-from vadclip.checkpoint import (CheckpointError, load_checkpoint, load_official_checkpoint, official_state_dict,
+from vadclip.model.config import ClipSpec
+from vadclip.model.checkpoint import (CheckpointError, load_checkpoint, load_official_checkpoint, official_state_dict,
                                 save_checkpoint)
-from vadclip.model import LGTAdapter, score_video
-from vadclip.reference import reference_forward
+from vadclip.model.network import LGTAdapter, score_video
+from vadclip.testing.reference import reference_forward
 
 
 @pytest.fixture()
@@ -56,8 +56,8 @@ def test_vectorised_matches_per_sample_reference(model):
 
 
 def test_vectorised_gradients_match_reference(model):
-    from vadclip.losses import vadclip_loss
-    from vadclip.reference import reference_loss
+    from vadclip.model.losses import vadclip_loss
+    from vadclip.testing.reference import reference_loss
 
     torch.manual_seed(3)
     x = torch.randn(4, 64, 32)

@@ -10,15 +10,15 @@ import pytest
 
 from cli_output import one_error_line, result_json
 from vadclip import tiny_config
-from vadclip.checkpoint import save_checkpoint
+from vadclip.model.checkpoint import save_checkpoint
 from vadclip.cli import build_parser, main
-from vadclip.extract import load_manifest
-from vadclip.parts import PartWriter
-from vadclip.features import ERROR_SCHEMA, write_feature_table
-from vadclip.gt import write_gt
-from vadclip.model import build_model
-from vadclip.sample_videos import make_sample_set
-from vadclip.synthetic import make_feature_set
+from vadclip.jobs.extract import load_manifest
+from vadclip.io.parts import PartWriter
+from vadclip.io.features import ERROR_SCHEMA, write_feature_table
+from vadclip.io.gt import write_gt
+from vadclip.model.network import build_model
+from vadclip.video.samples import make_sample_set
+from vadclip.testing.synthetic import make_feature_set
 
 CLASSES = ["Normal", "Explosion", "Fighting"]
 
@@ -98,7 +98,7 @@ def test_duplicate_manifest_entries_give_one_row_per_video(ray_local, archive, t
 
 
 def test_feature_set_holding_a_video_twice_scores_it_once(ray_local, archive, tmp_path):
-    from vadclip.score import run_score
+    from vadclip.jobs.score import run_score
 
     d, _ = archive
     cfg = tiny_config("custom", classes=CLASSES, visual_length=32)
@@ -220,7 +220,7 @@ def test_bad_inputs_fail_before_any_worker_with_one_line(ray_local, archive, tmp
 
 
 def test_failed_training_marks_its_mlflow_run_failed(ray_local, tmp_path):
-    from vadclip.train_job import run_train
+    from vadclip.jobs.train import run_train
 
     cfg = tiny_config("custom", classes=CLASSES, epochs=2, batch_size=2, visual_length=32)
     rows, _ = make_feature_set(cfg, 4, 4, 32, seed=1)
@@ -235,7 +235,7 @@ def test_failed_training_marks_its_mlflow_run_failed(ray_local, tmp_path):
 
 
 def test_scoring_with_nothing_flagged_still_plots_the_top_videos(ray_local, archive, tmp_path):
-    from vadclip.score import ScoreOptions, run_score
+    from vadclip.jobs.score import ScoreOptions, run_score
 
     d, _ = archive
     cfg = tiny_config("custom", classes=CLASSES, visual_length=32)
@@ -272,8 +272,8 @@ def test_help_shows_each_default_once_and_none_for_required_options(capsys):
 
 
 def test_tiny_clip_is_built_without_a_missing_weights_warning(caplog):
-    from vadclip.clip_backbone import FrozenCLIP
-    from vadclip.config import ClipSpec
+    from vadclip.clip.backbone import FrozenCLIP
+    from vadclip.model.config import ClipSpec
 
     with caplog.at_level(logging.INFO):
         FrozenCLIP(ClipSpec.tiny())

@@ -21,10 +21,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from s3server import s3_server
-from vadclip import storage, tiny_config
-from vadclip.config import ClipSpec
-from vadclip.extract import ExtractOptions, errors_dir, feature_dir, run_extract
-from vadclip.parts import part_files, read_column
+from vadclip.io import storage
+from vadclip import tiny_config
+from vadclip.model.config import ClipSpec
+from vadclip.jobs.extract import ExtractOptions, errors_dir, feature_dir, run_extract
+from vadclip.io.parts import part_files, read_column
 
 pytestmark = pytest.mark.slow
 BUCKET = "vad"
@@ -50,7 +51,7 @@ def two_nodes(s3, tmp_path_factory):
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     cluster.add_node(num_cpus=4)
     cluster.wait_for_nodes()
-    from vadclip.raysetup import ensure_ray
+    from vadclip.jobs.cluster import ensure_ray
 
     ensure_ray(cluster.address)
     yield {"address": cluster.address, "scratch": scratch}
@@ -128,9 +129,9 @@ def test_extraction_on_s3_resumes_after_a_killed_driver(s3, two_nodes, s3_extrac
 
 def test_train_and_score_with_s3_for_every_input_and_output(s3, two_nodes, s3_extracted, sample_videos,
                                                              tmp_path, monkeypatch):
-    from vadclip.gt import write_gt
-    from vadclip.score import ScoreOptions, run_score
-    from vadclip.train_job import run_train
+    from vadclip.io.gt import write_gt
+    from vadclip.jobs.score import ScoreOptions, run_score
+    from vadclip.jobs.train import run_train
 
     monkeypatch.chdir(tmp_path)                                    # nothing may lean on the working directory
     monkeypatch.setenv("VADCLIP_ARTIFACT_ROOT", f"s3://{BUCKET}/mlartifacts")
@@ -179,9 +180,9 @@ def test_clip_weights_in_a_bucket_reach_the_actors_through_ray(s3, two_nodes, sa
     import numpy as np
     import torch
 
-    from vadclip.clip_backbone import build_open_clip
-    from vadclip.config import TINY_CLIP
-    from vadclip.features import read_feature_rows, row_features
+    from vadclip.clip.backbone import build_open_clip
+    from vadclip.model.config import TINY_CLIP
+    from vadclip.io.features import read_feature_rows, row_features
 
     buf = io.BytesIO()
     torch.save(build_open_clip(TINY_CLIP, None).state_dict(), buf)   # the seeded random-init tiny CLIP

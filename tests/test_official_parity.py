@@ -1,5 +1,5 @@
 """``padding="official"`` against an independent re-implementation of the official
-VadCLIP code (vadclip.reference.official_*): forward outputs on padded batches, the
+VadCLIP code (vadclip.testing.reference.official_*): forward outputs on padded batches, the
 loss, every parameter's gradient, and per-snippet scores of the official test
 procedure, for both presets (issue #11)."""
 import numpy as np
@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from vadclip import VadCLIP, tiny_config
-from vadclip.config import ClipSpec
-from vadclip.losses import vadclip_loss
-from vadclip.model import score_video
-from vadclip.reference import official_forward, official_test_scores, reference_loss
+from vadclip.model.config import ClipSpec
+from vadclip.model.losses import vadclip_loss
+from vadclip.model.network import score_video
+from vadclip.testing.reference import official_forward, official_test_scores, reference_loss
 
 LENGTHS = [1, 5, 37, 200, 256]
 LABELS = {"ucf": ["Normal", "Abuse", "Normal", "Vandalism", "Fighting"],
@@ -111,8 +111,8 @@ def _row(vid, label, frames):
 
 
 def test_xd_map_ground_truth_is_the_official_class_split_one(tmp_path):
-    from vadclip.gt import convert_xd_annotations, read_gt, write_gt
-    from vadclip.evaluation import video_gt
+    from vadclip.io.gt import convert_xd_annotations, read_gt, write_gt
+    from vadclip.metrics.evaluate import video_gt
 
     (tmp_path / "annotations_multiclasses.txt").write_text(XD_MULTI)
     write_gt(convert_xd_annotations(str(tmp_path / "annotations_multiclasses.txt")), str(tmp_path / "gt.parquet"))
@@ -135,8 +135,8 @@ def test_xd_map_ground_truth_is_the_official_class_split_one(tmp_path):
 
 
 def test_ucf_map_ground_truth_never_counts_normal(tmp_path):
-    from vadclip.gt import convert_ucf_annotations, read_gt, write_gt
-    from vadclip.evaluation import video_gt
+    from vadclip.io.gt import convert_ucf_annotations, read_gt, write_gt
+    from vadclip.metrics.evaluate import video_gt
 
     (tmp_path / "Temporal_Anomaly_Annotation.txt").write_text(UCF_TEMPORAL)
     write_gt(convert_ucf_annotations(str(tmp_path / "Temporal_Anomaly_Annotation.txt")), str(tmp_path / "gt.csv"))
@@ -152,13 +152,13 @@ def test_ucf_map_ground_truth_never_counts_normal(tmp_path):
 def official_pth(tmp_path_factory):
     """An official-format ``model_xd.pth``: the state dict of the official CLIPVAD
     (ViT-B-16 CLIP weights as ``clipmodel.*``, fp16 like the released files)."""
-    from vadclip.clip_backbone import FrozenCLIP
-    from vadclip.config import VadConfig
+    from vadclip.clip.backbone import FrozenCLIP
+    from vadclip.model.config import VadConfig
 
     d = tmp_path_factory.mktemp("official")
     clip = FrozenCLIP(ClipSpec("ViT-B-16", None, {"force_quick_gelu": True}))
     torch.manual_seed(5)
-    from vadclip.checkpoint import official_state_dict
+    from vadclip.model.checkpoint import official_state_dict
 
     model = VadCLIP(VadConfig.from_preset("xd"), clip)
     torch.save(official_state_dict(model, torch.float16), str(d / "model_xd.pth"))
@@ -168,10 +168,10 @@ def official_pth(tmp_path_factory):
 def test_official_checkpoint_through_the_cli_and_the_registry(ray_local, official_pth, tmp_path, capsys):
     import json
 
-    from vadclip.checkpoint import load_model_file
+    from vadclip.model.checkpoint import load_model_file
     from vadclip.cli import main
-    from vadclip.features import read_feature_rows
-    from vadclip.gt import write_gt
+    from vadclip.io.features import read_feature_rows
+    from vadclip.io.gt import write_gt
 
     pth = str(official_pth / "model_xd.pth")
     model = load_model_file(pth)

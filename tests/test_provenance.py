@@ -6,12 +6,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from cli_output import one_error_line, result_json
-from vadclip import provenance, tiny_config
-from vadclip.checkpoint import save_checkpoint
+from vadclip.io import provenance
+from vadclip import tiny_config
+from vadclip.model.checkpoint import save_checkpoint
 from vadclip.cli import main
-from vadclip.config import ClipSpec
-from vadclip.extract import ExtractOptions, feature_provenance, run_extract
-from vadclip.model import build_model
+from vadclip.model.config import ClipSpec
+from vadclip.jobs.extract import ExtractOptions, feature_provenance, run_extract
+from vadclip.model.network import build_model
 
 CLASSES = ["Normal", "Explosion", "Fighting", "RoadAccidents"]
 
@@ -35,7 +36,7 @@ def test_every_part_records_its_provenance_and_a_folder_never_mixes_them(extract
     parts = sorted((d / "s16" / "features").glob("part-*.parquet"))
     assert parts
     for p in parts:   # read with pyarrow itself, not through vadclip
-        prov = json.loads(pq.read_schema(p).metadata[b"vadclip.provenance"])
+        prov = json.loads(pq.read_schema(p).metadata[b"vadclip.io.provenance"])
         assert prov["clip_model"] == "vadclip-tiny" and prov["clip_pretrained"] is None
         assert prov["weights"] == "random-init (seeded)" and prov["image_size"] == 224   # vadclip-tiny.json
         assert prov["snippet_len"] == 16 and prov["frame_rule"].startswith("middle frame")
@@ -76,7 +77,7 @@ def test_features_that_do_not_fit_the_model_are_refused_unless_allowed(extracted
     assert "snippet_len 8 vs 16" in run.data.tags["vadclip.feature_mismatch"]
     assert "FEATURES DO NOT FIT THE MODEL" in (tmp_path / "allowed" / "report" / "index.html").read_text()
     # evaluate refuses alike
-    from vadclip.gt import write_gt
+    from vadclip.io.gt import write_gt
 
     write_gt([{"video_id": "clip003", "start_frame": 0, "end_frame": 16, "label": "Explosion"}],
              str(tmp_path / "gt.parquet"))
@@ -87,7 +88,7 @@ def test_features_that_do_not_fit_the_model_are_refused_unless_allowed(extracted
 
 def test_compare_features_on_two_extractions_of_the_same_videos(extracted, sample_videos, tmp_path, capsys):
     d, _ = extracted
-    from vadclip.extract import ExtractOptions as EO
+    from vadclip.jobs.extract import ExtractOptions as EO
 
     run_extract(str(d / "m.csv"), str(d / "s16bf16"), EO(clip=ClipSpec.tiny(), batch_size=16, precision="bf16"),
                 log=lambda *_: None)
@@ -100,7 +101,7 @@ def test_compare_features_on_two_extractions_of_the_same_videos(extracted, sampl
     assert out["provenance_differences"] == ["precision fp32 vs bf16"]
     assert "cosine" in cap.err and "rel L2" in cap.err and "provenance differs: precision fp32 vs bf16" in cap.err
     # with a model: its metrics on each set, side by side
-    from vadclip.gt import write_gt
+    from vadclip.io.gt import write_gt
 
     save_checkpoint(build_model(tiny_config("custom", classes=CLASSES, visual_length=32, visual_layers=1)),
                     str(tmp_path / "m.pt"))
@@ -126,8 +127,8 @@ def test_official_release_and_vadclip_extraction_agree_on_tags():
         "weights sha256:bbbbbbbbbbbb vs sha256:aaaaaaaaaaaa"]
     assert provenance.mismatch(None, mine, "m", "f") is None  # unknown: nothing to compare
     # a vadclip extraction of raw videos fits an official checkpoint (scored with --videos)
-    from vadclip.config import ClipSpec as CS
-    from vadclip.weights import Weights
+    from vadclip.model.config import ClipSpec as CS
+    from vadclip.clip.weights import Weights
 
     w = Weights("ViT-B-16", "openai", "c" * 64, 1, "/x", True, {"mean": list(provenance.OPENAI_MEAN),
                                                                   "std": list(provenance.OPENAI_STD)})

@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 from vadclip.cli import main
-from vadclip.gt import write_gt
-from vadclip.parts import PartWriter
-from vadclip.score import SCORE_SCHEMA, ScoreOptions, find_events
+from vadclip.io.gt import write_gt
+from vadclip.io.parts import PartWriter
+from vadclip.jobs.score import SCORE_SCHEMA, ScoreOptions, find_events
 
 CLASSES = ["Normal", "Explosion", "Fighting", "RoadAccidents"]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")

@@ -5,15 +5,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from vadclip import VadConfig, build_model
-from vadclip.checkpoint import save_checkpoint
-from vadclip.config import ClipSpec
-from vadclip.extract import ExtractOptions, feature_dir, run_extract
-from vadclip.features import read_feature_rows
-from vadclip.gt import write_gt
-from vadclip.registry import log_and_register
-from vadclip.sample_videos import make_sample_set, write_manifest
-from vadclip.score import ScoreOptions, find_events, run_score
-from vadclip.training import batch_plan, collate, make_optimizer, train_step
+from vadclip.model.checkpoint import save_checkpoint
+from vadclip.model.config import ClipSpec
+from vadclip.jobs.extract import ExtractOptions, feature_dir, run_extract
+from vadclip.io.features import read_feature_rows
+from vadclip.io.gt import write_gt
+from vadclip.tracking.registry import log_and_register
+from vadclip.video.samples import make_sample_set, write_manifest
+from vadclip.jobs.score import ScoreOptions, find_events, run_score
+from vadclip.train.batches import batch_plan, collate, make_optimizer, train_step
 
 CLASSES = ["Normal", "Explosion", "Fighting", "RoadAccidents"]
 
@@ -57,7 +57,7 @@ def test_score_videos_end_to_end_resume_and_registry(trained, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     import mlflow
 
-    from vadclip.tracking import use_experiment
+    from vadclip.tracking.runs import use_experiment
 
     use_experiment("t", uri)   # artifacts beside the store, not in ./mlruns
     with mlflow.start_run() as run:
@@ -122,7 +122,7 @@ def test_score_videos_end_to_end_resume_and_registry(trained, tmp_path):
 
 
 def test_bad_feature_rows_are_recorded_not_dropped(trained, tmp_path):
-    from vadclip.features import feature_row, write_feature_table
+    from vadclip.io.features import feature_row, write_feature_table
 
     d, _, _ = trained
     good = np.random.default_rng(0).normal(size=(20, 32)).astype(np.float32)

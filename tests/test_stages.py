@@ -3,11 +3,11 @@ them in pipelines): decode, encode, score."""
 import numpy as np
 
 from vadclip import build_model, tiny_config
-from vadclip.checkpoint import checkpoint_dict, load_model_file
-from vadclip.config import ClipSpec
-from vadclip.extract import DecodeStage, EncodeStage, ExtractOptions
-from vadclip.features import feature_row
-from vadclip.score import ScoreOptions, ScoreStage
+from vadclip.model.checkpoint import checkpoint_dict, load_model_file
+from vadclip.model.config import ClipSpec
+from vadclip.jobs.extract import DecodeStage, EncodeStage, ExtractOptions
+from vadclip.io.features import feature_row
+from vadclip.jobs.score import ScoreOptions, ScoreStage
 
 OPTS = ExtractOptions(clip=ClipSpec.tiny(), batch_size=4)
 

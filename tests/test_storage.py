@@ -6,10 +6,10 @@ import pyarrow as pa
 import pytest
 
 from s3server import s3_server
-from vadclip import storage
-from vadclip.features import ERROR_SCHEMA
-from vadclip.parts import MARKERS, PartWriter, dataset_files, part_files, read_column, remove_uncommitted
-from vadclip.video import VideoError, fetched
+from vadclip.io import storage
+from vadclip.io.features import ERROR_SCHEMA
+from vadclip.io.parts import MARKERS, PartWriter, dataset_files, part_files, read_column, remove_uncommitted
+from vadclip.video.decode import VideoError, fetched
 
 
 def _rows(*ids):
@@ -63,7 +63,7 @@ def test_uris_globs_and_whole_object_writes_on_s3(s3):
     assert storage.isdir("s3://bkt/a") and storage.isfile("s3://bkt/a/x.mp4") and not storage.exists("s3://bkt/q")
     assert storage.glob("s3://bkt/a/*.mp4") == ["s3://bkt/a/x.mp4"]
     assert storage.glob("s3://bkt/a/**/*.mp4") == ["s3://bkt/a/b/y.mp4", "s3://bkt/a/x.mp4"]
-    from vadclip.video import list_videos
+    from vadclip.video.decode import list_videos
 
     assert list_videos("s3://bkt/a") == ["s3://bkt/a/b/c/z.MP4", "s3://bkt/a/b/y.mp4", "s3://bkt/a/x.mp4"]
     storage.write_text("s3://bkt/out/s.json", '{"ok": 1}')
@@ -108,7 +108,7 @@ def test_scratch_copies_of_dead_processes_are_swept(tmp_path):
     import subprocess
     import sys
 
-    from vadclip.storage import _sweep_dead_copies
+    from vadclip.io.storage import _sweep_dead_copies
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True).stdout.strip()

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from vadclip import tiny_config
-from vadclip.features import write_feature_table
-from vadclip.gt import write_gt
-from vadclip.model import score_video
-from vadclip.registry import load_scoring_model
-from vadclip.synthetic import make_feature_set
-from vadclip.train_job import run_train
+from vadclip.io.features import write_feature_table
+from vadclip.io.gt import write_gt
+from vadclip.model.network import score_video
+from vadclip.tracking.registry import load_scoring_model
+from vadclip.testing.synthetic import make_feature_set
+from vadclip.jobs.train import run_train
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_two_worker_training_registers_a_model(ray_local, feature_sets, tmp_path
         assert list(df.columns[:2]) == ["anomaly", "p_Normal"]
 
     # a worse second model (another run, a lower auc) is registered but does not take the alias
-    from vadclip.registry import log_and_register
+    from vadclip.tracking.registry import log_and_register
 
     with mlflow.start_run(experiment_id=client.get_run(s["mlflow_run_id"]).info.experiment_id) as run2:
         pass
@@ -97,9 +97,9 @@ def test_official_recipe_evaluates_within_epochs_and_keeps_the_best(ray_local, f
     """--recipe official: the UCF loop's evaluation every N samples (here 16: twice per
     epoch), the best model so far reloaded at each epoch end, so the final checkpoint is
     the best evaluation point's model — with two DDP ranks agreeing on "best"."""
-    from vadclip.checkpoint import load_model_file
-    from vadclip.gt import read_gt
-    from vadclip.evaluation import evaluate
+    from vadclip.model.checkpoint import load_model_file
+    from vadclip.io.gt import read_gt
+    from vadclip.metrics.evaluate import evaluate
 
     cfg, d, erows = feature_sets
     cfg = cfg.replace(epochs=2)

@@ -3,14 +3,14 @@ from collections import defaultdict
 import numpy as np
 
 from vadclip import build_model, tiny_config
-from vadclip.synthetic import make_feature_set
-from vadclip.evaluation import evaluate
+from vadclip.testing.synthetic import make_feature_set
+from vadclip.metrics.evaluate import evaluate
 import os
 
 import pytest
 import torch
 
-from vadclip.training import ShardCache, batch_plan, collate, make_optimizer, prepare_batch, train_step
+from vadclip.train.batches import ShardCache, batch_plan, collate, make_optimizer, prepare_batch, train_step
 
 
 def _gt(rows):

@@ -4,15 +4,15 @@ import logging
 import pytest
 
 from vadclip import tiny_config
-from vadclip.checkpoint import save_checkpoint
+from vadclip.model.checkpoint import save_checkpoint
 from vadclip.cli import main
-from vadclip.evaluation import video_gt
-from vadclip.extract import load_manifest
-from vadclip.features import parse_official_name, write_feature_table
-from vadclip.gt import GroundTruthError, check_matches, read_gt, write_gt
-from vadclip.ids import VIDEO_EXTENSIONS, video_id
-from vadclip.model import build_model
-from vadclip.synthetic import make_feature_set
+from vadclip.metrics.evaluate import video_gt
+from vadclip.jobs.extract import load_manifest
+from vadclip.io.features import parse_official_name, write_feature_table
+from vadclip.io.gt import GroundTruthError, check_matches, read_gt, write_gt
+from vadclip.io.ids import VIDEO_EXTENSIONS, video_id
+from vadclip.model.network import build_model
+from vadclip.testing.synthetic import make_feature_set
 
 
 def test_every_extension_the_project_reads_gives_the_same_id():
@@ -50,11 +50,11 @@ def test_ground_truth_that_matches_no_video_is_an_error_and_a_partial_match_a_wa
     seen = []
     handler = logging.Handler(logging.WARNING)
     handler.emit = lambda record: seen.append(record.getMessage())
-    logging.getLogger("vadclip.gt").addHandler(handler)
+    logging.getLogger("vadclip.io.gt").addHandler(handler)
     try:
         assert check_matches(gt, "gt.parquet", ["a", "x"]) == 1
     finally:
-        logging.getLogger("vadclip.gt").removeHandler(handler)
+        logging.getLogger("vadclip.io.gt").removeHandler(handler)
     assert seen == ["gt.parquet: 3 of its 4 videos are not among the scored videos; they are not evaluated"]
 
 

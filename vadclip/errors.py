@@ -1,15 +1,33 @@
-"""Errors that name a problem of the user's input or configuration (a file, a table,
-a model URI, an option).  The CLI prints their one-line message and exits 2; every
-other exception is a problem of the environment or a bug and keeps its traceback."""
+"""The two kinds of problem a job meets, and how each is handled.
+
+* :class:`InputError` — the user's input or configuration: a file, a table, a video,
+  a model URI, an option.  Its message is one line naming the thing and the problem.
+  The CLI prints it and exits 2; inside a batch job a bad video becomes an error row
+  and the job goes on.
+* :class:`EnvironmentProblem` — the machine or the cluster: a library that does not
+  load, a node that lacks what it was promised, storage that does not answer.  Never
+  recorded as a bad video: inside a job Ray retries the task, then the job fails; the
+  CLI prints its one line and exits 3.
+
+Any other exception is a bug and keeps its traceback.
+"""
 from __future__ import annotations
 
 
-class InputError(ValueError):
+class VadclipError(Exception):
+    """Every problem vadclip names itself."""
+
+
+class InputError(VadclipError, ValueError):
     """Bad input or configuration; the message names the file/option and the problem."""
 
 
 class MissingInputError(InputError, FileNotFoundError):
     """A path or URI the user gave does not exist."""
+
+
+class EnvironmentProblem(VadclipError, RuntimeError):
+    """The machine or cluster cannot do what was asked (retried, then fails the job)."""
 
 
 def one_line(exc: BaseException, limit: int = 400) -> str:

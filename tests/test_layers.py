@@ -1,0 +1,105 @@
+"""The package's layers (vadclip/__init__.py) hold: import-linter's contracts in
+pyproject.toml are kept, there is no import cycle between modules, the storage layer
+loads no torch and open_clip is imported on first use only."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import grimp
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _lint(cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(cwd))
+    return subprocess.run([shutil.which("lint-imports") or "lint-imports", "--no-cache"], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_import_contracts_are_kept():
+    r = _lint(ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert "0 broken" in r.stdout
+
+
+def test_a_layering_violation_fails_the_check(tmp_path):
+    # the check is real: the same contracts on a copy whose storage module imports torch
+    shutil.copytree(ROOT / "vadclip", tmp_path / "vadclip", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    storage = tmp_path / "vadclip" / "io" / "storage.py"
+    storage.write_text(storage.read_text() + "\n\ndef _late():\n    import torch  # noqa\n")
+    metrics = tmp_path / "vadclip" / "metrics" / "measures.py"
+    metrics.write_text(metrics.read_text() + "\n\ndef _late2():\n    from vadclip.jobs import score  # noqa\n")
+    r = _lint(tmp_path)
+    assert r.returncode != 0
+    assert "vadclip.io.storage -> torch" in r.stdout
+    assert "vadclip.metrics.measures -> vadclip.jobs.score" in r.stdout
+
+
+def _cycles(graph) -> list:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+    counter = [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph.find_modules_directly_imported_by(v):
+            if not w.startswith("vadclip"):
+                continue
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for m in sorted(graph.modules):
+        if m.startswith("vadclip") and m not in index:
+            visit(m)
+    return out
+
+
+def test_no_import_cycle():
+    sys.setrecursionlimit(10000)
+    graph = grimp.build_graph("vadclip", cache_dir=None)
+    assert _cycles(graph) == []
+    # the check is real: one import back from the CLIP spec to the model config is a cycle
+    graph.add_import(importer="vadclip.clip.spec", imported="vadclip.model.config")
+    assert ["vadclip.clip.spec", "vadclip.model.config"] in _cycles(graph)
+
+
+def test_storage_loads_no_torch_and_open_clip_waits_for_first_use():
+    code = ("import sys, vadclip.io.storage, vadclip.io.features, vadclip.io.gt\n"
+            "heavy = [m for m in ('torch', 'open_clip', 'ray', 'mlflow') if m in sys.modules]\n"
+            "assert not heavy, heavy\n"
+            "import vadclip.clip.backbone, vadclip.model.network\n"
+            "assert 'open_clip' not in sys.modules\n"
+            "from vadclip.model.config import ClipSpec\n"
+            "assert ClipSpec.tiny().embed_dim == 32 and 'open_clip' in sys.modules\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_modules_of_the_flat_layout_still_import():
+    # a model registered before 0.2 runs `from vadclip.registry import VadCLIPPyfunc` when loaded
+    code = ("from vadclip.registry import VadCLIPPyfunc\n"
+            "import vadclip.tracking.registry as new\n"
+            "assert VadCLIPPyfunc is new.VadCLIPPyfunc\n"
+            "import vadclip.config, vadclip.extract\n"
+            "assert vadclip.config.VadConfig is __import__('vadclip').VadConfig\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -1,0 +1,226 @@
+"""The project's Parquet feature format, per-sample preprocessing, and the importer
+for the officially released VadCLIP features (``NAME__K.npy`` [T, 512] + CSV).
+
+A feature row is one video × crop:
+  video_id, path, label, crop, fps, num_frames, snippet_count, feature_dim,
+  features (list<float32>, row-major [snippet_count × feature_dim])
+"""
+from __future__ import annotations
+
+import io
+import re
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pyarrow as pa
+
+from vadclip.io import storage
+from vadclip.io.ids import video_id
+from vadclip.errors import InputError
+from vadclip.io.parts import dataset_files, read_table, table_bytes
+
+FEATURE_SCHEMA = pa.schema([
+    ("video_id", pa.string()),
+    ("path", pa.string()),
+    ("label", pa.string()),
+    ("crop", pa.int32()),
+    ("fps", pa.float64()),
+    ("num_frames", pa.int64()),
+    ("snippet_count", pa.int64()),
+    ("feature_dim", pa.int32()),
+    ("features", pa.list_(pa.float32())),
+])
+
+ERROR_SCHEMA = pa.schema([
+    ("path", pa.string()),
+    ("video_id", pa.string()),
+    ("stage", pa.string()),
+    ("error", pa.string()),
+])
+
+
+class FeatureError(InputError):
+    """A feature array or row that cannot be used; the message names the source."""
+
+
+def check_features(arr: np.ndarray, source: str, expected_dim: Optional[int] = None) -> np.ndarray:
+    arr = np.asarray(arr)
+    if arr.ndim != 2:
+        raise FeatureError(f"{source}: features must be 2-D [snippets, dim], got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise FeatureError(f"{source}: empty video features (0 snippets)")
+    if expected_dim is not None and arr.shape[1] != expected_dim:
+        raise FeatureError(f"{source}: wrong feature dim {arr.shape[1]}, expected {expected_dim}")
+    if not np.all(np.isfinite(arr)):
+        raise FeatureError(f"{source}: features contain NaN or Inf")
+    return arr.astype(np.float32, copy=False)
+
+
+def feature_row(video_id: str, path: str, label: Optional[str], crop: int, fps: float, num_frames: int,
+                features: np.ndarray) -> Dict:
+    f = np.ascontiguousarray(features, dtype=np.float32)
+    return {
+        "video_id": video_id, "path": path, "label": label, "crop": int(crop), "fps": float(fps),
+        "num_frames": int(num_frames), "snippet_count": int(f.shape[0]), "feature_dim": int(f.shape[1]),
+        "features": f.reshape(-1),
+    }
+
+
+def row_features(row: Dict) -> np.ndarray:
+    """[snippet_count, feature_dim] float32 array of a feature row (dict or pandas row)."""
+    flat = np.asarray(row["features"], dtype=np.float32)
+    t, d = int(row["snippet_count"]), int(row["feature_dim"])
+    if flat.size != t * d:
+        raise FeatureError(f"{row.get('video_id', '?')}: features hold {flat.size} values, "
+                           f"expected {t}x{d}")
+    return flat.reshape(t, d)
+
+
+def write_feature_table(rows: Sequence[Dict], path: str, prov: Optional[Dict] = None) -> None:
+    """One Parquet file (local or in object storage) holding ``rows`` (and their
+    provenance ``prov`` in its metadata, :mod:`vadclip.io.provenance`)."""
+    from vadclip.io.provenance import with_provenance
+
+    table = pa.Table.from_pylist([dict(r, features=np.asarray(r["features"]).reshape(-1)) for r in rows],
+                                 schema=with_provenance(FEATURE_SCHEMA, prov))
+    storage.write_bytes(path, table_bytes(table))
+
+
+META_COLUMNS = ["video_id", "crop", "label", "feature_dim"]
+
+
+def check_feature_set(path: str, expected_dim: Optional[int] = None, crop: Optional[int] = None,
+                      what: str = "feature set") -> Dict[str, object]:
+    """Checks that need no worker, from the small columns (``META_COLUMNS``, read once):
+    the set exists and has rows, some rows have the model's feature dimension, and the
+    requested crop is present.  Returns the row count, dimensions and crops found, and
+    the small columns as ``meta``."""
+    files = dataset_files(path, what)
+    try:
+        t = read_table(path, columns=META_COLUMNS, what=what) if files else pa.table(
+            {"video_id": pa.array([], pa.string()), "crop": pa.array([], pa.int32()),
+             "label": pa.array([], pa.string()), "feature_dim": pa.array([], pa.int32())})
+    except (pa.ArrowInvalid, ValueError, KeyError) as exc:
+        raise FeatureError(f"{path}: not a vadclip {what} ({type(exc).__name__}: {exc})") from exc
+    if t.num_rows == 0:
+        raise FeatureError(f"{path}: the {what} has no rows")
+    dims = sorted(set(t.column("feature_dim").to_pylist()))
+    crops = sorted(set(t.column("crop").to_pylist()))
+    if expected_dim is not None and expected_dim not in dims:
+        raise FeatureError(f"{path}: features have dimension {dims[0] if len(dims) == 1 else dims}, the model "
+                           f"expects {expected_dim} (extracted with another CLIP?)")
+    if crop is not None and crop not in crops:
+        raise FeatureError(f"{path}: no rows for crop {crop}; the {what} holds crops {crops}")
+    return {"rows": t.num_rows, "dims": dims, "crops": crops, "meta": t}
+
+
+def read_feature_rows(path: str, columns: Optional[List[str]] = None) -> List[Dict]:
+    """All rows of a feature set (a Parquet file or directory) as dicts."""
+    return read_table(path, columns=columns, what="feature set").to_pylist()
+
+
+# --------------------------------------------------------------------------- preprocessing
+def uniform_extract(feat: np.ndarray, t_max: int) -> np.ndarray:
+    """Average-pool [T, D] to [t_max, D] over ``linspace(0, T, t_max+1)`` bins (official
+    ``uniform_extract``); an empty bin takes the snippet at its start."""
+    t = feat.shape[0]
+    r = np.linspace(0, t, t_max + 1, dtype=np.int32)
+    csum = np.concatenate([np.zeros((1, feat.shape[1]), np.float64), np.cumsum(feat, 0, dtype=np.float64)])
+    counts = (r[1:] - r[:-1])[:, None]
+    sums = csum[r[1:]] - csum[r[:-1]]
+    empty = counts[:, 0] == 0
+    out = np.where(empty[:, None], feat[np.minimum(r[:-1], t - 1)], sums / np.maximum(counts, 1))
+    return out.astype(np.float32)
+
+
+def pad_to(feat: np.ndarray, length: int) -> np.ndarray:
+    if feat.shape[0] >= length:
+        return feat
+    return np.pad(feat, ((0, length - feat.shape[0]), (0, 0)))
+
+
+def process_train(feat: np.ndarray, visual_length: int) -> Tuple[np.ndarray, int]:
+    """Training view: uniform average-pool to ``visual_length`` or zero-pad; returns
+    (features [visual_length, D], true length)."""
+    if feat.shape[0] > visual_length:
+        return uniform_extract(feat, visual_length), visual_length
+    return pad_to(feat, visual_length).astype(np.float32, copy=False), feat.shape[0]
+
+
+def split_chunks(feat: np.ndarray, visual_length: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Evaluation view: split [T, D] into ceil(T / L) chunks [n, L, D] (last padded)
+    with their true lengths [n]."""
+    t, d = feat.shape
+    n = max(1, -(-t // visual_length))
+    out = np.zeros((n * visual_length, d), np.float32)
+    out[:t] = feat
+    lengths = np.full(n, visual_length, np.int64)
+    lengths[-1] = t - (n - 1) * visual_length
+    return out.reshape(n, visual_length, d), lengths
+
+
+# ------------------------------------------------------------------- official features
+_OFFICIAL_NAME = re.compile(r"^(?P<name>.+)__(?P<crop>\d+)\.npy$")
+
+
+def parse_official_name(path: str) -> Tuple[str, int]:
+    m = _OFFICIAL_NAME.match(storage.basename(path))
+    if not m:
+        raise FeatureError(f"{path}: not an official feature file name (expected NAME__K.npy)")
+    return video_id(path), int(m.group("crop"))   # the name before __K, by the one id rule
+
+
+def _resolve(path: str, roots: Sequence[str]) -> str:
+    if storage.isfile(path):
+        return path
+    for root in roots:
+        # the official lists hold the authors' absolute paths: try them under each root
+        # as given, by file name, and by class folder + file name (UCFClipFeatures/Abuse/…)
+        name = storage.basename(path)
+        folder = storage.basename(path[:-len(name)].rstrip("/")) if "/" in path else ""
+        for cand in (storage.join(root, path.lstrip("/")), storage.join(root, name),
+                     storage.join(root, folder, name)):
+            if storage.isfile(cand):
+                return cand
+    raise FeatureError(f"{path}: feature file not found (searched {list(roots) or 'as given'})")
+
+
+def import_official(csv_path: str, out_path: str, cfg=None, roots: Sequence[str] = (),
+                    crops: Optional[Sequence[int]] = None, expected_dim: Optional[int] = 512,
+                    snippet_len: int = 16, fps: float = 30.0) -> Dict[str, int]:
+    """Convert an official list (CSV ``path,label``) + ``NAME__K.npy`` files into a Parquet
+    feature set (``fps`` is recorded for segment times: 30 for UCF-Crime, 24 for
+    XD-Violence).  Labels are checked against ``cfg`` when given.  Files that fail are
+    reported in ``<out_path>.errors.parquet`` and skipped; returns counts."""
+    import csv
+
+    csv_path, out_path = storage.absolute(csv_path), storage.absolute(out_path)
+    roots = [storage.absolute(r) for r in roots] or [storage.dirname(csv_path)]
+    if not storage.isfile(csv_path):
+        raise FeatureError(f"official list not found: {csv_path}")
+    rows, errors = [], []
+    with io.StringIO(storage.read_text(csv_path), newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
+            raise FeatureError(f"{csv_path}: expected CSV columns 'path,label', got {reader.fieldnames}")
+        for rec in reader:
+            p, label = rec["path"], rec["label"]
+            try:
+                name, crop = parse_official_name(p)
+                if crops is not None and crop not in crops:
+                    continue
+                if cfg is not None:
+                    cfg.label_vector(label)
+                fp = _resolve(p, roots)
+                arr = check_features(np.load(io.BytesIO(storage.read_bytes(fp))), fp, expected_dim)
+                rows.append(feature_row(name, fp, label, crop, fps, arr.shape[0] * snippet_len, arr))
+            except (FeatureError, ValueError, OSError) as e:
+                errors.append({"path": p, "video_id": None, "stage": "import", "error": str(e)})
+    from vadclip._version import __version__
+    from vadclip.io.provenance import official
+
+    write_feature_table(rows, out_path, official(sorted({r["crop"] for r in rows}), __version__))
+    if errors:
+        storage.write_bytes(out_path + ".errors.parquet",
+                            table_bytes(pa.Table.from_pylist(errors, schema=ERROR_SCHEMA)))
+    return {"rows": len(rows), "errors": len(errors)}

@@ -1,0 +1,331 @@
+"""Where data lives.  Every path a user gives — manifests, video folders and globs,
+paths inside manifests, feature sets, ground truth, output folders, Ray Train
+storage, checkpoints — is a local path or a URI (``s3://``, ``gs://``, ``abfs://``,
+``hdfs://``, ``file://``), read and written through ``pyarrow.fs``, the layer Ray
+Data itself uses.  Credentials and endpoints come from the usual environment
+variables (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+``AWS_DEFAULT_REGION``, ``GOOGLE_APPLICATION_CREDENTIALS``, ``AZURE_STORAGE_*``).
+
+Ray tasks, actors and Train workers do not run in the driver's working directory
+(under ``ray job submit`` not even on the driver's node), so a local path is made
+absolute on the driver (:func:`absolute`) before it reaches them; a URI is passed
+on as it is.  Object stores have no rename: :func:`write_bytes` writes an object
+in one request, so it exists whole or not at all.  Nothing else in the package
+calls ``os.path`` on a user's path."""
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import re
+import shutil
+import tempfile
+import threading
+import uuid
+from typing import Iterator, List, Optional, Tuple
+
+import pyarrow.fs as pafs
+
+from vadclip.errors import InputError
+
+
+class UnsupportedURI(InputError):
+    """A URI whose scheme pyarrow.fs does not know (or a malformed one)."""
+
+
+COPY_CHUNK = 8 << 20    # bytes per read when streaming an object to node-local scratch
+_local = pafs.LocalFileSystem()
+_cache: dict = {}
+_lock = threading.Lock()
+
+
+def is_uri(path: str) -> bool:
+    return "://" in str(path)
+
+
+def is_local(path: str) -> bool:
+    """A path of this node's disk (a plain path or ``file://``)."""
+    return not is_uri(path) or str(path).startswith("file://")
+
+
+def absolute(path: Optional[str]) -> Optional[str]:
+    """A local path made absolute against the driver's working directory; a URI or None as is."""
+    if path is None or is_uri(path):
+        return path
+    return os.path.abspath(os.path.expanduser(str(path)))
+
+
+def resolve(path: str) -> Tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it).  Filesystems are cached per scheme and bucket."""
+    path = str(path)
+    if not is_uri(path):
+        return _local, os.path.abspath(os.path.expanduser(path))
+    if path.startswith("file://"):
+        return _local, path[len("file://"):]
+    scheme, rest = path.split("://", 1)
+    if scheme not in ("s3", "gs", "gcs"):
+        return _from_uri(path)
+    key = (scheme, rest.split("/", 1)[0], os.environ.get("AWS_ENDPOINT_URL"))
+    with _lock:
+        fs = _cache.get(key)
+    if fs is None:
+        fs, _ = _from_uri(path)
+        with _lock:
+            _cache[key] = fs
+    return fs, rest.rstrip("/")
+
+
+def _from_uri(path: str):
+    import pyarrow as pa
+
+    try:
+        return pafs.FileSystem.from_uri(path)
+    except pa.ArrowInvalid as e:   # an unknown scheme or a malformed URI: the user's input
+        raise UnsupportedURI(f"{path}: not a path or a supported URI ({str(e).splitlines()[0][:160]})") from None
+
+
+def join(base: str, *parts: str) -> str:
+    if is_uri(base):
+        return posixpath.join(str(base).rstrip("/"), *[p.strip("/") for p in parts])
+    return os.path.join(base, *parts)
+
+
+def dirname(path: str) -> str:
+    if is_uri(path):
+        scheme, rest = str(path).rstrip("/").split("://", 1)
+        return f"{scheme}://{posixpath.dirname(rest)}"
+    return os.path.dirname(os.path.abspath(path))
+
+
+def basename(path: str) -> str:
+    return posixpath.basename(str(path).rstrip("/")) if is_uri(path) else os.path.basename(str(path))
+
+
+def extension(path: str) -> str:
+    """``.mp4`` of ``…/name.mp4`` (lower case; empty when there is none)."""
+    return posixpath.splitext(basename(path))[1].lower()
+
+
+def _uri_of(template: str, inner: str) -> str:
+    """The user-facing name of ``inner`` (a path inside the filesystem of ``template``)."""
+    if not is_uri(template):
+        return inner
+    scheme = str(template).split("://", 1)[0]
+    return f"{scheme}://{inner.lstrip('/')}" if scheme != "file" else f"file://{inner}"
+
+
+def info(path: str) -> pafs.FileInfo:
+    fs, p = resolve(path)
+    return fs.get_file_info(p)
+
+
+def exists(path: str) -> bool:
+    return info(path).type != pafs.FileType.NotFound
+
+
+def isfile(path: str) -> bool:
+    return info(path).type == pafs.FileType.File
+
+
+def isdir(path: str) -> bool:
+    return info(path).type == pafs.FileType.Directory
+
+
+def makedirs(path: str) -> None:
+    fs, p = resolve(path)
+    fs.create_dir(p, recursive=True)
+
+
+def list_files(directory: str, recursive: bool = True, suffixes: Optional[Tuple[str, ...]] = None) -> List[str]:
+    """Files under ``directory`` (sorted, named as the user would name them)."""
+    fs, p = resolve(directory)
+    infos = fs.get_file_info(pafs.FileSelector(p, recursive=recursive, allow_not_found=True))
+    out = [_uri_of(directory, i.path) for i in infos if i.type == pafs.FileType.File
+           and (suffixes is None or i.path.lower().endswith(suffixes))]
+    return sorted(out)
+
+
+def glob(pattern: str) -> List[str]:
+    """Files matching a glob (``*``, ``?``, ``[...]``, ``**``) — local or in a bucket."""
+    if not is_uri(pattern):
+        import glob as _glob
+
+        return sorted(p for p in _glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
+    scheme, rest = str(pattern).split("://", 1)
+    parts = rest.split("/")
+    fixed = next((i for i, s in enumerate(parts) if any(c in s for c in "*?[")), len(parts))
+    base = f"{scheme}://" + "/".join(parts[:fixed])
+    if fixed == len(parts):
+        return [pattern] if isfile(pattern) else []
+    pat = _glob_regex(rest)
+    return [f for f in list_files(base, recursive=True) if pat.match(f.split("://", 1)[1])]
+
+
+def _glob_regex(pattern: str):
+    """``**/`` any folders, ``*`` and ``?`` within one folder name, ``[...]`` a class."""
+    out, i = [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif c == "*":
+            out.append("[^/]*")
+            i += 1
+        elif c == "?":
+            out.append("[^/]")
+            i += 1
+        elif c == "[" and "]" in pattern[i + 1:]:
+            j = pattern.index("]", i + 1)
+            out.append(pattern[i:j + 1])
+            i = j + 1
+        else:
+            out.append(re.escape(c))
+            i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def open_input(path: str):
+    """A seekable binary file object (close it, or use ``with``)."""
+    fs, p = resolve(path)
+    return fs.open_input_file(p)
+
+
+def read_bytes(path: str) -> bytes:
+    with open_input(path) as fh:
+        return fh.read()
+
+
+def read_text(path: str) -> str:
+    return read_bytes(path).decode("utf-8")
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Write a whole object: locally through a temporary name and an atomic rename, in
+    object storage in one upload, so that a reader sees all of it or nothing."""
+    fs, p = resolve(path)
+    if fs is _local:
+        os.makedirs(os.path.dirname(p) or ".", exist_ok=True)
+        tmp = os.path.join(os.path.dirname(p), f".{os.path.basename(p)}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, p)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return
+    with fs.open_output_stream(p) as out:
+        out.write(data)
+
+
+def write_text(path: str, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def delete(path: str) -> None:
+    fs, p = resolve(path)
+    try:
+        fs.delete_file(p)
+    except FileNotFoundError:
+        pass
+
+
+def upload(local_path: str, dest: str) -> None:
+    """Copy a local file to ``dest`` (streamed; whole or nothing as in :func:`write_bytes`
+    for objects up to memory size, streamed multipart beyond 256 MB)."""
+    fs, p = resolve(dest)
+    if fs is _local:
+        os.makedirs(os.path.dirname(p) or ".", exist_ok=True)
+        if os.path.abspath(local_path) != p:
+            tmp = p + f".{uuid.uuid4().hex[:8]}.tmp"
+            shutil.copyfile(local_path, tmp)
+            os.replace(tmp, p)
+        return
+    if os.path.getsize(local_path) <= (256 << 20):
+        with open(local_path, "rb") as fh:
+            write_bytes(dest, fh.read())
+        return
+    with open(local_path, "rb") as src, fs.open_output_stream(p) as out:
+        shutil.copyfileobj(src, out, COPY_CHUNK)
+
+
+def upload_dir(local_dir: str, dest: str) -> List[str]:
+    out = []
+    for d, _, files in os.walk(local_dir):
+        for f in sorted(files):
+            rel = os.path.relpath(os.path.join(d, f), local_dir)
+            target = join(dest, *rel.split(os.sep))
+            upload(os.path.join(d, f), target)
+            out.append(target)
+    return out
+
+
+def scratch_dir() -> str:
+    """Node-local scratch for objects that must be files (decord reads files):
+    ``$VADCLIP_SCRATCH`` or the system temporary folder."""
+    d = os.environ.get("VADCLIP_SCRATCH") or tempfile.gettempdir()
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+@contextlib.contextmanager
+def local_file(path: str, suffix: str = "") -> Iterator[str]:
+    """A local file with the content of ``path``: the path itself when it is local,
+    else a copy streamed (``COPY_CHUNK`` bytes at a time, so memory stays bounded)
+    into node-local scratch and removed on exit, failure included."""
+    fs, p = resolve(path)
+    if fs is _local:
+        yield p
+        return
+    scratch = scratch_dir()
+    _sweep_dead_copies(scratch)
+    fd, tmp = tempfile.mkstemp(prefix=f"vadclip-{os.getpid()}-", suffix=suffix, dir=scratch)
+    try:
+        with os.fdopen(fd, "wb") as out, fs.open_input_stream(p) as src:
+            shutil.copyfileobj(src, out, COPY_CHUNK)
+        yield tmp
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+_COPY_NAME = re.compile(r"^vadclip-(\d+)-")
+
+
+def _sweep_dead_copies(scratch: str) -> None:
+    """Remove the copies that processes no longer alive on this node left behind (a
+    worker SIGKILLed mid-copy, with its job's driver, never reaches its ``finally``).
+    A copy is named after the process that writes it; the folder holds only the copies
+    in flight, so a look at it before each copy costs little."""
+    for name in os.listdir(scratch):
+        m = _COPY_NAME.match(name)
+        if not m or int(m.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:       # its writer is gone: nobody will remove it
+            try:
+                os.remove(os.path.join(scratch, name))
+            except OSError:
+                pass
+        except PermissionError:          # alive, another user's
+            pass
+
+
+def download(path: str, dest: str) -> None:
+    """Copy ``path`` (local or in object storage) to the local file ``dest``, streamed
+    ``COPY_CHUNK`` bytes at a time, whole or not at all (a temporary name, then a rename)."""
+    fs, p = resolve(path)
+    os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
+    tmp = f"{dest}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with open(tmp, "wb") as out, fs.open_input_stream(p) as src:
+            shutil.copyfileobj(src, out, COPY_CHUNK)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

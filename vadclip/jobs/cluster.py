@@ -1,0 +1,100 @@
+"""Ray start-up shared by the jobs.
+
+With ``--address`` (or ``RAY_ADDRESS``, which ``ray job submit`` sets for the job's
+driver) a job joins that cluster; ``--address auto`` joins a cluster started on this
+machine with ``ray start``.  Otherwise it starts an embedded local Ray of its own,
+whether or not some other Ray is running on the machine.
+
+Object-storage settings (``AWS_*``, ``GOOGLE_*``, ``AZURE_*``, ``VADCLIP_SCRATCH``) in
+the driver's environment go to the job's workers with it when the job joins a
+running cluster from a shell (under ``ray job submit`` the job's ``runtime_env``
+already carries them); an embedded Ray's workers inherit them."""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Optional
+
+
+def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None,
+               no_progress_timeout_s: Optional[float] = None, progress_bars: Optional[bool] = None) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS")
+        if address and address != "local":
+            ray.init(address=address, log_to_driver=True, runtime_env=_forwarded_env())
+        else:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    timeout = no_progress_timeout_s if no_progress_timeout_s is not None else \
+        os.environ.get("VADCLIP_DATA_NO_PROGRESS_TIMEOUT_S")
+    if timeout:
+        ctx.execution_no_progress_timeout_s = float(timeout)
+    # a map task that raises (the environment's errors; input problems are caught as
+    # error rows inside the stages) is retried twice before the job fails
+    ctx.retried_map_errors = True
+    ctx.max_map_retries = 2
+    if progress_bars is None:
+        # bars redraw in place on a terminal; into a log file or a job's log every redraw
+        # becomes a line (hundreds of KB for the demo), so they are off there unless asked for
+        env = os.environ.get("VADCLIP_PROGRESS_BARS")
+        progress_bars = env != "0" if env is not None else sys.stderr.isatty()
+    ctx.enable_progress_bars = progress_bars
+
+
+STORAGE_ENV_PREFIXES = ("AWS_", "GOOGLE_", "GCS_", "AZURE_", "VADCLIP_SCRATCH")
+
+
+def _forwarded_env():
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:   # a submitted job: its runtime_env rules
+        return None
+    env = {k: v for k, v in os.environ.items() if k.startswith(STORAGE_ENV_PREFIXES)}
+    return {"env_vars": env} if env else None
+
+
+def cluster_gpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+class RayCarrier:
+    """Hands a file's bytes to processes on other nodes through Ray's object store (the
+    ``carrier`` of :class:`vadclip.clip.weights.Weights`)."""
+
+    def __init__(self, ref, node: Optional[str]):
+        self.ref, self.node = ref, node
+
+    def here(self) -> bool:
+        return self.node is None or self.node == _node_id()
+
+    def fetch(self):
+        import ray
+
+        return ray.get(self.ref)
+
+
+def share_weights(weights):
+    """``weights`` (or None) with its file's bytes put in Ray's object store once per job."""
+    if weights is None or weights.carrier is not None:
+        return weights
+    import dataclasses
+
+    import numpy as np
+    import ray
+
+    ref = ray.put(np.memmap(weights.path, dtype=np.uint8, mode="r"))
+    return dataclasses.replace(weights, carrier=RayCarrier(ref, _node_id()))
+
+
+def _node_id() -> Optional[str]:
+    """This process's Ray node (None outside Ray)."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:
+        return None

@@ -1,0 +1,542 @@
+"""Raw videos → CLIP snippet features in Parquet, as a streaming Ray Data job.
+
+Pipeline: manifest rows → ``flat_map`` decode tasks (torchcodec or decord, on the CPU,
+or torchcodec's NVDEC decoder with ``decode_device="cuda"``; one frame per snippet;
+resize + crop; bounded chunks of snippets) → CLIP image-encoder actor pool
+(``ActorPoolStrategy``; ``num_gpus`` when the cluster has GPUs; fp16/bf16 there) →
+the driver stitches each video's chunks and writes finished videos to Parquet part
+files (committed parts, :mod:`vadclip.io.parts`).  Videos and outputs may be local or in
+object storage (:mod:`vadclip.io.storage`); a remote video is streamed to the decode
+task's node-local scratch, never through the driver.  A failure of one video becomes
+a row of the errors table; re-running skips videos already written (and, unless
+asked, videos already failed).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional
+
+import numpy as np
+
+from vadclip.io import provenance, storage
+from vadclip.model.config import ClipSpec
+from vadclip.errors import InputError, MissingInputError
+from vadclip.io.ids import video_id
+from vadclip.io.features import ERROR_SCHEMA, FEATURE_SCHEMA, feature_row
+from vadclip.io.parts import PartWriter, drop_rows, new_run_id, read_identities, remove_uncommitted
+from vadclip.io.tables import read_records
+from vadclip.video.decode import (VideoError, check_decoder, fetched, identity_of, iter_snippet_chunks, list_videos,
+                    torchcodec_missing, video_file)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExtractOptions:
+    clip: ClipSpec = field(default_factory=ClipSpec)   # the frozen CLIP (as in the model config)
+    snippet_len: int = 16
+    crops: int = 1
+    batch_size: int = 64            # images per encoder forward pass
+    precision: str = "auto"         # auto → fp16 on GPU; on a CPU bf16 where native and faster, else fp32
+    num_encoders: int = 1           # size of the encoder actor pool
+    gpus_per_encoder: Optional[float] = None  # None → 1 when the cluster has GPUs
+    # CPU encoders: torch threads per encoder actor.  Ray pins an actor that reserves
+    # one CPU to one thread; the encoder is the bottleneck (decode tasks mostly wait on
+    # backpressure), so by default it gets the node's cores shared by the pool.
+    encoder_threads: Optional[int] = None
+    decoder: str = "auto"           # auto (torchcodec where FFmpeg's libraries load, else decord) | decord | torchcodec
+    decode_device: str = "cpu"      # cuda: torchcodec's NVDEC decoder in decode tasks that reserve decode_gpus
+    decode_gpus: float = 0.1        # GPU share each decode task reserves with decode_device="cuda"
+    rows_per_file: int = 256        # video×crop rows per Parquet part file (at most)
+    flush_seconds: float = 60.0     # ... or fewer: finished rows are written at least this often
+    max_restarts: int = 3           # encoder actor deaths tolerated (restarted, batch retried), then the job fails
+    # fault injection: [[video_id, marker file], ...] — the encoder actor that meets the
+    # video dies (os._exit) once, unless the marker exists; tests and bench/soak.py
+    exit_once_on: Optional[List[List[str]]] = None
+
+    @property
+    def chunk_snippets(self) -> int:
+        return max(1, self.batch_size // self.crops)
+
+
+# ---------------------------------------------------------------------------- manifest
+def load_manifest(source: str) -> List[Dict[str, Optional[str]]]:
+    """Videos to process from a CSV/Parquet manifest (``path`` [, ``label``, ``video_id``];
+    relative paths are relative to the manifest), a directory (searched recursively) or
+    a glob pattern — each local or in object storage, and so may be the videos.
+    Labels are optional (an unlabeled archive is scored as is).  A path
+    listed twice is kept once (an error if its labels differ); different paths with the
+    same id get a short hash of the path appended to the id."""
+    source = storage.absolute(source)
+    if storage.isdir(source):
+        recs = [{"path": p} for p in list_videos(source)]
+        if not recs:
+            raise MissingInputError(f"{source}: no video files under this directory")
+    elif source.lower().endswith((".csv", ".parquet")):
+        recs = read_records(source, "manifest")
+        if recs and "path" not in recs[0]:
+            raise InputError(f"{source}: manifest needs a 'path' column, has {sorted(recs[0])}")
+        base = storage.dirname(source)
+        for r in recs:
+            p = str(r["path"])
+            r["path"] = p if storage.is_uri(p) or p.startswith("/") else storage.join(base, p)
+    else:
+        paths = storage.glob(source)
+        if not paths:
+            raise MissingInputError(f"no videos match {source!r}")
+        recs = [{"path": p} for p in paths]
+    out, seen, by_path = [], {}, {}
+    for r in recs:
+        path = storage.absolute(str(r["path"]))
+        label = r.get("label")
+        label = None if label is None or str(label) == "" else str(label)
+        if path in by_path:  # listed twice: one row per distinct video
+            if by_path[path]["label"] != label:
+                raise InputError(f"{source}: {path} is listed twice with different labels "
+                                 f"({by_path[path]['label']!r} and {label!r})")
+            continue
+        vid = str(r.get("video_id") or video_id(path))
+        if vid in seen and seen[vid] != path:
+            vid = f"{vid}_{hashlib.sha1(path.encode()).hexdigest()[:8]}"
+        seen[vid] = path
+        by_path[path] = {"path": path, "video_id": vid, "label": label}
+        out.append(by_path[path])
+    if len(out) < len(recs):
+        log.warning("%s: %d duplicate entries ignored (one row per distinct video)", source, len(recs) - len(out))
+    return out
+
+
+# ----------------------------------------------------------------------------- encoder
+BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}   # x86 (AVX-512 BF16, AMX), arm64 (FEAT_BF16)
+
+
+def cpu_bf16_flags() -> List[str]:
+    """The CPU's native bf16 instructions, as Linux names them in /proc/cpuinfo (none
+    elsewhere, or where the CPU has none: bf16 is then emulated, slower than fp32)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            words = {w for line in fh if line.startswith(("flags", "Features")) for w in line.split(":", 1)[1].split()}
+    except OSError:
+        return []
+    return sorted(words & BF16_CPU_FLAGS)
+
+
+_cpu_choice: Dict[Any, Any] = {}
+
+
+def cpu_precision(visual, image_size: int, key: Any) -> Any:
+    """``(precision, why)`` for the image tower ``visual`` on this CPU at torch's current
+    thread count: bf16 where the CPU has native bf16 *and* the tower itself, timed on
+    two images in fp32 and in a bf16 copy (alternating, best of three, after a
+    warm-up), runs at least 1.1x faster in bf16; fp32 elsewhere (emulated bf16, or a
+    model too small to gain).  About three seconds for ViT-B-16 on two cores, once per
+    process, thread count and ``key`` (the model: the weights do not change the speed)."""
+    import copy
+
+    import torch
+
+    key = (torch.get_num_threads(), key)
+    if key in _cpu_choice:
+        return _cpu_choice[key]
+    flags = cpu_bf16_flags()
+    if not flags:
+        choice = ("fp32", "no native bf16 on this CPU")
+    else:
+        x = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+        towers = {torch.float32: visual, torch.bfloat16: copy.deepcopy(visual).to(torch.bfloat16)}
+
+        def timed(dtype, reps: int) -> float:
+            xx = x.to(dtype)
+            with torch.inference_mode():
+                t = time.perf_counter()
+                for _ in range(reps):
+                    towers[dtype](xx)
+            return time.perf_counter() - t
+
+        for dtype in towers:       # warm-up
+            timed(dtype, 1)
+        reps = 1                   # a small model repeats until a pass takes 50 ms, so the timing means something
+        while timed(torch.float32, reps) < 0.05 and reps < 4096:
+            reps *= 2
+        best = {dtype: float("inf") for dtype in towers}
+        for _ in range(3):         # alternating, best of three
+            for dtype in towers:
+                best[dtype] = min(best[dtype], timed(dtype, reps))
+        speed = best[torch.float32] / max(best[torch.bfloat16], 1e-9)
+        choice = ("bf16" if speed >= 1.1 else "fp32",
+                  f"native bf16 ({', '.join(flags)}); this encoder timed {speed:.2f}x as fast in bf16 as in fp32 "
+                  f"on {key[0]} threads")
+    _cpu_choice[key] = choice
+    return choice
+
+
+class ClipImageEncoder:
+    """Frozen open_clip image encoder on uint8 crops [n, crops, 3, S, S] → [n, crops, D]."""
+
+    def __init__(self, spec: ClipSpec, precision: str = "auto", device: Optional[str] = None) -> None:
+        import torch
+
+        from vadclip.clip.backbone import FrozenCLIP
+
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.clip = FrozenCLIP(spec, device=self.device)
+        self.precision_why = f"asked for {precision}"
+        if precision == "auto":
+            if self.device.startswith("cuda"):
+                precision, self.precision_why = "fp16", "auto on a GPU"
+            else:
+                precision, self.precision_why = cpu_precision(self.clip.clip.visual, self.clip.image_size,
+                                                              (spec.model, json.dumps(spec.kwargs, sort_keys=True)))
+        self.precision = precision
+        self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        self.clip.to(self.dtype)
+        # on a GPU: channels-last for the patch-embedding convolution; open_clip's attention
+        # runs through scaled_dot_product_attention (flash/memory-efficient kernels in fp16/bf16)
+        self.channels_last = self.device.startswith("cuda")
+        if self.channels_last:
+            self.clip.clip.visual.to(memory_format=torch.channels_last)
+        self.mean = torch.tensor(self.clip.mean, device=self.device).view(1, 3, 1, 1) * 255.0
+        self.std = torch.tensor(self.clip.std, device=self.device).view(1, 3, 1, 1) * 255.0
+        self.image_size = self.clip.image_size
+        self.embed_dim = self.clip.embed_dim
+
+    def encode(self, chunk: np.ndarray) -> np.ndarray:
+        import torch
+
+        n, c = chunk.shape[:2]
+        with torch.inference_mode():
+            x = torch.from_numpy(np.require(chunk, requirements=["C", "W"])).to(self.device)
+            x = x.reshape(n * c, *x.shape[2:]).float()
+            x = ((x - self.mean) / self.std).to(self.dtype)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            f = self.clip.encode_image(x).float()
+        return f.reshape(n, c, -1).cpu().numpy()
+
+
+def extract_video(path: str, encoder: ClipImageEncoder, opts: ExtractOptions):
+    """Single-process extraction of one video → (VideoInfo, features [crops, T, D])."""
+    with fetched(path) as local:
+        info, chunks = iter_snippet_chunks(local, opts.snippet_len, encoder.image_size, opts.crops,
+                                           opts.chunk_snippets, name=path, decoder=opts.decoder,
+                                           device=opts.decode_device)
+        feats = np.concatenate([encoder.encode(c) for c in chunks], axis=0)
+    return info, feats.transpose(1, 0, 2)
+
+
+# -------------------------------------------------------------------- ray data stages
+class DecodeStage:
+    """Ray Data ``flat_map`` stage: one manifest row → the video's snippet frames in
+    chunks of ``opts.chunk_snippets`` ([n, crops, 3, S, S] uint8 each), or one error row.
+
+    A problem of the video (missing, empty, unreadable, truncated) is an error row; any
+    other exception (decord missing, out of memory, a failing store) is the
+    environment's: it propagates, Ray retries the task, and if it persists the job
+    fails — no video is marked failed because of it.  A video in object storage is
+    streamed to this node's scratch and removed after.  ``device`` is where to decode
+    (cuda only in tasks that reserved a GPU share); each row names the decoder used."""
+
+    num_cpus = 1.0          # one decode thread per task (num_threads=1 / num_ffmpeg_threads=1)
+
+    def __init__(self, opts: ExtractOptions, image_size: int, device: str = "cpu") -> None:
+        self.opts, self.size, self.device = opts, image_size, device
+
+    def __call__(self, item: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
+        opts = self.opts
+        base = {"video_id": item["video_id"], "path": item["path"], "label": item["label"] or "",
+                "input_identity": ""}
+        empty = np.zeros((0, opts.crops, 3, self.size, self.size), np.uint8)
+        try:
+            st = video_file(item["path"])
+            base["input_identity"] = identity_of(st)    # re-running extracts the video again if this changes
+            with fetched(item["path"], st) as local:
+                info, chunks = iter_snippet_chunks(local, opts.snippet_len, self.size, opts.crops,
+                                                   opts.chunk_snippets, name=item["path"], decoder=opts.decoder,
+                                                   device=self.device)
+                n_chunks = -(-info.snippet_count(opts.snippet_len) // opts.chunk_snippets)
+                for k, frames in enumerate(chunks):
+                    yield dict(base, chunk=k, n_chunks=n_chunks, fps=info.fps, num_frames=info.num_frames,
+                               frames=frames, error="", decoder=info.decoder)
+        except VideoError as e:
+            yield dict(base, chunk=-1, n_chunks=0, fps=0.0, num_frames=0, frames=empty, error=str(e), decoder="")
+
+
+class EncodeStage:
+    """Ray Data ``map_batches`` actor stage: decoded chunks → CLIP image features
+    ([n, crops, D] float32 per row); error rows pass through.  An encoder failure
+    (CUDA error, out of memory) is the environment's: the actor is restarted and the
+    batch retried by Ray, up to ``opts.max_restarts`` times."""
+
+    def __init__(self, opts: ExtractOptions, weights=None) -> None:
+        import torch
+
+        from vadclip.clip.weights import activate
+
+        self.opts = opts
+        activate(weights)     # the job's CLIP weights, from this node or Ray's object store
+        if not torch.cuda.is_available():
+            # Ray pins an actor that reserves one CPU to one thread; the encoder is the
+            # bottleneck, so it gets the node's cores shared by the pool
+            n = opts.encoder_threads or max(1, (os.cpu_count() or 1) // max(1, opts.num_encoders))
+            torch.set_num_threads(int(n))
+        self.enc = ClipImageEncoder(opts.clip, opts.precision)
+        import socket
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+
+    @staticmethod
+    def ray_args(opts: ExtractOptions, gpus: float, weights=None) -> Dict[str, Any]:
+        """What one encoder actor needs, for ``map_batches`` (``weights``: the job's
+        :class:`vadclip.clip.weights.Weights`, shared through Ray)."""
+        from ray.data import ActorPoolStrategy
+
+        return {"fn_constructor_kwargs": {"opts": opts, "weights": weights}, "batch_size": 1, "batch_format": "numpy",
+                "compute": ActorPoolStrategy(size=opts.num_encoders), "num_gpus": gpus,
+                "num_cpus": 0 if gpus else 1, "max_restarts": opts.max_restarts,
+                "max_task_retries": opts.max_restarts}
+
+    def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, Any]:
+        feats, errors, t0s, t1s = [], [], [], []
+        for frames, err, path, vid in zip(batch["frames"], batch["error"], batch["path"], batch["video_id"]):
+            for victim, marker in self.opts.exit_once_on or ():
+                if vid == victim and not os.path.exists(marker):
+                    open(marker, "w").close()
+                    os._exit(1)   # fault injection (tests, bench/soak.py): this actor dies mid-job, once
+            t0s.append(time.time())
+            if err or len(frames) == 0:
+                feats.append(np.zeros((0, self.opts.crops, self.enc.embed_dim), np.float32))
+                errors.append(err or f"{path}: no frames decoded")
+            else:
+                feats.append(self.enc.encode(np.asarray(frames)))
+                errors.append("")
+            t1s.append(time.time())
+        out = {k: v for k, v in batch.items() if k not in ("frames", "error")}
+        # when this encoder worked on each row: the run's start-up, busy fraction and pace
+        out["encoder"] = np.asarray([self.name] * len(feats), dtype=object)
+        out["precision"] = np.asarray([self.enc.precision] * len(feats), dtype=object)
+        out["enc_t0"], out["enc_t1"] = np.asarray(t0s), np.asarray(t1s)
+        out["error"] = np.asarray(errors, dtype=object)
+        out["features"] = np.asarray(feats + [None], dtype=object)[:-1]  # ragged → object array
+        return out
+
+
+# ------------------------------------------------------------------------------ output
+class _Pace:
+    """How the encoders spent the run, from the encode times each row carries: the
+    start-up (job start → the first encode), each encoder's busy fraction (time
+    encoding / time from its first encode to its last; 1.0 means the decode tasks kept
+    it fed), and the job's steady snippet rate over those spans — what a long archive
+    runs at, without the actor start-up and model load."""
+
+    def __init__(self) -> None:
+        self.spans: Dict[str, List[float]] = {}   # encoder → [first start, last end, busy, snippets]
+
+    def row(self, row: Dict[str, Any]) -> None:
+        if row["error"]:
+            return
+        t0, t1 = float(row["enc_t0"]), float(row["enc_t1"])
+        sp = self.spans.setdefault(str(row["encoder"]), [t0, t1, 0.0, 0])
+        sp[0], sp[1] = min(sp[0], t0), max(sp[1], t1)
+        sp[2] += t1 - t0
+        sp[3] += len(row["features"])
+
+    def summary(self, t0: float) -> Dict[str, Any]:
+        if not self.spans:
+            return {}
+        first = min(sp[0] for sp in self.spans.values())
+        busy = [sp[2] / (sp[1] - sp[0]) if sp[1] > sp[0] else 1.0 for sp in self.spans.values()]
+        rate = sum(sp[3] / (sp[1] - sp[0]) for sp in self.spans.values() if sp[1] > sp[0])
+        return {"startup_s": round(first - t0, 3), "encoders": len(self.spans),
+                "encoder_busy_fraction": round(min(busy), 4),
+                "steady_snippets_per_s": round(rate, 3)}
+
+
+def feature_provenance(opts: ExtractOptions, weights=None) -> Dict[str, Any]:
+    """What the feature set written with ``opts`` (and the resolved ``weights``) is:
+    see :mod:`vadclip.io.provenance`."""
+    from vadclip._version import __version__
+    from vadclip.clip.backbone import model_config
+
+    pre = dict(model_config(opts.clip.model).get("preprocess_cfg") or {})
+    pre.update(weights.preprocess if weights is not None else {})
+    return provenance.extraction(opts.clip, weights, opts.clip.image_size,
+                                 pre.get("mean") or provenance.OPENAI_MEAN, pre.get("std") or provenance.OPENAI_STD,
+                                 opts.snippet_len, opts.crops, opts.precision, opts.decoder, __version__)
+
+
+def _one_provenance(features: str, prov: Dict[str, Any]) -> None:
+    """An output folder never mixes provenances: features already there from other
+    settings stop the run in one line, before any worker."""
+    old = provenance.read(features)
+    diff = provenance.differences(old, prov, provenance.SAME_FOLDER)
+    if diff:
+        raise provenance.ProvenanceError(
+            f"{features}: holds features of other settings ({'; '.join(diff)}: already there vs this run); "
+            "one output folder never mixes provenances: give another --out")
+
+
+def changed_inputs(identities: Dict[str, Optional[str]], threads: int = 32) -> set:
+    """The paths whose file is no longer what their rows were made from (size or
+    modification time differ).  A path without a recorded identity (rows written before
+    identities were) or whose file is gone keeps its rows.  One stat (a HEAD in object
+    storage) per path, ``threads`` at a time; a failing store raises (the environment's)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    known = [(p, i) for p, i in identities.items() if i]
+
+    def now(p: str) -> Optional[str]:
+        try:
+            return identity_of(video_file(p))
+        except VideoError:
+            return None
+
+    with ThreadPoolExecutor(max(1, min(threads, len(known) or 1))) as pool:
+        current = list(pool.map(now, [p for p, _ in known]))
+    return {p for (p, old), new in zip(known, current) if new is not None and new != old}
+
+
+def feature_dir(out_dir: str) -> str:
+    return storage.join(out_dir, "features")
+
+
+def errors_dir(out_dir: str) -> str:
+    return storage.join(out_dir, "errors")
+
+
+def run_extract(source: str, out_dir: str, opts: ExtractOptions, retry_failed: bool = False,
+                address: Optional[str] = None, log=None) -> Dict[str, Any]:
+    """Extract features for every video of ``source`` into ``out_dir``/features (Parquet)
+    with failures in ``out_dir``/errors.  Returns the run summary (also written to
+    ``out_dir``/summary.json)."""
+    log = log or logging.getLogger("vadclip").info
+    import ray
+
+    from vadclip.jobs.cluster import cluster_gpus, ensure_ray, share_weights
+    from vadclip.io.storage import absolute
+
+    from vadclip.clip.backbone import check_packages
+
+    check_packages("decord", "open_clip")             # once, at job start, with one line
+    weights = opts.clip.resolve()                      # once per job, here, before any worker
+    try:
+        check_decoder(opts.decoder, opts.decode_device)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    why = torchcodec_missing() if opts.decoder != "decord" else None
+    if why is not None:   # a decoder that cannot load is the environment's problem, never a video's
+        if opts.decoder == "torchcodec":
+            raise InputError(f"--decoder torchcodec: torchcodec cannot decode here: {why}; "
+                             "use --decoder auto (decord where torchcodec cannot decode) or --decoder decord")
+        log(f"[extract] torchcodec cannot decode here ({why}): decoding with decord")
+    items = load_manifest(source)
+    out_dir = absolute(out_dir)
+    storage.makedirs(out_dir)
+    for d in (feature_dir(out_dir), errors_dir(out_dir)):
+        remove_uncommitted(d)
+    prov = feature_provenance(opts, weights)
+    _one_provenance(feature_dir(out_dir), prov)
+    done_ids, failed_ids = read_identities(feature_dir(out_dir)), read_identities(errors_dir(out_dir))
+    changed = changed_inputs({**failed_ids, **done_ids})
+    if changed:   # a video replaced at the same path (a camera's daily file rewritten): its rows go, it runs again
+        drop_rows(feature_dir(out_dir), "path", changed)
+        drop_rows(errors_dir(out_dir), "path", changed)
+        log(f"[extract] {len(changed)} videos changed since their rows were written: processing them again")
+    done, failed = set(done_ids) - changed, set(failed_ids) - changed
+    if retry_failed and failed:
+        drop_rows(errors_dir(out_dir), "path", failed - done)
+        failed = set()
+    todo = [it for it in items if it["path"] not in done and it["path"] not in failed]
+    skipped = len(items) - len(todo)
+    log(f"[extract] {len(items)} videos: {skipped} already done or failed earlier, {len(todo)} to process")
+    summary: Dict[str, Any] = {"videos_total": len(items), "videos_skipped": skipped, "videos_changed": len(changed),
+                               "videos_ok": 0,
+                               "videos_failed": 0, "rows_written": 0, "snippets": 0, "frames": 0}
+    t0 = time.time()
+    if todo:
+        ensure_ray(address)
+        have_gpus = cluster_gpus() > 0
+        decode_gpus = 0.0
+        if opts.decode_device == "cuda":
+            if have_gpus:
+                decode_gpus = opts.decode_gpus
+            else:
+                log("[extract] decode device cuda: the cluster has no GPU, the videos are decoded on the CPU")
+        # an encoder takes a whole GPU, or half of it when the decode tasks decode there too
+        gpus = (opts.gpus_per_encoder if opts.gpus_per_encoder is not None
+                else (0.5 if decode_gpus else 1.0) if have_gpus else 0.0)
+        size = opts.clip.image_size
+        ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo), 256)))
+        ds = ds.flat_map(DecodeStage(opts, size, "cuda" if decode_gpus else "cpu"),
+                         num_cpus=DecodeStage.num_cpus, num_gpus=decode_gpus)
+        ds = ds.map_batches(EncodeStage, **EncodeStage.ray_args(opts, gpus, share_weights(weights)))
+        run_id = new_run_id()
+        fw = PartWriter(feature_dir(out_dir), provenance.with_provenance(FEATURE_SCHEMA, prov), opts.rows_per_file,
+                        run_id, opts.flush_seconds, identities=True)
+        ew = PartWriter(errors_dir(out_dir), ERROR_SCHEMA, 64, run_id, opts.flush_seconds, identities=True)
+        pending: Dict[str, Dict[str, Any]] = {}
+        dead: set = set()
+        written: set = set()   # a retried task may deliver a finished video's chunks again
+        pace = _Pace()
+        decoders: set = set()
+        precisions: set = set()
+        for row in ds.iter_rows():
+            fw.tick()
+            ew.tick()
+            pace.row(row)
+            if row.get("decoder"):
+                decoders.add(str(row["decoder"]))
+            if not row["error"]:
+                precisions.add(str(row["precision"]))
+            vid = row["video_id"]
+            if vid in dead or vid in written:
+                continue
+            if row["error"]:
+                dead.add(vid)
+                pending.pop(vid, None)
+                ew.add([{"path": row["path"], "video_id": vid, "stage": "extract", "error": row["error"],
+                         "input_identity": row["input_identity"]}])
+                summary["videos_failed"] += 1
+                log(f"[extract] FAILED {row['error']}")
+                continue
+            st = pending.setdefault(vid, {"chunks": {}, "meta": row})
+            st["chunks"][int(row["chunk"])] = np.asarray(row["features"], np.float32)
+            if len(st["chunks"]) == int(row["n_chunks"]):
+                pending.pop(vid)
+                written.add(vid)
+                feats = np.concatenate([st["chunks"][k] for k in range(int(row["n_chunks"]))], axis=0)
+                meta = st["meta"]
+                fw.add([dict(feature_row(vid, meta["path"], meta["label"] or None, c, meta["fps"],
+                                         meta["num_frames"], feats[:, c]), input_identity=meta["input_identity"])
+                        for c in range(feats.shape[1])])
+                summary["videos_ok"] += 1
+                summary["rows_written"] += feats.shape[1]
+                summary["snippets"] += feats.shape[0]
+                summary["frames"] += int(meta["num_frames"])
+        fw.flush()
+        for vid in pending:  # cannot happen unless chunks went missing; never drop silently
+            ew.add([{"path": pending[vid]["meta"]["path"], "video_id": vid, "stage": "extract",
+                     "error": "incomplete: not all snippet chunks were encoded"}])
+            summary["videos_failed"] += 1
+        ew.flush()
+        summary.update(pace.summary(t0))
+        summary["decoders"] = sorted(decoders)
+        summary["precisions"] = sorted(precisions)
+    elapsed = time.time() - t0
+    summary.update(elapsed_s=round(elapsed, 3),
+                   frames_per_s=round(summary["frames"] / elapsed, 2) if elapsed > 0 else 0.0,
+                   snippets_per_s=round(summary["snippets"] / elapsed, 2) if elapsed > 0 else 0.0,
+                   output=feature_dir(out_dir), errors=errors_dir(out_dir))
+    storage.write_text(storage.join(out_dir, "summary.json"), json.dumps(summary, indent=2))
+    log(f"[extract] done: {summary['videos_ok']} ok, {summary['videos_failed']} failed, "
+        f"{summary['videos_skipped']} skipped; {summary['snippets']} snippets, {summary['frames']} frames "
+        f"in {elapsed:.1f}s ({summary['frames_per_s']} frames/s) → {feature_dir(out_dir)}"
+        + (f"; decoded with {', '.join(summary['decoders'])}" if summary.get("decoders") else "")
+        + (f"; encoded in {', '.join(summary['precisions'])}" if summary.get("precisions") else ""))
+    if "startup_s" in summary:
+        log(f"[extract] encoders: first encode {summary['startup_s']:.1f}s after the start, then busy "
+            f"{summary['encoder_busy_fraction']:.1%} of the time at {summary['steady_snippets_per_s']} snippets/s")
+    return summary

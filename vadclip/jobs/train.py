@@ -1,0 +1,584 @@
+"""Distributed VadCLIP training: Ray Train ``TorchTrainer`` (Train V2) over Ray Data
+shards of the Parquet feature set, DDP on Gloo (CPU) or NCCL (GPU), per-epoch
+evaluation on rank 0, checkpoints through ``ray.train.report``, MLflow tracking,
+and registration of the best model with a ``@champion``-style alias."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from vadclip.io import provenance, storage
+from vadclip.model.config import VadConfig
+from vadclip.io.gt import check_matches, read_gt
+
+CKPT_FILE = "vadclip.pt"
+STATE_FILE = "train_state.pt"
+
+
+# ------------------------------------------------------------------- data preparation
+def _prep_batch(batch: Dict[str, Any], cfg_dict: Dict[str, Any]) -> Dict[str, Any]:
+    """Ray Data map: feature rows → training view (:func:`vadclip.train.batches.prepare_batch`)."""
+    from vadclip.train.batches import prepare_batch
+
+    return prepare_batch(batch, VadConfig.from_dict(cfg_dict))
+
+
+def _check_labels(rows_labels: List[Optional[str]], cfg: VadConfig, source: str) -> None:
+    for lab in set(rows_labels):
+        if lab is None:
+            raise ValueError(f"{source}: training rows need a video-level label")
+        cfg.label_vector(lab)  # raises LabelError naming the label
+
+
+def rank_batch_size(cfg: VadConfig, world: int) -> int:
+    """Each DDP rank's share of the batch (per side when balanced); the global batch
+    is the official one when ``batch_size`` divides by the number of workers."""
+    return max(1, cfg.batch_size // world)
+
+
+# ---------------------------------------------------------------------- worker loop
+RECIPES = {
+    # vadclip: evaluate once per epoch on the given set, keep the best checkpoint
+    "vadclip": {},
+    # the official training loops: UCF evaluates every 1,280 samples, XD after every
+    # epoch, and both reload the best model so far at the end of each epoch
+    "official": {"ucf": {"eval_every_samples": 1280}, "xd": {}},
+}
+
+
+def _fault_due(config: Dict[str, Any], kind: str, epoch: int) -> bool:
+    """Fault injection (tests): ``kind`` is asked for at this epoch and has not happened
+    yet in this training (a marker file beside the run's storage remembers it)."""
+    faults, marker = config.get("faults") or {}, config.get("fault_marker")
+    if faults.get(kind) != epoch + 1 or not marker or storage.exists(marker):
+        return False
+    storage.write_bytes(marker, kind.encode())
+    return True
+
+
+def _grouped() -> bool:
+    """A process group of more than one rank is running."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _all_reduce(value: float, op: str) -> float:
+    """``value`` reduced over the ranks (``"min"``/``"max"``); the value itself
+    without a process group."""
+    import torch
+    import torch.distributed as dist
+
+    if not _grouped():
+        return value
+    t = torch.tensor([float(value)], dtype=torch.float64)
+    dist.all_reduce(t, op={"min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}[op])
+    return float(t.item())
+
+
+def _broadcast_flag(flag: bool) -> bool:
+    """Rank 0's decision, on every rank."""
+    import torch
+    import torch.distributed as dist
+
+    if not _grouped():
+        return flag
+    t = torch.tensor([1 if flag else 0])
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
+class _MemoryWatch:
+    """Peak memory of this worker process, in MiB: ``rss`` (``ru_maxrss``) and, sampled
+    every 50 ms from ``/proc/self/status``, ``private`` (anonymous memory: tensors,
+    batches, the model) and ``shared`` (object-store pages the worker has read; they
+    belong to the node's object store, whose size Ray caps, not to the worker)."""
+
+    def __init__(self, every: float = 0.05):
+        import threading
+
+        self.peak = {"private": 0.0, "shared": 0.0}
+        self._stop = threading.Event()
+        if os.path.exists("/proc/self/status"):
+            threading.Thread(target=self._run, args=(every,), daemon=True).start()
+
+    def _sample(self) -> None:
+        with open("/proc/self/status") as f:
+            for line in f:
+                key = {"RssAnon:": "private", "RssShmem:": "shared"}.get(line.split(":")[0] + ":")
+                if key:
+                    self.peak[key] = max(self.peak[key], int(line.split()[1]) / 1024.0)
+
+    def _run(self, every: float) -> None:
+        while not self._stop.wait(every):
+            self._sample()
+
+    def read(self) -> Dict[str, float]:
+        import resource
+
+        if os.path.exists("/proc/self/status"):
+            self._sample()
+        return {"rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, **self.peak}
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _quiet_ray_train_logs():
+    """One readable line per epoch from rank 0 (Train V2 both logs and echoes print(),
+    and logs two more INFO lines per report and rank): vadclip logs, Ray Train warns."""
+    # Train V2's report logger is named by its file path (logging.getLogger(__file__))
+    names = [n for n in logging.root.manager.loggerDict
+             if n.startswith("ray.train") or f"{os.sep}ray{os.sep}train{os.sep}" in n]
+    for name in names + ["ray.train"]:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    log = logging.getLogger("vadclip.train")
+    log.setLevel(logging.INFO)
+    return log
+
+
+def _cache_shard(rank: int):
+    """Stream this worker's shard (already in the training view) onto node-local disk."""
+    import ray.train
+
+    from vadclip.train.batches import ShardCache
+
+    cache = ShardCache(prefix=f"vadclip-shard-r{rank}-")
+    try:
+        for b in ray.train.get_dataset_shard("train").iter_batches(batch_size=16, batch_format="numpy",
+                                                                   prefetch_batches=1):
+            cache.append(b["x"], b["length"], b["y"], b["label"])
+        if not len(cache):
+            raise RuntimeError(f"worker {rank} received no training rows; use fewer workers")
+    except BaseException:
+        cache.close()
+        raise
+    return cache
+
+
+class _Worker:
+    """One Ray Train rank: restore, then per epoch run :func:`batch_plan` over the cached
+    shard, evaluate on rank 0, report the checkpoint."""
+
+    def __init__(self, config: Dict[str, Any]):
+        import ray.train
+        import ray.train.torch
+        import torch
+
+        from vadclip.clip.backbone import FrozenCLIP
+        from vadclip.model.network import VadCLIP
+        from vadclip.train.batches import make_optimizer
+        from vadclip.clip.weights import activate
+
+        self.memory = _MemoryWatch()
+        self.config, self.cfg = config, VadConfig.from_dict(config["cfg"])
+        cfg = self.cfg
+        self.log = _quiet_ray_train_logs()
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed + self.rank)
+        self.recipe, self.metric = config.get("recipe", "vadclip"), config["metric"]
+        self.eval_every = config.get("eval_every_samples")
+        activate(config.get("weights"))   # the CLIP weights the driver resolved, through Ray
+        model = VadCLIP(cfg, FrozenCLIP(cfg.clip, device=str(self.device)))
+        self.opt, self.sched = make_optimizer(model, cfg)
+        self.start_epoch, self.best, self.history, self.best_state = 0, -float("inf"), [], None
+        self._restore(model)
+        self.model = ray.train.torch.prepare_model(model)
+        self.core = self.model.module if hasattr(self.model, "module") else self.model
+        self.per_rank = rank_batch_size(cfg, self.world)
+        self.global_batch = self.per_rank * self.world * (2 if cfg.balanced_batches else 1)
+        self.eval_rows, self.gt = None, config.get("gt") or {}
+        if self.rank == 0 and config.get("has_eval"):
+            self.eval_rows = list(ray.train.get_dataset_shard("eval").iter_rows())
+
+    def _restore(self, model) -> None:
+        import ray.train
+        import torch
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return
+        with ckpt.as_directory() as d:
+            st = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
+        model.load_state_dict(st["model"])
+        self.opt.load_state_dict(st["optimizer"])
+        self.sched.load_state_dict(st["scheduler"])
+        self.start_epoch, self.best, self.history = st["epoch"] + 1, st["best"], st["history"]
+        self.best_state = st.get("best_model")
+        if self.rank == 0:
+            self.log.info(f"[train] resumed from checkpoint after epoch {st['epoch'] + 1}")
+
+    def steps(self, shard) -> int:
+        """Batches per epoch: what the smallest rank's shard fills, the same on every rank."""
+        from vadclip.train.batches import batch_plan
+
+        try:
+            mine = len(batch_plan(shard.labels, self.cfg, 0, self.per_rank))
+        except ValueError as exc:
+            raise RuntimeError(f"worker {self.rank}: {exc}; use fewer workers") from None
+        steps = int(_all_reduce(mine, "min"))
+        cap = self.config.get("max_steps_per_epoch")
+        return min(steps, int(cap)) if cap else steps
+
+    def report(self, metrics: Dict[str, Any], epoch: int) -> None:
+        """Once per epoch on every rank; rank 0 with the checkpoint (resume state + model)."""
+        import ray.train
+        import torch
+
+        from vadclip.model.checkpoint import checkpoint_dict
+
+        if self.rank != 0:
+            ray.train.report({"epoch": metrics["epoch"]})
+            return
+        _mlflow_log(self.config, metrics, epoch + 1)
+        with tempfile.TemporaryDirectory() as d:
+            torch.save({"model": self.core.state_dict(), "optimizer": self.opt.state_dict(),
+                        "scheduler": self.sched.state_dict(), "epoch": epoch, "best": self.best,
+                        "history": self.history, "best_model": self.best_state}, os.path.join(d, STATE_FILE))
+            torch.save(checkpoint_dict(self.core, epoch=epoch + 1, metrics=metrics), os.path.join(d, CKPT_FILE))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+    def eval_point(self, metrics: Dict[str, Any]) -> bool:
+        """Rank 0 evaluates; every rank learns whether this is the best model so far and,
+        if so, keeps a copy of it (DDP keeps the ranks' weights identical)."""
+        import copy
+
+        from vadclip.metrics.evaluate import evaluate
+
+        if self.rank == 0:
+            if self.eval_rows:
+                metrics.update(evaluate(self.core, self.eval_rows, self.gt, self.cfg, str(self.device)))
+            score = metrics.get(self.metric, float("nan"))
+            if score is None or not np.isfinite(score):
+                score = -metrics.get("loss", float("inf"))
+            metrics["score"] = float(score)
+        is_best = _broadcast_flag(self.rank == 0 and metrics["score"] > self.best)
+        if is_best:
+            if self.rank == 0:
+                self.best = metrics["score"]
+            if self.recipe == "official":
+                self.best_state = copy.deepcopy(self.core.state_dict())
+        return is_best
+
+    def _step_eval(self, epoch: int, i: int, steps: int) -> None:
+        """The official UCF loop's test points: every ``eval_every_samples`` samples."""
+        m: Dict[str, Any] = {}
+        is_best = self.eval_point(m)
+        if self.rank == 0:   # logged at "samples seen"; the best model so far is kept in memory
+            _mlflow_log(self.config, {f"step_{k}": v for k, v in m.items()}, (epoch * steps + i) * self.global_batch)
+            self.log.info(f"[train] epoch {epoch + 1} step {i}: {self.metric} "
+                          f"{m.get(self.metric, float('nan')):.4f}{' (best)' if is_best else ''}")
+
+    def epoch(self, shard, epoch: int, steps: int) -> Dict[str, Any]:
+        from vadclip.train.batches import batch_plan, train_step
+
+        t0 = time.time()
+        plan = batch_plan(shard.labels, self.cfg, self.cfg.seed * 1000 + epoch * 17 + self.rank,
+                          self.per_rank, steps)
+        sums: Dict[str, float] = {}
+        for i, b in enumerate(plan):
+            if self.rank == 0 and i == len(plan) // 2 and _fault_due(self.config, "exit_in_epoch", epoch):
+                # fault injection: this worker process dies in the middle of an epoch, once —
+                # a few seconds in, so that Train's controller has taken the last report
+                # (a checkpoint counts once the controller has it)
+                time.sleep(5)
+                os._exit(1)
+            for k, v in train_step(self.model, self.opt, shard.batch(b), self.cfg, self.device,
+                                   self.config.get("micro_batch")).items():
+                sums[k] = sums.get(k, 0.0) + v
+            if self.eval_every and i and (i * self.global_batch) % self.eval_every == 0:
+                self._step_eval(epoch, i, steps)
+        self.sched.step()
+        metrics: Dict[str, Any] = {k: v / max(1, len(plan)) for k, v in sums.items()}
+        metrics.update(epoch=epoch + 1, lr=self.opt.param_groups[0]["lr"], epoch_time_s=time.time() - t0,
+                       steps=len(plan), **{f"worker_peak_{k}_mb": _all_reduce(v, "max")
+                                           for k, v in sorted(self.memory.read().items())})
+        is_best = False if self.eval_every else self.eval_point(metrics)
+        if self.recipe == "official" and self.best_state is not None:
+            self.core.load_state_dict(self.best_state)       # the official loops go on from the best model
+            metrics["score"] = self.best
+        metrics.setdefault("score", self.best)
+        if self.rank == 0:
+            self.history.append({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+            self.log.info(f"[train] epoch {epoch + 1}/{self.cfg.epochs} loss {metrics['loss']:.4f} "
+                          f"{self.metric} {metrics.get(self.metric, float('nan')):.4f}"
+                          f"{' (best)' if is_best else ''}")
+        return metrics
+
+    def run(self) -> None:
+        shard = _cache_shard(self.rank)
+        try:
+            steps = self.steps(shard)
+            for epoch in range(self.start_epoch, self.cfg.epochs):
+                self.report(self.epoch(shard, epoch, steps), epoch)
+                if _fault_due(self.config, "raise_after_epoch", epoch):
+                    raise RuntimeError(f"injected failure after epoch {epoch + 1} (test of crash recovery)")
+        finally:
+            shard.close()
+            self.memory.stop()
+
+
+def train_loop_per_worker(config: Dict[str, Any]) -> None:
+    _Worker(config).run()
+
+
+def _mlflow_log(config: Dict[str, Any], metrics: Dict[str, Any], step: int) -> None:
+    run_id = config.get("mlflow_run_id")
+    if not run_id:
+        return
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=config["tracking_uri"])
+    ts = int(time.time() * 1000)
+    from mlflow.entities import Metric
+
+    client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()
+                                      if isinstance(v, (int, float)) and np.isfinite(v) and k != "epoch"])
+
+
+# --------------------------------------------------------------------------- driver
+def check_inputs(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_path: Optional[str],
+                 eval_crop: Optional[int] = None, allow_feature_mismatch: bool = False, log=None) -> Dict[str, Any]:
+    """Everything about the inputs that can be known before a worker starts: both
+    feature sets exist and have the CLIP's dimension, one row per video and crop,
+    every training label is in the label space, evaluation has ground truth and the
+    crop to evaluate is present.  Raises an :class:`InputError` naming the problem."""
+    from vadclip.errors import InputError
+    from vadclip.io.features import check_feature_set
+
+    if eval_path and not gt_path:
+        raise InputError(f"--eval {eval_path} needs --gt: the evaluation metrics (auc, ap, map) are computed "
+                         "against frame ground truth")
+    if gt_path and not eval_path:
+        raise InputError(f"--gt {gt_path} given without --eval (the feature set to evaluate)")
+    weights = cfg.clip.resolve()       # the text tower's weights, once, before any worker
+    dim = cfg.clip.embed_dim
+    meta_table = check_feature_set(train_path, dim, what="training feature set")["meta"]
+    meta = meta_table.select(["video_id", "crop", "label"]).to_pylist()
+    seen = set()
+    for r in meta:
+        key = (r["video_id"], r["crop"])
+        if key in seen:
+            raise InputError(f"{train_path}: video {r['video_id']!r} crop {r['crop']} appears more than once")
+        seen.add(key)
+    labels = [r["label"] for r in meta]
+    _check_labels(labels, cfg, train_path)
+    train_prov = provenance.read(train_path)
+    out: Dict[str, Any] = {"labels": labels, "gt": {}, "eval_crop": None, "meta": meta_table, "eval_meta": None,
+                           "weights": weights, "provenance": train_prov, "feature_mismatch": None}
+    if eval_path:
+        ev = check_feature_set(eval_path, dim, crop=eval_crop, what="evaluation feature set")
+        out["eval_crop"] = eval_crop if eval_crop is not None else ev["crops"][0]
+        out["eval_meta"] = ev["meta"]
+        line = provenance.mismatch(train_prov, provenance.read(eval_path), f"a model trained on {train_path}",
+                                   f"the evaluation features {eval_path}")
+        if line and not allow_feature_mismatch:
+            raise provenance.ProvenanceError(line + "; --allow-feature-mismatch evaluates anyway")
+        if line:
+            (log or logging.getLogger("vadclip").warning)(f"[train] {line} (evaluated anyway: --allow-feature-mismatch)")
+        out["feature_mismatch"] = line
+        out["gt"] = read_gt(gt_path)
+        check_matches(out["gt"], gt_path, ev["meta"].column("video_id").to_pylist(),
+                      f"the videos of {eval_path}")
+    return out
+
+
+@dataclass
+class TrainOptions:
+    """How a training runs (what it learns is the :class:`VadConfig`)."""
+    storage: str = "./runs"              # Ray Train storage (path or URI): checkpoints, resume
+    run_name: str = "vadclip"            # re-running the same name and storage resumes it
+    num_workers: int = 2                 # DDP ranks
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    metric: Optional[str] = None         # model selection (default: auc ucf / ap xd / ap_align xd official)
+    recipe: str = "vadclip"              # or "official" (see RECIPES)
+    eval_every_samples: Optional[int] = None
+    eval_crop: Optional[int] = None      # default: the lowest crop of the evaluation set
+    max_failures: int = 2                # worker-group restarts from the last checkpoint
+    register_name: Optional[str] = None
+    alias: str = "champion"
+    experiment: str = "vadclip"
+    tracking_uri: Optional[str] = None
+    address: Optional[str] = None
+    max_steps_per_epoch: Optional[int] = None   # cut epochs short (smoke runs, benches)
+    micro_batch: Optional[int] = None    # rows per forward/backward pass on a rank (same step, less memory)
+    allow_feature_mismatch: bool = False  # evaluate on features whose provenance differs from the training set's
+    faults: Optional[Dict[str, int]] = None   # fault injection (tests): raise_after_epoch / exit_in_epoch
+
+
+def run_train(train_path: str, cfg: VadConfig, storage_path: Optional[str] = None, run_name: Optional[str] = None,
+              eval_path: Optional[str] = None, gt_path: Optional[str] = None,
+              opts: Optional[TrainOptions] = None, log=None, **options: Any) -> Dict[str, Any]:
+    """Train on a Parquet feature set; returns a summary with the best metrics, the best
+    checkpoint path, the MLflow run id and the registered model version (if any).
+    ``opts`` (or its fields as keyword arguments, which override it) say how; the
+    evaluation set is scored on ``eval_crop`` (default: the lowest crop it holds,
+    e.g. crop 5 for the official UCF-Crime test list)."""
+    unknown = set(options) - {f.name for f in dataclasses.fields(TrainOptions)}
+    if unknown:
+        raise TypeError(f"run_train: unknown options {sorted(unknown)}")
+    o = dataclasses.replace(opts or TrainOptions(), **options,
+                            **({"storage": storage_path} if storage_path is not None else {}),
+                            **({"run_name": run_name} if run_name is not None else {}))
+    return _run_train(train_path, cfg, eval_path, gt_path, o, log or logging.getLogger("vadclip").info)
+
+
+def _run_train(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_path: Optional[str],
+               o: TrainOptions, log) -> Dict[str, Any]:
+    import mlflow
+    import ray
+    import ray.data
+    import ray.train
+    from mlflow.tracking import MlflowClient
+    from ray.data.expressions import col
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from vadclip.errors import InputError
+    from vadclip.io.parts import dataset_files
+    from vadclip.jobs.cluster import ensure_ray, share_weights
+    from vadclip.tracking.runs import log_feature_set, use_experiment
+
+    from vadclip.train.batches import batch_plan
+
+    train_path, eval_path, gt_path = map(storage.absolute, (train_path, eval_path, gt_path))
+    o = dataclasses.replace(o, storage=storage.absolute(o.storage))
+    if o.recipe not in RECIPES:
+        raise InputError(f"unknown recipe {o.recipe!r}: use one of {sorted(RECIPES)}")
+    if o.recipe == "official":
+        if not eval_path:
+            raise InputError("--recipe official selects its model on an evaluation set: give --eval and --gt")
+        # the official XD loop keeps the model with the best A-branch AP, UCF the best C-branch AUC
+        o.metric = o.metric or ("ap_align" if cfg.preset == "xd" else "auc")
+        if o.eval_every_samples is None:
+            o.eval_every_samples = RECIPES["official"].get(cfg.preset, {}).get("eval_every_samples")
+    metric = o.metric or ("ap" if cfg.preset == "xd" else "auc")
+    checked = check_inputs(train_path, cfg, eval_path, gt_path, o.eval_crop, o.allow_feature_mismatch, log)
+    labels, gt = checked["labels"], checked["gt"]
+    # the model records what it was trained on (checkpoint, MLflow run, registered version)
+    cfg = cfg.replace(feature_provenance=checked["provenance"])
+    ensure_ray(o.address)
+    n_normal = sum(cfg.is_normal(lab) for lab in labels)
+    n_abn = len(labels) - n_normal
+    # the steps of an epoch as if the shards split the labels evenly (each rank counts its own)
+    try:
+        steps = len(batch_plan(labels, cfg, 0, rank_batch_size(cfg, o.num_workers) * o.num_workers,
+                               o.max_steps_per_epoch))
+    except ValueError as exc:
+        raise InputError(f"{train_path}: {exc}") from None
+    cfg_dict = cfg.to_dict()
+    # shuffle once so every worker's shard mixes normal and abnormal videos
+    train_ds = ray.data.read_parquet(dataset_files(train_path)).random_shuffle(seed=cfg.seed).map_batches(
+        _prep_batch, fn_kwargs={"cfg_dict": cfg_dict}, batch_size=16, batch_format="numpy")
+    datasets = {"train": train_ds}
+    if eval_path:
+        datasets["eval"] = ray.data.read_parquet(dataset_files(eval_path)).filter(expr=col("crop") == checked["eval_crop"])
+
+    use_experiment(o.experiment, o.tracking_uri)
+    tracking_uri = mlflow.get_tracking_uri()
+    run_id = _find_or_create_run(o.experiment, o.run_name, o.storage)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    result_path = storage.join(o.storage, o.run_name, "best", "result.json")
+    try:
+        best_path = storage.join(o.storage, o.run_name, "best", CKPT_FILE)
+        finished = _finished_result(client, run_id, result_path, cfg_dict, metric)
+        if finished is not None:
+            best_metrics = finished["best_metrics"]
+            log(f"[train] run {o.run_name!r} already finished with this config: nothing to train")
+        else:
+            with mlflow.start_run(run_id=run_id):
+                mlflow.log_params({k: (json.dumps(v) if isinstance(v, (list, dict)) else v)
+                                   for k, v in cfg_dict.items()
+                                   if k not in ("class_keys", "class_prompts", "feature_provenance")})
+                mlflow.log_params({"num_workers": o.num_workers, "use_gpu": o.use_gpu, "train_rows": len(labels),
+                                   "train_normal": n_normal, "train_abnormal": n_abn, "steps_per_epoch": steps,
+                                   "metric": metric, "classes": json.dumps(cfg.class_keys),
+                                   "eval_crop": checked["eval_crop"], "recipe": o.recipe,
+                                   "eval_every_samples": o.eval_every_samples, "micro_batch": o.micro_batch})
+                log_feature_set(train_path, "train", "training", checked["meta"])
+                mlflow.set_tag("vadclip.feature_provenance", json.dumps(checked["provenance"], sort_keys=True))
+                if checked["feature_mismatch"]:
+                    mlflow.set_tag("vadclip.feature_mismatch", checked["feature_mismatch"])
+                if eval_path:
+                    log_feature_set(eval_path, "eval", "evaluation", checked["eval_meta"])
+            config = {"cfg": cfg_dict, "metric": metric, "gt": gt, "max_steps_per_epoch": o.max_steps_per_epoch,
+                      "micro_batch": o.micro_batch,
+                      "has_eval": bool(eval_path), "mlflow_run_id": run_id, "tracking_uri": tracking_uri,
+                      "recipe": o.recipe, "eval_every_samples": o.eval_every_samples,
+                      "weights": share_weights(checked["weights"])}
+            if o.faults:   # {"raise_after_epoch": N} or {"exit_in_epoch": N}, once per training
+                config["faults"] = dict(o.faults)
+                config["fault_marker"] = storage.join(o.storage, o.run_name + ".failed-once")
+            trainer = TorchTrainer(
+                train_loop_per_worker, train_loop_config=config,
+                scaling_config=ScalingConfig(num_workers=o.num_workers, use_gpu=o.use_gpu,
+                                             resources_per_worker={"CPU": o.cpus_per_worker,
+                                                                   **({"GPU": 1} if o.use_gpu else {})}),
+                run_config=RunConfig(name=o.run_name, storage_path=o.storage,
+                                     failure_config=FailureConfig(max_failures=o.max_failures),
+                                     checkpoint_config=CheckpointConfig(num_to_keep=3,
+                                                                        checkpoint_score_attribute="score",
+                                                                        checkpoint_score_order="max")),
+                datasets=datasets, dataset_config=DataConfig(datasets_to_split=["train"]),
+            )
+            result = trainer.fit()
+            if result.error:
+                raise result.error
+            best_ckpt, best_metrics = max(result.best_checkpoints, key=lambda cm: cm[1].get("score", -np.inf))
+            with best_ckpt.as_directory() as d:
+                storage.upload(os.path.join(d, CKPT_FILE), best_path)
+            storage.write_text(result_path, json.dumps({"config": cfg_dict, "metric": metric, "best_metrics": {
+                k: v for k, v in best_metrics.items() if isinstance(v, (int, float))}}))
+        summary = {"best_checkpoint": best_path, "best_metrics": {k: v for k, v in best_metrics.items()
+                                                                  if isinstance(v, (int, float))},
+                   "metric": metric, "mlflow_run_id": run_id, "tracking_uri": tracking_uri}
+        from vadclip.tracking.registry import log_and_register
+
+        summary.update(log_and_register(best_path, run_id, tracking_uri, o.register_name, o.alias, metric,
+                                        best_metrics.get(metric, best_metrics.get("score")),
+                                        best_epoch=best_metrics.get("epoch"), log=log))
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")  # never leave a failed training FINISHED
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    log(f"[train] best {metric} {summary['best_metrics'].get(metric, float('nan')):.4f} "
+        f"(epoch {summary['best_metrics'].get('epoch')}) → {best_path}")
+    return summary
+
+
+def _finished_result(client, run_id: str, result_path: str, cfg_dict: Dict[str, Any],
+                     metric: str) -> Optional[Dict[str, Any]]:
+    """The result of this run if it already finished with the same config and metric
+    (a re-run then trains nothing and starts no worker); else None."""
+    if client.get_run(run_id).info.status != "FINISHED" or not storage.isfile(result_path):
+        return None
+    done = json.loads(storage.read_text(result_path))
+    same = json.loads(json.dumps(cfg_dict)) == done.get("config") and done.get("metric") == metric
+    return done if same else None
+
+
+def _find_or_create_run(experiment: str, run_name: str, storage_path: str) -> str:
+    """Re-use the MLflow run of an interrupted training with the same name and storage."""
+    import mlflow
+
+    key = storage.join(storage.absolute(storage_path), run_name)
+    exp = mlflow.get_experiment_by_name(experiment)
+    runs = mlflow.search_runs([exp.experiment_id], filter_string=f"tags.vadclip_storage = '{key}'",
+                              output_format="list") if exp else []
+    if runs:
+        return runs[0].info.run_id
+    with mlflow.start_run(run_name=run_name) as r:
+        mlflow.set_tag("vadclip_storage", key)
+        return r.info.run_id

@@ -1,0 +1,340 @@
+"""The review report of a scoring run: one static page a person opens to see what was
+flagged — ``report/index.html`` beside the scores, with its images in ``report/img``
+and no outside resources (it opens from disk, from a bucket download, or as an
+MLflow artifact).
+
+* run summary: videos scored, flagged, failed, events, throughput, the model (name,
+  version, alias) and the thresholds; the counts always cover the whole archive;
+* a sortable table of events (video, start–end as timestamps, class, score);
+* for the top-N videos (flagged ones first, then the others, by video score; N bounded, so a
+  million-video archive still gives a small report): the score timeline (C-branch score, top class
+  probabilities, threshold, events shaded, ground truth shaded when given) and key
+  frames decoded at each event's start, peak and end.
+
+The scores are read one part file at a time (memory does not grow with the archive);
+only the N videos shown are read whole."""
+from __future__ import annotations
+
+import hashlib
+import heapq
+import html
+import json
+import logging
+import os
+import re
+import tempfile
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from vadclip.io import storage
+
+log = logging.getLogger(__name__)
+
+SUMMARY_COLUMNS = ["video_id", "path", "label", "fps", "num_frames", "snippet_count", "video_score",
+                   "flagged", "events"]
+MAX_EVENTS_SHOWN = 1000      # rows of the events table (the strongest events); counts cover all
+KEYFRAME_EVENTS = 3          # events per video with key frames
+THUMB_HEIGHT = 96
+
+
+def timestamp(seconds: float) -> str:
+    seconds = max(0.0, float(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{int(h)}:{int(m):02d}:{s:04.1f}"
+
+
+def _safe(video_id: str) -> str:
+    base = re.sub(r"[^A-Za-z0-9_.-]", "_", str(video_id))[:60]
+    return f"{base}-{hashlib.sha1(str(video_id).encode()).hexdigest()[:6]}"
+
+
+def output_totals(scores_dir: str) -> Dict[str, int]:
+    """Videos, flagged videos and events in a scores table, one part file and two
+    small columns at a time (memory does not grow with the archive)."""
+    import pyarrow.compute as pc
+
+    from vadclip.io.parts import part_files, read_file
+
+    tot = {"videos": 0, "flagged": 0, "events": 0}
+    for f in part_files(scores_dir):
+        t = read_file(f, ["flagged", "events"])
+        tot["videos"] += t.num_rows
+        tot["flagged"] += int(pc.sum(t.column("flagged")).as_py() or 0)
+        tot["events"] += int(pc.sum(pc.list_value_length(t.column("events"))).as_py() or 0)
+    return tot
+
+
+def _scan(scores_dir: str, top_n: int):
+    """One pass over the parts: the top-N videos for pages and the strongest events."""
+    from vadclip.io.parts import part_files, read_file
+
+    top: List = []
+    events: List = []
+    n = 0
+    for f in part_files(scores_dir):
+        for r in read_file(f, SUMMARY_COLUMNS).to_pylist():
+            n += 1
+            evs = r["events"] or []
+            # pages: flagged videos first, then the highest-scoring others (an archive with
+            # nothing flagged still shows how close it came)
+            item = ((bool(r["flagged"]), float(r["video_score"]), n), r)
+            if len(top) < top_n:
+                heapq.heappush(top, item)
+            elif top_n > 0 and item[0] > top[0][0]:
+                heapq.heapreplace(top, item)
+            if not r["flagged"]:
+                continue
+            for k, e in enumerate(evs):
+                ev = ((float(e["score"]), n, k), dict(e, video_id=r["video_id"]))
+                if len(events) < MAX_EVENTS_SHOWN:
+                    heapq.heappush(events, ev)
+                elif ev[0] > events[0][0]:
+                    heapq.heapreplace(events, ev)
+    return ([r for _, r in sorted(top, key=lambda kr: kr[0], reverse=True)],
+            [e for _, e in sorted(events, key=lambda kr: kr[0], reverse=True)])
+
+
+def _full_rows(scores_dir: str, ids: List[str]) -> Dict[str, Dict[str, Any]]:
+    from vadclip.io.parts import part_files, read_file
+
+    out: Dict[str, Dict[str, Any]] = {}
+    if not ids:
+        return out
+    for f in part_files(scores_dir):
+        t = read_file(f, filters=[("video_id", "in", ids)])
+        for r in t.to_pylist():
+            out.setdefault(r["video_id"], r)
+    return out
+
+
+def plot_timeline(row: Dict[str, Any], path: str, threshold: float, snippet_len: int,
+                  gt: Optional[List] = None, on_figure=None) -> None:
+    """C-branch score and the top class probabilities over time, threshold, events and
+    ground truth, as a PNG at ``path`` (local)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    a = np.asarray(row["anomaly"], np.float32)
+    classes = list(row.get("classes") or [])
+    fps = float(row["fps"]) or 30.0
+    t = np.arange(len(a)) * snippet_len / fps
+    fig, ax = plt.subplots(figsize=(10, 2.6))
+    for s, e, _ in gt or []:
+        ax.axvspan(s / fps, e / fps, color="tab:green", alpha=0.18, lw=0, label="ground truth")
+    for ev in row["events"] or []:
+        ax.axvspan(ev["start_s"], ev["end_s"], color="tab:orange", alpha=0.3, lw=0)
+        ax.text(ev["start_s"], 1.02, ev["class_name"], fontsize=7, transform=ax.get_xaxis_transform())
+    probs = np.asarray(row.get("class_probs") or [], np.float32)
+    if len(classes) > 1 and probs.size == len(a) * len(classes):
+        probs = probs.reshape(len(a), len(classes))
+        for c in (1 + np.argsort(-probs[:, 1:].max(0))[:3]):
+            ax.plot(t, probs[:, c], lw=0.8, alpha=0.8, label=f"p({classes[c]})")
+    ax.plot(t, a, lw=1.4, color="tab:red", label="anomaly score")
+    ax.axhline(threshold, ls="--", color="grey", lw=0.8)
+    ax.set_ylim(0, 1)
+    ax.set_xlim(0, max(t[-1] if len(t) else 1.0, 1e-3))
+    ax.set_xlabel("seconds")
+    handles, labels = ax.get_legend_handles_labels()
+    uniq = dict(zip(labels, handles))
+    ax.legend(uniq.values(), uniq.keys(), fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    if on_figure is not None:           # e.g. mlflow.log_figure
+        on_figure(fig, os.path.basename(path))
+    plt.close(fig)
+
+
+def key_frames(row: Dict[str, Any], img_dir: str, stem: str, snippet_len: int) -> List[Dict[str, Any]]:
+    """JPEG thumbnails at the start, peak and end of the first events of a video;
+    an empty list (with a warning) when the video cannot be read any more."""
+    from PIL import Image
+
+    from vadclip.video.decode import VideoError, fetched, open_video
+
+    events = (row["events"] or [])[:KEYFRAME_EVENTS]
+    if not events:
+        return []
+    a = np.asarray(row["anomaly"], np.float32)
+    wanted = []
+    for k, ev in enumerate(events):
+        s, e = int(ev["start_frame"]), max(int(ev["start_frame"]), int(ev["end_frame"]) - 1)
+        seg = a[s // snippet_len: max(s // snippet_len + 1, -(-int(ev["end_frame"]) // snippet_len))]
+        peak = (s // snippet_len + int(np.argmax(seg))) * snippet_len + snippet_len // 2 if len(seg) else s
+        for what, f in (("start", s), ("peak", min(max(peak, s), e)), ("end", e)):
+            wanted.append((k, what, f))
+    try:
+        with fetched(row["path"]) as local:
+            reader, info = open_video(local, row["path"])
+            idx = [min(f, info.num_frames - 1) for _, _, f in wanted]
+            frames = reader.get(idx)
+    except (VideoError, OSError, RuntimeError, ValueError) as exc:   # the report goes on without them
+        log.warning("report: no key frames for %s (%s)", row["video_id"], str(exc).splitlines()[0][:200])
+        return []
+    out = []
+    fps = float(row["fps"]) or 30.0
+    for (k, what, f), fr in zip(wanted, frames):
+        img = Image.fromarray(fr)
+        w = max(1, round(img.width * THUMB_HEIGHT / img.height))
+        name = f"{stem}_e{k}_{what}.jpg"
+        img.resize((w, THUMB_HEIGHT)).save(os.path.join(img_dir, name), quality=85)
+        out.append({"event": k, "what": what, "frame": int(f), "time": timestamp(f / fps), "src": f"img/{name}"})
+    return out
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d2330;max-width:1200px}
+h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #dde}
+table{border-collapse:collapse;font-size:13px} td,th{padding:4px 10px;border-bottom:1px solid #eef;text-align:left}
+th{background:#f4f5fa;cursor:pointer;user-select:none} th.sorted-asc::after{content:" ▲"} th.sorted-desc::after{content:" ▼"}
+.summary td:first-child{color:#667;padding-right:24px} .num{text-align:right;font-variant-numeric:tabular-nums}
+.video{margin:18px 0 30px} .video h3{font-size:15px;margin:0 0 6px} .meta{color:#667;font-size:12px}
+.strip{display:flex;flex-wrap:wrap;gap:10px;margin-top:8px} figure{margin:0;font-size:11px;color:#556}
+figure img{display:block;border:1px solid #ccd;border-radius:3px} .cls{font-weight:600}
+#broken{display:none;background:#fde;border:1px solid #e99;padding:8px;margin:10px 0}
+"""
+
+_JS = """
+function sortTable(th){const table=th.closest('table'),i=[...th.parentNode.children].indexOf(th);
+const asc=!th.classList.contains('sorted-asc');table.querySelectorAll('th').forEach(h=>h.classList.remove('sorted-asc','sorted-desc'));
+th.classList.add(asc?'sorted-asc':'sorted-desc');const body=table.tBodies[0];
+const rows=[...body.rows].sort((a,b)=>{const x=a.cells[i].dataset.v??a.cells[i].textContent,y=b.cells[i].dataset.v??b.cells[i].textContent;
+const nx=parseFloat(x),ny=parseFloat(y);const c=(!isNaN(nx)&&!isNaN(ny))?nx-ny:x.localeCompare(y);return asc?c:-c;});
+rows.forEach(r=>body.appendChild(r));}
+document.querySelectorAll('table.sortable th').forEach(th=>th.addEventListener('click',()=>sortTable(th)));
+window.addEventListener('load',()=>{const imgs=[...document.images];
+const broken=imgs.filter(i=>!(i.complete&&i.naturalWidth>0)).map(i=>i.getAttribute('src'));
+document.body.dataset.imagesTotal=imgs.length;document.body.dataset.imagesBroken=broken.length;
+if(broken.length){const b=document.getElementById('broken');b.style.display='block';b.textContent='Missing images: '+broken.join(', ');}});
+"""
+
+
+def _model_line(s: Dict[str, Any]) -> str:
+    parts = [s.get("model_uri", "?")]
+    if s.get("model_name"):
+        parts.append(f"name {s['model_name']}")
+    if s.get("model_version"):
+        parts.append(f"version {s['model_version']}")
+    if s.get("model_alias"):
+        parts.append(f"alias @{s['model_alias']}")
+    return " · ".join(str(p) for p in parts)
+
+
+def render_html(summary: Dict[str, Any], counts: Dict[str, int], events: List[Dict[str, Any]],
+                videos: List[Dict[str, Any]]) -> str:
+    e = html.escape
+    rows = [
+        ("videos scored", f"{counts['videos']:,}"), ("flagged", f"{counts['flagged']:,}"),
+        ("failed", f"{summary.get('videos_failed_total', summary.get('videos_failed', 0)):,}"),
+        ("events", f"{counts['events']:,}"),
+        ("throughput", f"{summary.get('snippets_per_s', '?')} snippets/s in the last run "
+                       f"({summary.get('elapsed_s', '?')} s)"),
+        ("model", _model_line(summary)),
+        ("thresholds", f"snippet score > {summary.get('threshold', '?')}; events merged across gaps ≤ "
+                       f"{summary.get('merge_gap', '?')} snippets, at least {summary.get('min_snippets', '?')} long"),
+    ]
+    if summary.get("feature_mismatch"):
+        rows.append(("FEATURES DO NOT FIT THE MODEL", f"scored anyway (--allow-feature-mismatch): "
+                                                      f"{summary['feature_mismatch']}"))
+    for k, label in (("auc", "frame AUC"), ("ap", "frame AP"), ("map_avg", "mAP (mean over IoU 0.1–0.5)")):
+        if isinstance(summary.get(k), (int, float)):
+            rows.append((label, f"{summary[k]:.4f}"))
+    out = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+           f"<title>vadclip review — {e(str(summary.get('output', '')))}</title><style>{_CSS}</style></head><body>",
+           "<h1>Anomaly review</h1>",
+           f"<div class='meta'>scores: {e(str(summary.get('output', '')))}</div><div id='broken'></div>",
+           "<h2>Run summary</h2><table class='summary'>"]
+    out += [f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in rows]
+    out.append("</table>")
+    shown = f"the {len(events)} strongest of {counts['events']:,}" if len(events) < counts["events"] else \
+        f"all {len(events)}"
+    out.append(f"<h2>Events ({shown})</h2>")
+    out.append("<table class='sortable' id='events'><thead><tr><th>video</th><th>start</th><th>end</th>"
+               "<th>class</th><th>score</th></tr></thead><tbody>")
+    anchors = {v["video_id"]: _safe(v["video_id"]) for v in videos}
+    for ev in events:
+        vid = ev["video_id"]
+        name = f"<a href='#{anchors[vid]}'>{e(vid)}</a>" if vid in anchors else e(vid)
+        out.append(f"<tr><td data-v='{e(vid)}'>{name}</td><td data-v='{ev['start_s']:.3f}'>{timestamp(ev['start_s'])}</td>"
+                   f"<td data-v='{ev['end_s']:.3f}'>{timestamp(ev['end_s'])}</td>"
+                   f"<td class='cls'>{e(ev['class_name'])}</td><td class='num' data-v='{ev['score']:.6f}'>"
+                   f"{ev['score']:.3f}</td></tr>")
+    out.append("</tbody></table>")
+    n_flag = sum(bool(v["flagged"]) for v in videos)
+    head = f"Flagged videos (top {n_flag} of {counts['flagged']:,} by score)"
+    if len(videos) > n_flag:
+        head += f" and the {len(videos) - n_flag} highest-scoring unflagged"
+    out.append(f"<h2>{head}</h2>")
+    for v in videos:
+        dur = (int(v["num_frames"]) / (float(v["fps"]) or 30.0)) if v["num_frames"] else 0.0
+        out.append(f"<div class='video{'' if v['flagged'] else ' unflagged'}' id='{anchors[v['video_id']]}'>"
+                   f"<h3>{e(v['video_id'])}</h3>"
+                   f"<div class='meta'>{e(str(v['path']))} · {timestamp(dur)} · video score "
+                   f"{float(v['video_score']):.3f} · predicted <span class='cls'>{e(str(v['predicted_class']))}</span>"
+                   f"{' · label ' + e(str(v['label'])) if v.get('label') else ''}</div>")
+        out.append(f"<img src='{v['timeline']}' alt='score timeline of {e(v['video_id'])}' width='800'>")
+        if not v["flagged"]:
+            out.append("<div class='meta'>not flagged: no event above the threshold</div>")
+        elif v["frames"]:
+            out.append("<div class='strip'>")
+            for fr in v["frames"]:
+                ev = v["events"][fr["event"]]
+                out.append(f"<figure><img src='{fr['src']}' alt='{e(v['video_id'])} {fr['what']}' "
+                           f"height='{THUMB_HEIGHT}'><figcaption>{e(ev['class_name'])} {fr['what']} "
+                           f"{fr['time']}</figcaption></figure>")
+            out.append("</div>")
+        else:
+            out.append("<div class='meta'>key frames unavailable (the video could not be read)</div>")
+        out.append("</div>")
+    out.append(f"<script>{_JS}</script></body></html>")
+    return "\n".join(out)
+
+
+def build_report(out_dir: str, summary: Optional[Dict[str, Any]] = None, gt_path: Optional[str] = None,
+                 top_n: int = 50, snippet_len: Optional[int] = None, local_dir: Optional[str] = None,
+                 on_figure=None) -> Dict[str, Any]:
+    """Write ``out_dir``/report (local or object storage) from ``out_dir``/scores.
+    ``summary`` defaults to ``out_dir``/score_summary.json.  With ``local_dir`` the
+    report is also left there (for MLflow); ``on_figure(fig, name)`` sees each
+    timeline figure.  Returns what was written."""
+    from vadclip.io.gt import intervals_of, read_gt
+
+    out_dir = storage.absolute(out_dir)
+    scores = storage.join(out_dir, "scores")
+    if summary is None:
+        sp = storage.join(out_dir, "score_summary.json")
+        summary = json.loads(storage.read_text(sp)) if storage.isfile(sp) else {}
+    snippet_len = int(snippet_len or summary.get("snippet_len") or 16)
+    threshold = float(summary.get("threshold", 0.5))
+    gt = read_gt(gt_path) if gt_path else {}
+    counts = output_totals(scores)
+    top, events = _scan(scores, top_n)
+    full = _full_rows(scores, [r["video_id"] for r in top])
+    tmp = None
+    if local_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="vadclip-report-")
+        local_dir = tmp.name
+    img_dir = os.path.join(local_dir, "img")
+    os.makedirs(img_dir, exist_ok=True)
+    videos = []
+    for r in top:
+        row = full.get(r["video_id"], r)
+        stem = _safe(r["video_id"])
+        plot_timeline(row, os.path.join(img_dir, f"{stem}_timeline.png"), threshold, snippet_len,
+                      intervals_of(gt, r["video_id"]) or None, on_figure)
+        videos.append(dict(row, timeline=f"img/{stem}_timeline.png",
+                           frames=key_frames(row, img_dir, stem, snippet_len)))
+    page = render_html(summary, counts, events, videos)
+    with open(os.path.join(local_dir, "index.html"), "w", encoding="utf-8") as fh:
+        fh.write(page)
+    dest = storage.join(out_dir, "report")
+    if not (storage.is_local(dest) and storage.resolve(dest)[1] == os.path.abspath(local_dir)):
+        storage.upload_dir(local_dir, dest)
+    if tmp is not None:
+        tmp.cleanup()
+    return {"report": storage.join(dest, "index.html"), "videos_shown": len(videos),
+            "events_shown": len(events), **{f"{k}_total": v for k, v in counts.items()}}

@@ -1,0 +1,2 @@
+"""MLflow in one place: runs and their tags (``runs``), the model registry
+(``registry``), the pyfunc model logged as code (``pyfunc``)."""

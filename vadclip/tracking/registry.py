@@ -1,0 +1,206 @@
+"""MLflow model packaging and registry: a pyfunc that scores a [T, D] feature array,
+registration under a name, and an alias (``@champion``) moved only on improvement."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from vadclip.io import storage
+from vadclip.errors import InputError, MissingInputError, one_line
+
+try:
+    import mlflow.pyfunc
+
+    _Base = mlflow.pyfunc.PythonModel
+except Exception:  # pragma: no cover - mlflow is a hard dependency
+    _Base = object
+
+
+class VadCLIPPyfunc(_Base):
+    """pyfunc model: ``predict(features [T, D])`` → DataFrame with the per-snippet
+    ``anomaly`` score (C-branch sigmoid) and one ``p_<class>`` column per class."""
+
+    def load_context(self, context) -> None:
+        from vadclip.model.checkpoint import load_checkpoint
+
+        self.model = load_checkpoint(context.artifacts["checkpoint"])
+
+    def predict(self, context, model_input, params: Optional[Dict[str, Any]] = None):
+        import pandas as pd
+
+        from vadclip.model.network import score_video
+
+        x = model_input.to_numpy() if hasattr(model_input, "to_numpy") else np.asarray(model_input)
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.model.embed_dim:
+            raise ValueError(f"expected features [T, {self.model.embed_dim}], got shape {x.shape}")
+        anomaly, probs = score_video(self.model, x)
+        df = pd.DataFrame({"anomaly": anomaly})
+        for i, k in enumerate(self.model.cfg.class_keys):
+            df[f"p_{k}"] = probs[:, i]
+        return df
+
+
+# models from code: loading the MLflow model runs this file, never unpickles a class
+MODEL_CODE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pyfunc.py")
+
+
+def _signature(model) -> Dict[str, Any]:
+    """Signature and input example of the pyfunc: features [T, D] float32 in; a frame
+    of ``anomaly`` and one ``p_<class>`` column per class out (from ``model``'s output)."""
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    from vadclip.model.network import score_video
+
+    example = np.random.default_rng(0).normal(size=(8, model.embed_dim)).astype(np.float32)
+    anomaly, probs = score_video(model, example)
+    out = pd.DataFrame({"anomaly": anomaly, **{f"p_{k}": probs[:, i] for i, k in enumerate(model.cfg.class_keys)}})
+    return {"signature": infer_signature(example, out), "input_example": example}
+
+
+def _version_of_run(client, name: str, run_id: str, best_epoch) -> Optional[Any]:
+    """A version of ``name`` already registered from this run and this best epoch (a
+    finished training run again) — registering it twice would only duplicate it."""
+    for mv in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
+        if mv.tags.get("vadclip_best_epoch") == str(best_epoch):
+            return mv
+    return None
+
+
+def log_and_register(train_ckpt: Optional[str], run_id: str, tracking_uri: str, register_name: Optional[str],
+                     alias: str, metric: str, value: Optional[float], best_epoch: Optional[int] = None,
+                     log=None, model=None) -> Dict[str, Any]:
+    """Log the model of ``train_ckpt`` (or an already loaded scoring ``model``) to the
+    MLflow run as a pyfunc, register it as ``register_name`` and move ``alias`` to it
+    when its ``metric`` beats the alias's (with ``value`` None: unless the alias's version
+    has a number for ``metric``)."""
+    log = log or logging.getLogger("vadclip").info
+    import tempfile
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    out: Dict[str, Any] = {}
+    if register_name:
+        try:
+            prior = _version_of_run(client, register_name, run_id, best_epoch)
+        except MlflowException:
+            prior = None
+        if prior is not None:
+            log(f"[registry] {register_name} v{prior.version} already holds this run's best model; "
+                "not registered again")
+            cur = _alias_version(client, register_name, alias)
+            return {"model_uri": prior.source, "registered_version": int(prior.version), "alias": alias,
+                    "promoted": cur is not None and cur.version == prior.version, "already_registered": True}
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "vadclip_inference.pt")
+        from vadclip.model.checkpoint import load_model_file, save_checkpoint
+
+        if model is None:   # a training checkpoint → a scoring model (frozen text features)
+            model = load_model_file(train_ckpt)
+        save_checkpoint(model, path)
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(name="model", python_model=MODEL_CODE, artifacts={"checkpoint": path},
+                                           pip_requirements=["vadclip", "torch", "numpy", "pandas"],
+                                           **_signature(model))
+            if value is not None and np.isfinite(value):
+                mlflow.log_metric(f"best_{metric}", float(value))
+    out["model_uri"] = info.model_uri
+    if not register_name:
+        return out
+    mv = mlflow.register_model(info.model_uri, register_name)
+    client.set_model_version_tag(register_name, mv.version, metric, str(value))
+    client.set_model_version_tag(register_name, mv.version, "vadclip_best_epoch", str(best_epoch))
+    if model.cfg.feature_provenance:   # what it was trained on: scoring refuses features that do not fit
+        client.set_model_version_tag(register_name, mv.version, "vadclip_feature_provenance",
+                                     json.dumps(model.cfg.feature_provenance, sort_keys=True))
+    out["registered_version"] = int(mv.version)
+    cur = _alias_version(client, register_name, alias)
+    current = _tag_value(cur, metric)
+    better = cur is None or not np.isfinite(current) or (value is not None and value > current)
+    if better:
+        client.set_registered_model_alias(register_name, alias, mv.version)
+        log(f"[registry] {register_name} v{mv.version} is the new @{alias} ({metric}={value})")
+    else:
+        log(f"[registry] {register_name} v{mv.version} registered; @{alias} stays v{cur.version} "
+            f"({metric} {current} ≥ {value})")
+    out["promoted"] = bool(better)
+    out["alias"] = alias
+    return out
+
+
+def _tag_value(version, metric: str) -> float:
+    """The metric a version was registered with (NaN when absent or not a number)."""
+    try:
+        return float(version.tags.get(metric, "nan")) if version is not None else float("nan")
+    except ValueError:
+        return float("nan")
+
+
+def _alias_version(client, name: str, alias: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:  # no such alias yet
+        return None
+
+
+def register_model_file(path: str, name: str, alias: str = "champion",
+                        tracking_uri: Optional[str] = None, experiment: str = "vadclip-official",
+                        log=None) -> Dict[str, Any]:
+    """Register any model file — an official VadCLIP ``.pth`` included — in the MLflow
+    registry, so that it scores as ``models:/NAME@ALIAS``."""
+    log = log or logging.getLogger("vadclip").info
+    import mlflow
+
+    from vadclip.model.checkpoint import load_model_file
+    from vadclip.tracking.runs import use_experiment
+
+    path = storage.absolute(path)
+    if not storage.isfile(path):
+        raise MissingInputError(f"model file not found: {path}")
+    model = load_model_file(path)
+    use_experiment(experiment, tracking_uri)
+    with mlflow.start_run(run_name=f"register-{storage.basename(path)}") as run:
+        mlflow.log_params({"source_file": path, "preset": model.cfg.preset,
+                           "padding": model.cfg.padding})
+    # no metric value: log_and_register moves the alias to the new version unconditionally
+    out = log_and_register(None, run.info.run_id, mlflow.get_tracking_uri(), name, alias,
+                           "registered", None, model=model, log=log)
+    return dict(out, name=name, preset=model.cfg.preset, padding=model.cfg.padding)
+
+
+MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
+
+
+def load_scoring_model(uri: str, tracking_uri: Optional[str] = None):
+    """A VadCLIP model for scoring from ``models:/NAME@ALIAS`` (``runs:/…``, any MLflow
+    model URI) or a checkpoint file of any kind (see :func:`checkpoint.load_model_file`).
+    A URI or file that does not resolve raises an :class:`InputError` naming it."""
+    from vadclip.model.checkpoint import load_model_file
+
+    if not uri.startswith(MLFLOW_SCHEMES):
+        uri = storage.absolute(uri)
+        if not storage.isfile(uri):
+            raise MissingInputError(f"model file not found: {uri} (a model is a checkpoint file or an MLflow "
+                                    "model URI such as models:/NAME@champion)")
+        return load_model_file(uri)
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from vadclip.tracking.runs import use_store
+
+    store = use_store(tracking_uri)
+    try:
+        return mlflow.pyfunc.load_model(uri).unwrap_python_model().model
+    except MlflowException as e:
+        raise InputError(f"model {uri}: {one_line(e, 300)} (MLflow store {store})") from None

@@ -1,0 +1,330 @@
+"""Video decoding: one frame per snippet, resize + centre crop (or 5/10 crops) to the
+CLIP input size, in bounded chunks so memory does not grow with video length.
+
+Two decoders deliver the same frames (the same pixels on every file the tests and
+``bench/decode.py`` write): torchcodec, on the system's FFmpeg libraries (the fastest
+on the CPU in ``bench/decode.py``, and NVDEC on a GPU with ``device="cuda"``), and
+decord, whose wheel carries its own FFmpeg.  ``decoder="auto"`` takes torchcodec where
+it loads and decord elsewhere (torchcodec asked for by name where it cannot decode is an error of
+the environment, never of a video); a CUDA request falls back to the CPU where there is no
+CUDA device or the GPU decoder cannot read a file."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vadclip.io import storage
+from vadclip.io.ids import VIDEO_EXTENSIONS
+
+log = logging.getLogger(__name__)
+
+
+
+class VideoError(RuntimeError):
+    """A video that cannot be decoded; the message names the file and the problem."""
+
+
+@dataclass
+class VideoInfo:
+    path: str
+    num_frames: int
+    fps: float
+    height: int
+    width: int
+    decoder: str = ""       # what decoded it: decord | torchcodec-cpu | torchcodec-cuda
+
+    def snippet_count(self, snippet_len: int) -> int:
+        return -(-self.num_frames // snippet_len)
+
+
+# ------------------------------------------------------------------------ decoders
+DECODERS = ("auto", "decord", "torchcodec")
+DECODE_DEVICES = ("cpu", "cuda")
+
+
+def _first_line(e: BaseException) -> str:
+    """An exception's first line, without torchcodec's ``Class, file.cpp:NN, `` prefix."""
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else type(e).__name__
+    return re.sub(r"^\w+, \S+\.(?:cpp|h):\d+, ", "", line)[:200]
+
+
+PROBE_CLIP = Path(__file__).parent / "assets" / "probe.mp4"   # 2 H.264 frames, 32x32, 1.5 KB
+
+
+@functools.lru_cache(maxsize=None)
+def torchcodec_missing() -> Optional[str]:
+    """None where torchcodec can decode in this process, else why not (one line).
+
+    Checked by decoding a bundled two-frame clip once per process: ``import
+    torchcodec.decoders`` succeeds without FFmpeg, whose shared libraries torchcodec
+    loads only at the first decoder, so an import says nothing."""
+    try:
+        from torchcodec.decoders import VideoDecoder
+
+        VideoDecoder(PROBE_CLIP.read_bytes(), seek_mode="exact").get_frame_at(1)
+    except Exception as e:   # ImportError, or RuntimeError when FFmpeg's libraries do not load
+        why = _first_line(e).rstrip(" :.")
+        if "Could not load libtorchcodec" in why:
+            why = ("it cannot load FFmpeg's shared libraries: none of a version it supports is installed "
+                   "(apt-get install ffmpeg)")
+        return why
+    return None
+
+
+class DecoderUnavailable(RuntimeError):
+    """The decoder asked for by name cannot decode in this process: a problem of the
+    environment (never of a video)."""
+
+
+_noted: set = set()
+
+
+def _note_once(msg: str, level: int = logging.WARNING) -> None:
+    if msg not in _noted:
+        _noted.add(msg)
+        log.log(level, msg)
+
+
+def check_decoder(decoder: str, device: str) -> None:
+    """A clear error for a decoder/device pair that cannot mean anything."""
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+    if device not in DECODE_DEVICES:
+        raise ValueError(f"decode device must be one of {', '.join(DECODE_DEVICES)}, got {device!r}")
+    if decoder == "decord" and device == "cuda":
+        raise ValueError("decoding on cuda needs the torchcodec decoder (decoder 'torchcodec' or 'auto'), "
+                         "decord decodes on the CPU here")
+
+
+def resolve_decoder(decoder: str = "auto", device: str = "cpu") -> Tuple[str, str]:
+    """What this process decodes with: ("decord" | "torchcodec", "cpu" | "cuda").
+
+    ``auto`` takes torchcodec where it can decode in this process (:func:`torchcodec_missing`)
+    and decord elsewhere, said once in the log; ``torchcodec`` asked for by name where
+    it cannot decode raises :class:`DecoderUnavailable` (the environment's problem:
+    Ray retries the task, then the job fails; no video is marked failed).  cuda asked
+    for where there is no CUDA device → the CPU, said once."""
+    check_decoder(decoder, device)
+    if decoder == "decord":
+        return "decord", "cpu"
+    why = torchcodec_missing()
+    if why is not None:
+        if decoder == "torchcodec":
+            raise DecoderUnavailable(f"--decoder torchcodec: torchcodec cannot decode here: {why}")
+        # the job's driver says so once for the run (run_extract); here, a debug note per process
+        _note_once(f"torchcodec cannot decode here ({why}): decoding with decord on the CPU", logging.DEBUG)
+        return "decord", "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        _note_once("no CUDA device here: torchcodec decodes on the CPU")
+        return "torchcodec", "cpu"
+    return "torchcodec", device
+
+
+class DecordReader:
+    """decord on the CPU; ``get(indices)`` → [N, H, W, 3] uint8 numpy."""
+    device = "cpu"
+
+    def __init__(self, path: str, name: str) -> None:
+        import decord
+
+        try:
+            self.vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+        except Exception as e:  # decord raises RuntimeError/DECORDError
+            raise VideoError(f"{name}: not a readable video ({_first_line(e)})") from None
+        self.num_frames = len(self.vr)
+        self.fps = float(self.vr.get_avg_fps() or 0.0)
+        self.kind = "decord"
+
+    def get(self, idx: Sequence[int]) -> np.ndarray:
+        return self.vr.get_batch([int(i) for i in idx]).asnumpy()
+
+
+class TorchcodecReader:
+    """torchcodec (exact seeks, one FFmpeg thread) on ``device``."""
+
+    def __init__(self, path: str, name: str, device: str = "cpu") -> None:
+        from torchcodec.decoders import VideoDecoder
+
+        try:
+            # exact seek mode: the frame count and frame indices from a scan of the file
+            self.dec = VideoDecoder(path, device=device, dimension_order="NHWC", seek_mode="exact",
+                                    num_ffmpeg_threads=1)
+            md = self.dec.metadata
+        except Exception as e:
+            raise VideoError(f"{name}: not a readable video ({_first_line(e)})") from None
+        self.num_frames = int(md.num_frames or 0)
+        self.fps = float(md.average_fps or 0.0)
+        self.device = device
+        self.kind = f"torchcodec-{device}"
+
+    def get(self, idx: Sequence[int]):
+        """[N, H, W, 3] uint8: a numpy array, or a CUDA tensor when decoding on the GPU."""
+        t = self.dec.get_frames_at([int(i) for i in idx]).data
+        return t if t.is_cuda else t.numpy()
+
+
+def _open_reader(path: str, name: str, decoder: str, device: str):
+    kind, dev = resolve_decoder(decoder, device)
+    if kind == "decord":
+        return DecordReader(path, name)
+    if dev == "cuda":
+        try:
+            return TorchcodecReader(path, name, "cuda")
+        except VideoError as e:   # the GPU decoder's limits are not the video's fault: the CPU decides
+            _note_once(f"the CUDA decoder cannot open {name} ({e}): decoding it on the CPU")
+    return TorchcodecReader(path, name, "cpu")
+
+
+def _read(reader, sel: Sequence[int], path: str, name: str):
+    """Frames ``sel`` of ``reader``; a GPU decoding failure retries on the CPU (the
+    reader is replaced); a CPU failure is the video's.  Returns (reader, frames)."""
+    try:
+        return reader, reader.get(sel)
+    except MemoryError:
+        raise
+    except Exception as e:
+        if reader.device == "cuda":
+            _note_once(f"the CUDA decoder failed on {name} ({_first_line(e)}): decoding it on the CPU")
+            reader = TorchcodecReader(path, name, "cpu")
+            return _read(reader, sel, path, name)
+        raise VideoError(f"{name}: decoding failed at frame {int(sel[0])} of {reader.num_frames} "
+                         f"(truncated or corrupt?): {_first_line(e)}") from None
+
+
+def video_file(path: str):
+    """The file info of the video ``path`` (local or in object storage): a missing or
+    empty object is a :class:`VideoError` of this video; a failing store (timeouts,
+    refused connections, credentials) raises ``OSError``, a problem of the environment
+    that Ray retries and never records against the video."""
+    try:
+        st = storage.info(path)
+    except storage.UnsupportedURI as e:
+        raise VideoError(str(e)) from None
+    if st.type == storage.pafs.FileType.NotFound:
+        raise VideoError(f"{path}: file not found")
+    if st.type != storage.pafs.FileType.File:
+        raise VideoError(f"{path}: not a file")
+    if st.size == 0:
+        raise VideoError(f"{path}: empty file (0 bytes)")
+    return st
+
+
+def identity_of(st) -> str:
+    """What identifies the content of a file between two runs: its size and
+    modification time (an object store's last-modified time), ``SIZE:MTIME_NS``."""
+    mtime = getattr(st, "mtime_ns", None)
+    return f"{st.size}:{mtime if mtime is not None else ''}"
+
+
+@contextlib.contextmanager
+def fetched(path: str, st=None) -> Iterator[str]:
+    """A local file holding the video ``path`` (local or in object storage) for the
+    length of the ``with`` (``st``: its :func:`video_file` info, when already known).
+    Remote videos are streamed to node-local scratch, removed afterwards (failures
+    included); problems as in :func:`video_file`."""
+    if st is None:
+        video_file(path)
+    try:
+        with storage.local_file(path, suffix=storage.extension(path)) as local:
+            yield local
+    except FileNotFoundError:
+        raise VideoError(f"{path}: file not found (removed while being read)") from None
+
+
+def open_video(path: str, name: Optional[str] = None, decoder: str = "auto", device: str = "cpu"):
+    """(reader, info) of a local video file: ``reader.get(indices)`` → [N, H, W, 3]
+    uint8 frames (a CUDA tensor when decoding on the GPU) and ``reader.kind`` says which
+    decoder it is; errors name ``name`` (default ``path``)."""
+    name = name or path
+    if not os.path.isfile(path):
+        raise VideoError(f"{name}: file not found")
+    if os.path.getsize(path) == 0:
+        raise VideoError(f"{name}: empty file (0 bytes)")
+    reader = _open_reader(path, name, decoder, device)
+    n = reader.num_frames
+    if n <= 0:
+        raise VideoError(f"{name}: video has no frames")
+    try:
+        reader, first = _read(reader, [0], path, name)
+    except VideoError as e:
+        raise VideoError(f"{name}: cannot decode the first frame ({str(e).split(': ', 1)[-1]})") from None
+    h, w = first.shape[1:3]
+    fps = reader.fps
+    if not np.isfinite(fps) or fps <= 0:
+        fps = 30.0
+    return reader, VideoInfo(name, n, fps, int(h), int(w), reader.kind)
+
+
+def snippet_frame_indices(num_frames: int, snippet_len: int) -> np.ndarray:
+    """The frame sampled for each ``snippet_len``-frame snippet: its middle frame
+    (clamped to the last frame for a short final snippet)."""
+    starts = np.arange(0, num_frames, snippet_len)
+    return np.minimum(starts + snippet_len // 2, num_frames - 1)
+
+
+def crop_views(frames, size: int, crops: int) -> np.ndarray:
+    """[N, H, W, 3] uint8 (numpy, or a torch tensor on any device: the resize runs
+    there) → [N, crops, 3, size, size] uint8 numpy.
+
+    crops=1: resize the short side to ``size`` and centre crop (CLIP preprocessing).
+    crops=5/10: resize the short side to ``size*256/224``; centre, top-left, top-right,
+    bottom-left, bottom-right; for 10 the same five of the horizontally flipped frame."""
+    if crops not in (1, 5, 10):
+        raise ValueError(f"crops must be 1, 5 or 10, got {crops}")
+    x = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(frames))
+    x = x.permute(0, 3, 1, 2).float()
+    h, w = x.shape[-2:]
+    short = size if crops == 1 else int(round(size * 256 / 224))
+    scale = short / min(h, w)
+    nh, nw = max(short, int(round(h * scale))), max(short, int(round(w * scale)))
+    if (nh, nw) != (h, w):
+        x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True)
+    x = x.clamp_(0, 255).round_().to(torch.uint8)
+    cy, cx = (nh - size) // 2, (nw - size) // 2
+    boxes = [(cy, cx)]
+    if crops > 1:
+        boxes += [(0, 0), (0, nw - size), (nh - size, 0), (nh - size, nw - size)]
+    views = [x[:, :, t:t + size, l:l + size] for t, l in boxes]
+    if crops == 10:
+        flipped = x.flip(-1)
+        views += [flipped[:, :, t:t + size, l:l + size] for t, l in boxes]
+    return torch.stack(views, dim=1).cpu().numpy()
+
+
+def iter_snippet_chunks(path: str, snippet_len: int = 16, size: int = 224, crops: int = 1,
+                        chunk_snippets: int = 32, name: Optional[str] = None, decoder: str = "auto",
+                        device: str = "cpu") -> Tuple[VideoInfo, Iterator[np.ndarray]]:
+    """Open a local video file and return (info, iterator of [n, crops, 3, size, size]
+    uint8 chunks); errors name ``name`` (the user's path or URI, default ``path``).
+    ``info.decoder`` says what decoded it (after the fallbacks of :func:`resolve_decoder`)."""
+    name = name or path
+    reader, info = open_video(path, name, decoder, device)
+    idx = snippet_frame_indices(info.num_frames, snippet_len)
+
+    def gen():
+        rd = reader
+        for s in range(0, len(idx), chunk_snippets):
+            sel = idx[s:s + chunk_snippets]
+            rd, frames = _read(rd, sel.tolist(), path, name)
+            info.decoder = rd.kind        # a GPU failure may have moved it to the CPU
+            if frames.shape[0] != len(sel):
+                raise VideoError(f"{name}: decoder returned {frames.shape[0]} frames, expected {len(sel)}")
+            yield crop_views(frames, size, crops)
+
+    return info, gen()
+
+
+def list_videos(root: str) -> List[str]:
+    """Video files under a folder or object-store prefix (recursive, sorted)."""
+    return storage.list_files(root, recursive=True, suffixes=VIDEO_EXTENSIONS)
