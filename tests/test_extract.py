@@ -6,7 +6,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from vadclip.model.config import ClipSpec
-from vadclip.jobs.extract import (ClipImageEncoder, ExtractOptions, cpu_bf16_flags, extract_video, load_manifest,
+from vadclip.testing.direct import extract_video
+from vadclip.jobs.extract import (ClipImageEncoder, ExtractOptions, cpu_bf16_flags, load_manifest,
                              run_extract)
 from vadclip.io.features import read_feature_rows, row_features
 from vadclip.video.decode import (DecoderUnavailable, VideoError, check_decoder, crop_views, iter_snippet_chunks,

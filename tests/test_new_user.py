@@ -219,16 +219,17 @@ def test_bad_inputs_fail_before_any_worker_with_one_line(ray_local, archive, tmp
     assert all(not client.search_runs([e.experiment_id]) for e in client.search_experiments())
 
 
-def test_failed_training_marks_its_mlflow_run_failed(ray_local, tmp_path):
+def test_failed_training_marks_its_mlflow_run_failed(ray_local, tmp_path, monkeypatch):
     from vadclip.jobs.train import run_train
 
     cfg = tiny_config("custom", classes=CLASSES, epochs=2, batch_size=2, visual_length=32)
     rows, _ = make_feature_set(cfg, 4, 4, 32, seed=1)
     write_feature_table(rows, str(tmp_path / "t.parquet"))
     uri = f"sqlite:///{tmp_path}/m.db"
+    monkeypatch.setenv("VADCLIP_INJECT_FAULTS", "raise_after_epoch=1")
     with pytest.raises(Exception):
         run_train(str(tmp_path / "t.parquet"), cfg, str(tmp_path / "runs"), run_name="doomed", num_workers=1,
-                  cpus_per_worker=0.5, tracking_uri=uri, faults={"raise_after_epoch": 1}, max_failures=0, log=lambda *_: None)
+                  cpus_per_worker=0.5, tracking_uri=uri, max_failures=0, log=lambda *_: None)
     client = mlflow.tracking.MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("vadclip").experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]

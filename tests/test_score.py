@@ -13,7 +13,8 @@ from vadclip.io.gt import write_gt
 from vadclip.tracking.registry import log_and_register
 from vadclip.video.samples import make_sample_set, write_manifest
 from vadclip.jobs.score import ScoreOptions, find_events, run_score
-from vadclip.train.batches import batch_plan, collate, make_optimizer, train_step
+from vadclip.testing.direct import collate
+from vadclip.train.batches import batch_plan, make_optimizer, train_step
 
 CLASSES = ["Normal", "Explosion", "Fighting", "RoadAccidents"]
 

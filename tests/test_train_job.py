@@ -76,14 +76,15 @@ def test_two_worker_training_registers_a_model(ray_local, feature_sets, tmp_path
     assert int(client.get_model_version_by_alias("vad-test", "champion").version) == 1
 
 
-def test_worker_killed_mid_epoch_resumes_from_checkpoint(ray_local, feature_sets, tmp_path):
+def test_worker_killed_mid_epoch_resumes_from_checkpoint(ray_local, feature_sets, tmp_path, monkeypatch):
     """Rank 0's worker process dies (os._exit) half-way through epoch 2: Ray Train
     restarts the worker group, which resumes from the epoch-1 checkpoint."""
     cfg, d, _ = feature_sets
     cfg = cfg.replace(epochs=3)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("VADCLIP_INJECT_FAULTS", "exit_in_epoch=2")
     s = run_train(str(d / "train.parquet"), cfg, str(tmp_path / "runs"), run_name="crashy",
-                  num_workers=2, tracking_uri=uri, faults={"exit_in_epoch": 2}, max_failures=1,
+                  num_workers=2, tracking_uri=uri, max_failures=1,
                   log=lambda *_: None)
     assert (tmp_path / "runs" / "crashy.failed-once").read_text() == "exit_in_epoch"   # it did die
     client = mlflow.tracking.MlflowClient(uri)
@@ -115,4 +116,4 @@ def test_official_recipe_evaluates_within_epochs_and_keeps_the_best(ray_local, f
     model = load_model_file(s["best_checkpoint"])
     again = evaluate(model, erows, read_gt(str(d / "gt.parquet")), model.cfg)
     assert again["auc"] == pytest.approx(best, abs=1e-6)     # the checkpoint is that model
-    assert client.get_run(s["mlflow_run_id"]).data.params["recipe"] == "official"
+    assert client.get_run(s["mlflow_run_id"]).data.params["recipe"] == "paper"   # "official" is the old name

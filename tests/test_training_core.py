@@ -10,7 +10,8 @@ import os
 import pytest
 import torch
 
-from vadclip.train.batches import ShardCache, batch_plan, collate, make_optimizer, prepare_batch, train_step
+from vadclip.testing.direct import collate
+from vadclip.train.batches import ShardCache, batch_plan, make_optimizer, prepare_batch, train_step
 
 
 def _gt(rows):
@@ -89,7 +90,7 @@ def test_shard_cache_returns_what_collate_builds(tmp_path):
     assert not os.path.exists(d)
 
 
-@pytest.mark.parametrize("padding", ["official", "masked"])
+@pytest.mark.parametrize("padding", ["paper", "official", "masked"])   # "official": the old name of "paper"
 def test_micro_batches_make_the_same_step(padding):
     """Gradient accumulation over micro-batches of 3 rows (the last one short) gives the
     gradient of the whole batch, and the same loss parts."""
@@ -110,3 +111,44 @@ def test_micro_batches_make_the_same_step(padding):
     for k in g1:
         scale = float(g1[k].abs().max())
         torch.testing.assert_close(g2[k], g1[k], rtol=1e-4, atol=1e-5 * scale + 1e-9)
+
+
+def test_epoch_loop_without_any_framework_follows_the_paper_recipe(tiny_clip, tmp_path):
+    """The rank's epoch loop runs in a plain process (no Ray, no process group): with the
+    paper recipe it evaluates at every N samples, reports each point, keeps the best model
+    so far and goes on from it at the end of the epoch; its state round-trips."""
+    from vadclip.train.loop import EpochLoop, Ranks
+    from vadclip.train.recipes import Paper, get_recipe
+
+    assert get_recipe("official") is get_recipe("paper") and isinstance(get_recipe("paper"), Paper)
+    cfg = tiny_config("ucf", visual_length=32, lr=1e-3, batch_size=4, milestones=[100], epochs=2)
+    rows, _ = make_feature_set(cfg, 8, 8, 32, seed=5)
+    erows, egt = make_feature_set(cfg, 4, 4, 32, seed=6, prefix="ev")
+    model = build_model(cfg, tiny_clip)
+    opt, sched = make_optimizer(model, cfg)
+    points, lines = [], []
+    loop = EpochLoop(model, model, opt, sched, cfg, get_recipe("paper"), "auc", Ranks(), "cpu", per_rank=4,
+                     eval_rows=erows, gt=_gt(egt), eval_every=8, log=lines.append,
+                     on_eval=lambda m, step: points.append((step, m["step_auc"])))
+    cols = {k: [r[k] for r in rows] for k in rows[0]}
+    with ShardCache(str(tmp_path)) as shard:
+        b = prepare_batch(cols, cfg)
+        shard.append(b["x"], b["length"], b["y"], b["label"])
+        steps = loop.steps(shard.labels)
+        assert steps == 2                        # 8 normal + 8 abnormal, 4 of each per step
+        m = loop.epoch(shard, 0, steps)
+    # one evaluation point within the epoch (after step 1: 8 samples), none at its end
+    assert [p[0] for p in points] == [8] and "auc" not in m
+    assert loop.state.best == pytest.approx(points[0][1]) and m["score"] == loop.state.best
+    # the model goes on from the best state kept at that point
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, loop.state.best_state[k], rtol=0, atol=0)
+    st = dict(loop.state_dict(), epoch=0)
+    model2 = build_model(cfg, tiny_clip)
+    other = EpochLoop(model2, model2, *make_optimizer(model2, cfg), cfg, get_recipe("paper"), "auc", Ranks(), "cpu",
+                      per_rank=4)
+    other.load_state_dict(st)
+    for k, v in model2.state_dict().items():
+        torch.testing.assert_close(v, model.state_dict()[k], rtol=0, atol=0)
+    assert other.state.start_epoch == 1 and other.state.best == loop.state.best
+    assert len(other.state.history) == 1 and any("epoch 1/2" in line for line in lines)

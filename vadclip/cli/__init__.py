@@ -12,7 +12,7 @@ import sys
 from typing import List, Optional
 
 from vadclip.model.config import ClipSpec, VadConfig
-from vadclip.errors import InputError, one_line
+from vadclip.errors import EnvironmentProblem, InputError, one_line
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -423,7 +423,8 @@ def _setup_logging() -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run a command; a problem of the input or configuration is one line on stderr
-    and exit code 2 (as argparse does for bad options), never a traceback."""
+    and exit code 2 (as argparse does for bad options), a problem of the environment one
+    line and exit code 3, never a traceback."""
     a = build_parser().parse_args(argv)
     _setup_logging()
     try:
@@ -434,6 +435,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except InputError as e:
         print(f"vadclip {a.cmd}: error: {one_line(e)}", file=sys.stderr)
         return 2
+    except EnvironmentProblem as e:
+        print(f"vadclip {a.cmd}: error (environment): {one_line(e)}", file=sys.stderr)
+        return 3
     print(json.dumps(s, indent=2, default=str), flush=True)
     return 0
 

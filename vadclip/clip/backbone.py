@@ -3,13 +3,12 @@ prompt embeddings (learnable context around class-name tokens) for the A-branch.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 import torch
 from torch import nn
 
-from vadclip.clip.catalog import clip_embed_dim, model_config, open_clip_module  # noqa: F401
+from vadclip.clip.catalog import open_clip_module
 from vadclip.clip.spec import ClipSpec
 from vadclip.io.provenance import OPENAI_MEAN, OPENAI_STD
 

@@ -23,7 +23,7 @@ import os
 import socket
 import tempfile
 import urllib.parse
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
 from vadclip.io import storage

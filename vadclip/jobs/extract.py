@@ -219,16 +219,6 @@ class ClipImageEncoder:
         return f.reshape(n, c, -1).cpu().numpy()
 
 
-def extract_video(path: str, encoder: ClipImageEncoder, opts: ExtractOptions):
-    """Single-process extraction of one video → (VideoInfo, features [crops, T, D])."""
-    with fetched(path) as local:
-        info, chunks = iter_snippet_chunks(local, opts.snippet_len, encoder.image_size, opts.crops,
-                                           opts.chunk_snippets, name=path, decoder=opts.decoder,
-                                           device=opts.decode_device)
-        feats = np.concatenate([encoder.encode(c) for c in chunks], axis=0)
-    return info, feats.transpose(1, 0, 2)
-
-
 # -------------------------------------------------------------------- ray data stages
 class DecodeStage:
     """Ray Data ``flat_map`` stage: one manifest row → the video's snippet frames in
@@ -359,7 +349,7 @@ def feature_provenance(opts: ExtractOptions, weights=None) -> Dict[str, Any]:
     """What the feature set written with ``opts`` (and the resolved ``weights``) is:
     see :mod:`vadclip.io.provenance`."""
     from vadclip._version import __version__
-    from vadclip.clip.backbone import model_config
+    from vadclip.clip.catalog import model_config
 
     pre = dict(model_config(opts.clip.model).get("preprocess_cfg") or {})
     pre.update(weights.preprocess if weights is not None else {})

@@ -10,7 +10,7 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -18,6 +18,7 @@ import numpy as np
 from vadclip.io import provenance, storage
 from vadclip.model.config import VadConfig
 from vadclip.io.gt import check_matches, read_gt
+from vadclip.jobs.faults import fault_due, train_faults
 
 CKPT_FILE = "vadclip.pt"
 STATE_FILE = "train_state.pt"
@@ -44,92 +45,23 @@ def rank_batch_size(cfg: VadConfig, world: int) -> int:
     return max(1, cfg.batch_size // world)
 
 
-# ---------------------------------------------------------------------- worker loop
-RECIPES = {
-    # vadclip: evaluate once per epoch on the given set, keep the best checkpoint
-    "vadclip": {},
-    # the official training loops: UCF evaluates every 1,280 samples, XD after every
-    # epoch, and both reload the best model so far at the end of each epoch
-    "official": {"ucf": {"eval_every_samples": 1280}, "xd": {}},
-}
-
-
-def _fault_due(config: Dict[str, Any], kind: str, epoch: int) -> bool:
-    """Fault injection (tests): ``kind`` is asked for at this epoch and has not happened
-    yet in this training (a marker file beside the run's storage remembers it)."""
-    faults, marker = config.get("faults") or {}, config.get("fault_marker")
-    if faults.get(kind) != epoch + 1 or not marker or storage.exists(marker):
-        return False
-    storage.write_bytes(marker, kind.encode())
-    return True
-
-
-def _grouped() -> bool:
-    """A process group of more than one rank is running."""
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _all_reduce(value: float, op: str) -> float:
-    """``value`` reduced over the ranks (``"min"``/``"max"``); the value itself
-    without a process group."""
-    import torch
-    import torch.distributed as dist
-
-    if not _grouped():
-        return value
-    t = torch.tensor([float(value)], dtype=torch.float64)
-    dist.all_reduce(t, op={"min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}[op])
-    return float(t.item())
-
-
-def _broadcast_flag(flag: bool) -> bool:
-    """Rank 0's decision, on every rank."""
-    import torch
-    import torch.distributed as dist
-
-    if not _grouped():
-        return flag
-    t = torch.tensor([1 if flag else 0])
-    dist.broadcast(t, src=0)
-    return bool(t.item())
-
-
-class _MemoryWatch:
-    """Peak memory of this worker process, in MiB: ``rss`` (``ru_maxrss``) and, sampled
-    every 50 ms from ``/proc/self/status``, ``private`` (anonymous memory: tensors,
-    batches, the model) and ``shared`` (object-store pages the worker has read; they
-    belong to the node's object store, whose size Ray caps, not to the worker)."""
-
-    def __init__(self, every: float = 0.05):
-        import threading
-
-        self.peak = {"private": 0.0, "shared": 0.0}
-        self._stop = threading.Event()
-        if os.path.exists("/proc/self/status"):
-            threading.Thread(target=self._run, args=(every,), daemon=True).start()
-
-    def _sample(self) -> None:
-        with open("/proc/self/status") as f:
-            for line in f:
-                key = {"RssAnon:": "private", "RssShmem:": "shared"}.get(line.split(":")[0] + ":")
-                if key:
-                    self.peak[key] = max(self.peak[key], int(line.split()[1]) / 1024.0)
-
-    def _run(self, every: float) -> None:
-        while not self._stop.wait(every):
-            self._sample()
-
-    def read(self) -> Dict[str, float]:
-        import resource
-
-        if os.path.exists("/proc/self/status"):
-            self._sample()
-        return {"rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, **self.peak}
-
-    def stop(self) -> None:
-        self._stop.set()
+# ------------------------------------------------------------------ the Ray adapter
+@dataclass
+class WorkerConfig:
+    """What the driver hands every training rank."""
+    cfg: Dict[str, Any]                      # VadConfig.to_dict()
+    metric: str                              # model selection
+    recipe: str = "vadclip"                  # vadclip.train.recipes
+    eval_every_samples: Optional[int] = None  # evaluation points within epochs (None: at epoch ends)
+    has_eval: bool = False                   # rank 0 reads the "eval" dataset shard
+    gt: Dict[str, Any] = field(default_factory=dict)
+    weights: Any = None                      # the CLIP weights the driver resolved (shared through Ray)
+    max_steps_per_epoch: Optional[int] = None
+    micro_batch: Optional[int] = None
+    mlflow_run_id: Optional[str] = None
+    tracking_uri: Optional[str] = None
+    faults: Optional[Dict[str, int]] = None  # vadclip.jobs.faults (tests), with its once-only marker
+    fault_marker: Optional[str] = None
 
 
 def _quiet_ray_train_logs():
@@ -164,72 +96,60 @@ def _cache_shard(rank: int):
     return cache
 
 
-class _Worker:
-    """One Ray Train rank: restore, then per epoch run :func:`batch_plan` over the cached
-    shard, evaluate on rank 0, report the checkpoint."""
+class _RayRank:
+    """One Ray Train rank: the framework-free :class:`EpochLoop`, restored from Ray
+    Train's checkpoint, DDP-prepared by Ray, reporting each epoch's checkpoint through
+    ``ray.train.report`` and its metrics to MLflow."""
 
-    def __init__(self, config: Dict[str, Any]):
+    def __init__(self, wc: WorkerConfig):
         import ray.train
         import ray.train.torch
         import torch
 
         from vadclip.clip.backbone import FrozenCLIP
-        from vadclip.model.network import VadCLIP
-        from vadclip.train.batches import make_optimizer
         from vadclip.clip.weights import activate
+        from vadclip.model.network import VadCLIP
+        from vadclip.tracking.runs import log_metrics
+        from vadclip.train.batches import make_optimizer
+        from vadclip.train.loop import EpochLoop, MemoryWatch, Ranks
+        from vadclip.train.recipes import get_recipe
 
-        self.memory = _MemoryWatch()
-        self.config, self.cfg = config, VadConfig.from_dict(config["cfg"])
-        cfg = self.cfg
-        self.log = _quiet_ray_train_logs()
+        self.wc, self.cfg = wc, VadConfig.from_dict(wc.cfg)
+        self.memory = MemoryWatch()
+        log = _quiet_ray_train_logs()
         ctx = ray.train.get_context()
-        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
-        self.device = ray.train.torch.get_device()
-        torch.manual_seed(cfg.seed)
-        np.random.seed(cfg.seed + self.rank)
-        self.recipe, self.metric = config.get("recipe", "vadclip"), config["metric"]
-        self.eval_every = config.get("eval_every_samples")
-        activate(config.get("weights"))   # the CLIP weights the driver resolved, through Ray
-        model = VadCLIP(cfg, FrozenCLIP(cfg.clip, device=str(self.device)))
-        self.opt, self.sched = make_optimizer(model, cfg)
-        self.start_epoch, self.best, self.history, self.best_state = 0, -float("inf"), [], None
-        self._restore(model)
-        self.model = ray.train.torch.prepare_model(model)
-        self.core = self.model.module if hasattr(self.model, "module") else self.model
-        self.per_rank = rank_batch_size(cfg, self.world)
-        self.global_batch = self.per_rank * self.world * (2 if cfg.balanced_batches else 1)
-        self.eval_rows, self.gt = None, config.get("gt") or {}
-        if self.rank == 0 and config.get("has_eval"):
-            self.eval_rows = list(ray.train.get_dataset_shard("eval").iter_rows())
-
-    def _restore(self, model) -> None:
-        import ray.train
-        import torch
-
+        self.rank, world = ctx.get_world_rank(), ctx.get_world_size()
+        device = ray.train.torch.get_device()
+        torch.manual_seed(self.cfg.seed)
+        np.random.seed(self.cfg.seed + self.rank)
+        activate(wc.weights)
+        model = VadCLIP(self.cfg, FrozenCLIP(self.cfg.clip, device=str(device)))
+        opt, sched = make_optimizer(model, self.cfg)
+        self.loop = EpochLoop(model, model, opt, sched, self.cfg, get_recipe(wc.recipe), wc.metric,
+                              Ranks(self.rank, world), device, rank_batch_size(self.cfg, world),
+                              eval_every=wc.eval_every_samples, micro_batch=wc.micro_batch, log=log.info,
+                              memory=self.memory,
+                              on_eval=lambda m, step: log_metrics(wc.mlflow_run_id, wc.tracking_uri, m, step),
+                              on_batch=self._fault_in_epoch)
         ckpt = ray.train.get_checkpoint()
-        if ckpt is None:
-            return
-        with ckpt.as_directory() as d:
-            st = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
-        model.load_state_dict(st["model"])
-        self.opt.load_state_dict(st["optimizer"])
-        self.sched.load_state_dict(st["scheduler"])
-        self.start_epoch, self.best, self.history = st["epoch"] + 1, st["best"], st["history"]
-        self.best_state = st.get("best_model")
-        if self.rank == 0:
-            self.log.info(f"[train] resumed from checkpoint after epoch {st['epoch'] + 1}")
+        if ckpt is not None:
+            with ckpt.as_directory() as d:
+                self.loop.load_state_dict(torch.load(os.path.join(d, STATE_FILE), map_location="cpu",
+                                                     weights_only=True))
+            if self.rank == 0:
+                log.info(f"[train] resumed from checkpoint after epoch {self.loop.state.start_epoch}")
+        self.loop.model = ray.train.torch.prepare_model(model)
+        if self.rank == 0 and wc.has_eval:
+            self.loop.eval_rows = list(ray.train.get_dataset_shard("eval").iter_rows())
+            self.loop.gt = wc.gt
 
-    def steps(self, shard) -> int:
-        """Batches per epoch: what the smallest rank's shard fills, the same on every rank."""
-        from vadclip.train.batches import batch_plan
-
-        try:
-            mine = len(batch_plan(shard.labels, self.cfg, 0, self.per_rank))
-        except ValueError as exc:
-            raise RuntimeError(f"worker {self.rank}: {exc}; use fewer workers") from None
-        steps = int(_all_reduce(mine, "min"))
-        cap = self.config.get("max_steps_per_epoch")
-        return min(steps, int(cap)) if cap else steps
+    def _fault_in_epoch(self, epoch: int, i: int, n: int) -> None:
+        if self.rank == 0 and i == n // 2 and fault_due(self.wc.faults, self.wc.fault_marker, "exit_in_epoch", epoch):
+            # this worker process dies in the middle of an epoch, once — a few seconds in,
+            # so that Train's controller has taken the last report (a checkpoint counts once
+            # the controller has it)
+            time.sleep(5)
+            os._exit(1)
 
     def report(self, metrics: Dict[str, Any], epoch: int) -> None:
         """Once per epoch on every rank; rank 0 with the checkpoint (resume state + model)."""
@@ -237,92 +157,24 @@ class _Worker:
         import torch
 
         from vadclip.model.checkpoint import checkpoint_dict
+        from vadclip.tracking.runs import log_metrics
 
         if self.rank != 0:
             ray.train.report({"epoch": metrics["epoch"]})
             return
-        _mlflow_log(self.config, metrics, epoch + 1)
+        log_metrics(self.wc.mlflow_run_id, self.wc.tracking_uri, metrics, epoch + 1)
         with tempfile.TemporaryDirectory() as d:
-            torch.save({"model": self.core.state_dict(), "optimizer": self.opt.state_dict(),
-                        "scheduler": self.sched.state_dict(), "epoch": epoch, "best": self.best,
-                        "history": self.history, "best_model": self.best_state}, os.path.join(d, STATE_FILE))
-            torch.save(checkpoint_dict(self.core, epoch=epoch + 1, metrics=metrics), os.path.join(d, CKPT_FILE))
+            torch.save(dict(self.loop.state_dict(), epoch=epoch), os.path.join(d, STATE_FILE))
+            torch.save(checkpoint_dict(self.loop.core, epoch=epoch + 1, metrics=metrics), os.path.join(d, CKPT_FILE))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-
-    def eval_point(self, metrics: Dict[str, Any]) -> bool:
-        """Rank 0 evaluates; every rank learns whether this is the best model so far and,
-        if so, keeps a copy of it (DDP keeps the ranks' weights identical)."""
-        import copy
-
-        from vadclip.metrics.evaluate import evaluate
-
-        if self.rank == 0:
-            if self.eval_rows:
-                metrics.update(evaluate(self.core, self.eval_rows, self.gt, self.cfg, str(self.device)))
-            score = metrics.get(self.metric, float("nan"))
-            if score is None or not np.isfinite(score):
-                score = -metrics.get("loss", float("inf"))
-            metrics["score"] = float(score)
-        is_best = _broadcast_flag(self.rank == 0 and metrics["score"] > self.best)
-        if is_best:
-            if self.rank == 0:
-                self.best = metrics["score"]
-            if self.recipe == "official":
-                self.best_state = copy.deepcopy(self.core.state_dict())
-        return is_best
-
-    def _step_eval(self, epoch: int, i: int, steps: int) -> None:
-        """The official UCF loop's test points: every ``eval_every_samples`` samples."""
-        m: Dict[str, Any] = {}
-        is_best = self.eval_point(m)
-        if self.rank == 0:   # logged at "samples seen"; the best model so far is kept in memory
-            _mlflow_log(self.config, {f"step_{k}": v for k, v in m.items()}, (epoch * steps + i) * self.global_batch)
-            self.log.info(f"[train] epoch {epoch + 1} step {i}: {self.metric} "
-                          f"{m.get(self.metric, float('nan')):.4f}{' (best)' if is_best else ''}")
-
-    def epoch(self, shard, epoch: int, steps: int) -> Dict[str, Any]:
-        from vadclip.train.batches import batch_plan, train_step
-
-        t0 = time.time()
-        plan = batch_plan(shard.labels, self.cfg, self.cfg.seed * 1000 + epoch * 17 + self.rank,
-                          self.per_rank, steps)
-        sums: Dict[str, float] = {}
-        for i, b in enumerate(plan):
-            if self.rank == 0 and i == len(plan) // 2 and _fault_due(self.config, "exit_in_epoch", epoch):
-                # fault injection: this worker process dies in the middle of an epoch, once —
-                # a few seconds in, so that Train's controller has taken the last report
-                # (a checkpoint counts once the controller has it)
-                time.sleep(5)
-                os._exit(1)
-            for k, v in train_step(self.model, self.opt, shard.batch(b), self.cfg, self.device,
-                                   self.config.get("micro_batch")).items():
-                sums[k] = sums.get(k, 0.0) + v
-            if self.eval_every and i and (i * self.global_batch) % self.eval_every == 0:
-                self._step_eval(epoch, i, steps)
-        self.sched.step()
-        metrics: Dict[str, Any] = {k: v / max(1, len(plan)) for k, v in sums.items()}
-        metrics.update(epoch=epoch + 1, lr=self.opt.param_groups[0]["lr"], epoch_time_s=time.time() - t0,
-                       steps=len(plan), **{f"worker_peak_{k}_mb": _all_reduce(v, "max")
-                                           for k, v in sorted(self.memory.read().items())})
-        is_best = False if self.eval_every else self.eval_point(metrics)
-        if self.recipe == "official" and self.best_state is not None:
-            self.core.load_state_dict(self.best_state)       # the official loops go on from the best model
-            metrics["score"] = self.best
-        metrics.setdefault("score", self.best)
-        if self.rank == 0:
-            self.history.append({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
-            self.log.info(f"[train] epoch {epoch + 1}/{self.cfg.epochs} loss {metrics['loss']:.4f} "
-                          f"{self.metric} {metrics.get(self.metric, float('nan')):.4f}"
-                          f"{' (best)' if is_best else ''}")
-        return metrics
 
     def run(self) -> None:
         shard = _cache_shard(self.rank)
         try:
-            steps = self.steps(shard)
-            for epoch in range(self.start_epoch, self.cfg.epochs):
-                self.report(self.epoch(shard, epoch, steps), epoch)
-                if _fault_due(self.config, "raise_after_epoch", epoch):
+            steps = self.loop.steps(shard.labels, self.wc.max_steps_per_epoch)
+            for epoch in range(self.loop.state.start_epoch, self.cfg.epochs):
+                self.report(self.loop.epoch(shard, epoch, steps), epoch)
+                if fault_due(self.wc.faults, self.wc.fault_marker, "raise_after_epoch", epoch):
                     raise RuntimeError(f"injected failure after epoch {epoch + 1} (test of crash recovery)")
         finally:
             shard.close()
@@ -330,21 +182,7 @@ class _Worker:
 
 
 def train_loop_per_worker(config: Dict[str, Any]) -> None:
-    _Worker(config).run()
-
-
-def _mlflow_log(config: Dict[str, Any], metrics: Dict[str, Any], step: int) -> None:
-    run_id = config.get("mlflow_run_id")
-    if not run_id:
-        return
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=config["tracking_uri"])
-    ts = int(time.time() * 1000)
-    from mlflow.entities import Metric
-
-    client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()
-                                      if isinstance(v, (int, float)) and np.isfinite(v) and k != "epoch"])
+    _RayRank(config["worker"]).run()
 
 
 # --------------------------------------------------------------------------- driver
@@ -403,7 +241,7 @@ class TrainOptions:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     metric: Optional[str] = None         # model selection (default: auc ucf / ap xd / ap_align xd official)
-    recipe: str = "vadclip"              # or "official" (see RECIPES)
+    recipe: str = "vadclip"              # or "paper" (vadclip.train.recipes; "official" is its old name)
     eval_every_samples: Optional[int] = None
     eval_crop: Optional[int] = None      # default: the lowest crop of the evaluation set
     max_failures: int = 2                # worker-group restarts from the last checkpoint
@@ -415,7 +253,6 @@ class TrainOptions:
     max_steps_per_epoch: Optional[int] = None   # cut epochs short (smoke runs, benches)
     micro_batch: Optional[int] = None    # rows per forward/backward pass on a rank (same step, less memory)
     allow_feature_mismatch: bool = False  # evaluate on features whose provenance differs from the training set's
-    faults: Optional[Dict[str, int]] = None   # fault injection (tests): raise_after_epoch / exit_in_epoch
 
 
 def run_train(train_path: str, cfg: VadConfig, storage_path: Optional[str] = None, run_name: Optional[str] = None,
@@ -452,19 +289,16 @@ def _run_train(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_pat
     from vadclip.tracking.runs import log_feature_set, use_experiment
 
     from vadclip.train.batches import batch_plan
+    from vadclip.train.recipes import get_recipe
 
     train_path, eval_path, gt_path = map(storage.absolute, (train_path, eval_path, gt_path))
     o = dataclasses.replace(o, storage=storage.absolute(o.storage))
-    if o.recipe not in RECIPES:
-        raise InputError(f"unknown recipe {o.recipe!r}: use one of {sorted(RECIPES)}")
-    if o.recipe == "official":
-        if not eval_path:
-            raise InputError("--recipe official selects its model on an evaluation set: give --eval and --gt")
-        # the official XD loop keeps the model with the best A-branch AP, UCF the best C-branch AUC
-        o.metric = o.metric or ("ap_align" if cfg.preset == "xd" else "auc")
-        if o.eval_every_samples is None:
-            o.eval_every_samples = RECIPES["official"].get(cfg.preset, {}).get("eval_every_samples")
-    metric = o.metric or ("ap" if cfg.preset == "xd" else "auc")
+    recipe = get_recipe(o.recipe)
+    if recipe.needs_eval and not eval_path:
+        raise InputError(f"--recipe {recipe.name} selects its model on an evaluation set: give --eval and --gt")
+    o = dataclasses.replace(o, recipe=recipe.name, eval_every_samples=o.eval_every_samples
+                            if o.eval_every_samples is not None else recipe.eval_every_samples(cfg.preset))
+    metric = o.metric or recipe.default_metric(cfg.preset)
     checked = check_inputs(train_path, cfg, eval_path, gt_path, o.eval_crop, o.allow_feature_mismatch, log)
     labels, gt = checked["labels"], checked["gt"]
     # the model records what it was trained on (checkpoint, MLflow run, registered version)
@@ -513,16 +347,15 @@ def _run_train(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_pat
                     mlflow.set_tag("vadclip.feature_mismatch", checked["feature_mismatch"])
                 if eval_path:
                     log_feature_set(eval_path, "eval", "evaluation", checked["eval_meta"])
-            config = {"cfg": cfg_dict, "metric": metric, "gt": gt, "max_steps_per_epoch": o.max_steps_per_epoch,
-                      "micro_batch": o.micro_batch,
-                      "has_eval": bool(eval_path), "mlflow_run_id": run_id, "tracking_uri": tracking_uri,
-                      "recipe": o.recipe, "eval_every_samples": o.eval_every_samples,
-                      "weights": share_weights(checked["weights"])}
-            if o.faults:   # {"raise_after_epoch": N} or {"exit_in_epoch": N}, once per training
-                config["faults"] = dict(o.faults)
-                config["fault_marker"] = storage.join(o.storage, o.run_name + ".failed-once")
+            faults = train_faults()
+            worker = WorkerConfig(cfg=cfg_dict, metric=metric, recipe=o.recipe,
+                                  eval_every_samples=o.eval_every_samples, has_eval=bool(eval_path), gt=gt,
+                                  weights=share_weights(checked["weights"]),
+                                  max_steps_per_epoch=o.max_steps_per_epoch, micro_batch=o.micro_batch,
+                                  mlflow_run_id=run_id, tracking_uri=tracking_uri, faults=faults,
+                                  fault_marker=storage.join(o.storage, o.run_name + ".failed-once") if faults else None)
             trainer = TorchTrainer(
-                train_loop_per_worker, train_loop_config=config,
+                train_loop_per_worker, train_loop_config={"worker": worker},
                 scaling_config=ScalingConfig(num_workers=o.num_workers, use_gpu=o.use_gpu,
                                              resources_per_worker={"CPU": o.cpus_per_worker,
                                                                    **({"GPU": 1} if o.use_gpu else {})}),

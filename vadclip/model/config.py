@@ -47,12 +47,15 @@ XD_CLASSES: Tuple[Tuple[str, str], ...] = (
 )
 
 
+# older spellings, still accepted in config files, checkpoints and flags
+PADDING_ALIASES = {"official": "paper"}
+
 PADDING_MODES = {
     # the official code: padded positions go through the windowed transformer, the
     # distance adjacency, the GCN residual convolution and the anomaly-focus visual
     # prompt (only the similarity adjacency is cut to the true length); a snippet's
     # scores depend on how much padding follows it.  The paper's numbers come from this.
-    "official": "padded positions take part as in the official code (reproduces the paper)",
+    "paper": "padded positions take part as in the official code (reproduces the paper)",
     # padding never changes a real snippet's scores: every stage masks it out
     "masked": "padding is masked out everywhere (scores independent of padding)",
 }
@@ -92,6 +95,11 @@ def _fold_flat_clip(d: Dict[str, Any], base: Optional[ClipSpec] = None) -> Dict[
     return d
 
 
+# what a config saved before these fields existed meant (not defaults): such models were
+# trained masked and counted a normal video as one class-0 segment in the mAP
+SAVED_BEFORE_THESE_FIELDS = {"padding": "masked", "map_normal_segments": True}
+
+
 class LabelError(InputError):
     """A video-level label that the configured label space does not know."""
 
@@ -120,7 +128,7 @@ class VadConfig:
     sim_threshold: float = 0.7
     snippet_len: int = 16
     # how padded positions of a [B, visual_length] batch take part (see PADDING_MODES)
-    padding: str = "official"
+    padding: str = "paper"
     # fine-grained mAP ground truth: does a normal video count as one class-0 segment
     # over its whole length?  Official XD-Violence: yes; official UCF-Crime: no (its
     # normal label never matches the class list, so Normal is never counted)
@@ -144,6 +152,7 @@ class VadConfig:
 
     def __post_init__(self) -> None:
         self.clip = ClipSpec.of(self.clip)
+        self.padding = PADDING_ALIASES.get(self.padding, self.padding)
         self.validate()
 
     # ------------------------------------------------------------------ presets
@@ -230,9 +239,7 @@ class VadConfig:
         unknown = set(d) - known
         if unknown:
             raise InputError(f"unknown config fields: {sorted(unknown)}")
-        # configs saved before these options existed: trained masked, normal videos
-        # counted as one class-0 segment in the mAP
-        return cls(**{"padding": "masked", "map_normal_segments": True, **d})
+        return cls(**{**SAVED_BEFORE_THESE_FIELDS, **d})
 
     def replace(self, **kw: Any) -> "VadConfig":
         return dataclasses.replace(self, **_fold_flat_clip(kw, self.clip))

@@ -284,7 +284,7 @@ class VadCLIP(nn.Module):
         """features [B, T, D] (padded), true ``lengths`` [B] → logits for every position.
 
         ``cfg.padding == "masked"``: logits of padded positions are 0 and real snippets'
-        logits equal those of the unpadded sequence.  ``"official"``: the input is padded
+        logits equal those of the unpadded sequence.  ``"paper"``: the input is padded
         to ``visual_length`` as the official code always is, padded positions take part
         (see :meth:`LGTAdapter.forward`) and the visual prompt pools over all positions."""
         b, t, d = features.shape
@@ -293,7 +293,7 @@ class VadCLIP(nn.Module):
         if lengths is None:
             lengths = torch.full((b,), t, dtype=torch.long, device=features.device)
         lengths = lengths.to(features.device)
-        official = self.cfg.padding == "official"
+        official = self.cfg.padding == "paper"
         x = features.float()
         if official and t < self.cfg.visual_length:
             x = F.pad(x, (0, 0, 0, self.cfg.visual_length - t))

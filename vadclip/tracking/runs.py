@@ -82,3 +82,20 @@ def log_feature_set(path: str, name: str, context: str, meta=None) -> None:
         meta = read_table(path, columns=["video_id", "crop", "label"], what=name)
     df = meta.to_pandas() if hasattr(meta, "to_pandas") else meta
     mlflow.log_input(mlflow.data.from_pandas(df, source=path, name=name), context=context)
+
+
+def log_metrics(run_id: Optional[str], tracking_uri: Optional[str], metrics: dict, step: int) -> None:
+    """Numbers of ``metrics`` (finite, not ``epoch``) to the run at ``step``; from any
+    process (a training rank), without an active run."""
+    if not run_id:
+        return
+    import math
+    import time
+
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    ts = int(time.time() * 1000)
+    MlflowClient(tracking_uri=tracking_uri).log_batch(
+        run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()
+                         if isinstance(v, (int, float)) and math.isfinite(v) and k != "epoch"])

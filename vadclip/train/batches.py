@@ -36,13 +36,6 @@ def prepare_batch(batch: Dict[str, Sequence], cfg: VadConfig) -> Dict[str, np.nd
             "label": np.asarray([str(v) for v in batch["label"]], dtype=object)}
 
 
-def collate(rows: Sequence[Dict], cfg: VadConfig) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Training batch: features [B, L, D] (pooled or padded), lengths [B], labels [B, C]."""
-    xs, ns, ys = zip(*(prepare_row(r, cfg) for r in rows))
-    return (torch.from_numpy(np.stack(xs)), torch.tensor(ns, dtype=torch.long),
-            torch.from_numpy(np.stack(ys)))
-
-
 def batch_plan(labels: Sequence[str], cfg: VadConfig, epoch_seed: int, batch_size: Optional[int] = None,
                steps: Optional[int] = None) -> List[List[int]]:
     """Indices of each batch for one epoch; every video at most once per epoch, as in

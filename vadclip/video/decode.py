@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vadclip.errors import EnvironmentProblem, InputError
 from vadclip.io import storage
 from vadclip.io.ids import VIDEO_EXTENSIONS
 
@@ -30,8 +31,9 @@ log = logging.getLogger(__name__)
 
 
 
-class VideoError(RuntimeError):
-    """A video that cannot be decoded; the message names the file and the problem."""
+class VideoError(InputError):
+    """A video that cannot be decoded (an input problem: the job records an error row and
+    goes on); the message names the file and the problem."""
 
 
 @dataclass
@@ -82,7 +84,7 @@ def torchcodec_missing() -> Optional[str]:
     return None
 
 
-class DecoderUnavailable(RuntimeError):
+class DecoderUnavailable(EnvironmentProblem):
     """The decoder asked for by name cannot decode in this process: a problem of the
     environment (never of a video)."""
 
