@@ -76,9 +76,9 @@ def main():
     victims = [good[len(good) // 5], good[len(good) // 2]]
     cmd = [sys.executable, "-m", "vadclip.cli", "extract", os.path.join(a.workdir, "videos", "manifest.csv"),
            "--out", out, "--tiny-clip", "--flush-seconds", "1", "--rows-per-file", "16"]
-    for i, v in enumerate(victims):
-        cmd += ["--inject-encoder-exit", f"{v}:{os.path.join(a.workdir, f'killed{i}')}"]
-    env = {**os.environ, "VADCLIP_PROGRESS_BARS": "0"}
+    # fault injection (vadclip/jobs/faults.py): the encoder that meets each victim dies, once
+    faults = ";".join(f"encoder_exit={v}:{os.path.join(a.workdir, f'killed{i}')}" for i, v in enumerate(victims))
+    env = {**os.environ, "VADCLIP_PROGRESS_BARS": "0", "VADCLIP_INJECT_FAULTS": faults}
 
     t1 = time.time()
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)

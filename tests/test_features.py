@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from vadclip.model.config import LabelError, VadConfig
-from vadclip.io.features import (FeatureError, check_features, import_official, process_train,
+from vadclip.io.features import (FeatureError, check_features, import_release, process_train,
                               read_feature_rows, row_features, split_chunks, uniform_extract)
 from vadclip.io.gt import convert_ucf_annotations, convert_xd_annotations, read_gt, write_gt
 
@@ -90,7 +90,7 @@ def test_official_import_roundtrip(tmp_path):
         w.writeheader()
         w.writerows(rows)
     out = tmp_path / "features.parquet"
-    counts = import_official(str(csv_path), str(out), VadConfig.from_preset("ucf"), roots=[str(d)])
+    counts = import_release(str(csv_path), str(out), VadConfig.from_preset("ucf"), roots=[str(d)])
     assert counts == {"rows": 4, "errors": 3}
     back = read_feature_rows(str(out))
     assert len(back) == 4

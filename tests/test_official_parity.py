@@ -195,7 +195,7 @@ def test_official_checkpoint_through_the_cli_and_the_registry(ray_local, officia
         np.save(str(tmp_path / "feats" / "Fighting" / f"{name}__5.npy"), rng.normal(size=(t, 512)).astype(np.float32))
         lines.append(f"/home/someone/XDTestClipFeatures/Fighting/{name}__5.npy,{label}")
     (tmp_path / "test_list.csv").write_text("\n".join(lines) + "\n")
-    imp = run("import-official", "--csv", str(tmp_path / "test_list.csv"), "--root", str(tmp_path / "feats"),
+    imp = run("import-release", "--csv", str(tmp_path / "test_list.csv"), "--root", str(tmp_path / "feats"),
               "--preset", "xd", "--out", str(tmp_path / "test.parquet"))
     assert imp == {"rows": 4, "errors": 0}
     rows = sorted(read_feature_rows(str(tmp_path / "test.parquet")), key=lambda r: r["video_id"])
@@ -206,9 +206,9 @@ def test_official_checkpoint_through_the_cli_and_the_registry(ray_local, officia
 
     ev = run("evaluate", "--model", pth, "--features", str(tmp_path / "test.parquet"), "--gt", str(tmp_path / "gt.csv"))
     assert 0.0 <= ev["auc"] <= 1.0 and ev["videos"] == 4 and ev["crop"] == 5
-    reg = run("register-official", pth, "--name", "vadclip-xd-official", "--tracking-uri", db)
+    reg = run("register-model", pth, "--name", "vadclip-xd-official", "--tracking-uri", db)
     assert reg["registered_version"] == 1 and reg["preset"] == "xd" and reg["padding"] == "official"
-    again = run("register-official", pth, "--name", "vadclip-xd-official", "--tracking-uri", db)
+    again = run("register-model", pth, "--name", "vadclip-xd-official", "--tracking-uri", db)
     assert again["registered_version"] == 2 and again["promoted"]      # the alias follows the new file
     for uri, out in ((pth, "a"), ("models:/vadclip-xd-official@champion", "b")):
         run("score", "--model", uri, "--features", str(tmp_path / "test.parquet"), "--out", str(tmp_path / out),

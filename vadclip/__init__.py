@@ -40,6 +40,11 @@ _EXPORTS = {
     "tiny_config": "vadclip.model.config", "VadCLIP": "vadclip.model.network", "VadOutput": "vadclip.model.network",
     "build_model": "vadclip.model.network", "score_video": "vadclip.model.network",
     "evaluate": "vadclip.metrics.evaluate",
+    # the jobs, as the command line runs them
+    "run_extract": "vadclip.jobs.extract", "ExtractOptions": "vadclip.jobs.extract",
+    "run_train": "vadclip.jobs.train", "TrainOptions": "vadclip.jobs.train",
+    "run_score": "vadclip.jobs.score", "ScoreOptions": "vadclip.jobs.score",
+    "run_evaluate": "vadclip.jobs.evaluate",
 }
 __all__ = sorted(_EXPORTS) + ["__version__"]
 

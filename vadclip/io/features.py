@@ -185,10 +185,10 @@ def _resolve(path: str, roots: Sequence[str]) -> str:
     raise FeatureError(f"{path}: feature file not found (searched {list(roots) or 'as given'})")
 
 
-def import_official(csv_path: str, out_path: str, cfg=None, roots: Sequence[str] = (),
-                    crops: Optional[Sequence[int]] = None, expected_dim: Optional[int] = 512,
-                    snippet_len: int = 16, fps: float = 30.0) -> Dict[str, int]:
-    """Convert an official list (CSV ``path,label``) + ``NAME__K.npy`` files into a Parquet
+def import_release(csv_path: str, out_path: str, cfg=None, roots: Sequence[str] = (),
+                   crops: Optional[Sequence[int]] = None, expected_dim: Optional[int] = 512,
+                   snippet_len: int = 16, fps: float = 30.0) -> Dict[str, int]:
+    """Convert the released features (a CSV list ``path,label`` + ``NAME__K.npy`` files) into a Parquet
     feature set (``fps`` is recorded for segment times: 30 for UCF-Crime, 24 for
     XD-Violence).  Labels are checked against ``cfg`` when given.  Files that fail are
     reported in ``<out_path>.errors.parquet`` and skipped; returns counts."""
@@ -224,3 +224,6 @@ def import_official(csv_path: str, out_path: str, cfg=None, roots: Sequence[str]
         storage.write_bytes(out_path + ".errors.parquet",
                             table_bytes(pa.Table.from_pylist(errors, schema=ERROR_SCHEMA)))
     return {"rows": len(rows), "errors": len(errors)}
+
+
+import_official = import_release   # the older name

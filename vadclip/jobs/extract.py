@@ -25,39 +25,59 @@ import numpy as np
 
 from vadclip.io import provenance, storage
 from vadclip.model.config import ClipSpec
+from vadclip.options import option
 from vadclip.errors import InputError, MissingInputError
 from vadclip.io.ids import video_id
 from vadclip.io.features import ERROR_SCHEMA, FEATURE_SCHEMA, feature_row
 from vadclip.io.parts import PartWriter, drop_rows, new_run_id, read_identities, remove_uncommitted
 from vadclip.io.tables import read_records
+from vadclip.jobs.faults import exit_once
 from vadclip.video.decode import (VideoError, check_decoder, fetched, identity_of, iter_snippet_chunks, list_videos,
                     torchcodec_missing, video_file)
 
 log = logging.getLogger(__name__)
 
 
+ENCODE = "video decoding and CLIP encoding"
+OUTPUT = "output parts (resume keeps every part already written)"
+
+
 @dataclass
 class ExtractOptions:
-    clip: ClipSpec = field(default_factory=ClipSpec)   # the frozen CLIP (as in the model config)
-    snippet_len: int = 16
-    crops: int = 1
-    batch_size: int = 64            # images per encoder forward pass
-    precision: str = "auto"         # auto → fp16 on GPU; on a CPU bf16 where native and faster, else fp32
-    num_encoders: int = 1           # size of the encoder actor pool
-    gpus_per_encoder: Optional[float] = None  # None → 1 when the cluster has GPUs
-    # CPU encoders: torch threads per encoder actor.  Ray pins an actor that reserves
-    # one CPU to one thread; the encoder is the bottleneck (decode tasks mostly wait on
-    # backpressure), so by default it gets the node's cores shared by the pool.
-    encoder_threads: Optional[int] = None
-    decoder: str = "auto"           # auto (torchcodec where FFmpeg's libraries load, else decord) | decord | torchcodec
-    decode_device: str = "cpu"      # cuda: torchcodec's NVDEC decoder in decode tasks that reserve decode_gpus
-    decode_gpus: float = 0.1        # GPU share each decode task reserves with decode_device="cuda"
-    rows_per_file: int = 256        # video×crop rows per Parquet part file (at most)
-    flush_seconds: float = 60.0     # ... or fewer: finished rows are written at least this often
-    max_restarts: int = 3           # encoder actor deaths tolerated (restarted, batch retried), then the job fails
-    # fault injection: [[video_id, marker file], ...] — the encoder actor that meets the
-    # video dies (os._exit) once, unless the marker exists; tests and bench/soak.py
-    exit_once_on: Optional[List[List[str]]] = None
+    """How videos become features (the command line's flags are these fields)."""
+    clip: ClipSpec = option(default_factory=ClipSpec, cli=False,
+                            help="the frozen CLIP, as in the model config (flags: --clip-model, --clip-pretrained)")
+    snippet_len: int = option(16, help="frames per snippet (one frame encoded per snippet)")
+    crops: int = option(1, choices=[1, 5, 10], group=ENCODE,
+                        help="views per frame: 1 (centre) or 5/10 (centre, 4 corners[, flipped])")
+    batch_size: int = option(64, group=ENCODE, help="images per encoder forward pass")
+    precision: str = option("auto", choices=["auto", "fp32", "fp16", "bf16"], group=ENCODE,
+                            help="encoder precision (default auto: fp16 on a GPU; on a CPU bf16 where it has native "
+                                 "bf16 and a timing at start-up finds it faster, else fp32; the run summary says which)")
+    num_encoders: int = option(1, group=ENCODE, help="size of the encoder actor pool")
+    gpus_per_encoder: Optional[float] = option(None, group=ENCODE,
+                                               help="GPUs per encoder actor (default: 1 if the cluster has GPUs, else 0)")
+    # Ray pins an actor that reserves one CPU to one thread; the encoder is the
+    # bottleneck (decode tasks mostly wait on backpressure), so by default it gets the
+    # node's cores shared by the pool
+    encoder_threads: Optional[int] = option(None, group=ENCODE,
+                                            help="CPU-only: torch threads per encoder actor (default: the node's "
+                                                 "cores / --num-encoders)")
+    decoder: str = option("auto", choices=["auto", "decord", "torchcodec"], group=ENCODE,
+                          help="video decoder (default auto: torchcodec where FFmpeg's shared libraries are "
+                               "installed, the fastest on the CPU; decord elsewhere; both give the same frames)")
+    decode_device: str = option("cpu", choices=["cpu", "cuda"], group=ENCODE,
+                                help="cuda: decode on the GPU (torchcodec's NVDEC decoder), in decode tasks that "
+                                     "reserve --decode-gpus each; the CPU where there is no GPU or NVDEC cannot "
+                                     "read a file")
+    decode_gpus: float = option(0.1, group=ENCODE,
+                                help="with --decode-device cuda: the GPU share each decode task reserves "
+                                     "(an encoder then takes 0.5 GPU unless --gpus-per-encoder says otherwise)")
+    rows_per_file: int = option(256, group=OUTPUT, help="at most this many rows per Parquet part file")
+    flush_seconds: float = option(60.0, group=OUTPUT,
+                                  help="write finished rows at least this often, so an interrupted job keeps its work")
+    max_restarts: int = option(3, cli=False, help="encoder actor deaths tolerated (restarted, batch retried), "
+                                                  "then the job fails")
 
     @property
     def chunk_snippets(self) -> int:
@@ -262,12 +282,12 @@ class EncodeStage:
     (CUDA error, out of memory) is the environment's: the actor is restarted and the
     batch retried by Ray, up to ``opts.max_restarts`` times."""
 
-    def __init__(self, opts: ExtractOptions, weights=None) -> None:
+    def __init__(self, opts: ExtractOptions, weights=None, exits=None) -> None:
         import torch
 
         from vadclip.clip.weights import activate
 
-        self.opts = opts
+        self.opts, self.exits = opts, exits or []   # exits: fault injection (vadclip.jobs.faults)
         activate(weights)     # the job's CLIP weights, from this node or Ray's object store
         if not torch.cuda.is_available():
             # Ray pins an actor that reserves one CPU to one thread; the encoder is the
@@ -284,7 +304,10 @@ class EncodeStage:
         :class:`vadclip.clip.weights.Weights`, shared through Ray)."""
         from ray.data import ActorPoolStrategy
 
-        return {"fn_constructor_kwargs": {"opts": opts, "weights": weights}, "batch_size": 1, "batch_format": "numpy",
+        from vadclip.jobs.faults import encoder_exits
+
+        return {"fn_constructor_kwargs": {"opts": opts, "weights": weights, "exits": encoder_exits()},
+                "batch_size": 1, "batch_format": "numpy",
                 "compute": ActorPoolStrategy(size=opts.num_encoders), "num_gpus": gpus,
                 "num_cpus": 0 if gpus else 1, "max_restarts": opts.max_restarts,
                 "max_task_retries": opts.max_restarts}
@@ -292,10 +315,8 @@ class EncodeStage:
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, Any]:
         feats, errors, t0s, t1s = [], [], [], []
         for frames, err, path, vid in zip(batch["frames"], batch["error"], batch["path"], batch["video_id"]):
-            for victim, marker in self.opts.exit_once_on or ():
-                if vid == victim and not os.path.exists(marker):
-                    open(marker, "w").close()
-                    os._exit(1)   # fault injection (tests, bench/soak.py): this actor dies mid-job, once
+            if self.exits:
+                exit_once(self.exits, vid)    # fault injection (tests, bench/soak.py): this actor dies, once
             t0s.append(time.time())
             if err or len(frames) == 0:
                 feats.append(np.zeros((0, self.opts.crops, self.enc.embed_dim), np.float32))

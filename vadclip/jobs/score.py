@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from vadclip.io import storage
 from vadclip.errors import InputError
+from vadclip.options import MISMATCH_HELP, option
 from vadclip.io.features import ERROR_SCHEMA
 from vadclip.io.parts import (PartWriter, dataset_files, new_run_id, read_column, read_table,
                     remove_uncommitted)
@@ -37,15 +38,17 @@ SCORE_SCHEMA = pa.schema([
 
 @dataclass
 class ScoreOptions:
-    threshold: float = 0.5       # snippet anomaly score above which a snippet is anomalous
-    merge_gap: int = 1           # merge events separated by at most this many snippets
-    min_snippets: int = 1        # drop events shorter than this
-    num_scorers: int = 1
-    crop: Optional[int] = None   # which crop's features to score (None: the lowest crop present)
-    rows_per_file: int = 256     # scored videos per Parquet part file (at most)
-    flush_seconds: float = 60.0  # ... or fewer: scored rows are written at least this often
-    max_plots: int = 50          # videos given a page in the report (flagged first, then by score)
-    allow_feature_mismatch: bool = False   # score features whose provenance does not fit the model's (recorded)
+    """How a model's scores become events and outputs (the command line's flags are these fields)."""
+    threshold: float = option(0.5, help="snippet anomaly threshold for events")
+    merge_gap: int = option(1, help="merge events this many snippets apart")
+    min_snippets: int = option(1, help="shortest event kept (snippets)")
+    num_scorers: int = option(1, help="size of the scoring actor pool")
+    crop: Optional[int] = option(None, help="crop to score (default: the lowest crop present)")
+    rows_per_file: int = option(256, cli=False, help="scored videos per Parquet part file (at most)")
+    flush_seconds: float = option(60.0, cli=False, help="scored rows are written at least this often")
+    max_plots: int = option(50, help="videos given a page in the report: flagged ones first (with key frames), "
+                                     "then by score")
+    allow_feature_mismatch: bool = option(False, help=MISMATCH_HELP)
 
 
 def find_events(anomaly: np.ndarray, probs: np.ndarray, classes: Sequence[str], fps: float, num_frames: int,

@@ -19,6 +19,7 @@ from vadclip.io import provenance, storage
 from vadclip.model.config import VadConfig
 from vadclip.io.gt import check_matches, read_gt
 from vadclip.jobs.faults import fault_due, train_faults
+from vadclip.options import ADDRESS_HELP, TRACKING_URI_HELP, option
 
 CKPT_FILE = "vadclip.pt"
 STATE_FILE = "train_state.pt"
@@ -234,25 +235,37 @@ def check_inputs(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_p
 
 @dataclass
 class TrainOptions:
-    """How a training runs (what it learns is the :class:`VadConfig`)."""
-    storage: str = "./runs"              # Ray Train storage (path or URI): checkpoints, resume
-    run_name: str = "vadclip"            # re-running the same name and storage resumes it
-    num_workers: int = 2                 # DDP ranks
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    metric: Optional[str] = None         # model selection (default: auc ucf / ap xd / ap_align xd official)
-    recipe: str = "vadclip"              # or "paper" (vadclip.train.recipes; "official" is its old name)
-    eval_every_samples: Optional[int] = None
-    eval_crop: Optional[int] = None      # default: the lowest crop of the evaluation set
-    max_failures: int = 2                # worker-group restarts from the last checkpoint
-    register_name: Optional[str] = None
-    alias: str = "champion"
-    experiment: str = "vadclip"
-    tracking_uri: Optional[str] = None
-    address: Optional[str] = None
-    max_steps_per_epoch: Optional[int] = None   # cut epochs short (smoke runs, benches)
-    micro_batch: Optional[int] = None    # rows per forward/backward pass on a rank (same step, less memory)
-    allow_feature_mismatch: bool = False  # evaluate on features whose provenance differs from the training set's
+    """How a training runs (what it learns is the :class:`VadConfig`); the command
+    line's flags are these fields."""
+    storage: str = option("./runs", help="Ray Train storage path or URI (checkpoints; resume)")
+    run_name: str = option("vadclip", help="run name; re-running the same name and storage resumes it")
+    num_workers: int = option(2, help="Ray Train workers (DDP ranks)")
+    use_gpu: bool = option(False, help="one GPU per worker (NCCL)")
+    cpus_per_worker: float = option(1.0, help="CPUs reserved per worker")
+    metric: Optional[str] = option(None, help="model selection metric (default: the recipe's: auc for ucf, ap for "
+                                              "xd; ap_align for xd with --recipe paper)")
+    recipe: str = option("vadclip", choices=["vadclip", "paper", "official"],
+                         help="vadclip: evaluate once per epoch, keep the best; paper: the official loops that "
+                              "produced the paper's numbers — UCF evaluates every 1,280 samples, and the best model "
+                              "so far is reloaded at each epoch end ('official' is its older name)")
+    eval_every_samples: Optional[int] = option(None, help="evaluate within epochs every this many samples "
+                                                          "(default: the recipe's)")
+    eval_crop: Optional[int] = option(None, help="crop of the evaluation set to evaluate (default: the lowest "
+                                                 "crop it holds)")
+    max_failures: int = option(2, help="worker-group restarts from the last checkpoint")
+    register_name: Optional[str] = option(None, flag="--register", help="register the best model under this name")
+    alias: str = option("champion", help="alias moved to the new version when it beats the current one")
+    experiment: str = option("vadclip", help="MLflow experiment")
+    tracking_uri: Optional[str] = option(None, help=TRACKING_URI_HELP)
+    address: Optional[str] = option(None, help=ADDRESS_HELP)
+    max_steps_per_epoch: Optional[int] = option(None, help="cut each epoch to this many steps (smoke runs; "
+                                                           "default: every video once)")
+    micro_batch: Optional[int] = option(None, help="rows per forward/backward pass on a worker; gradients are "
+                                                   "accumulated to the same step in less memory (default: the "
+                                                   "worker's whole batch at once)")
+    allow_feature_mismatch: bool = option(False, help="evaluate on --eval features whose provenance differs from "
+                                                      "--train's (recorded as an MLflow tag; default: refused in "
+                                                      "one line, exit 2)")
 
 
 def run_train(train_path: str, cfg: VadConfig, storage_path: Optional[str] = None, run_name: Optional[str] = None,

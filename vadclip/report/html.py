@@ -338,3 +338,17 @@ def build_report(out_dir: str, summary: Optional[Dict[str, Any]] = None, gt_path
         tmp.cleanup()
     return {"report": storage.join(dest, "index.html"), "videos_shown": len(videos),
             "events_shown": len(events), **{f"{k}_total": v for k, v in counts.items()}}
+
+
+def rebuild_report(out_dir: str, gt_path: Optional[str] = None, top_n: int = 50) -> Dict[str, Any]:
+    """(Re)build the report of a scoring output (``vadclip report``); one line if
+    ``out_dir`` holds no scores."""
+    from vadclip.errors import InputError
+    from vadclip.io.parts import part_files
+    from vadclip.io.storage import absolute, join
+
+    out = absolute(out_dir)
+    if not part_files(join(out, "scores")):
+        raise InputError(f"{out}: no scores here (expected {join(out, 'scores')}/part-*.parquet from "
+                         "`vadclip score --out`)")
+    return build_report(out, gt_path=gt_path, top_n=top_n)

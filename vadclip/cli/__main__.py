@@ -1,0 +1,3 @@
+from vadclip.cli import entry
+
+entry()
