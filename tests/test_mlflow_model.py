@@ -27,7 +27,7 @@ def test_model_from_code_with_signature(tmp_path):
     assert [c["name"] for c in info.signature.outputs.to_dict()] == ["anomaly", "p_Normal", "p_Fire", "p_Fight"]
     local = mlflow.artifacts.download_artifacts(out["model_uri"], dst_path=str(tmp_path / "dl"))
     files = {f for _, _, fs in os.walk(local) for f in fs}
-    assert "mlflow_model.py" in files and "python_model.pkl" not in files   # code, not a pickle
+    assert "pyfunc.py" in files and "python_model.pkl" not in files   # code, not a pickle
     x = np.random.default_rng(1).normal(size=(20, 32)).astype(np.float32)
     df = mlflow.pyfunc.load_model("models:/vad-code@champion").predict(x)
     a, p = score_video(load_scoring_model(str(tmp_path / "m.pt")), x)
