@@ -1,4 +1,4 @@
-"""``padding="official"`` against an independent re-implementation of the official
+"""``padding="paper"`` (formerly "official") against an independent re-implementation of the official
 VadCLIP code (vadclip.testing.reference.official_*): forward outputs on padded batches, the
 loss, every parameter's gradient, and per-snippet scores of the official test
 procedure, for both presets (issue #11)."""
@@ -21,7 +21,7 @@ LABELS = {"ucf": ["Normal", "Abuse", "Normal", "Vandalism", "Fighting"],
 def official_model(request, tiny_clip):
     torch.manual_seed(11)
     cfg = tiny_config(request.param)                 # the presets default to official padding
-    assert cfg.padding == "official" and cfg.visual_length == 256
+    assert cfg.padding == "paper" and cfg.visual_length == 256
     model = VadCLIP(cfg, tiny_clip)
     with torch.no_grad():   # weights far from init, so padded positions really move the outputs
         for name, p in model.named_parameters():
@@ -175,7 +175,7 @@ def test_official_checkpoint_through_the_cli_and_the_registry(ray_local, officia
 
     pth = str(official_pth / "model_xd.pth")
     model = load_model_file(pth)
-    assert model.cfg.preset == "xd" and model.cfg.padding == "official" and model.embed_dim == 512
+    assert model.cfg.preset == "xd" and model.cfg.padding == "paper" and model.embed_dim == 512
     db = f"sqlite:///{tmp_path}/m.db"
 
     def run(*argv):
@@ -207,7 +207,7 @@ def test_official_checkpoint_through_the_cli_and_the_registry(ray_local, officia
     ev = run("evaluate", "--model", pth, "--features", str(tmp_path / "test.parquet"), "--gt", str(tmp_path / "gt.csv"))
     assert 0.0 <= ev["auc"] <= 1.0 and ev["videos"] == 4 and ev["crop"] == 5
     reg = run("register-model", pth, "--name", "vadclip-xd-official", "--tracking-uri", db)
-    assert reg["registered_version"] == 1 and reg["preset"] == "xd" and reg["padding"] == "official"
+    assert reg["registered_version"] == 1 and reg["preset"] == "xd" and reg["padding"] == "paper"
     again = run("register-model", pth, "--name", "vadclip-xd-official", "--tracking-uri", db)
     assert again["registered_version"] == 2 and again["promoted"]      # the alias follows the new file
     for uri, out in ((pth, "a"), ("models:/vadclip-xd-official@champion", "b")):
