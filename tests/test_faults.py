@@ -79,8 +79,11 @@ def test_driver_killed_during_scoring_then_rerun(tmp_path):
 
     cfg = tiny_config("custom", classes=["Normal", "Fire"], visual_length=32)
     save_checkpoint(build_model(cfg), str(tmp_path / "m.pt"))
-    rows, _ = make_feature_set(cfg, 300, 300, 32, t_range=(8, 40), seed=4)
-    write_feature_table(rows, str(tmp_path / "f" / "part-0.parquet"))
+    # long enough that scoring takes seconds, so the kill lands while rows are being written
+    rows, _ = make_feature_set(cfg, 300, 300, 32, t_range=(300, 600), seed=4)
+    # as extraction writes them: many parts (each read block is scored and committed by one write task)
+    for i in range(0, len(rows), 10):
+        write_feature_table(rows[i:i + 10], str(tmp_path / "f" / f"part-{i:05d}.parquet"))
     out = tmp_path / "o"
     cmd = _cli("score", "--model", str(tmp_path / "m.pt"), "--features", str(tmp_path / "f"), "--out", str(out),
                "--flush-seconds", "0", "--rows-per-file", "1", "--max-plots", "0",

@@ -110,6 +110,24 @@ def test_score_videos_end_to_end_resume_and_registry(trained, tmp_path):
         assert (r["predicted_class"] != "Normal") == r["flagged"]
     summary = json.loads((out / "score_summary.json").read_text())
     assert summary["videos_scored"] == 6
+    # one streaming pipeline: the writers scored each video where they assembled it, the same
+    # scores as scoring the features they wrote
+    again = run_score(str(d / "model.pt"), str(tmp_path / "again"), features=str(out / "features"),
+                      log=lambda *_: None)
+    assert again["videos_scored"] == 6
+    for r in pq.read_table(str(tmp_path / "again" / "scores")).to_pylist():
+        np.testing.assert_allclose(r["anomaly"], rows[r["video_id"]]["anomaly"], rtol=0, atol=1e-6)
+        assert r["events"] == rows[r["video_id"]]["events"]
+    # a run interrupted after the features were written but before their scores: the next
+    # run extracts nothing and scores those videos from their features
+    import shutil
+
+    gap = tmp_path / "gap"
+    shutil.copytree(out / "features", gap / "features")
+    shutil.copytree(out / "errors", gap / "errors")
+    g = run_score(str(d / "model.pt"), str(gap), videos=str(d / "test.csv"), log=lambda *_: None)
+    assert g["extract"]["videos_ok"] == 0 and g["videos_scored"] == 6
+    assert sorted(r["video_id"] for r in pq.read_table(str(gap / "scores")).to_pylist()) == sorted(rows)
 
     # resume: nothing re-scored, nothing duplicated
     s2 = run_score(str(d / "model.pt"), str(out), features=str(out / "features"), log=lambda *_: None)

@@ -76,16 +76,16 @@ class PartWriter:
             self.flush()
 
     def flush(self) -> None:
-        if not self.buf:
-            return
-        name = f"part-{self.run_id}-{self.parts:05d}.parquet"
-        schema = self.schema
-        if self.identities:
-            ids = {r["path"]: r.get("input_identity") or None for r in self.buf}
-            schema = schema.with_metadata({**(schema.metadata or {}), IDENTITY_KEY: json.dumps(ids).encode()})
-        write_part(self.dir, name, pa.Table.from_pylist(self.buf, schema=schema))
-        self.parts += 1
-        self.buf = []
+        """Write what is buffered, in parts of at most ``rows_per_file`` rows."""
+        while self.buf:
+            rows, self.buf = self.buf[:self.rows_per_file], self.buf[self.rows_per_file:]
+            name = f"part-{self.run_id}-{self.parts:05d}.parquet"
+            schema = self.schema
+            if self.identities:
+                ids = {r["path"]: r.get("input_identity") or None for r in rows}
+                schema = schema.with_metadata({**(schema.metadata or {}), IDENTITY_KEY: json.dumps(ids).encode()})
+            write_part(self.dir, name, pa.Table.from_pylist(rows, schema=schema))
+            self.parts += 1
         self._oldest = None
 
 

@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
@@ -29,9 +29,11 @@ from vadclip.options import option
 from vadclip.errors import InputError, MissingInputError
 from vadclip.io.ids import video_id
 from vadclip.io.features import ERROR_SCHEMA, FEATURE_SCHEMA, feature_row
-from vadclip.io.parts import PartWriter, drop_rows, new_run_id, read_identities, remove_uncommitted
+from vadclip.io import layout
+from vadclip.io.parts import drop_rows, new_run_id
 from vadclip.io.tables import read_records
 from vadclip.jobs.faults import exit_once
+from vadclip.jobs.output import ResumableOutput, Ticker, block_columns, placement, shard_of
 from vadclip.video.decode import (VideoError, check_decoder, fetched, identity_of, iter_snippet_chunks, list_videos,
                     torchcodec_missing, video_file)
 
@@ -76,6 +78,9 @@ class ExtractOptions:
     rows_per_file: int = option(256, group=OUTPUT, help="at most this many rows per Parquet part file")
     flush_seconds: float = option(60.0, group=OUTPUT,
                                   help="write finished rows at least this often, so an interrupted job keeps its work")
+    num_writers: Optional[int] = option(None, group=OUTPUT,
+                                        help="writer actors assembling videos and writing parts, on the worker nodes "
+                                             "(default: one per encoder)")
     max_restarts: int = option(3, cli=False, help="encoder actor deaths tolerated (restarted, batch retried), "
                                                   "then the job fails")
 
@@ -296,7 +301,19 @@ class EncodeStage:
             torch.set_num_threads(int(n))
         self.enc = ClipImageEncoder(opts.clip, opts.precision)
         import socket
+
+        import ray
+
         self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.node = ray.get_runtime_context().get_node_id()
+
+    IMAGES_PER_CALL = 1024   # decoded images an encoder call takes (several chunks, one forward pass each)
+
+    @staticmethod
+    def chunks_per_call(opts: ExtractOptions) -> int:
+        """Chunks per call: each call is a Ray task and an output block, and the driver's
+        cost is per task, so a call takes ~1,024 images (150 MB of 224x224 frames)."""
+        return max(1, EncodeStage.IMAGES_PER_CALL // (opts.chunk_snippets * opts.crops))
 
     @staticmethod
     def ray_args(opts: ExtractOptions, gpus: float, weights=None) -> Dict[str, Any]:
@@ -307,7 +324,7 @@ class EncodeStage:
         from vadclip.jobs.faults import encoder_exits
 
         return {"fn_constructor_kwargs": {"opts": opts, "weights": weights, "exits": encoder_exits()},
-                "batch_size": 1, "batch_format": "numpy",
+                "batch_size": EncodeStage.chunks_per_call(opts), "batch_format": "numpy",
                 "compute": ActorPoolStrategy(size=opts.num_encoders), "num_gpus": gpus,
                 "num_cpus": 0 if gpus else 1, "max_restarts": opts.max_restarts,
                 "max_task_retries": opts.max_restarts}
@@ -328,6 +345,7 @@ class EncodeStage:
         out = {k: v for k, v in batch.items() if k not in ("frames", "error")}
         # when this encoder worked on each row: the run's start-up, busy fraction and pace
         out["encoder"] = np.asarray([self.name] * len(feats), dtype=object)
+        out["encoder_node"] = np.asarray([self.node] * len(feats), dtype=object)
         out["precision"] = np.asarray([self.enc.precision] * len(feats), dtype=object)
         out["enc_t0"], out["enc_t1"] = np.asarray(t0s), np.asarray(t1s)
         out["error"] = np.asarray(errors, dtype=object)
@@ -354,6 +372,14 @@ class _Pace:
         sp[0], sp[1] = min(sp[0], t0), max(sp[1], t1)
         sp[2] += t1 - t0
         sp[3] += len(row["features"])
+
+    def merge(self, spans: Dict[str, List[float]]) -> None:
+        """Another writer's spans (an encoder's rows may have gone to several writers)."""
+        for enc, (a, b, busy, n) in spans.items():
+            sp = self.spans.setdefault(enc, [a, b, 0.0, 0])
+            sp[0], sp[1] = min(sp[0], a), max(sp[1], b)
+            sp[2] += busy
+            sp[3] += n
 
     def summary(self, t0: float) -> Dict[str, Any]:
         if not self.spans:
@@ -411,27 +437,181 @@ def changed_inputs(identities: Dict[str, Optional[str]], threads: int = 32) -> s
 
 
 def feature_dir(out_dir: str) -> str:
-    return storage.join(out_dir, "features")
+    return layout.features_dir(out_dir)
 
 
 def errors_dir(out_dir: str) -> str:
-    return storage.join(out_dir, "errors")
+    return layout.extract_errors_dir(out_dir)
 
 
-def run_extract(source: str, out_dir: str, opts: ExtractOptions, retry_failed: bool = False,
-                address: Optional[str] = None, log=None) -> Dict[str, Any]:
-    """Extract features for every video of ``source`` into ``out_dir``/features (Parquet)
-    with failures in ``out_dir``/errors.  Returns the run summary (also written to
-    ``out_dir``/summary.json)."""
-    log = log or logging.getLogger("vadclip").info
-    import ray
+# ------------------------------------------------------------------ writing, on workers
+class VideoWriter:
+    """A Ray actor owning the videos routed to it (:func:`vadclip.jobs.output.shard_of`):
+    it assembles each video's encoded chunks, and writes the video's rows (one per crop)
+    or its error row as committed parts — by count, and at least every
+    ``flush_seconds``.  A video met again (a retried task) is ignored.  ``finish()``
+    writes what is buffered and returns the counts."""
 
-    from vadclip.jobs.cluster import cluster_gpus, ensure_ray, share_weights
-    from vadclip.io.storage import absolute
+    def __init__(self, output: ResumableOutput, schema, run_id: str, rows_per_file: int,
+                 flush_seconds: Optional[float], scorer=None) -> None:
+        import threading
 
+        import ray
+
+        # score --videos: each assembled video is also scored here (vadclip.jobs.score.Scorer)
+        self.scorer = scorer
+        if scorer is not None:
+            scorer.run_id = run_id
+            scorer.start()
+
+        self.fw, self.ew = output.writers(run_id, schema, ERROR_SCHEMA, rows_per_file, flush_seconds,
+                                          identities=True)
+        self.pending: Dict[str, Dict[str, Any]] = {}
+        self.dead: set = set()
+        self.written: set = set()    # a retried task may deliver a finished video's chunks again
+        self.counts = {"videos_ok": 0, "videos_failed": 0, "rows_written": 0, "snippets": 0, "frames": 0}
+        self.pace, self.decoders, self.precisions, self.failures = _Pace(), set(), set(), []
+        self.encoder_nodes: set = set()
+        self.node = ray.get_runtime_context().get_node_id()
+        self.lock = threading.Lock()
+        self.ticker = Ticker(self._tick, min(1.0, flush_seconds / 4) if flush_seconds else 1.0, self.lock)
+
+    def _tick(self) -> None:
+        self.fw.tick()
+        self.ew.tick()
+        if self.scorer is not None:
+            self.scorer.tick()
+
+    def add(self, cols: Dict[str, np.ndarray]) -> int:
+        with self.lock:
+            for i in range(len(cols["video_id"])):
+                self._row({k: v[i] for k, v in cols.items()})
+            self._tick()
+        return len(cols["video_id"])
+
+    def _fail(self, path: str, vid: str, error: str, identity: Any = None) -> None:
+        self.ew.add([{"path": path, "video_id": vid, "stage": "extract", "error": error,
+                      "input_identity": identity}])
+        self.counts["videos_failed"] += 1
+        self.failures.append(error)
+
+    def _row(self, row: Dict[str, Any]) -> None:
+        self.pace.row(row)
+        if row.get("decoder"):
+            self.decoders.add(str(row["decoder"]))
+        if not row["error"]:
+            self.precisions.add(str(row["precision"]))
+            self.encoder_nodes.add(str(row["encoder_node"]))
+        vid = str(row["video_id"])
+        if vid in self.dead or vid in self.written:
+            return
+        if row["error"]:
+            self.dead.add(vid)
+            self.pending.pop(vid, None)
+            self._fail(row["path"], vid, str(row["error"]), row["input_identity"])
+            return
+        st = self.pending.setdefault(vid, {"chunks": {}, "meta": row})
+        st["chunks"][int(row["chunk"])] = np.asarray(row["features"], np.float32)
+        if len(st["chunks"]) < int(row["n_chunks"]):
+            return
+        self.pending.pop(vid)
+        self.written.add(vid)
+        feats = np.concatenate([st["chunks"][k] for k in range(int(row["n_chunks"]))], axis=0)
+        meta = st["meta"]
+        self.fw.add([dict(feature_row(vid, meta["path"], meta["label"] or None, c, meta["fps"], meta["num_frames"],
+                                      feats[:, c]), input_identity=meta["input_identity"])
+                     for c in range(feats.shape[1])])
+        self.counts["videos_ok"] += 1
+        self.counts["rows_written"] += feats.shape[1]
+        self.counts["snippets"] += feats.shape[0]
+        self.counts["frames"] += int(meta["num_frames"])
+        if self.scorer is not None:
+            self.scorer.video(vid, meta, feats)
+
+    def finish(self, complete: bool = True) -> Dict[str, Any]:
+        """Write what is buffered; with ``complete`` (the pipeline delivered everything),
+        a video still missing chunks is an error row — never dropped silently."""
+        with self.lock:
+            self.ticker.stop()
+            self.fw.flush()
+            if complete:
+                for vid, st in self.pending.items():   # cannot happen unless chunks went missing
+                    self._fail(st["meta"]["path"], vid, "incomplete: not all snippet chunks were encoded")
+                self.pending = {}
+            self.ew.flush()
+            scores = self.scorer.finish() if self.scorer is not None else None
+            return {**self.counts, "scores": scores, "spans": self.pace.spans, "decoders": sorted(self.decoders),
+                    "precisions": sorted(self.precisions), "node": self.node, "encoder_nodes": sorted(self.encoder_nodes),
+                    "failures": self.failures[:1000],
+                    "parts": self.fw.parts}
+
+
+class VideoSink:
+    """Where the encoded chunks go: a Ray Data ``Datasink`` whose write tasks (on the
+    workers) send each chunk row to the :class:`VideoWriter` owning its video.  The
+    driver creates the writers (on the nodes other than its own where there are any,
+    :func:`vadclip.jobs.output.placement`) and, after the pipeline, collects their counts."""
+
+    def __init__(self, output: ResumableOutput, schema, run_id: str, opts: ExtractOptions, n: int,
+                 scorer=None) -> None:
+        import ray
+
+        actor = ray.remote(VideoWriter)
+        self.writers = [actor.options(num_cpus=0, max_restarts=0, scheduling_strategy=placement(i)).remote(
+            output, schema, f"{run_id}-w{i:03d}", opts.rows_per_file, opts.flush_seconds, scorer)
+            for i in range(n)]
+
+    def datasink(self):
+        from ray.data import Datasink
+
+        writers = self.writers
+
+        class _ToWriters(Datasink):
+            def get_name(self) -> str:
+                return "ToVideoWriters"
+
+            def write(self, blocks, ctx) -> int:
+                import ray
+
+                refs = []
+                for block in blocks:
+                    cols = block_columns(block)
+                    if not cols:
+                        continue
+                    owner = np.asarray([shard_of(v, len(writers)) for v in cols["video_id"]])
+                    for w in np.unique(owner):
+                        sel = np.flatnonzero(owner == w)
+                        refs.append(writers[int(w)].add.remote({k: v[sel] for k, v in cols.items()}))
+                return sum(ray.get(refs))
+
+        return _ToWriters()
+
+    def finish(self, complete: bool = True) -> List[Dict[str, Any]]:
+        import ray
+
+        try:
+            return ray.get([w.finish.remote(complete) for w in self.writers])
+        finally:
+            for w in self.writers:
+                ray.kill(w)
+
+
+# ------------------------------------------------------------------------------ the job
+@dataclass
+class _Plan:
+    items: List[Dict[str, Any]]
+    todo: List[Dict[str, Any]]
+    output: ResumableOutput
+    prov: Dict[str, Any]
+    weights: Any
+    changed: set
+
+
+def _check_environment(opts: ExtractOptions, log) -> Any:
+    """Once, at job start, on the driver: packages, the CLIP weights, the decoder."""
     from vadclip.clip.backbone import check_packages
 
-    check_packages("decord", "open_clip")             # once, at job start, with one line
+    check_packages("decord", "open_clip")
     weights = opts.clip.resolve()                      # once per job, here, before any worker
     try:
         check_decoder(opts.decoder, opts.decode_device)
@@ -443,111 +623,123 @@ def run_extract(source: str, out_dir: str, opts: ExtractOptions, retry_failed: b
             raise InputError(f"--decoder torchcodec: torchcodec cannot decode here: {why}; "
                              "use --decoder auto (decord where torchcodec cannot decode) or --decoder decord")
         log(f"[extract] torchcodec cannot decode here ({why}): decoding with decord")
+    return weights
+
+
+def _plan(source: str, out_dir: str, opts: ExtractOptions, retry_failed: bool, log) -> _Plan:
+    """What to do: the manifest, less what earlier runs did (unless its file changed)."""
+    weights = _check_environment(opts, log)
     items = load_manifest(source)
-    out_dir = absolute(out_dir)
     storage.makedirs(out_dir)
-    for d in (feature_dir(out_dir), errors_dir(out_dir)):
-        remove_uncommitted(d)
+    output = ResumableOutput(feature_dir(out_dir), errors_dir(out_dir))
+    output.start()
     prov = feature_provenance(opts, weights)
-    _one_provenance(feature_dir(out_dir), prov)
-    done_ids, failed_ids = read_identities(feature_dir(out_dir)), read_identities(errors_dir(out_dir))
+    _one_provenance(output.rows_dir, prov)
+    done_ids, failed_ids = output.identities()
     changed = changed_inputs({**failed_ids, **done_ids})
     if changed:   # a video replaced at the same path (a camera's daily file rewritten): its rows go, it runs again
-        drop_rows(feature_dir(out_dir), "path", changed)
-        drop_rows(errors_dir(out_dir), "path", changed)
+        drop_rows(output.rows_dir, "path", changed)
+        drop_rows(output.errors_dir, "path", changed)
         log(f"[extract] {len(changed)} videos changed since their rows were written: processing them again")
     done, failed = set(done_ids) - changed, set(failed_ids) - changed
     if retry_failed and failed:
-        drop_rows(errors_dir(out_dir), "path", failed - done)
+        drop_rows(output.errors_dir, "path", failed - done)
         failed = set()
     todo = [it for it in items if it["path"] not in done and it["path"] not in failed]
-    skipped = len(items) - len(todo)
-    log(f"[extract] {len(items)} videos: {skipped} already done or failed earlier, {len(todo)} to process")
-    summary: Dict[str, Any] = {"videos_total": len(items), "videos_skipped": skipped, "videos_changed": len(changed),
-                               "videos_ok": 0,
-                               "videos_failed": 0, "rows_written": 0, "snippets": 0, "frames": 0}
-    t0 = time.time()
-    if todo:
-        ensure_ray(address)
-        have_gpus = cluster_gpus() > 0
-        decode_gpus = 0.0
-        if opts.decode_device == "cuda":
-            if have_gpus:
-                decode_gpus = opts.decode_gpus
-            else:
-                log("[extract] decode device cuda: the cluster has no GPU, the videos are decoded on the CPU")
-        # an encoder takes a whole GPU, or half of it when the decode tasks decode there too
-        gpus = (opts.gpus_per_encoder if opts.gpus_per_encoder is not None
-                else (0.5 if decode_gpus else 1.0) if have_gpus else 0.0)
-        size = opts.clip.image_size
-        ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo), 256)))
-        ds = ds.flat_map(DecodeStage(opts, size, "cuda" if decode_gpus else "cpu"),
-                         num_cpus=DecodeStage.num_cpus, num_gpus=decode_gpus)
-        ds = ds.map_batches(EncodeStage, **EncodeStage.ray_args(opts, gpus, share_weights(weights)))
-        run_id = new_run_id()
-        fw = PartWriter(feature_dir(out_dir), provenance.with_provenance(FEATURE_SCHEMA, prov), opts.rows_per_file,
-                        run_id, opts.flush_seconds, identities=True)
-        ew = PartWriter(errors_dir(out_dir), ERROR_SCHEMA, 64, run_id, opts.flush_seconds, identities=True)
-        pending: Dict[str, Dict[str, Any]] = {}
-        dead: set = set()
-        written: set = set()   # a retried task may deliver a finished video's chunks again
+    return _Plan(items, todo, output, prov, weights, changed)
+
+
+def _pipeline(plan: _Plan, opts: ExtractOptions, log):
+    """decode (tasks) → encode (actor pool) as a Ray Data dataset, and the GPU share of
+    each stage: an encoder takes a whole GPU, or half of it when decoding is on the GPU too."""
+    import ray
+
+    from vadclip.jobs.cluster import cluster_gpus, share_weights
+
+    have_gpus = cluster_gpus() > 0
+    decode_gpus = 0.0
+    if opts.decode_device == "cuda":
+        if have_gpus:
+            decode_gpus = opts.decode_gpus
+        else:
+            log("[extract] decode device cuda: the cluster has no GPU, the videos are decoded on the CPU")
+    encode_gpus = (opts.gpus_per_encoder if opts.gpus_per_encoder is not None
+                   else (0.5 if decode_gpus else 1.0) if have_gpus else 0.0)
+    ds = ray.data.from_items(plan.todo, override_num_blocks=max(1, min(len(plan.todo), 256)))
+    ds = ds.flat_map(DecodeStage(opts, opts.clip.image_size, "cuda" if decode_gpus else "cpu"),
+                     num_cpus=DecodeStage.num_cpus, num_gpus=decode_gpus)
+    return ds.map_batches(EncodeStage, **EncodeStage.ray_args(opts, encode_gpus, share_weights(plan.weights)))
+
+
+def _summarise(plan: _Plan, results: List[Dict[str, Any]], t0: float) -> Dict[str, Any]:
+    """The writers' counts and the encoders' pace, as one run summary."""
+    s: Dict[str, Any] = {"videos_total": len(plan.items), "videos_skipped": len(plan.items) - len(plan.todo),
+                         "videos_changed": len(plan.changed), "videos_ok": 0, "videos_failed": 0,
+                         "rows_written": 0, "snippets": 0, "frames": 0}
+    if results:
+        for k in ("videos_ok", "videos_failed", "rows_written", "snippets", "frames"):
+            s[k] = sum(r[k] for r in results)
         pace = _Pace()
-        decoders: set = set()
-        precisions: set = set()
-        for row in ds.iter_rows():
-            fw.tick()
-            ew.tick()
-            pace.row(row)
-            if row.get("decoder"):
-                decoders.add(str(row["decoder"]))
-            if not row["error"]:
-                precisions.add(str(row["precision"]))
-            vid = row["video_id"]
-            if vid in dead or vid in written:
-                continue
-            if row["error"]:
-                dead.add(vid)
-                pending.pop(vid, None)
-                ew.add([{"path": row["path"], "video_id": vid, "stage": "extract", "error": row["error"],
-                         "input_identity": row["input_identity"]}])
-                summary["videos_failed"] += 1
-                log(f"[extract] FAILED {row['error']}")
-                continue
-            st = pending.setdefault(vid, {"chunks": {}, "meta": row})
-            st["chunks"][int(row["chunk"])] = np.asarray(row["features"], np.float32)
-            if len(st["chunks"]) == int(row["n_chunks"]):
-                pending.pop(vid)
-                written.add(vid)
-                feats = np.concatenate([st["chunks"][k] for k in range(int(row["n_chunks"]))], axis=0)
-                meta = st["meta"]
-                fw.add([dict(feature_row(vid, meta["path"], meta["label"] or None, c, meta["fps"],
-                                         meta["num_frames"], feats[:, c]), input_identity=meta["input_identity"])
-                        for c in range(feats.shape[1])])
-                summary["videos_ok"] += 1
-                summary["rows_written"] += feats.shape[1]
-                summary["snippets"] += feats.shape[0]
-                summary["frames"] += int(meta["num_frames"])
-        fw.flush()
-        for vid in pending:  # cannot happen unless chunks went missing; never drop silently
-            ew.add([{"path": pending[vid]["meta"]["path"], "video_id": vid, "stage": "extract",
-                     "error": "incomplete: not all snippet chunks were encoded"}])
-            summary["videos_failed"] += 1
-        ew.flush()
-        summary.update(pace.summary(t0))
-        summary["decoders"] = sorted(decoders)
-        summary["precisions"] = sorted(precisions)
+        for r in results:
+            pace.merge(r["spans"])
+        s.update(pace.summary(t0))
+        s["decoders"] = sorted({d for r in results for d in r["decoders"]})
+        s["precisions"] = sorted({p for r in results for p in r["precisions"]})
+        s["writer_nodes"] = sorted({r["node"] for r in results})
+        s["encoder_nodes"] = sorted({n for r in results for n in r["encoder_nodes"]})
+        s["parts_written"] = sum(r["parts"] for r in results)
     elapsed = time.time() - t0
-    summary.update(elapsed_s=round(elapsed, 3),
-                   frames_per_s=round(summary["frames"] / elapsed, 2) if elapsed > 0 else 0.0,
-                   snippets_per_s=round(summary["snippets"] / elapsed, 2) if elapsed > 0 else 0.0,
-                   output=feature_dir(out_dir), errors=errors_dir(out_dir))
-    storage.write_text(storage.join(out_dir, "summary.json"), json.dumps(summary, indent=2))
+    s.update(elapsed_s=round(elapsed, 3),
+             frames_per_s=round(s["frames"] / elapsed, 2) if elapsed > 0 else 0.0,
+             snippets_per_s=round(s["snippets"] / elapsed, 2) if elapsed > 0 else 0.0,
+             output=plan.output.rows_dir, errors=plan.output.errors_dir)
+    return s
+
+
+def run_extract(source: str, out_dir: str, opts: ExtractOptions, retry_failed: bool = False,
+                address: Optional[str] = None, log=None) -> Dict[str, Any]:
+    """Extract features for every video of ``source`` into ``out_dir``/features (Parquet)
+    with failures in ``out_dir``/errors.  The workers write every row; the driver plans,
+    starts the pipeline and sums the writers' counts.  Returns the run summary (also
+    written to ``out_dir``/summary.json)."""
+    return extract_and(source, out_dir, opts, retry_failed=retry_failed, address=address, log=log)[0]
+
+
+def extract_and(source: str, out_dir: str, opts: ExtractOptions, scorer=None, retry_failed: bool = False,
+                address: Optional[str] = None, log=None):
+    """:func:`run_extract`, each assembled video also handed to ``scorer`` in its
+    writer (``score --videos``: one streaming pipeline).  Returns (summary, the writers'
+    results)."""
+    from vadclip.jobs.cluster import ensure_ray
+
+    log = log or logging.getLogger("vadclip").info
+    out_dir = storage.absolute(out_dir)
+    plan = _plan(source, out_dir, opts, retry_failed, log)
+    log(f"[extract] {len(plan.items)} videos: {len(plan.items) - len(plan.todo)} already done or failed earlier, "
+        f"{len(plan.todo)} to process")
+    t0 = time.time()
+    results: List[Dict[str, Any]] = []
+    if plan.todo:
+        ensure_ray(address)
+        sink = VideoSink(plan.output, provenance.with_provenance(FEATURE_SCHEMA, plan.prov), new_run_id(), opts,
+                         n=opts.num_writers or max(1, opts.num_encoders), scorer=scorer)
+        try:
+            _pipeline(plan, opts, log).write_datasink(sink.datasink())
+        except BaseException:
+            sink.finish(complete=False)     # what the writers finished is committed: a re-run resumes from it
+            raise
+        results = sink.finish()
+        for r in results:
+            for line in r["failures"]:
+                log(f"[extract] FAILED {line}")
+    summary = _summarise(plan, results, t0)
+    storage.write_text(storage.join(out_dir, layout.EXTRACT_SUMMARY), json.dumps(summary, indent=2))
     log(f"[extract] done: {summary['videos_ok']} ok, {summary['videos_failed']} failed, "
         f"{summary['videos_skipped']} skipped; {summary['snippets']} snippets, {summary['frames']} frames "
-        f"in {elapsed:.1f}s ({summary['frames_per_s']} frames/s) → {feature_dir(out_dir)}"
+        f"in {summary['elapsed_s']:.1f}s ({summary['frames_per_s']} frames/s) → {plan.output.rows_dir}"
         + (f"; decoded with {', '.join(summary['decoders'])}" if summary.get("decoders") else "")
         + (f"; encoded in {', '.join(summary['precisions'])}" if summary.get("precisions") else ""))
     if "startup_s" in summary:
         log(f"[extract] encoders: first encode {summary['startup_s']:.1f}s after the start, then busy "
             f"{summary['encoder_busy_fraction']:.1%} of the time at {summary['steady_snippets_per_s']} snippets/s")
-    return summary
+    return summary, results

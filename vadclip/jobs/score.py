@@ -16,13 +16,15 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from vadclip.io import storage
 from vadclip.errors import InputError
 from vadclip.options import MISMATCH_HELP, option
+from vadclip.io import layout
 from vadclip.io.features import ERROR_SCHEMA
-from vadclip.io.parts import (PartWriter, dataset_files, new_run_id, read_column, read_table,
-                    remove_uncommitted)
+from vadclip.jobs.output import ResumableOutput, row_sink
+from vadclip.io.parts import dataset_files, new_run_id, read_column, read_table
 from vadclip.report.html import build_report, output_totals
 
 EVENT_TYPE = pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("start_frame", pa.int64()),
@@ -110,9 +112,7 @@ class ScoreStage:
                 "max_restarts": 3, "max_task_retries": 3}
 
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, Any]:
-        from vadclip.io.features import check_features, row_features
-        from vadclip.model.losses import topk_count
-        from vadclip.model.network import score_video
+        from vadclip.io.features import row_features
 
         out: Dict[str, list] = {k: [] for k in ("video_id", "path", "label", "fps", "num_frames", "snippet_count",
                                                 "anomaly", "class_probs", "video_score", "predicted_class",
@@ -122,20 +122,10 @@ class ScoreStage:
             for k in ("video_id", "path", "label", "fps", "num_frames", "snippet_count"):
                 out[k].append(row[k])
             try:
-                f = check_features(row_features(row), f"{row['path']} ({row['video_id']})", self.model.embed_dim)
-                anomaly, probs = score_video(self.model, f)
-                vscore = float(np.sort(anomaly)[::-1][:topk_count(len(anomaly))].mean())
-                ev = find_events(anomaly, probs, self.classes, float(row["fps"]) or 30.0,
-                                 int(row["num_frames"]) or len(anomaly) * 16, self.opts,
-                                 self.model.cfg.snippet_len)
-                # flagged ⇔ at least one event; the video's class is that of its strongest event
-                pcls = max(ev, key=lambda e: e["score"])["class_name"] if ev else self.classes[0]
-                out["anomaly"].append(anomaly.astype(np.float32))
-                out["class_probs"].append(probs.astype(np.float32).reshape(-1))
-                out["video_score"].append(vscore)
-                out["predicted_class"].append(pcls)
-                out["flagged"].append(bool(ev))
-                out["events"].append(json.dumps(ev))
+                s = score_features(self.model, row_features(row), row, self.opts, self.classes)
+                for k in ("anomaly", "class_probs", "video_score", "predicted_class", "flagged"):
+                    out[k].append(s[k])
+                out["events"].append(json.dumps(s["events"]))
                 out["error"].append("")
             except InputError as e:  # a problem of this row's features: recorded, never dropped
                 out["anomaly"].append(np.zeros(0, np.float32))
@@ -144,14 +134,111 @@ class ScoreStage:
                 out["predicted_class"].append("")
                 out["flagged"].append(False)
                 out["events"].append("[]")
-                out["error"].append(f"{row['path']}: {type(e).__name__}: {e}")
+                out["error"].append(score_error(row, e))
         res = {k: (np.asarray(v + [None], dtype=object)[:-1] if k in ("anomaly", "class_probs") else np.asarray(v))
                for k, v in out.items()}
         return res
 
 
+def score_error(row: Dict[str, Any], e: Exception) -> str:
+    return f"{row['path']}: {type(e).__name__}: {e}"
+
+
+def score_features(model, features: np.ndarray, row: Dict[str, Any], opts: ScoreOptions,
+                   classes: List[str]) -> Dict[str, Any]:
+    """One video's scores from its features [T, D] (``row``: its fps, frame count, path,
+    id): per-snippet anomaly and class probabilities, the video score (top-k mean),
+    its events and whether it is flagged.  Unusable features raise an :class:`InputError`."""
+    from vadclip.io.features import check_features
+    from vadclip.model.losses import topk_count
+    from vadclip.model.network import score_video
+
+    f = check_features(features, f"{row['path']} ({row['video_id']})", model.embed_dim)
+    anomaly, probs = score_video(model, f)
+    vscore = float(np.sort(anomaly)[::-1][:topk_count(len(anomaly))].mean())
+    ev = find_events(anomaly, probs, classes, float(row["fps"]) or 30.0,
+                     int(row["num_frames"]) or len(anomaly) * 16, opts, model.cfg.snippet_len)
+    # flagged ⇔ at least one event; the video's class is that of its strongest event
+    pcls = max(ev, key=lambda e: e["score"])["class_name"] if ev else classes[0]
+    return {"anomaly": anomaly.astype(np.float32), "class_probs": probs.astype(np.float32).reshape(-1),
+            "video_score": vscore, "predicted_class": pcls, "flagged": bool(ev), "events": ev}
+
+
+class Scorer:
+    """Scores whole videos where they are assembled (the extraction writers of
+    ``score --videos``): the model from a checkpoint (or a Ray reference to one), the
+    crop to score, and where the score rows go."""
+
+    def __init__(self, checkpoint, opts: ScoreOptions, crop: int, output, run_id: str) -> None:
+        self.checkpoint, self.opts, self.crop, self.output, self.run_id = checkpoint, opts, crop, output, run_id
+        self.model = None
+
+    def start(self) -> None:
+        """In the writer: load the model, open the part writers."""
+        from vadclip.model.checkpoint import load_checkpoint
+
+        ckpt = self.checkpoint
+        if not isinstance(ckpt, dict):
+            import ray
+
+            ckpt = ray.get(ckpt)
+        self.model = load_checkpoint(ckpt)
+        self.classes = list(self.model.cfg.class_keys)
+        self.sw, self.ew = self.output.writers(self.run_id, SCORE_SCHEMA, ERROR_SCHEMA, self.opts.rows_per_file,
+                                               self.opts.flush_seconds)
+        self.counts = {"rows": 0, "errors": 0, "snippets": 0, "failures": []}
+
+    def video(self, vid: str, meta: Dict[str, Any], feats: np.ndarray) -> None:
+        """A video's features [T, crops, D], just assembled."""
+        if self.crop >= feats.shape[1]:
+            return
+        row = {"video_id": vid, "path": meta["path"], "fps": meta["fps"], "num_frames": meta["num_frames"]}
+        try:
+            s = score_features(self.model, feats[:, self.crop], row, self.opts, self.classes)
+        except InputError as e:
+            msg = score_error(row, e)
+            self.ew.add([{"path": meta["path"], "video_id": vid, "stage": "score", "error": msg}])
+            self.counts["errors"] += 1
+            self.counts["failures"].append(msg)
+            return
+        self.sw.add([dict(s, video_id=vid, path=meta["path"], label=meta["label"] or None, fps=float(meta["fps"]),
+                          num_frames=int(meta["num_frames"]), snippet_count=int(feats.shape[0]),
+                          classes=self.classes)])
+        self.counts["rows"] += 1
+        self.counts["snippets"] += int(feats.shape[0])
+
+    def tick(self) -> None:
+        self.sw.tick()
+        self.ew.tick()
+
+    def finish(self) -> Dict[str, Any]:
+        self.sw.flush()
+        self.ew.flush()
+        return self.counts
+
+
 def _scores_dir(out_dir: str) -> str:
-    return storage.join(out_dir, "scores")
+    return layout.scores_dir(out_dir)
+
+
+def _score_rows(classes: List[str]):
+    """The write tasks' view of the scoring stage's output: (score rows, error rows)."""
+    def to_rows(cols: Dict[str, np.ndarray]):
+        good, bad = [], []
+        for i in range(len(cols["video_id"])):
+            r = {k: v[i] for k, v in cols.items()}
+            if r["error"]:
+                bad.append({"path": r["path"], "video_id": r["video_id"], "stage": "score", "error": r["error"]})
+                continue
+            good.append({"video_id": r["video_id"], "path": r["path"], "label": r["label"] or None,
+                         "fps": float(r["fps"]), "num_frames": int(r["num_frames"]),
+                         "snippet_count": int(r["snippet_count"]), "classes": classes,
+                         "anomaly": np.asarray(r["anomaly"], np.float32),
+                         "class_probs": np.asarray(r["class_probs"], np.float32),
+                         "video_score": float(r["video_score"]), "predicted_class": r["predicted_class"],
+                         "flagged": bool(r["flagged"]), "events": json.loads(r["events"])})
+        return good, bad
+    return to_rows
 
 
 def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, videos: Optional[str] = None,
@@ -194,57 +281,61 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
         check_matches(gt, gt_path, ids, f"the videos of {features or videos}")
     ensure_ray(address)
     storage.makedirs(out_dir)
-    for d in (_scores_dir(out_dir), storage.join(out_dir, "score_errors")):
-        remove_uncommitted(d)
+    output = ResumableOutput(_scores_dir(out_dir), layout.score_errors_dir(out_dir))
+    output.start()
     t0 = time.time()
     extract_summary = None
-    if features is None:
-        from vadclip.jobs.extract import ExtractOptions, feature_dir, run_extract
-
-        eo = extract_opts or ExtractOptions()
-        eo = replace(eo, clip=cfg.clip, snippet_len=cfg.snippet_len)
-        extract_summary = run_extract(videos, out_dir, eo, log=log)
-        features = feature_dir(out_dir)
-        found = check_feature_set(features, model.embed_dim, crop=opts.crop)
-        mismatch = check_fit(cfg, features, f"the model {model_uri}", opts.allow_feature_mismatch, log)
-    crop = found["crops"][0] if opts.crop is None else opts.crop
-
-    done = set(read_column(_scores_dir(out_dir), "video_id"))
-    # column expressions, not Python row filters: a row filter round-trips the
-    # block through pandas and turns an all-null label column into float NaN
-    ds = ray.data.read_parquet(dataset_files(features)).filter(expr=col("crop") == crop)
-    if done:
-        ds = ds.filter(expr=col("video_id").not_in(sorted(done)))
+    done, _ = output.ids("video_id")           # scored by earlier runs
     ckpt_ref = ray.put(checkpoint_dict(model))
-    ds = ds.map_batches(ScoreStage, **ScoreStage.ray_args(ckpt_ref, opts))
     run_id = new_run_id()
-    sw = PartWriter(_scores_dir(out_dir), SCORE_SCHEMA, opts.rows_per_file, run_id, opts.flush_seconds)
-    ew = PartWriter(storage.join(out_dir, "score_errors"), ERROR_SCHEMA, 64, run_id, opts.flush_seconds)
-    n_ok = n_err = n_snip = n_dup = 0
-    seen = set(done)
-    for r in ds.iter_rows():
-        sw.tick()
-        ew.tick()
-        if r["video_id"] in seen:  # a feature set holding a video twice still scores it once
-            n_dup += 1
-            continue
-        seen.add(r["video_id"])
-        if r["error"]:
-            ew.add([{"path": r["path"], "video_id": r["video_id"], "stage": "score", "error": r["error"]}])
-            n_err += 1
-            log(f"[score] FAILED {r['error']}")
-            continue
-        row = {"video_id": r["video_id"], "path": r["path"], "label": r["label"], "fps": float(r["fps"]),
-               "num_frames": int(r["num_frames"]), "snippet_count": int(r["snippet_count"]),
-               "classes": list(cfg.class_keys), "anomaly": np.asarray(r["anomaly"], np.float32),
-               "class_probs": np.asarray(r["class_probs"], np.float32), "video_score": float(r["video_score"]),
-               "predicted_class": r["predicted_class"], "flagged": bool(r["flagged"]),
-               "events": json.loads(r["events"])}
-        sw.add([row])
-        n_ok += 1
-        n_snip += int(r["snippet_count"])
-    sw.flush()
-    ew.flush()
+    n = {"rows": 0, "errors": 0, "snippets": 0, "duplicates": 0, "failures": []}
+    todo = None                                 # None: every feature row not scored yet
+    if features is None:
+        # one streaming pipeline: decode → encode → the writers assemble each video, write
+        # its features and score it (then only videos left unscored by an interrupted
+        # run are scored from their features below)
+        from vadclip.jobs.extract import ExtractOptions, extract_and, feature_dir
+
+        eo = replace(extract_opts or ExtractOptions(), clip=cfg.clip, snippet_len=cfg.snippet_len)
+        crop = 0 if opts.crop is None else opts.crop
+        if not 0 <= crop < eo.crops:
+            raise InputError(f"--crop {crop}: the videos are extracted with --crops {eo.crops} (crops 0-{eo.crops - 1})")
+        extract_summary, results = extract_and(videos, out_dir, eo, scorer=Scorer(ckpt_ref, opts, crop, output, run_id),
+                                               address=address, log=log)
+        for r in results:
+            for k in ("rows", "errors", "snippets", "failures"):
+                n[k] += r["scores"][k]
+        features = feature_dir(out_dir)
+        found = check_feature_set(features, model.embed_dim, crop=crop)
+        mismatch = check_fit(cfg, features, f"the model {model_uri}", opts.allow_feature_mismatch, log)
+        scored, failed_now = output.ids("video_id")
+        have = set(found["meta"].filter(pc.equal(found["meta"]["crop"], crop)).column("video_id").to_pylist())
+        todo = sorted(have - scored - failed_now)
+    crop = found["crops"][0] if opts.crop is None else opts.crop
+    if todo is None or todo:
+        # column expressions, not Python row filters: a row filter round-trips the
+        # block through pandas and turns an all-null label column into float NaN
+        # one block per part file (extraction writes at most --rows-per-file videos per part):
+        # each block's scores are committed by one write task as soon as it is scored
+        files = dataset_files(features)
+        ds = ray.data.read_parquet(files, override_num_blocks=len(files)).filter(expr=col("crop") == crop)
+        if todo is not None:
+            ds = ds.filter(expr=col("video_id").is_in(todo))
+        elif done:
+            ds = ds.filter(expr=col("video_id").not_in(sorted(done)))
+        ds = ds.map_batches(ScoreStage, **ScoreStage.ray_args(ckpt_ref, opts))
+        # the workers write the score rows; the driver receives their counts
+        sink = row_sink(output, run_id, SCORE_SCHEMA, ERROR_SCHEMA, opts.rows_per_file,
+                        _score_rows(list(cfg.class_keys)))
+        try:
+            ds.write_datasink(sink)
+        finally:
+            sink.close()
+        for k in n:
+            n[k] += sink.totals.get(k, 0 if k != "failures" else [])
+    n_ok, n_err, n_snip, n_dup = n["rows"], n["errors"], n["snippets"], n["duplicates"]
+    for line in n["failures"]:
+        log(f"[score] FAILED {line}")
     elapsed = time.time() - t0
     totals = output_totals(_scores_dir(out_dir))
     summary: Dict[str, Any] = {
@@ -256,7 +347,7 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
         "output": _scores_dir(out_dir), "model_uri": model_uri, **_model_identity(model_uri, tracking_uri),
         "snippet_len": cfg.snippet_len, **asdict(opts), "feature_mismatch": mismatch,
     }
-    summary["videos_failed_total"] = len(read_column(storage.join(out_dir, "score_errors"), "video_id"))
+    summary["videos_failed_total"] = len(read_column(output.errors_dir, "video_id"))
     if extract_summary:
         summary["extract"] = {k: extract_summary[k] for k in ("videos_ok", "videos_failed", "frames_per_s")}
         summary["extract"]["decoders"] = extract_summary.get("decoders", [])
@@ -282,7 +373,7 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
                             and k not in asdict(opts)})
         mlflow.log_dict(summary, "score_summary.json")
         mlflow.log_artifacts(report_dir, artifact_path="report")
-    storage.write_text(storage.join(out_dir, "score_summary.json"), json.dumps(summary, indent=2, default=float))
+    storage.write_text(storage.join(out_dir, layout.SCORE_SUMMARY), json.dumps(summary, indent=2, default=float))
     log(f"[score] {n_ok} scored, {n_err} failed, {len(done)} already done; "
         f"{summary['anomalous_videos']} flagged with {summary['events']} events; "
         f"{summary['snippets_per_s']} snippets/s → {summary['output']}")

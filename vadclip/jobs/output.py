@@ -1,0 +1,167 @@
+"""Job outputs written by the workers; the driver only coordinates.
+
+A job's output is a table of result rows and a table of error rows, each a folder of
+committed Parquet parts (:mod:`vadclip.io.parts`).  :class:`ResumableOutput` is what the
+extraction and scoring jobs share: removing the parts an interrupted run left
+uncommitted, what earlier runs did (done and failed videos, with the identity of each
+input file), and the writers of one run.  The rows reach the parts through Ray Data's
+``Datasink``: its ``write`` runs in Ray tasks on the workers, and the driver receives
+only what those tasks return (counts).
+
+:func:`row_sink` writes each block it is given straight into committed parts (scoring:
+one row per video); a :class:`Claims` actor keeps the rows unique when a feature set
+holds a video twice or Ray retries a task.  Extraction, whose rows are assembled from a
+video's chunks, routes the chunks to writer actors keyed by video
+(:mod:`vadclip.jobs.extract`)."""
+from __future__ import annotations
+
+import threading
+import zlib
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+
+import numpy as np
+import pyarrow as pa
+
+from vadclip.io.parts import PartWriter, read_column, read_identities, remove_uncommitted
+
+
+@dataclass
+class ResumableOutput:
+    """The rows and error tables of one job's output folder."""
+    rows_dir: str
+    errors_dir: str
+
+    def start(self) -> None:
+        """Before a run: the parts an interrupted run left uncommitted go."""
+        for d in (self.rows_dir, self.errors_dir):
+            remove_uncommitted(d)
+
+    def identities(self) -> Tuple[Dict[str, Optional[str]], Dict[str, Optional[str]]]:
+        """``({path: input identity}`` of the done rows, the same of the failed ones)."""
+        return read_identities(self.rows_dir), read_identities(self.errors_dir)
+
+    def ids(self, column: str = "video_id") -> Tuple[Set[str], Set[str]]:
+        """The values of ``column`` over the done rows and over the failed ones."""
+        return set(read_column(self.rows_dir, column)), set(read_column(self.errors_dir, column))
+
+    def writers(self, run_id: str, schema: pa.Schema, error_schema: pa.Schema, rows_per_file: int,
+                flush_seconds: Optional[float], identities: bool = False) -> Tuple[PartWriter, PartWriter]:
+        return (PartWriter(self.rows_dir, schema, rows_per_file, run_id, flush_seconds, identities=identities),
+                PartWriter(self.errors_dir, error_schema, 64, run_id, flush_seconds, identities=identities))
+
+
+def shard_of(video_id: str, n: int) -> int:
+    """Which of ``n`` writers owns a video (stable across processes and runs)."""
+    return zlib.crc32(str(video_id).encode()) % n
+
+
+def block_columns(block) -> Dict[str, np.ndarray]:
+    """A Ray Data block as numpy columns (ragged tensors as object arrays); {} when it
+    has no rows (a filter may leave a block empty, without columns)."""
+    from ray.data.block import BlockAccessor
+
+    acc = BlockAccessor.for_block(block)
+    return acc.to_numpy() if acc.num_rows() else {}
+
+
+class Ticker:
+    """Calls ``fn`` every ``every`` seconds on a daemon thread, under ``lock``, until stopped."""
+
+    def __init__(self, fn, every: float, lock: threading.Lock):
+        self._stop = threading.Event()
+
+        def run():
+            while not self._stop.wait(every):
+                with lock:
+                    fn()
+
+        threading.Thread(target=run, daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class Claims:
+    """A Ray actor that hands out each key once (rows unique across write tasks)."""
+
+    def __init__(self, taken: Iterable[str] = ()):
+        self.taken = set(taken)
+
+    def claim(self, keys: Sequence[str]) -> List[bool]:
+        out = []
+        for k in keys:
+            out.append(k not in self.taken)
+            self.taken.add(k)
+        return out
+
+
+def placement(i: int):
+    """Where writer ``i`` runs: on the nodes with CPUs other than the driver's, in turn
+    (the driver's node only when it is the only one).  Hard affinity: a writer whose
+    node dies fails the job, which a re-run resumes."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    nodes = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0)
+    others = [n for n in nodes if n != here] or nodes
+    return NodeAffinitySchedulingStrategy(node_id=others[i % len(others)], soft=False) if others else "DEFAULT"
+
+
+def row_sink(output: ResumableOutput, run_id: str, schema: pa.Schema, error_schema: pa.Schema,
+             rows_per_file: int, to_rows, taken: Iterable[str] = ()):
+    """A Ray Data ``Datasink``: each write task turns its blocks into rows
+    (``to_rows(columns) -> (good rows, error rows)``), keeps those whose ``video_id`` the
+    :class:`Claims` actor hands it, and writes them as committed parts (at most
+    ``rows_per_file`` each; every block is committed when its task ends).  Each task
+    returns its counts and error lines; ``totals`` sums them on the driver.  ``close()``
+    ends the claims actor."""
+    import ray
+    from ray.data import Datasink
+
+    claims = ray.remote(Claims).options(num_cpus=0, scheduling_strategy=placement(0)).remote(list(taken))
+
+    class _RowSink(Datasink):
+        def __init__(self):
+            self.claims, self.totals = claims, {}
+
+        def get_name(self) -> str:
+            return "WriteParts"
+
+        def write(self, blocks, ctx) -> Dict[str, int]:
+            import uuid
+
+            # one writer per task: its parts are named by this run and this task
+            rw, ew = output.writers(f"{run_id}-t{ctx.task_idx:05d}-{uuid.uuid4().hex[:4]}", schema, error_schema,
+                                    rows_per_file, None)
+            n = {"rows": 0, "errors": 0, "duplicates": 0, "snippets": 0, "failures": []}
+            for block in blocks:
+                cols = block_columns(block)
+                if not cols:
+                    continue
+                good, bad = to_rows(cols)
+                keys = [r["video_id"] for r in good + bad]
+                fresh = ray.get(self.claims.claim.remote(keys)) if keys else []
+                keep_good = [r for r, f in zip(good, fresh[:len(good)]) if f]
+                keep_bad = [r for r, f in zip(bad, fresh[len(good):]) if f]
+                n["duplicates"] += len(keys) - len(keep_good) - len(keep_bad)
+                rw.add(keep_good)
+                ew.add(keep_bad)
+                n["rows"] += len(keep_good)
+                n["errors"] += len(keep_bad)
+                n["snippets"] += sum(int(r.get("snippet_count") or 0) for r in keep_good)
+                n["failures"] += [r["error"] for r in keep_bad][:100]
+            rw.flush()
+            ew.flush()
+            return n
+
+        def on_write_complete(self, write_result) -> None:
+            for ret in write_result.write_returns:
+                for k, v in (ret or {}).items():
+                    self.totals[k] = self.totals.get(k, [] if isinstance(v, list) else 0) + v
+
+        def close(self) -> None:
+            ray.kill(self.claims)
+
+    return _RowSink()
