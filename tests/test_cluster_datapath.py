@@ -1,7 +1,7 @@
 """On a local multi-node Ray cluster (``ray.cluster_utils.Cluster``: a head without
 CPUs, where the driver runs, and two worker nodes), the extraction job's encoders run on
-several worker nodes and writer actors on the worker nodes write every part: the driver
-only plans and sums counts.  It runs in a subprocess so the cluster is its own."""
+worker nodes and writer actors on both worker nodes write every part: the driver only
+plans and sums counts.  It runs in a subprocess so the cluster is its own."""
 import json
 import os
 import subprocess
@@ -41,9 +41,10 @@ def test_workers_on_several_nodes_write_what_the_driver_never_receives(sample_vi
     res = json.loads([ln for ln in r.stdout.splitlines() if ln.startswith("{")][-1])
     s, workers = res["summary"], set(res["workers"])
     assert res["driver_node"] not in workers
-    # the encoders ran on both worker nodes, the writers only on worker nodes
-    assert set(s["encoder_nodes"]) == workers
-    assert set(s["writer_nodes"]) <= workers and len(s["writer_nodes"]) == 2
+    # the encoders ran on worker nodes (Ray Data places the pool's actors), and the two
+    # writers wrote from both worker nodes; the driver's node hosted neither
+    assert s["encoder_nodes"] and set(s["encoder_nodes"]) <= workers
+    assert set(s["writer_nodes"]) == workers
     # every good video one row, every bad one an error row, in parts the writers committed
     good = sorted(v["video_id"] for v in sample_videos["good"])
     assert s["videos_ok"] == len(good) and s["videos_failed"] == len(sample_videos["bad"])

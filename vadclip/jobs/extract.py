@@ -307,14 +307,6 @@ class EncodeStage:
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.node = ray.get_runtime_context().get_node_id()
 
-    IMAGES_PER_CALL = 1024   # decoded images an encoder call takes (several chunks, one forward pass each)
-
-    @staticmethod
-    def chunks_per_call(opts: ExtractOptions) -> int:
-        """Chunks per call: each call is a Ray task and an output block, and the driver's
-        cost is per task, so a call takes ~1,024 images (150 MB of 224x224 frames)."""
-        return max(1, EncodeStage.IMAGES_PER_CALL // (opts.chunk_snippets * opts.crops))
-
     @staticmethod
     def ray_args(opts: ExtractOptions, gpus: float, weights=None) -> Dict[str, Any]:
         """What one encoder actor needs, for ``map_batches`` (``weights``: the job's
@@ -324,7 +316,7 @@ class EncodeStage:
         from vadclip.jobs.faults import encoder_exits
 
         return {"fn_constructor_kwargs": {"opts": opts, "weights": weights, "exits": encoder_exits()},
-                "batch_size": EncodeStage.chunks_per_call(opts), "batch_format": "numpy",
+                "batch_size": 1, "batch_format": "numpy",
                 "compute": ActorPoolStrategy(size=opts.num_encoders), "num_gpus": gpus,
                 "num_cpus": 0 if gpus else 1, "max_restarts": opts.max_restarts,
                 "max_task_retries": opts.max_restarts}

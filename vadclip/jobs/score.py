@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Dict, List, Optional, Sequence
@@ -249,7 +248,6 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
     manifest/dir/glob, extracted first into ``out_dir``/features with the model's CLIP).
     Labels are optional; every distinct video gets exactly one row (resumable)."""
     log = log or logging.getLogger("vadclip").info
-    import mlflow
     import ray
     import ray.data
     from ray.data.expressions import col
@@ -258,9 +256,9 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
     from vadclip.io.features import check_feature_set
     from vadclip.io.gt import check_matches, read_gt
     from vadclip.jobs.cluster import ensure_ray
-    from vadclip.tracking.registry import load_scoring_model
+    from vadclip.tracking.registry import load_scoring_model, model_identity
     from vadclip.io.storage import absolute
-    from vadclip.tracking.runs import log_feature_set, use_experiment
+    from vadclip.tracking.runs import log_scoring_run
 
     features, videos, gt_path, out_dir = map(absolute, (features, videos, gt_path, out_dir))
     opts = opts or ScoreOptions()
@@ -344,7 +342,7 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
         "videos_total_in_output": totals["videos"], "anomalous_videos": totals["flagged"],
         "events": totals["events"], "snippets": n_snip, "elapsed_s": round(elapsed, 3),
         "snippets_per_s": round(n_snip / elapsed, 2) if elapsed > 0 else 0.0,
-        "output": _scores_dir(out_dir), "model_uri": model_uri, **_model_identity(model_uri, tracking_uri),
+        "output": _scores_dir(out_dir), "model_uri": model_uri, **model_identity(model_uri, tracking_uri),
         "snippet_len": cfg.snippet_len, **asdict(opts), "feature_mismatch": mismatch,
     }
     summary["videos_failed_total"] = len(read_column(output.errors_dir, "video_id"))
@@ -356,23 +354,14 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
         rows = read_table(_scores_dir(out_dir), columns=list(METRIC_COLUMNS)).to_pylist()
         summary.update(score_metrics(rows, gt, cfg))
         del rows
-    use_experiment(experiment, tracking_uri)
-    summary["tracking_uri"] = mlflow.get_tracking_uri()
-    with mlflow.start_run(run_name=f"score-{run_id}") as run, \
-            tempfile.TemporaryDirectory(prefix="vadclip-report-") as report_dir:
-        summary["mlflow_run_id"] = run.info.run_id
-        mlflow.log_params({"model_uri": model_uri, "features": features, **asdict(opts)})
-        if mismatch:
-            mlflow.set_tag("vadclip.feature_mismatch", mismatch)
-        log_feature_set(features, "archive", "scoring")
-        rep = build_report(out_dir, summary, gt_path=gt_path, top_n=opts.max_plots, local_dir=report_dir,
-                           on_figure=lambda fig, name: mlflow.log_figure(fig, f"timelines/{name}"))
+    def report(local_dir, on_figure):
+        rep = build_report(out_dir, summary, gt_path=gt_path, top_n=opts.max_plots, local_dir=local_dir,
+                           on_figure=on_figure)
         summary.update(report=rep["report"], plots=rep["videos_shown"])
-        mlflow.log_metrics({k: float(v) for k, v in summary.items()
-                            if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
-                            and k not in asdict(opts)})
-        mlflow.log_dict(summary, "score_summary.json")
-        mlflow.log_artifacts(report_dir, artifact_path="report")
+
+    log_scoring_run(experiment, tracking_uri, f"score-{run_id}",
+                    {"model_uri": model_uri, "features": features, **asdict(opts)},
+                    {"vadclip.feature_mismatch": mismatch}, features, summary, report, skip_metrics=asdict(opts))
     storage.write_text(storage.join(out_dir, layout.SCORE_SUMMARY), json.dumps(summary, indent=2, default=float))
     log(f"[score] {n_ok} scored, {n_err} failed, {len(done)} already done; "
         f"{summary['anomalous_videos']} flagged with {summary['events']} events; "
@@ -394,27 +383,6 @@ def check_fit(cfg, features: str, model_name: str, allow: bool = False, log=None
     if line:
         (log or logging.getLogger("vadclip").info)(f"[score] WARNING {line} (scored anyway: --allow-feature-mismatch)")
     return line
-
-
-def _model_identity(model_uri: str, tracking_uri: Optional[str]) -> Dict[str, Any]:
-    """Registered name, version and alias of ``models:/NAME@ALIAS`` or ``models:/NAME/V``."""
-    if not model_uri.startswith("models:/"):
-        return {}
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    ref = model_uri[len("models:/"):]
-    name, alias, version = ref, None, None
-    if "@" in ref:
-        name, alias = ref.split("@", 1)
-    elif "/" in ref:
-        name, version = ref.split("/", 1)
-    try:
-        if alias:
-            version = MlflowClient(tracking_uri=tracking_uri).get_model_version_by_alias(name, alias).version
-    except MlflowException:
-        pass
-    return {"model_name": name, "model_version": version, "model_alias": alias}
 
 
 METRIC_COLUMNS = ("video_id", "label", "num_frames", "snippet_count", "anomaly", "class_probs")

@@ -287,11 +287,9 @@ def run_train(train_path: str, cfg: VadConfig, storage_path: Optional[str] = Non
 
 def _run_train(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_path: Optional[str],
                o: TrainOptions, log) -> Dict[str, Any]:
-    import mlflow
     import ray
     import ray.data
     import ray.train
-    from mlflow.tracking import MlflowClient
     from ray.data.expressions import col
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -299,7 +297,7 @@ def _run_train(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_pat
     from vadclip.errors import InputError
     from vadclip.io.parts import dataset_files
     from vadclip.jobs.cluster import ensure_ray, share_weights
-    from vadclip.tracking.runs import log_feature_set, use_experiment
+    from vadclip.tracking.runs import TrainingRun
 
     from vadclip.train.batches import batch_plan
     from vadclip.train.recipes import get_recipe
@@ -333,33 +331,26 @@ def _run_train(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_pat
     if eval_path:
         datasets["eval"] = ray.data.read_parquet(dataset_files(eval_path)).filter(expr=col("crop") == checked["eval_crop"])
 
-    use_experiment(o.experiment, o.tracking_uri)
-    tracking_uri = mlflow.get_tracking_uri()
-    run_id = _find_or_create_run(o.experiment, o.run_name, o.storage)
-    client = MlflowClient(tracking_uri=tracking_uri)
+    run = TrainingRun(o.experiment, o.tracking_uri, o.run_name, storage.join(o.storage, o.run_name))
+    run_id, tracking_uri = run.run_id, run.tracking_uri
     result_path = storage.join(o.storage, o.run_name, "best", "result.json")
     try:
         best_path = storage.join(o.storage, o.run_name, "best", CKPT_FILE)
-        finished = _finished_result(client, run_id, result_path, cfg_dict, metric)
+        finished = _finished_result(run, result_path, cfg_dict, metric)
         if finished is not None:
             best_metrics = finished["best_metrics"]
             log(f"[train] run {o.run_name!r} already finished with this config: nothing to train")
         else:
-            with mlflow.start_run(run_id=run_id):
-                mlflow.log_params({k: (json.dumps(v) if isinstance(v, (list, dict)) else v)
-                                   for k, v in cfg_dict.items()
-                                   if k not in ("class_keys", "class_prompts", "feature_provenance")})
-                mlflow.log_params({"num_workers": o.num_workers, "use_gpu": o.use_gpu, "train_rows": len(labels),
-                                   "train_normal": n_normal, "train_abnormal": n_abn, "steps_per_epoch": steps,
-                                   "metric": metric, "classes": json.dumps(cfg.class_keys),
-                                   "eval_crop": checked["eval_crop"], "recipe": o.recipe,
-                                   "eval_every_samples": o.eval_every_samples, "micro_batch": o.micro_batch})
-                log_feature_set(train_path, "train", "training", checked["meta"])
-                mlflow.set_tag("vadclip.feature_provenance", json.dumps(checked["provenance"], sort_keys=True))
-                if checked["feature_mismatch"]:
-                    mlflow.set_tag("vadclip.feature_mismatch", checked["feature_mismatch"])
-                if eval_path:
-                    log_feature_set(eval_path, "eval", "evaluation", checked["eval_meta"])
+            run.log_start(
+                {**{k: v for k, v in cfg_dict.items() if k not in ("class_keys", "class_prompts", "feature_provenance")},
+                 "num_workers": o.num_workers, "use_gpu": o.use_gpu, "train_rows": len(labels),
+                 "train_normal": n_normal, "train_abnormal": n_abn, "steps_per_epoch": steps, "metric": metric,
+                 "classes": cfg.class_keys, "eval_crop": checked["eval_crop"], "recipe": o.recipe,
+                 "eval_every_samples": o.eval_every_samples, "micro_batch": o.micro_batch},
+                {"vadclip.feature_provenance": json.dumps(checked["provenance"], sort_keys=True),
+                 "vadclip.feature_mismatch": checked["feature_mismatch"]},
+                [(train_path, "train", "training", checked["meta"])]
+                + ([(eval_path, "eval", "evaluation", checked["eval_meta"])] if eval_path else []))
             faults = train_faults()
             worker = WorkerConfig(cfg=cfg_dict, metric=metric, recipe=o.recipe,
                                   eval_every_samples=o.eval_every_samples, has_eval=bool(eval_path), gt=gt,
@@ -396,35 +387,19 @@ def _run_train(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_pat
                                         best_metrics.get(metric, best_metrics.get("score")),
                                         best_epoch=best_metrics.get("epoch"), log=log))
     except BaseException:
-        client.set_terminated(run_id, "FAILED")  # never leave a failed training FINISHED
+        run.end(ok=False)   # never leave a failed training FINISHED
         raise
-    client.set_terminated(run_id, "FINISHED")
+    run.end(ok=True)
     log(f"[train] best {metric} {summary['best_metrics'].get(metric, float('nan')):.4f} "
         f"(epoch {summary['best_metrics'].get('epoch')}) → {best_path}")
     return summary
 
 
-def _finished_result(client, run_id: str, result_path: str, cfg_dict: Dict[str, Any],
-                     metric: str) -> Optional[Dict[str, Any]]:
+def _finished_result(run, result_path: str, cfg_dict: Dict[str, Any], metric: str) -> Optional[Dict[str, Any]]:
     """The result of this run if it already finished with the same config and metric
     (a re-run then trains nothing and starts no worker); else None."""
-    if client.get_run(run_id).info.status != "FINISHED" or not storage.isfile(result_path):
+    if not run.finished() or not storage.isfile(result_path):
         return None
     done = json.loads(storage.read_text(result_path))
     same = json.loads(json.dumps(cfg_dict)) == done.get("config") and done.get("metric") == metric
     return done if same else None
-
-
-def _find_or_create_run(experiment: str, run_name: str, storage_path: str) -> str:
-    """Re-use the MLflow run of an interrupted training with the same name and storage."""
-    import mlflow
-
-    key = storage.join(storage.absolute(storage_path), run_name)
-    exp = mlflow.get_experiment_by_name(experiment)
-    runs = mlflow.search_runs([exp.experiment_id], filter_string=f"tags.vadclip_storage = '{key}'",
-                              output_format="list") if exp else []
-    if runs:
-        return runs[0].info.run_id
-    with mlflow.start_run(run_name=run_name) as r:
-        mlflow.set_tag("vadclip_storage", key)
-        return r.info.run_id

@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from vadclip.io import storage
+from vadclip.io import layout, storage
 
 log = logging.getLogger(__name__)
 
@@ -304,9 +304,9 @@ def build_report(out_dir: str, summary: Optional[Dict[str, Any]] = None, gt_path
     from vadclip.io.gt import intervals_of, read_gt
 
     out_dir = storage.absolute(out_dir)
-    scores = storage.join(out_dir, "scores")
+    scores = layout.scores_dir(out_dir)
     if summary is None:
-        sp = storage.join(out_dir, "score_summary.json")
+        sp = storage.join(out_dir, layout.SCORE_SUMMARY)
         summary = json.loads(storage.read_text(sp)) if storage.isfile(sp) else {}
     snippet_len = int(snippet_len or summary.get("snippet_len") or 16)
     threshold = float(summary.get("threshold", 0.5))
@@ -331,7 +331,7 @@ def build_report(out_dir: str, summary: Optional[Dict[str, Any]] = None, gt_path
     page = render_html(summary, counts, events, videos)
     with open(os.path.join(local_dir, "index.html"), "w", encoding="utf-8") as fh:
         fh.write(page)
-    dest = storage.join(out_dir, "report")
+    dest = layout.report_dir(out_dir)
     if not (storage.is_local(dest) and storage.resolve(dest)[1] == os.path.abspath(local_dir)):
         storage.upload_dir(local_dir, dest)
     if tmp is not None:
@@ -345,10 +345,10 @@ def rebuild_report(out_dir: str, gt_path: Optional[str] = None, top_n: int = 50)
     ``out_dir`` holds no scores."""
     from vadclip.errors import InputError
     from vadclip.io.parts import part_files
-    from vadclip.io.storage import absolute, join
+    from vadclip.io.storage import absolute
 
     out = absolute(out_dir)
-    if not part_files(join(out, "scores")):
-        raise InputError(f"{out}: no scores here (expected {join(out, 'scores')}/part-*.parquet from "
+    if not part_files(layout.scores_dir(out)):
+        raise InputError(f"{out}: no scores here (expected {layout.scores_dir(out)}/part-*.parquet from "
                          "`vadclip score --out`)")
     return build_report(out, gt_path=gt_path, top_n=top_n)

@@ -204,3 +204,24 @@ def load_scoring_model(uri: str, tracking_uri: Optional[str] = None):
         return mlflow.pyfunc.load_model(uri).unwrap_python_model().model
     except MlflowException as e:
         raise InputError(f"model {uri}: {one_line(e, 300)} (MLflow store {store})") from None
+
+
+def model_identity(model_uri: str, tracking_uri: Optional[str]) -> Dict[str, Any]:
+    """Registered name, version and alias of ``models:/NAME@ALIAS`` or ``models:/NAME/V``."""
+    if not model_uri.startswith("models:/"):
+        return {}
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    ref = model_uri[len("models:/"):]
+    name, alias, version = ref, None, None
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+    elif "/" in ref:
+        name, version = ref.split("/", 1)
+    try:
+        if alias:
+            version = MlflowClient(tracking_uri=tracking_uri).get_model_version_by_alias(name, alias).version
+    except MlflowException:
+        pass
+    return {"model_name": name, "model_version": version, "model_alias": alias}

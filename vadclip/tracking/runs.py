@@ -99,3 +99,79 @@ def log_metrics(run_id: Optional[str], tracking_uri: Optional[str], metrics: dic
     MlflowClient(tracking_uri=tracking_uri).log_batch(
         run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()
                          if isinstance(v, (int, float)) and math.isfinite(v) and k != "epoch"])
+
+
+# ------------------------------------------------------------------ training runs
+class TrainingRun:
+    """The MLflow run of one training (``--run-name`` under ``--storage``): found again
+    when an interrupted training with the same name and storage runs again."""
+
+    def __init__(self, experiment: str, tracking_uri: Optional[str], run_name: str, key: str):
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        use_experiment(experiment, tracking_uri)
+        self.tracking_uri = mlflow.get_tracking_uri()
+        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        exp = mlflow.get_experiment_by_name(experiment)
+        runs = mlflow.search_runs([exp.experiment_id], filter_string=f"tags.vadclip_storage = '{key}'",
+                                  output_format="list") if exp else []
+        if runs:
+            self.run_id = runs[0].info.run_id
+        else:
+            with mlflow.start_run(run_name=run_name) as r:
+                mlflow.set_tag("vadclip_storage", key)
+                self.run_id = r.info.run_id
+
+    def finished(self) -> bool:
+        return self.client.get_run(self.run_id).info.status == "FINISHED"
+
+    def log_start(self, params: dict, tags: dict, datasets) -> None:
+        """Parameters (lists and dicts as JSON), tags, and the feature sets as dataset
+        inputs: ``datasets`` = [(path, name, context, meta), ...]."""
+        import json
+
+        import mlflow
+
+        with mlflow.start_run(run_id=self.run_id):
+            mlflow.log_params({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in params.items()})
+            for k, v in tags.items():
+                if v:
+                    mlflow.set_tag(k, v)
+            for path, name, context, meta in datasets:
+                log_feature_set(path, name, context, meta)
+
+    def end(self, ok: bool) -> None:
+        """FINISHED or FAILED (a failed training is never left FINISHED)."""
+        self.client.set_terminated(self.run_id, "FINISHED" if ok else "FAILED")
+
+
+# ------------------------------------------------------------------- scoring runs
+def log_scoring_run(experiment: str, tracking_uri: Optional[str], run_name: str, params: dict, tags: dict,
+                    features: str, summary: dict, report, skip_metrics=()) -> None:
+    """One MLflow run for a scoring job: parameters, tags, the archive as a dataset
+    input, then ``report(local_dir, on_figure)`` (it writes the report into ``local_dir``,
+    logs its timelines through ``on_figure(fig, name)`` and may add to ``summary``), then
+    the summary's numbers as metrics (less ``skip_metrics``), the summary as a dict and
+    the report as artifacts.  ``summary`` gains ``tracking_uri`` and ``mlflow_run_id``."""
+    import math
+    import tempfile
+
+    import mlflow
+
+    use_experiment(experiment, tracking_uri)
+    summary["tracking_uri"] = mlflow.get_tracking_uri()
+    with mlflow.start_run(run_name=run_name) as run, \
+            tempfile.TemporaryDirectory(prefix="vadclip-report-") as report_dir:
+        summary["mlflow_run_id"] = run.info.run_id
+        mlflow.log_params(params)
+        for k, v in tags.items():
+            if v:
+                mlflow.set_tag(k, v)
+        log_feature_set(features, "archive", "scoring")
+        report(report_dir, lambda fig, name: mlflow.log_figure(fig, f"timelines/{name}"))
+        mlflow.log_metrics({k: float(v) for k, v in summary.items()
+                            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                            and k not in skip_metrics})
+        mlflow.log_dict(summary, "score_summary.json")
+        mlflow.log_artifacts(report_dir, artifact_path="report")
