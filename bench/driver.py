@@ -4,7 +4,7 @@ extraction job — the workers writing (the job as it is: a Datasink sending chu
 writer actors) side by side with the driver as the sink (the job before: every encoded
 chunk pulled to the driver with ``iter_rows``, stitched and written there).
 
-    python bench/driver.py [--videos 16] [--short 48] [--long 3200] [--crops 10]
+    python bench/driver.py [--videos 32] [--short 48] [--long 6400] [--crops 10] [--rounds 3]
 
 Cheap stages, so that bytes, not the encoder, set the pace: small videos (64x48), a
 tiny random-init CLIP at 32x32 pixels widened to 512-d features (as ViT-B-16 writes).
@@ -104,11 +104,12 @@ def one_run(way, source, out, opts):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--videos", type=int, default=16)
+    ap.add_argument("--videos", type=int, default=32)
     ap.add_argument("--short", type=int, default=48, help="frames of a short video")
-    ap.add_argument("--long", type=int, default=3200, help="frames of a long video")
+    ap.add_argument("--long", type=int, default=6400, help="frames of a long video")
     ap.add_argument("--crops", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=64, help="images per encoder forward pass (the job's default)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds (medians are reported)")
     ap.add_argument("--workdir", default=None)
     a = ap.parse_args()
     work = a.workdir or tempfile.mkdtemp(prefix="vadclip-bench-driver-")
@@ -131,13 +132,19 @@ def main():
     time.sleep(10)
     idle = (cpu() - c0) / 10     # what the driver process spends per second with Ray idle
     print(f"driver with Ray idle: {idle:.4f} CPU-s per second", flush=True)
-    for way in ("workers write", "driver as sink"):
-        for kind in ("short", "long"):
-            out = os.path.join(work, f"out-{way.split()[0]}-{kind}")
-            shutil.rmtree(out, ignore_errors=True)
-            res[(way, kind)] = r = one_run(way, sources[kind], out, opts)
-            print(f"{way:15s} {kind:5s}: {r['gb'] * 1e3:8.1f} MB of features, driver {r['cpu_s']:6.2f} CPU-s, "
-                  f"wall {r['wall_s']:6.1f} s, driver peak RSS {r['peak_mb']:7.0f} MB", flush=True)
+    runs = {}
+    for r in range(a.rounds):   # alternating rounds; the median of each is reported
+        for way in ("workers write", "driver as sink"):
+            for kind in ("short", "long"):
+                out = os.path.join(work, f"out-{way.split()[0]}-{kind}")
+                shutil.rmtree(out, ignore_errors=True)
+                runs.setdefault((way, kind), []).append(one_run(way, sources[kind], out, opts))
+                x = runs[(way, kind)][-1]
+                print(f"round {r + 1} {way:15s} {kind:5s}: {x['gb'] * 1e3:8.1f} MB of features, driver "
+                      f"{x['cpu_s']:6.2f} CPU-s, wall {x['wall_s']:6.1f} s, driver peak RSS {x['peak_mb']:7.0f} MB",
+                      flush=True)
+    for key, xs in runs.items():
+        res[key] = {k: float(np.median([x[k] for x in xs])) for k in xs[0]}
     per_gb = {}
     for way in ("workers write", "driver as sink"):
         s, lg = res[(way, "short")], res[(way, "long")]
