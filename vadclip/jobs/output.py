@@ -83,16 +83,18 @@ class Ticker:
 
 
 class Claims:
-    """A Ray actor that hands out each key once (rows unique across write tasks)."""
+    """A Ray actor that hands out each key once (rows unique across write tasks).  A
+    retried task (same claimant) gets its own keys again, so a write task that died
+    after claiming loses nothing."""
 
     def __init__(self, taken: Iterable[str] = ()):
-        self.taken = set(taken)
+        self.owner: Dict[str, object] = {k: None for k in taken}
 
-    def claim(self, keys: Sequence[str]) -> List[bool]:
+    def claim(self, keys: Sequence[str], claimant: object) -> List[bool]:
         out = []
         for k in keys:
-            out.append(k not in self.taken)
-            self.taken.add(k)
+            who = self.owner.setdefault(k, claimant)
+            out.append(who == claimant)
         return out
 
 
@@ -130,19 +132,19 @@ def row_sink(output: ResumableOutput, run_id: str, schema: pa.Schema, error_sche
             return "WriteParts"
 
         def write(self, blocks, ctx) -> Dict[str, int]:
-            import uuid
-
-            # one writer per task: its parts are named by this run and this task
-            rw, ew = output.writers(f"{run_id}-t{ctx.task_idx:05d}-{uuid.uuid4().hex[:4]}", schema, error_schema,
-                                    rows_per_file, None)
+            # one writer per task, its parts named by this run and this task: a retried task
+            # writes the same rows under the same names (idempotent on disk and in buckets)
+            rw, ew = output.writers(f"{run_id}-t{ctx.task_idx:06d}", schema, error_schema, rows_per_file, None)
             n = {"rows": 0, "errors": 0, "duplicates": 0, "snippets": 0, "failures": []}
+            seen: set = set()
             for block in blocks:
                 cols = block_columns(block)
                 if not cols:
                     continue
                 good, bad = to_rows(cols)
                 keys = [r["video_id"] for r in good + bad]
-                fresh = ray.get(self.claims.claim.remote(keys)) if keys else []
+                fresh = ray.get(self.claims.claim.remote(keys, ctx.task_idx)) if keys else []
+                fresh = [f and k not in seen and not seen.add(k) for k, f in zip(keys, fresh)]
                 keep_good = [r for r, f in zip(good, fresh[:len(good)]) if f]
                 keep_bad = [r for r, f in zip(bad, fresh[len(good):]) if f]
                 n["duplicates"] += len(keys) - len(keep_good) - len(keep_bad)
