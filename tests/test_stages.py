@@ -50,3 +50,12 @@ def test_score_stage_scores_rows_and_records_bad_features():
     assert len(out["anomaly"][0]) == 20 and out["class_probs"][0].shape == (40,)
     assert out["flagged"][0] and out["error"][0] == ""            # threshold 0: every snippet is anomalous
     assert out["error"][1].startswith("nan.mp4: FeatureError") and len(out["anomaly"][1]) == 0
+
+
+def test_each_stage_declares_its_gpu_share():
+    cpu, cuda = ExtractOptions(), ExtractOptions(decode_device="cuda", decode_gpus=0.1)
+    assert (DecodeStage.gpus(cpu, False), EncodeStage.gpus(cpu, False)) == (0.0, 0.0)
+    assert (DecodeStage.gpus(cpu, True), EncodeStage.gpus(cpu, True)) == (0.0, 1.0)
+    assert (DecodeStage.gpus(cuda, True), EncodeStage.gpus(cuda, True)) == (0.1, 0.5)   # they share the GPU
+    assert (DecodeStage.gpus(cuda, False), EncodeStage.gpus(cuda, False)) == (0.0, 0.0)  # no GPU: CPU decode
+    assert EncodeStage.gpus(ExtractOptions(gpus_per_encoder=0.25), True) == 0.25

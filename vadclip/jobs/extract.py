@@ -261,6 +261,12 @@ class DecodeStage:
     def __init__(self, opts: ExtractOptions, image_size: int, device: str = "cpu") -> None:
         self.opts, self.size, self.device = opts, image_size, device
 
+    @staticmethod
+    def gpus(opts: ExtractOptions, have_gpus: bool) -> float:
+        """The GPU share a decode task reserves: ``--decode-gpus`` when decoding on the
+        GPU of a cluster that has GPUs, else none."""
+        return opts.decode_gpus if opts.decode_device == "cuda" and have_gpus else 0.0
+
     def __call__(self, item: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
         opts = self.opts
         base = {"video_id": item["video_id"], "path": item["path"], "label": item["label"] or "",
@@ -306,6 +312,14 @@ class EncodeStage:
 
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.node = ray.get_runtime_context().get_node_id()
+
+    @staticmethod
+    def gpus(opts: ExtractOptions, have_gpus: bool) -> float:
+        """The GPU share an encoder actor reserves: ``--gpus-per-encoder``, else a whole
+        GPU, or half of one when the decode tasks decode on the GPU too; none without GPUs."""
+        if opts.gpus_per_encoder is not None:
+            return opts.gpus_per_encoder
+        return (0.5 if DecodeStage.gpus(opts, have_gpus) else 1.0) if have_gpus else 0.0
 
     @staticmethod
     def ray_args(opts: ExtractOptions, gpus: float, weights=None) -> Dict[str, Any]:
@@ -642,25 +656,21 @@ def _plan(source: str, out_dir: str, opts: ExtractOptions, retry_failed: bool, l
 
 
 def _pipeline(plan: _Plan, opts: ExtractOptions, log):
-    """decode (tasks) → encode (actor pool) as a Ray Data dataset, and the GPU share of
-    each stage: an encoder takes a whole GPU, or half of it when decoding is on the GPU too."""
+    """decode (tasks) → encode (actor pool) as a Ray Data dataset; each stage says what
+    share of a GPU it takes (:meth:`DecodeStage.gpus`, :meth:`EncodeStage.gpus`)."""
     import ray
 
     from vadclip.jobs.cluster import cluster_gpus, share_weights
 
     have_gpus = cluster_gpus() > 0
-    decode_gpus = 0.0
-    if opts.decode_device == "cuda":
-        if have_gpus:
-            decode_gpus = opts.decode_gpus
-        else:
-            log("[extract] decode device cuda: the cluster has no GPU, the videos are decoded on the CPU")
-    encode_gpus = (opts.gpus_per_encoder if opts.gpus_per_encoder is not None
-                   else (0.5 if decode_gpus else 1.0) if have_gpus else 0.0)
+    if opts.decode_device == "cuda" and not have_gpus:
+        log("[extract] decode device cuda: the cluster has no GPU, the videos are decoded on the CPU")
+    decode_gpus = DecodeStage.gpus(opts, have_gpus)
     ds = ray.data.from_items(plan.todo, override_num_blocks=max(1, min(len(plan.todo), 256)))
     ds = ds.flat_map(DecodeStage(opts, opts.clip.image_size, "cuda" if decode_gpus else "cpu"),
                      num_cpus=DecodeStage.num_cpus, num_gpus=decode_gpus)
-    return ds.map_batches(EncodeStage, **EncodeStage.ray_args(opts, encode_gpus, share_weights(plan.weights)))
+    return ds.map_batches(EncodeStage, **EncodeStage.ray_args(opts, EncodeStage.gpus(opts, have_gpus),
+                                                              share_weights(plan.weights)))
 
 
 def _summarise(plan: _Plan, results: List[Dict[str, Any]], t0: float) -> Dict[str, Any]:
