@@ -240,6 +240,35 @@ def _score_rows(classes: List[str]):
     return to_rows
 
 
+def _score_from_features(features: str, crop: int, todo: Optional[List[str]], done: set, ckpt_ref,
+                         opts: ScoreOptions, output: ResumableOutput, run_id: str, classes: List[str]) -> Dict[str, Any]:
+    """Score the rows of ``features`` at ``crop`` — those in ``todo``, or (``todo`` None)
+    every one not in ``done`` — in a pool of scorer actors; the workers write the rows,
+    the driver gets their counts."""
+    import ray
+    import ray.data
+    from ray.data.expressions import col
+
+    # one block per part file (extraction writes at most --rows-per-file videos per part):
+    # each block's scores are committed by one write task as soon as it is scored.  Column
+    # expressions, not Python row filters: a row filter round-trips the block through
+    # pandas and turns an all-null label column into float NaN
+    files = dataset_files(features)
+    ds = ray.data.read_parquet(files, override_num_blocks=len(files)).filter(expr=col("crop") == crop)
+    if todo is not None:
+        ds = ds.filter(expr=col("video_id").is_in(todo))
+    elif done:
+        ds = ds.filter(expr=col("video_id").not_in(sorted(done)))
+    ds = ds.map_batches(ScoreStage, **ScoreStage.ray_args(ckpt_ref, opts))
+    sink = row_sink(output, run_id, SCORE_SCHEMA, ERROR_SCHEMA, opts.rows_per_file, _score_rows(classes))
+    try:
+        ds.write_datasink(sink)
+    finally:
+        sink.close()
+    return {k: sink.totals.get(k, [] if k == "failures" else 0)
+            for k in ("rows", "errors", "snippets", "duplicates", "failures")}
+
+
 def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, videos: Optional[str] = None,
               extract_opts=None, opts: Optional[ScoreOptions] = None, gt_path: Optional[str] = None,
               tracking_uri: Optional[str] = None, experiment: str = "vadclip-score",
@@ -249,8 +278,6 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
     Labels are optional; every distinct video gets exactly one row (resumable)."""
     log = log or logging.getLogger("vadclip").info
     import ray
-    import ray.data
-    from ray.data.expressions import col
 
     from vadclip.model.checkpoint import checkpoint_dict
     from vadclip.io.features import check_feature_set
@@ -311,26 +338,9 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
         todo = sorted(have - scored - failed_now)
     crop = found["crops"][0] if opts.crop is None else opts.crop
     if todo is None or todo:
-        # column expressions, not Python row filters: a row filter round-trips the
-        # block through pandas and turns an all-null label column into float NaN
-        # one block per part file (extraction writes at most --rows-per-file videos per part):
-        # each block's scores are committed by one write task as soon as it is scored
-        files = dataset_files(features)
-        ds = ray.data.read_parquet(files, override_num_blocks=len(files)).filter(expr=col("crop") == crop)
-        if todo is not None:
-            ds = ds.filter(expr=col("video_id").is_in(todo))
-        elif done:
-            ds = ds.filter(expr=col("video_id").not_in(sorted(done)))
-        ds = ds.map_batches(ScoreStage, **ScoreStage.ray_args(ckpt_ref, opts))
-        # the workers write the score rows; the driver receives their counts
-        sink = row_sink(output, run_id, SCORE_SCHEMA, ERROR_SCHEMA, opts.rows_per_file,
-                        _score_rows(list(cfg.class_keys)))
-        try:
-            ds.write_datasink(sink)
-        finally:
-            sink.close()
-        for k in n:
-            n[k] += sink.totals.get(k, 0 if k != "failures" else [])
+        for k, v in _score_from_features(features, crop, todo, done, ckpt_ref, opts, output, run_id,
+                                         list(cfg.class_keys)).items():
+            n[k] += v
     n_ok, n_err, n_snip, n_dup = n["rows"], n["errors"], n["snippets"], n["duplicates"]
     for line in n["failures"]:
         log(f"[score] FAILED {line}")
