@@ -57,16 +57,22 @@ def _cli(*args):
 
 @pytest.mark.slow
 def test_driver_killed_during_extraction_then_rerun(sample_videos, tmp_path):
+    from vadclip.video.samples import make_sample_set, write_manifest
+
+    # enough work (16 videos of 300-400 frames, 8 images per encoder pass) that the kill,
+    # at the first committed part, lands mid-job; plus the fixture's bad files
+    good, _ = make_sample_set(str(tmp_path / "videos"), 8, 8, frames_range=(300, 400), seed=11)
+    write_manifest(good + sample_videos["bad"], str(tmp_path / "manifest.csv"))
     out = tmp_path / "out"
-    cmd = _cli("extract", sample_videos["manifest"], "--out", str(out), "--tiny-clip", "--flush-seconds", "0",
+    cmd = _cli("extract", str(tmp_path / "manifest.csv"), "--out", str(out), "--tiny-clip", "--flush-seconds", "0",
                "--rows-per-file", "1", "--batch-size", "8")
     assert _kill_when(cmd, str(out / "features" / "part-*.parquet"))
     first = _ids(str(out / "features"))
-    assert 0 < len(first) < len(sample_videos["good"])           # really interrupted mid-job
+    assert 0 < len(first) < len(good)                            # really interrupted mid-job
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stderr[-3000:]
     ids = _ids(str(out / "features"))
-    assert sorted(ids) == sorted(v["video_id"] for v in sample_videos["good"])   # none lost, none twice
+    assert sorted(ids) == sorted(v["video_id"] for v in good)    # none lost, none twice
     assert sorted(_ids(str(out / "errors"))) == sorted(b["video_id"] for b in sample_videos["bad"])
 
 
