@@ -92,28 +92,29 @@ def check_matches(gt: Intervals, gt_path: str, video_ids: Sequence[str], what: s
     return len(found)
 
 
-def _read_annotations(txt_path: str) -> str:
+def _annotation_lines(txt_path: str):
+    """(line number, whitespace-split fields) of each non-blank line of an annotation file."""
     if not storage.isfile(txt_path):
         raise GroundTruthError(f"annotation file not found: {txt_path}")
-    return storage.read_text(txt_path)
+    with io.StringIO(storage.read_text(txt_path)) as fh:
+        for n, line in enumerate(fh, 1):
+            parts = line.split()
+            if parts:
+                yield n, parts
 
 
 def convert_ucf_annotations(txt_path: str) -> List[Dict]:
     """UCF-Crime ``Temporal_Anomaly_Annotation.txt``: ``name  class  s1  e1  s2  e2``
     with -1 for a missing second event; Normal videos get no interval."""
     rows = []
-    with io.StringIO(_read_annotations(txt_path)) as fh:
-        for n, line in enumerate(fh, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) < 6:
-                raise GroundTruthError(f"{txt_path}:{n}: expected 6 fields, got {len(parts)}")
-            name, cls = video_id(parts[0]), parts[1]
-            for s, e in ((parts[2], parts[3]), (parts[4], parts[5])):
-                s, e = int(s), int(e)
-                if s >= 0 and e > s and cls != "Normal":
-                    rows.append({"video_id": name, "start_frame": s, "end_frame": e, "label": cls})
+    for n, parts in _annotation_lines(txt_path):
+        if len(parts) < 6:
+            raise GroundTruthError(f"{txt_path}:{n}: expected 6 fields, got {len(parts)}")
+        name, cls = video_id(parts[0]), parts[1]
+        for s, e in ((parts[2], parts[3]), (parts[4], parts[5])):
+            s, e = int(s), int(e)
+            if s >= 0 and e > s and cls != "Normal":
+                rows.append({"video_id": name, "start_frame": s, "end_frame": e, "label": cls})
     return rows
 
 
@@ -127,27 +128,23 @@ def convert_xd_annotations(txt_path: str) -> List[Dict]:
 
     The format is recognised per line (a class code or a number after the name)."""
     rows = []
-    with io.StringIO(_read_annotations(txt_path)) as fh:
-        for n, line in enumerate(fh, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            name = video_id(parts[0])
-            rest = parts[1:]
-            if rest and not rest[0].lstrip("-").isdigit():           # multiclass triplets
-                if len(rest) % 3:
-                    raise GroundTruthError(f"{txt_path}:{n}: expected a name and class/start/end triplets")
-                segs = [(rest[j], rest[j + 1], rest[j + 2]) for j in range(0, len(rest), 3)]
-            else:
-                if len(rest) % 2:
-                    raise GroundTruthError(f"{txt_path}:{n}: expected a name and start/end pairs")
-                m = re.search(r"label_([A-Z0-9-]+)", name)
-                segs = [(m.group(1) if m else None, rest[j], rest[j + 1]) for j in range(0, len(rest), 2)]
-            for label, s, e in segs:
-                try:
-                    s, e = int(s), int(e)
-                except ValueError:
-                    raise GroundTruthError(f"{txt_path}:{n}: frame numbers expected, got {s!r} {e!r}") from None
-                if e > s:
-                    rows.append({"video_id": name, "start_frame": s, "end_frame": e, "label": label})
+    for n, parts in _annotation_lines(txt_path):
+        name = video_id(parts[0])
+        rest = parts[1:]
+        if rest and not rest[0].lstrip("-").isdigit():           # multiclass triplets
+            if len(rest) % 3:
+                raise GroundTruthError(f"{txt_path}:{n}: expected a name and class/start/end triplets")
+            segs = [(rest[j], rest[j + 1], rest[j + 2]) for j in range(0, len(rest), 3)]
+        else:
+            if len(rest) % 2:
+                raise GroundTruthError(f"{txt_path}:{n}: expected a name and start/end pairs")
+            m = re.search(r"label_([A-Z0-9-]+)", name)
+            segs = [(m.group(1) if m else None, rest[j], rest[j + 1]) for j in range(0, len(rest), 2)]
+        for label, s, e in segs:
+            try:
+                s, e = int(s), int(e)
+            except ValueError:
+                raise GroundTruthError(f"{txt_path}:{n}: frame numbers expected, got {s!r} {e!r}") from None
+            if e > s:
+                rows.append({"video_id": name, "start_frame": s, "end_frame": e, "label": label})
     return rows

@@ -33,7 +33,7 @@ from vadclip.io import layout
 from vadclip.io.parts import drop_rows, new_run_id
 from vadclip.io.tables import read_records
 from vadclip.jobs.faults import exit_once
-from vadclip.jobs.output import ResumableOutput, Ticker, block_columns, placement, shard_of
+from vadclip.jobs.output import ResumableOutput, Ticker, block_columns, placements, shard_of
 from vadclip.video.decode import (VideoError, check_decoder, fetched, identity_of, iter_snippet_chunks, list_videos,
                     torchcodec_missing, video_file)
 
@@ -556,16 +556,16 @@ class VideoSink:
     """Where the encoded chunks go: a Ray Data ``Datasink`` whose write tasks (on the
     workers) send each chunk row to the :class:`VideoWriter` owning its video.  The
     driver creates the writers (on the nodes other than its own where there are any,
-    :func:`vadclip.jobs.output.placement`) and, after the pipeline, collects their counts."""
+    :func:`vadclip.jobs.output.placements`) and, after the pipeline, collects their counts."""
 
     def __init__(self, output: ResumableOutput, schema, run_id: str, opts: ExtractOptions, n: int,
                  scorer=None) -> None:
         import ray
 
         actor = ray.remote(VideoWriter)
-        self.writers = [actor.options(num_cpus=0, max_restarts=0, scheduling_strategy=placement(i)).remote(
+        self.writers = [actor.options(num_cpus=0, max_restarts=0, scheduling_strategy=where).remote(
             output, schema, f"{run_id}-w{i:03d}", opts.rows_per_file, opts.flush_seconds, scorer)
-            for i in range(n)]
+            for i, where in enumerate(placements(n))]
 
     def datasink(self):
         from ray.data import Datasink

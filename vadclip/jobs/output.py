@@ -98,8 +98,8 @@ class Claims:
         return out
 
 
-def placement(i: int):
-    """Where writer ``i`` runs: on the nodes with CPUs other than the driver's, in turn
+def placements(n: int) -> list:
+    """Where ``n`` writers run: on the nodes with CPUs other than the driver's, in turn
     (the driver's node only when it is the only one).  Hard affinity: a writer whose
     node dies fails the job, which a re-run resumes."""
     import ray
@@ -107,8 +107,10 @@ def placement(i: int):
 
     here = ray.get_runtime_context().get_node_id()
     nodes = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0)
-    others = [n for n in nodes if n != here] or nodes
-    return NodeAffinitySchedulingStrategy(node_id=others[i % len(others)], soft=False) if others else "DEFAULT"
+    others = [node for node in nodes if node != here] or nodes
+    if not others:
+        return ["DEFAULT"] * n
+    return [NodeAffinitySchedulingStrategy(node_id=others[i % len(others)], soft=False) for i in range(n)]
 
 
 def row_sink(output: ResumableOutput, run_id: str, schema: pa.Schema, error_schema: pa.Schema,
@@ -122,7 +124,7 @@ def row_sink(output: ResumableOutput, run_id: str, schema: pa.Schema, error_sche
     import ray
     from ray.data import Datasink
 
-    claims = ray.remote(Claims).options(num_cpus=0, scheduling_strategy=placement(0)).remote(list(taken))
+    claims = ray.remote(Claims).options(num_cpus=0, scheduling_strategy=placements(1)[0]).remote(list(taken))
 
     class _RowSink(Datasink):
         def __init__(self):

@@ -163,6 +163,16 @@ def score_features(model, features: np.ndarray, row: Dict[str, Any], opts: Score
             "video_score": vscore, "predicted_class": pcls, "flagged": bool(ev), "events": ev}
 
 
+def score_row(meta: Dict[str, Any], s: Dict[str, Any], snippet_count: int, classes: List[str]) -> Dict[str, Any]:
+    """One row of the scores table (``SCORE_SCHEMA``): the video (``meta``: video_id,
+    path, label, fps, num_frames) and its scores (``s``, as :func:`score_features` gives)."""
+    return {"video_id": meta["video_id"], "path": meta["path"], "label": meta["label"] or None,
+            "fps": float(meta["fps"]), "num_frames": int(meta["num_frames"]), "snippet_count": int(snippet_count),
+            "classes": classes, "anomaly": np.asarray(s["anomaly"], np.float32),
+            "class_probs": np.asarray(s["class_probs"], np.float32), "video_score": float(s["video_score"]),
+            "predicted_class": s["predicted_class"], "flagged": bool(s["flagged"]), "events": s["events"]}
+
+
 class Scorer:
     """Scores whole videos where they are assembled (the extraction writers of
     ``score --videos``): the model from a checkpoint (or a Ray reference to one), the
@@ -200,9 +210,7 @@ class Scorer:
             self.counts["errors"] += 1
             self.counts["failures"].append(msg)
             return
-        self.sw.add([dict(s, video_id=vid, path=meta["path"], label=meta["label"] or None, fps=float(meta["fps"]),
-                          num_frames=int(meta["num_frames"]), snippet_count=int(feats.shape[0]),
-                          classes=self.classes)])
+        self.sw.add([score_row(dict(meta, video_id=vid), s, feats.shape[0], self.classes)])
         self.counts["rows"] += 1
         self.counts["snippets"] += int(feats.shape[0])
 
@@ -229,13 +237,7 @@ def _score_rows(classes: List[str]):
             if r["error"]:
                 bad.append({"path": r["path"], "video_id": r["video_id"], "stage": "score", "error": r["error"]})
                 continue
-            good.append({"video_id": r["video_id"], "path": r["path"], "label": r["label"] or None,
-                         "fps": float(r["fps"]), "num_frames": int(r["num_frames"]),
-                         "snippet_count": int(r["snippet_count"]), "classes": classes,
-                         "anomaly": np.asarray(r["anomaly"], np.float32),
-                         "class_probs": np.asarray(r["class_probs"], np.float32),
-                         "video_score": float(r["video_score"]), "predicted_class": r["predicted_class"],
-                         "flagged": bool(r["flagged"]), "events": json.loads(r["events"])})
+            good.append(score_row(r, dict(r, events=json.loads(r["events"])), r["snippet_count"], classes))
         return good, bad
     return to_rows
 
