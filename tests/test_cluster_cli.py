@@ -30,7 +30,7 @@ def test_cluster_yaml_passes_ray_validation():
 def test_every_cli_option_has_help():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "cmd")
-    assert set(sub.choices) == {"extract", "train", "score", "evaluate", "compare-features", "import-release",
+    assert set(sub.choices) == {"extract", "train", "score", "calibrate", "evaluate", "compare-features", "import-release",
                                 "register-model", "sample-videos", "report", "demo",
                                 "import-official", "register-official"}      # the older names still work
     assert sub.choices["import-official"] is sub.choices["import-release"]

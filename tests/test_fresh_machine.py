@@ -74,3 +74,8 @@ def test_demo_where_ffmpeg_cannot_load(isolation, tmp_path):
     assert out["validation_best"]["epoch"] in (1, 2)
     assert "held-out test (4 videos used for nothing else)" in p.stderr and "[demo] validation" in p.stderr
     assert (tmp_path / "demo" / "scores" / "report" / "index.html").is_file()
+    # the operating point chosen on the validation videos is the one the test videos were scored at
+    summary = json.loads((tmp_path / "demo" / "scores" / "score_summary.json").read_text())
+    assert summary["threshold"] == out["operating_point"]["threshold"]
+    assert summary["operating_point"]["source"] == "models:/vadclip-demo/1 (model version tag)"
+    assert out["operating_point"]["validation_false_alarms_per_hour"] <= 1.0

@@ -36,7 +36,7 @@ def _score_rows(videos, gt, n_snip_of):
             a[g["start_frame"] // 16: -(-g["end_frame"] // 16)] = 0.9
             c = CLASSES.index(g["label"])
             p[g["start_frame"] // 16: -(-g["end_frame"] // 16)] = np.eye(4, dtype=np.float32)[c] * 0.8 + 0.05
-        ev = find_events(a, p, CLASSES, fps, nf, ScoreOptions())
+        ev = find_events(a, p, CLASSES, fps, nf, ScoreOptions().rule())
         rows.append({"video_id": v["video_id"], "path": v["path"], "label": v["label"], "fps": fps,
                      "num_frames": nf, "snippet_count": t, "classes": CLASSES, "anomaly": a,
                      "class_probs": p.reshape(-1), "video_score": float(np.sort(a)[-2:].mean()),
@@ -56,7 +56,7 @@ def scored(sample_videos, tmp_path_factory):
     w.add(rows)
     w.flush()
     (out / "score_summary.json").write_text(json.dumps({
-        "threshold": 0.5, "merge_gap": 1, "min_snippets": 1, "videos_failed": 1, "snippets_per_s": 123.4,
+        "threshold": 0.5, "hysteresis": 0.0, "min_duration_s": 0.0, "merge_gap_s": 1.0, "videos_failed": 1, "snippets_per_s": 123.4,
         "elapsed_s": 2.5, "model_uri": "models:/vad@champion", "model_name": "vad", "model_version": "3",
         "model_alias": "champion", "output": str(out / "scores")}))
     write_gt(sample_videos["gt"], str(out / "gt.parquet"))
@@ -74,7 +74,14 @@ def test_report_cli_writes_a_page_with_existing_decodable_images(scored, capsys)
     assert res["videos_shown"] == len(rows) == 6 and len(flagged) == 3 and res["events_total"] == n_events
     assert page.index("<h3>clip003</h3>") < page.index("<h3>clip000</h3>")
     srcs = re.findall(r"<img src='([^']+)'", page)
-    assert len(srcs) == len(rows) + 3 * len(flagged)             # timelines + start/peak/end of each event
+    # timelines + start/peak/end of each event + the operating curve (ground truth given)
+    assert len(srcs) == len(rows) + 3 * len(flagged) + 1 and "img/operating_curve.png" in srcs
+    # the scores are high exactly over each planted event: every incident caught, no false alarm
+    at = res["at_operating_point"]
+    assert at["event_recall"] == 1.0 and at["false_alarms"] == 0 and at["event_precision"] == 1.0
+    hours = sum(r["num_frames"] / r["fps"] for r in rows) / 3600
+    assert at["hours_scanned"] == pytest.approx(hours) and at["alerts_per_hour"] == pytest.approx(n_events / hours)
+    assert "0 false alarms per hour of normal footage" in page and "event recall 1" in page
     for src in srcs:
         with Image.open(out / "report" / src) as im:               # exists and decodes
             im.load()

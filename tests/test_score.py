@@ -9,6 +9,7 @@ from vadclip.model.checkpoint import save_checkpoint
 from vadclip.model.config import ClipSpec
 from vadclip.jobs.extract import ExtractOptions, feature_dir, run_extract
 from vadclip.io.features import read_feature_rows
+from vadclip.errors import InputError
 from vadclip.io.gt import write_gt
 from vadclip.tracking.registry import log_and_register
 from vadclip.video.samples import make_sample_set, write_manifest
@@ -19,14 +20,35 @@ from vadclip.train.batches import batch_plan, make_optimizer, train_step
 CLASSES = ["Normal", "Explosion", "Fighting", "RoadAccidents"]
 
 
-def test_find_events_merges_and_thresholds():
+def test_find_events_merges_and_thresholds_in_seconds():
     a = np.array([0.1, 0.9, 0.8, 0.2, 0.95, 0.1, 0.1, 0.1, 0.7, 0.1])
     p = np.tile([0.1, 0.6, 0.3], (10, 1))
-    ev = find_events(a, p, ["N", "A", "B"], 10.0, 160, ScoreOptions(threshold=0.5, merge_gap=1))
+    # 10 fps, 16-frame snippets: one snippet is 1.6 s; the one-snippet gap (1.6 s) merges under a 2 s gap
+    ev = find_events(a, p, ["N", "A", "B"], 10.0, 160, ScoreOptions(threshold=0.5, merge_gap_s=2.0).rule())
     assert [(e["start_frame"], e["end_frame"]) for e in ev] == [(16, 80), (128, 144)]
     assert ev[0]["start_s"] == pytest.approx(1.6) and ev[0]["class_name"] == "A"
-    ev = find_events(a, p, ["N", "A", "B"], 10.0, 160, ScoreOptions(threshold=0.5, merge_gap=0, min_snippets=2))
-    assert [(e["start_frame"], e["end_frame"]) for e in ev] == [(16, 48)]
+    ev = find_events(a, p, ["N", "A", "B"], 10.0, 160,
+                     ScoreOptions(threshold=0.5, merge_gap_s=0.0, min_duration_s=3.0).rule())
+    assert [(e["start_frame"], e["end_frame"]) for e in ev] == [(16, 48)]     # 3.2 s; the 1.6 s ones dropped
+    # hysteresis: opened above 0.85, stays open while above 0.85 - 0.7
+    ev = find_events(a, p, ["N", "A", "B"], 10.0, 160,
+                     ScoreOptions(threshold=0.85, hysteresis=0.7, merge_gap_s=0.0).rule())
+    assert [(e["start_frame"], e["end_frame"]) for e in ev] == [(16, 80)]
+
+
+def test_flags_override_the_operating_point_field_by_field():
+    from vadclip.metrics.operating import EventRule, OperatingPoint
+
+    op = OperatingPoint(EventRule(0.7, low=0.6, min_duration_s=2.0, merge_gap_s=3.0), {"target_fa_per_hour": 1.0})
+    opts, rec = ScoreOptions(merge_gap_s=0.5).resolve(op, "file op.json")
+    r = opts.rule()
+    assert (r.threshold, r.low, r.min_duration_s, r.merge_gap_s) == pytest.approx((0.7, 0.6, 2.0, 0.5))
+    assert rec["source"] == "file op.json" and rec["flags_over_it"] == ["merge_gap_s"]
+    assert rec["chosen_by"] == {"target_fa_per_hour": 1.0}
+    opts, rec = ScoreOptions().resolve(None)
+    assert opts.threshold == 0.5 and opts.merge_gap_s == 1.0 and rec["source"].startswith("none")
+    with pytest.raises(InputError, match="--hysteresis -1"):
+        ScoreOptions(hysteresis=-1).resolve(None)
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +176,116 @@ def test_bad_feature_rows_are_recorded_not_dropped(trained, tmp_path):
     errs = {e["video_id"]: e["error"] for e in pq.read_table(str(tmp_path / "o" / "score_errors")).to_pylist()}
     assert "wrong feature dim 48" in errs["wrongdim"] and "wrongdim.mp4" in errs["wrongdim"]
     assert "NaN" in errs["nan"]
+
+
+def test_calibrate_then_score_uses_the_operating_point(trained, tmp_path, capsys):
+    """The user's path: `vadclip calibrate` on validation features stores the operating
+    point on the registered version; a later `vadclip score` without --threshold uses it
+    (summary, report, MLflow); a flag overrides one field; a model file keeps its
+    operating point in a file beside it."""
+    import shutil
+
+    import mlflow
+
+    from cli_output import one_error_line, result_json
+    from vadclip.cli import main
+    from vadclip.tracking.runs import use_experiment
+
+    d, test_man, test_gt = trained
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    use_experiment("t", uri)
+    with mlflow.start_run() as run:
+        pass
+    log_and_register(str(d / "model.pt"), run.info.run_id, uri, "cal", "champion", "auc", 0.9, log=lambda *_: None)
+    val_man, val_gt = make_sample_set(str(tmp_path / "val"), 3, 3, seed=3, prefix="va")
+    write_manifest(val_man, str(tmp_path / "val.csv"))
+    write_gt(val_gt, str(tmp_path / "val_gt.parquet"))
+    run_extract(str(tmp_path / "val.csv"), str(tmp_path / "val_ext"), ExtractOptions(clip=ClipSpec.tiny(),
+                batch_size=32), log=lambda *_: None)
+    val = feature_dir(str(tmp_path / "val_ext"))
+    test_feats = tmp_path / "test_ext"
+    write_manifest(test_man, str(tmp_path / "test_only.csv"))
+    run_extract(str(tmp_path / "test_only.csv"), str(test_feats), ExtractOptions(clip=ClipSpec.tiny(), batch_size=32),
+                log=lambda *_: None)
+
+    # target recall without ground truth: one line, exit 2
+    capsys.readouterr()
+    assert main(["calibrate", "--model", "models:/cal@champion", "--features", val, "--target-recall", "0.9",
+                 "--tracking-uri", uri]) == 2
+    one_error_line(capsys.readouterr().err, "--gt")
+
+    assert main(["calibrate", "--model", "models:/cal@champion", "--features", val, "--gt",
+                 str(tmp_path / "val_gt.parquet"), "--target-fa-per-hour", "1", "--merge-gap-s", "0.5",
+                 "--tracking-uri", uri]) == 0
+    cal = result_json(capsys.readouterr().out)
+    op = cal["operating_point"]
+    assert cal["videos"] == 6 and cal["stored"] == ["models:/cal/1 (model version tag)"]
+    assert op["chosen_by"]["target_fa_per_hour"] == 1.0 and op["on_validation"]["false_alarms_per_hour"] <= 1.0
+    assert op["rule"]["merge_gap_s"] == 0.5 and op["rule"]["threshold"] == cal["threshold"]
+    # the normal hours are those of the three normal validation videos
+    client = mlflow.tracking.MlflowClient(uri)
+    tags = client.get_model_version("cal", "1").tags
+    assert json.loads(tags["vadclip_operating_point"])["rule"]["threshold"] == cal["threshold"]
+    cal_run = client.get_run(tags["vadclip_operating_point_run"])
+    assert {"operating_curve.png", "operating_point.json", "operating_curve.json"} <= \
+        {a.path for a in client.list_artifacts(cal_run.info.run_id)}
+    assert cal_run.data.metrics["false_alarms_per_hour"] == op["on_validation"]["false_alarms_per_hour"]
+
+    # score without --threshold: the version's operating point
+    out = tmp_path / "out"
+    assert main(["score", "--model", "models:/cal@champion", "--features", str(feature_dir(str(test_feats))),
+                 "--gt", str(d / "gt.parquet"), "--out", str(out), "--tracking-uri", uri]) == 0
+    s = result_json(capsys.readouterr().out)
+    summary = json.loads((out / "score_summary.json").read_text())
+    assert summary["threshold"] == cal["threshold"] and summary["merge_gap_s"] == 0.5
+    assert summary["operating_point"]["source"] == "models:/cal/1 (model version tag)"
+    assert summary["operating_point"]["flags_over_it"] == []
+    assert s["event_recall"] == summary["event_recall"] and "false_alarms_per_hour" in summary
+    rows = pq.read_table(str(out / "scores")).to_pylist()
+    rule = ScoreOptions(threshold=cal["threshold"], merge_gap_s=0.5).rule()
+    for r in rows:                       # the events are those of the calibrated rule
+        expect = rule.events(np.asarray(r["anomaly"]), 16 / r["fps"])
+        assert [(e["start_frame"] // 16, -(-e["end_frame"] // 16)) for e in r["events"]] == \
+            [(a, min(b, -(-r["num_frames"] // 16))) for a, b in expect]
+    page = (out / "report" / "index.html").read_text()
+    assert "models:/cal/1 (model version tag)" in page and "img/operating_curve.png" in page
+    assert f"score &gt; {cal['threshold']:.4g}" in page
+    run = client.get_run(s["mlflow_run_id"])
+    assert run.data.tags["vadclip.operating_point"] == "models:/cal/1 (model version tag)"
+    assert "event_recall" in run.data.metrics
+    assert "operating_curve.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+    # a flag wins over the operating point, field by field, and is recorded
+    assert main(["score", "--model", "models:/cal@champion", "--features", str(feature_dir(str(test_feats))),
+                 "--out", str(tmp_path / "out2"), "--threshold", "0.99", "--tracking-uri", uri]) == 0
+    s2 = result_json(capsys.readouterr().out)
+    assert s2["threshold"] == 0.99 and s2["merge_gap_s"] == 0.5
+    assert s2["operating_point"]["flags_over_it"] == ["threshold"]
+
+    # a model file: the operating point goes beside it, and score finds it there
+    model = tmp_path / "m" / "model.pt"
+    model.parent.mkdir()
+    shutil.copy(d / "model.pt", model)
+    assert main(["calibrate", "--model", str(model), "--features", val, "--target-fa-per-hour", "0",
+                 "--tracking-uri", uri]) == 0
+    cal0 = result_json(capsys.readouterr().out)
+    assert cal0["stored"] == [str(model) + ".operating-point.json"]
+    assert cal0["operating_point"]["on_validation"]["false_alarms"] == 0
+    assert main(["score", "--model", str(model), "--features", str(feature_dir(str(test_feats))),
+                 "--out", str(tmp_path / "out3"), "--tracking-uri", uri]) == 0
+    s3 = result_json(capsys.readouterr().out)
+    assert s3["threshold"] == cal0["threshold"]
+    assert s3["operating_point"]["source"] == f"file {model}.operating-point.json"
+    # evaluate reports the same operating point's false alarms per hour, event recall and precision
+    assert main(["evaluate", "--model", str(model), "--features", str(feature_dir(str(test_feats))),
+                 "--gt", str(d / "gt.parquet"), "--tracking-uri", uri]) == 0
+    ev = result_json(capsys.readouterr().out)
+    at = ev["operating_point"]
+    assert at["source"] == f"file {model}.operating-point.json" and at["threshold"] == cal0["threshold"]
+    s3_summary = json.loads((tmp_path / "out3" / "score_summary.json").read_text())
+    s3_report = tmp_path / "out3"
+    assert main(["report", str(s3_report), "--gt", str(d / "gt.parquet")]) == 0
+    rep = result_json(capsys.readouterr().out)["at_operating_point"]
+    for k in ("false_alarms_per_hour", "event_recall", "event_precision"):   # one measure, two commands
+        assert rep[k] == pytest.approx(at[k], nan_ok=True), k
+    assert s3_summary["operating_point"]["source"] == at["source"]

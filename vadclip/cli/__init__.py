@@ -1,5 +1,5 @@
-"""``vadclip`` command line: extract | train | score | report | evaluate | compare-features |
-import-release | register-model | sample-videos | demo.
+"""``vadclip`` command line: extract | train | score | calibrate | report | evaluate |
+compare-features | import-release | register-model | sample-videos | demo.
 
 Each command's flags are generated from the option dataclass of the library function it
 calls (``ExtractOptions``, ``TrainOptions``, ``ScoreOptions``); each command is a short
@@ -98,15 +98,19 @@ def _add_tracking(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from vadclip.jobs.calibrate import CalibrateOptions
     from vadclip.jobs.extract import ExtractOptions
     from vadclip.jobs.score import ScoreOptions
     from vadclip.jobs.train import TrainOptions
 
-    ap = argparse.ArgumentParser(prog="vadclip", description=__doc__, formatter_class=_HelpFormatter)
+    ap = argparse.ArgumentParser(prog="vadclip", description=__doc__, formatter_class=_HelpFormatter,
+                                 allow_abbrev=False)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     def command(name, handler, help, aliases=()):
-        p = sub.add_parser(name, formatter_class=_HelpFormatter, help=help, aliases=list(aliases))
+        # no abbreviated flags: a renamed flag must fail, not match a longer one silently
+        p = sub.add_parser(name, formatter_class=_HelpFormatter, help=help, aliases=list(aliases),
+                           allow_abbrev=False)
         p.set_defaults(handler=handler)
         return p
 
@@ -152,6 +156,20 @@ def build_parser() -> argparse.ArgumentParser:
                 help={"crops": "with --videos: views per frame extracted (score one with --crop)"})
     _add_ray(p)
 
+    p = command("calibrate", _calibrate,
+                "choose a model's operating point (threshold and event rule) on validation footage; stored with "
+                "the model, used by score")
+    p.add_argument("--model", required=True,
+                   help="models:/NAME@ALIAS or models:/NAME/V (the operating point is stored on that version), or a "
+                        "model file (stored beside it)")
+    p.add_argument("--features", required=True, help="validation feature set (e.g. a week of one camera's "
+                                                     "ordinary footage, or labelled validation videos)")
+    p.add_argument("--gt", default=None, help="ground-truth intervals of the validation videos (needed for "
+                                              "--target-recall and --max-f1)")
+    add_options(p, CalibrateOptions)
+    p.add_argument("--experiment", default="vadclip-calibrate", help="MLflow experiment of the calibration run")
+    _add_tracking(p)
+
     p = command("report", _report, "(re)build the review report of a scoring output (OUT/report/index.html)")
     p.add_argument("out", help="the scoring job's --out (holding scores/ and score_summary.json); a path or URI")
     p.add_argument("--gt", default=None, help="ground truth intervals, shaded on the timelines")
@@ -163,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gt", required=True, help="ground truth intervals (Parquet/CSV)")
     p.add_argument("--crop", type=int, default=None, help="crop to evaluate (default: the lowest crop present)")
     p.add_argument("--allow-feature-mismatch", action="store_true", help=MISMATCH_HELP)
+    p.add_argument("--operating-point", default=None,
+                   help="operating point file (from calibrate) instead of the model's own")
     _add_tracking(p)
 
     p = command("compare-features", _compare,
@@ -243,6 +263,13 @@ def _score(a, log) -> dict:
                      tracking_uri=a.tracking_uri, experiment=a.experiment, address=a.address, log=log)
 
 
+def _calibrate(a, log) -> dict:
+    from vadclip.jobs.calibrate import CalibrateOptions, run_calibrate
+
+    return run_calibrate(a.model, a.features, gt_path=a.gt, opts=options_from(a, CalibrateOptions),
+                         tracking_uri=a.tracking_uri, experiment=a.experiment, log=log)
+
+
 def _report(a, log) -> dict:
     from vadclip.report.html import rebuild_report
 
@@ -253,7 +280,8 @@ def _evaluate(a, log) -> dict:
     from vadclip.jobs.evaluate import run_evaluate
 
     return run_evaluate(a.model, a.features, a.gt, crop=a.crop, tracking_uri=a.tracking_uri,
-                        allow_feature_mismatch=a.allow_feature_mismatch, log=log)
+                        allow_feature_mismatch=a.allow_feature_mismatch, operating_point=a.operating_point,
+                        log=log)
 
 
 def _compare(a, log) -> dict:

@@ -1,5 +1,5 @@
 """``vadclip demo``: generate labelled H.264 videos with planted anomalies, then
-extract → train → register → score on a local Ray with a sqlite MLflow store.
+extract → train → register → calibrate → score on a local Ray with a sqlite MLflow store.
 
 Three disjoint sets of videos: training, validation (the epoch is chosen on it) and a
 held-out test set used for nothing but the figures printed at the end."""
@@ -22,6 +22,7 @@ def run_demo(workdir: str = "./vadclip_demo", n_train: int = 24, n_test: int = 8
     from vadclip.io.gt import write_gt
     from vadclip.jobs.cluster import ensure_ray
     from vadclip.video.samples import make_sample_set, write_manifest
+    from vadclip.jobs.calibrate import CalibrateOptions, run_calibrate
     from vadclip.jobs.score import ScoreOptions, run_score
     from vadclip.jobs.train import run_train
 
@@ -61,9 +62,14 @@ def run_demo(workdir: str = "./vadclip_demo", n_train: int = 24, n_test: int = 8
                    gt_path=sets["val"][1], num_workers=num_workers, cpus_per_worker=1.0, tracking_uri=tracking_uri,
                    experiment="vadclip-demo", register_name="vadclip-demo", alias="champion", log=log)
 
-    log("[demo] 4/4 scoring the held-out test videos from raw files with models:/vadclip-demo@champion")
+    log("[demo] 4/4 choosing the operating point on the validation videos (at most 1 false alarm per hour of "
+        "normal footage; stored on the model version), then scoring the held-out test videos from raw files "
+        "with models:/vadclip-demo@champion at that operating point")
+    cal = run_calibrate("models:/vadclip-demo@champion", feature_dir(os.path.join(workdir, "extract", "val")),
+                        gt_path=sets["val"][1], opts=CalibrateOptions(target_fa_per_hour=1.0),
+                        tracking_uri=tracking_uri, experiment="vadclip-demo", log=log)
     sc = run_score("models:/vadclip-demo@champion", os.path.join(workdir, "scores"),
-                   videos=sets["test"][0], gt_path=sets["test"][1], opts=ScoreOptions(threshold=0.5),
+                   videos=sets["test"][0], gt_path=sets["test"][1], opts=ScoreOptions(),
                    tracking_uri=tracking_uri, experiment="vadclip-demo", log=log)
     best = tr["best_metrics"]
     out = {
@@ -72,6 +78,11 @@ def run_demo(workdir: str = "./vadclip_demo", n_train: int = 24, n_test: int = 8
         "videos": {"train": n_train, "validation": n_val, "test": n_test},
         "decoders": sorted({d for s in [*extracted.values(), sc.get("extract") or {}] for d in s.get("decoders", [])}),
         "registered": f"models:/vadclip-demo@champion (version {tr.get('registered_version')})",
+        "operating_point": {"threshold": cal["threshold"], "stored": cal["stored"],
+                            "validation_false_alarms_per_hour": cal["operating_point"]["on_validation"][
+                                "false_alarms_per_hour"],
+                            "heldout_false_alarms_per_hour": sc.get("false_alarms_per_hour"),
+                            "heldout_event_recall": sc.get("event_recall")},
         "scores": sc["output"], "report": sc["report"],
         "mlflow": tracking_uri, "random_init_clip": not clip.pretrained,
         "elapsed_s": round(time.time() - t0, 1),
@@ -80,6 +91,9 @@ def run_demo(workdir: str = "./vadclip_demo", n_train: int = 24, n_test: int = 8
         f"  AP {best.get('ap', float('nan')):.4f}")
     log(f"[demo] held-out test ({n_test} videos used for nothing else): frame AUC {out['heldout_auc']:.4f}  "
         f"AP {out['heldout_ap']:.4f}  mAP {out['heldout_map_avg']:.2f}  (random-init CLIP: {out['random_init_clip']})")
+    log(f"[demo] operating point: threshold {cal['threshold']:.4g} (chosen on validation for ≤ 1 false alarm "
+        f"per hour); on the held-out test: {sc.get('false_alarms_per_hour', float('nan')):.3g} false alarms per "
+        f"hour of normal footage, event recall {sc.get('event_recall', float('nan')):.3g}")
     log(f"[demo] decoded with {', '.join(out['decoders']) or '-'}; scores: {out['scores']}  MLflow: {out['mlflow']} "
         f"(mlflow ui --backend-store-uri {tracking_uri})")
     log(f"[demo] review report: {out['report']}")

@@ -152,3 +152,17 @@ def mismatch(model_prov: Optional[Dict[str, Any]], feat_prov: Optional[Dict[str,
         return None
     return (f"{feature_name} do not fit {model_name}: features vs the model's training features differ in "
             f"{'; '.join(diff)}")
+
+
+def check_fit(cfg, features: str, model_name: str, allow: bool = False, log=None) -> Optional[str]:
+    """Do ``features`` fit a model of config ``cfg`` (the provenance of its training
+    features against theirs)?  A mismatch is a one-line :class:`ProvenanceError` naming
+    both sides, or, with ``allow``, a warning line that is returned for the record."""
+    import logging
+
+    line = mismatch(cfg.feature_provenance, read(features), model_name, f"the features {features}")
+    if line and not allow:
+        raise ProvenanceError(line + "; --allow-feature-mismatch uses them anyway (and records it)")
+    if line:
+        (log or logging.getLogger("vadclip").info)(f"WARNING {line} (used anyway: --allow-feature-mismatch)")
+    return line

@@ -11,25 +11,47 @@ from vadclip.errors import InputError
 
 def run_evaluate(model: str, features: str, gt_path: str, crop: Optional[int] = None,
                  tracking_uri: Optional[str] = None, allow_feature_mismatch: bool = False,
-                 log=None) -> Dict[str, Any]:
+                 operating_point: Optional[str] = None, log=None) -> Dict[str, Any]:
     """Frame AUC/AP, abnormal-only AUC and mAP@IoU of ``model`` on ``features`` (one
-    crop: ``crop``, default the lowest present) against ``gt_path``."""
-    from vadclip.io.features import check_feature_set, read_feature_rows
+    crop: ``crop``, default the lowest present) against ``gt_path``; and, at the model's
+    operating point (``operating_point``: a file instead of the model's own; none: the
+    default rule), false alarms per hour of normal footage, event recall and precision."""
+    import torch
+
+    from vadclip.io.features import check_feature_set, read_feature_rows, row_features
     from vadclip.io.gt import check_matches, read_gt
-    from vadclip.jobs.score import check_fit
-    from vadclip.metrics.evaluate import evaluate
+    from vadclip.jobs.calibrate import model_operating_point
+    from vadclip.io.provenance import check_fit
+    from vadclip.metrics.evaluate import metrics_from_scores
+    from vadclip.metrics.operating import DEFAULT_RULE, footage_of, operating_stats
+    from vadclip.model.network import score_video
     from vadclip.tracking.registry import load_scoring_model
 
     log = log or logging.getLogger("vadclip").info
     gt = read_gt(gt_path)
     scoring = load_scoring_model(model, tracking_uri)
+    op, source = model_operating_point(model, tracking_uri, operating_point)
     fs = check_feature_set(features, scoring.embed_dim, crop=crop)
     mismatch = check_fit(scoring.cfg, features, f"the model {model}", allow_feature_mismatch, log)
     crop = fs["crops"][0] if crop is None else crop
     rows = [r for r in read_feature_rows(features) if r["crop"] == crop]
     check_matches(gt, gt_path, [r["video_id"] for r in rows], f"the videos of {features}")
-    return dict(evaluate(scoring, rows, gt, scoring.cfg), crop=crop, videos=len(rows),
-                **({"feature_mismatch": mismatch} if mismatch else {}))
+    cfg = scoring.cfg
+    with torch.no_grad():
+        scored = [(r, *score_video(scoring, row_features(r))) for r in rows]
+    out = dict(metrics_from_scores(scored, gt, cfg), crop=crop, videos=len(rows))
+
+    def normal_label(label: str) -> bool:
+        try:
+            return cfg.is_normal(label)
+        except InputError:
+            return False
+
+    rule = op.rule if op is not None else DEFAULT_RULE
+    stats = operating_stats([footage_of(r, a, cfg.snippet_len, gt, normal_label) for r, a, _ in scored], rule)
+    out["operating_point"] = {"source": source if op is not None else "none (the default rule)",
+                              "rule": rule.describe(), **stats}
+    return dict(out, **({"feature_mismatch": mismatch} if mismatch else {}))
 
 
 def run_compare(a: str, b: str, model: Optional[str] = None, gt_path: Optional[str] = None,

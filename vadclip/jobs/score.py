@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -22,7 +22,9 @@ from vadclip.errors import InputError
 from vadclip.options import MISMATCH_HELP, option
 from vadclip.io import layout
 from vadclip.io.features import ERROR_SCHEMA
+from vadclip.io.provenance import check_fit
 from vadclip.jobs.output import ResumableOutput, row_sink
+from vadclip.metrics.operating import DEFAULT_RULE, EventRule, OperatingPoint
 from vadclip.io.parts import dataset_files, new_run_id, read_column, read_table
 from vadclip.report.html import build_report, output_totals
 
@@ -37,12 +39,25 @@ SCORE_SCHEMA = pa.schema([
 ])
 
 
+RULE_GROUP = "event rule (default: the model's operating point from `vadclip calibrate`, else threshold 0.5, " \
+             "no hysteresis, no minimum duration, 1 s merge gap)"
+
+
 @dataclass
 class ScoreOptions:
-    """How a model's scores become events and outputs (the command line's flags are these fields)."""
-    threshold: float = option(0.5, help="snippet anomaly threshold for events")
-    merge_gap: int = option(1, help="merge events this many snippets apart")
-    min_snippets: int = option(1, help="shortest event kept (snippets)")
+    """How a model's scores become events and outputs (the command line's flags are these fields).
+    The event rule's fields left None take the model's operating point (see
+    :meth:`resolve`)."""
+    threshold: Optional[float] = option(None, group=RULE_GROUP, help="snippet anomaly threshold: an event opens "
+                                                                      "above it")
+    hysteresis: Optional[float] = option(None, group=RULE_GROUP, help="an open event closes only when the score "
+                                                                       "falls this far below the threshold")
+    min_duration_s: Optional[float] = option(None, group=RULE_GROUP, help="shortest event kept, in seconds")
+    merge_gap_s: Optional[float] = option(None, group=RULE_GROUP, help="events this many seconds apart (or "
+                                                                        "closer) merge into one")
+    operating_point: Optional[str] = option(None, group=RULE_GROUP,
+                                            help="operating point file written by `vadclip calibrate` (instead of "
+                                                 "the model's own)")
     num_scorers: int = option(1, help="size of the scoring actor pool")
     crop: Optional[int] = option(None, help="crop to score (default: the lowest crop present)")
     rows_per_file: int = option(256, cli=False, help="scored videos per Parquet part file (at most)")
@@ -51,29 +66,45 @@ class ScoreOptions:
                                      "then by score")
     allow_feature_mismatch: bool = option(False, help=MISMATCH_HELP)
 
+    RULE_FIELDS = ("threshold", "hysteresis", "min_duration_s", "merge_gap_s")
+
+    def rule(self) -> EventRule:
+        """The event rule of these options (fields left None: the default rule's)."""
+        d = DEFAULT_RULE
+        t = d.threshold if self.threshold is None else float(self.threshold)
+        h = d.hysteresis if self.hysteresis is None else float(self.hysteresis)
+        return EventRule(t, low=t - h if h > 0 else None,
+                         min_duration_s=d.min_duration_s if self.min_duration_s is None else float(self.min_duration_s),
+                         merge_gap_s=d.merge_gap_s if self.merge_gap_s is None else float(self.merge_gap_s))
+
+    def resolve(self, op: Optional[OperatingPoint], source: str = "none") -> Tuple["ScoreOptions", Dict[str, Any]]:
+        """These options with every event-rule field set: the flags given, else the
+        operating point ``op``'s, else the default rule's; and the record of it (for the
+        summary, MLflow and the report)."""
+        base = op.rule if op is not None else DEFAULT_RULE
+        given = [k for k in self.RULE_FIELDS if getattr(self, k) is not None]
+        for k in ("hysteresis", "min_duration_s", "merge_gap_s"):
+            v = getattr(self, k)
+            if v is not None and v < 0:
+                raise InputError(f"--{k.replace('_', '-')} {v} is negative")
+        vals = {"threshold": base.threshold, "hysteresis": base.hysteresis, "min_duration_s": base.min_duration_s,
+                "merge_gap_s": base.merge_gap_s}
+        vals.update({k: float(getattr(self, k)) for k in given})
+        out = replace(self, **vals)
+        record = {"source": source if op is not None else "none (the default rule)", "rule": out.rule().describe(),
+                  "flags_over_it": given,
+                  **({"chosen_by": op.chosen_by, "on_validation": op.to_dict()["on_validation"],
+                      "calibrated_on": op.features, "created": op.created} if op is not None else {})}
+        return out, record
+
 
 def find_events(anomaly: np.ndarray, probs: np.ndarray, classes: Sequence[str], fps: float, num_frames: int,
-                opts: ScoreOptions, snippet_len: int = 16) -> List[Dict[str, Any]]:
-    """Runs of snippets with anomaly > threshold, merged across gaps ≤ merge_gap;
-    each event gets the abnormal class with the highest mean probability over it."""
-    on = anomaly > opts.threshold
-    runs, start = [], None
-    for i, v in enumerate(on.tolist() + [False]):
-        if v and start is None:
-            start = i
-        elif not v and start is not None:
-            runs.append([start, i])
-            start = None
-    merged: List[List[int]] = []
-    for r in runs:
-        if merged and r[0] - merged[-1][1] <= opts.merge_gap:
-            merged[-1][1] = r[1]
-        else:
-            merged.append(r)
+                rule: EventRule, snippet_len: int = 16) -> List[Dict[str, Any]]:
+    """The events of one video under ``rule`` (threshold, hysteresis, merge gap and
+    minimum duration in seconds: :meth:`EventRule.events`); each event gets the abnormal
+    class with the highest mean probability over it."""
     events = []
-    for s, e in merged:
-        if e - s < opts.min_snippets:
-            continue
+    for s, e in rule.events(anomaly, snippet_len / fps):
         c = 1 + int(np.argmax(probs[s:e, 1:].mean(0))) if probs.shape[1] > 1 else 0
         sf, ef = s * snippet_len, min(e * snippet_len, num_frames)
         events.append({"start_s": sf / fps, "end_s": ef / fps, "start_frame": sf, "end_frame": ef,
@@ -156,7 +187,7 @@ def score_features(model, features: np.ndarray, row: Dict[str, Any], opts: Score
     anomaly, probs = score_video(model, f)
     vscore = float(np.sort(anomaly)[::-1][:topk_count(len(anomaly))].mean())
     ev = find_events(anomaly, probs, classes, float(row["fps"]) or 30.0,
-                     int(row["num_frames"]) or len(anomaly) * 16, opts, model.cfg.snippet_len)
+                     int(row["num_frames"]) or len(anomaly) * 16, opts.rule(), model.cfg.snippet_len)
     # flagged ⇔ at least one event; the video's class is that of its strongest event
     pcls = max(ev, key=lambda e: e["score"])["class_name"] if ev else classes[0]
     return {"anomaly": anomaly.astype(np.float32), "class_probs": probs.astype(np.float32).reshape(-1),
@@ -295,6 +326,12 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
         raise InputError("give features= (a feature set) or videos= (raw videos)")
     gt = read_gt(gt_path) if gt_path else None   # a bad ground-truth file fails now, not after scoring
     model = load_scoring_model(model_uri, tracking_uri)
+    # the event rule: the flags given, else the model's operating point, else the default
+    from vadclip.jobs.calibrate import model_operating_point
+
+    opts, operating = opts.resolve(*model_operating_point(model_uri, tracking_uri, opts.operating_point))
+    log(f"[score] events: {operating['rule']} (operating point: {operating['source']}"
+        f"{'; flags over it: ' + ', '.join(operating['flags_over_it']) if operating['flags_over_it'] else ''})")
     cfg = model.cfg
     # a feature set that cannot fit the model fails before Ray starts
     found = check_feature_set(features, model.embed_dim, crop=opts.crop) if features is not None else None
@@ -355,7 +392,8 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
         "events": totals["events"], "snippets": n_snip, "elapsed_s": round(elapsed, 3),
         "snippets_per_s": round(n_snip / elapsed, 2) if elapsed > 0 else 0.0,
         "output": _scores_dir(out_dir), "model_uri": model_uri, **model_identity(model_uri, tracking_uri),
-        "snippet_len": cfg.snippet_len, **asdict(opts), "feature_mismatch": mismatch,
+        "snippet_len": cfg.snippet_len, **asdict(opts), "operating_point": operating,
+        "feature_mismatch": mismatch,
     }
     summary["videos_failed_total"] = len(read_column(output.errors_dir, "video_id"))
     if extract_summary:
@@ -369,32 +407,18 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
     def report(local_dir, on_figure):
         rep = build_report(out_dir, summary, gt_path=gt_path, top_n=opts.max_plots, local_dir=local_dir,
                            on_figure=on_figure)
-        summary.update(report=rep["report"], plots=rep["videos_shown"])
+        summary.update(report=rep["report"], plots=rep["videos_shown"], **rep["at_operating_point"])
 
     log_scoring_run(experiment, tracking_uri, f"score-{run_id}",
                     {"model_uri": model_uri, "features": features, **asdict(opts)},
-                    {"vadclip.feature_mismatch": mismatch}, features, summary, report, skip_metrics=asdict(opts))
+                    {"vadclip.feature_mismatch": mismatch, "vadclip.operating_point": operating["source"]},
+                    features, summary, report, skip_metrics=asdict(opts))
     storage.write_text(storage.join(out_dir, layout.SCORE_SUMMARY), json.dumps(summary, indent=2, default=float))
     log(f"[score] {n_ok} scored, {n_err} failed, {len(done)} already done; "
         f"{summary['anomalous_videos']} flagged with {summary['events']} events; "
         f"{summary['snippets_per_s']} snippets/s → {summary['output']}")
     log(f"[score] review report: {summary['report']}")
     return summary
-
-
-def check_fit(cfg, features: str, model_name: str, allow: bool = False, log=None) -> Optional[str]:
-    """Do ``features`` fit a model of config ``cfg`` (the provenance of its training
-    features against theirs)?  A mismatch is a one-line :class:`ProvenanceError` naming
-    both sides, or, with ``allow``, a warning line that is returned for the record."""
-    from vadclip.io import provenance
-
-    line = provenance.mismatch(cfg.feature_provenance, provenance.read(features), model_name,
-                               f"the features {features}")
-    if line and not allow:
-        raise provenance.ProvenanceError(line + "; --allow-feature-mismatch scores anyway (and records it)")
-    if line:
-        (log or logging.getLogger("vadclip").info)(f"[score] WARNING {line} (scored anyway: --allow-feature-mismatch)")
-    return line
 
 
 METRIC_COLUMNS = ("video_id", "label", "num_frames", "snippet_count", "anomaly", "class_probs")

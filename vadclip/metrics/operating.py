@@ -13,12 +13,16 @@ precision and recall.  An event and an interval match when they overlap by any t
 :func:`calibrate` picks the threshold: the lowest whose false alarms per hour stay at or
 below a target, the highest whose event recall reaches a target, or the one with the
 best event F1, over the candidate thresholds (the scores' own values), and returns the
-curve it scanned.  No framework: numpy only.
+curve it scanned.  An :class:`OperatingPoint` is the chosen rule with how it was chosen
+and what it gave on the validation footage, as the small JSON document stored on a
+registered model version (or in a file beside a model file).  No framework: numpy only.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Dict, List, Optional, Sequence, Tuple
+import json
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -51,6 +55,73 @@ class EventRule:
             else:
                 merged.append(r)
         return [(a, b) for a, b in merged if (b - a) * snippet_s >= self.min_duration_s]
+
+
+    @property
+    def hysteresis(self) -> float:
+        """How far below the threshold an open event closes (0: no hysteresis)."""
+        return 0.0 if self.low is None else max(0.0, self.threshold - self.low)
+
+    def at(self, threshold: float) -> "EventRule":
+        """This rule at another threshold, keeping its hysteresis gap."""
+        return replace(self, threshold=float(threshold),
+                       low=None if self.low is None else float(threshold) - self.hysteresis)
+
+    def describe(self) -> str:
+        out = f"score > {self.threshold:.4g}"
+        if self.low is not None:
+            out += f" (an event stays open down to {self.low:.4g})"
+        return out + (f"; events merged across gaps ≤ {self.merge_gap_s:g} s, at least "
+                      f"{self.min_duration_s:g} s long")
+
+
+# without an operating point: the fixed threshold of earlier versions, one-second gaps merged
+DEFAULT_RULE = EventRule(threshold=0.5, low=None, min_duration_s=0.0, merge_gap_s=1.0)
+
+
+@dataclass
+class OperatingPoint:
+    """An :class:`EventRule` chosen for a model, how it was chosen (``chosen_by``: the
+    target, e.g. ``{"target_fa_per_hour": 1.0}``), what it gave on the validation footage
+    (``on_validation``: :func:`operating_stats`) and on which footage (``features``)."""
+    rule: EventRule
+    chosen_by: Dict[str, Any] = field(default_factory=dict)
+    on_validation: Dict[str, float] = field(default_factory=dict)
+    features: Optional[str] = None
+    model: Optional[str] = None
+    created: Optional[str] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["on_validation"] = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                              for k, v in self.on_validation.items()}
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any], where: str = "operating point") -> "OperatingPoint":
+        try:
+            r = d["rule"]
+            rule = EventRule(threshold=float(r["threshold"]), low=None if r.get("low") is None else float(r["low"]),
+                             min_duration_s=float(r.get("min_duration_s", 0.0)),
+                             merge_gap_s=float(r.get("merge_gap_s", 0.0)))
+        except (KeyError, TypeError, ValueError) as e:
+            raise InputError(f"{where}: not a vadclip operating point ({type(e).__name__}: {e}); "
+                             "expected the JSON written by `vadclip calibrate`") from None
+        return cls(rule, dict(d.get("chosen_by") or {}), dict(d.get("on_validation") or {}), d.get("features"),
+                   d.get("model"), d.get("created"))
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "operating point") -> "OperatingPoint":
+        try:
+            d = json.loads(text)
+        except ValueError as e:
+            raise InputError(f"{where}: not JSON ({e})") from None
+        if not isinstance(d, dict):
+            raise InputError(f"{where}: expected a JSON object, got {type(d).__name__}")
+        return cls.from_dict(d, where)
 
 
 @dataclass
@@ -101,6 +172,28 @@ def operating_stats(videos: Sequence[Footage], rule: EventRule) -> Dict[str, flo
             "frame_recall": tp / (tp + fn) if tp + fn else float("nan")}
 
 
+def footage_of(row: Dict[str, Any], anomaly: np.ndarray, snippet_len: int, gt=None, normal_label=None) -> Footage:
+    """One scored video as validation footage.  ``row``: its fps and frame count (and
+    ``video_id``, ``label``); ``gt``: ground-truth intervals {video_id: [(start_frame,
+    end_frame, label)]}, or None when there is none (then all footage counts as normal).
+    With ground truth a video is normal footage when it has no interval and its label,
+    if any, is normal (``normal_label(label) -> bool``); an abnormal-labelled video
+    without intervals counts for neither side."""
+    from vadclip.io.gt import intervals_of
+
+    fps = float(row.get("fps") or 0.0) or 30.0
+    ivs = [] if gt is None else [(s / fps, e / fps) for s, e, _ in intervals_of(gt, row["video_id"])]
+    normal = True
+    if gt is not None:
+        normal = not ivs and (not row.get("label") or normal_label is None or normal_label(row["label"]))
+    return Footage(np.asarray(anomaly, np.float64), snippet_len / fps, normal, ivs)
+
+
+def curve(videos: Sequence[Footage], base: EventRule = DEFAULT_RULE) -> List[Dict[str, float]]:
+    """:func:`operating_stats` at each candidate threshold (``base``'s other settings)."""
+    return [operating_stats(videos, base.at(t)) for t in candidates(videos)]
+
+
 def candidates(videos: Sequence[Footage], most: int = 400) -> np.ndarray:
     """The thresholds worth trying: the scores' own values (at most ``most`` of them,
     spread over their quantiles), ascending."""
@@ -110,7 +203,7 @@ def candidates(videos: Sequence[Footage], most: int = 400) -> np.ndarray:
     return s
 
 
-def calibrate(videos: Sequence[Footage], base: EventRule = EventRule(), target_fa_per_hour: Optional[float] = None,
+def calibrate(videos: Sequence[Footage], base: EventRule = DEFAULT_RULE, target_fa_per_hour: Optional[float] = None,
               target_recall: Optional[float] = None, max_f1: bool = False) -> Tuple[EventRule, Dict[str, float],
                                                                                    List[Dict[str, float]]]:
     """(the chosen rule, its statistics, the curve over the candidate thresholds).
@@ -121,20 +214,19 @@ def calibrate(videos: Sequence[Footage], base: EventRule = EventRule(), target_f
         raise InputError("calibrate: no validation videos")
     if (target_recall is not None or max_f1) and not any(v.gt for v in videos):
         raise InputError("calibrate: --target-recall and --max-f1 need ground truth with anomalous intervals")
-    gap = 0.0 if base.low is None else base.threshold - base.low
-
-    def rule_at(t: float) -> EventRule:
-        return replace(base, threshold=float(t), low=None if base.low is None else float(t - gap))
-
-    curve = [operating_stats(videos, rule_at(t)) for t in candidates(videos)]
+    if target_fa_per_hour is not None and not any(v.normal for v in videos):
+        raise InputError("calibrate: --target-fa-per-hour needs normal footage (videos without ground-truth "
+                         "intervals whose label is normal); these videos have none")
+    scanned = curve(videos, base)
     if target_fa_per_hour is not None:
-        ok = [c for c in curve if c["false_alarms_per_hour"] <= target_fa_per_hour]
-        pick = min(ok, key=lambda c: c["threshold"]) if ok else max(curve, key=lambda c: c["threshold"])
+        ok = [c for c in scanned if c["false_alarms_per_hour"] <= target_fa_per_hour]
+        # the highest candidate (the top score) opens no event, so some threshold always qualifies
+        pick = min(ok, key=lambda c: c["threshold"]) if ok else max(scanned, key=lambda c: c["threshold"])
     elif target_recall is not None:
-        ok = [c for c in curve if c["event_recall"] >= target_recall]
+        ok = [c for c in scanned if c["event_recall"] >= target_recall]
         if not ok:
             raise InputError(f"calibrate: no threshold reaches event recall {target_recall} on these videos")
         pick = max(ok, key=lambda c: c["threshold"])
     else:
-        pick = max(curve, key=lambda c: (c["event_f1"], c["threshold"]))
-    return rule_at(pick["threshold"]), pick, curve
+        pick = max(scanned, key=lambda c: (c["event_f1"], c["threshold"]))
+    return base.at(pick["threshold"]), pick, scanned

@@ -57,13 +57,44 @@ def output_totals(scores_dir: str) -> Dict[str, int]:
 
     from vadclip.io.parts import part_files, read_file
 
-    tot = {"videos": 0, "flagged": 0, "events": 0}
+    tot = {"videos": 0, "flagged": 0, "events": 0, "hours": 0.0}
     for f in part_files(scores_dir):
-        t = read_file(f, ["flagged", "events"])
+        t = read_file(f, ["flagged", "events", "num_frames", "fps"])
         tot["videos"] += t.num_rows
         tot["flagged"] += int(pc.sum(t.column("flagged")).as_py() or 0)
         tot["events"] += int(pc.sum(pc.list_value_length(t.column("events"))).as_py() or 0)
+        fps = np.asarray(t.column("fps").to_numpy(zero_copy_only=False), np.float64)
+        frames = np.asarray(t.column("num_frames").to_numpy(zero_copy_only=False), np.float64)
+        tot["hours"] += float((frames / np.where(fps > 0, fps, 30.0)).sum() / 3600.0)
     return tot
+
+
+def summary_rule(summary: Dict[str, Any]):
+    """The event rule a scoring run used, from its summary (an older summary without
+    the rule's fields: its threshold with the default rule's other settings)."""
+    from vadclip.metrics.operating import DEFAULT_RULE, EventRule
+
+    t = float(summary.get("threshold") if summary.get("threshold") is not None else DEFAULT_RULE.threshold)
+    h = float(summary.get("hysteresis") or 0.0)
+    return EventRule(t, low=t - h if h > 0 else None,
+                     min_duration_s=float(summary.get("min_duration_s") or 0.0),
+                     merge_gap_s=float(summary.get("merge_gap_s", DEFAULT_RULE.merge_gap_s) or 0.0))
+
+
+def operating_footage(scores_dir: str, gt, snippet_len: int):
+    """Every scored video as validation footage against ``gt`` (one part file at a
+    time; only the snippet scores are kept).  A video is normal footage when it has no
+    ground-truth interval and its label, if any, is the model's normal class."""
+    from vadclip.io.parts import part_files, read_file
+    from vadclip.metrics.operating import footage_of
+
+    out = []
+    for f in part_files(scores_dir):
+        for r in read_file(f, ["video_id", "label", "fps", "num_frames", "anomaly", "classes"]).to_pylist():
+            normal = (r["classes"] or ["normal"])[0]
+            out.append(footage_of(r, np.asarray(r["anomaly"], np.float64), snippet_len, gt,
+                                  lambda lab, n=normal: str(lab).strip() in (n, n.lower(), "normal", "Normal")))
+    return out
 
 
 def _scan(scores_dir: str, top_n: int):
@@ -145,8 +176,49 @@ def plot_timeline(row: Dict[str, Any], path: str, threshold: float, snippet_len:
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     if on_figure is not None:           # e.g. mlflow.log_figure
-        on_figure(fig, os.path.basename(path))
+        on_figure(fig, "timelines/" + os.path.basename(path))
     plt.close(fig)
+
+
+def plot_operating_curve(curve: List[Dict[str, float]], point: Optional[Dict[str, float]] = None,
+                         path: Optional[str] = None, title: str = ""):
+    """False alarms per hour of normal footage (x) against event recall (y) over the
+    thresholds of ``curve`` (:func:`vadclip.metrics.operating.curve`), the operating point
+    marked (without ground truth: false alarms per hour against the threshold); saved to ``path`` (local) when given.  Returns the figure (the caller
+    closes it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    with_recall = any(np.isfinite(c["event_recall"]) for c in curve)
+    # without ground truth there is no recall: false alarms per hour against the threshold
+    xkey, ykey = ("false_alarms_per_hour", "event_recall") if with_recall else ("threshold", "false_alarms_per_hour")
+    pts = sorted((c[xkey], c[ykey]) for c in curve if np.isfinite(c[xkey]) and np.isfinite(c[ykey]))
+    if pts:
+        x, y = zip(*pts)
+        ax.step(x, y, where="post", color="tab:blue", lw=1.4, label="over thresholds")
+    if point is not None and np.isfinite(point.get(xkey, np.nan)) and np.isfinite(point.get(ykey, np.nan)):
+        ax.plot([point[xkey]], [point[ykey]], "o", color="tab:red",
+                label=f"operating point (threshold {point['threshold']:.3g})")
+    if with_recall:
+        ax.set_xlabel("false alarms per hour of normal footage")
+        ax.set_ylabel("event recall")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlim(left=0)
+    else:
+        ax.set_xlabel("threshold")
+        ax.set_ylabel("false alarms per hour")
+        ax.set_ylim(bottom=0)
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower right", frameon=False)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    if path:
+        fig.savefig(path, dpi=80)
+    return fig
 
 
 def key_frames(row: Dict[str, Any], img_dir: str, stem: str, snippet_len: int) -> List[Dict[str, Any]]:
@@ -224,9 +296,16 @@ def _model_line(s: Dict[str, Any]) -> str:
     return " · ".join(str(p) for p in parts)
 
 
+def _num(v, fmt: str = ".3g") -> str:
+    return format(v, fmt) if isinstance(v, (int, float)) and np.isfinite(v) else "–"
+
+
 def render_html(summary: Dict[str, Any], counts: Dict[str, int], events: List[Dict[str, Any]],
-                videos: List[Dict[str, Any]]) -> str:
+                videos: List[Dict[str, Any]], at: Optional[Dict[str, float]] = None,
+                curve_img: Optional[str] = None, rule=None) -> str:
     e = html.escape
+    at = at or {}
+    op = summary.get("operating_point") or {}
     rows = [
         ("videos scored", f"{counts['videos']:,}"), ("flagged", f"{counts['flagged']:,}"),
         ("failed", f"{summary.get('videos_failed_total', summary.get('videos_failed', 0)):,}"),
@@ -234,9 +313,26 @@ def render_html(summary: Dict[str, Any], counts: Dict[str, int], events: List[Di
         ("throughput", f"{summary.get('snippets_per_s', '?')} snippets/s in the last run "
                        f"({summary.get('elapsed_s', '?')} s)"),
         ("model", _model_line(summary)),
-        ("thresholds", f"snippet score > {summary.get('threshold', '?')}; events merged across gaps ≤ "
-                       f"{summary.get('merge_gap', '?')} snippets, at least {summary.get('min_snippets', '?')} long"),
+        ("event rule", rule.describe() if rule is not None else f"snippet score > {summary.get('threshold', '?')}"),
+        ("operating point", op.get("source", "not recorded (scored by an earlier version)")
+         + (f"; chosen by {', '.join(f'{k}={v}' for k, v in op['chosen_by'].items() if v is not None)}"
+            if op.get("chosen_by") else "")
+         + (f"; flags over it: {', '.join(op['flags_over_it'])}" if op.get("flags_over_it") else "")),
     ]
+    if at:
+        rows.append(("alerts", f"{_num(at.get('alerts_per_hour'))} events per hour over "
+                               f"{_num(at.get('hours_scanned'))} h of footage"))
+    if "false_alarms_per_hour" in at:
+        rows.append(("at this operating point",
+                     f"{_num(at['false_alarms_per_hour'])} false alarms per hour of normal footage "
+                     f"({at['false_alarms']} in {_num(at['normal_hours'])} h); event recall "
+                     f"{_num(at['event_recall'])}, event precision {_num(at['event_precision'])} (an event and a "
+                     f"ground-truth interval match when they overlap)"))
+    if (op.get("on_validation") or {}).get("false_alarms_per_hour") is not None:
+        v = op["on_validation"]
+        rows.append(("on its validation footage", f"{_num(v.get('false_alarms_per_hour'))} false alarms per hour, "
+                                                  f"event recall {_num(v.get('event_recall'))}, event precision "
+                                                  f"{_num(v.get('event_precision'))}"))
     if summary.get("feature_mismatch"):
         rows.append(("FEATURES DO NOT FIT THE MODEL", f"scored anyway (--allow-feature-mismatch): "
                                                       f"{summary['feature_mismatch']}"))
@@ -250,6 +346,11 @@ def render_html(summary: Dict[str, Any], counts: Dict[str, int], events: List[Di
            "<h2>Run summary</h2><table class='summary'>"]
     out += [f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in rows]
     out.append("</table>")
+    if curve_img:
+        out.append("<h2>Operating curve</h2><div class='meta'>false alarms per hour of normal footage against event "
+                   "recall over thresholds (the other settings of the event rule kept); the dot is this run's "
+                   "operating point</div>")
+        out.append(f"<img src='{curve_img}' alt='operating curve' width='440'>")
     shown = f"the {len(events)} strongest of {counts['events']:,}" if len(events) < counts["events"] else \
         f"all {len(events)}"
     out.append(f"<h2>Events ({shown})</h2>")
@@ -309,7 +410,8 @@ def build_report(out_dir: str, summary: Optional[Dict[str, Any]] = None, gt_path
         sp = storage.join(out_dir, layout.SCORE_SUMMARY)
         summary = json.loads(storage.read_text(sp)) if storage.isfile(sp) else {}
     snippet_len = int(snippet_len or summary.get("snippet_len") or 16)
-    threshold = float(summary.get("threshold", 0.5))
+    rule = summary_rule(summary)
+    threshold = rule.threshold
     gt = read_gt(gt_path) if gt_path else {}
     counts = output_totals(scores)
     top, events = _scan(scores, top_n)
@@ -320,6 +422,27 @@ def build_report(out_dir: str, summary: Optional[Dict[str, Any]] = None, gt_path
         local_dir = tmp.name
     img_dir = os.path.join(local_dir, "img")
     os.makedirs(img_dir, exist_ok=True)
+    # how the operating point does here: alerts per hour always; with ground truth, false
+    # alarms per hour of normal footage, event recall and precision, and the curve
+    at = {"hours_scanned": counts["hours"],
+          "alerts_per_hour": counts["events"] / counts["hours"] if counts["hours"] > 0 else float("nan")}
+    curve_img = None
+    if gt_path:
+        from vadclip.metrics.operating import curve, operating_stats
+
+        footage = operating_footage(scores, gt, snippet_len)
+        stats = operating_stats(footage, rule)
+        at.update({k: stats[k] for k in ("false_alarms_per_hour", "false_alarms", "normal_hours", "event_recall",
+                                         "event_precision", "event_f1", "frame_precision", "frame_recall")})
+        fig = plot_operating_curve(curve(footage, rule), stats, os.path.join(img_dir, "operating_curve.png"),
+                                   title="false alarms per hour against event recall, over thresholds")
+        if on_figure is not None:
+            on_figure(fig, "operating_curve.png")
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+        curve_img = "img/operating_curve.png"
+        del footage
     videos = []
     for r in top:
         row = full.get(r["video_id"], r)
@@ -328,7 +451,7 @@ def build_report(out_dir: str, summary: Optional[Dict[str, Any]] = None, gt_path
                       intervals_of(gt, r["video_id"]) or None, on_figure)
         videos.append(dict(row, timeline=f"img/{stem}_timeline.png",
                            frames=key_frames(row, img_dir, stem, snippet_len)))
-    page = render_html(summary, counts, events, videos)
+    page = render_html(summary, counts, events, videos, at, curve_img, rule)
     with open(os.path.join(local_dir, "index.html"), "w", encoding="utf-8") as fh:
         fh.write(page)
     dest = layout.report_dir(out_dir)
@@ -337,7 +460,8 @@ def build_report(out_dir: str, summary: Optional[Dict[str, Any]] = None, gt_path
     if tmp is not None:
         tmp.cleanup()
     return {"report": storage.join(dest, "index.html"), "videos_shown": len(videos),
-            "events_shown": len(events), **{f"{k}_total": v for k, v in counts.items()}}
+            "events_shown": len(events), **{f"{k}_total": v for k, v in counts.items()},
+            "at_operating_point": at}
 
 
 def rebuild_report(out_dir: str, gt_path: Optional[str] = None, top_n: int = 50) -> Dict[str, Any]:

@@ -225,3 +225,67 @@ def model_identity(model_uri: str, tracking_uri: Optional[str]) -> Dict[str, Any
     except MlflowException:
         pass
     return {"model_name": name, "model_version": version, "model_alias": alias}
+
+
+# ------------------------------------------------------------------ operating points
+OPERATING_POINT_TAG = "vadclip_operating_point"
+OPERATING_POINT_RUN_TAG = "vadclip_operating_point_run"
+
+
+def registered_version(model_uri: str, tracking_uri: Optional[str]):
+    """(name, version) of ``models:/NAME@ALIAS`` or ``models:/NAME/V``; None for any other
+    model (a file, ``runs:/…``).  An alias or version that does not exist is an
+    :class:`InputError` naming it."""
+    if not model_uri.startswith("models:/"):
+        return None
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from vadclip.tracking.runs import use_store
+
+    ref = model_uri[len("models:/"):]
+    client = MlflowClient(tracking_uri=use_store(tracking_uri))
+    try:
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            return name, str(client.get_model_version_by_alias(name, alias).version)
+        if "/" in ref:
+            name, version = ref.split("/", 1)
+            if version.isdigit():
+                return name, str(client.get_model_version(name, version).version)
+    except MlflowException as e:
+        raise InputError(f"model {model_uri}: {one_line(e, 300)}") from None
+    return None    # models:/NAME/latest and the like: no fixed version to hold a tag
+
+
+def operating_point_of(model_uri: str, tracking_uri: Optional[str]) -> Optional[str]:
+    """The operating point (JSON) stored on the registered model version ``model_uri``
+    names, or None (not a registered version, or none calibrated)."""
+    nv = registered_version(model_uri, tracking_uri)
+    if nv is None:
+        return None
+    from mlflow.tracking import MlflowClient
+
+    from vadclip.tracking.runs import use_store
+
+    mv = MlflowClient(tracking_uri=use_store(tracking_uri)).get_model_version(*nv)
+    return mv.tags.get(OPERATING_POINT_TAG)
+
+
+def store_operating_point(model_uri: str, tracking_uri: Optional[str], op_json: str,
+                          run_id: Optional[str] = None) -> Optional[str]:
+    """Store an operating point (JSON) on the registered model version of ``model_uri``
+    as a model version tag (and the calibration run's id beside it); returns
+    ``models:/NAME/V``, or None when ``model_uri`` names no registered version."""
+    nv = registered_version(model_uri, tracking_uri)
+    if nv is None:
+        return None
+    from mlflow.tracking import MlflowClient
+
+    from vadclip.tracking.runs import use_store
+
+    client = MlflowClient(tracking_uri=use_store(tracking_uri))
+    client.set_model_version_tag(nv[0], nv[1], OPERATING_POINT_TAG, op_json)
+    if run_id:
+        client.set_model_version_tag(nv[0], nv[1], OPERATING_POINT_RUN_TAG, run_id)
+    return f"models:/{nv[0]}/{nv[1]}"

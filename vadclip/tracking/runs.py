@@ -169,9 +169,37 @@ def log_scoring_run(experiment: str, tracking_uri: Optional[str], run_name: str,
             if v:
                 mlflow.set_tag(k, v)
         log_feature_set(features, "archive", "scoring")
-        report(report_dir, lambda fig, name: mlflow.log_figure(fig, f"timelines/{name}"))
+        report(report_dir, lambda fig, name: mlflow.log_figure(fig, name))
         mlflow.log_metrics({k: float(v) for k, v in summary.items()
                             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                             and k not in skip_metrics})
         mlflow.log_dict(summary, "score_summary.json")
         mlflow.log_artifacts(report_dir, artifact_path="report")
+
+
+# --------------------------------------------------------------- calibration runs
+def log_calibration_run(experiment: str, tracking_uri: Optional[str], model_uri: str, features: str, op,
+                        curve, figure=None) -> str:
+    """One MLflow run for a calibration: the target and event rule as parameters, what
+    the operating point gives on the validation footage as metrics, the operating point
+    (``op``, an :class:`OperatingPoint`) and the scanned ``curve`` as JSON artifacts and
+    ``figure`` (false alarms per hour against event recall) as an image.  Returns its id."""
+    import math
+
+    import mlflow
+
+    use_experiment(experiment, tracking_uri)
+    with mlflow.start_run(run_name="calibrate") as run:
+        mlflow.log_params({"model_uri": model_uri, "features": features,
+                           **{k: v for k, v in op.chosen_by.items() if v is not None},
+                           **{f"rule_{k}": v for k, v in vars(op.rule).items() if k != "threshold"}})
+        mlflow.set_tag("vadclip_calibrated_model", model_uri)
+        log_feature_set(features, "validation", "calibration")
+        mlflow.log_metrics({k: float(v) for k, v in op.on_validation.items()
+                            if isinstance(v, (int, float)) and math.isfinite(v)})
+        mlflow.log_dict(op.to_dict(), "operating_point.json")
+        mlflow.log_dict({"curve": [{k: (v if math.isfinite(v) else None) for k, v in c.items()} for c in curve]},
+                        "operating_curve.json")
+        if figure is not None:
+            mlflow.log_figure(figure, "operating_curve.png")
+        return run.info.run_id
