@@ -46,6 +46,10 @@ def rank_batch_size(cfg: VadConfig, world: int) -> int:
     return max(1, cfg.batch_size // world)
 
 
+def _shard_name(rank: int) -> str:
+    return f"train_rank{rank}"
+
+
 # ------------------------------------------------------------------ the Ray adapter
 @dataclass
 class WorkerConfig:
@@ -79,18 +83,20 @@ def _quiet_ray_train_logs():
 
 
 def _cache_shard(rank: int):
-    """Stream this worker's shard (already in the training view) onto node-local disk."""
+    """Stream this worker's shard (already in the training view; the videos dealt to
+    this rank, :func:`vadclip.train.batches.deal`) onto node-local disk, in key order."""
     import ray.train
 
     from vadclip.train.batches import ShardCache
 
     cache = ShardCache(prefix=f"vadclip-shard-r{rank}-")
     try:
-        for b in ray.train.get_dataset_shard("train").iter_batches(batch_size=16, batch_format="numpy",
-                                                                   prefetch_batches=1):
-            cache.append(b["x"], b["length"], b["y"], b["label"])
+        for b in ray.train.get_dataset_shard(_shard_name(rank)).iter_batches(batch_size=16, batch_format="numpy",
+                                                                             prefetch_batches=1):
+            cache.append(b["x"], b["length"], b["y"], b["label"], b["key"])
         if not len(cache):
             raise RuntimeError(f"worker {rank} received no training rows; use fewer workers")
+        cache.freeze()
     except BaseException:
         cache.close()
         raise
@@ -141,7 +147,8 @@ class _RayRank:
                 log.info(f"[train] resumed from checkpoint after epoch {self.loop.state.start_epoch}")
         self.loop.model = ray.train.torch.prepare_model(model)
         if self.rank == 0 and wc.has_eval:
-            self.loop.eval_rows = list(ray.train.get_dataset_shard("eval").iter_rows())
+            self.loop.eval_rows = sorted(ray.train.get_dataset_shard("eval").iter_rows(),
+                                         key=lambda r: (str(r["video_id"]), int(r["crop"])))
             self.loop.gt = wc.gt
 
     def _fault_in_epoch(self, epoch: int, i: int, n: int) -> None:
@@ -324,10 +331,19 @@ def _run_train(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_pat
     except ValueError as exc:
         raise InputError(f"{train_path}: {exc}") from None
     cfg_dict = cfg.to_dict()
-    # shuffle once so every worker's shard mixes normal and abnormal videos
-    train_ds = ray.data.read_parquet(dataset_files(train_path)).random_shuffle(seed=cfg.seed).map_batches(
+    # each rank's videos are dealt by the seed (normal and abnormal alike on every rank), not
+    # by the order in which Ray Data happens to deliver blocks: a seed trains the same way twice
+    from vadclip.train.batches import deal
+
+    hands = deal([(r["video_id"], r["label"]) for r in checked["meta"].select(["video_id", "label"]).to_pylist()],
+                 cfg, o.num_workers, cfg.seed)
+    if any(not h for h in hands):
+        raise InputError(f"{train_path}: {len(labels)} training rows cannot be shared by {o.num_workers} workers; "
+                         "use fewer workers")
+    files = dataset_files(train_path)
+    datasets = {_shard_name(r): ray.data.read_parquet(files).filter(expr=col("video_id").is_in(hand)).map_batches(
         _prep_batch, fn_kwargs={"cfg_dict": cfg_dict}, batch_size=16, batch_format="numpy")
-    datasets = {"train": train_ds}
+        for r, hand in enumerate(hands)}
     if eval_path:
         datasets["eval"] = ray.data.read_parquet(dataset_files(eval_path)).filter(expr=col("crop") == checked["eval_crop"])
 
@@ -368,7 +384,7 @@ def _run_train(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_pat
                                      checkpoint_config=CheckpointConfig(num_to_keep=3,
                                                                         checkpoint_score_attribute="score",
                                                                         checkpoint_score_order="max")),
-                datasets=datasets, dataset_config=DataConfig(datasets_to_split=["train"]),
+                datasets=datasets, dataset_config=DataConfig(datasets_to_split=[]),
             )
             result = trainer.fit()
             if result.error:

@@ -32,8 +32,26 @@ def prepare_batch(batch: Dict[str, Sequence], cfg: VadConfig) -> Dict[str, np.nd
         row = {k: batch[k][i] for k in ("video_id", "features", "snippet_count", "feature_dim", "label")}
         x, n, y = prepare_row(row, cfg)
         xs.append(x), ns.append(n), ys.append(y)
+    crops = batch["crop"] if "crop" in batch else [0] * len(batch["video_id"])
     return {"x": np.stack(xs), "length": np.asarray(ns, np.int64), "y": np.stack(ys),
-            "label": np.asarray([str(v) for v in batch["label"]], dtype=object)}
+            "label": np.asarray([str(v) for v in batch["label"]], dtype=object),
+            "key": np.asarray([f"{v}\x00{int(c)}" for v, c in zip(batch["video_id"], crops)], dtype=object)}
+
+
+def deal(videos: Sequence[Tuple[str, str]], cfg: VadConfig, ranks: int, seed: int) -> List[List[str]]:
+    """Which videos each training rank gets: ``videos`` = (video_id, label) pairs (one
+    per video), shuffled with ``seed`` and dealt round-robin, normal and abnormal videos
+    separately, so that every rank holds the same share of each (balanced batches need
+    both on every rank) and the split depends on the seed alone, never on the order in
+    which a cluster happens to deliver the rows."""
+    rng = np.random.default_rng(seed)
+    ids = sorted(set(videos))
+    out: List[List[str]] = [[] for _ in range(ranks)]
+    for side in (True, False):
+        group = [v for v, lab in ids if bool(cfg.is_normal(lab)) == side]
+        for k, i in enumerate(rng.permutation(len(group))):
+            out[k % ranks].append(group[int(i)])
+    return out
 
 
 def batch_plan(labels: Sequence[str], cfg: VadConfig, epoch_seed: int, batch_size: Optional[int] = None,
@@ -78,12 +96,17 @@ class ShardCache:
         self.lengths: List[int] = []
         self.labels: List[str] = []
         self._y: List[np.ndarray] = []
+        self.keys: List[str] = []
+        self._order: Optional[np.ndarray] = None     # logical index → record in the file (see freeze)
         self._unflushed = False
 
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def append(self, x: np.ndarray, lengths: Iterable[int], y: np.ndarray, labels: Iterable[str]) -> None:
+    def append(self, x: np.ndarray, lengths: Iterable[int], y: np.ndarray, labels: Iterable[str],
+               keys: Optional[Iterable[str]] = None) -> None:
+        if self._order is not None:
+            raise RuntimeError("ShardCache: rows appended after freeze()")
         x = np.ascontiguousarray(x, np.float32)
         if self.shape is None:
             self.shape = tuple(x.shape[1:])
@@ -95,6 +118,19 @@ class ShardCache:
         self.lengths.extend(int(n) for n in lengths)
         self._y.extend(np.asarray(y, np.float32))
         self.labels.extend(str(v) for v in labels)
+        self.keys.extend(str(k) for k in keys) if keys is not None else \
+            self.keys.extend(str(len(self.keys) + i) for i in range(len(x)))
+
+    def freeze(self) -> None:
+        """Put the rows in the order of their keys (video id and crop), whatever order
+        they streamed in: batch plans index this order, so a seed gives the same batches
+        on every run."""
+        order = np.asarray(sorted(range(len(self.keys)), key=self.keys.__getitem__), np.int64)
+        self.lengths = [self.lengths[i] for i in order]
+        self._y = [self._y[i] for i in order]
+        self.labels = [self.labels[i] for i in order]
+        self.keys = [self.keys[i] for i in order]
+        self._order = order
 
     def batch(self, idx: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(features [B, L, D], lengths [B], labels [B, C]) of rows ``idx``."""
@@ -104,7 +140,8 @@ class ShardCache:
         out = np.empty((len(idx), *self.shape), np.float32)
         size = out[0].nbytes
         for j, i in enumerate(idx):
-            got = os.preadv(self._file.fileno(), [memoryview(out[j]).cast("B")], int(i) * size)
+            rec = int(self._order[i]) if self._order is not None else int(i)
+            got = os.preadv(self._file.fileno(), [memoryview(out[j]).cast("B")], rec * size)
             if got != size:
                 raise IOError(f"{self.dir}: short read of row {i} ({got} of {size} bytes)")
         return (torch.from_numpy(out), torch.tensor([self.lengths[i] for i in idx], dtype=torch.long),
