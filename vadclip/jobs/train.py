@@ -273,6 +273,16 @@ class TrainOptions:
     allow_feature_mismatch: bool = option(False, help="evaluate on --eval features whose provenance differs from "
                                                       "--train's (recorded as an MLflow tag; default: refused in "
                                                       "one line, exit 2)")
+    seeds: Optional[str] = option(None, group="many seeds (vadclip.jobs.seeds)",
+                                  help="train one model per seed, concurrently, e.g. 0,1,2,3,4: an MLflow parent run "
+                                       "with mean, std, min and max of every metric; the best seed is registered")
+    repeats: Optional[int] = option(None, group="many seeds (vadclip.jobs.seeds)",
+                                    help="as --seeds, with this many seeds from the config's seed on")
+    max_concurrent: Optional[int] = option(None, group="many seeds (vadclip.jobs.seeds)",
+                                           help="seeds training at once (default: as many as the cluster's GPUs, or "
+                                                "CPUs less one for Ray Data, hold)")
+    mlflow_parent_run_id: Optional[str] = option(None, cli=False, help="the MLflow run this training is a child of "
+                                                                       "(set for each seed of --seeds)")
 
 
 def run_train(train_path: str, cfg: VadConfig, storage_path: Optional[str] = None, run_name: Optional[str] = None,
@@ -289,6 +299,10 @@ def run_train(train_path: str, cfg: VadConfig, storage_path: Optional[str] = Non
     o = dataclasses.replace(opts or TrainOptions(), **options,
                             **({"storage": storage_path} if storage_path is not None else {}),
                             **({"run_name": run_name} if run_name is not None else {}))
+    if o.seeds or o.repeats:
+        from vadclip.jobs.seeds import run_seeds
+
+        return run_seeds(train_path, cfg, eval_path, gt_path, o, log or logging.getLogger("vadclip").info)
     return _run_train(train_path, cfg, eval_path, gt_path, o, log or logging.getLogger("vadclip").info)
 
 
@@ -347,7 +361,8 @@ def _run_train(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_pat
     if eval_path:
         datasets["eval"] = ray.data.read_parquet(dataset_files(eval_path)).filter(expr=col("crop") == checked["eval_crop"])
 
-    run = TrainingRun(o.experiment, o.tracking_uri, o.run_name, storage.join(o.storage, o.run_name))
+    run = TrainingRun(o.experiment, o.tracking_uri, o.run_name, storage.join(o.storage, o.run_name),
+                      parent_run_id=o.mlflow_parent_run_id)
     run_id, tracking_uri = run.run_id, run.tracking_uri
     result_path = storage.join(o.storage, o.run_name, "best", "result.json")
     try:
@@ -396,7 +411,7 @@ def _run_train(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_pat
                 k: v for k, v in best_metrics.items() if isinstance(v, (int, float))}}))
         summary = {"best_checkpoint": best_path, "best_metrics": {k: v for k, v in best_metrics.items()
                                                                   if isinstance(v, (int, float))},
-                   "metric": metric, "mlflow_run_id": run_id, "tracking_uri": tracking_uri}
+                   "metric": metric, "mlflow_run_id": run_id, "tracking_uri": tracking_uri, "seed": cfg.seed}
         from vadclip.tracking.registry import log_and_register
 
         summary.update(log_and_register(best_path, run_id, tracking_uri, o.register_name, o.alias, metric,

@@ -221,6 +221,35 @@ def plot_operating_curve(curve: List[Dict[str, float]], point: Optional[Dict[str
     return fig
 
 
+def plot_seed_curves(histories: Dict[Any, Dict[str, List]], metrics: List[str], best: Any = None,
+                     path: Optional[str] = None):
+    """One panel per metric, one line per seed (``histories`` = {seed: {metric: [(step,
+    value)]}}), the best seed drawn thicker; saved to ``path`` when given.  Returns the
+    figure (the caller closes it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.0 * len(metrics), 3.4), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        for seed, h in sorted(histories.items(), key=lambda kv: str(kv[0])):
+            pts = h.get(m) or []
+            if pts:
+                x, y = zip(*pts)
+                ax.plot(x, y, lw=2.2 if seed == best else 1.0, alpha=1.0 if seed == best else 0.7,
+                        label=f"seed {seed}" + (" (best)" if seed == best else ""))
+        ax.set_title(m, fontsize=10)
+        ax.set_xlabel("step (epoch, or evaluation point)")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    if path:
+        fig.savefig(path, dpi=80)
+    return fig
+
+
 def key_frames(row: Dict[str, Any], img_dir: str, stem: str, snippet_len: int) -> List[Dict[str, Any]]:
     """JPEG thumbnails at the start, peak and end of the first events of a video;
     an empty list (with a warning) when the video cannot be read any more."""

@@ -106,7 +106,8 @@ class TrainingRun:
     """The MLflow run of one training (``--run-name`` under ``--storage``): found again
     when an interrupted training with the same name and storage runs again."""
 
-    def __init__(self, experiment: str, tracking_uri: Optional[str], run_name: str, key: str):
+    def __init__(self, experiment: str, tracking_uri: Optional[str], run_name: str, key: str,
+                 parent_run_id: Optional[str] = None):
         import mlflow
         from mlflow.tracking import MlflowClient
 
@@ -119,8 +120,8 @@ class TrainingRun:
         if runs:
             self.run_id = runs[0].info.run_id
         else:
-            with mlflow.start_run(run_name=run_name) as r:
-                mlflow.set_tag("vadclip_storage", key)
+            tags = {"vadclip_storage": key, **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
+            with mlflow.start_run(run_name=run_name, tags=tags) as r:
                 self.run_id = r.info.run_id
 
     def finished(self) -> bool:
@@ -203,3 +204,39 @@ def log_calibration_run(experiment: str, tracking_uri: Optional[str], model_uri:
         if figure is not None:
             mlflow.log_figure(figure, "operating_curve.png")
         return run.info.run_id
+
+
+# ------------------------------------------------------------------ many seeds
+def metric_histories(run_ids: dict, tracking_uri: Optional[str], metrics) -> dict:
+    """{key: {metric: [(step, value), ...]}} of the runs ``run_ids`` = {key: run_id}."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    return {k: {m: sorted((h.step, h.value) for h in client.get_metric_history(rid, m)) for m in metrics}
+            for k, rid in run_ids.items()}
+
+
+def log_seed_summary(parent_run_id: str, tracking_uri: Optional[str], aggregate: dict, best_seed: int,
+                     best_run_id: str, figure, per_seed: dict) -> None:
+    """The parent run of a many-seed training: ``METRIC_mean/_std/_min/_max`` for every
+    aggregated metric, the best seed (tags), the per-seed figures as a JSON artifact and
+    the curves of every seed as an image."""
+    import math
+    import time
+
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    ts = int(time.time() * 1000)
+    metrics = [Metric(f"{k}_{stat}", float(v[stat]), ts, 0) for k, v in aggregate.items()
+               for stat in ("mean", "std", "min", "max")]
+    for i in range(0, len(metrics), 500):
+        client.log_batch(parent_run_id, metrics=metrics[i:i + 500])
+    client.set_tag(parent_run_id, "vadclip.best_seed", str(best_seed))
+    client.set_tag(parent_run_id, "vadclip.best_seed_run", best_run_id)
+    clean = {str(s): {k: v for k, v in m.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+             for s, m in per_seed.items()}
+    client.log_dict(parent_run_id, {"aggregate": aggregate, "per_seed": clean}, "seeds.json")
+    if figure is not None:
+        client.log_figure(parent_run_id, figure, "seed_curves.png")
