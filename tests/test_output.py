@@ -37,3 +37,30 @@ def test_every_video_has_one_writer_whatever_the_process():
     owners = {shard_of(f"cam{i}", 4) for i in range(200)}
     assert owners == {0, 1, 2, 3}
     assert shard_of("cam7", 4) == shard_of("cam7", 4)
+
+
+def test_a_later_run_takes_the_lease_and_the_earlier_runs_writers_stop(tmp_path):
+    """A writer that outlived its driver (the zombie window after a killed driver) must
+    not commit rows the new run writes too: the new run takes the output's lease and
+    the old writer's next commit fails without writing a part."""
+    import pytest
+
+    from vadclip.io.parts import LeaseLost
+
+    schema = pa.schema([("video_id", pa.string()), ("path", pa.string())])
+    old = ResumableOutput(str(tmp_path / "rows"), str(tmp_path / "errors"))
+    old_run = old.start()
+    ow, _ = old.writers(old_run, schema, schema, rows_per_file=10, flush_seconds=None)
+    ow.add([{"video_id": "v1", "path": "/v1.mp4"}])
+    ow.flush()                                          # holds the lease: committed
+    new = ResumableOutput(str(tmp_path / "rows"), str(tmp_path / "errors"))
+    new_run = new.start()
+    assert new_run != old_run
+    ow.add([{"video_id": "v2", "path": "/v2.mp4"}])
+    with pytest.raises(LeaseLost, match=new_run):
+        ow.flush()
+    nw, _ = new.writers(new_run, schema, schema, rows_per_file=10, flush_seconds=None)
+    nw.add([{"video_id": "v2", "path": "/v2.mp4"}])
+    nw.flush()
+    done, _ = new.ids("video_id")
+    assert sorted(done) == ["v1", "v2"] and len(part_files(str(tmp_path / "rows"))) == 2

@@ -50,8 +50,10 @@ class PartWriter:
     the job's duration / ``flush_seconds``."""
 
     def __init__(self, directory: str, schema: pa.Schema, rows_per_file: int, run_id: str,
-                 flush_seconds: Optional[float] = 60.0, clock=time.monotonic, identities: bool = False) -> None:
+                 flush_seconds: Optional[float] = 60.0, clock=time.monotonic, identities: bool = False,
+                 guard=None) -> None:
         self.dir, self.schema, self.rows_per_file, self.run_id = directory, schema, rows_per_file, run_id
+        self.guard = guard          # called before each commit; raises when this run may no longer write
         # rows carry "input_identity" (not a column): kept per path in each part's metadata
         self.identities = identities
         self.flush_seconds, self.clock = flush_seconds, clock
@@ -84,7 +86,10 @@ class PartWriter:
             if self.identities:
                 ids = {r["path"]: r.get("input_identity") or None for r in rows}
                 schema = schema.with_metadata({**(schema.metadata or {}), IDENTITY_KEY: json.dumps(ids).encode()})
-            write_part(self.dir, name, pa.Table.from_pylist(rows, schema=schema))
+            table = pa.Table.from_pylist(rows, schema=schema)
+            if self.guard is not None:
+                self.guard()
+            write_part(self.dir, name, table)
             self.parts += 1
         self._oldest = None
 
@@ -120,6 +125,35 @@ def part_files(directory: str) -> List[str]:
 def _before_markers(directory: str, marked) -> bool:
     """A local folder written before commit markers existed (no marker folder at all)."""
     return not marked and storage.is_local(directory) and not storage.exists(storage.join(directory, MARKERS))
+
+
+LEASE = "_lease"
+
+
+class LeaseLost(RuntimeError):
+    """Another run of the same output has started: this run's writers stop."""
+
+
+def take_lease(directory: str, run_id: str) -> None:
+    """The output folder ``directory`` is now written by ``run_id`` alone (a small
+    object beside the parts; a run that started later takes it over)."""
+    storage.makedirs(directory)
+    storage.write_text(storage.join(directory, LEASE), run_id)
+
+
+def check_lease(directory: str, run_id: str) -> None:
+    """Raise :class:`LeaseLost` unless ``run_id`` still holds the lease of ``directory``
+    (no lease at all: an output written before leases existed, or by a single process)."""
+    path = storage.join(directory, LEASE)
+    try:
+        holder = storage.read_text(path).strip()
+    except OSError:
+        if not storage.exists(path):
+            return
+        raise
+    if holder != run_id:
+        raise LeaseLost(f"{directory}: a later run ({holder}) writes this output now; the writers of run {run_id} "
+                        "stop without committing")
 
 
 def remove_uncommitted(directory: str) -> int:

@@ -30,7 +30,7 @@ from vadclip.errors import InputError, MissingInputError
 from vadclip.io.ids import video_id
 from vadclip.io.features import ERROR_SCHEMA, FEATURE_SCHEMA, feature_row
 from vadclip.io import layout
-from vadclip.io.parts import drop_rows, new_run_id
+from vadclip.io.parts import drop_rows
 from vadclip.io.tables import read_records
 from vadclip.jobs.faults import exit_once
 from vadclip.jobs.output import ResumableOutput, Ticker, block_columns, placements, shard_of
@@ -723,7 +723,7 @@ def extract_and(source: str, out_dir: str, opts: ExtractOptions, scorer=None, re
     results: List[Dict[str, Any]] = []
     if plan.todo:
         ensure_ray(address)
-        sink = VideoSink(plan.output, provenance.with_provenance(FEATURE_SCHEMA, plan.prov), new_run_id(), opts,
+        sink = VideoSink(plan.output, provenance.with_provenance(FEATURE_SCHEMA, plan.prov), plan.output.run_id, opts,
                          n=opts.num_writers or max(1, opts.num_encoders), scorer=scorer)
         try:
             _pipeline(plan, opts, log).write_datasink(sink.datasink())

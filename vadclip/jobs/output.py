@@ -23,7 +23,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 import numpy as np
 import pyarrow as pa
 
-from vadclip.io.parts import PartWriter, read_column, read_identities, remove_uncommitted
+from vadclip.io.parts import (PartWriter, check_lease, new_run_id, read_column, read_identities,
+                               remove_uncommitted, take_lease)
 
 
 @dataclass
@@ -31,11 +32,22 @@ class ResumableOutput:
     """The rows and error tables of one job's output folder."""
     rows_dir: str
     errors_dir: str
+    run_id: Optional[str] = None       # the run holding the output's lease (set by start)
 
-    def start(self) -> None:
-        """Before a run: the parts an interrupted run left uncommitted go."""
+    def start(self) -> str:
+        """Before a run: this run takes the output's lease (the writers of an earlier run
+        that outlived its driver stop at their next commit), then the parts an interrupted
+        run left uncommitted go.  Returns the new run's id."""
+        self.run_id = new_run_id()
+        take_lease(self.rows_dir, self.run_id)
         for d in (self.rows_dir, self.errors_dir):
             remove_uncommitted(d)
+        return self.run_id
+
+    def guard(self) -> None:
+        """Before each commit: raises :class:`LeaseLost` once a later run holds the lease."""
+        if self.run_id is not None:
+            check_lease(self.rows_dir, self.run_id)
 
     def identities(self) -> Tuple[Dict[str, Optional[str]], Dict[str, Optional[str]]]:
         """``({path: input identity}`` of the done rows, the same of the failed ones)."""
@@ -47,8 +59,10 @@ class ResumableOutput:
 
     def writers(self, run_id: str, schema: pa.Schema, error_schema: pa.Schema, rows_per_file: int,
                 flush_seconds: Optional[float], identities: bool = False) -> Tuple[PartWriter, PartWriter]:
-        return (PartWriter(self.rows_dir, schema, rows_per_file, run_id, flush_seconds, identities=identities),
-                PartWriter(self.errors_dir, error_schema, 64, run_id, flush_seconds, identities=identities))
+        return (PartWriter(self.rows_dir, schema, rows_per_file, run_id, flush_seconds, identities=identities,
+                           guard=self.guard),
+                PartWriter(self.errors_dir, error_schema, 64, run_id, flush_seconds, identities=identities,
+                           guard=self.guard))
 
 
 def shard_of(video_id: str, n: int) -> int:

@@ -25,7 +25,7 @@ from vadclip.io.features import ERROR_SCHEMA
 from vadclip.io.provenance import check_fit
 from vadclip.jobs.output import ResumableOutput, row_sink
 from vadclip.metrics.operating import DEFAULT_RULE, EventRule, OperatingPoint
-from vadclip.io.parts import dataset_files, new_run_id, read_column, read_table
+from vadclip.io.parts import dataset_files, read_column, read_table
 from vadclip.report.html import build_report, output_totals
 
 EVENT_TYPE = pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("start_frame", pa.int64()),
@@ -39,8 +39,8 @@ SCORE_SCHEMA = pa.schema([
 ])
 
 
-RULE_GROUP = "event rule (default: the model's operating point from `vadclip calibrate`, else threshold 0.5, " \
-             "no hysteresis, no minimum duration, 1 s merge gap)"
+RULE_GROUP = "event rule (flags not given come from the model's operating point, see `vadclip calibrate`; " \
+             "without one: threshold 0.5, no hysteresis, no minimum duration, 1 s merge gap)"
 
 
 @dataclass
@@ -346,12 +346,11 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
     ensure_ray(address)
     storage.makedirs(out_dir)
     output = ResumableOutput(_scores_dir(out_dir), layout.score_errors_dir(out_dir))
-    output.start()
+    run_id = output.start()
     t0 = time.time()
     extract_summary = None
     done, _ = output.ids("video_id")           # scored by earlier runs
     ckpt_ref = ray.put(checkpoint_dict(model))
-    run_id = new_run_id()
     n = {"rows": 0, "errors": 0, "snippets": 0, "duplicates": 0, "failures": []}
     todo = None                                 # None: every feature row not scored yet
     if features is None:
