@@ -4,14 +4,26 @@ extraction job — the workers writing (the job as it is: a Datasink sending chu
 writer actors) side by side with the driver as the sink (the job before: every encoded
 chunk pulled to the driver with ``iter_rows``, stitched and written there).
 
-    python bench/driver.py [--videos 32] [--short 48] [--long 6400] [--crops 10] [--rounds 3]
+    python bench/driver.py [--videos 32] [--short 48] [--long 6400] [--wide-dim 4096] [--crops 10] [--rounds 3]
 
 Cheap stages, so that bytes, not the encoder, set the pace: small videos (64x48), a
 tiny random-init CLIP at 32x32 pixels widened to 512-d features (as ViT-B-16 writes).
 Target: at most 1 s of driver CPU per GB, and a driver peak memory that does not grow
-with video length.
+with video length (measured as the growth of the driver's resident memory during each
+run over what it held at the run's start, since earlier runs in the same process leave
+memory behind).
+
+Two marginal costs per GB, each from medians of alternating rounds:
+* short → long videos (the issue's measure): more bytes, but also more chunks, more
+  tasks and a longer run; on this 2-core machine, whose encoders produce ~15 MB/s, it
+  is dominated by what the driver spends per second of a running pipeline (Ray Data's
+  scheduling loop), not by the bytes;
+* long → long at ``--wide-dim`` features (the same videos, chunks and tasks; 8x the
+  bytes): what the bytes themselves cost the driver.  This is the one that caps a
+  cluster: a driver core coordinates at most 1 / (s/GB) GB of features per second.
 """
 import argparse
+import dataclasses
 import os
 import resource
 import shutil
@@ -41,6 +53,7 @@ class RSS:
 
     def __init__(self):
         self.peak, self._stop = 0, threading.Event()
+        self.start = self._now()     # what earlier runs in this process left resident
         threading.Thread(target=self._run, daemon=True).start()
 
     def _now(self):
@@ -95,11 +108,12 @@ def one_run(way, source, out, opts):
         driver_as_sink(source, out, opts)
     c1, t1 = cpu(), time.time()
     peak = rss.stop()
+    grew = peak - rss.start
     import pyarrow.parquet as pq
 
     t = pq.read_table(os.path.join(out, "features"), columns=["snippet_count", "feature_dim"])
     gb = sum(s * d * 4 for s, d in zip(t.column("snippet_count").to_pylist(), t.column("feature_dim").to_pylist())) / 1e9
-    return {"cpu_s": c1 - c0, "wall_s": t1 - t0, "gb": gb, "peak_mb": peak}
+    return {"cpu_s": c1 - c0, "wall_s": t1 - t0, "gb": gb, "peak_mb": peak, "grew_mb": grew}
 
 
 def main():
@@ -107,6 +121,7 @@ def main():
     ap.add_argument("--videos", type=int, default=32)
     ap.add_argument("--short", type=int, default=48, help="frames of a short video")
     ap.add_argument("--long", type=int, default=6400, help="frames of a long video")
+    ap.add_argument("--wide-dim", type=int, default=4096, help="feature width of the wide run (same work, more bytes)")
     ap.add_argument("--crops", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=64, help="images per encoder forward pass (the job's default)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds (medians are reported)")
@@ -125,6 +140,7 @@ def main():
     ensure_ray(progress_bars=False)
     opts = extract.ExtractOptions(clip=CLIP, crops=a.crops, batch_size=a.batch_size, precision="fp32",
                                   decoder="decord", flush_seconds=60.0)
+    wide = dataclasses.replace(opts, clip=ClipSpec(CLIP.model, None, dict(CLIP.kwargs, embed_dim=a.wide_dim)))
     res = {}
     # warm-up (actor start-up, imports), then each way short/long, alternating
     one_run("workers write", sources["short"], os.path.join(work, "out-warm"), opts)
@@ -135,26 +151,36 @@ def main():
     runs = {}
     for r in range(a.rounds):   # alternating rounds; the median of each is reported
         for way in ("workers write", "driver as sink"):
-            for kind in ("short", "long"):
+            for kind in ("short", "long", "wide"):
                 out = os.path.join(work, f"out-{way.split()[0]}-{kind}")
                 shutil.rmtree(out, ignore_errors=True)
-                runs.setdefault((way, kind), []).append(one_run(way, sources[kind], out, opts))
+                src = sources["long" if kind == "wide" else kind]
+                runs.setdefault((way, kind), []).append(one_run(way, src, out, wide if kind == "wide" else opts))
                 x = runs[(way, kind)][-1]
                 print(f"round {r + 1} {way:15s} {kind:5s}: {x['gb'] * 1e3:8.1f} MB of features, driver "
-                      f"{x['cpu_s']:6.2f} CPU-s, wall {x['wall_s']:6.1f} s, driver peak RSS {x['peak_mb']:7.0f} MB",
+                      f"{x['cpu_s']:6.2f} CPU-s, wall {x['wall_s']:6.1f} s, driver peak RSS {x['peak_mb']:7.0f} MB "
+                      f"(+{x['grew_mb']:.0f} MB during the run)",
                       flush=True)
     for key, xs in runs.items():
         res[key] = {k: float(np.median([x[k] for x in xs])) for k in xs[0]}
-    per_gb = {}
+    per_gb, per_byte_gb = {}, {}
     for way in ("workers write", "driver as sink"):
-        s, lg = res[(way, "short")], res[(way, "long")]
+        s, lg, wd = res[(way, "short")], res[(way, "long")], res[(way, "wide")]
         per_gb[way] = (lg["cpu_s"] - s["cpu_s"]) / (lg["gb"] - s["gb"])
-        # the part that is not the idle driver's time: what the bytes (and their tasks) cost
-        busy = (lg["cpu_s"] - s["cpu_s"] - idle * (lg["wall_s"] - s["wall_s"])) / (lg["gb"] - s["gb"])
-        print(f"{way:15s}: marginal driver CPU {per_gb[way]:6.2f} s/GB (target <= 1), {busy:6.2f} s/GB above the "
-              f"idle driver's; driver peak RSS short {s['peak_mb']:.0f} MB -> long {lg['peak_mb']:.0f} MB "
-              f"(x{lg['peak_mb'] / s['peak_mb']:.2f})")
-    print(f"driver CPU per GB, workers write vs driver as sink: {per_gb['workers write'] / per_gb['driver as sink']:.3f}")
+        per_byte_gb[way] = (wd["cpu_s"] - lg["cpu_s"]) / (wd["gb"] - lg["gb"])
+        rate = lg["cpu_s"] / lg["wall_s"]
+        # the cap: the feature rate of the wide run over the share of one core the driver needed for it
+        mbps, share = wd["gb"] * 1e3 / wd["wall_s"], wd["cpu_s"] / wd["wall_s"]
+        print(f"{way:15s}: wide run {mbps:.1f} MB/s of features with the driver at {share * 100:.1f}% of one core: "
+              f"one driver core would coordinate about {mbps / max(share, 1e-6):,.0f} MB/s")
+        print(f"{way:15s}: short -> long videos: marginal driver CPU {per_gb[way]:6.2f} s/GB; the same work with "
+              f"{a.wide_dim}-d features: {per_byte_gb[way]:6.2f} s/GB (target <= 1; one driver core coordinates "
+              f"{1 / max(per_byte_gb[way], 1e-3):.1f} GB/s); {rate:.3f} driver CPU-s per second of the long run; "
+              f"driver RSS growth during a run: short +{s['grew_mb']:.0f} MB, long +{lg['grew_mb']:.0f} MB, "
+              f"wide +{wd['grew_mb']:.0f} MB")
+    print(f"driver CPU per GB, workers write vs driver as sink: short -> long "
+          f"{per_gb['workers write'] / per_gb['driver as sink']:.3f}, bytes alone "
+          f"{per_byte_gb['workers write'] / per_byte_gb['driver as sink']:.3f}")
     if not a.workdir:
         shutil.rmtree(work, ignore_errors=True)
 
