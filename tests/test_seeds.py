@@ -1,7 +1,8 @@
 """Many seeds at once (issue #28): `vadclip train --seeds` trains one model per seed
 concurrently on the local Ray, MLflow holds a parent run with the mean, spread and range
 of every metric and a child run per seed, the best seed is registered and the others are
-not; a seed trained again on this CPU gives exactly the same metrics."""
+not; a seed trained again on this CPU (as a point of a small grid) gives exactly the same
+metrics; the grid reports each configuration and registers the best."""
 import json
 
 import mlflow
@@ -14,8 +15,7 @@ from vadclip.cli import main
 from vadclip.errors import InputError
 from vadclip.io.features import write_feature_table
 from vadclip.io.gt import write_gt
-from vadclip.jobs.seeds import aggregate, parse_seeds
-from vadclip.jobs.train import run_train
+from vadclip.jobs.seeds import aggregate, config_label, parse_grid, parse_seeds
 from vadclip.testing.synthetic import make_feature_set
 from vadclip.train.batches import deal
 
@@ -36,6 +36,18 @@ def test_seed_lists_and_the_aggregate():
     assert (agg["auc"]["min"], agg["auc"]["max"], agg["auc"]["n"]) == (0.7, 0.9, 3)
 
 
+def test_grid_points_are_every_combination_of_scalar_config_fields():
+    cfg = tiny_config("ucf")
+    pts = parse_grid("lr=1e-5,2e-5; attn_window=8,16", cfg)
+    assert pts == [{"lr": 1e-5, "attn_window": 8}, {"lr": 1e-5, "attn_window": 16},
+                   {"lr": 2e-5, "attn_window": 8}, {"lr": 2e-5, "attn_window": 16}]
+    assert config_label(pts[1]) == "lr1e-05_attn_window16" and parse_grid(None, cfg) == [{}]
+    for bad, what in (("milestones=1,2", "cannot|not a config field"), ("lr=fast", "not a float"),
+                      ("lr=", "no values"), ("lr=1;lr=2", "twice")):
+        with pytest.raises(InputError, match=what):
+            parse_grid(bad, cfg)
+
+
 def test_deal_gives_every_rank_both_sides_by_the_seed_alone():
     cfg = tiny_config("ucf")
     vids = [(f"n{i}", "Normal") for i in range(7)] + [(f"a{i}", "Abuse") for i in range(5)]
@@ -50,9 +62,9 @@ def test_deal_gives_every_rank_both_sides_by_the_seed_alone():
 @pytest.fixture(scope="module")
 def feature_sets(tmp_path_factory):
     d = tmp_path_factory.mktemp("seeds")
-    cfg = tiny_config("ucf", visual_length=64, lr=1e-3, batch_size=4, epochs=3, milestones=[100])
-    rows, _ = make_feature_set(cfg, 16, 16, 32, seed=1)
-    erows, egt = make_feature_set(cfg, 6, 6, 32, seed=2, prefix="ev")
+    cfg = tiny_config("ucf", visual_length=32, lr=1e-3, batch_size=4, epochs=2, milestones=[100])
+    rows, _ = make_feature_set(cfg, 12, 12, 32, seed=1)
+    erows, egt = make_feature_set(cfg, 4, 4, 32, seed=2, prefix="ev")
     write_feature_table(rows, str(d / "train.parquet"))
     write_feature_table(erows, str(d / "eval.parquet"))
     write_gt(egt, str(d / "gt.parquet"))
@@ -61,12 +73,12 @@ def feature_sets(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_many_seeds_parent_children_best_registered_and_a_seed_reproduces(ray_local, feature_sets, tmp_path,
+def test_many_seeds_and_a_grid_parent_children_best_registered_and_a_seed_reproduces(ray_local, feature_sets, tmp_path,
                                                                           capsys):
     cfg, d = feature_sets
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     argv = ["train", "--train", str(d / "train.parquet"), "--eval", str(d / "eval.parquet"), "--gt",
-            str(d / "gt.parquet"), "--config", str(d / "cfg.json"), "--seeds", "0,1,2", "--num-workers", "2",
+            str(d / "gt.parquet"), "--config", str(d / "cfg.json"), "--seeds", "0,1,2", "--num-workers", "1",
             "--cpus-per-worker", "0.5", "--storage", str(tmp_path / "runs"), "--run-name", "ms",
             "--register", "vad-seeds", "--tracking-uri", uri, "--experiment", "seeds"]
     capsys.readouterr()
@@ -97,14 +109,6 @@ def test_many_seeds_parent_children_best_registered_and_a_seed_reproduces(ray_lo
     versions = client.search_model_versions("name = 'vad-seeds'")
     assert len(versions) == 1 and versions[0].run_id == per[best]["mlflow_run_id"]
 
-    # the same seed again, alone, on this CPU: the same metrics, exactly
-    again = run_train(str(d / "train.parquet"), cfg.replace(seed=1), str(tmp_path / "runs"), run_name="again",
-                      eval_path=str(d / "eval.parquet"), gt_path=str(d / "gt.parquet"), num_workers=2,
-                      cpus_per_worker=0.5, tracking_uri=uri, experiment="seeds", log=lambda *_: None)
-    for k, v in per[1]["best_metrics"].items():
-        if k not in ("epoch_time_s",) and not k.startswith("worker_peak_"):
-            assert again["best_metrics"][k] == v, k
-
     # the same command again resumes: every seed finished, nothing trained or registered twice
     assert main(argv) == 0
     out2 = result_json(capsys.readouterr().out)
@@ -113,3 +117,30 @@ def test_many_seeds_parent_children_best_registered_and_a_seed_reproduces(ray_lo
 
     assert main(argv[:-4] + ["--seeds", "1,1", "--tracking-uri", uri]) == 2
     one_error_line(capsys.readouterr().err, "--seeds 1,1", "repeated")
+
+
+    # a small grid, each point with seed 1: its lr=1e-3 point is the configuration above, trained
+    # again (two trainings at once) on this CPU — the same metrics as seed 1 of the run above, exactly
+    assert main(["train", "--train", str(d / "train.parquet"), "--eval", str(d / "eval.parquet"), "--gt",
+                 str(d / "gt.parquet"), "--config", str(d / "cfg.json"), "--grid", "lr=1e-3,1e-5", "--seeds", "1",
+                 "--num-workers", "1", "--cpus-per-worker", "0.5", "--storage", str(tmp_path / "runs"),
+                 "--run-name", "g", "--register", "vad-grid", "--tracking-uri", uri, "--experiment", "grid"]) == 0
+    out = result_json(capsys.readouterr().out)
+    assert [p["config"] for p in out["grid"]] == [{"lr": 1e-3}, {"lr": 1e-5}]
+    again = out["grid"][0]["per_seed"][0]["best_metrics"]
+    for k, v in per[1]["best_metrics"].items():
+        if k != "epoch_time_s" and not k.startswith("worker_peak_"):
+            assert again[k] == v, k
+    means = [p["aggregate"]["auc"]["mean"] for p in out["grid"]]
+    assert out["best_config"] == out["grid"][int(np.argmax(means))]["config"]
+    top = client.get_run(out["mlflow_grid_run_id"])
+    assert top.data.tags["vadclip.best_config"] == config_label(out["best_config"])
+    assert top.data.metrics["lr0.001.auc_mean"] == pytest.approx(means[0])
+    parents = client.search_runs([top.info.experiment_id], f"tags.mlflow.parentRunId = '{top.info.run_id}'")
+    assert sorted(p.info.run_id for p in parents) == sorted(p["mlflow_parent_run_id"] for p in out["grid"])
+    for p in out["grid"]:            # each configuration's parent holds its seed
+        kids = client.search_runs([top.info.experiment_id], f"tags.mlflow.parentRunId = '{p['mlflow_parent_run_id']}'")
+        assert [k.info.run_id for k in kids] == [p["per_seed"][0]["mlflow_run_id"]]
+    (v,) = client.search_model_versions("name = 'vad-grid'")
+    best = next(p for p in out["grid"] if p["config"] == out["best_config"])
+    assert v.run_id == best["per_seed"][0]["mlflow_run_id"] and out["registered_version"] == 1

@@ -25,7 +25,7 @@ from vadclip.io.features import ERROR_SCHEMA
 from vadclip.io.provenance import check_fit
 from vadclip.jobs.output import ResumableOutput, row_sink
 from vadclip.metrics.operating import DEFAULT_RULE, EventRule, OperatingPoint
-from vadclip.io.parts import dataset_files, read_column, read_table
+from vadclip.io.parts import dataset_files, read_column
 from vadclip.report.html import build_report, output_totals
 
 EVENT_TYPE = pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("start_frame", pa.int64()),
@@ -398,14 +398,19 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
     if extract_summary:
         summary["extract"] = {k: extract_summary[k] for k in ("videos_ok", "videos_failed", "frames_per_s")}
         summary["extract"]["decoders"] = extract_summary.get("decoders", [])
+    operating_here = None
     if gt_path and totals["videos"]:
-        # frame-level AUC/AP need every frame score at once: this step (only) grows with the archive
-        rows = read_table(_scores_dir(out_dir), columns=list(METRIC_COLUMNS)).to_pylist()
-        summary.update(score_metrics(rows, gt, cfg))
-        del rows
+        # frame-level AUC/AP need every frame score at once: one task on a worker reads them
+        # (this step alone grows with the archive), never the driver
+        from vadclip.jobs.output import placements
+
+        task = ray.remote(ground_truth_figures).options(num_cpus=1, scheduling_strategy=placements(1)[0])
+        metrics, operating_here = ray.get(task.remote(_scores_dir(out_dir), gt_path, cfg.to_dict(), asdict(opts)))
+        summary.update(metrics)
+
     def report(local_dir, on_figure):
         rep = build_report(out_dir, summary, gt_path=gt_path, top_n=opts.max_plots, local_dir=local_dir,
-                           on_figure=on_figure)
+                           on_figure=on_figure, operating=operating_here)
         summary.update(report=rep["report"], plots=rep["videos_shown"], **rep["at_operating_point"])
 
     log_scoring_run(experiment, tracking_uri, f"score-{run_id}",
@@ -420,7 +425,31 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
     return summary
 
 
-METRIC_COLUMNS = ("video_id", "label", "num_frames", "snippet_count", "anomaly", "class_probs")
+METRIC_COLUMNS = ("video_id", "label", "fps", "num_frames", "snippet_count", "anomaly", "class_probs")
+
+
+def ground_truth_figures(scores_dir: str, gt_path: str, cfg_dict: Dict[str, Any], opts_dict: Dict[str, Any]):
+    """(AUC/AP/abnormal AUC/mAP, (the operating point's statistics, the curve)) of a
+    scores table against ``gt_path``, read one part at a time — run in a Ray task so
+    the driver never holds the scores."""
+    from vadclip.io.gt import read_gt
+    from vadclip.io.parts import part_files, read_file
+    from vadclip.metrics.operating import curve, footage_of, operating_stats
+    from vadclip.model.config import VadConfig
+
+    cfg, gt = VadConfig.from_dict(cfg_dict), read_gt(gt_path)
+    rule = ScoreOptions(**opts_dict).rule()
+
+    def normal_label(label: str) -> bool:
+        try:
+            return cfg.is_normal(label)
+        except InputError:
+            return False
+
+    rows = [r for f in part_files(scores_dir) for r in read_file(f, list(METRIC_COLUMNS)).to_pylist()]
+    metrics = score_metrics(rows, gt, cfg)
+    footage = [footage_of(r, np.asarray(r["anomaly"], np.float64), cfg.snippet_len, gt, normal_label) for r in rows]
+    return metrics, (operating_stats(footage, rule), curve(footage, rule))
 
 
 def score_metrics(rows: List[Dict[str, Any]], gt, cfg) -> Dict[str, float]:

@@ -1,4 +1,6 @@
-"""Many seeds at once: ``vadclip train … --seeds 0,1,2,3,4`` (or ``--repeats N``).
+"""Many seeds at once: ``vadclip train … --seeds 0,1,2,3,4`` (or ``--repeats N``), and
+optionally a small grid of configurations (``--grid "lr=1e-5,2e-5;attn_window=8,16"``), each
+point with the same seeds and the same report.
 
 Each seed is an ordinary training (:func:`vadclip.jobs.train.run_train`, its own Ray Train
 ``TorchTrainer``, checkpoints and resume under ``RUN_NAME-seedS``), launched from a Ray task
@@ -8,7 +10,10 @@ MLflow gets one parent run (``RUN_NAME``) with a child run per seed; the parent 
 mean, standard deviation (sample, n−1), minimum and maximum of every evaluation metric at
 each seed's selected evaluation, and a figure of all seeds' curves.  The best seed by the
 selection metric is registered (the alias moves as for one training); the others stay runs.
-Re-running the same command resumes every unfinished seed and retrains no finished one."""
+Re-running the same command resumes every unfinished seed and retrains no finished one.
+With a grid, a top MLflow run holds one parent run per configuration (its seeds below it)
+and each configuration's mean and spread; the configuration with the best mean of the
+selection metric over its seeds wins, and its best seed is registered."""
 from __future__ import annotations
 
 import dataclasses
@@ -90,9 +95,54 @@ def _train_seed(train_path: str, cfg_dict: Dict[str, Any], eval_path: Optional[s
     return dict(run_train(train_path, cfg, eval_path=eval_path, gt_path=gt_path, opts=opts, log=log), seed=seed)
 
 
+def parse_grid(text: Optional[str], cfg) -> List[Dict[str, Any]]:
+    """``lr=1e-5,2e-5;attn_window=8,16`` → every combination as config overrides
+    (``[{}]`` without a grid).  Only scalar fields of the config (numbers, strings,
+    booleans) can be gridded; values are read as the field's type."""
+    import itertools
+    import typing
+
+    from vadclip.model.config import VadConfig
+
+    if not text:
+        return [{}]
+    hints = typing.get_type_hints(VadConfig)
+    scalar = {f.name: hints[f.name] for f in dataclasses.fields(VadConfig) if hints[f.name] in (int, float, str, bool)}
+    axes = []
+    for part in [p.strip() for p in str(text).split(";") if p.strip()]:
+        name, _, values = part.partition("=")
+        name = name.strip()
+        if name not in scalar:
+            raise InputError(f"--grid {part!r}: {name!r} is not a config field that can be gridded "
+                             f"(one of {', '.join(sorted(scalar))})")
+        tp = scalar[name]
+        vals = []
+        for v in [v.strip() for v in values.split(",") if v.strip()]:
+            try:
+                vals.append({"true": True, "false": False}[v.lower()] if tp is bool else tp(v))
+            except (KeyError, ValueError):
+                raise InputError(f"--grid {part!r}: {v!r} is not a {tp.__name__}") from None
+        if not vals:
+            raise InputError(f"--grid {part!r}: no values (write NAME=V1,V2)")
+        if name in dict(axes):
+            raise InputError(f"--grid: {name} given twice")
+        axes.append((name, vals))
+    combos = [dict(zip([n for n, _ in axes], c)) for c in itertools.product(*[v for _, v in axes])]
+    for c in combos:
+        cfg.replace(**c)      # a combination the config refuses fails now, in one line
+    return combos
+
+
+def config_label(overrides: Dict[str, Any]) -> str:
+    """A name for one grid point, usable in run names and MLflow metric keys."""
+    return "_".join(f"{k}{v}" for k, v in overrides.items()).replace("+", "") or "base"
+
+
 def run_seeds(train_path: str, cfg, eval_path: Optional[str], gt_path: Optional[str], o, log) -> Dict[str, Any]:
-    """Train one model per seed of ``o.seeds``/``o.repeats`` concurrently; returns the
-    per-seed results, the aggregate, the best seed and its registration."""
+    """Train one model per seed of ``o.seeds``/``o.repeats`` (and per point of ``o.grid``)
+    concurrently; returns per configuration the per-seed results and their aggregate,
+    the best configuration (by the mean of the selection metric over its seeds), its
+    best seed and that seed's registration."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -100,84 +150,129 @@ def run_seeds(train_path: str, cfg, eval_path: Optional[str], gt_path: Optional[
     from vadclip.jobs.cluster import ensure_ray
     from vadclip.jobs.train import check_inputs
     from vadclip.tracking.registry import log_and_register
-    from vadclip.tracking.runs import TrainingRun, log_seed_summary, metric_histories
+    from vadclip.tracking.runs import TrainingRun, log_grid_summary
     from vadclip.train.recipes import get_recipe
 
-    seeds = parse_seeds(o.seeds, o.repeats, cfg.seed)
+    seeds = parse_seeds(o.seeds, o.repeats, cfg.seed) if (o.seeds or o.repeats) else [cfg.seed]
+    grid = parse_grid(o.grid, cfg)
     train_path, eval_path, gt_path = map(storage.absolute, (train_path, eval_path, gt_path))
     o = dataclasses.replace(o, storage=storage.absolute(o.storage))
     metric = o.metric or get_recipe(o.recipe).default_metric(cfg.preset)
     check_inputs(train_path, cfg, eval_path, gt_path, o.eval_crop, o.allow_feature_mismatch, log)  # fail before Ray
     ensure_ray(o.address)
-    at_once = o.max_concurrent or concurrency(o.num_workers, o.cpus_per_worker, o.use_gpu, len(seeds))
-    parent = TrainingRun(o.experiment, o.tracking_uri, o.run_name, storage.join(o.storage, o.run_name) + "#seeds")
-    parent.log_start({"seeds": seeds, "metric": metric, "num_workers": o.num_workers, "recipe": o.recipe,
-                      "preset": cfg.preset}, {"vadclip.seeds": ",".join(map(str, seeds)),
-                                              "vadclip.max_concurrent": str(at_once)}, [])
-    log(f"[train] {len(seeds)} seeds ({', '.join(map(str, seeds))}), {at_once} at a time; MLflow parent run "
-        f"{parent.run_id}")
+    n = len(seeds) * len(grid)
+    at_once = o.max_concurrent or concurrency(o.num_workers, o.cpus_per_worker, o.use_gpu, n)
+    top = None
+    if o.grid:
+        top = TrainingRun(o.experiment, o.tracking_uri, o.run_name, storage.join(o.storage, o.run_name) + "#grid")
+        top.log_start({"grid": o.grid, "seeds": seeds, "metric": metric}, {"vadclip.grid": o.grid}, [])
+    points = []
+    for over in grid:
+        name = f"{o.run_name}-{config_label(over)}" if o.grid else o.run_name
+        parent = TrainingRun(o.experiment, o.tracking_uri, name, storage.join(o.storage, name) + "#seeds",
+                             parent_run_id=top.run_id if top else None)
+        parent.log_start({"seeds": seeds, "metric": metric, "num_workers": o.num_workers, "recipe": o.recipe,
+                          "preset": cfg.preset, **{f"grid_{k}": v for k, v in over.items()}},
+                         {"vadclip.seeds": ",".join(map(str, seeds)), "vadclip.max_concurrent": str(at_once)}, [])
+        points.append({"config": over, "name": name, "parent": parent, "cfg": cfg.replace(**over)})
+    log(f"[train] {len(grid)} configuration(s) x {len(seeds)} seeds ({', '.join(map(str, seeds))}), {at_once} "
+        f"at a time; MLflow {'grid run ' + top.run_id if top else 'parent run ' + points[0]['parent'].run_id}")
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     task = ray.remote(_train_seed).options(num_cpus=0, scheduling_strategy=here, max_retries=0)
-    one = dataclasses.replace(o, seeds=None, repeats=None, register_name=None, mlflow_parent_run_id=parent.run_id)
-    results: Dict[int, Dict[str, Any]] = {}
-    failed: Dict[int, str] = {}
-    pending: Dict[Any, int] = {}
-    queue = list(seeds)
-    cfg_dict = cfg.to_dict()
+    results: Dict[Any, Dict[str, Any]] = {}
+    failed: Dict[Any, str] = {}
+    pending: Dict[Any, Any] = {}
+    queue = [(k, s) for k in range(len(points)) for s in seeds]
+    runs = [p["parent"] for p in points] + ([top] if top else [])
     try:
         while queue or pending:
             while queue and len(pending) < at_once:
-                s = queue.pop(0)
-                pending[task.remote(train_path, cfg_dict, eval_path, gt_path,
-                                    dataclasses.replace(one, run_name=f"{o.run_name}-seed{s}"), s, False)] = s
+                k, s = queue.pop(0)
+                pt = points[k]
+                one = dataclasses.replace(o, seeds=None, repeats=None, grid=None, register_name=None,
+                                          run_name=f"{pt['name']}-seed{s}", mlflow_parent_run_id=pt["parent"].run_id)
+                pending[task.remote(train_path, pt["cfg"].to_dict(), eval_path, gt_path, one, s, False)] = (k, s)
             done, _ = ray.wait(list(pending), num_returns=1)
-            s = pending.pop(done[0])
+            k, s = pending.pop(done[0])
+            what = f"seed {s}" + (f" of {points[k]['name']}" if o.grid else "")
             try:
-                results[s] = ray.get(done[0])
-                m = results[s]["best_metrics"]
-                log(f"[train] seed {s}: best {metric} {m.get(metric, float('nan')):.4f} at epoch {m.get('epoch')}")
+                results[(k, s)] = ray.get(done[0])
+                m = results[(k, s)]["best_metrics"]
+                log(f"[train] {what}: best {metric} {m.get(metric, float('nan')):.4f} at epoch {m.get('epoch')}")
             except Exception as e:   # the others go on; the job fails at the end, a re-run resumes
-                failed[s] = str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__
-                log(f"[train] seed {s} FAILED: {failed[s]}")
+                failed[(k, s)] = str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__
+                log(f"[train] {what} FAILED: {failed[(k, s)]}")
         if failed:
-            raise RuntimeError(f"{len(failed)} of {len(seeds)} seeds failed ({'; '.join(f'seed {s}: {m}' for s, m in failed.items())}); "
-                               "run the same command again to resume them")
-        per_seed = [results[s] for s in seeds]
-        agg = aggregate([r["best_metrics"] for r in per_seed])
+            raise RuntimeError(f"{len(failed)} of {n} trainings failed ("
+                               + "; ".join(f"seed {s} of {points[k]['name']}: {m}" for (k, s), m in failed.items())
+                               + "); run the same command again to resume them")
 
         def selection(r):
             v = r["best_metrics"].get(metric, r["best_metrics"].get("score"))
             return v if isinstance(v, (int, float)) and math.isfinite(v) else -math.inf
 
-        best = max(per_seed, key=selection)
-        histories = metric_histories({r["seed"]: r["mlflow_run_id"] for r in per_seed}, o.tracking_uri,
-                                     [metric, "loss"])
-        from vadclip.report.html import plot_seed_curves
-
-        fig = plot_seed_curves(histories, [metric, "loss"], best=best["seed"])
-        try:
-            log_seed_summary(parent.run_id, parent.tracking_uri, agg, best["seed"], best["mlflow_run_id"], fig,
-                             {s: r["best_metrics"] for s, r in results.items()})
-        finally:
-            import matplotlib.pyplot as plt
-
-            plt.close(fig)
-        summary: Dict[str, Any] = {
-            "seeds": seeds, "metric": metric, "max_concurrent": at_once,
-            "per_seed": [{"seed": r["seed"], "best_metrics": r["best_metrics"], "best_checkpoint": r["best_checkpoint"],
-                          "mlflow_run_id": r["mlflow_run_id"]} for r in per_seed],
-            "aggregate": agg, "best_seed": best["seed"], "best_checkpoint": best["best_checkpoint"],
-            "best_metrics": best["best_metrics"], "mlflow_parent_run_id": parent.run_id,
-            "tracking_uri": parent.tracking_uri}
-        summary.update(log_and_register(best["best_checkpoint"], best["mlflow_run_id"], parent.tracking_uri,
+        for k, pt in enumerate(points):
+            per_seed = [results[(k, s)] for s in seeds]
+            pt["aggregate"] = aggregate([r["best_metrics"] for r in per_seed])
+            pt["per_seed"] = per_seed
+            pt["best"] = max(per_seed, key=selection)
+            pt["mean"] = float(np.mean([selection(r) for r in per_seed]))
+            _log_point(pt, metric, o.tracking_uri)
+        chosen = max(points, key=lambda p: p["mean"])
+        best = chosen["best"]
+        if top is not None:
+            log_grid_summary(top.run_id, top.tracking_uri, metric,
+                             [{"label": config_label(p["config"]), "config": p["config"], "aggregate": p["aggregate"],
+                               "run_id": p["parent"].run_id} for p in points], config_label(chosen["config"]))
+        summary = _point_summary(chosen, seeds, metric)
+        summary.update({"max_concurrent": at_once, "tracking_uri": chosen["parent"].tracking_uri})
+        if top is not None:
+            summary = {"grid": [dict(_point_summary(p, seeds, metric), config=p["config"]) for p in points],
+                       "best_config": chosen["config"], "seeds": seeds, "metric": metric, "max_concurrent": at_once,
+                       "best_seed": best["seed"], "best_checkpoint": best["best_checkpoint"],
+                       "best_metrics": best["best_metrics"], "mlflow_grid_run_id": top.run_id,
+                       "tracking_uri": top.tracking_uri}
+        summary.update(log_and_register(best["best_checkpoint"], best["mlflow_run_id"], chosen["parent"].tracking_uri,
                                         o.register_name, o.alias, metric, selection(best),
-                                        best_epoch=best["best_metrics"].get("epoch"), log=log))
+                                        best_epoch=best["best_metrics"].get("epoch"), log=log,
+                                        logged_uri=best.get("model_uri")))
     except BaseException:
-        parent.end(ok=False)
+        for r in runs:
+            r.end(ok=False)
         raise
-    parent.end(ok=True)
-    if metric in agg:
-        a = agg[metric]
-        log(f"[train] {metric} over {len(seeds)} seeds: {a['mean']:.4f} ± {a['std']:.4f} "
-            f"(min {a['min']:.4f}, max {a['max']:.4f}); best seed {best['seed']}")
+    for r in runs:
+        r.end(ok=True)
+    for p in points:
+        a = p["aggregate"].get(metric)
+        if a:
+            log(f"[train] {p['name']}: {metric} over {len(seeds)} seeds {a['mean']:.4f} ± {a['std']:.4f} "
+                f"(min {a['min']:.4f}, max {a['max']:.4f}); best seed {p['best']['seed']}")
+    if top is not None:
+        log(f"[train] best configuration {chosen['config']} (mean {metric} {chosen['mean']:.4f})")
     return summary
+
+
+def _point_summary(pt: Dict[str, Any], seeds: List[int], metric: str) -> Dict[str, Any]:
+    best = pt["best"]
+    return {"seeds": seeds, "metric": metric,
+            "per_seed": [{"seed": r["seed"], "best_metrics": r["best_metrics"], "best_checkpoint": r["best_checkpoint"],
+                          "mlflow_run_id": r["mlflow_run_id"]} for r in pt["per_seed"]],
+            "aggregate": pt["aggregate"], "best_seed": best["seed"], "best_checkpoint": best["best_checkpoint"],
+            "best_metrics": best["best_metrics"], "mlflow_parent_run_id": pt["parent"].run_id}
+
+
+def _log_point(pt: Dict[str, Any], metric: str, tracking_uri: Optional[str]) -> None:
+    """One configuration's parent run: the aggregate, the best seed, every seed's curves."""
+    from vadclip.report.html import plot_seed_curves
+    from vadclip.tracking.runs import log_seed_summary, metric_histories
+
+    histories = metric_histories({r["seed"]: r["mlflow_run_id"] for r in pt["per_seed"]}, tracking_uri,
+                                 [metric, "loss"])
+    fig = plot_seed_curves(histories, [metric, "loss"], best=pt["best"]["seed"])
+    try:
+        log_seed_summary(pt["parent"].run_id, pt["parent"].tracking_uri, pt["aggregate"], pt["best"]["seed"],
+                         pt["best"]["mlflow_run_id"], fig, {r["seed"]: r["best_metrics"] for r in pt["per_seed"]})
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)

@@ -278,6 +278,10 @@ class TrainOptions:
                                        "with mean, std, min and max of every metric; the best seed is registered")
     repeats: Optional[int] = option(None, group="many seeds (vadclip.jobs.seeds)",
                                     help="as --seeds, with this many seeds from the config's seed on")
+    grid: Optional[str] = option(None, group="many seeds (vadclip.jobs.seeds)",
+                                 help="a small grid of config values, each point trained with the seeds: "
+                                      "\"lr=1e-5,2e-5;attn_window=8,16\" (scalar config fields; ';' between fields). "
+                                      "The point with the best mean of the selection metric is registered")
     max_concurrent: Optional[int] = option(None, group="many seeds (vadclip.jobs.seeds)",
                                            help="seeds training at once (default: as many as the cluster's GPUs, or "
                                                 "CPUs less one for Ray Data, hold)")
@@ -299,7 +303,7 @@ def run_train(train_path: str, cfg: VadConfig, storage_path: Optional[str] = Non
     o = dataclasses.replace(opts or TrainOptions(), **options,
                             **({"storage": storage_path} if storage_path is not None else {}),
                             **({"run_name": run_name} if run_name is not None else {}))
-    if o.seeds or o.repeats:
+    if o.seeds or o.repeats or o.grid:
         from vadclip.jobs.seeds import run_seeds
 
         return run_seeds(train_path, cfg, eval_path, gt_path, o, log or logging.getLogger("vadclip").info)

@@ -426,11 +426,13 @@ def render_html(summary: Dict[str, Any], counts: Dict[str, int], events: List[Di
 
 def build_report(out_dir: str, summary: Optional[Dict[str, Any]] = None, gt_path: Optional[str] = None,
                  top_n: int = 50, snippet_len: Optional[int] = None, local_dir: Optional[str] = None,
-                 on_figure=None) -> Dict[str, Any]:
+                 on_figure=None, operating=None) -> Dict[str, Any]:
     """Write ``out_dir``/report (local or object storage) from ``out_dir``/scores.
     ``summary`` defaults to ``out_dir``/score_summary.json.  With ``local_dir`` the
     report is also left there (for MLflow); ``on_figure(fig, name)`` sees each
-    timeline figure.  Returns what was written."""
+    figure.  ``operating``: (the operating point's statistics, the curve) against
+    ``gt_path`` when already computed (the scoring job computes them in a task on a
+    worker); else they are computed here.  Returns what was written."""
     from vadclip.io.gt import intervals_of, read_gt
 
     out_dir = storage.absolute(out_dir)
@@ -459,11 +461,14 @@ def build_report(out_dir: str, summary: Optional[Dict[str, Any]] = None, gt_path
     if gt_path:
         from vadclip.metrics.operating import curve, operating_stats
 
-        footage = operating_footage(scores, gt, snippet_len)
-        stats = operating_stats(footage, rule)
+        if operating is None:
+            footage = operating_footage(scores, gt, snippet_len)
+            operating = (operating_stats(footage, rule), curve(footage, rule))
+            del footage
+        stats, scanned = operating
         at.update({k: stats[k] for k in ("false_alarms_per_hour", "false_alarms", "normal_hours", "event_recall",
                                          "event_precision", "event_f1", "frame_precision", "frame_recall")})
-        fig = plot_operating_curve(curve(footage, rule), stats, os.path.join(img_dir, "operating_curve.png"),
+        fig = plot_operating_curve(scanned, stats, os.path.join(img_dir, "operating_curve.png"),
                                    title="false alarms per hour against event recall, over thresholds")
         if on_figure is not None:
             on_figure(fig, "operating_curve.png")
@@ -471,7 +476,6 @@ def build_report(out_dir: str, summary: Optional[Dict[str, Any]] = None, gt_path
 
         plt.close(fig)
         curve_img = "img/operating_curve.png"
-        del footage
     videos = []
     for r in top:
         row = full.get(r["video_id"], r)

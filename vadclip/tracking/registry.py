@@ -74,11 +74,12 @@ def _version_of_run(client, name: str, run_id: str, best_epoch) -> Optional[Any]
 
 def log_and_register(train_ckpt: Optional[str], run_id: str, tracking_uri: str, register_name: Optional[str],
                      alias: str, metric: str, value: Optional[float], best_epoch: Optional[int] = None,
-                     log=None, model=None) -> Dict[str, Any]:
+                     log=None, model=None, logged_uri: Optional[str] = None) -> Dict[str, Any]:
     """Log the model of ``train_ckpt`` (or an already loaded scoring ``model``) to the
     MLflow run as a pyfunc, register it as ``register_name`` and move ``alias`` to it
     when its ``metric`` beats the alias's (with ``value`` None: unless the alias's version
-    has a number for ``metric``)."""
+    has a number for ``metric``).  ``logged_uri``: the run already holds this model
+    (e.g. the best seed of a many-seed training); it is registered, not logged again."""
     log = log or logging.getLogger("vadclip").info
     import tempfile
 
@@ -100,6 +101,11 @@ def log_and_register(train_ckpt: Optional[str], run_id: str, tracking_uri: str, 
             cur = _alias_version(client, register_name, alias)
             return {"model_uri": prior.source, "registered_version": int(prior.version), "alias": alias,
                     "promoted": cur is not None and cur.version == prior.version, "already_registered": True}
+    if logged_uri and register_name:
+        from vadclip.model.checkpoint import load_model_file
+
+        return _register(client, logged_uri, register_name, alias, metric, value, best_epoch,
+                         model if model is not None else load_model_file(train_ckpt), log)
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "vadclip_inference.pt")
         from vadclip.model.checkpoint import load_model_file, save_checkpoint
@@ -116,7 +122,16 @@ def log_and_register(train_ckpt: Optional[str], run_id: str, tracking_uri: str, 
     out["model_uri"] = info.model_uri
     if not register_name:
         return out
-    mv = mlflow.register_model(info.model_uri, register_name)
+    return _register(client, info.model_uri, register_name, alias, metric, value, best_epoch, model, log)
+
+
+def _register(client, model_uri: str, register_name: str, alias: str, metric: str, value: Optional[float],
+              best_epoch, model, log) -> Dict[str, Any]:
+    """Register a logged model, tag the version and move the alias when it is better."""
+    import mlflow
+
+    out: Dict[str, Any] = {"model_uri": model_uri}
+    mv = mlflow.register_model(model_uri, register_name)
     client.set_model_version_tag(register_name, mv.version, metric, str(value))
     client.set_model_version_tag(register_name, mv.version, "vadclip_best_epoch", str(best_epoch))
     if model.cfg.feature_provenance:   # what it was trained on: scoring refuses features that do not fit

@@ -240,3 +240,22 @@ def log_seed_summary(parent_run_id: str, tracking_uri: Optional[str], aggregate:
     client.log_dict(parent_run_id, {"aggregate": aggregate, "per_seed": clean}, "seeds.json")
     if figure is not None:
         client.log_figure(parent_run_id, figure, "seed_curves.png")
+
+
+def log_grid_summary(run_id: str, tracking_uri: Optional[str], metric: str, points, best_label: str) -> None:
+    """The top run of a grid: per configuration ``LABEL.METRIC_mean``/``_std`` (the
+    selection metric and every aggregated one), the best configuration as a tag and
+    ``grid.json``."""
+    import time
+
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    ts = int(time.time() * 1000)
+    metrics = [Metric(f"{p['label']}.{k}_{stat}", float(v[stat]), ts, 0) for p in points
+               for k, v in p["aggregate"].items() for stat in ("mean", "std")]
+    for i in range(0, len(metrics), 500):
+        client.log_batch(run_id, metrics=metrics[i:i + 500])
+    client.set_tag(run_id, "vadclip.best_config", best_label)
+    client.log_dict(run_id, {"metric": metric, "points": points, "best": best_label}, "grid.json")
