@@ -261,6 +261,10 @@ def test_calibrate_then_score_uses_the_operating_point(trained, tmp_path, capsys
     s2 = result_json(capsys.readouterr().out)
     assert s2["threshold"] == 0.99 and s2["merge_gap_s"] == 0.5
     assert s2["operating_point"]["flags_over_it"] == ["threshold"]
+    # resuming the first output under another rule would mix two rules in one archive: refused
+    assert main(["score", "--model", "models:/cal@champion", "--features", str(feature_dir(str(test_feats))),
+                 "--out", str(out), "--threshold", "0.99", "--tracking-uri", uri]) == 2
+    one_error_line(capsys.readouterr().err, "holds events under another rule", "score > 0.99")
 
     # a model file: the operating point goes beside it, and score finds it there
     model = tmp_path / "m" / "model.pt"

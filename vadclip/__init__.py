@@ -42,7 +42,8 @@ _EXPORTS = {
     "evaluate": "vadclip.metrics.evaluate",
     # the jobs, as the command line runs them
     "run_extract": "vadclip.jobs.extract", "ExtractOptions": "vadclip.jobs.extract",
-    "run_train": "vadclip.jobs.train", "TrainOptions": "vadclip.jobs.train",
+    "run_train": "vadclip.jobs.train", "TrainOptions": "vadclip.jobs.train", "run_seeds": "vadclip.jobs.seeds",
+    "run_calibrate": "vadclip.jobs.calibrate", "CalibrateOptions": "vadclip.jobs.calibrate",
     "run_score": "vadclip.jobs.score", "ScoreOptions": "vadclip.jobs.score",
     "run_evaluate": "vadclip.jobs.evaluate",
 }

@@ -250,8 +250,12 @@ def _extract(a, log) -> dict:
 def _train(a, log) -> dict:
     from vadclip.jobs.train import TrainOptions, run_train
 
-    return run_train(a.train, _train_config(a), eval_path=a.eval, gt_path=a.gt,
-                     opts=options_from(a, TrainOptions), log=log)
+    opts = options_from(a, TrainOptions)
+    if opts.seeds or opts.repeats or opts.grid:
+        from vadclip.jobs.seeds import run_seeds
+
+        return run_seeds(a.train, _train_config(a), a.eval, a.gt, opts, log)
+    return run_train(a.train, _train_config(a), eval_path=a.eval, gt_path=a.gt, opts=opts, log=log)
 
 
 def _score(a, log) -> dict:

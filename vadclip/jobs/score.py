@@ -259,6 +259,24 @@ def _scores_dir(out_dir: str) -> str:
     return layout.scores_dir(out_dir)
 
 
+RULE_FILE = "_event_rule.json"
+
+
+def _one_rule(scores_dir: str, rule: EventRule) -> None:
+    """A scores folder never mixes event rules: resuming it under another rule (the
+    model's operating point changed, or other flags) stops in one line, before Ray."""
+    from vadclip.io.parts import part_files
+
+    path = storage.join(scores_dir, RULE_FILE)
+    if not part_files(scores_dir) or not storage.isfile(path):
+        return
+    old = EventRule(**json.loads(storage.read_text(path)))
+    if old != rule:
+        raise InputError(f"{scores_dir} holds events under another rule ({old.describe()}) than this run's "
+                         f"({rule.describe()}): score into a new --out, or give the same --threshold, --hysteresis, "
+                         "--min-duration-s and --merge-gap-s")
+
+
 def _score_rows(classes: List[str]):
     """The write tasks' view of the scoring stage's output: (score rows, error rows)."""
     def to_rows(cols: Dict[str, np.ndarray]):
@@ -332,6 +350,7 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
     opts, operating = opts.resolve(*model_operating_point(model_uri, tracking_uri, opts.operating_point))
     log(f"[score] events: {operating['rule']} (operating point: {operating['source']}"
         f"{'; flags over it: ' + ', '.join(operating['flags_over_it']) if operating['flags_over_it'] else ''})")
+    _one_rule(_scores_dir(out_dir), opts.rule())
     cfg = model.cfg
     # a feature set that cannot fit the model fails before Ray starts
     found = check_feature_set(features, model.embed_dim, crop=opts.crop) if features is not None else None
@@ -347,6 +366,7 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
     storage.makedirs(out_dir)
     output = ResumableOutput(_scores_dir(out_dir), layout.score_errors_dir(out_dir))
     run_id = output.start()
+    storage.write_text(storage.join(_scores_dir(out_dir), RULE_FILE), json.dumps(asdict(opts.rule()), sort_keys=True))
     t0 = time.time()
     extract_summary = None
     done, _ = output.ids("video_id")           # scored by earlier runs

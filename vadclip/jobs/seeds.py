@@ -138,9 +138,11 @@ def config_label(overrides: Dict[str, Any]) -> str:
     return "_".join(f"{k}{v}" for k, v in overrides.items()).replace("+", "") or "base"
 
 
-def run_seeds(train_path: str, cfg, eval_path: Optional[str], gt_path: Optional[str], o, log) -> Dict[str, Any]:
+def run_seeds(train_path: str, cfg, eval_path: Optional[str], gt_path: Optional[str], o=None, log=None,
+              **options: Any) -> Dict[str, Any]:
     """Train one model per seed of ``o.seeds``/``o.repeats`` (and per point of ``o.grid``)
-    concurrently; returns per configuration the per-seed results and their aggregate,
+    concurrently (``o``: :class:`TrainOptions`, or its fields as keyword arguments);
+    returns per configuration the per-seed results and their aggregate,
     the best configuration (by the mean of the selection metric over its seeds), its
     best seed and that seed's registration."""
     import ray
@@ -151,8 +153,11 @@ def run_seeds(train_path: str, cfg, eval_path: Optional[str], gt_path: Optional[
     from vadclip.jobs.train import check_inputs
     from vadclip.tracking.registry import log_and_register
     from vadclip.tracking.runs import TrainingRun, log_grid_summary
+    from vadclip.jobs.train import TrainOptions
     from vadclip.train.recipes import get_recipe
 
+    o = dataclasses.replace(o or TrainOptions(), **options)
+    log = log or logging.getLogger("vadclip").info
     seeds = parse_seeds(o.seeds, o.repeats, cfg.seed) if (o.seeds or o.repeats) else [cfg.seed]
     grid = parse_grid(o.grid, cfg)
     train_path, eval_path, gt_path = map(storage.absolute, (train_path, eval_path, gt_path))

@@ -304,9 +304,10 @@ def run_train(train_path: str, cfg: VadConfig, storage_path: Optional[str] = Non
                             **({"storage": storage_path} if storage_path is not None else {}),
                             **({"run_name": run_name} if run_name is not None else {}))
     if o.seeds or o.repeats or o.grid:
-        from vadclip.jobs.seeds import run_seeds
+        from vadclip.errors import InputError
 
-        return run_seeds(train_path, cfg, eval_path, gt_path, o, log or logging.getLogger("vadclip").info)
+        raise InputError("run_train trains one model: many seeds or a grid is vadclip.jobs.seeds.run_seeds "
+                         "(`vadclip train --seeds/--repeats/--grid` calls it)")
     return _run_train(train_path, cfg, eval_path, gt_path, o, log or logging.getLogger("vadclip").info)
 
 
