@@ -9,7 +9,8 @@ cluster holds (each trainer's workers, one CPU left to Ray Data), or ``--max-con
 MLflow gets one parent run (``RUN_NAME``) with a child run per seed; the parent holds the
 mean, standard deviation (sample, n−1), minimum and maximum of every evaluation metric at
 each seed's selected evaluation, and a figure of all seeds' curves.  The best seed by the
-selection metric is registered (the alias moves as for one training); the others stay runs.
+selection metric is logged as a model and registered (the alias moves as for one training); the
+others stay runs, their checkpoints in storage.
 Re-running the same command resumes every unfinished seed and retrains no finished one.
 With a grid, a top MLflow run holds one parent run per configuration (its seeds below it)
 and each configuration's mean and spread; the configuration with the best mean of the
@@ -194,7 +195,7 @@ def run_seeds(train_path: str, cfg, eval_path: Optional[str], gt_path: Optional[
             while queue and len(pending) < at_once:
                 k, s = queue.pop(0)
                 pt = points[k]
-                one = dataclasses.replace(o, seeds=None, repeats=None, grid=None, register_name=None,
+                one = dataclasses.replace(o, seeds=None, repeats=None, grid=None, register_name=None, log_model=False,
                                           run_name=f"{pt['name']}-seed{s}", mlflow_parent_run_id=pt["parent"].run_id)
                 pending[task.remote(train_path, pt["cfg"].to_dict(), eval_path, gt_path, one, s, False)] = (k, s)
             done, _ = ray.wait(list(pending), num_returns=1)
@@ -239,8 +240,7 @@ def run_seeds(train_path: str, cfg, eval_path: Optional[str], gt_path: Optional[
                        "tracking_uri": top.tracking_uri}
         summary.update(log_and_register(best["best_checkpoint"], best["mlflow_run_id"], chosen["parent"].tracking_uri,
                                         o.register_name, o.alias, metric, selection(best),
-                                        best_epoch=best["best_metrics"].get("epoch"), log=log,
-                                        logged_uri=best.get("model_uri")))
+                                        best_epoch=best["best_metrics"].get("epoch"), log=log))
     except BaseException:
         for r in runs:
             r.end(ok=False)

@@ -285,6 +285,8 @@ class TrainOptions:
     max_concurrent: Optional[int] = option(None, group="many seeds (vadclip.jobs.seeds)",
                                            help="seeds training at once (default: as many as the cluster's GPUs, or "
                                                 "CPUs less one for Ray Data, hold)")
+    log_model: bool = option(True, cli=False, help="log the best model to the MLflow run as a pyfunc (each seed "
+                                                   "of many: no; only the best seed's is logged)")
     mlflow_parent_run_id: Optional[str] = option(None, cli=False, help="the MLflow run this training is a child of "
                                                                        "(set for each seed of --seeds)")
 
@@ -419,9 +421,14 @@ def _run_train(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_pat
                    "metric": metric, "mlflow_run_id": run_id, "tracking_uri": tracking_uri, "seed": cfg.seed}
         from vadclip.tracking.registry import log_and_register
 
-        summary.update(log_and_register(best_path, run_id, tracking_uri, o.register_name, o.alias, metric,
-                                        best_metrics.get(metric, best_metrics.get("score")),
-                                        best_epoch=best_metrics.get("epoch"), log=log))
+        best_value = best_metrics.get(metric, best_metrics.get("score"))
+        if o.log_model:
+            summary.update(log_and_register(best_path, run_id, tracking_uri, o.register_name, o.alias, metric,
+                                            best_value, best_epoch=best_metrics.get("epoch"), log=log))
+        else:   # one seed of many: the best of them is logged and registered afterwards
+            from vadclip.tracking.runs import log_metrics
+
+            log_metrics(run_id, tracking_uri, {f"best_{metric}": best_value}, 0)
     except BaseException:
         run.end(ok=False)   # never leave a failed training FINISHED
         raise

@@ -63,6 +63,9 @@ def _signature(model) -> Dict[str, Any]:
     return {"signature": infer_signature(example, out), "input_example": example}
 
 
+LOGGED_MODEL_TAG = "vadclip.logged_model"     # on a run: the pyfunc logged from it, and from which best epoch
+
+
 def _version_of_run(client, name: str, run_id: str, best_epoch) -> Optional[Any]:
     """A version of ``name`` already registered from this run and this best epoch (a
     finished training run again) — registering it twice would only duplicate it."""
@@ -74,12 +77,12 @@ def _version_of_run(client, name: str, run_id: str, best_epoch) -> Optional[Any]
 
 def log_and_register(train_ckpt: Optional[str], run_id: str, tracking_uri: str, register_name: Optional[str],
                      alias: str, metric: str, value: Optional[float], best_epoch: Optional[int] = None,
-                     log=None, model=None, logged_uri: Optional[str] = None) -> Dict[str, Any]:
+                     log=None, model=None) -> Dict[str, Any]:
     """Log the model of ``train_ckpt`` (or an already loaded scoring ``model``) to the
     MLflow run as a pyfunc, register it as ``register_name`` and move ``alias`` to it
     when its ``metric`` beats the alias's (with ``value`` None: unless the alias's version
-    has a number for ``metric``).  ``logged_uri``: the run already holds this model
-    (e.g. the best seed of a many-seed training); it is registered, not logged again."""
+    has a number for ``metric``).  A run that already holds its model for this best
+    epoch (a finished training run again) is not given a second copy."""
     log = log or logging.getLogger("vadclip").info
     import tempfile
 
@@ -101,10 +104,14 @@ def log_and_register(train_ckpt: Optional[str], run_id: str, tracking_uri: str, 
             cur = _alias_version(client, register_name, alias)
             return {"model_uri": prior.source, "registered_version": int(prior.version), "alias": alias,
                     "promoted": cur is not None and cur.version == prior.version, "already_registered": True}
-    if logged_uri and register_name:
+    logged = client.get_run(run_id).data.tags.get(LOGGED_MODEL_TAG)
+    if logged and json.loads(logged).get("best_epoch") == best_epoch:
+        uri = json.loads(logged)["uri"]
+        if not register_name:
+            return {"model_uri": uri}
         from vadclip.model.checkpoint import load_model_file
 
-        return _register(client, logged_uri, register_name, alias, metric, value, best_epoch,
+        return _register(client, uri, register_name, alias, metric, value, best_epoch,
                          model if model is not None else load_model_file(train_ckpt), log)
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "vadclip_inference.pt")
@@ -119,6 +126,7 @@ def log_and_register(train_ckpt: Optional[str], run_id: str, tracking_uri: str, 
                                            **_signature(model))
             if value is not None and np.isfinite(value):
                 mlflow.log_metric(f"best_{metric}", float(value))
+            mlflow.set_tag(LOGGED_MODEL_TAG, json.dumps({"uri": info.model_uri, "best_epoch": best_epoch}))
     out["model_uri"] = info.model_uri
     if not register_name:
         return out
