@@ -21,7 +21,6 @@ import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-import numpy as np
 
 from vadclip.errors import InputError, MissingInputError
 from vadclip.io import storage
@@ -121,12 +120,6 @@ def validation_footage(model, features: str, crop: int, gt, log) -> Tuple[List[F
 
     cfg = model.cfg
 
-    def normal_label(label: str) -> bool:
-        try:
-            return cfg.is_normal(label)
-        except InputError:
-            return False
-
     out, ids, seen, skipped = [], [], set(), 0
     cols = ["video_id", "path", "label", "crop", "fps", "num_frames", "snippet_count", "feature_dim", "features"]
     with torch.no_grad():
@@ -142,7 +135,7 @@ def validation_footage(model, features: str, crop: int, gt, log) -> Tuple[List[F
                     skipped += 1
                     continue
                 anomaly, _ = score_video(model, x)
-                out.append(footage_of(r, anomaly, cfg.snippet_len, gt, normal_label))
+                out.append(footage_of(r, anomaly, cfg.snippet_len, gt, cfg.is_normal))
                 ids.append(r["video_id"])
     return out, ids, skipped
 

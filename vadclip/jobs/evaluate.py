@@ -41,14 +41,8 @@ def run_evaluate(model: str, features: str, gt_path: str, crop: Optional[int] = 
         scored = [(r, *score_video(scoring, row_features(r))) for r in rows]
     out = dict(metrics_from_scores(scored, gt, cfg), crop=crop, videos=len(rows))
 
-    def normal_label(label: str) -> bool:
-        try:
-            return cfg.is_normal(label)
-        except InputError:
-            return False
-
     rule = op.rule if op is not None else DEFAULT_RULE
-    stats = operating_stats([footage_of(r, a, cfg.snippet_len, gt, normal_label) for r, a, _ in scored], rule)
+    stats = operating_stats([footage_of(r, a, cfg.snippet_len, gt, cfg.is_normal) for r, a, _ in scored], rule)
     out["operating_point"] = {"source": source if op is not None else "none (the default rule)",
                               "rule": rule.describe(), **stats}
     return dict(out, **({"feature_mismatch": mismatch} if mismatch else {}))

@@ -460,15 +460,9 @@ def ground_truth_figures(scores_dir: str, gt_path: str, cfg_dict: Dict[str, Any]
     cfg, gt = VadConfig.from_dict(cfg_dict), read_gt(gt_path)
     rule = ScoreOptions(**opts_dict).rule()
 
-    def normal_label(label: str) -> bool:
-        try:
-            return cfg.is_normal(label)
-        except InputError:
-            return False
-
     rows = [r for f in part_files(scores_dir) for r in read_file(f, list(METRIC_COLUMNS)).to_pylist()]
     metrics = score_metrics(rows, gt, cfg)
-    footage = [footage_of(r, np.asarray(r["anomaly"], np.float64), cfg.snippet_len, gt, normal_label) for r in rows]
+    footage = [footage_of(r, np.asarray(r["anomaly"], np.float64), cfg.snippet_len, gt, cfg.is_normal) for r in rows]
     return metrics, (operating_stats(footage, rule), curve(footage, rule))
 
 

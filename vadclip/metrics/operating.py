@@ -177,7 +177,8 @@ def footage_of(row: Dict[str, Any], anomaly: np.ndarray, snippet_len: int, gt=No
     ``video_id``, ``label``); ``gt``: ground-truth intervals {video_id: [(start_frame,
     end_frame, label)]}, or None when there is none (then all footage counts as normal).
     With ground truth a video is normal footage when it has no interval and its label,
-    if any, is normal (``normal_label(label) -> bool``); an abnormal-labelled video
+    if any, is normal (``normal_label(label) -> bool``, e.g. ``cfg.is_normal``; a label it
+    cannot read counts as not normal); an abnormal-labelled video
     without intervals counts for neither side."""
     from vadclip.io.gt import intervals_of
 
@@ -185,8 +186,16 @@ def footage_of(row: Dict[str, Any], anomaly: np.ndarray, snippet_len: int, gt=No
     ivs = [] if gt is None else [(s / fps, e / fps) for s, e, _ in intervals_of(gt, row["video_id"])]
     normal = True
     if gt is not None:
-        normal = not ivs and (not row.get("label") or normal_label is None or normal_label(row["label"]))
+        normal = not ivs and (not row.get("label") or normal_label is None or _says_normal(normal_label, row["label"]))
     return Footage(np.asarray(anomaly, np.float64), snippet_len / fps, normal, ivs)
+
+
+def _says_normal(normal_label, label: str) -> bool:
+    """``normal_label(label)``; a label it cannot read (an unknown class) is not normal."""
+    try:
+        return bool(normal_label(label))
+    except InputError:
+        return False
 
 
 def curve(videos: Sequence[Footage], base: EventRule = DEFAULT_RULE) -> List[Dict[str, float]]:
