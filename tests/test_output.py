@@ -39,28 +39,91 @@ def test_every_video_has_one_writer_whatever_the_process():
     assert shard_of("cam7", 4) == shard_of("cam7", 4)
 
 
-def test_a_later_run_takes_the_lease_and_the_earlier_runs_writers_stop(tmp_path):
+def test_a_later_run_fences_the_earlier_runs_commits_and_its_writers_stop(tmp_path):
     """A writer that outlived its driver (the zombie window after a killed driver) must
-    not commit rows the new run writes too: the new run takes the output's lease and
-    the old writer's next commit fails without writing a part."""
+    not add rows the new run writes too.  Between two lease checks it can still write a
+    part and its marker, but the storage wrote that marker after the new run's lease,
+    so it never counts and the next run removes it; at its next check it stops."""
+    import os
+
     import pytest
 
-    from vadclip.io.parts import LeaseLost
+    from vadclip.io.parts import LeaseGuard, LeaseLost, PartWriter, remove_uncommitted
 
     schema = pa.schema([("video_id", pa.string()), ("path", pa.string())])
-    old = ResumableOutput(str(tmp_path / "rows"), str(tmp_path / "errors"))
+    rows_dir = str(tmp_path / "rows")
+    old = ResumableOutput(rows_dir, str(tmp_path / "errors"))
     old_run = old.start()
-    ow, _ = old.writers(old_run, schema, schema, rows_per_file=10, flush_seconds=None)
+    t = [0.0]
+    ow = PartWriter(rows_dir, schema, 10, old_run, None, guard=LeaseGuard(rows_dir, old_run, every=15,
+                                                                          clock=lambda: t[0]))
     ow.add([{"video_id": "v1", "path": "/v1.mp4"}])
     ow.flush()                                          # holds the lease: committed
-    new = ResumableOutput(str(tmp_path / "rows"), str(tmp_path / "errors"))
+    new = ResumableOutput(rows_dir, str(tmp_path / "errors"))
     new_run = new.start()
     assert new_run != old_run
+    t[0] = 5.0                                          # the old writer's check is not due yet
     ow.add([{"video_id": "v2", "path": "/v2.mp4"}])
+    ow.flush()                                          # part and marker written ...
+    assert len(os.listdir(tmp_path / "rows" / "_committed")) == 2
+    done, _ = new.ids("video_id")
+    assert sorted(done) == ["v1"]                       # ... and not counted: fenced by the new lease
+    t[0] = 20.0
+    ow.add([{"video_id": "v3", "path": "/v3.mp4"}])
     with pytest.raises(LeaseLost, match=new_run):
         ow.flush()
+    assert ow.buf and ow.buf[0]["video_id"] == "v3"     # a refused commit keeps its rows
     nw, _ = new.writers(new_run, schema, schema, rows_per_file=10, flush_seconds=None)
     nw.add([{"video_id": "v2", "path": "/v2.mp4"}])
     nw.flush()
     done, _ = new.ids("video_id")
-    assert sorted(done) == ["v1", "v2"] and len(part_files(str(tmp_path / "rows"))) == 2
+    assert sorted(done) == ["v1", "v2"] and len(part_files(rows_dir)) == 2
+    assert remove_uncommitted(rows_dir) == 1            # the fenced part goes, with its marker
+    assert len(os.listdir(tmp_path / "rows" / "_committed")) == 2
+
+
+def test_a_failed_commit_keeps_every_row_for_the_next_flush(tmp_path):
+    """Rows leave a writer's buffer only once their part and marker are committed."""
+    import pytest
+
+    from vadclip.io.parts import PartWriter
+
+    schema = pa.schema([("video_id", pa.string()), ("path", pa.string())])
+    fail = [True]
+
+    def guard():
+        if fail[0]:
+            raise OSError("When uploading part: AWS Error SLOW_DOWN (HTTP status 503)")
+
+    committed = []
+    w = PartWriter(str(tmp_path), schema, 2, "run1", None, guard=guard, on_commit=committed.extend)
+    with pytest.raises(OSError):
+        w.add([{"video_id": f"v{i}", "path": f"/v{i}"} for i in range(3)])
+    assert [r["video_id"] for r in w.buf] == ["v0", "v1", "v2"] and not committed
+    fail[0] = False
+    w.flush()
+    assert not w.buf and [r["video_id"] for r in committed] == ["v0", "v1", "v2"]
+    assert [pq.read_metadata(f).num_rows for f in part_files(str(tmp_path))] == [2, 1]
+
+
+def test_storage_retries_transient_errors_and_then_names_the_environment(monkeypatch):
+    import pytest
+
+    from vadclip.errors import EnvironmentProblem
+    from vadclip.io import storage
+
+    monkeypatch.setenv("VADCLIP_STORAGE_RETRIES", "4")
+    monkeypatch.setattr(storage.time, "sleep", lambda s: None)
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise OSError("AWS Error SLOW_DOWN during PutObject operation: Please reduce your request rate.")
+        return "ok"
+
+    assert storage.retrying(flaky, "s3://b/k") == "ok" and len(calls) == 3
+    with pytest.raises(EnvironmentProblem, match="s3://b/k: storage kept failing after 4 attempts"):
+        storage.retrying(lambda: (_ for _ in ()).throw(ConnectionResetError("reset by peer")), "s3://b/k")
+    with pytest.raises(FileNotFoundError):           # a missing key is never retried
+        storage.retrying(lambda: (_ for _ in ()).throw(FileNotFoundError("s3://b/k")), "s3://b/k")

@@ -88,14 +88,18 @@ def test_scratch_copies_are_removed_and_store_failures_are_not_video_errors(s3, 
     with pytest.raises(VideoError, match="empty file"):
         with fetched("s3://bkt/v/empty.mp4"):
             pass
-    # a store that cannot be reached is the environment's problem: OSError, never a VideoError
+    # a store that cannot be reached is the environment's problem once the retries are
+    # spent (EnvironmentProblem, exit 3), never a VideoError
     import socket
+
+    from vadclip.errors import EnvironmentProblem
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed}")
-    with pytest.raises(OSError) as exc:
+    monkeypatch.setenv("VADCLIP_STORAGE_RETRIES", "2")
+    with pytest.raises(EnvironmentProblem, match="s3://bkt/v/ok.mp4: storage kept failing after 2 attempts") as exc:
         with fetched("s3://bkt/v/ok.mp4"):
             pass
     assert not isinstance(exc.value, VideoError)

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import time
 import uuid
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -47,13 +49,20 @@ class PartWriter:
     A part is written once ``rows_per_file`` rows are buffered or, for a slow job,
     once the oldest buffered row has waited ``flush_seconds``: an interrupted job
     loses at most that much work, and the number of part files stays bounded by
-    the job's duration / ``flush_seconds``."""
+    the job's duration / ``flush_seconds``.
+
+    Rows leave the buffer only once their part and its marker are committed: a write
+    that fails (storage that keeps answering 503 after the retries of
+    :func:`vadclip.io.storage.retrying`, a lost lease) raises with every row still
+    buffered, and the next flush writes them again under the same part name.
+    ``on_commit(rows)`` is told of each committed part's rows."""
 
     def __init__(self, directory: str, schema: pa.Schema, rows_per_file: int, run_id: str,
                  flush_seconds: Optional[float] = 60.0, clock=time.monotonic, identities: bool = False,
-                 guard=None) -> None:
+                 guard=None, on_commit=None) -> None:
         self.dir, self.schema, self.rows_per_file, self.run_id = directory, schema, rows_per_file, run_id
         self.guard = guard          # called before each commit; raises when this run may no longer write
+        self.on_commit = on_commit
         # rows carry "input_identity" (not a column): kept per path in each part's metadata
         self.identities = identities
         self.flush_seconds, self.clock = flush_seconds, clock
@@ -80,7 +89,7 @@ class PartWriter:
     def flush(self) -> None:
         """Write what is buffered, in parts of at most ``rows_per_file`` rows."""
         while self.buf:
-            rows, self.buf = self.buf[:self.rows_per_file], self.buf[self.rows_per_file:]
+            rows = self.buf[:self.rows_per_file]
             name = f"part-{self.run_id}-{self.parts:05d}.parquet"
             schema = self.schema
             if self.identities:
@@ -90,7 +99,11 @@ class PartWriter:
             if self.guard is not None:
                 self.guard()
             write_part(self.dir, name, table)
+            # committed: only now do the rows leave the buffer
             self.parts += 1
+            del self.buf[:len(rows)]
+            if self.on_commit is not None:
+                self.on_commit(rows)
         self._oldest = None
 
 
@@ -105,12 +118,20 @@ def write_part(directory: str, name: str, table: pa.Table) -> str:
 def read_file(path: str, columns: Optional[Sequence[str]] = None, filters=None) -> pa.Table:
     """One Parquet file (a path or URI), optionally some columns or rows."""
     fs, p = storage.resolve(path)
-    return pq.read_table(p, columns=list(columns) if columns else None, filters=filters, filesystem=fs)
+    return storage.retrying(lambda: pq.read_table(p, columns=list(columns) if columns else None, filters=filters,
+                                                  filesystem=fs), path)
 
 
 def _listing(directory: str):
+    """(part names, names of the parts whose commit counts) of ``directory``.  A commit
+    counts when its marker exists and, for a run that later lost the output's lease,
+    the storage server wrote the marker before the next run took the lease
+    (:func:`take_lease`): the fencing that keeps a writer that outlived its driver
+    from adding rows the next run also writes."""
     names = [storage.basename(f) for f in storage.list_files(directory, recursive=False)]
-    marked = {storage.basename(f) for f in storage.list_files(storage.join(directory, MARKERS), recursive=False)}
+    markers = storage.list_infos(storage.join(directory, MARKERS))
+    leases = lease_history(directory)
+    marked = {storage.basename(i.path) for i in markers if _fenced_at(storage.basename(i.path), leases, i.mtime_ns)}
     return sorted(n for n in names if _is_part(n)), marked
 
 
@@ -127,43 +148,99 @@ def _before_markers(directory: str, marked) -> bool:
     return not marked and storage.is_local(directory) and not storage.exists(storage.join(directory, MARKERS))
 
 
-LEASE = "_lease"
+# ------------------------------------------------------------------------- leases
+# A run takes an output folder by writing ``_leases/<token>-<run id>`` there, the token
+# one more than the highest so far.  The storage server's modification times order
+# that object against every commit marker: a marker of run R counts only if it was
+# written before the first lease taken after R's.  So a writer that outlived its
+# driver can still write a marker, but it is never counted, and the next run removes
+# it with the uncommitted parts.  What remains is a marker upload in flight at the very
+# moment a lease is taken (one request's duration) — and the commit check each writer
+# makes (:func:`check_lease`, at most every ``LEASE_CHECK_S``) stops such a writer soon
+# after.
+LEASES = "_leases"
+LEASE_CHECK_S = float(os.environ.get("VADCLIP_LEASE_CHECK_S", "15"))
+_RUN_OF_PART = re.compile(r"^part-(\d{14}-[0-9a-f]{6})")
 
 
 class LeaseLost(RuntimeError):
     """Another run of the same output has started: this run's writers stop."""
 
 
-def take_lease(directory: str, run_id: str) -> None:
-    """The output folder ``directory`` is now written by ``run_id`` alone (a small
-    object beside the parts; a run that started later takes it over)."""
+def lease_history(directory: str) -> List[Tuple[int, str, int]]:
+    """``[(token, run id, server time in ns)]`` of the runs that took ``directory``, oldest first."""
+    out = []
+    for i in storage.list_infos(storage.join(directory, LEASES)):
+        token, _, run = storage.basename(i.path).partition("-")
+        if token.isdigit() and run:
+            out.append((int(token), run, i.mtime_ns or 0))
+    return sorted(out)
+
+
+def _fenced_at(marker: str, leases: List[Tuple[int, str, int]], mtime_ns: Optional[int]) -> bool:
+    """Whether the commit marker ``marker`` (written at ``mtime_ns``) counts."""
+    m = _RUN_OF_PART.match(marker)
+    if not m or not leases:
+        return True
+    run = m.group(1)
+    mine = [t for t, r, _ in leases if r == run]
+    if not mine:
+        return True          # a run that never took a lease (written before leases existed)
+    later = [at for t, r, at in leases if t > mine[0]]
+    return not later or mtime_ns is None or mtime_ns < min(later)
+
+
+def take_lease(directory: str, run_id: str) -> int:
+    """The output folder ``directory`` is now written by ``run_id`` alone: a new lease
+    object, one token above the highest so far.  Returns the token."""
     storage.makedirs(directory)
-    storage.write_text(storage.join(directory, LEASE), run_id)
+    history = lease_history(directory)
+    token = (history[-1][0] + 1) if history else 1
+    storage.write_bytes(storage.join(directory, LEASES, f"{token:09d}-{run_id}"), b"")
+    return token
+
+
+def lease_holder(directory: str) -> Optional[str]:
+    """The run that holds ``directory``'s lease now (None: no run ever took it)."""
+    history = lease_history(directory)
+    return history[-1][1] if history else None
 
 
 def check_lease(directory: str, run_id: str) -> None:
     """Raise :class:`LeaseLost` unless ``run_id`` still holds the lease of ``directory``
-    (no lease at all: an output written before leases existed, or by a single process)."""
-    path = storage.join(directory, LEASE)
-    try:
-        holder = storage.read_text(path).strip()
-    except OSError:
-        if not storage.exists(path):
-            return
-        raise
-    if holder != run_id:
+    (no lease at all: an output written by a single process)."""
+    holder = lease_holder(directory)
+    if holder is not None and holder != run_id:
         raise LeaseLost(f"{directory}: a later run ({holder}) writes this output now; the writers of run {run_id} "
                         "stop without committing")
 
 
+class LeaseGuard:
+    """A writer's commit check, made at most every ``every`` seconds (a LIST request
+    each time; the fencing of :func:`_listing` covers the commits in between)."""
+
+    def __init__(self, directory: str, run_id: str, every: Optional[float] = None, clock=time.monotonic):
+        self.directory, self.run_id, self.clock = directory, run_id, clock
+        self.every = LEASE_CHECK_S if every is None else every
+        self._last: Optional[float] = None
+
+    def __call__(self) -> None:
+        now = self.clock()
+        if self._last is None or now - self._last >= self.every:
+            check_lease(self.directory, self.run_id)
+            self._last = now
+
+
 def remove_uncommitted(directory: str) -> int:
-    """Delete parts left without a marker by an interrupted run; returns how many."""
+    """Delete parts left without a counted marker by an interrupted run (or committed
+    by a writer after it lost the lease, with their markers); returns how many."""
     parts, marked = _listing(directory)
     if _before_markers(directory, marked):
         return 0
     stale = [n for n in parts if n not in marked]
     for n in stale:
         storage.delete(storage.join(directory, n))
+        storage.delete(storage.join(directory, MARKERS, n))
     if stale:
         log.warning("%s: removed %d part file(s) an interrupted run left unfinished", directory, len(stale))
     return len(stale)
@@ -213,12 +290,24 @@ def read_identities(directory: str) -> Dict[str, Optional[str]]:
     return out
 
 
+def committed_table(directory: str, columns: Sequence[str], prefix: str = "part-") -> List[Dict[str, Any]]:
+    """Some columns of the committed parts of ``directory`` whose names start with
+    ``prefix`` (one run's, or one writer's: see :class:`vadclip.jobs.writers.VideoWriter`), as rows."""
+    out: List[Dict[str, Any]] = []
+    for f in part_files(directory):
+        if storage.basename(f).startswith(prefix):
+            out.extend(read_file(f, columns).to_pylist())
+    return out
+
+
+def committed_values(directory: str, column: str, prefix: str = "part-") -> List[Any]:
+    """One column of :func:`committed_table`."""
+    return [r[column] for r in committed_table(directory, [column], prefix)]
+
+
 def read_column(directory: str, column: str) -> List[Any]:
     """One column of every committed part of ``directory`` (empty when it does not exist)."""
-    out: List[Any] = []
-    for f in part_files(directory):
-        out.extend(read_file(f, [column]).column(column).to_pylist())
-    return out
+    return committed_values(directory, column)
 
 
 def drop_rows(directory: str, column: str, values: set) -> None:

@@ -15,18 +15,24 @@ calls ``os.path`` on a user's path."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import posixpath
+import random
 import re
 import shutil
 import tempfile
 import threading
+import time
 import uuid
-from typing import Iterator, List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple, TypeVar
 
 import pyarrow.fs as pafs
 
-from vadclip.errors import InputError
+from vadclip.errors import EnvironmentProblem, InputError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class UnsupportedURI(InputError):
@@ -37,6 +43,53 @@ COPY_CHUNK = 8 << 20    # bytes per read when streaming an object to node-local 
 _local = pafs.LocalFileSystem()
 _cache: dict = {}
 _lock = threading.Lock()
+
+
+# ------------------------------------------------------------------ transient errors
+# What object stores answer when they are busy or the network hiccups (pyarrow's S3
+# client has already retried some of these itself when the error reaches us).
+TRANSIENT = re.compile(r"SLOW_?DOWN|SlowDown|503|500 |InternalError|ServiceUnavailable|Throttl|RequestTimeout|"
+                       r"timed? ?out|Timeout|Connection (was )?reset|reset by peer|Broken pipe|curlCode|"
+                       r"Unable to connect|connection refused|NETWORK_CONNECTION|Could not connect|"
+                       r"Couldn't connect|Error in HTTP|SERVICE_UNAVAILABLE|INTERNAL_FAILURE|Failed to connect",
+                       re.IGNORECASE)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A storage error worth retrying: busy or unreachable storage, never a missing key."""
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    return isinstance(exc, OSError) and bool(TRANSIENT.search(str(exc)))
+
+
+def retry_settings() -> Tuple[int, float, float]:
+    """(attempts, first delay, largest delay in seconds): ``VADCLIP_STORAGE_RETRIES``
+    (attempts, default 10) — about two minutes of a store answering nothing but errors
+    before the job fails."""
+    return max(1, int(os.environ.get("VADCLIP_STORAGE_RETRIES", "10"))), 0.25, 20.0
+
+
+def retrying(fn: Callable[[], T], what: str) -> T:
+    """``fn()``, retried with exponential backoff and full jitter while it fails with a
+    transient storage error; once the attempts are spent it raises
+    :class:`EnvironmentProblem` naming ``what`` — storage that keeps failing is the
+    environment's problem, never a video's."""
+    attempts, first, cap = retry_settings()
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - sorted by is_transient below
+            if not is_transient(e):
+                raise
+            if attempt == attempts:
+                msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                raise EnvironmentProblem(f"{what}: storage kept failing after {attempts} attempts: {msg}") from e
+            delay = random.uniform(0, min(cap, first * 2 ** (attempt - 1)))
+            log.debug("%s: transient storage error (%s), retry %d in %.2fs", what, e, attempt, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 def is_uri(path: str) -> bool:
@@ -116,7 +169,7 @@ def _uri_of(template: str, inner: str) -> str:
 
 def info(path: str) -> pafs.FileInfo:
     fs, p = resolve(path)
-    return fs.get_file_info(p)
+    return retrying(lambda: fs.get_file_info(p), path)
 
 
 def exists(path: str) -> bool:
@@ -133,16 +186,26 @@ def isdir(path: str) -> bool:
 
 def makedirs(path: str) -> None:
     fs, p = resolve(path)
-    fs.create_dir(p, recursive=True)
+    retrying(lambda: fs.create_dir(p, recursive=True), path)
 
 
 def list_files(directory: str, recursive: bool = True, suffixes: Optional[Tuple[str, ...]] = None) -> List[str]:
     """Files under ``directory`` (sorted, named as the user would name them)."""
     fs, p = resolve(directory)
-    infos = fs.get_file_info(pafs.FileSelector(p, recursive=recursive, allow_not_found=True))
+    infos = retrying(lambda: fs.get_file_info(pafs.FileSelector(p, recursive=recursive, allow_not_found=True)),
+                     directory)
     out = [_uri_of(directory, i.path) for i in infos if i.type == pafs.FileType.File
            and (suffixes is None or i.path.lower().endswith(suffixes))]
     return sorted(out)
+
+
+def list_infos(directory: str) -> List[pafs.FileInfo]:
+    """The files directly in ``directory`` with their sizes and modification times as
+    the storage keeps them (the server's clock for object stores); [] when it does not exist."""
+    fs, p = resolve(directory)
+    infos = retrying(lambda: fs.get_file_info(pafs.FileSelector(p, recursive=False, allow_not_found=True)),
+                     directory)
+    return sorted((i for i in infos if i.type == pafs.FileType.File), key=lambda i: i.path)
 
 
 def glob(pattern: str) -> List[str]:
@@ -195,8 +258,10 @@ def open_input(path: str):
 
 
 def read_bytes(path: str) -> bytes:
-    with open_input(path) as fh:
-        return fh.read()
+    def read():
+        with open_input(path) as fh:
+            return fh.read()
+    return retrying(read, path)
 
 
 def read_text(path: str) -> str:
@@ -218,8 +283,10 @@ def write_bytes(path: str, data: bytes) -> None:
             if os.path.exists(tmp):
                 os.remove(tmp)
         return
-    with fs.open_output_stream(p) as out:
-        out.write(data)
+    def put():
+        with fs.open_output_stream(p) as out:
+            out.write(data)
+    retrying(put, path)
 
 
 def write_text(path: str, text: str) -> None:
@@ -228,10 +295,13 @@ def write_text(path: str, text: str) -> None:
 
 def delete(path: str) -> None:
     fs, p = resolve(path)
-    try:
-        fs.delete_file(p)
-    except FileNotFoundError:
-        pass
+
+    def rm():
+        try:
+            fs.delete_file(p)
+        except FileNotFoundError:
+            pass
+    retrying(rm, path)
 
 
 def upload(local_path: str, dest: str) -> None:
@@ -249,7 +319,16 @@ def upload(local_path: str, dest: str) -> None:
         with open(local_path, "rb") as fh:
             write_bytes(dest, fh.read())
         return
-    with open(local_path, "rb") as src, fs.open_output_stream(p) as out:
+    def put():
+        with open(local_path, "rb") as src, fs.open_output_stream(p) as out:
+            shutil.copyfileobj(src, out, COPY_CHUNK)
+    retrying(put, dest)
+
+
+def _copy_down(fs, p: str, local: str) -> None:
+    """Stream object ``p`` of ``fs`` into the local file ``local`` (truncated first, so a
+    retried copy starts over)."""
+    with open(local, "wb") as out, fs.open_input_stream(p) as src:
         shutil.copyfileobj(src, out, COPY_CHUNK)
 
 
@@ -284,9 +363,9 @@ def local_file(path: str, suffix: str = "") -> Iterator[str]:
     scratch = scratch_dir()
     _sweep_dead_copies(scratch)
     fd, tmp = tempfile.mkstemp(prefix=f"vadclip-{os.getpid()}-", suffix=suffix, dir=scratch)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as out, fs.open_input_stream(p) as src:
-            shutil.copyfileobj(src, out, COPY_CHUNK)
+        retrying(lambda: _copy_down(fs, p, tmp), path)
         yield tmp
     finally:
         if os.path.exists(tmp):
@@ -323,8 +402,7 @@ def download(path: str, dest: str) -> None:
     os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
     tmp = f"{dest}.{uuid.uuid4().hex[:8]}.tmp"
     try:
-        with open(tmp, "wb") as out, fs.open_input_stream(p) as src:
-            shutil.copyfileobj(src, out, COPY_CHUNK)
+        retrying(lambda: _copy_down(fs, p, tmp), path)
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):

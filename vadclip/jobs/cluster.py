@@ -55,6 +55,25 @@ def _forwarded_env():
     return {"env_vars": env} if env else None
 
 
+def lost_with_a_node(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is Ray saying that work died with a worker
+    process or node — what a re-run of the lost videos mends — rather than an error of
+    the job's own."""
+    from ray import exceptions as rx
+
+    kinds = tuple(k for k in (getattr(rx, n, None) for n in (
+        "RayActorError", "ActorUnavailableError", "ObjectLostError", "NodeDiedError", "WorkerCrashedError",
+        "OwnerDiedError", "ObjectReconstructionFailedError", "LocalRayletDiedError", "ObjectFetchTimedOutError"))
+        if isinstance(k, type))
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, kinds):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def cluster_gpus() -> float:
     import ray
 

@@ -23,7 +23,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 import numpy as np
 import pyarrow as pa
 
-from vadclip.io.parts import (PartWriter, check_lease, new_run_id, read_column, read_identities,
+from vadclip.io.parts import (LeaseGuard, PartWriter, new_run_id, read_column, read_identities,
                                remove_uncommitted, take_lease)
 
 
@@ -35,19 +35,22 @@ class ResumableOutput:
     run_id: Optional[str] = None       # the run holding the output's lease (set by start)
 
     def start(self) -> str:
-        """Before a run: this run takes the output's lease (the writers of an earlier run
-        that outlived its driver stop at their next commit), then the parts an interrupted
-        run left uncommitted go.  Returns the new run's id."""
+        """Before a run — after every check that can refuse it, so a refused run changes
+        nothing here: this run takes the output's lease in both folders (the commits of
+        an earlier run's writers that outlived its driver stop counting, see
+        :mod:`vadclip.io.parts`), then the parts an interrupted run left uncommitted go.
+        Returns the new run's id."""
         self.run_id = new_run_id()
-        take_lease(self.rows_dir, self.run_id)
+        for d in (self.rows_dir, self.errors_dir):
+            take_lease(d, self.run_id)
         for d in (self.rows_dir, self.errors_dir):
             remove_uncommitted(d)
         return self.run_id
 
-    def guard(self) -> None:
-        """Before each commit: raises :class:`LeaseLost` once a later run holds the lease."""
-        if self.run_id is not None:
-            check_lease(self.rows_dir, self.run_id)
+    def guard(self) -> Optional[LeaseGuard]:
+        """The commit check of this run's writers: raises :class:`LeaseLost` once a
+        later run holds the lease."""
+        return LeaseGuard(self.rows_dir, self.run_id) if self.run_id is not None else None
 
     def identities(self) -> Tuple[Dict[str, Optional[str]], Dict[str, Optional[str]]]:
         """``({path: input identity}`` of the done rows, the same of the failed ones)."""
@@ -58,11 +61,14 @@ class ResumableOutput:
         return set(read_column(self.rows_dir, column)), set(read_column(self.errors_dir, column))
 
     def writers(self, run_id: str, schema: pa.Schema, error_schema: pa.Schema, rows_per_file: int,
-                flush_seconds: Optional[float], identities: bool = False) -> Tuple[PartWriter, PartWriter]:
+                flush_seconds: Optional[float], identities: bool = False,
+                on_commit=None) -> Tuple[PartWriter, PartWriter]:
+        """(rows writer, errors writer) for parts named after ``run_id``; ``on_commit(rows)``
+        hears of the rows of each part once it is committed, in either table."""
         return (PartWriter(self.rows_dir, schema, rows_per_file, run_id, flush_seconds, identities=identities,
-                           guard=self.guard),
+                           guard=self.guard(), on_commit=on_commit),
                 PartWriter(self.errors_dir, error_schema, 64, run_id, flush_seconds, identities=identities,
-                           guard=self.guard))
+                           guard=self.guard(), on_commit=on_commit))
 
 
 def shard_of(video_id: str, n: int) -> int:
@@ -80,17 +86,29 @@ def block_columns(block) -> Dict[str, np.ndarray]:
 
 
 class Ticker:
-    """Calls ``fn`` every ``every`` seconds on a daemon thread, under ``lock``, until stopped."""
+    """Calls ``fn`` every ``every`` seconds on a daemon thread, under ``lock``, until
+    stopped.  An exception of ``fn`` is kept (the thread goes on ticking) and raised by
+    :meth:`raise_error`, which the owner calls on its next call: a timed flush that
+    fails never stops silently."""
 
     def __init__(self, fn, every: float, lock: threading.Lock):
         self._stop = threading.Event()
+        self.error: Optional[BaseException] = None
 
         def run():
             while not self._stop.wait(every):
                 with lock:
-                    fn()
+                    try:
+                        fn()
+                    except Exception as e:  # noqa: BLE001 - handed to the owner's next call
+                        self.error = e
 
         threading.Thread(target=run, daemon=True).start()
+
+    def raise_error(self) -> None:
+        err, self.error = self.error, None
+        if err is not None:
+            raise err
 
     def stop(self) -> None:
         self._stop.set()
@@ -112,19 +130,23 @@ class Claims:
         return out
 
 
-def placements(n: int) -> list:
-    """Where ``n`` writers run: on the nodes with CPUs other than the driver's, in turn
-    (the driver's node only when it is the only one).  Hard affinity: a writer whose
-    node dies fails the job, which a re-run resumes."""
+def helper_placement(cpus: float, spread: bool = False) -> Dict[str, object]:
+    """Ray options of a helper actor (a writer) on the worker nodes, as they come.  It
+    reserves ``cpus`` (a head started with no CPU, as ``cluster.yaml``'s, never gets
+    one; on a cluster at ``min_workers: 0`` the demand makes the autoscaler launch a
+    node), is restarted wherever Ray can when its node dies (``max_restarts=-1``) and
+    its calls are retried on the new incarnation; ``spread`` spreads a group over nodes."""
+    return {"num_cpus": cpus, "max_restarts": -1, "max_task_retries": -1,
+            **({"scheduling_strategy": "SPREAD"} if spread else {})}
+
+
+def driver_node_soft() -> object:
+    """Soft affinity to the driver's node (a coordinator beside the driver: that node
+    dying ends the job anyway); anywhere else when it cannot."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    here = ray.get_runtime_context().get_node_id()
-    nodes = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0)
-    others = [node for node in nodes if node != here] or nodes
-    if not others:
-        return ["DEFAULT"] * n
-    return [NodeAffinitySchedulingStrategy(node_id=others[i % len(others)], soft=False) for i in range(n)]
+    return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
 
 
 def row_sink(output: ResumableOutput, run_id: str, schema: pa.Schema, error_schema: pa.Schema,
@@ -138,7 +160,10 @@ def row_sink(output: ResumableOutput, run_id: str, schema: pa.Schema, error_sche
     import ray
     from ray.data import Datasink
 
-    claims = ray.remote(Claims).options(num_cpus=0, scheduling_strategy=placements(1)[0]).remote(list(taken))
+    # one small coordinator beside the driver, restarted by Ray if it dies (it then knows
+    # the videos done before this run; a retried task reclaims its own keys)
+    claims = ray.remote(Claims).options(num_cpus=0, max_restarts=-1, max_task_retries=-1,
+                                        scheduling_strategy=driver_node_soft()).remote(list(taken))
 
     class _RowSink(Datasink):
         def __init__(self):

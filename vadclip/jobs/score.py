@@ -138,8 +138,7 @@ class ScoreStage:
         from ray.data import ActorPoolStrategy
 
         return {"fn_constructor_args": (checkpoint_ref, opts), "batch_size": 8, "batch_format": "numpy",
-                "compute": ActorPoolStrategy(size=opts.num_scorers), "num_cpus": 1,
-                "max_restarts": 3, "max_task_retries": 3}
+                "compute": ActorPoolStrategy(size=opts.num_scorers), "num_cpus": 1}
 
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, Any]:
         from vadclip.io.features import row_features
@@ -213,8 +212,10 @@ class Scorer:
         self.checkpoint, self.opts, self.crop, self.output, self.run_id = checkpoint, opts, crop, output, run_id
         self.model = None
 
-    def start(self) -> None:
-        """In the writer: load the model, open the part writers."""
+    def start(self, skip=()) -> None:
+        """In the writer: load the model, open the part writers.  ``skip``: videos whose
+        scores are committed already (by an earlier incarnation of this writer, or an
+        earlier round of the run)."""
         from vadclip.model.checkpoint import load_checkpoint
 
         ckpt = self.checkpoint
@@ -224,26 +225,32 @@ class Scorer:
             ckpt = ray.get(ckpt)
         self.model = load_checkpoint(ckpt)
         self.classes = list(self.model.cfg.class_keys)
-        self.sw, self.ew = self.output.writers(self.run_id, SCORE_SCHEMA, ERROR_SCHEMA, self.opts.rows_per_file,
-                                               self.opts.flush_seconds)
+        self.skip = set(skip)
         self.counts = {"rows": 0, "errors": 0, "snippets": 0, "failures": []}
+        self.sw, self.ew = self.output.writers(self.run_id, SCORE_SCHEMA, ERROR_SCHEMA, self.opts.rows_per_file,
+                                               self.opts.flush_seconds, on_commit=self._committed)
+
+    def _committed(self, rows: List[Dict[str, Any]]) -> None:
+        for r in rows:
+            if "error" in r:
+                self.counts["errors"] += 1
+                self.counts["failures"].append(r["error"])
+            else:
+                self.counts["rows"] += 1
+                self.counts["snippets"] += int(r["snippet_count"])
 
     def video(self, vid: str, meta: Dict[str, Any], feats: np.ndarray) -> None:
         """A video's features [T, crops, D], just assembled."""
-        if self.crop >= feats.shape[1]:
+        if self.crop >= feats.shape[1] or vid in self.skip:
             return
+        self.skip.add(vid)
         row = {"video_id": vid, "path": meta["path"], "fps": meta["fps"], "num_frames": meta["num_frames"]}
         try:
             s = score_features(self.model, feats[:, self.crop], row, self.opts, self.classes)
         except InputError as e:
-            msg = score_error(row, e)
-            self.ew.add([{"path": meta["path"], "video_id": vid, "stage": "score", "error": msg}])
-            self.counts["errors"] += 1
-            self.counts["failures"].append(msg)
+            self.ew.add([{"path": meta["path"], "video_id": vid, "stage": "score", "error": score_error(row, e)}])
             return
         self.sw.add([score_row(dict(meta, video_id=vid), s, feats.shape[0], self.classes)])
-        self.counts["rows"] += 1
-        self.counts["snippets"] += int(feats.shape[0])
 
     def tick(self) -> None:
         self.sw.tick()
@@ -292,7 +299,8 @@ def _score_rows(classes: List[str]):
 
 
 def _score_from_features(features: str, crop: int, todo: Optional[List[str]], done: set, ckpt_ref,
-                         opts: ScoreOptions, output: ResumableOutput, run_id: str, classes: List[str]) -> Dict[str, Any]:
+                         opts: ScoreOptions, output: ResumableOutput, run_id: str, classes: List[str],
+                         rnd: int = 1) -> Dict[str, Any]:
     """Score the rows of ``features`` at ``crop`` — those in ``todo``, or (``todo`` None)
     every one not in ``done`` — in a pool of scorer actors; the workers write the rows,
     the driver gets their counts."""
@@ -311,13 +319,65 @@ def _score_from_features(features: str, crop: int, todo: Optional[List[str]], do
     elif done:
         ds = ds.filter(expr=col("video_id").not_in(sorted(done)))
     ds = ds.map_batches(ScoreStage, **ScoreStage.ray_args(ckpt_ref, opts))
-    sink = row_sink(output, run_id, SCORE_SCHEMA, ERROR_SCHEMA, opts.rows_per_file, _score_rows(classes))
+    name = run_id if rnd == 1 else f"{run_id}-r{rnd}"    # each round its own part names
+    sink = row_sink(output, name, SCORE_SCHEMA, ERROR_SCHEMA, opts.rows_per_file, _score_rows(classes))
     try:
         ds.write_datasink(sink)
     finally:
         sink.close()
     return {k: sink.totals.get(k, [] if k == "failures" else 0)
             for k in ("rows", "errors", "snippets", "duplicates", "failures")}
+
+
+def _ids_at(found: Dict[str, Any], crop: int) -> set:
+    """The video ids of a feature set (as :func:`check_feature_set` found it) at ``crop``."""
+    meta = found["meta"]
+    return set(meta.filter(pc.equal(meta["crop"], crop)).column("video_id").to_pylist())
+
+
+def _score_rounds(features: str, crop: int, todo: Optional[List[str]], done: set, have: set, ckpt_ref,
+                  opts: ScoreOptions, output: ResumableOutput, run_id: str, classes: List[str], log) -> int:
+    """Score the videos of ``todo`` (None: every video of ``have`` not in ``done``); then
+    score again those that are neither a score row nor an error row (their rows died
+    with a worker node), at most ``MAX_ROUNDS`` times in all; still missing: the job
+    fails (exit 0 always means every row is there).  Returns the duplicate rows ignored."""
+    from vadclip.errors import EnvironmentProblem
+    from vadclip.jobs.cluster import lost_with_a_node
+    from vadclip.jobs.extract import MAX_ROUNDS
+
+    want, dups = (set(todo) if todo is not None else have - done), 0
+    for rnd in range(1, MAX_ROUNDS + 1):
+        try:
+            dups += _score_from_features(features, crop, todo, done, ckpt_ref, opts, output, run_id, classes,
+                                         rnd)["duplicates"]
+        except Exception as e:  # noqa: BLE001 - sorted below
+            if not lost_with_a_node(e):
+                raise
+            log(f"[score] round {rnd}: the pipeline lost a worker ({type(e).__name__}); the videos not written "
+                "are scored again")
+        scored, failed = output.ids("video_id")
+        missing = sorted(want - scored - failed)
+        if not missing:
+            return dups
+        if rnd == MAX_ROUNDS:
+            raise EnvironmentProblem(f"{len(missing)} videos (e.g. {missing[0]}) are still not scored after "
+                                     f"{MAX_ROUNDS} rounds: the cluster keeps losing the workers holding them; "
+                                     "run the same command again to resume")
+        log(f"[score] {len(missing)} videos were lost with a worker: scoring them again "
+            f"(round {rnd + 1} of at most {MAX_ROUNDS})")
+        todo = missing
+    return dups
+
+
+def _run_counts(output: ResumableOutput) -> Dict[str, Any]:
+    """What this run committed, read from the folder (never from counters a dead worker took along)."""
+    from vadclip.io.parts import committed_table
+
+    mine = f"part-{output.run_id}"
+    rows = committed_table(output.rows_dir, ["video_id", "snippet_count"], mine)
+    errs = committed_table(output.errors_dir, ["video_id", "error"], mine)
+    return {"rows": len(rows), "errors": len(errs), "snippets": sum(int(r["snippet_count"]) for r in rows),
+            "failures": [r["error"] for r in errs]}
 
 
 def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, videos: Optional[str] = None,
@@ -371,7 +431,6 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
     extract_summary = None
     done, _ = output.ids("video_id")           # scored by earlier runs
     ckpt_ref = ray.put(checkpoint_dict(model))
-    n = {"rows": 0, "errors": 0, "snippets": 0, "duplicates": 0, "failures": []}
     todo = None                                 # None: every feature row not scored yet
     if features is None:
         # one streaming pipeline: decode → encode → the writers assemble each video, write
@@ -383,23 +442,20 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
         crop = 0 if opts.crop is None else opts.crop
         if not 0 <= crop < eo.crops:
             raise InputError(f"--crop {crop}: the videos are extracted with --crops {eo.crops} (crops 0-{eo.crops - 1})")
-        extract_summary, results = extract_and(videos, out_dir, eo, scorer=Scorer(ckpt_ref, opts, crop, output, run_id),
-                                               address=address, log=log)
-        for r in results:
-            for k in ("rows", "errors", "snippets", "failures"):
-                n[k] += r["scores"][k]
+        extract_summary, _ = extract_and(videos, out_dir, eo, scorer=Scorer(ckpt_ref, opts, crop, output, run_id),
+                                         address=address, log=log)
         features = feature_dir(out_dir)
         found = check_feature_set(features, model.embed_dim, crop=crop)
         mismatch = check_fit(cfg, features, f"the model {model_uri}", opts.allow_feature_mismatch, log)
         scored, failed_now = output.ids("video_id")
-        have = set(found["meta"].filter(pc.equal(found["meta"]["crop"], crop)).column("video_id").to_pylist())
-        todo = sorted(have - scored - failed_now)
+        todo = sorted(_ids_at(found, crop) - scored - failed_now)
     crop = found["crops"][0] if opts.crop is None else opts.crop
+    n_dup = 0
     if todo is None or todo:
-        for k, v in _score_from_features(features, crop, todo, done, ckpt_ref, opts, output, run_id,
-                                         list(cfg.class_keys)).items():
-            n[k] += v
-    n_ok, n_err, n_snip, n_dup = n["rows"], n["errors"], n["snippets"], n["duplicates"]
+        n_dup = _score_rounds(features, crop, todo, done, _ids_at(found, crop), ckpt_ref, opts, output, run_id,
+                              list(cfg.class_keys), log)
+    n = _run_counts(output)
+    n_ok, n_err, n_snip = n["rows"], n["errors"], n["snippets"]
     for line in n["failures"]:
         log(f"[score] FAILED {line}")
     elapsed = time.time() - t0
@@ -422,9 +478,7 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
     if gt_path and totals["videos"]:
         # frame-level AUC/AP need every frame score at once: one task on a worker reads them
         # (this step alone grows with the archive), never the driver
-        from vadclip.jobs.output import placements
-
-        task = ray.remote(ground_truth_figures).options(num_cpus=1, scheduling_strategy=placements(1)[0])
+        task = ray.remote(ground_truth_figures).options(num_cpus=1, max_retries=3)
         metrics, operating_here = ray.get(task.remote(_scores_dir(out_dir), gt_path, cfg.to_dict(), asdict(opts)))
         summary.update(metrics)
 

@@ -1,0 +1,61 @@
+"""What a job is asked to process: a manifest (CSV/Parquet), a folder or a glob of
+videos, local or in object storage, as one row per distinct video."""
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Dict, List, Optional
+
+from vadclip.errors import InputError, MissingInputError
+from vadclip.io import storage
+from vadclip.io.ids import video_id
+from vadclip.io.tables import read_records
+from vadclip.video.decode import list_videos
+
+log = logging.getLogger(__name__)
+
+
+def load_manifest(source: str) -> List[Dict[str, Optional[str]]]:
+    """Videos to process from a CSV/Parquet manifest (``path`` [, ``label``, ``video_id``];
+    relative paths are relative to the manifest), a directory (searched recursively) or
+    a glob pattern — each local or in object storage, and so may be the videos.
+    Labels are optional (an unlabeled archive is scored as is).  A path
+    listed twice is kept once (an error if its labels differ); different paths with the
+    same id get a short hash of the path appended to the id."""
+    source = storage.absolute(source)
+    if storage.isdir(source):
+        recs = [{"path": p} for p in list_videos(source)]
+        if not recs:
+            raise MissingInputError(f"{source}: no video files under this directory")
+    elif source.lower().endswith((".csv", ".parquet")):
+        recs = read_records(source, "manifest")
+        if recs and "path" not in recs[0]:
+            raise InputError(f"{source}: manifest needs a 'path' column, has {sorted(recs[0])}")
+        base = storage.dirname(source)
+        for r in recs:
+            p = str(r["path"])
+            r["path"] = p if storage.is_uri(p) or p.startswith("/") else storage.join(base, p)
+    else:
+        paths = storage.glob(source)
+        if not paths:
+            raise MissingInputError(f"no videos match {source!r}")
+        recs = [{"path": p} for p in paths]
+    out, seen, by_path = [], {}, {}
+    for r in recs:
+        path = storage.absolute(str(r["path"]))
+        label = r.get("label")
+        label = None if label is None or str(label) == "" else str(label)
+        if path in by_path:  # listed twice: one row per distinct video
+            if by_path[path]["label"] != label:
+                raise InputError(f"{source}: {path} is listed twice with different labels "
+                                 f"({by_path[path]['label']!r} and {label!r})")
+            continue
+        vid = str(r.get("video_id") or video_id(path))
+        if vid in seen and seen[vid] != path:
+            vid = f"{vid}_{hashlib.sha1(path.encode()).hexdigest()[:8]}"
+        seen[vid] = path
+        by_path[path] = {"path": path, "video_id": vid, "label": label}
+        out.append(by_path[path])
+    if len(out) < len(recs):
+        log.warning("%s: %d duplicate entries ignored (one row per distinct video)", source, len(recs) - len(out))
+    return out

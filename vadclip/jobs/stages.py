@@ -1,0 +1,177 @@
+"""The extraction pipeline's options and its two Ray Data stages, each declaring the
+resources it takes: decode (tasks: one manifest row → the video's snippet frames in
+chunks) and encode (an actor pool running the frozen CLIP image tower)."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, Optional
+
+import numpy as np
+
+from vadclip.clip.encoder import ClipImageEncoder
+from vadclip.jobs.faults import exit_once
+from vadclip.model.config import ClipSpec
+from vadclip.options import option
+from vadclip.video.decode import VideoError, fetched, identity_of, iter_snippet_chunks, video_file
+
+
+ENCODE = "video decoding and CLIP encoding"
+OUTPUT = "output parts (resume keeps every part already written)"
+
+
+@dataclass
+class ExtractOptions:
+    """How videos become features (the command line's flags are these fields)."""
+    clip: ClipSpec = option(default_factory=ClipSpec, cli=False,
+                            help="the frozen CLIP, as in the model config (flags: --clip-model, --clip-pretrained)")
+    snippet_len: int = option(16, help="frames per snippet (one frame encoded per snippet)")
+    crops: int = option(1, choices=[1, 5, 10], group=ENCODE,
+                        help="views per frame: 1 (centre) or 5/10 (centre, 4 corners[, flipped])")
+    batch_size: int = option(64, group=ENCODE, help="images per encoder forward pass")
+    precision: str = option("auto", choices=["auto", "fp32", "fp16", "bf16"], group=ENCODE,
+                            help="encoder precision (default auto: fp16 on a GPU; on a CPU bf16 where it has native "
+                                 "bf16 and a timing at start-up finds it faster, else fp32; the run summary says which)")
+    num_encoders: int = option(1, group=ENCODE, help="size of the encoder actor pool")
+    gpus_per_encoder: Optional[float] = option(None, group=ENCODE,
+                                               help="GPUs per encoder actor (default: 1 if the cluster has GPUs, else 0)")
+    # Ray pins an actor that reserves one CPU to one thread; the encoder is the
+    # bottleneck (decode tasks mostly wait on backpressure), so by default it gets the
+    # node's cores shared by the pool
+    encoder_threads: Optional[int] = option(None, group=ENCODE,
+                                            help="CPU-only: torch threads per encoder actor (default: the node's "
+                                                 "cores / --num-encoders)")
+    decoder: str = option("auto", choices=["auto", "decord", "torchcodec"], group=ENCODE,
+                          help="video decoder (default auto: torchcodec where FFmpeg's shared libraries are "
+                               "installed, the fastest on the CPU; decord elsewhere; both give the same frames)")
+    decode_device: str = option("cpu", choices=["cpu", "cuda"], group=ENCODE,
+                                help="cuda: decode on the GPU (torchcodec's NVDEC decoder), in decode tasks that "
+                                     "reserve --decode-gpus each; the CPU where there is no GPU or NVDEC cannot "
+                                     "read a file")
+    decode_gpus: float = option(0.1, group=ENCODE,
+                                help="with --decode-device cuda: the GPU share each decode task reserves "
+                                     "(an encoder then takes 0.5 GPU unless --gpus-per-encoder says otherwise)")
+    rows_per_file: int = option(256, group=OUTPUT, help="at most this many rows per Parquet part file")
+    flush_seconds: float = option(60.0, group=OUTPUT,
+                                  help="write finished rows at least this often, so an interrupted job keeps its work")
+    num_writers: Optional[int] = option(None, group=OUTPUT,
+                                        help="writer actors assembling videos and writing parts, on the worker nodes "
+                                             "(default: one per encoder)")
+
+    @property
+    def chunk_snippets(self) -> int:
+        return max(1, self.batch_size // self.crops)
+
+
+class DecodeStage:
+    """Ray Data ``flat_map`` stage: one manifest row → the video's snippet frames in
+    chunks of ``opts.chunk_snippets`` ([n, crops, 3, S, S] uint8 each), or one error row.
+
+    A problem of the video (missing, empty, unreadable, truncated) is an error row; any
+    other exception (decord missing, out of memory, a failing store) is the
+    environment's: it propagates, Ray retries the task, and if it persists the job
+    fails — no video is marked failed because of it.  A video in object storage is
+    streamed to this node's scratch and removed after.  ``device`` is where to decode
+    (cuda only in tasks that reserved a GPU share); each row names the decoder used."""
+
+    num_cpus = 1.0          # one decode thread per task (num_threads=1 / num_ffmpeg_threads=1)
+
+    def __init__(self, opts: ExtractOptions, image_size: int, device: str = "cpu") -> None:
+        self.opts, self.size, self.device = opts, image_size, device
+
+    @staticmethod
+    def gpus(opts: ExtractOptions, have_gpus: bool) -> float:
+        """The GPU share a decode task reserves: ``--decode-gpus`` when decoding on the
+        GPU of a cluster that has GPUs, else none."""
+        return opts.decode_gpus if opts.decode_device == "cuda" and have_gpus else 0.0
+
+    def __call__(self, item: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
+        opts = self.opts
+        base = {"video_id": item["video_id"], "path": item["path"], "label": item["label"] or "",
+                "input_identity": ""}
+        empty = np.zeros((0, opts.crops, 3, self.size, self.size), np.uint8)
+        try:
+            st = video_file(item["path"])
+            base["input_identity"] = identity_of(st)    # re-running extracts the video again if this changes
+            with fetched(item["path"], st) as local:
+                info, chunks = iter_snippet_chunks(local, opts.snippet_len, self.size, opts.crops,
+                                                   opts.chunk_snippets, name=item["path"], decoder=opts.decoder,
+                                                   device=self.device)
+                n_chunks = -(-info.snippet_count(opts.snippet_len) // opts.chunk_snippets)
+                for k, frames in enumerate(chunks):
+                    yield dict(base, chunk=k, n_chunks=n_chunks, fps=info.fps, num_frames=info.num_frames,
+                               frames=frames, error="", decoder=info.decoder)
+        except VideoError as e:
+            yield dict(base, chunk=-1, n_chunks=0, fps=0.0, num_frames=0, frames=empty, error=str(e), decoder="")
+
+
+class EncodeStage:
+    """Ray Data ``map_batches`` actor stage: decoded chunks → CLIP image features
+    ([n, crops, D] float32 per row); error rows pass through.  An encoder failure
+    (CUDA error, out of memory, its node lost) is the environment's: Ray Data restarts
+    the actor and retries the batch (its defaults: without limit)."""
+
+    def __init__(self, opts: ExtractOptions, weights=None, exits=None) -> None:
+        import torch
+
+        from vadclip.clip.weights import activate
+
+        self.opts, self.exits = opts, exits or []   # exits: fault injection (vadclip.jobs.faults)
+        activate(weights)     # the job's CLIP weights, from this node or Ray's object store
+        if not torch.cuda.is_available():
+            # Ray pins an actor that reserves one CPU to one thread; the encoder is the
+            # bottleneck, so it gets the node's cores shared by the pool
+            n = opts.encoder_threads or max(1, (os.cpu_count() or 1) // max(1, opts.num_encoders))
+            torch.set_num_threads(int(n))
+        self.enc = ClipImageEncoder(opts.clip, opts.precision)
+        import socket
+
+        import ray
+
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.node = ray.get_runtime_context().get_node_id()
+
+    @staticmethod
+    def gpus(opts: ExtractOptions, have_gpus: bool) -> float:
+        """The GPU share an encoder actor reserves: ``--gpus-per-encoder``, else a whole
+        GPU, or half of one when the decode tasks decode on the GPU too; none without GPUs."""
+        if opts.gpus_per_encoder is not None:
+            return opts.gpus_per_encoder
+        return (0.5 if DecodeStage.gpus(opts, have_gpus) else 1.0) if have_gpus else 0.0
+
+    @staticmethod
+    def ray_args(opts: ExtractOptions, gpus: float, weights=None) -> Dict[str, Any]:
+        """What one encoder actor needs, for ``map_batches`` (``weights``: the job's
+        :class:`vadclip.clip.weights.Weights`, shared through Ray)."""
+        from ray.data import ActorPoolStrategy
+
+        from vadclip.jobs.faults import encoder_exits
+
+        return {"fn_constructor_kwargs": {"opts": opts, "weights": weights, "exits": encoder_exits()},
+                "batch_size": 1, "batch_format": "numpy",
+                "compute": ActorPoolStrategy(size=opts.num_encoders), "num_gpus": gpus,
+                "num_cpus": 0 if gpus else 1}
+
+    def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, Any]:
+        feats, errors, t0s, t1s = [], [], [], []
+        for frames, err, path, vid in zip(batch["frames"], batch["error"], batch["path"], batch["video_id"]):
+            if self.exits:
+                exit_once(self.exits, vid)    # fault injection (tests, bench/soak.py): this actor dies, once
+            t0s.append(time.time())
+            if err or len(frames) == 0:
+                feats.append(np.zeros((0, self.opts.crops, self.enc.embed_dim), np.float32))
+                errors.append(err or f"{path}: no frames decoded")
+            else:
+                feats.append(self.enc.encode(np.asarray(frames)))
+                errors.append("")
+            t1s.append(time.time())
+        out = {k: v for k, v in batch.items() if k not in ("frames", "error")}
+        # when this encoder worked on each row: the run's start-up, busy fraction and pace
+        out["encoder"] = np.asarray([self.name] * len(feats), dtype=object)
+        out["encoder_node"] = np.asarray([self.node] * len(feats), dtype=object)
+        out["precision"] = np.asarray([self.enc.precision] * len(feats), dtype=object)
+        out["enc_t0"], out["enc_t1"] = np.asarray(t0s), np.asarray(t1s)
+        out["error"] = np.asarray(errors, dtype=object)
+        out["features"] = np.asarray(feats + [None], dtype=object)[:-1]  # ragged → object array
+        return out

@@ -1,0 +1,221 @@
+"""The extraction job's writer side, on the workers: writer actors that assemble each
+video from its encoded chunks and commit its rows (:class:`VideoWriter`), the Ray Data
+``Datasink`` that routes the chunks to them (:class:`VideoSink`), and the encoders'
+pace as the rows report it.
+
+A writer holds only what is not committed yet.  Ray restarts a writer whose process or
+node dies (``max_restarts=-1``, its calls retried on the new incarnation); the new
+incarnation reads which videos its earlier ones committed (so a chunk delivered again
+never commits a video twice), and the videos whose chunks or rows died with the old one
+are neither rows nor error rows at the end of the pipeline: the driver runs them again
+(:func:`vadclip.jobs.extract.extract_and`)."""
+from __future__ import annotations
+
+import uuid
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from vadclip.io.features import ERROR_SCHEMA, feature_row
+from vadclip.io.parts import committed_values
+from vadclip.jobs.output import ResumableOutput, Ticker, block_columns, helper_placement, shard_of
+
+
+class _Pace:
+    """How the encoders spent the run, from the encode times each row carries: the
+    start-up (job start → the first encode), each encoder's busy fraction (time
+    encoding / time from its first encode to its last; 1.0 means the decode tasks kept
+    it fed), and the job's steady snippet rate over those spans — what a long archive
+    runs at, without the actor start-up and model load."""
+
+    def __init__(self) -> None:
+        self.spans: Dict[str, List[float]] = {}   # encoder → [first start, last end, busy, snippets]
+
+    def row(self, row: Dict[str, Any]) -> None:
+        if row["error"]:
+            return
+        t0, t1 = float(row["enc_t0"]), float(row["enc_t1"])
+        sp = self.spans.setdefault(str(row["encoder"]), [t0, t1, 0.0, 0])
+        sp[0], sp[1] = min(sp[0], t0), max(sp[1], t1)
+        sp[2] += t1 - t0
+        sp[3] += len(row["features"])
+
+    def merge(self, spans: Dict[str, List[float]]) -> None:
+        """Another writer's spans (an encoder's rows may have gone to several writers)."""
+        for enc, (a, b, busy, n) in spans.items():
+            sp = self.spans.setdefault(enc, [a, b, 0.0, 0])
+            sp[0], sp[1] = min(sp[0], a), max(sp[1], b)
+            sp[2] += busy
+            sp[3] += n
+
+    def summary(self, t0: float) -> Dict[str, Any]:
+        if not self.spans:
+            return {}
+        first = min(sp[0] for sp in self.spans.values())
+        busy = [sp[2] / (sp[1] - sp[0]) if sp[1] > sp[0] else 1.0 for sp in self.spans.values()]
+        rate = sum(sp[3] / (sp[1] - sp[0]) for sp in self.spans.values() if sp[1] > sp[0])
+        return {"startup_s": round(first - t0, 3), "encoders": len(self.spans),
+                "encoder_busy_fraction": round(min(busy), 4),
+                "steady_snippets_per_s": round(rate, 3)}
+
+
+class VideoWriter:
+    """A Ray actor owning the videos routed to it (:func:`vadclip.jobs.output.shard_of`):
+    it assembles each video's encoded chunks, and writes the video's rows (one per crop)
+    or its error row as committed parts — by count, and at least every
+    ``flush_seconds``.  A video met again (a retried task) is ignored.  ``finish()``
+    writes what is buffered and returns what it did, with the videos still missing
+    chunks (the driver runs them again)."""
+
+    def __init__(self, output: ResumableOutput, schema, name: str, rows_per_file: int,
+                 flush_seconds: Optional[float], scorer=None, skip_scores=()) -> None:
+        import threading
+
+        import ray
+
+        # parts are named writer + incarnation: a restarted writer never reuses a name
+        run_id = f"{name}-{uuid.uuid4().hex[:4]}"
+        mine = f"part-{name}-"
+        # what this writer's earlier incarnations committed (none on a first start)
+        self.assembled = set(committed_values(output.rows_dir, "video_id", mine))
+        self.dead = set(committed_values(output.errors_dir, "video_id", mine))
+        self.scorer = scorer   # score --videos: each assembled video is also scored here (jobs.score.Scorer)
+        if scorer is not None:
+            # its parts are named after the scoring run (whose lease fences them) and this writer
+            writer = f"{scorer.run_id}-{name[len(output.run_id) + 1:]}" if output.run_id else name
+            skip = set(skip_scores) | set(committed_values(scorer.output.rows_dir, "video_id", f"part-{writer}-"))
+            scorer.run_id = f"{writer}-{run_id.rsplit('-', 1)[1]}"
+            scorer.start(skip=skip)
+        self.fw, self.ew = output.writers(run_id, schema, ERROR_SCHEMA, rows_per_file, flush_seconds,
+                                          identities=True, on_commit=self._committed)
+        self.pending: Dict[str, Dict[str, Any]] = {}
+        self.counts = {"videos_ok": 0, "videos_failed": 0, "rows_written": 0, "snippets": 0, "frames": 0}
+        self.pace, self.decoders, self.precisions, self.failures = _Pace(), set(), set(), []
+        self.encoder_nodes: set = set()
+        self.node = ray.get_runtime_context().get_node_id()
+        self.lock = threading.Lock()
+        self.ticker = Ticker(self._tick, min(1.0, flush_seconds / 4) if flush_seconds else 1.0, self.lock)
+
+    def _tick(self) -> None:
+        self.fw.tick()
+        self.ew.tick()
+        if self.scorer is not None:
+            self.scorer.tick()
+
+    def _committed(self, rows: List[Dict[str, Any]]) -> None:
+        """A part of rows (or of error rows) is committed: only now do they count."""
+        for r in rows:
+            if "error" in r:
+                self.counts["videos_failed"] += 1
+                self.failures.append(r["error"])
+                continue
+            self.counts["rows_written"] += 1
+            if r["crop"] == 0:
+                self.counts["videos_ok"] += 1
+                self.counts["snippets"] += int(r["snippet_count"])
+                self.counts["frames"] += int(r["num_frames"])
+
+    def add(self, cols: Dict[str, np.ndarray]) -> int:
+        with self.lock:
+            self.ticker.raise_error()     # a timed flush failed: the write task fails, Ray retries it
+            for i in range(len(cols["video_id"])):
+                self._row({k: v[i] for k, v in cols.items()})
+            self._tick()
+        return len(cols["video_id"])
+
+    def _row(self, row: Dict[str, Any]) -> None:
+        self.pace.row(row)
+        if row.get("decoder"):
+            self.decoders.add(str(row["decoder"]))
+        if not row["error"]:
+            self.precisions.add(str(row["precision"]))
+            self.encoder_nodes.add(str(row["encoder_node"]))
+        vid = str(row["video_id"])
+        if vid in self.dead or vid in self.assembled:
+            return          # buffered or committed already (a retried task delivers chunks again)
+        if row["error"]:
+            self.dead.add(vid)
+            self.pending.pop(vid, None)
+            self.ew.add([{"path": row["path"], "video_id": vid, "stage": "extract", "error": str(row["error"]),
+                          "input_identity": row["input_identity"]}])
+            return
+        st = self.pending.setdefault(vid, {"chunks": {}, "meta": row})
+        st["chunks"][int(row["chunk"])] = np.asarray(row["features"], np.float32)
+        if len(st["chunks"]) < int(row["n_chunks"]):
+            return
+        self.pending.pop(vid)
+        self.assembled.add(vid)
+        feats = np.concatenate([st["chunks"][k] for k in range(int(row["n_chunks"]))], axis=0)
+        meta = st["meta"]
+        self.fw.add([dict(feature_row(vid, meta["path"], meta["label"] or None, c, meta["fps"], meta["num_frames"],
+                                      feats[:, c]), input_identity=meta["input_identity"])
+                     for c in range(feats.shape[1])])
+        if self.scorer is not None:
+            self.scorer.video(vid, meta, feats)
+
+    def finish(self) -> Dict[str, Any]:
+        """Write what is buffered; the videos still missing chunks (their other chunks
+        died with an earlier incarnation) are returned for the driver to run again."""
+        with self.lock:
+            self.ticker.stop()
+            self.ticker.raise_error()
+            self.fw.flush()
+            self.ew.flush()
+            scores = self.scorer.finish() if self.scorer is not None else None
+            return {**self.counts, "scores": scores, "spans": self.pace.spans, "decoders": sorted(self.decoders),
+                    "precisions": sorted(self.precisions), "node": self.node, "encoder_nodes": sorted(self.encoder_nodes),
+                    "failures": self.failures[:1000], "parts": self.fw.parts,
+                    "incomplete": sorted(self.pending)}
+
+
+class VideoSink:
+    """Where the encoded chunks go: a Ray Data ``Datasink`` whose write tasks (on the
+    workers) send each chunk row to the :class:`VideoWriter` owning its video.  The
+    writers are restartable actors placed on worker nodes as they come
+    (:func:`vadclip.jobs.output.helper_placement`); after the pipeline the driver collects
+    what they did."""
+
+    def __init__(self, output: ResumableOutput, schema, run_id: str, rows_per_file: int,
+                 flush_seconds: Optional[float], n: int, scorer=None, skip_scores=(), cpus: float = 0.25) -> None:
+        import ray
+
+        actor = ray.remote(VideoWriter)
+        self.writers = [actor.options(**helper_placement(cpus, spread=True)).remote(
+            output, schema, f"{run_id}-w{i:03d}", rows_per_file, flush_seconds, scorer, list(skip_scores))
+            for i in range(n)]
+
+    def datasink(self):
+        from ray.data import Datasink
+
+        writers = self.writers
+
+        class _ToWriters(Datasink):
+            def get_name(self) -> str:
+                return "ToVideoWriters"
+
+            def write(self, blocks, ctx) -> int:
+                import ray
+
+                refs = []
+                for block in blocks:
+                    cols = block_columns(block)
+                    if not cols:
+                        continue
+                    owner = np.asarray([shard_of(v, len(writers)) for v in cols["video_id"]])
+                    for w in np.unique(owner):
+                        sel = np.flatnonzero(owner == w)
+                        refs.append(writers[int(w)].add.remote({k: v[sel] for k, v in cols.items()}))
+                return sum(ray.get(refs))
+
+        return _ToWriters()
+
+    def finish(self) -> List[Dict[str, Any]]:
+        """Every writer flushes and reports (a writer that died meanwhile is restarted by
+        Ray and reports what its new incarnation holds); then they end."""
+        import ray
+
+        try:
+            return ray.get([w.finish.remote() for w in self.writers])
+        finally:
+            for w in self.writers:
+                ray.kill(w, no_restart=True)
