@@ -130,13 +130,25 @@ class Claims:
         return out
 
 
-def helper_placement(cpus: float, spread: bool = False) -> Dict[str, object]:
-    """Ray options of a helper actor (a writer) on the worker nodes, as they come.  It
-    reserves ``cpus`` (a head started with no CPU, as ``cluster.yaml``'s, never gets
-    one; on a cluster at ``min_workers: 0`` the demand makes the autoscaler launch a
-    node), is restarted wherever Ray can when its node dies (``max_restarts=-1``) and
-    its calls are retried on the new incarnation; ``spread`` spreads a group over nodes."""
-    return {"num_cpus": cpus, "max_restarts": -1, "max_task_retries": -1,
+HELPER_CPUS = 0.25     # what a writer reserves where the driver's node offers no CPU (a cluster's head)
+
+
+def helper_placement(spread: bool = False) -> Dict[str, object]:
+    """Ray options of a helper actor (a writer) on the worker nodes, as they come.
+
+    Where the driver's node offers no CPU to tasks (a cluster's head, as
+    ``cluster.yaml`` starts it) a helper reserves :data:`HELPER_CPUS`, so it is never
+    placed there and, on a cluster at ``min_workers: 0``, its demand makes the
+    autoscaler launch a worker node.  Where the driver's node runs work itself (the
+    embedded local Ray, one machine) it reserves none: a share of a CPU there would take
+    a decode task's place (on two cores, the only one).  Ray restarts a helper wherever
+    it can when its process or node dies (``max_restarts=-1``) and retries its calls on
+    the new incarnation; ``spread`` spreads a group over the nodes."""
+    import ray
+
+    here = ray.get_runtime_context().get_node_id()
+    cpus = next((float(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n["NodeID"] == here), 0.0)
+    return {"num_cpus": 0 if cpus > 0 else HELPER_CPUS, "max_restarts": -1, "max_task_retries": -1,
             **({"scheduling_strategy": "SPREAD"} if spread else {})}
 
 

@@ -148,8 +148,9 @@ class ScoreStage:
                                                 "flagged", "events", "error")}
         for i in range(len(batch["video_id"])):
             row = {k: batch[k][i] for k in batch}
-            for k in ("video_id", "path", "label", "fps", "num_frames", "snippet_count"):
+            for k in ("video_id", "path", "fps", "num_frames", "snippet_count"):
                 out[k].append(row[k])
+            out["label"].append(label_of(row.get("label")))    # the column may be absent, null or mixed
             try:
                 s = score_features(self.model, row_features(row), row, self.opts, self.classes)
                 for k in ("anomaly", "class_probs", "video_score", "predicted_class", "flagged"):
@@ -164,8 +165,8 @@ class ScoreStage:
                 out["flagged"].append(False)
                 out["events"].append("[]")
                 out["error"].append(score_error(row, e))
-        res = {k: (np.asarray(v + [None], dtype=object)[:-1] if k in ("anomaly", "class_probs") else np.asarray(v))
-               for k, v in out.items()}
+        res = {k: (np.asarray(v + [None], dtype=object)[:-1] if k in ("anomaly", "class_probs", "label")
+                   else np.asarray(v)) for k, v in out.items()}
         return res
 
 
@@ -193,10 +194,19 @@ def score_features(model, features: np.ndarray, row: Dict[str, Any], opts: Score
             "video_score": vscore, "predicted_class": pcls, "flagged": bool(ev), "events": ev}
 
 
+def label_of(value: Any) -> Optional[str]:
+    """A video's label as the scores table keeps it: the text, or None for a video
+    without one — whatever the feature set's label column held (absent, all null, which
+    Ray Data hands over as float NaN, empty, or mixed)."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return value if isinstance(value, str) and value != "" else None
+
+
 def score_row(meta: Dict[str, Any], s: Dict[str, Any], snippet_count: int, classes: List[str]) -> Dict[str, Any]:
     """One row of the scores table (``SCORE_SCHEMA``): the video (``meta``: video_id,
     path, label, fps, num_frames) and its scores (``s``, as :func:`score_features` gives)."""
-    return {"video_id": meta["video_id"], "path": meta["path"], "label": meta["label"] or None,
+    return {"video_id": meta["video_id"], "path": meta["path"], "label": label_of(meta.get("label")),
             "fps": float(meta["fps"]), "num_frames": int(meta["num_frames"]), "snippet_count": int(snippet_count),
             "classes": classes, "anomaly": np.asarray(s["anomaly"], np.float32),
             "class_probs": np.asarray(s["class_probs"], np.float32), "video_score": float(s["video_score"]),

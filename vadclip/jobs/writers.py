@@ -176,11 +176,11 @@ class VideoSink:
     what they did."""
 
     def __init__(self, output: ResumableOutput, schema, run_id: str, rows_per_file: int,
-                 flush_seconds: Optional[float], n: int, scorer=None, skip_scores=(), cpus: float = 0.25) -> None:
+                 flush_seconds: Optional[float], n: int, scorer=None, skip_scores=()) -> None:
         import ray
 
         actor = ray.remote(VideoWriter)
-        self.writers = [actor.options(**helper_placement(cpus, spread=True)).remote(
+        self.writers = [actor.options(**helper_placement(spread=True)).remote(
             output, schema, f"{run_id}-w{i:03d}", rows_per_file, flush_seconds, scorer, list(skip_scores))
             for i in range(n)]
 

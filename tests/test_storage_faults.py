@@ -1,0 +1,76 @@
+"""Object storage that throttles and drops connections (issue #34): the real S3-API
+server (moto's, on 127.0.0.1) behind a fault-injecting proxy (:mod:`faultproxy`) that
+answers a share of PUTs and GETs/HEADs with ``503 SlowDown``, resets some connections
+and answers some requests late.  ``vadclip extract`` of a bucket folder and ``vadclip
+score`` of its features, each as a user runs it (the CLI in its own process, its own
+embedded Ray, every request through the proxy), end with exit 0 and every row exactly
+once — checked on the server directly, past the proxy."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from faultproxy import fault_proxy
+from s3server import s3_server
+
+pytestmark = pytest.mark.slow
+CLASSES = ["Normal", "Explosion", "Fighting", "RoadAccidents"]
+
+
+def _cli(args, endpoint, tmp_path):
+    env = dict(os.environ, AWS_ENDPOINT_URL=endpoint, VADCLIP_PROGRESS_BARS="0",
+               VADCLIP_DATA_NO_PROGRESS_TIMEOUT_S="300", VADCLIP_SCRATCH=str(tmp_path / "scratch"))
+    return subprocess.run([sys.executable, "-m", "vadclip.cli", *args], capture_output=True, text=True, timeout=900,
+                          env=env)
+
+
+    return read_column(f"{prefix}", "video_id"), read_column(f"{prefix}_errors", "video_id")
+
+
+def test_throttled_storage_loses_no_row_and_duplicates_none(tmp_path):
+    from vadclip import tiny_config
+    from vadclip.model.checkpoint import save_checkpoint
+    from vadclip.model.network import build_model
+    from vadclip.io.parts import read_column
+    from vadclip.video.samples import make_sample_set
+
+    man, _ = make_sample_set(str(tmp_path / "cams"), 6, 6, frames_range=(40, 120), seed=3, prefix="cam")
+    (tmp_path / "cams" / "broken.mp4").write_bytes(b"not a video at all")
+    with s3_server("archive", "vad") as s3:
+        for f in sorted(os.listdir(tmp_path / "cams")):
+            if f.endswith(".mp4"):
+                s3.upload_file(str(tmp_path / "cams" / f), "archive", f"cams/{f}")
+        model = tmp_path / "model.pt"
+        save_checkpoint(build_model(tiny_config("custom", classes=CLASSES, visual_length=32, visual_layers=1)),
+                        str(model))
+        moto = os.environ["AWS_ENDPOINT_URL"]
+        with fault_proxy(moto, {"PUT": 0.5, "POST": 0.5, "GET": 0.3, "HEAD": 0.3, "DELETE": 0.3},
+                         reset=0.03, slow=0.05, slow_s=0.5, seed=1) as proxy:
+            ex = _cli(["extract", "s3://archive/cams/", "--out", "s3://vad/feat", "--tiny-clip", "--decoder",
+                       "decord", "--precision", "fp32", "--rows-per-file", "3", "--flush-seconds", "1"],
+                      proxy.url, tmp_path)
+            extract_counts = dict(proxy.counts)
+            sc = _cli(["score", "--model", str(model), "--features", "s3://vad/feat/features", "--out",
+                       "s3://vad/scores", "--max-plots", "2"], proxy.url, tmp_path)
+            counts = dict(proxy.counts)
+        print("proxy counts after extract:", json.dumps(extract_counts, sort_keys=True))
+        print("proxy counts in all:", json.dumps(counts, sort_keys=True))
+        assert ex.returncode == 0, ex.stderr[-3000:]
+        assert sc.returncode == 0, sc.stderr[-3000:]
+        # the proxy really did throttle both jobs' writes and reads
+        assert extract_counts.get("PUT 503", 0) >= 10 and extract_counts.get("GET 503", 0) + \
+            extract_counts.get("HEAD 503", 0) >= 10
+        assert counts.get("PUT 503", 0) > extract_counts.get("PUT 503", 0)
+        # on the server, past the proxy: every good video once, the broken one an error row
+        good = sorted(r["video_id"] for r in man)
+        feats = read_column("s3://vad/feat/features", "video_id")
+        errs = read_column("s3://vad/feat/errors", "video_id")
+        assert sorted(feats) == good, (len(feats), len(good))
+        assert errs == ["broken"]
+        scored = read_column("s3://vad/scores/scores", "video_id")
+        assert sorted(scored) == good
+        s = json.loads(ex.stdout)
+        assert s["videos_ok"] == len(good) and s["videos_failed"] == 1
+        assert json.loads(sc.stdout)["videos_scored"] == len(good)
