@@ -1,0 +1,138 @@
+"""A worker node lost mid-job (issue #33), on a local multi-node Ray cluster
+(``ray.cluster_utils.Cluster``: a head without CPUs, where the driver runs, and two
+worker nodes): once the job has committed its first part, one worker node is killed
+ungracefully (``remove_node(allow_graceful=False)``, as a spot preemption) and a
+replacement joins, as an autoscaler adds one.  Extraction and scoring from features
+end as if nothing had happened: no exception, every good video exactly once, every bad
+one an error row, no error row for the work lost with the node; and the immediate
+re-run finds nothing left to do.  Each runs in a subprocess so the cluster is its own,
+started and stopped by its own handle."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = r"""
+import glob, json, os, sys, threading, time
+import ray
+from ray.cluster_utils import Cluster
+from vadclip.clip.spec import ClipSpec
+from vadclip.jobs.cluster import ensure_ray
+from vadclip.jobs.extract import ExtractOptions, run_extract
+from vadclip.jobs.score import ScoreOptions, run_score
+
+manifest, out, model, what = sys.argv[1:5]
+# a dead node is noticed in about 5 s instead of Ray's default 15
+c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "_system_config": {
+    "health_check_period_ms": 1000, "health_check_failure_threshold": 5}})
+workers = [c.add_node(num_cpus=4) for _ in range(2)]
+c.wait_for_nodes()
+ray.init(address=c.address, log_to_driver=False)
+ensure_ray()
+events = {}
+
+def kill_at_first_commit(markers, running):
+    t0 = time.time()
+    while running.is_set() and time.time() - t0 < 300:
+        if glob.glob(os.path.join(markers, "part-*")):
+            events["committed_before_kill"] = len(glob.glob(os.path.join(markers, "part-*")))
+            c.remove_node(workers[0], allow_graceful=False)
+            events["killed_at"] = time.time() - t0
+            events["killed_while_running"] = running.is_set()
+            events["replacement"] = c.add_node(num_cpus=4).node_id
+            return
+        time.sleep(0.05)
+
+def run(job, markers):
+    running = threading.Event(); running.set()
+    t = threading.Thread(target=kill_at_first_commit, args=(markers, running)); t.start()
+    t0 = time.time()
+    try:
+        s = job()
+    finally:
+        running.clear(); t.join()
+    events["elapsed_s"] = time.time() - t0
+    return s
+
+log = lambda *a: print(*a, file=sys.stderr)
+eo = ExtractOptions(clip=ClipSpec.tiny(), num_encoders=2, num_writers=2, precision="fp32", decoder="decord",
+                    batch_size=16, rows_per_file=2, flush_seconds=1)
+if what == "extract":
+    s = run(lambda: run_extract(manifest, out, eo, log=log), os.path.join(out, "features", "_committed"))
+    again = run_extract(manifest, out, eo, log=log)
+else:
+    opts = ScoreOptions(rows_per_file=1, num_scorers=2, max_plots=0)
+    s = run(lambda: run_score(model, out, features=manifest, opts=opts, log=log),
+            os.path.join(out, "scores", "_committed"))
+    again = run_score(model, out, features=manifest, opts=opts, log=log)
+print(json.dumps({"summary": s, "again": again, "events": events, "victim": workers[0].node_id}, default=str))
+ray.shutdown()
+c.shutdown()
+"""
+
+
+def _run(*args, timeout=900):
+    env = dict(os.environ, VADCLIP_PROGRESS_BARS="0", VADCLIP_DATA_NO_PROGRESS_TIMEOUT_S="240")
+    r = subprocess.run([sys.executable, "-c", SCRIPT, *map(str, args)], capture_output=True, text=True,
+                       timeout=timeout, env=env)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return json.loads([ln for ln in r.stdout.splitlines() if ln.startswith("{")][-1]), r.stderr
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    from vadclip.video.samples import make_sample_set, write_manifest
+
+    d = tmp_path_factory.mktemp("archive")
+    good, _ = make_sample_set(str(d / "videos"), 12, 12, frames_range=(120, 260), seed=5)
+    (d / "videos" / "broken.mp4").write_bytes(b"not a video")
+    bad = [{"path": str(d / "videos" / "broken.mp4"), "label": "Normal", "video_id": "broken"},
+           {"path": str(d / "videos" / "gone.mp4"), "label": "Normal", "video_id": "gone"}]
+    write_manifest(good + bad, str(d / "manifest.csv"))
+    return {"manifest": str(d / "manifest.csv"), "good": sorted(v["video_id"] for v in good),
+            "bad": sorted(b["video_id"] for b in bad)}
+
+
+def test_extraction_survives_a_worker_node_lost_mid_job(archive, tmp_path):
+    from vadclip.io.parts import read_column
+
+    out = tmp_path / "out"
+    res, log = _run(archive["manifest"], out, "-", "extract")
+    ev, s = res["events"], res["summary"]
+    assert ev["killed_while_running"] and ev["committed_before_kill"] < len(archive["good"]) + 2
+    assert sorted(read_column(str(out / "features"), "video_id")) == archive["good"]     # each once
+    assert sorted(read_column(str(out / "errors"), "video_id")) == archive["bad"]        # no error for the node
+    assert s["videos_ok"] + s["videos_failed"] == len(archive["good"]) + len(archive["bad"])
+    assert res["again"]["videos_skipped"] == len(archive["good"]) + len(archive["bad"])
+    assert res["again"]["videos_ok"] == 0 and res["again"]["videos_failed"] == 0
+    print(f"node killed {ev['killed_at']:.1f}s into the job after {ev['committed_before_kill']} commits; "
+          f"the job took {ev['elapsed_s']:.1f}s")
+
+
+def test_scoring_survives_a_worker_node_lost_mid_job(tmp_path):
+    from vadclip import tiny_config
+    from vadclip.io.features import write_feature_table
+    from vadclip.io.parts import read_column
+    from vadclip.model.checkpoint import save_checkpoint
+    from vadclip.model.network import build_model
+    from vadclip.testing.synthetic import make_feature_set
+
+    cfg = tiny_config("custom", classes=["Normal", "Explosion", "Fighting"], visual_length=32, visual_layers=1)
+    rows, _ = make_feature_set(cfg, 60, 60, 32, t_range=(40, 200), seed=3)
+    feats = tmp_path / "features"
+    for i, r in enumerate(rows):                    # a file per video: one block, one write task each
+        write_feature_table([r], str(feats / f"{i:03d}.parquet"))
+    save_checkpoint(build_model(cfg), str(tmp_path / "model.pt"))
+    out = tmp_path / "scores"
+    res, log = _run(feats, out, tmp_path / "model.pt", "score")
+    ev, s = res["events"], res["summary"]
+    assert ev["killed_while_running"] and ev["committed_before_kill"] < len(rows)
+    ids = sorted(r["video_id"] for r in rows)
+    assert sorted(read_column(str(out / "scores"), "video_id")) == ids
+    assert read_column(str(out / "errors"), "video_id") == []
+    assert s["videos_total_in_output"] == len(ids) and s["videos_failed_total"] == 0
+    assert res["again"]["videos_scored"] == 0 and res["again"]["videos_skipped"] == len(ids)
