@@ -127,3 +127,38 @@ def test_storage_retries_transient_errors_and_then_names_the_environment(monkeyp
         storage.retrying(lambda: (_ for _ in ()).throw(ConnectionResetError("reset by peer")), "s3://b/k")
     with pytest.raises(FileNotFoundError):           # a missing key is never retried
         storage.retrying(lambda: (_ for _ in ()).throw(FileNotFoundError("s3://b/k")), "s3://b/k")
+
+
+def test_a_refused_run_changes_nothing_in_the_folder_and_the_live_run_keeps_its_lease(ray_local, sample_videos,
+                                                                                       tmp_path):
+    """Every check that can refuse a run comes before the lease: a second extraction
+    into the same folder with other settings (a mistake) stops in one line, and the
+    folder — its lease, its parts, an uncommitted part the live run is writing — is as
+    it was, so the live run's next commits still count."""
+    import os
+
+    import pytest
+
+    from vadclip.clip.spec import ClipSpec
+    from vadclip.io.parts import LEASES, check_lease, lease_holder
+    from vadclip.io.provenance import ProvenanceError
+    from vadclip.jobs.extract import ExtractOptions, run_extract
+
+    out = tmp_path / "out"
+    run_extract(sample_videos["manifest"], str(out), ExtractOptions(clip=ClipSpec.tiny(), precision="fp32"),
+                log=lambda *_: None)
+    feats = out / "features"
+    live = lease_holder(str(feats))
+    (feats / f"part-{live}-w000-abcd-00099.parquet").write_bytes(b"being written by the live run")
+
+    def snapshot():
+        return sorted((os.path.relpath(os.path.join(d, f), out), os.stat(os.path.join(d, f)).st_mtime_ns)
+                      for d, _, fs in os.walk(out) for f in fs)
+
+    before = snapshot()
+    with pytest.raises(ProvenanceError, match="holds features of other settings"):
+        run_extract(sample_videos["manifest"], str(out), ExtractOptions(clip=ClipSpec.tiny(), precision="bf16"),
+                    log=lambda *_: None)
+    assert snapshot() == before
+    check_lease(str(feats), live)                       # the live run still holds it
+    assert len(os.listdir(feats / LEASES)) == 1
