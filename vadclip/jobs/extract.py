@@ -94,6 +94,8 @@ class _Plan:
     prov: Dict[str, Any]
     weights: Any
     changed: set
+    redone: int = 0          # videos run again because a worker died holding them
+    rounds: int = 0
 
 
 def _check_environment(opts: ExtractOptions, log) -> Any:
@@ -175,6 +177,7 @@ def _rounds(plan: _Plan, opts: ExtractOptions, log, scorer=None) -> List[Dict[st
     schema = provenance.with_provenance(FEATURE_SCHEMA, plan.prov)
     todo, results, scored = plan.todo, [], set()
     for rnd in range(1, MAX_ROUNDS + 1):
+        plan.rounds = rnd
         name = run_id if rnd == 1 else f"{run_id}-r{rnd}"
         sink = VideoSink(out, schema, name, opts.rows_per_file, opts.flush_seconds,
                          n=opts.num_writers or max(1, opts.num_encoders), scorer=scorer, skip_scores=scored)
@@ -198,6 +201,7 @@ def _rounds(plan: _Plan, opts: ExtractOptions, log, scorer=None) -> List[Dict[st
                                      "run the same command again to resume")
         log(f"[extract] {len(lost)} videos were lost with a worker (a node lost or a writer restarted): "
             f"running them again (round {rnd + 1} of at most {MAX_ROUNDS})")
+        plan.redone += len(lost)
         if scorer is not None:
             scored = set(committed_values(scorer.output.rows_dir, "video_id", f"part-{scorer.run_id}")) | \
                 set(committed_values(scorer.output.errors_dir, "video_id", f"part-{scorer.run_id}"))
@@ -229,7 +233,8 @@ def _run_rows(plan: _Plan) -> Dict[str, Any]:
 def _summarise(plan: _Plan, results: List[Dict[str, Any]], t0: float) -> Dict[str, Any]:
     """This run's committed rows and the encoders' pace, as one run summary."""
     s: Dict[str, Any] = {"videos_total": len(plan.items), "videos_skipped": len(plan.items) - len(plan.todo),
-                         "videos_changed": len(plan.changed), "videos_ok": 0, "videos_failed": 0,
+                         "videos_changed": len(plan.changed), "videos_redone": plan.redone, "rounds": plan.rounds,
+                         "videos_ok": 0, "videos_failed": 0,
                          "rows_written": 0, "snippets": 0, "frames": 0}
     if plan.todo:
         counts = _run_rows(plan)
