@@ -162,3 +162,25 @@ def test_a_refused_run_changes_nothing_in_the_folder_and_the_live_run_keeps_its_
     assert snapshot() == before
     check_lease(str(feats), live)                       # the live run still holds it
     assert len(os.listdir(feats / LEASES)) == 1
+
+
+def test_credentials_never_reach_a_runtime_env_unless_asked_and_uris_are_redacted(monkeypatch):
+    from vadclip.io.storage import redact
+    from vadclip.jobs import cluster
+
+    for k, v in {"AWS_ENDPOINT_URL": "http://minio:9000", "AWS_DEFAULT_REGION": "eu-west-1",
+                 "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "s3cr3t-value",
+                 "AWS_SESSION_TOKEN": "tok-value", "AZURE_STORAGE_ACCOUNT_KEY": "azkey-value",
+                 "GOOGLE_APPLICATION_CREDENTIALS": "/home/me/key.json", "VADCLIP_SCRATCH": "/scratch"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    monkeypatch.delenv(cluster.FORWARD_CREDENTIALS, raising=False)
+    env = cluster._forwarded_env()["env_vars"]
+    assert {"AWS_ENDPOINT_URL": "http://minio:9000", "AWS_DEFAULT_REGION": "eu-west-1",
+            "VADCLIP_SCRATCH": "/scratch"}.items() <= env.items()
+    text = repr(env)
+    assert not any(s in text for s in ("AKIDEXAMPLE", "s3cr3t-value", "tok-value", "azkey-value", "key.json"))
+    monkeypatch.setenv(cluster.FORWARD_CREDENTIALS, "1")
+    assert cluster._forwarded_env()["env_vars"]["AWS_SECRET_ACCESS_KEY"] == "s3cr3t-value"
+    assert redact("postgresql://vad:pa55w0rd@db:5432/mlflow") == "postgresql://vad:***@db:5432/mlflow"
+    assert redact("s3://bucket/key") == "s3://bucket/key" and redact(3) == 3

@@ -92,6 +92,18 @@ def retrying(fn: Callable[[], T], what: str) -> T:
     raise AssertionError("unreachable")
 
 
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<secret>[^@/\s]*)@")
+
+
+def redact(text):
+    """``text`` with the password of every URI in it replaced (``postgresql://user:***@host/db``),
+    for whatever a job writes where others read it: summaries, logs, MLflow params and tags.
+    Anything but a string is returned as it is."""
+    if not isinstance(text, str):
+        return text
+    return _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+
+
 def is_uri(path: str) -> bool:
     return "://" in str(path)
 

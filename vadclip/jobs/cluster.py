@@ -5,10 +5,11 @@ driver) a job joins that cluster; ``--address auto`` joins a cluster started on 
 machine with ``ray start``.  Otherwise it starts an embedded local Ray of its own,
 whether or not some other Ray is running on the machine.
 
-Object-storage settings (``AWS_*``, ``GOOGLE_*``, ``AZURE_*``, ``VADCLIP_SCRATCH``) in
-the driver's environment go to the job's workers with it when the job joins a
-running cluster from a shell (under ``ray job submit`` the job's ``runtime_env``
-already carries them); an embedded Ray's workers inherit them."""
+Object-storage settings (``AWS_ENDPOINT_URL``, regions, ``VADCLIP_SCRATCH``, …) in the
+driver's environment go to the job's workers with it when the job joins a running
+cluster from a shell — credentials only when asked (:func:`_forwarded_env`); under
+``ray job submit`` the job's ``runtime_env`` rules; an embedded Ray's workers inherit
+the driver's environment."""
 from __future__ import annotations
 
 import os
@@ -46,12 +47,29 @@ def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None,
 
 
 STORAGE_ENV_PREFIXES = ("AWS_", "GOOGLE_", "GCS_", "AZURE_", "VADCLIP_SCRATCH")
+CREDENTIAL_WORDS = ("SECRET", "TOKEN", "KEY", "PASSWORD", "CREDENTIAL", "SAS", "CONNECTION_STRING")
+FORWARD_CREDENTIALS = "VADCLIP_FORWARD_CREDENTIALS"
+
+
+def is_credential(name: str) -> bool:
+    """An environment variable that holds (or points to) a secret: keys, tokens,
+    passwords, credential files."""
+    return any(w in name.upper() for w in CREDENTIAL_WORDS)
 
 
 def _forwarded_env():
+    """What a job joining a running cluster from a shell hands its workers: the storage
+    *settings* of the shell (endpoint, region, scratch) — never its credentials, which
+    a runtime_env shows to anyone with the dashboard or the job API, and which expire
+    (a session token) during a long job: on a cluster the workers use their node's own
+    credential chain (instance profile, IRSA, workload identity).  With
+    ``VADCLIP_FORWARD_CREDENTIALS=1`` the credentials go too (a cluster without a
+    credential chain of its own; they are never printed)."""
     if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:   # a submitted job: its runtime_env rules
         return None
-    env = {k: v for k, v in os.environ.items() if k.startswith(STORAGE_ENV_PREFIXES)}
+    secrets = os.environ.get(FORWARD_CREDENTIALS) == "1"
+    env = {k: v for k, v in os.environ.items() if k.startswith(STORAGE_ENV_PREFIXES) and
+           (secrets or not is_credential(k))}
     return {"env_vars": env} if env else None
 
 

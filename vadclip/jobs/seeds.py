@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from vadclip.errors import InputError
+from vadclip.io.storage import redact
 
 # what best_metrics holds besides the evaluation: the epoch's training bookkeeping
 NOT_EVALUATION = ("loss", "lr", "epoch", "epoch_time_s", "steps", "score", "samples")
@@ -231,13 +232,13 @@ def run_seeds(train_path: str, cfg, eval_path: Optional[str], gt_path: Optional[
                              [{"label": config_label(p["config"]), "config": p["config"], "aggregate": p["aggregate"],
                                "run_id": p["parent"].run_id} for p in points], config_label(chosen["config"]))
         summary = _point_summary(chosen, seeds, metric)
-        summary.update({"max_concurrent": at_once, "tracking_uri": chosen["parent"].tracking_uri})
+        summary.update({"max_concurrent": at_once, "tracking_uri": redact(chosen["parent"].tracking_uri)})
         if top is not None:
             summary = {"grid": [dict(_point_summary(p, seeds, metric), config=p["config"]) for p in points],
                        "best_config": chosen["config"], "seeds": seeds, "metric": metric, "max_concurrent": at_once,
                        "best_seed": best["seed"], "best_checkpoint": best["best_checkpoint"],
                        "best_metrics": best["best_metrics"], "mlflow_grid_run_id": top.run_id,
-                       "tracking_uri": top.tracking_uri}
+                       "tracking_uri": redact(top.tracking_uri)}
         summary.update(log_and_register(best["best_checkpoint"], best["mlflow_run_id"], chosen["parent"].tracking_uri,
                                         o.register_name, o.alias, metric, selection(best),
                                         best_epoch=best["best_metrics"].get("epoch"), log=log))

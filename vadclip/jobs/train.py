@@ -20,6 +20,7 @@ from vadclip.model.config import VadConfig
 from vadclip.io.gt import check_matches, read_gt
 from vadclip.jobs.faults import fault_due, train_faults
 from vadclip.options import ADDRESS_HELP, TRACKING_URI_HELP, option
+from vadclip.io.storage import redact
 
 CKPT_FILE = "vadclip.pt"
 STATE_FILE = "train_state.pt"
@@ -418,7 +419,7 @@ def _run_train(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_pat
                 k: v for k, v in best_metrics.items() if isinstance(v, (int, float))}}))
         summary = {"best_checkpoint": best_path, "best_metrics": {k: v for k, v in best_metrics.items()
                                                                   if isinstance(v, (int, float))},
-                   "metric": metric, "mlflow_run_id": run_id, "tracking_uri": tracking_uri, "seed": cfg.seed}
+                   "metric": metric, "mlflow_run_id": run_id, "tracking_uri": redact(tracking_uri), "seed": cfg.seed}
         from vadclip.tracking.registry import log_and_register
 
         best_value = best_metrics.get(metric, best_metrics.get("score"))

@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+from vadclip.io.storage import redact
+
 DEFAULT_STORE_DIR = "runs"
 
 
@@ -161,14 +163,14 @@ def log_scoring_run(experiment: str, tracking_uri: Optional[str], run_name: str,
     import mlflow
 
     use_experiment(experiment, tracking_uri)
-    summary["tracking_uri"] = mlflow.get_tracking_uri()
+    summary["tracking_uri"] = redact(mlflow.get_tracking_uri())
     with mlflow.start_run(run_name=run_name) as run, \
             tempfile.TemporaryDirectory(prefix="vadclip-report-") as report_dir:
         summary["mlflow_run_id"] = run.info.run_id
-        mlflow.log_params(params)
+        mlflow.log_params({k: redact(v) for k, v in params.items()})
         for k, v in tags.items():
             if v:
-                mlflow.set_tag(k, v)
+                mlflow.set_tag(k, redact(v))
         log_feature_set(features, "archive", "scoring")
         report(report_dir, lambda fig, name: mlflow.log_figure(fig, name))
         mlflow.log_metrics({k: float(v) for k, v in summary.items()
