@@ -33,3 +33,79 @@ def test_model_from_code_with_signature(tmp_path):
     a, p = score_video(load_scoring_model(str(tmp_path / "m.pt")), x)
     np.testing.assert_allclose(df["anomaly"].to_numpy(), a, atol=1e-6)
     np.testing.assert_allclose(df["p_Fight"].to_numpy(), p[:, 2], atol=1e-6)
+
+
+def test_scoring_a_registered_version_runs_no_code_stored_in_the_registry(tmp_path):
+    """Whoever can write to the registry must not run code on the scoring cluster: the
+    version's stored pyfunc.py is replaced with code that writes a file; vadclip loads
+    the weights from the checkpoint artifact into the installed code, scores as before,
+    and the file is never written (MLflow's own pyfunc loader, shown last, does run it).
+    The logged model pins the installed vadclip, so serving it resolves no other one."""
+    import subprocess
+    import sys
+
+    from vadclip._version import __version__
+
+    cfg = tiny_config("custom", classes=["Normal", "Fire", "Fight"], visual_length=32)
+    model = build_model(cfg)
+    save_checkpoint(model, str(tmp_path / "m.pt"))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    use_experiment("e", uri)
+    with mlflow.start_run() as run:
+        pass
+    log_and_register(str(tmp_path / "m.pt"), run.info.run_id, uri, "vad-evil", "champion", "auc", 0.7,
+                     log=lambda *_: None)
+    stored = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path) for f in fs
+              if f == "pyfunc.py" and "mlartifacts" in d]
+    assert len(stored) == 1
+    pwned = tmp_path / "pwned"
+    with open(stored[0], "a") as fh:
+        fh.write(f"\nopen({str(pwned)!r}, 'w').write('code from the registry ran')\n")
+    reqs = [p for d, _, fs in os.walk(tmp_path) for p in (os.path.join(d, f) for f in fs)
+            if p.endswith("requirements.txt") and "mlartifacts" in p]
+    assert f"vadclip=={__version__}" in open(reqs[0]).read()
+    x = np.random.default_rng(1).normal(size=(20, 32)).astype(np.float32)
+    a, p = score_video(load_scoring_model("models:/vad-evil@champion", uri), x)
+    a0, _ = score_video(load_scoring_model(str(tmp_path / "m.pt")), x)
+    np.testing.assert_allclose(a, a0, atol=1e-6)
+    assert not pwned.exists()
+    # the same version through MLflow's pyfunc loader runs the stored code (in another process)
+    subprocess.run([sys.executable, "-c", f"import mlflow; mlflow.set_tracking_uri({uri!r}); "
+                    "mlflow.pyfunc.load_model('models:/vad-evil@champion')"], capture_output=True, timeout=300)
+    assert pwned.exists()
+
+
+def test_a_job_scores_with_one_version_and_a_folder_never_mixes_two(ray_local, tmp_path):
+    """The alias resolves to a version once per job, recorded in the scores folder: next
+    month's champion resuming last month's --out is refused in one line; a new --out works."""
+    import pytest
+
+    from vadclip.errors import InputError
+    from vadclip.io.features import write_feature_table
+    from vadclip.jobs.score import ScoreOptions, run_score
+    from vadclip.testing.synthetic import make_feature_set
+
+    cfg = tiny_config("custom", classes=["Normal", "Fire", "Fight"], visual_length=32)
+    rows, _ = make_feature_set(cfg, 3, 3, 32, seed=2)
+    write_feature_table(rows, str(tmp_path / "feats.parquet"))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    use_experiment("e", uri)
+    for seed in (0, 1):
+        import torch
+
+        torch.manual_seed(seed)
+        save_checkpoint(build_model(cfg), str(tmp_path / f"m{seed}.pt"))
+        with mlflow.start_run() as run:
+            pass
+        log_and_register(str(tmp_path / f"m{seed}.pt"), run.info.run_id, uri, "vad-pin", "champion", "auc",
+                         0.5 + seed, log=lambda *_: None)
+        if seed == 0:
+            s = run_score("models:/vad-pin@champion", str(tmp_path / "out"), features=str(tmp_path / "feats.parquet"),
+                          opts=ScoreOptions(max_plots=0), tracking_uri=uri, log=lambda *_: None)
+            assert s["model_version_uri"] == "models:/vad-pin/1" and s["videos_scored"] == 6
+    with pytest.raises(InputError, match="holds scores of models:/vad-pin/1 .*not of this run's models:/vad-pin/2"):
+        run_score("models:/vad-pin@champion", str(tmp_path / "out"), features=str(tmp_path / "feats.parquet"),
+                  opts=ScoreOptions(max_plots=0), tracking_uri=uri, log=lambda *_: None)
+    s = run_score("models:/vad-pin@champion", str(tmp_path / "out2"), features=str(tmp_path / "feats.parquet"),
+                  opts=ScoreOptions(max_plots=0), tracking_uri=uri, log=lambda *_: None)
+    assert s["model_version_uri"] == "models:/vad-pin/2" and s["model_alias"] == "champion"

@@ -149,7 +149,7 @@ def run_calibrate(model_uri: str, features: str, gt_path: Optional[str] = None,
     from vadclip.io.gt import check_matches, read_gt
     from vadclip.io.provenance import check_fit
     from vadclip.metrics.operating import calibrate
-    from vadclip.tracking.registry import MLFLOW_SCHEMES, load_scoring_model, registered_version, \
+    from vadclip.tracking.registry import MLFLOW_SCHEMES, load_scoring_model, pin_version, registered_version, \
         store_operating_point
     from vadclip.tracking.runs import log_calibration_run
 
@@ -161,6 +161,7 @@ def run_calibrate(model_uri: str, features: str, gt_path: Optional[str] = None,
         raise InputError("calibrate: --target-recall and --max-f1 need --gt (ground-truth intervals)")
     features = storage.absolute(features)
     gt = read_gt(gt_path) if gt_path else None
+    model_uri = pin_version(model_uri, tracking_uri)   # the alias resolved once: the version scored holds the point
     registered = registered_version(model_uri, tracking_uri)
     if registered is None and model_uri.startswith(MLFLOW_SCHEMES) and not opts.operating_point:
         raise InputError(f"calibrate: {model_uri} is not a registered model version, so it cannot hold the "

@@ -294,6 +294,23 @@ def _one_rule(scores_dir: str, rule: EventRule) -> None:
                          "--min-duration-s and --merge-gap-s")
 
 
+MODEL_FILE = "_model.json"
+
+
+def _one_model(scores_dir: str, record: Dict[str, Any]) -> None:
+    """A scores folder never mixes model versions or crops: resuming it with another
+    (next month's champion into last month's ``--out``) stops in one line, before Ray."""
+    from vadclip.io.parts import part_files
+
+    path = storage.join(scores_dir, MODEL_FILE)
+    if not part_files(scores_dir) or not storage.isfile(path):
+        return
+    old = json.loads(storage.read_text(path))
+    if old != record:
+        raise InputError(f"{scores_dir} holds scores of {old['model']} (crop {old['crop']}), not of this run's "
+                         f"{record['model']} (crop {record['crop']}): score into a new --out")
+
+
 def _score_rows(classes: List[str]):
     """The write tasks' view of the scoring stage's output: (score rows, error rows)."""
     def to_rows(cols: Dict[str, np.ndarray]):
@@ -404,7 +421,7 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
     from vadclip.io.features import check_feature_set
     from vadclip.io.gt import check_matches, read_gt
     from vadclip.jobs.cluster import ensure_ray
-    from vadclip.tracking.registry import load_scoring_model, model_identity
+    from vadclip.tracking.registry import load_scoring_model, model_identity, pin_version
     from vadclip.io.storage import absolute
     from vadclip.tracking.runs import log_scoring_run
 
@@ -413,11 +430,13 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
     if features is None and videos is None:
         raise InputError("give features= (a feature set) or videos= (raw videos)")
     gt = read_gt(gt_path) if gt_path else None   # a bad ground-truth file fails now, not after scoring
-    model = load_scoring_model(model_uri, tracking_uri)
+    identity = model_identity(model_uri, tracking_uri)     # the alias resolved once: one version per job
+    version_uri = pin_version(model_uri, tracking_uri)
+    model = load_scoring_model(version_uri, tracking_uri)
     # the event rule: the flags given, else the model's operating point, else the default
     from vadclip.jobs.calibrate import model_operating_point
 
-    opts, operating = opts.resolve(*model_operating_point(model_uri, tracking_uri, opts.operating_point))
+    opts, operating = opts.resolve(*model_operating_point(version_uri, tracking_uri, opts.operating_point))
     log(f"[score] events: {operating['rule']} (operating point: {operating['source']}"
         f"{'; flags over it: ' + ', '.join(operating['flags_over_it']) if operating['flags_over_it'] else ''})")
     _one_rule(_scores_dir(out_dir), opts.rule())
@@ -426,6 +445,10 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
     found = check_feature_set(features, model.embed_dim, crop=opts.crop) if features is not None else None
     mismatch = check_fit(cfg, features, f"the model {model_uri}", opts.allow_feature_mismatch, log) \
         if features is not None else None
+    # a scores folder holds one model version and one crop: resuming it with another stops here
+    model_record = {"model": version_uri, "crop": (found["crops"][0] if found is not None else 0)
+                    if opts.crop is None else opts.crop}
+    _one_model(_scores_dir(out_dir), model_record)
     if gt is not None:   # ground truth named for other videos (or by another id rule) fails now too
         from vadclip.jobs.extract import load_manifest
 
@@ -437,6 +460,7 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
     output = ResumableOutput(_scores_dir(out_dir), layout.score_errors_dir(out_dir))
     run_id = output.start()
     storage.write_text(storage.join(_scores_dir(out_dir), RULE_FILE), json.dumps(asdict(opts.rule()), sort_keys=True))
+    storage.write_text(storage.join(_scores_dir(out_dir), MODEL_FILE), json.dumps(model_record, sort_keys=True))
     t0 = time.time()
     extract_summary = None
     done, _ = output.ids("video_id")           # scored by earlier runs
@@ -476,7 +500,7 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
         "videos_total_in_output": totals["videos"], "anomalous_videos": totals["flagged"],
         "events": totals["events"], "snippets": n_snip, "elapsed_s": round(elapsed, 3),
         "snippets_per_s": round(n_snip / elapsed, 2) if elapsed > 0 else 0.0,
-        "output": _scores_dir(out_dir), "model_uri": model_uri, **model_identity(model_uri, tracking_uri),
+        "output": _scores_dir(out_dir), "model_uri": model_uri, "model_version_uri": version_uri, **identity,
         "snippet_len": cfg.snippet_len, **asdict(opts), "operating_point": operating,
         "feature_mismatch": mismatch,
     }

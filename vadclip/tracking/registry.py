@@ -9,6 +9,7 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
+from vadclip._version import __version__
 from vadclip.io import storage
 from vadclip.errors import InputError, MissingInputError, one_line
 
@@ -122,7 +123,7 @@ def log_and_register(train_ckpt: Optional[str], run_id: str, tracking_uri: str, 
         save_checkpoint(model, path)
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(name="model", python_model=MODEL_CODE, artifacts={"checkpoint": path},
-                                           pip_requirements=["vadclip", "torch", "numpy", "pandas"],
+                                           pip_requirements=[f"vadclip=={__version__}", "torch", "numpy", "pandas"],
                                            **_signature(model))
             if value is not None and np.isfinite(value):
                 mlflow.log_metric(f"best_{metric}", float(value))
@@ -217,16 +218,47 @@ def load_scoring_model(uri: str, tracking_uri: Optional[str] = None):
             raise MissingInputError(f"model file not found: {uri} (a model is a checkpoint file or an MLflow "
                                     "model URI such as models:/NAME@champion)")
         return load_model_file(uri)
-    import mlflow
     from mlflow.exceptions import MlflowException
 
     from vadclip.tracking.runs import use_store
 
     store = use_store(tracking_uri)
     try:
-        return mlflow.pyfunc.load_model(uri).unwrap_python_model().model
+        return load_model_file(model_checkpoint(uri))
     except MlflowException as e:
         raise InputError(f"model {uri}: {one_line(e, 300)} (MLflow store {store})") from None
+
+
+def model_checkpoint(uri: str) -> bytes:
+    """The checkpoint a logged vadclip model carries, as bytes, read from the model's
+    ``MLmodel`` file and its artifact: nothing stored in the registry is executed (the
+    stored ``pyfunc.py`` is not imported; :func:`vadclip.model.checkpoint.load_model_file`
+    reads the weights with ``torch.load(weights_only=True)`` into the installed vadclip's code)."""
+    import tempfile
+
+    import mlflow
+    import yaml
+
+    with tempfile.TemporaryDirectory(prefix="vadclip-model-") as d:
+        meta = mlflow.artifacts.download_artifacts(f"{uri.rstrip('/')}/MLmodel", dst_path=d)
+        with open(meta) as fh:
+            flavour = (yaml.safe_load(fh) or {}).get("flavors", {}).get("python_function", {})
+        rel = ((flavour.get("artifacts") or {}).get("checkpoint") or {}).get("path")
+        if not rel:
+            raise InputError(f"model {uri}: not a vadclip model (its MLmodel names no checkpoint artifact)")
+        path = mlflow.artifacts.download_artifacts(f"{uri.rstrip('/')}/{rel}", dst_path=d)
+        with open(path, "rb") as fh:
+            return fh.read()
+
+
+def pin_version(model_uri: str, tracking_uri: Optional[str]) -> str:
+    """``models:/NAME@ALIAS`` as the version the alias points to now (``models:/NAME/V``),
+    resolved once at the start of a job so that a promotion during the job never mixes two
+    versions; any other URI or a file as it is."""
+    ident = model_identity(model_uri, tracking_uri)
+    if ident.get("model_alias") and ident.get("model_version"):
+        return f"models:/{ident['model_name']}/{ident['model_version']}"
+    return model_uri
 
 
 def model_identity(model_uri: str, tracking_uri: Optional[str]) -> Dict[str, Any]:
