@@ -315,7 +315,8 @@ def drop_rows(directory: str, column: str, values: set) -> None:
     is in ``values`` (failed videos about to be retried).  Each part is replaced in
     one write, so a crash leaves either the old or the new part."""
     for f in part_files(directory):
+        if not any(v in values for v in read_file(f, [column]).column(column).to_pylist()):
+            continue            # only the parts holding such a row are read whole
         t = read_file(f)
         keep = [v not in values for v in t.column(column).to_pylist()]
-        if not all(keep):
-            storage.write_bytes(f, table_bytes(t.filter(pa.array(keep))))
+        storage.write_bytes(f, table_bytes(t.filter(pa.array(keep))))
