@@ -21,6 +21,8 @@ def test_cluster_yaml_passes_ray_validation():
     assert image.startswith(f"rayproject/ray:{ray.__version__}-") and "ray-ml" not in image
     assert cfg["available_node_types"]["gpu_worker"]["max_workers"] > cfg["available_node_types"]["gpu_worker"]["min_workers"]
     assert any("pip install" in c for c in cfg["setup_commands"])
+    # the head offers no CPU to tasks: work and writers go to the worker nodes
+    assert cfg["available_node_types"][cfg["head_node_type"]]["resources"] == {"CPU": 0}
     bad = _load()
     bad["max_workers"] = "lots"
     with pytest.raises(Exception, match="lots"):
