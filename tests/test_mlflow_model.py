@@ -12,16 +12,21 @@ from vadclip.tracking.registry import load_scoring_model, log_and_register
 from vadclip.tracking.runs import use_experiment
 
 
-def test_model_from_code_with_signature(tmp_path):
+def _register(tmp_path, name, auc=0.7, file="m.pt"):
+    """A tiny random-init model saved to ``file`` and registered as ``name`` (alias
+    champion when its auc is the best) in a sqlite MLflow store: (config, store URI, result)."""
     cfg = tiny_config("custom", classes=["Normal", "Fire", "Fight"], visual_length=32)
-    model = build_model(cfg)
-    save_checkpoint(model, str(tmp_path / "m.pt"))
+    save_checkpoint(build_model(cfg), str(tmp_path / file))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     use_experiment("e", uri)
     with mlflow.start_run() as run:
         pass
-    out = log_and_register(str(tmp_path / "m.pt"), run.info.run_id, uri, "vad-code", "champion", "auc", 0.7,
-                           log=lambda *_: None)
+    return cfg, uri, log_and_register(str(tmp_path / file), run.info.run_id, uri, name, "champion", "auc", auc,
+                                      log=lambda *_: None)
+
+
+def test_model_from_code_with_signature(tmp_path):
+    _, uri, out = _register(tmp_path, "vad-code")
     info = mlflow.models.get_model_info("models:/vad-code@champion")
     assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 32)
     assert [c["name"] for c in info.signature.outputs.to_dict()] == ["anomaly", "p_Normal", "p_Fire", "p_Fight"]
@@ -46,15 +51,7 @@ def test_scoring_a_registered_version_runs_no_code_stored_in_the_registry(tmp_pa
 
     from vadclip._version import __version__
 
-    cfg = tiny_config("custom", classes=["Normal", "Fire", "Fight"], visual_length=32)
-    model = build_model(cfg)
-    save_checkpoint(model, str(tmp_path / "m.pt"))
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    use_experiment("e", uri)
-    with mlflow.start_run() as run:
-        pass
-    log_and_register(str(tmp_path / "m.pt"), run.info.run_id, uri, "vad-evil", "champion", "auc", 0.7,
-                     log=lambda *_: None)
+    _, uri, _ = _register(tmp_path, "vad-evil")
     stored = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path) for f in fs
               if f == "pyfunc.py" and "mlartifacts" in d]
     assert len(stored) == 1
@@ -85,24 +82,13 @@ def test_a_job_scores_with_one_version_and_a_folder_never_mixes_two(ray_local, t
     from vadclip.jobs.score import ScoreOptions, run_score
     from vadclip.testing.synthetic import make_feature_set
 
-    cfg = tiny_config("custom", classes=["Normal", "Fire", "Fight"], visual_length=32)
+    cfg, uri, _ = _register(tmp_path, "vad-pin", auc=0.5, file="m0.pt")
     rows, _ = make_feature_set(cfg, 3, 3, 32, seed=2)
     write_feature_table(rows, str(tmp_path / "feats.parquet"))
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    use_experiment("e", uri)
-    for seed in (0, 1):
-        import torch
-
-        torch.manual_seed(seed)
-        save_checkpoint(build_model(cfg), str(tmp_path / f"m{seed}.pt"))
-        with mlflow.start_run() as run:
-            pass
-        log_and_register(str(tmp_path / f"m{seed}.pt"), run.info.run_id, uri, "vad-pin", "champion", "auc",
-                         0.5 + seed, log=lambda *_: None)
-        if seed == 0:
-            s = run_score("models:/vad-pin@champion", str(tmp_path / "out"), features=str(tmp_path / "feats.parquet"),
-                          opts=ScoreOptions(max_plots=0), tracking_uri=uri, log=lambda *_: None)
-            assert s["model_version_uri"] == "models:/vad-pin/1" and s["videos_scored"] == 6
+    s = run_score("models:/vad-pin@champion", str(tmp_path / "out"), features=str(tmp_path / "feats.parquet"),
+                  opts=ScoreOptions(max_plots=0), tracking_uri=uri, log=lambda *_: None)
+    assert s["model_version_uri"] == "models:/vad-pin/1" and s["videos_scored"] == 6
+    _register(tmp_path, "vad-pin", auc=0.9, file="m1.pt")          # next month's champion: version 2
     with pytest.raises(InputError, match="holds scores of models:/vad-pin/1 .*not of this run's models:/vad-pin/2"):
         run_score("models:/vad-pin@champion", str(tmp_path / "out"), features=str(tmp_path / "feats.parquet"),
                   opts=ScoreOptions(max_plots=0), tracking_uri=uri, log=lambda *_: None)
