@@ -243,3 +243,22 @@ def test_a_video_replaced_at_the_same_path_is_extracted_again(ray_local, sample_
     np.testing.assert_array_equal(row_features(after["cam2"]), row_features(before["cam2"]))
     s3 = run_extract(str(src), str(out), _opts(), log=lambda *_: None)
     assert s3["videos_changed"] == 0 and s3["videos_ok"] == 0 and s3["videos_skipped"] == 2
+
+
+def test_every_found_path_ends_as_a_row_or_an_error_row(ray_local, sample_videos, tmp_path):
+    """A folder listing keeps a broken symbolic link (a camera's file rotated away):
+    it becomes an error row saying file not found, never a silent gap."""
+    import shutil
+
+    from vadclip.io.parts import read_column
+
+    d = tmp_path / "cams"
+    d.mkdir()
+    shutil.copy(sample_videos["good"][0]["path"], d / "ok.mp4")
+    os.symlink(tmp_path / "rotated-away.mp4", d / "gone.mp4")
+    s = run_extract(str(d), str(tmp_path / "out"), ExtractOptions(clip=ClipSpec.tiny(), precision="fp32"),
+                    log=lambda *_: None)
+    assert s["videos_total"] == 2 and s["videos_ok"] == 1 and s["videos_failed"] == 1
+    errs = pq.read_table(str(tmp_path / "out" / "errors"), columns=["video_id", "error"]).to_pylist()
+    assert [e["video_id"] for e in errs] == ["gone"] and "file not found" in errs[0]["error"]
+    assert read_column(str(tmp_path / "out" / "features"), "video_id") == ["ok"]

@@ -328,5 +328,13 @@ def iter_snippet_chunks(path: str, snippet_len: int = 16, size: int = 224, crops
 
 
 def list_videos(root: str) -> List[str]:
-    """Video files under a folder or object-store prefix (recursive, sorted)."""
-    return storage.list_files(root, recursive=True, suffixes=VIDEO_EXTENSIONS)
+    """Video files under a folder or object-store prefix (recursive, sorted).  A local
+    symbolic link whose target is gone is listed too, so that it ends as an error row
+    (``file not found``) instead of vanishing without a trace."""
+    found = storage.list_files(root, recursive=True, suffixes=VIDEO_EXTENSIONS)
+    if storage.is_local(root):
+        base = storage.resolve(root)[1]
+        for d, _, files in os.walk(base):
+            found += [os.path.join(d, f) for f in files if f.lower().endswith(VIDEO_EXTENSIONS)
+                      and os.path.islink(os.path.join(d, f)) and not os.path.exists(os.path.join(d, f))]
+    return sorted(set(found))
