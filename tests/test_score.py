@@ -293,3 +293,32 @@ def test_calibrate_then_score_uses_the_operating_point(trained, tmp_path, capsys
     for k in ("false_alarms_per_hour", "event_recall", "event_precision"):   # one measure, two commands
         assert rep[k] == pytest.approx(at[k], nan_ok=True), k
     assert s3_summary["operating_point"]["source"] == at["source"]
+
+
+@pytest.mark.parametrize("labels", ["all null", "mixed", "absent"])
+def test_scoring_features_whatever_their_label_column_holds(ray_local, tmp_path, labels):
+    """Extract once, score with several models: an unlabeled archive's features (its
+    label column all null, mixed, or absent) score like labeled ones (issue #35)."""
+    import pyarrow as pa
+
+    from vadclip import tiny_config
+    from vadclip.io.features import write_feature_table
+    from vadclip.model.network import build_model as build
+    from vadclip.testing.synthetic import make_feature_set
+
+    cfg = tiny_config("custom", classes=CLASSES, visual_length=32, visual_layers=1)
+    rows, _ = make_feature_set(cfg, 3, 3, 32, seed=4)
+    for i, r in enumerate(rows):
+        r["label"] = None if labels != "mixed" or i % 2 else r["label"]
+    path = tmp_path / "feats.parquet"
+    write_feature_table(rows, str(path))
+    if labels == "absent":
+        pq.write_table(pq.read_table(path).drop(["label"]), path)
+    save_checkpoint(build(cfg), str(tmp_path / "m.pt"))
+    s = run_score(str(tmp_path / "m.pt"), str(tmp_path / "out"), features=str(path), opts=ScoreOptions(max_plots=2),
+                  log=lambda *_: None)
+    assert s["videos_scored"] == len(rows) and s["videos_failed"] == 0
+    got = pq.read_table(str(tmp_path / "out" / "scores"), columns=["video_id", "label"]).to_pylist()
+    want = {r["video_id"]: (r["label"] if labels == "mixed" else None) for r in rows}
+    assert {g["video_id"]: g["label"] for g in got} == want
+    assert pa.types.is_string(pq.read_table(str(tmp_path / "out" / "scores")).schema.field("label").type)

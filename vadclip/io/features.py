@@ -89,6 +89,18 @@ def write_feature_table(rows: Sequence[Dict], path: str, prov: Optional[Dict] = 
 META_COLUMNS = ["video_id", "crop", "label", "feature_dim"]
 
 
+def feature_meta(path: str, what: str = "feature set") -> pa.Table:
+    """The small columns of a feature set; one without a label column (an archive written
+    by another tool) reads as unlabeled."""
+    try:
+        return read_table(path, columns=META_COLUMNS, what=what)
+    except pa.ArrowInvalid as exc:
+        if "label" not in str(exc):
+            raise
+    t = read_table(path, columns=[c for c in META_COLUMNS if c != "label"], what=what)
+    return t.append_column("label", pa.nulls(t.num_rows, pa.string()))
+
+
 def check_feature_set(path: str, expected_dim: Optional[int] = None, crop: Optional[int] = None,
                       what: str = "feature set") -> Dict[str, object]:
     """Checks that need no worker, from the small columns (``META_COLUMNS``, read once):
@@ -97,7 +109,7 @@ def check_feature_set(path: str, expected_dim: Optional[int] = None, crop: Optio
     the small columns as ``meta``."""
     files = dataset_files(path, what)
     try:
-        t = read_table(path, columns=META_COLUMNS, what=what) if files else pa.table(
+        t = feature_meta(path, what) if files else pa.table(
             {"video_id": pa.array([], pa.string()), "crop": pa.array([], pa.int32()),
              "label": pa.array([], pa.string()), "feature_dim": pa.array([], pa.int32())})
     except (pa.ArrowInvalid, ValueError, KeyError) as exc:

@@ -78,10 +78,10 @@ def log_feature_set(path: str, name: str, context: str, meta=None) -> None:
     ``crop`` and ``label`` columns (``meta``: that table if already read)."""
     import mlflow
 
-    from vadclip.io.parts import read_table
+    from vadclip.io.features import feature_meta
 
     if meta is None:
-        meta = read_table(path, columns=["video_id", "crop", "label"], what=name)
+        meta = feature_meta(path, name).select(["video_id", "crop", "label"])
     df = meta.to_pandas() if hasattr(meta, "to_pandas") else meta
     mlflow.log_input(mlflow.data.from_pandas(df, source=path, name=name), context=context)
 
