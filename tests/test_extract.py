@@ -262,3 +262,18 @@ def test_every_found_path_ends_as_a_row_or_an_error_row(ray_local, sample_videos
     errs = pq.read_table(str(tmp_path / "out" / "errors"), columns=["video_id", "error"]).to_pylist()
     assert [e["video_id"] for e in errs] == ["gone"] and "file not found" in errs[0]["error"]
     assert read_column(str(tmp_path / "out" / "features"), "video_id") == ["ok"]
+
+
+def test_the_encoders_gpu_shape_comes_from_the_command(sample_videos, tmp_path, capsys):
+    """--device cuda on a cluster that has no GPU and whose autoscaler can launch none
+    fails as the environment's problem (exit 3) before the output folder is touched;
+    auto there encodes on the CPU and says so once."""
+    from vadclip.cli import main
+
+    out = tmp_path / "out"
+    assert main(["extract", sample_videos["manifest"], "--out", str(out), "--tiny-clip", "--device", "cuda"]) == 3
+    assert "--device cuda: the cluster has no GPU and its autoscaler can launch none" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["extract", sample_videos["manifest"], "--out", str(out), "--tiny-clip", "--precision", "fp32"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("no GPU in the cluster and none its autoscaler can launch: the encoders run on CPUs") == 1

@@ -92,6 +92,41 @@ def lost_with_a_node(exc: BaseException) -> bool:
     return False
 
 
+def launchable_gpus() -> Optional[float]:
+    """The most GPUs the cluster's autoscaler can launch, from its node types (None:
+    no autoscaler, or Ray does not say).  Ray keeps this behind a private call
+    (``ray._private.state``, what Ray Data's own autoscaling reads); where it moves or
+    fails, the answer is None and ``--device cuda`` still asks for GPUs."""
+    try:
+        from ray._private.state import state
+
+        most = state.get_max_resources_from_cluster_config() or {}
+    except Exception:  # noqa: BLE001 - a private call: absent or changed in another Ray
+        return None
+    gpus = most.get("GPU")
+    return float(gpus) if gpus else None
+
+
+def use_gpus(device: str, log) -> bool:
+    """Whether the encoders ask for GPUs, declared by the command (``--device``), not
+    found on the nodes alive at start (at ``min_workers: 0`` there are none yet).
+    ``cuda`` on a cluster that has none and can launch none is the environment's
+    problem; ``auto`` there encodes on CPUs and says so once."""
+    from vadclip.errors import EnvironmentProblem
+
+    if device == "cpu":
+        return False
+    now, later = cluster_gpus(), launchable_gpus()
+    if device == "cuda":
+        if not now and not later:
+            raise EnvironmentProblem("--device cuda: the cluster has no GPU and its autoscaler can launch none")
+        return True
+    if now or later:
+        return True
+    log("[extract] no GPU in the cluster and none its autoscaler can launch: the encoders run on CPUs")
+    return False
+
+
 def cluster_gpus() -> float:
     import ray
 

@@ -94,6 +94,7 @@ class _Plan:
     prov: Dict[str, Any]
     weights: Any
     changed: set
+    gpus: bool = False       # the encoders ask for GPUs (--device)
     redone: int = 0          # videos run again because a worker died holding them
     rounds: int = 0
 
@@ -117,7 +118,8 @@ def _check_environment(opts: ExtractOptions, log) -> Any:
     return weights
 
 
-def _plan(source: str, out_dir: str, opts: ExtractOptions, retry_failed: bool, log) -> _Plan:
+def _plan(source: str, out_dir: str, opts: ExtractOptions, retry_failed: bool, log,
+          address: Optional[str] = None) -> _Plan:
     """What to do: the manifest, less what earlier runs did (unless its file changed).
     Every check that can refuse the run comes before the output's lease is taken, so a
     refused run changes nothing in the folder (and a live run writing it goes on)."""
@@ -126,20 +128,28 @@ def _plan(source: str, out_dir: str, opts: ExtractOptions, retry_failed: bool, l
     output = ResumableOutput(feature_dir(out_dir), errors_dir(out_dir))
     prov = feature_provenance(opts, weights)
     _one_provenance(output.rows_dir, prov)
+    done_ids, failed_ids = output.identities()        # what the committed parts hold: read, nothing changed
+    changed = changed_inputs({**failed_ids, **done_ids})
+    done, failed = set(done_ids) - changed, set(failed_ids) - changed
+    retried: set = set()
+    if retry_failed:
+        failed, retried = set(), failed - done
+    todo = [it for it in items if it["path"] not in done and it["path"] not in failed]
+    gpus = False
+    if todo:       # the cluster can run what is asked: before anything in the folder changes
+        from vadclip.jobs.cluster import ensure_ray, use_gpus
+
+        ensure_ray(address)
+        gpus = use_gpus(opts.device, log)
     storage.makedirs(out_dir)
     output.start()
-    done_ids, failed_ids = output.identities()
-    changed = changed_inputs({**failed_ids, **done_ids})
     if changed:   # a video replaced at the same path (a camera's daily file rewritten): its rows go, it runs again
         drop_rows(output.rows_dir, "path", changed)
         drop_rows(output.errors_dir, "path", changed)
         log(f"[extract] {len(changed)} videos changed since their rows were written: processing them again")
-    done, failed = set(done_ids) - changed, set(failed_ids) - changed
-    if retry_failed and failed:
-        drop_rows(output.errors_dir, "path", failed - done)
-        failed = set()
-    todo = [it for it in items if it["path"] not in done and it["path"] not in failed]
-    return _Plan(items, todo, output, prov, weights, changed)
+    if retry_failed and retried:
+        drop_rows(output.errors_dir, "path", retried)
+    return _Plan(items, todo, output, prov, weights, changed, gpus)
 
 
 def _pipeline(plan: _Plan, todo: List[Dict[str, Any]], opts: ExtractOptions, log):
@@ -147,9 +157,9 @@ def _pipeline(plan: _Plan, todo: List[Dict[str, Any]], opts: ExtractOptions, log
     stage says what share of a GPU it takes (:meth:`DecodeStage.gpus`, :meth:`EncodeStage.gpus`)."""
     import ray
 
-    from vadclip.jobs.cluster import cluster_gpus, share_weights
+    from vadclip.jobs.cluster import share_weights
 
-    have_gpus = cluster_gpus() > 0
+    have_gpus = plan.gpus
     if opts.decode_device == "cuda" and not have_gpus:
         log("[extract] decode device cuda: the cluster has no GPU, the videos are decoded on the CPU")
     decode_gpus = DecodeStage.gpus(opts, have_gpus)
@@ -271,17 +281,14 @@ def extract_and(source: str, out_dir: str, opts: ExtractOptions, scorer=None, re
     """:func:`run_extract`, each assembled video also handed to ``scorer`` in its
     writer (``score --videos``: one streaming pipeline).  Returns (summary, the writers'
     results)."""
-    from vadclip.jobs.cluster import ensure_ray
-
     log = log or logging.getLogger("vadclip").info
     out_dir = storage.absolute(out_dir)
-    plan = _plan(source, out_dir, opts, retry_failed, log)
+    plan = _plan(source, out_dir, opts, retry_failed, log, address)
     log(f"[extract] {len(plan.items)} videos: {len(plan.items) - len(plan.todo)} already done or failed earlier, "
         f"{len(plan.todo)} to process")
     t0 = time.time()
     results: List[Dict[str, Any]] = []
     if plan.todo:
-        ensure_ray(address)
         results = _rounds(plan, opts, log, scorer)
         for r in results:
             for line in r["failures"]:

@@ -34,8 +34,13 @@ class ExtractOptions:
                             help="encoder precision (default auto: fp16 on a GPU; on a CPU bf16 where it has native "
                                  "bf16 and a timing at start-up finds it faster, else fp32; the run summary says which)")
     num_encoders: int = option(1, group=ENCODE, help="size of the encoder actor pool")
+    device: str = option("auto", choices=["auto", "cpu", "cuda"], group=ENCODE,
+                         help="where the encoders run: cuda asks every encoder for a GPU (on an autoscaling cluster "
+                              "the demand launches GPU nodes); cpu never; auto (default) GPUs when the cluster has "
+                              "them or its autoscaler can launch them, else the CPU (said once)")
     gpus_per_encoder: Optional[float] = option(None, group=ENCODE,
-                                               help="GPUs per encoder actor (default: 1 if the cluster has GPUs, else 0)")
+                                               help="GPUs per encoder actor when encoding on GPUs (default 1, or 0.5 "
+                                                    "with --decode-device cuda)")
     # Ray pins an actor that reserves one CPU to one thread; the encoder is the
     # bottleneck (decode tasks mostly wait on backpressure), so by default it gets the
     # node's cores shared by the pool
@@ -112,12 +117,19 @@ class EncodeStage:
     (CUDA error, out of memory, its node lost) is the environment's: Ray Data restarts
     the actor and retries the batch (its defaults: without limit)."""
 
-    def __init__(self, opts: ExtractOptions, weights=None, exits=None) -> None:
+    def __init__(self, opts: ExtractOptions, weights=None, exits=None, on_gpu: bool = False) -> None:
         import torch
 
         from vadclip.clip.weights import activate
 
         self.opts, self.exits = opts, exits or []   # exits: fault injection (vadclip.jobs.faults)
+        if on_gpu and not torch.cuda.is_available():
+            import ray
+
+            from vadclip.errors import EnvironmentProblem
+
+            raise EnvironmentProblem(f"encoder on node {ray.get_runtime_context().get_node_id()[:12]} holds a GPU "
+                                     "but CUDA is not available there (driver, image or CUDA build of torch)")
         activate(weights)     # the job's CLIP weights, from this node or Ray's object store
         if not torch.cuda.is_available():
             # Ray pins an actor that reserves one CPU to one thread; the encoder is the
@@ -148,7 +160,8 @@ class EncodeStage:
 
         from vadclip.jobs.faults import encoder_exits
 
-        return {"fn_constructor_kwargs": {"opts": opts, "weights": weights, "exits": encoder_exits()},
+        return {"fn_constructor_kwargs": {"opts": opts, "weights": weights, "exits": encoder_exits(),
+                                          "on_gpu": gpus > 0},
                 "batch_size": 1, "batch_format": "numpy",
                 "compute": ActorPoolStrategy(size=opts.num_encoders), "num_gpus": gpus,
                 "num_cpus": 0 if gpus else 1}
