@@ -14,8 +14,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _lint(cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(cwd))
-    return subprocess.run([shutil.which("lint-imports") or "lint-imports", "--no-cache"], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    # the lint-imports of this interpreter's environment, not whichever PATH finds first
+    tool = Path(sys.executable).with_name("lint-imports")
+    return subprocess.run([str(tool) if tool.exists() else shutil.which("lint-imports") or "lint-imports",
+                           "--no-cache"], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_import_contracts_are_kept():
@@ -103,3 +105,19 @@ def test_modules_of_the_flat_layout_still_import():
             "assert vadclip.config.VadConfig is __import__('vadclip').VadConfig\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_the_fallback_for_open_clips_private_rule_agrees_with_it(monkeypatch):
+    """vadclip.clip.weights.safe_alternatives uses open_clip's private
+    _get_safe_alternatives where it exists; its own rule, used where it does not, gives
+    the same answers."""
+    import open_clip.pretrained as ocp
+
+    from vadclip.clip import weights
+
+    names = [ocp.HF_WEIGHTS_NAME, "model.bin", "ViT-B-16.pth", "model.safetensors", "weights.pt"]
+    real = [weights.safe_alternatives(n) for n in names]
+    assert real == [list(ocp._get_safe_alternatives(n)) for n in names]
+    assert (weights.HF_WEIGHTS_NAME, weights.HF_SAFE_WEIGHTS_NAME) == (ocp.HF_WEIGHTS_NAME, ocp.HF_SAFE_WEIGHTS_NAME)
+    monkeypatch.delattr(ocp, "_get_safe_alternatives")
+    assert [weights.safe_alternatives(n) for n in names] == real

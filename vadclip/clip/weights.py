@@ -24,7 +24,7 @@ import socket
 import tempfile
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from vadclip.io import storage
 from vadclip.errors import EnvironmentProblem, InputError
@@ -198,6 +198,26 @@ def _fetch_tag(model: str, tag: str) -> Tuple[str, Dict[str, Any]]:
     return path, cfg
 
 
+HF_WEIGHTS_NAME, HF_SAFE_WEIGHTS_NAME = "open_clip_pytorch_model.bin", "open_clip_model.safetensors"
+
+
+def safe_alternatives(filename: str) -> List[str]:
+    """The safetensors files open_clip looks for before ``filename`` on the Hugging Face
+    hub (its own rule, ``open_clip.pretrained._get_safe_alternatives``, is private: its
+    answer is used where it exists, this one elsewhere; tests/test_layers.py checks the two agree)."""
+    try:
+        from open_clip.pretrained import _get_safe_alternatives
+
+        return list(_get_safe_alternatives(filename))
+    except (ImportError, AttributeError):
+        pass
+    if filename == HF_WEIGHTS_NAME:
+        return [HF_SAFE_WEIGHTS_NAME]
+    if filename.endswith((".bin", ".pth")):
+        return [filename[:-4] + ".safetensors"]
+    return []
+
+
 def _cached_tag_file(cfg: Dict[str, Any]) -> Optional[str]:
     """A tag's file where open_clip's download would find it already cached."""
     if cfg.get("file"):
@@ -209,11 +229,9 @@ def _cached_tag_file(cfg: Dict[str, Any]) -> Optional[str]:
         except ImportError:
             hub = ""
     if hub:
-        from open_clip.pretrained import HF_WEIGHTS_NAME, _get_safe_alternatives
-
         repo, filename = os.path.split(hub)
         filename = filename or HF_WEIGHTS_NAME
-        for name in (*_get_safe_alternatives(filename), filename):
+        for name in (*safe_alternatives(filename), filename):
             hit = try_to_load_from_cache(repo, name)
             if isinstance(hit, str) and os.path.isfile(hit):
                 return hit
