@@ -4,6 +4,7 @@ import os
 
 import mlflow
 import numpy as np
+import pytest
 
 from vadclip import build_model, tiny_config
 from vadclip.model.checkpoint import save_checkpoint
@@ -95,3 +96,49 @@ def test_a_job_scores_with_one_version_and_a_folder_never_mixes_two(ray_local, t
     s = run_score("models:/vad-pin@champion", str(tmp_path / "out2"), features=str(tmp_path / "feats.parquet"),
                   opts=ScoreOptions(max_plots=0), tracking_uri=uri, log=lambda *_: None)
     assert s["model_version_uri"] == "models:/vad-pin/2" and s["model_alias"] == "champion"
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_invocations_with_snippet_scores(tmp_path):
+    """The registered pyfunc flavour served by the real `mlflow models serve` (environment
+    manager local) on 127.0.0.1: a [T, D] feature input gets T per-snippet anomaly scores
+    and class probabilities, equal to scoring the checkpoint directly."""
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    _, uri, _ = _register(tmp_path, "vad-serve")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, MLFLOW_TRACKING_URI=uri)
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/vad-serve@champion",
+                             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "--workers", "1"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        t0 = time.time()
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except Exception:
+                if proc.poll() is not None or time.time() - t0 > 180:
+                    raise AssertionError(f"mlflow models serve did not start: {proc.stderr.read()[-2000:]}")
+                time.sleep(0.5)
+        x = np.random.default_rng(3).normal(size=(12, 32)).astype(np.float32)
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps({"inputs": x.tolist()}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        out = json.loads(urllib.request.urlopen(req, timeout=60).read())["predictions"]
+        assert len(out) == 12 and set(out[0]) == {"anomaly", "p_Normal", "p_Fire", "p_Fight"}
+        a, p = score_video(load_scoring_model(str(tmp_path / "m.pt")), x)
+        np.testing.assert_allclose([r["anomaly"] for r in out], a, atol=1e-5)
+        np.testing.assert_allclose([r["p_Fight"] for r in out], p[:, 2], atol=1e-5)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
