@@ -4,7 +4,7 @@ split what they are given into parts of at most rows_per_file rows."""
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vadclip.io.parts import PartWriter, part_files
+from vadclip.io.parts import part_files
 from vadclip.jobs.output import Claims, ResumableOutput, shard_of
 
 

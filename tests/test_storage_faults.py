@@ -26,9 +26,6 @@ def _cli(args, endpoint, tmp_path):
                           env=env)
 
 
-    return read_column(f"{prefix}", "video_id"), read_column(f"{prefix}_errors", "video_id")
-
-
 def test_throttled_storage_loses_no_row_and_duplicates_none(tmp_path):
     from vadclip import tiny_config
     from vadclip.model.checkpoint import save_checkpoint
