@@ -277,3 +277,21 @@ def test_the_encoders_gpu_shape_comes_from_the_command(sample_videos, tmp_path, 
     assert main(["extract", sample_videos["manifest"], "--out", str(out), "--tiny-clip", "--precision", "fp32"]) == 0
     err = capsys.readouterr().err
     assert err.count("no GPU in the cluster and none its autoscaler can launch: the encoders run on CPUs") == 1
+
+
+def test_a_job_whose_stderr_is_no_terminal_still_says_how_far_it_is(sample_videos, tmp_path):
+    """Under `ray job submit` stderr is a log, not a terminal: a progress line (videos
+    done/total, failures, rate, time left) comes at most every VADCLIP_PROGRESS_S seconds."""
+    import re
+    import subprocess
+    import sys
+
+    env = dict(os.environ, VADCLIP_PROGRESS_S="1", VADCLIP_PROGRESS_BARS="0")
+    r = subprocess.run([sys.executable, "-m", "vadclip.cli", "extract", sample_videos["manifest"], "--out",
+                        str(tmp_path / "out"), "--tiny-clip", "--batch-size", "8", "--precision", "fp32"],
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = re.findall(r"\[extract\] progress: (\d+)/(\d+) videos \((\d+) failed\), [\d.]+ videos/min, .*", r.stderr)
+    assert lines, r.stderr[-2000:]
+    assert all(int(t) == len(sample_videos["good"]) + len(sample_videos["bad"]) for _, t, _ in lines)
+    assert [int(d) for d, _, _ in lines] == sorted(int(d) for d, _, _ in lines)

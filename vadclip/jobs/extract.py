@@ -27,7 +27,7 @@ from vadclip.io.parts import drop_rows
 from vadclip.jobs.manifest import load_manifest  # noqa: F401 (old home)
 from vadclip.jobs.output import ResumableOutput
 from vadclip.jobs.stages import DecodeStage, EncodeStage, ExtractOptions
-from vadclip.jobs.writers import VideoSink, _Pace
+from vadclip.jobs.writers import Progress, VideoSink, _Pace
 from vadclip.video.decode import VideoError, check_decoder, identity_of, torchcodec_missing, video_file
 
 log = logging.getLogger(__name__)
@@ -191,14 +191,17 @@ def _rounds(plan: _Plan, opts: ExtractOptions, log, scorer=None) -> List[Dict[st
         name = run_id if rnd == 1 else f"{run_id}-r{rnd}"
         sink = VideoSink(out, schema, name, opts.rows_per_file, opts.flush_seconds,
                          n=opts.num_writers or max(1, opts.num_encoders), scorer=scorer, skip_scores=scored)
+        progress = Progress(sink, len(plan.items), len(plan.items) - len(todo), log)
         try:
             _pipeline(plan, todo, opts, log).write_datasink(sink.datasink())
         except Exception as e:  # noqa: BLE001 - sorted below
             if not lost_with_a_node(e):
+                progress.stop()
                 _finish_quietly(sink)    # what the writers hold is committed: a re-run resumes from it
                 raise
             log(f"[extract] round {rnd}: the pipeline lost a worker ({type(e).__name__}); "
                 "the videos not written are run again")
+        progress.stop()
         results += sink.finish()
         mine = f"part-{run_id}"
         written = set(committed_values(out.rows_dir, "path", mine)) | set(committed_values(out.errors_dir, "path", mine))

@@ -153,6 +153,10 @@ class VideoWriter:
         if self.scorer is not None:
             self.scorer.video(vid, meta, feats)
 
+    def progress(self) -> Dict[str, int]:
+        """What this incarnation has committed so far (for the driver's progress line)."""
+        return {"ok": self.counts["videos_ok"], "failed": self.counts["videos_failed"]}
+
     def finish(self) -> Dict[str, Any]:
         """Write what is buffered; the videos still missing chunks (their other chunks
         died with an earlier incarnation) are returned for the driver to run again."""
@@ -209,6 +213,17 @@ class VideoSink:
 
         return _ToWriters()
 
+    def progress(self, timeout: float = 10.0) -> Optional[Dict[str, int]]:
+        """The writers' committed counts summed (None when they do not answer in time:
+        a writer being restarted)."""
+        import ray
+
+        try:
+            got = ray.get([w.progress.remote() for w in self.writers], timeout=timeout)
+        except Exception:  # noqa: BLE001 - a progress line is never worth failing a job
+            return None
+        return {k: sum(g[k] for g in got) for k in ("ok", "failed")}
+
     def finish(self) -> List[Dict[str, Any]]:
         """Every writer flushes and reports (a writer that died meanwhile is restarted by
         Ray and reports what its new incarnation holds); then they end."""
@@ -219,3 +234,39 @@ class VideoSink:
         finally:
             for w in self.writers:
                 ray.kill(w, no_restart=True)
+
+
+class Progress:
+    """One line at most every ``every`` seconds (``VADCLIP_PROGRESS_S``, default 60) on
+    the job's log — what a submitted job, whose stderr is no terminal, shows between
+    its start and its end: videos done of the total, failures, rate and time left, from
+    the counts the writers report (a few numbers; no bytes reach the driver)."""
+
+    def __init__(self, sink: "VideoSink", total: int, before: int, log, every: Optional[float] = None):
+        import os
+        import threading
+        import time
+
+        self.sink, self.total, self.before, self.log = sink, total, before, log
+        self.every = float(os.environ.get("VADCLIP_PROGRESS_S", "60")) if every is None else every
+        self.t0, self._stop = time.time(), threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import time
+
+        while not self._stop.wait(self.every):
+            c = self.sink.progress()
+            if c is None:
+                continue
+            done, dt = c["ok"] + c["failed"], time.time() - self.t0
+            rate = done / dt * 60 if dt > 0 else 0.0
+            left = self.total - self.before - done
+            eta = f"{left / rate:.0f} min left" if rate > 0 else "time left unknown"
+            self.log(f"[extract] progress: {self.before + done}/{self.total} videos ({c['failed']} failed), "
+                     f"{rate:.1f} videos/min, {eta}")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
