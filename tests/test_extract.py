@@ -295,3 +295,21 @@ def test_a_job_whose_stderr_is_no_terminal_still_says_how_far_it_is(sample_video
     assert lines, r.stderr[-2000:]
     assert all(int(t) == len(sample_videos["good"]) + len(sample_videos["bad"]) for _, t, _ in lines)
     assert [int(d) for d, _, _ in lines] == sorted(int(d) for d, _, _ in lines)
+
+
+def test_an_encoder_holding_a_gpu_without_cuda_fails_as_the_environments_problem(sample_videos, tmp_path):
+    """A node that declares a GPU Ray can give, but where CUDA does not work (this
+    machine: a local Ray told it has one GPU): `--device cuda` fails in one line, exit 3,
+    naming the node — never encodes on its CPU while holding the GPU, never a video error."""
+    import subprocess
+    import sys
+
+    script = ("import sys, ray\n"
+              "ray.init(address='local', num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)\n"
+              "from vadclip.cli import main\n"
+              "sys.exit(main(['extract', sys.argv[1], '--out', sys.argv[2], '--tiny-clip', '--device', 'cuda']))\n")
+    r = subprocess.run([sys.executable, "-c", script, sample_videos["manifest"], str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=600, env=dict(os.environ, VADCLIP_PROGRESS_BARS="0"))
+    assert r.returncode == 3, r.stderr[-2000:]
+    assert "error (environment): encoder on node" in r.stderr and "holds a GPU but CUDA is not available" in r.stderr
+    assert not glob.glob(str(tmp_path / "out" / "errors" / "part-*"))

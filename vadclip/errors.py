@@ -35,3 +35,21 @@ def one_line(exc: BaseException, limit: int = 400) -> str:
     text = str(exc).strip().splitlines()
     msg = text[0] if text else type(exc).__name__
     return msg if len(msg) <= limit else msg[:limit] + "…"
+
+
+def environment_cause(exc: BaseException):
+    """The :class:`EnvironmentProblem` behind ``exc`` (raised in a worker, handed back by
+    Ray wrapped, the cause kept in the chain), or None."""
+    import re
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, EnvironmentProblem):
+            return exc
+        # an actor that died in its constructor hands back only the text of its error
+        m = re.search(r"(?:vadclip\.errors\.)?EnvironmentProblem: ([^\n]+)", str(exc))
+        if m:
+            return EnvironmentProblem(m.group(1).strip())
+        exc = exc.__cause__ or exc.__context__ or getattr(exc, "cause", None)
+    return None

@@ -16,7 +16,7 @@ import sys
 from typing import List, Optional
 
 from vadclip.model.config import ClipSpec, VadConfig
-from vadclip.errors import EnvironmentProblem, InputError, one_line
+from vadclip.errors import EnvironmentProblem, InputError, environment_cause, one_line
 from vadclip.options import ADDRESS_HELP, MISMATCH_HELP, TRACKING_URI_HELP, add_options, options_from
 
 
@@ -374,6 +374,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     except EnvironmentProblem as e:
         print(f"vadclip {a.cmd}: error (environment): {one_line(e)}", file=sys.stderr)
+        return 3
+    except Exception as e:
+        # raised in a worker (storage that kept failing under a writer, an encoder without
+        # CUDA): Ray and Ray Data hand it back wrapped, the cause kept in the chain
+        cause = environment_cause(e)
+        if cause is None:
+            raise
+        print(f"vadclip {a.cmd}: error (environment): {one_line(cause)}", file=sys.stderr)
         return 3
     print(json.dumps(s, indent=2, default=str), flush=True)
     return 0

@@ -79,6 +79,10 @@ def lost_with_a_node(exc: BaseException) -> bool:
     the job's own."""
     from ray import exceptions as rx
 
+    from vadclip.errors import environment_cause
+
+    if environment_cause(exc) is not None:    # a worker named the environment's problem: no re-run mends it
+        return False
     kinds = tuple(k for k in (getattr(rx, n, None) for n in (
         "RayActorError", "ActorUnavailableError", "ObjectLostError", "NodeDiedError", "WorkerCrashedError",
         "OwnerDiedError", "ObjectReconstructionFailedError", "LocalRayletDiedError", "ObjectFetchTimedOutError"))
@@ -86,6 +90,8 @@ def lost_with_a_node(exc: BaseException) -> bool:
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
+        if getattr(exc, "actor_init_failed", False):
+            return False      # its constructor raised: an error of the job's, not work lost with a node
         if isinstance(exc, kinds):
             return True
         exc = exc.__cause__ or exc.__context__
