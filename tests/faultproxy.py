@@ -31,10 +31,12 @@ class FaultProxy:
     """``rates``: per method (``PUT``, ``GET``, ``HEAD``, ``POST``, ``DELETE``; ``*`` for the
     rest) the share answered ``503 SlowDown``; ``reset``: the share of any request whose
     connection is reset before an answer; ``slow``/``slow_s``: the share answered
-    ``slow_s`` seconds late.  ``enabled`` can be switched off and on while it runs."""
+    ``slow_s`` seconds late; ``stall``: GETs of the objects whose path holds a key
+    hang for its number of seconds.  ``enabled`` can be switched off and on while it runs."""
 
     def __init__(self, upstream: str, rates: Dict[str, float], reset: float = 0.0, slow: float = 0.0,
-                 slow_s: float = 1.0, seed: int = 0):
+                 slow_s: float = 1.0, seed: int = 0, stall: Optional[Dict[str, float]] = None):
+        self.stall = dict(stall or {})     # {text in the path: seconds}: GETs of those objects hang that long
         self.upstream = urlparse(upstream)
         self.rates, self.reset, self.slow, self.slow_s = rates, reset, slow, slow_s
         self.rng, self.lock = random.Random(seed), threading.Lock()
@@ -64,6 +66,11 @@ class FaultProxy:
 
             def _handle(self):
                 body = self._body()
+                hang = next((t for k, t in proxy.stall.items() if k in self.path), 0.0)
+                if hang and self.command == "GET":
+                    with proxy.lock:
+                        proxy.counts["GET stalled"] += 1
+                    threading.Event().wait(hang)
                 fault = proxy._draw(self.command)
                 if fault == "reset":
                     # RST instead of an answer (SO_LINGER 0), as a dropped connection

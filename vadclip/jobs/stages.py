@@ -57,6 +57,10 @@ class ExtractOptions:
     decode_gpus: float = option(0.1, group=ENCODE,
                                 help="with --decode-device cuda: the GPU share each decode task reserves "
                                      "(an encoder then takes 0.5 GPU unless --gpus-per-encoder says otherwise)")
+    video_timeout_s: float = option(1800.0, group=ENCODE,
+                                    help="a video whose reading and decoding takes longer (a stalled read or "
+                                         "decoder) becomes an error row naming the deadline and the job goes on; "
+                                         "0: no deadline")
     rows_per_file: int = option(256, group=OUTPUT, help="at most this many rows per Parquet part file")
     flush_seconds: float = option(60.0, group=OUTPUT,
                                   help="write finished rows at least this often, so an interrupted job keeps its work")
@@ -96,6 +100,20 @@ class DecodeStage:
         base = {"video_id": item["video_id"], "path": item["path"], "label": item["label"] or "",
                 "input_identity": ""}
         empty = np.zeros((0, opts.crops, 3, self.size, self.size), np.uint8)
+        rows = self._rows(item, base, empty)
+        if not opts.video_timeout_s:
+            yield from rows
+            return
+        try:
+            yield from within_deadline(rows, opts.video_timeout_s)
+        except DeadlineExceeded:
+            yield dict(base, chunk=-1, n_chunks=0, fps=0.0, num_frames=0, frames=empty, decoder="",
+                       error=f"{item['path']}: reading and decoding took longer than the deadline of "
+                             f"{opts.video_timeout_s:g} s (--video-timeout-s): a stalled read or decoder; the job "
+                             "went on without it (--retry-failed runs it again)")
+
+    def _rows(self, item: Dict[str, Any], base: Dict[str, Any], empty: np.ndarray) -> Iterator[Dict[str, Any]]:
+        opts = self.opts
         try:
             st = video_file(item["path"])
             base["input_identity"] = identity_of(st)    # re-running extracts the video again if this changes
@@ -109,6 +127,56 @@ class DecodeStage:
                                frames=frames, error="", decoder=info.decoder)
         except VideoError as e:
             yield dict(base, chunk=-1, n_chunks=0, fps=0.0, num_frames=0, frames=empty, error=str(e), decoder="")
+
+
+class DeadlineExceeded(Exception):
+    """A video's rows did not come within its deadline."""
+
+
+def within_deadline(rows: Iterator[Dict[str, Any]], seconds: float) -> Iterator[Dict[str, Any]]:
+    """``rows``, made in a thread of their own, as long as making them takes at most
+    ``seconds`` in all (the time this generator waits for them; not the time its consumer
+    holds it back).  Past the deadline it raises :class:`DeadlineExceeded` and leaves the
+    stalled thread behind (a read blocked in a C library cannot be interrupted; it ends
+    with its call, or with the worker).  Exceptions of ``rows`` are raised here."""
+    import queue
+    import threading
+
+    q: "queue.Queue" = queue.Queue(maxsize=2)      # chunks are large: at most two wait
+    stop, end = threading.Event(), object()
+
+    def produce():
+        try:
+            for r in rows:
+                while not stop.is_set():
+                    try:
+                        q.put((r, None), timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((end, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            q.put((None, e))
+
+    threading.Thread(target=produce, daemon=True, name="vadclip-decode").start()
+    left = float(seconds)
+    try:
+        while True:
+            t = time.monotonic()
+            try:
+                r, err = q.get(timeout=max(left, 0.0))
+            except queue.Empty:
+                raise DeadlineExceeded() from None
+            left -= time.monotonic() - t
+            if err is not None:
+                raise err
+            if r is end:
+                return
+            yield r
+    finally:
+        stop.set()
 
 
 class EncodeStage:
