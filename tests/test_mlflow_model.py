@@ -1,5 +1,6 @@
 """The registered MLflow model is logged as code with a signature and an input
 example: loading it unpickles nothing of the project and scores like the checkpoint."""
+import dataclasses
 import os
 
 import mlflow
@@ -13,10 +14,12 @@ from vadclip.tracking.registry import load_scoring_model, log_and_register
 from vadclip.tracking.runs import use_experiment
 
 
-def _register(tmp_path, name, auc=0.7, file="m.pt"):
+def _register(tmp_path, name, auc=0.7, file="m.pt", seed=None):
     """A tiny random-init model saved to ``file`` and registered as ``name`` (alias
     champion when its auc is the best) in a sqlite MLflow store: (config, store URI, result)."""
     cfg = tiny_config("custom", classes=["Normal", "Fire", "Fight"], visual_length=32)
+    if seed is not None:
+        cfg = dataclasses.replace(cfg, seed=seed)
     save_checkpoint(build_model(cfg), str(tmp_path / file))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     use_experiment("e", uri)
@@ -89,13 +92,17 @@ def test_a_job_scores_with_one_version_and_a_folder_never_mixes_two(ray_local, t
     s = run_score("models:/vad-pin@champion", str(tmp_path / "out"), features=str(tmp_path / "feats.parquet"),
                   opts=ScoreOptions(max_plots=0), tracking_uri=uri, log=lambda *_: None)
     assert s["model_version_uri"] == "models:/vad-pin/1" and s["videos_scored"] == 6
-    _register(tmp_path, "vad-pin", auc=0.9, file="m1.pt")          # next month's champion: version 2
+    _register(tmp_path, "vad-pin", auc=0.9, file="m1.pt", seed=7)  # next month's champion: version 2
     with pytest.raises(InputError, match="holds scores of models:/vad-pin/1 .*not of this run's models:/vad-pin/2"):
         run_score("models:/vad-pin@champion", str(tmp_path / "out"), features=str(tmp_path / "feats.parquet"),
                   opts=ScoreOptions(max_plots=0), tracking_uri=uri, log=lambda *_: None)
     s = run_score("models:/vad-pin@champion", str(tmp_path / "out2"), features=str(tmp_path / "feats.parquet"),
                   opts=ScoreOptions(max_plots=0), tracking_uri=uri, log=lambda *_: None)
     assert s["model_version_uri"] == "models:/vad-pin/2" and s["model_alias"] == "champion"
+    # version 1's own file is the same weights: it resumes the first folder (nothing left to score)
+    s = run_score(str(tmp_path / "m0.pt"), str(tmp_path / "out"), features=str(tmp_path / "feats.parquet"),
+                  opts=ScoreOptions(max_plots=0), log=lambda *_: None)
+    assert s["videos_scored"] == 0 and s["videos_skipped"] == 6
 
 
 @pytest.mark.slow

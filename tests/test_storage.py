@@ -123,3 +123,37 @@ def test_scratch_copies_of_dead_processes_are_swept(tmp_path):
     _sweep_dead_copies(str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == sorted(["clip-weights", f"vadclip-{os.getpid()}-def.mp4",
                                                    f"vadclip-{os.getppid()}-ghi.mp4"])
+
+
+def test_on_s3s_whole_second_stamps_a_commit_in_the_leases_second_counts_and_is_seen(s3):
+    """S3 stamps objects with whole seconds, so a killed driver's last commit and the
+    next run's lease often carry the same time.  That commit counts (it was there before
+    the lease) and the next run, which reads the folder only once the store's clock has
+    passed its lease, sees it: never removed, never written twice.  A commit made after
+    the lease is fenced."""
+    import time
+
+    from vadclip.io.parts import lease_history
+    from vadclip.jobs.output import ResumableOutput
+
+    rows, errs = "s3://bkt/fence/rows", "s3://bkt/fence/errors"
+    old = ResumableOutput(rows, errs)
+    old_run = old.start()
+    w = _writer(rows, old_run)
+    while time.time() % 1 > 0.2:                   # early in a second: commit and lease share it
+        time.sleep(0.02)
+    w.add(_rows("v1"))
+    w.flush()
+    new = ResumableOutput(rows, errs)
+    new_run = new.start()
+    (marker,) = storage.list_infos(f"{rows}/{MARKERS}")
+    lease_at = [at for _, r, at in lease_history(rows) if r == new_run][0]
+    assert marker.mtime_ns % 10**9 == 0 and lease_at % 10**9 == 0   # whole seconds, as S3 keeps them
+    assert marker.mtime_ns <= lease_at
+    done, _ = new.ids("video_id")
+    assert done == {"v1"} and remove_uncommitted(rows) == 0
+    w.add(_rows("v2"))                              # the old run's writer, after the new lease
+    w.flush()
+    done, _ = new.ids("video_id")
+    assert done == {"v1"} and remove_uncommitted(rows) == 1
+    assert not [i for i in storage.list_infos(f"{rows}/_leases") if "probe" in i.path]

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vadclip.io import storage
-from vadclip.errors import MissingInputError
+from vadclip.errors import EnvironmentProblem, MissingInputError
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,9 @@ def _before_markers(directory: str, marked) -> bool:
 # A run takes an output folder by writing ``_leases/<token>-<run id>`` there, the token
 # one more than the highest so far.  The storage server's modification times order
 # that object against every commit marker: a marker of run R counts only if it was
-# written before the first lease taken after R's.  So a writer that outlived its
+# written no later than the first lease taken after R's (stores stamp whole seconds or
+# clock ticks; the new run reads the folder only once the store's clock has moved past
+# its lease, so every marker that counts is one it sees).  So a writer that outlived its
 # driver can still write a marker, but it is never counted, and the next run removes
 # it with the uncommitted parts.  What remains is a marker upload in flight at the very
 # moment a lease is taken (one request's duration) — and the commit check each writer
@@ -187,17 +189,44 @@ def _fenced_at(marker: str, leases: List[Tuple[int, str, int]], mtime_ns: Option
     if not mine:
         return True          # a run that never took a lease (written before leases existed)
     later = [at for t, r, at in leases if t > mine[0]]
-    return not later or mtime_ns is None or mtime_ns < min(later)
+    # a marker stamped with the lease's own time counts: stores keep whole seconds (S3)
+    # or clock ticks, and :func:`take_lease` returns only once the store's clock has moved
+    # past the lease, so the new run reads every marker that counts before it decides
+    return not later or mtime_ns is None or mtime_ns <= min(later)
 
 
-def take_lease(directory: str, run_id: str) -> int:
+def take_lease(directory: str, run_id: str, settle_s: float = 30.0) -> int:
     """The output folder ``directory`` is now written by ``run_id`` alone: a new lease
-    object, one token above the highest so far.  Returns the token."""
+    object, one token above the highest so far.  Returns the token once the store's
+    clock has passed the lease's time (a probe object written until its time is later;
+    up to a second on S3, which keeps whole seconds): a marker written from then on is
+    later than the lease, so every marker that still counts is there to be read."""
     storage.makedirs(directory)
     history = lease_history(directory)
     token = (history[-1][0] + 1) if history else 1
     storage.write_bytes(storage.join(directory, LEASES, f"{token:09d}-{run_id}"), b"")
+    mine = [at for t, r, at in lease_history(directory) if r == run_id]
+    if mine and mine[-1]:
+        _wait_past(directory, run_id, mine[-1], settle_s)
     return token
+
+
+def _wait_past(directory: str, run_id: str, at_ns: int, settle_s: float) -> None:
+    probe = storage.join(directory, LEASES, f"probe-{run_id}")
+    deadline, pause = time.monotonic() + settle_s, 0.05
+    try:
+        while True:
+            storage.write_bytes(probe, b"")
+            now = storage.info(probe).mtime_ns
+            if now is None or now > at_ns:
+                return
+            if time.monotonic() > deadline:
+                raise EnvironmentProblem(f"{directory}: the storage's clock did not move past this run's lease "
+                                         f"in {settle_s:.0f} s")
+            time.sleep(pause)
+            pause = min(pause * 2, 0.5)
+    finally:
+        storage.delete(probe)
 
 
 def lease_holder(directory: str) -> Optional[str]:
@@ -278,15 +307,19 @@ def read_table(path: str, columns: Optional[Sequence[str]] = None, what: str = "
 IDENTITY_KEY = b"vadclip.input_identity"
 
 
-def read_identities(directory: str) -> Dict[str, Optional[str]]:
+def read_identities(directory: str, cache: Optional[Dict[str, List[Tuple[str, Optional[str]]]]] = None
+                    ) -> Dict[str, Optional[str]]:
     """``{path: identity of the input when its row was written}`` over the committed
-    parts of ``directory`` (None where a part predates identities)."""
+    parts of ``directory`` (None where a part predates identities).  ``cache`` keeps
+    what each part held, so reading the folder again reads only the parts new since."""
     out: Dict[str, Optional[str]] = {}
+    cache = {} if cache is None else cache
     for f in part_files(directory):
-        t = read_file(f, ["path"])
-        ids = json.loads((t.schema.metadata or {}).get(IDENTITY_KEY) or b"{}")
-        for p in t.column("path").to_pylist():
-            out[p] = ids.get(p)
+        if f not in cache:
+            t = read_file(f, ["path"])
+            ids = json.loads((t.schema.metadata or {}).get(IDENTITY_KEY) or b"{}")
+            cache[f] = [(p, ids.get(p)) for p in t.column("path").to_pylist()]
+        out.update(cache[f])
     return out
 
 

@@ -143,6 +143,16 @@ def _plan(source: str, out_dir: str, opts: ExtractOptions, retry_failed: bool, l
         gpus = use_gpus(opts.device, log)
     storage.makedirs(out_dir)
     output.start()
+    # read again under the lease: what an earlier run's writers committed since the read
+    # above (before they were fenced) is done too, never written a second time
+    done_now, failed_now = output.identities()
+    new = {p: i for p, i in {**failed_now, **done_now}.items() if p not in done_ids and p not in failed_ids}
+    if new:
+        changed |= changed_inputs(new)
+        done, failed = set(done_now) - changed, set(failed_now) - changed
+        if retry_failed:
+            failed, retried = set(), failed - done
+        todo = [it for it in items if it["path"] not in done and it["path"] not in failed]
     if changed:   # a video replaced at the same path (a camera's daily file rewritten): its rows go, it runs again
         drop_rows(output.rows_dir, "path", changed)
         drop_rows(output.errors_dir, "path", changed)

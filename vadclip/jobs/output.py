@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import threading
 import zlib
-from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +33,7 @@ class ResumableOutput:
     rows_dir: str
     errors_dir: str
     run_id: Optional[str] = None       # the run holding the output's lease (set by start)
+    _seen: Dict[str, Any] = field(default_factory=dict, repr=False)   # parts read by identities()
 
     def start(self) -> str:
         """Before a run — after every check that can refuse it, so a refused run changes
@@ -53,8 +54,10 @@ class ResumableOutput:
         return LeaseGuard(self.rows_dir, self.run_id) if self.run_id is not None else None
 
     def identities(self) -> Tuple[Dict[str, Optional[str]], Dict[str, Optional[str]]]:
-        """``({path: input identity}`` of the done rows, the same of the failed ones)."""
-        return read_identities(self.rows_dir), read_identities(self.errors_dir)
+        """``({path: input identity}`` of the done rows, the same of the failed ones); a
+        second call reads only the parts committed since the first."""
+        return (read_identities(self.rows_dir, self._seen.setdefault("rows", {})),
+                read_identities(self.errors_dir, self._seen.setdefault("errors", {})))
 
     def ids(self, column: str = "video_id") -> Tuple[Set[str], Set[str]]:
         """The values of ``column`` over the done rows and over the failed ones."""

@@ -306,9 +306,13 @@ def _one_model(scores_dir: str, record: Dict[str, Any]) -> None:
     if not part_files(scores_dir) or not storage.isfile(path):
         return
     old = json.loads(storage.read_text(path))
-    if old != record:
+    # the weights decide (the same version given as its registered name or its file is
+    # one model); a record written before digests were compares the references
+    same = (old.get("weights") == record.get("weights") if old.get("weights") else old["model"] == record["model"])
+    if not same or old["crop"] != record["crop"]:
         raise InputError(f"{scores_dir} holds scores of {old['model']} (crop {old['crop']}), not of this run's "
-                         f"{record['model']} (crop {record['crop']}): score into a new --out")
+                         f"{record['model']} (crop {record['crop']}"
+                         f"{'' if same else ', other weights'}): score into a new --out")
 
 
 def _score_rows(classes: List[str]):
@@ -417,7 +421,7 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
     log = log or logging.getLogger("vadclip").info
     import ray
 
-    from vadclip.model.checkpoint import checkpoint_dict
+    from vadclip.model.checkpoint import checkpoint_dict, weights_digest
     from vadclip.io.features import check_feature_set
     from vadclip.io.gt import check_matches, read_gt
     from vadclip.jobs.cluster import ensure_ray
@@ -446,8 +450,8 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
     mismatch = check_fit(cfg, features, f"the model {model_uri}", opts.allow_feature_mismatch, log) \
         if features is not None else None
     # a scores folder holds one model version and one crop: resuming it with another stops here
-    model_record = {"model": version_uri, "crop": (found["crops"][0] if found is not None else 0)
-                    if opts.crop is None else opts.crop}
+    model_record = {"model": version_uri, "weights": weights_digest(model),
+                    "crop": (found["crops"][0] if found is not None else 0) if opts.crop is None else opts.crop}
     _one_model(_scores_dir(out_dir), model_record)
     if gt is not None:   # ground truth named for other videos (or by another id rule) fails now too
         from vadclip.jobs.extract import load_manifest

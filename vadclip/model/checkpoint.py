@@ -27,6 +27,27 @@ def checkpoint_dict(model: VadCLIP, **extra: Any) -> Dict[str, Any]:
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra}
 
 
+def weights_digest(model: VadCLIP) -> str:
+    """``sha256:…`` of what a scoring model computes with: its configuration and the
+    tensors of its state dict, the prompt's context tokens left out once the class text
+    features they produce are frozen in it.  So one model gives one digest through any
+    reference: its training checkpoint, or its registered version (an inference
+    checkpoint holding the frozen text features instead of the prompt)."""
+    import hashlib
+    import json
+
+    state = model.state_dict()
+    frozen = bool(state.get("has_frozen_text", torch.tensor(False)))
+    h = hashlib.sha256(json.dumps(model.cfg.to_dict(), sort_keys=True, default=str).encode())
+    for k, v in sorted(state.items()):
+        if frozen and k.startswith("prompt."):
+            continue
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return "sha256:" + h.hexdigest()
+
+
 def save_checkpoint(model: VadCLIP, path: str, **extra: Any) -> None:
     """Write a checkpoint (local or in object storage) whole or not at all."""
     buf = io.BytesIO()
