@@ -109,7 +109,7 @@ def _check_environment(opts: ExtractOptions, log) -> Any:
         check_decoder(opts.decoder, opts.decode_device)
     except ValueError as e:
         raise InputError(str(e)) from None
-    why = torchcodec_missing() if opts.decoder != "decord" else None
+    why = torchcodec_missing() if opts.decoder not in ("decord", "pyav") else None
     if why is not None:   # a decoder that cannot load is the environment's problem, never a video's
         if opts.decoder == "torchcodec":
             raise InputError(f"--decoder torchcodec: torchcodec cannot decode here: {why}; "

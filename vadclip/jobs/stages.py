@@ -47,9 +47,11 @@ class ExtractOptions:
     encoder_threads: Optional[int] = option(None, group=ENCODE,
                                             help="CPU-only: torch threads per encoder actor (default: the node's "
                                                  "cores / --num-encoders)")
-    decoder: str = option("auto", choices=["auto", "decord", "torchcodec"], group=ENCODE,
+    decoder: str = option("auto", choices=["auto", "decord", "torchcodec", "pyav"], group=ENCODE,
                           help="video decoder (default auto: torchcodec where FFmpeg's shared libraries are "
-                               "installed, the fastest on the CPU; decord elsewhere; both give the same frames)")
+                               "installed, the fastest on the CPU; decord elsewhere; both give the same frames; "
+                               "MPEG-TS/PS files (.ts .m2ts .mts .mpg .mpeg .vob) in order with PyAV). A file the "
+                               "decoder cannot read goes to the next: torchcodec, decord, PyAV")
     decode_device: str = option("cpu", choices=["cpu", "cuda"], group=ENCODE,
                                 help="cuda: decode on the GPU (torchcodec's NVDEC decoder), in decode tasks that "
                                      "reserve --decode-gpus each; the CPU where there is no GPU or NVDEC cannot "

@@ -50,7 +50,8 @@ class VideoInfo:
 
 
 # ------------------------------------------------------------------------ decoders
-DECODERS = ("auto", "decord", "torchcodec")
+DECODERS = ("auto", "decord", "torchcodec", "pyav")
+FALLBACK_ORDER = ("torchcodec", "decord", "pyav")   # a file one cannot read goes to the next
 DECODE_DEVICES = ("cpu", "cuda")
 
 
@@ -104,9 +105,9 @@ def check_decoder(decoder: str, device: str) -> None:
         raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
     if device not in DECODE_DEVICES:
         raise ValueError(f"decode device must be one of {', '.join(DECODE_DEVICES)}, got {device!r}")
-    if decoder == "decord" and device == "cuda":
+    if decoder in ("decord", "pyav") and device == "cuda":
         raise ValueError("decoding on cuda needs the torchcodec decoder (decoder 'torchcodec' or 'auto'), "
-                         "decord decodes on the CPU here")
+                         f"{decoder} decodes on the CPU here")
 
 
 def resolve_decoder(decoder: str = "auto", device: str = "cpu") -> Tuple[str, str]:
@@ -118,8 +119,8 @@ def resolve_decoder(decoder: str = "auto", device: str = "cpu") -> Tuple[str, st
     Ray retries the task, then the job fails; no video is marked failed).  cuda asked
     for where there is no CUDA device → the CPU, said once."""
     check_decoder(decoder, device)
-    if decoder == "decord":
-        return "decord", "cpu"
+    if decoder in ("decord", "pyav"):
+        return decoder, "cpu"
     why = torchcodec_missing()
     if why is not None:
         if decoder == "torchcodec":
@@ -176,10 +177,84 @@ class TorchcodecReader:
         return t if t.is_cuda else t.numpy()
 
 
+class PyAVReader:
+    """PyAV (its wheel carries FFmpeg), decoding the stream in order: what FFmpeg itself
+    decodes, whatever the container (MPEG-TS and MPEG-PS included, where seeking by
+    index fails).  The frame count is the number of the stream's packets (read without
+    decoding); a stream that ends before it (a truncated file) gives its last frame for
+    the missing ones and says where it ended (``truncated_at``)."""
+    device = "cpu"
+    kind = "pyav"
+
+    def __init__(self, path: str, name: str) -> None:
+        import av
+
+        self.path, self.name, self._av = path, name, av
+        self.truncated_at: Optional[int] = None
+        try:
+            with av.open(path) as c:
+                if not c.streams.video:
+                    what = "audio only" if c.streams.audio else "no stream of any kind"
+                    raise VideoError(f"{name}: no video stream (the file holds {what})")
+                st = c.streams.video[0]
+                rate = st.average_rate or st.guessed_rate or 0
+                self.fps = float(rate) if rate else 0.0
+                self.num_frames = sum(1 for pk in c.demux(st) if pk.size)
+        except VideoError:
+            raise
+        except Exception as e:  # av.error.*: not a container FFmpeg knows
+            raise VideoError(f"{name}: not a readable video ({_first_line(e)})") from None
+        self._open()
+
+    def _open(self) -> None:
+        self.container = self._av.open(self.path)
+        st = self.container.streams.video[0]
+        st.thread_count = 1                      # one core per decode task, as the other decoders
+        self._frames = self.container.decode(st)
+        self.pos, self._frame, self._rgb = -1, None, None   # the last frame decoded (converted lazily)
+
+    def _next(self) -> bool:
+        try:
+            frame = next(self._frames)
+        except StopIteration:
+            return False
+        except Exception as e:  # a packet FFmpeg cannot decode: the video's problem, at this frame
+            raise VideoError(f"{self.name}: decoding failed at frame {self.pos + 1}: {_first_line(e)}") from None
+        self._frame, self._rgb = frame, None
+        self.pos += 1
+        return True
+
+    @property
+    def _last(self) -> Optional[np.ndarray]:
+        if self._rgb is None and self._frame is not None:
+            self._rgb = self._frame.to_ndarray(format="rgb24")
+        return self._rgb
+
+    def get(self, idx: Sequence[int]) -> np.ndarray:
+        out = []
+        for i in (int(i) for i in idx):
+            if i < self.pos:                       # backwards (frame 0 read again): from the start
+                self.container.close()
+                self._open()
+            while self.pos < i and self.truncated_at is None:
+                if not self._next():
+                    self.truncated_at = self.pos + 1
+            if self._last is None:
+                raise VideoError(f"{self.name}: truncated: no frame of its {self.num_frames} decodes")
+            out.append(self._last)
+        return np.stack(out)
+
+
 def _open_reader(path: str, name: str, decoder: str, device: str):
     kind, dev = resolve_decoder(decoder, device)
+    return _open_kind(path, name, kind, dev)
+
+
+def _open_kind(path: str, name: str, kind: str, dev: str = "cpu"):
     if kind == "decord":
         return DecordReader(path, name)
+    if kind == "pyav":
+        return PyAVReader(path, name)
     if dev == "cuda":
         try:
             return TorchcodecReader(path, name, "cuda")
@@ -193,7 +268,7 @@ def _read(reader, sel: Sequence[int], path: str, name: str):
     reader is replaced); a CPU failure is the video's.  Returns (reader, frames)."""
     try:
         return reader, reader.get(sel)
-    except MemoryError:
+    except (MemoryError, VideoError):    # a VideoError says already where and what
         raise
     except Exception as e:
         if reader.device == "cuda":
@@ -244,6 +319,24 @@ def fetched(path: str, st=None) -> Iterator[str]:
         raise VideoError(f"{path}: file not found (removed while being read)") from None
 
 
+# MPEG transport and program streams (what DVRs and NVRs export) carry no index of their
+# frames: seeking by frame number in them gives wrong frames with torchcodec and decord
+# (measured on FFmpeg-made H.264, HEVC and MPEG-2 files: up to 255 levels off, or no
+# frame at all), so ``auto`` decodes them in order with PyAV, exactly as FFmpeg does.
+IN_ORDER_CONTAINERS = (".ts", ".m2ts", ".mts", ".mpg", ".mpeg", ".vob")
+
+
+def decoder_chain(decoder: str = "auto", device: str = "cpu", path: Optional[str] = None) -> List[Tuple[str, str]]:
+    """The decoders a file is given to, in turn, until one reads it: the one
+    :func:`resolve_decoder` picks, then those after it in ``FALLBACK_ORDER``
+    (torchcodec → decord → PyAV) on the CPU; with ``auto``, PyAV alone for the MPEG-TS
+    and MPEG-PS files of ``IN_ORDER_CONTAINERS``."""
+    if decoder == "auto" and path is not None and storage.extension(path).lower() in IN_ORDER_CONTAINERS:
+        return [("pyav", "cpu")]
+    kind, dev = resolve_decoder(decoder, device)
+    return [(kind, dev)] + [(k, "cpu") for k in FALLBACK_ORDER[FALLBACK_ORDER.index(kind) + 1:]]
+
+
 def open_video(path: str, name: Optional[str] = None, decoder: str = "auto", device: str = "cpu"):
     """(reader, info) of a local video file: ``reader.get(indices)`` → [N, H, W, 3]
     uint8 frames (a CUDA tensor when decoding on the GPU) and ``reader.kind`` says which
@@ -253,14 +346,28 @@ def open_video(path: str, name: Optional[str] = None, decoder: str = "auto", dev
         raise VideoError(f"{name}: file not found")
     if os.path.getsize(path) == 0:
         raise VideoError(f"{name}: empty file (0 bytes)")
-    reader = _open_reader(path, name, decoder, device)
+    tried = []
+    for kind, dev in decoder_chain(decoder, device, name):
+        try:
+            reader = _open_kind(path, name, kind, dev)
+            if reader.num_frames <= 0:
+                raise VideoError(f"{name}: video has no frames")
+            try:
+                reader, first = _read(reader, [0], path, name)
+            except VideoError as e:
+                raise VideoError(f"{name}: cannot decode the first frame ({str(e).split(': ', 1)[-1]})") from None
+            break
+        except VideoError as e:
+            tried.append((kind, e))
+    else:
+        kinds = [k for k, _ in tried]
+        plain = "no video stream" in str(tried[-1][1])      # nothing the others could add
+        also = f" (nor could {' or '.join(kinds[:-1])} read it)" if len(kinds) > 1 and not plain else ""
+        raise VideoError(f"{tried[-1][1]}{also}")
+    if tried:
+        _note_once(f"{name}: {', '.join(k for k, _ in tried)} could not read it "
+                   f"({str(tried[0][1]).split(': ', 1)[-1][:120]}): decoded with {reader.kind}", logging.INFO)
     n = reader.num_frames
-    if n <= 0:
-        raise VideoError(f"{name}: video has no frames")
-    try:
-        reader, first = _read(reader, [0], path, name)
-    except VideoError as e:
-        raise VideoError(f"{name}: cannot decode the first frame ({str(e).split(': ', 1)[-1]})") from None
     h, w = first.shape[1:3]
     fps = reader.fps
     if not np.isfinite(fps) or fps <= 0:
@@ -314,12 +421,28 @@ def iter_snippet_chunks(path: str, snippet_len: int = 16, size: int = 224, crops
     reader, info = open_video(path, name, decoder, device)
     idx = snippet_frame_indices(info.num_frames, snippet_len)
 
+    chain = [k for k, _ in decoder_chain(decoder, device, name)]
+    later = chain[chain.index(reader.kind.split("-")[0]) + 1:] if reader.kind.split("-")[0] in chain else []
+
     def gen():
-        rd = reader
+        rd, rest = reader, list(later)
         for s in range(0, len(idx), chunk_snippets):
             sel = idx[s:s + chunk_snippets]
-            rd, frames = _read(rd, sel.tolist(), path, name)
-            info.decoder = rd.kind        # a GPU failure may have moved it to the CPU
+            while True:
+                try:
+                    rd, frames = _read(rd, sel.tolist(), path, name)
+                    break
+                except VideoError as e:   # this decoder stops part-way: the next one takes over here
+                    if not rest:
+                        raise
+                    kind = rest.pop(0)
+                    _note_once(f"{name}: {rd.kind} failed part-way ({str(e).split(': ', 1)[-1][:120]}): "
+                               f"{kind} decodes the rest", logging.INFO)
+                    try:
+                        rd = _open_kind(path, name, kind)
+                    except VideoError:
+                        continue
+            info.decoder = rd.kind        # a GPU failure or a fallback may have moved it
             if frames.shape[0] != len(sel):
                 raise VideoError(f"{name}: decoder returned {frames.shape[0]} frames, expected {len(sel)}")
             yield crop_views(frames, size, crops)
