@@ -313,3 +313,24 @@ def test_an_encoder_holding_a_gpu_without_cuda_fails_as_the_environments_problem
     assert r.returncode == 3, r.stderr[-2000:]
     assert "error (environment): encoder on node" in r.stderr and "holds a GPU but CUDA is not available" in r.stderr
     assert not glob.glob(str(tmp_path / "out" / "errors" / "part-*"))
+
+
+def test_a_folder_keeps_the_ids_it_gave_and_a_new_video_never_takes_one(ray_local, sample_videos, tmp_path):
+    """Rows written before (under an earlier id rule, or a manifest's own ids) keep their
+    ids when the folder is extracted again; a new video whose id the folder already
+    gives another path takes more of its folders instead."""
+    import shutil
+
+    good = sample_videos["good"]
+    cams = tmp_path / "cams"
+    for cam, rec in (("cam1", good[0]), ("cam2", good[1])):
+        (cams / cam / "2026-11-01").mkdir(parents=True)
+        shutil.copy(rec["path"], cams / cam / "2026-11-01" / "00.mp4")
+    first = tmp_path / "first.csv"
+    first.write_text(f"path,video_id\n{cams / 'cam1' / '2026-11-01' / '00.mp4'},cam2/2026-11-01/00\n")
+    out = tmp_path / "out"
+    run_extract(str(first), str(out), _opts(), log=lambda *_: None)
+    s = run_extract(str(cams), str(out), _opts(), log=lambda *_: None)
+    assert s["videos_ok"] == 1 and s["videos_skipped"] == 1
+    ids = {os.path.relpath(r["path"], cams): r["video_id"] for r in read_feature_rows(str(out / "features"))}
+    assert ids == {"cam1/2026-11-01/00.mp4": "cam2/2026-11-01/00", "cam2/2026-11-01/00.mp4": "cams/cam2/2026-11-01/00"}

@@ -71,3 +71,41 @@ def test_evaluate_with_ground_truth_for_other_videos_is_one_line(tmp_path, capsy
     assert rc == 2 and "Traceback" not in err
     line = [ln for ln in err.splitlines() if ln.startswith("vadclip ")]
     assert len(line) == 1 and "gt.parquet: none of its 1 videos" in line[0] and "cam9" in line[0]
+
+
+def test_camera_folders_get_stable_readable_unique_ids(tmp_path):
+    """An archive laid out camN/DATE/HH.mp4: the id of a video depends on its path alone
+    (the same when one camera is listed or the whole archive, in any order), names made
+    of digits take their folders, and two videos never share one."""
+    from vadclip.io.ids import distinct_ids, named_id, path_video_id
+
+    for cam in ("cam0", "cam1"):
+        for day in ("2026-11-01", "2026-11-02"):
+            for hh in ("00", "01"):
+                (tmp_path / cam / day).mkdir(parents=True, exist_ok=True)
+                (tmp_path / cam / day / f"{hh}.mp4").write_bytes(b"x")
+    (tmp_path / "cam1" / "0001.mp4").write_bytes(b"x")
+    one = {r["path"]: r["video_id"] for r in load_manifest(str(tmp_path / "cam1"))}
+    every = {r["path"]: r["video_id"] for r in load_manifest(str(tmp_path))}
+    assert all(every[p] == v for p, v in one.items())               # listing more changes nothing
+    assert every[str(tmp_path / "cam1" / "2026-11-01" / "00.mp4")] == "cam1/2026-11-01/00"
+    assert every[str(tmp_path / "cam1" / "0001.mp4")] == "cam1/0001"
+    assert len(set(every.values())) == len(every) == 9
+    (tmp_path / "cam0" / "0001.mp4").write_bytes(b"x")               # the archive grows
+    grown = {r["path"]: r["video_id"] for r in load_manifest(str(tmp_path))}
+    assert all(grown[p] == v for p, v in every.items()) and grown[str(tmp_path / "cam0" / "0001.mp4")] == "cam0/0001"
+    # names with letters keep the basename rule: the official datasets' names
+    assert path_video_id("/d/UCF/Arrest/Arrest001_x264.mp4") == "Arrest001_x264"
+    # two lettered names in different folders: both take folders, whichever comes first
+    a, b = "/s/siteA/cam1/clip.mp4", "/s/siteB/cam1/clip.mp4"
+    assert distinct_ids([a, b]) == distinct_ids([b, a]) == {a: "siteA/cam1/clip", b: "siteB/cam1/clip"}
+    # a folder's earlier id stays; the newcomer takes more folders
+    assert distinct_ids([b], taken={"clip": a}) == {b: "cam1/clip"}
+    # ground truth may name a video by its id or by its file
+    assert named_id("cam1/2026-11-01/00") == "cam1/2026-11-01/00"
+    assert named_id("/x/cam1/2026-11-01/00.mp4") == "cam1/2026-11-01/00"
+    # a manifest's own ids win, and one id given to two videos is refused
+    man = tmp_path / "m.csv"
+    man.write_text(f"path,video_id\n{a},same\n{b},same\n")
+    with pytest.raises(Exception, match="video_id 'same' is given to two videos"):
+        load_manifest(str(man))

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from vadclip.io import storage
 from vadclip.errors import InputError
-from vadclip.io.ids import video_id
+from vadclip.io.ids import named_id, video_id
 from vadclip.io.tables import read_records
 
 GT_SCHEMA = pa.schema([("video_id", pa.string()), ("start_frame", pa.int64()),
@@ -55,7 +55,7 @@ def read_gt(path: str) -> Intervals:
     out: Intervals = defaultdict(list)
     for i, r in enumerate(recs):
         try:
-            vid = video_id(r["video_id"])
+            vid = named_id(r["video_id"])
             s, e = int(r["start_frame"]), int(r["end_frame"])
         except (KeyError, TypeError, ValueError) as exc:
             raise GroundTruthError(f"{path}: row {i}: needs video_id,start_frame,end_frame ({exc})") from exc
@@ -69,7 +69,7 @@ def read_gt(path: str) -> Intervals:
 def intervals_of(gt: Intervals, vid: str) -> List[Tuple[int, int, Optional[str]]]:
     """The ground-truth intervals of the video ``vid`` (a feature or score row's id,
     under the one id rule of :mod:`vadclip.io.ids`)."""
-    return gt.get(vid) or gt.get(video_id(vid)) or []
+    return gt.get(vid) or gt.get(named_id(vid)) or []
 
 
 def check_matches(gt: Intervals, gt_path: str, video_ids: Sequence[str], what: str = "the scored videos") -> int:
@@ -78,7 +78,7 @@ def check_matches(gt: Intervals, gt_path: str, video_ids: Sequence[str], what: s
     :class:`GroundTruthError` naming the file and three names of each side; some of
     them is a warning with the count (the others are not evaluated)."""
     ids = set(video_ids)
-    ids |= {video_id(v) for v in ids}
+    ids |= {named_id(v) for v in ids}
     named = sorted(gt)
     found = [v for v in named if v in ids]
     if named and not found:

@@ -307,19 +307,21 @@ def read_table(path: str, columns: Optional[Sequence[str]] = None, what: str = "
 IDENTITY_KEY = b"vadclip.input_identity"
 
 
-def read_identities(directory: str, cache: Optional[Dict[str, List[Tuple[str, Optional[str]]]]] = None
+def read_identities(directory: str, cache: Optional[Dict[str, List[Tuple[str, Optional[str], str]]]] = None
                     ) -> Dict[str, Optional[str]]:
     """``{path: identity of the input when its row was written}`` over the committed
     parts of ``directory`` (None where a part predates identities).  ``cache`` keeps
-    what each part held, so reading the folder again reads only the parts new since."""
+    what each part held (path, identity, video id), so reading the folder again reads
+    only the parts new since."""
     out: Dict[str, Optional[str]] = {}
     cache = {} if cache is None else cache
     for f in part_files(directory):
         if f not in cache:
-            t = read_file(f, ["path"])
+            t = read_file(f, ["path", "video_id"])
             ids = json.loads((t.schema.metadata or {}).get(IDENTITY_KEY) or b"{}")
-            cache[f] = [(p, ids.get(p)) for p in t.column("path").to_pylist()]
-        out.update(cache[f])
+            cache[f] = [(p, ids.get(p), v) for p, v in zip(t.column("path").to_pylist(),
+                                                         t.column("video_id").to_pylist())]
+        out.update((p, i) for p, i, _ in cache[f])
     return out
 
 

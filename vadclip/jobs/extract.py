@@ -118,6 +118,28 @@ def _check_environment(opts: ExtractOptions, log) -> Any:
     return weights
 
 
+def _keep_ids(items: List[Dict[str, Any]], named: Dict[str, str]) -> None:
+    """A video the folder holds keeps the id its rows carry (a feature set written under
+    an earlier id rule included); a new one never takes an id the folder gives another."""
+    if not named:
+        return
+    taken = {v: p for p, v in named.items()}
+    fresh = []
+    for it in items:
+        if it["path"] in named:
+            it["video_id"] = named[it["path"]]
+        elif taken.get(it["video_id"], it["path"]) != it["path"]:
+            fresh.append(it)
+    if fresh:
+        from vadclip.io.ids import distinct_ids
+
+        moving = {id(it) for it in fresh}
+        mine = {it["video_id"]: it["path"] for it in items if id(it) not in moving}
+        ids = distinct_ids([it["path"] for it in fresh], {**mine, **taken})
+        for it in fresh:
+            it["video_id"] = ids[it["path"]]
+
+
 def _plan(source: str, out_dir: str, opts: ExtractOptions, retry_failed: bool, log,
           address: Optional[str] = None) -> _Plan:
     """What to do: the manifest, less what earlier runs did (unless its file changed).
@@ -153,6 +175,7 @@ def _plan(source: str, out_dir: str, opts: ExtractOptions, retry_failed: bool, l
         if retry_failed:
             failed, retried = set(), failed - done
         todo = [it for it in items if it["path"] not in done and it["path"] not in failed]
+    _keep_ids(items, output.named())
     if changed:   # a video replaced at the same path (a camera's daily file rewritten): its rows go, it runs again
         drop_rows(output.rows_dir, "path", changed)
         drop_rows(output.errors_dir, "path", changed)

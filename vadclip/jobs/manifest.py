@@ -2,13 +2,12 @@
 videos, local or in object storage, as one row per distinct video."""
 from __future__ import annotations
 
-import hashlib
 import logging
 from typing import Dict, List, Optional
 
 from vadclip.errors import InputError, MissingInputError
 from vadclip.io import storage
-from vadclip.io.ids import video_id
+from vadclip.io.ids import distinct_ids
 from vadclip.io.tables import read_records
 from vadclip.video.decode import list_videos
 
@@ -21,7 +20,7 @@ def load_manifest(source: str) -> List[Dict[str, Optional[str]]]:
     a glob pattern — each local or in object storage, and so may be the videos.
     Labels are optional (an unlabeled archive is scored as is).  A path
     listed twice is kept once (an error if its labels differ); different paths with the
-    same id get a short hash of the path appended to the id."""
+    same id are told apart by more of their folders (:func:`vadclip.io.ids.distinct_ids`)."""
     source = storage.absolute(source)
     if storage.isdir(source):
         recs = [{"path": p} for p in list_videos(source)]
@@ -40,7 +39,7 @@ def load_manifest(source: str) -> List[Dict[str, Optional[str]]]:
         if not paths:
             raise MissingInputError(f"no videos match {source!r}")
         recs = [{"path": p} for p in paths]
-    out, seen, by_path = [], {}, {}
+    out, by_path, given = [], {}, {}
     for r in recs:
         path = storage.absolute(str(r["path"]))
         label = r.get("label")
@@ -50,12 +49,26 @@ def load_manifest(source: str) -> List[Dict[str, Optional[str]]]:
                 raise InputError(f"{source}: {path} is listed twice with different labels "
                                  f"({by_path[path]['label']!r} and {label!r})")
             continue
-        vid = str(r.get("video_id") or video_id(path))
-        if vid in seen and seen[vid] != path:
-            vid = f"{vid}_{hashlib.sha1(path.encode()).hexdigest()[:8]}"
-        seen[vid] = path
-        by_path[path] = {"path": path, "video_id": vid, "label": label}
+        vid = r.get("video_id")
+        if vid is not None and str(vid) != "":       # the manifest's own id wins, and must be unique
+            vid = str(vid)
+            if vid in given and given[vid] != path:
+                raise InputError(f"{source}: video_id {vid!r} is given to two videos ({given[vid]} and {path})")
+            given[vid] = path
+        by_path[path] = {"path": path, "video_id": vid or None, "label": label}
         out.append(by_path[path])
     if len(out) < len(recs):
         log.warning("%s: %d duplicate entries ignored (one row per distinct video)", source, len(recs) - len(out))
+    assign_ids(out, given)
     return out
+
+
+def assign_ids(items: List[Dict[str, Optional[str]]], taken: Optional[Dict[str, str]] = None) -> None:
+    """Give each item without a ``video_id`` the one rule's id (:mod:`vadclip.io.ids`),
+    never one that ``taken`` (``{id: path}``: the manifest's own ids, those an output
+    folder already holds) gives another path, nor one another item gets."""
+    free = [it["path"] for it in items if not it.get("video_id")]
+    ids = distinct_ids(free, {**(taken or {}), **{it["video_id"]: it["path"] for it in items if it.get("video_id")}})
+    for it in items:
+        if not it.get("video_id"):
+            it["video_id"] = ids[it["path"]]

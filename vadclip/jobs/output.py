@@ -59,6 +59,12 @@ class ResumableOutput:
         return (read_identities(self.rows_dir, self._seen.setdefault("rows", {})),
                 read_identities(self.errors_dir, self._seen.setdefault("errors", {})))
 
+    def named(self) -> Dict[str, str]:
+        """``{path: video id}`` of the rows and error rows :meth:`identities` read: the ids
+        an output folder gave its videos, which they keep."""
+        return {p: v for part in ("errors", "rows") for rows in self._seen.get(part, {}).values()
+                for p, _, v in rows}
+
     def ids(self, column: str = "video_id") -> Tuple[Set[str], Set[str]]:
         """The values of ``column`` over the done rows and over the failed ones."""
         return set(read_column(self.rows_dir, column)), set(read_column(self.errors_dir, column))
