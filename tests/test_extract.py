@@ -146,6 +146,9 @@ def test_ray_job_matches_direct_call_resumes_and_records_errors(ray_local, sampl
     # resume: nothing is redone, nothing duplicated
     s2 = run_extract(sample_videos["manifest"], str(out), opts, log=lambda *_: None)
     assert s2["videos_ok"] == 0 and s2["videos_skipped"] == len(good) + len(bad)
+    # ... while the folder's own counts cover every run, failures listed with their errors
+    assert s2["folder"]["videos_ok"] == len(by_id) and s2["folder"]["videos_failed"] == len(msgs)
+    assert {f["video_id"]: f["error"] for f in s2["folder"]["failed"]} == msgs
     assert len(read_feature_rows(str(out / "features"))) == len(rows)
 
     # a partial earlier run: delete one part file's worth → only the missing videos run

@@ -132,6 +132,9 @@ def test_score_videos_end_to_end_resume_and_registry(trained, tmp_path):
         assert (r["predicted_class"] != "Normal") == r["flagged"]
     summary = json.loads((out / "score_summary.json").read_text())
     assert summary["videos_scored"] == 6
+    # the video that failed extraction in the same run is counted and listed, in the report too
+    assert summary["videos_failed_total"] == 1 and [f["video_id"] for f in summary["failed_videos"]] == ["broken"]
+    assert "<h2>Failed videos (1)</h2>" in page and "broken" in page.split("<h2>Failed videos")[1]
     # one streaming pipeline: the writers scored each video where they assembled it, the same
     # scores as scoring the features they wrote
     again = run_score(str(d / "model.pt"), str(tmp_path / "again"), features=str(out / "features"),

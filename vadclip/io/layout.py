@@ -32,3 +32,17 @@ def score_errors_dir(out_dir: str) -> str:
 
 def report_dir(out_dir: str) -> str:
     return storage.join(out_dir, REPORT)
+
+
+FAILED_LISTED = 1000      # failures listed in a summary (all are counted)
+
+
+def failed_videos(out_dir: str) -> list:
+    """Every video the output folder records as failed, over every run: extraction's
+    error rows, then scoring's (``[{video_id, path, stage, error}]``, sorted by id)."""
+    from vadclip.io.parts import committed_table
+
+    rows = []
+    for d in (extract_errors_dir(out_dir), score_errors_dir(out_dir)):
+        rows += committed_table(d, ["video_id", "path", "stage", "error"])
+    return sorted(rows, key=lambda r: (str(r["video_id"]), str(r["stage"])))

@@ -276,6 +276,17 @@ def _run_rows(plan: _Plan) -> Dict[str, Any]:
             "frames": sum(int(r["num_frames"]) for r in first), "failures": [r["error"] for r in errs]}
 
 
+def _folder_totals(plan: _Plan, out_dir: str) -> Dict[str, Any]:
+    """The whole output folder over every run (the summary's other keys are this run's)."""
+    from vadclip.io.parts import committed_table
+
+    ok = {r["video_id"] for r in committed_table(plan.output.rows_dir, ["video_id"])}
+    errs = [r for r in committed_table(plan.output.errors_dir, ["video_id", "path", "stage", "error"])
+            if r["video_id"] not in ok]
+    return {"videos_ok": len(ok), "videos_failed": len({r["video_id"] for r in errs}),
+            "failed": sorted(errs, key=lambda r: str(r["video_id"]))[:layout.FAILED_LISTED]}
+
+
 def _summarise(plan: _Plan, results: List[Dict[str, Any]], t0: float) -> Dict[str, Any]:
     """This run's committed rows and the encoders' pace, as one run summary."""
     s: Dict[str, Any] = {"videos_total": len(plan.items), "videos_skipped": len(plan.items) - len(plan.todo),
@@ -330,6 +341,7 @@ def extract_and(source: str, out_dir: str, opts: ExtractOptions, scorer=None, re
             for line in r["failures"]:
                 log(f"[extract] FAILED {line}")
     summary = _summarise(plan, results, t0)
+    summary["folder"] = _folder_totals(plan, out_dir)
     storage.write_text(storage.join(out_dir, layout.EXTRACT_SUMMARY), json.dumps(summary, indent=2))
     log(f"[extract] done: {summary['videos_ok']} ok, {summary['videos_failed']} failed, "
         f"{summary['videos_skipped']} skipped; {summary['snippets']} snippets, {summary['frames']} frames "

@@ -25,7 +25,7 @@ from vadclip.io.features import ERROR_SCHEMA
 from vadclip.io.provenance import check_fit
 from vadclip.jobs.output import ResumableOutput, row_sink
 from vadclip.metrics.operating import DEFAULT_RULE, EventRule, OperatingPoint
-from vadclip.io.parts import dataset_files, read_column
+from vadclip.io.parts import dataset_files
 from vadclip.report.html import build_report, output_totals
 
 EVENT_TYPE = pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("start_frame", pa.int64()),
@@ -508,7 +508,9 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
         "snippet_len": cfg.snippet_len, **asdict(opts), "operating_point": operating,
         "feature_mismatch": mismatch,
     }
-    summary["videos_failed_total"] = len(read_column(output.errors_dir, "video_id"))
+    failed = layout.failed_videos(out_dir)      # the folder's, over every run: extraction's and scoring's
+    summary["videos_failed_total"] = len({r["video_id"] for r in failed})
+    summary["failed_videos"] = failed[:layout.FAILED_LISTED]
     if extract_summary:
         summary["extract"] = {k: extract_summary[k] for k in ("videos_ok", "videos_failed", "frames_per_s")}
         summary["extract"]["decoders"] = extract_summary.get("decoders", [])

@@ -420,6 +420,15 @@ def render_html(summary: Dict[str, Any], counts: Dict[str, int], events: List[Di
         else:
             out.append("<div class='meta'>key frames unavailable (the video could not be read)</div>")
         out.append("</div>")
+    failed = summary.get("failed_videos") or []
+    if failed:
+        total = summary.get("videos_failed_total", len(failed))
+        out.append(f"<h2>Failed videos ({'the first ' + str(len(failed)) + ' of ' if total > len(failed) else ''}"
+                   f"{total:,})</h2><table class='sortable' id='failed'><thead><tr><th>video</th><th>stage</th>"
+                   "<th>error</th></tr></thead><tbody>")
+        out += [f"<tr><td>{e(str(f['video_id']))}</td><td>{e(str(f.get('stage') or ''))}</td>"
+                f"<td>{e(str(f['error']))}</td></tr>" for f in failed]
+        out.append("</tbody></table>")
     out.append(f"<script>{_JS}</script></body></html>")
     return "\n".join(out)
 
