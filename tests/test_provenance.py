@@ -135,3 +135,26 @@ def test_official_release_and_vadclip_extraction_agree_on_tags():
     ours = feature_provenance(ExtractOptions(clip=CS("ViT-B-16", "openai"), crops=1), w)
     assert provenance.differences(off, ours) == []
     assert provenance.differences(off, dict(ours, snippet_len=32)) == ["snippet_len 16 vs 32"]
+
+
+def test_auto_precision_resolves_once_per_folder_and_is_recorded(ray_local, sample_videos, tmp_path, capsys):
+    """--precision auto picks a precision in a folder's first run and records it; later
+    auto runs use the same one (never a folder of mixed precisions), and a run asking for
+    another precision by name is refused in one line."""
+    out = tmp_path / "auto"
+    first, second = sample_videos["good"][:2]
+    man = tmp_path / "one.csv"
+    man.write_text(f"path,label\n{first['path']},{first['label']}\n")
+    lines = []
+    run_extract(str(man), str(out), ExtractOptions(clip=ClipSpec.tiny(), batch_size=16), log=lines.append)
+    chosen = provenance.read(str(out / "features"))["precision"]
+    assert chosen in ("fp32", "bf16") and any(f"precision auto: {chosen}" in ln for ln in lines)
+    man.write_text(man.read_text() + f"{second['path']},{second['label']}\n")
+    s = run_extract(str(man), str(out), ExtractOptions(clip=ClipSpec.tiny(), batch_size=16), log=lambda *_: None)
+    assert s["videos_ok"] == 1 and s["precisions"] == [chosen]
+    assert {json.loads(pq.read_schema(p).metadata[b"vadclip.io.provenance"])["precision"]
+            for p in (out / "features").glob("part-*.parquet")} == {chosen}
+    other = "bf16" if chosen == "fp32" else "fp32"
+    rc = main(["extract", str(man), "--out", str(out), "--tiny-clip", "--precision", other])
+    assert rc == 2
+    one_error_line(capsys.readouterr().err, "holds features of other settings", f"precision {chosen} vs {other}")

@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from dataclasses import dataclass, replace
+from typing import Any, Dict, List, Optional, Tuple
 
 from vadclip.clip.encoder import ClipImageEncoder, cpu_bf16_flags, cpu_precision  # noqa: F401 (old home)
 from vadclip.errors import InputError
@@ -97,6 +97,29 @@ class _Plan:
     gpus: bool = False       # the encoders ask for GPUs (--device)
     redone: int = 0          # videos run again because a worker died holding them
     rounds: int = 0
+    precision: str = "auto"  # what the encoders use: auto resolved once per folder
+
+
+CONCRETE_PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def _auto_precision(spec) -> Tuple[str, str]:
+    enc = ClipImageEncoder(spec, "auto", "cpu")
+    return enc.precision, enc.precision_why
+
+
+def _resolve_precision(opts: ExtractOptions, gpus: bool, log) -> str:
+    """``--precision auto`` for a new output folder, fixed for every later run of it (its
+    provenance records it): fp16 where the encoders take GPUs; on CPUs what one worker's
+    encoder chooses (:func:`vadclip.clip.encoder.cpu_precision`, timed once, in a task)."""
+    if gpus:
+        precision, why = "fp16", "the encoders run on GPUs"
+    else:
+        import ray
+
+        precision, why = ray.get(ray.remote(_auto_precision).options(num_cpus=1, max_retries=3).remote(opts.clip))
+    log(f"[extract] precision auto: {precision} ({why}); fixed for this output folder")
+    return precision
 
 
 def _check_environment(opts: ExtractOptions, log) -> Any:
@@ -148,6 +171,9 @@ def _plan(source: str, out_dir: str, opts: ExtractOptions, retry_failed: bool, l
     weights = _check_environment(opts, log)
     items = load_manifest(source)
     output = ResumableOutput(feature_dir(out_dir), errors_dir(out_dir))
+    before = provenance.read(output.rows_dir)
+    if opts.precision == "auto" and (before or {}).get("precision") in CONCRETE_PRECISIONS:
+        opts = replace(opts, precision=before["precision"])     # auto follows the folder's first run
     prov = feature_provenance(opts, weights)
     _one_provenance(output.rows_dir, prov)
     done_ids, failed_ids = output.identities()        # what the committed parts hold: read, nothing changed
@@ -163,6 +189,9 @@ def _plan(source: str, out_dir: str, opts: ExtractOptions, retry_failed: bool, l
 
         ensure_ray(address)
         gpus = use_gpus(opts.device, log)
+        if opts.precision == "auto" and before is None:      # a new folder: auto resolves here, once
+            opts = replace(opts, precision=_resolve_precision(opts, gpus, log))
+            prov = feature_provenance(opts, weights)
     storage.makedirs(out_dir)
     output.start()
     # read again under the lease: what an earlier run's writers committed since the read
@@ -182,7 +211,7 @@ def _plan(source: str, out_dir: str, opts: ExtractOptions, retry_failed: bool, l
         log(f"[extract] {len(changed)} videos changed since their rows were written: processing them again")
     if retry_failed and retried:
         drop_rows(output.errors_dir, "path", retried)
-    return _Plan(items, todo, output, prov, weights, changed, gpus)
+    return _Plan(items, todo, output, prov, weights, changed, gpus, precision=opts.precision)
 
 
 def _pipeline(plan: _Plan, todo: List[Dict[str, Any]], opts: ExtractOptions, log):
@@ -336,7 +365,7 @@ def extract_and(source: str, out_dir: str, opts: ExtractOptions, scorer=None, re
     t0 = time.time()
     results: List[Dict[str, Any]] = []
     if plan.todo:
-        results = _rounds(plan, opts, log, scorer)
+        results = _rounds(plan, replace(opts, precision=plan.precision), log, scorer)
         for r in results:
             for line in r["failures"]:
                 log(f"[extract] FAILED {line}")
