@@ -132,6 +132,16 @@ def test_score_videos_end_to_end_resume_and_registry(trained, tmp_path):
         assert (r["predicted_class"] != "Normal") == r["flagged"]
     summary = json.loads((out / "score_summary.json").read_text())
     assert summary["videos_scored"] == 6
+    # one row per event in OUT/events, a plain Parquet table (what DuckDB or Spark read as is)
+    import pyarrow.dataset as pads
+
+    events = pads.dataset(str(out / "events"), format="parquet").to_table().to_pylist()
+    want = sorted((v, i, ev["start_frame"], ev["end_frame"], ev["class_name"]) for v, r in rows.items()
+                  for i, ev in enumerate(r["events"]))
+    assert want and sorted((e["video_id"], e["event"], e["start_frame"], e["end_frame"], e["class_name"])
+                           for e in events) == want
+    assert {e["model"] for e in events} == {"models:/scorer/1"} and json.loads(events[0]["rule"])["threshold"] == 0.5
+    assert summary["events_table_rows"] == len(events) == summary["events"]
     # the video that failed extraction in the same run is counted and listed, in the report too
     assert summary["videos_failed_total"] == 1 and [f["video_id"] for f in summary["failed_videos"]] == ["broken"]
     assert "<h2>Failed videos (1)</h2>" in page and "broken" in page.split("<h2>Failed videos")[1]
@@ -157,6 +167,7 @@ def test_score_videos_end_to_end_resume_and_registry(trained, tmp_path):
     # resume: nothing re-scored, nothing duplicated
     s2 = run_score(str(d / "model.pt"), str(out), features=str(out / "features"), log=lambda *_: None)
     assert s2["videos_scored"] == 0 and s2["videos_skipped"] == 6
+    assert len(pads.dataset(str(out / "events"), format="parquet").to_table()) == len(events)   # none twice
     table = pq.read_table(str(out / "scores")).to_pylist()
     assert len(table) == 6
     # totals are streamed from the part files and cover the earlier run's rows too

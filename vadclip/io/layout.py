@@ -3,7 +3,7 @@
 ``vadclip extract --out OUT``: ``OUT/features/`` (one row per video and crop),
 ``OUT/errors/`` (one row per video that could not be processed), ``OUT/summary.json``.
 ``vadclip score --out OUT``: ``OUT/scores/``, ``OUT/score_errors/``,
-``OUT/score_summary.json``, ``OUT/report/`` — and, with ``--videos``, the features it
+``OUT/score_summary.json``, ``OUT/events/`` (one row per event), ``OUT/report/`` — and, with ``--videos``, the features it
 extracted in ``OUT/features/`` and ``OUT/errors/`` as ``extract`` writes them.  Each table
 is a folder of committed Parquet parts (:mod:`vadclip.io.parts`)."""
 from __future__ import annotations
@@ -12,6 +12,7 @@ from vadclip.io import storage
 
 FEATURES, EXTRACT_ERRORS, EXTRACT_SUMMARY = "features", "errors", "summary.json"
 SCORES, SCORE_ERRORS, SCORE_SUMMARY, REPORT = "scores", "score_errors", "score_summary.json", "report"
+EVENTS = "events"
 
 
 def features_dir(out_dir: str) -> str:
@@ -28,6 +29,10 @@ def scores_dir(out_dir: str) -> str:
 
 def score_errors_dir(out_dir: str) -> str:
     return storage.join(out_dir, SCORE_ERRORS)
+
+
+def events_dir(out_dir: str) -> str:
+    return storage.join(out_dir, EVENTS)
 
 
 def report_dir(out_dir: str) -> str:

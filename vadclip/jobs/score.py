@@ -39,6 +39,39 @@ SCORE_SCHEMA = pa.schema([
 ])
 
 
+# OUT/events/: one row per event, a plain Parquet table that DuckDB, Spark or Trino read as
+# is (``SELECT * FROM 'OUT/events/*.parquet'``); each part is made from the scores part
+# of the same name, so a re-run adds the parts of new scores and never a row twice
+EVENTS_SCHEMA = pa.schema([
+    ("video_id", pa.string()), ("path", pa.string()), ("event", pa.int32()),
+    ("start_s", pa.float64()), ("end_s", pa.float64()), ("start_frame", pa.int64()), ("end_frame", pa.int64()),
+    ("class_name", pa.string()), ("score", pa.float64()), ("video_score", pa.float64()),
+    ("model", pa.string()), ("rule", pa.string()),
+])
+
+
+def write_events(out_dir: str, model: str, rule: Dict[str, Any]) -> Dict[str, int]:
+    """Bring ``OUT/events/`` up to date with ``OUT/scores/``: a part for each scores
+    part that has none yet.  Returns the events and parts written now and the events in all."""
+    from vadclip.io.parts import part_files, read_file, write_part
+
+    scores, events = layout.scores_dir(out_dir), layout.events_dir(out_dir)
+    have = {storage.basename(f) for f in part_files(events)}
+    written = parts = 0
+    rule_json = json.dumps(rule, sort_keys=True)
+    for f in part_files(scores):
+        name = storage.basename(f)
+        if name in have:
+            continue
+        t = read_file(f, ["video_id", "path", "video_score", "events"]).to_pylist()
+        rows = [{"video_id": r["video_id"], "path": r["path"], "event": i, **ev, "video_score": r["video_score"],
+                 "model": model, "rule": rule_json} for r in t for i, ev in enumerate(r["events"] or [])]
+        write_part(events, name, pa.Table.from_pylist(rows, EVENTS_SCHEMA))
+        written, parts = written + len(rows), parts + 1
+    total = sum(read_file(f, ["event"]).num_rows for f in part_files(events))
+    return {"events_written": written, "parts_written": parts, "events": total}
+
+
 RULE_GROUP = "event rule (flags not given come from the model's operating point, see `vadclip calibrate`; " \
              "without one: threshold 0.5, no hysteresis, no minimum duration, 1 s merge gap)"
 
@@ -514,6 +547,9 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
     if extract_summary:
         summary["extract"] = {k: extract_summary[k] for k in ("videos_ok", "videos_failed", "frames_per_s")}
         summary["extract"]["decoders"] = extract_summary.get("decoders", [])
+    ev = ray.get(ray.remote(write_events).options(num_cpus=0.25, max_retries=3).remote(
+        out_dir, version_uri, asdict(opts.rule())))             # in a task: the score rows stay off the driver
+    summary["events_table"], summary["events_table_rows"] = layout.events_dir(out_dir), ev["events"]
     operating_here = None
     if gt_path and totals["videos"]:
         # frame-level AUC/AP need every frame score at once: one task on a worker reads them
