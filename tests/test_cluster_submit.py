@@ -1,4 +1,4 @@
-"""The README's `ray start --head` + `ray job submit` block, run as written.
+"""The cluster page's (docs/cluster.md) `ray start --head` + `ray job submit` block, run as written.
 
 The only change to the block: the head is started with ``--block`` in the background
 and stopped by signalling that process, where the README says ``ray stop`` — ``ray
@@ -15,9 +15,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def readme_block() -> str:
-    text = open(os.path.join(ROOT, "README.md")).read()
+    text = open(os.path.join(ROOT, "docs", "cluster.md")).read()
     m = re.search(r"<!-- cluster-local:begin -->\s*```bash\n(.*?)```\s*<!-- cluster-local:end -->", text, re.S)
-    assert m, "README has no cluster-local block"
+    assert m, "docs/cluster.md has no cluster-local block"
     return m.group(1)
 
 

@@ -2,7 +2,7 @@
 (../shared/kuberay, the OpenAPI v3 schema of each resource, made strict the way the
 API server is: an unknown field is an error), and each entrypoint's flags parsed by the
 project's CLI.  No Kubernetes cluster runs here: what the operator would do with them
-is not tested (the README says so)."""
+is not tested (docs/kubernetes.md says so)."""
 import copy
 import glob
 import os
