@@ -117,3 +117,43 @@ def test_official_recipe_evaluates_within_epochs_and_keeps_the_best(ray_local, f
     again = evaluate(model, erows, read_gt(str(d / "gt.parquet")), model.cfg)
     assert again["auc"] == pytest.approx(best, abs=1e-6)     # the checkpoint is that model
     assert client.get_run(s["mlflow_run_id"]).data.params["recipe"] == "paper"   # "official" is the old name
+
+
+def test_without_eval_nothing_is_called_auc_and_a_changed_config_stops_in_one_line(ray_local, feature_sets,
+                                                                                     tmp_path):
+    """A training without --eval is ranked by minus its training loss, under that name:
+    its version carries no AUC, and it never takes @champion from a version ranked by
+    AUC.  Re-running the same run name and storage with another setting stops in one
+    line saying what to do, and leaves the finished run as it was."""
+    import dataclasses
+
+    from vadclip.errors import InputError
+    from vadclip.model.checkpoint import save_checkpoint
+    from vadclip.model.network import build_model
+    from vadclip.tracking.registry import log_and_register
+    from vadclip.tracking.runs import use_experiment
+
+    cfg, d, _ = feature_sets
+    cfg = dataclasses.replace(cfg, epochs=2)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    use_experiment("vadclip", uri)
+    save_checkpoint(build_model(cfg), str(tmp_path / "evaluated.pt"))
+    with mlflow.start_run() as run:
+        pass
+    log_and_register(str(tmp_path / "evaluated.pt"), run.info.run_id, uri, "vad-loss", "champion", "auc", 0.8,
+                     best_epoch=1, log=lambda *_: None)
+    s = run_train(str(d / "train.parquet"), cfg, str(tmp_path / "runs"), run_name="noeval", num_workers=1,
+                  cpus_per_worker=1, tracking_uri=uri, register_name="vad-loss", log=lambda *_: None)
+    assert s["metric"] == "neg_train_loss" and "auc" not in s["best_metrics"]
+    assert s["registered_version"] == 2 and not s["promoted"]
+    client = mlflow.tracking.MlflowClient(uri)
+    tags = client.get_model_version("vad-loss", "2").tags
+    assert "auc" not in tags and float(tags["neg_train_loss"]) < 0
+    assert "best_neg_train_loss" in client.get_run(s["mlflow_run_id"]).data.metrics
+    assert int(client.get_model_version_by_alias("vad-loss", "champion").version) == 1
+    with pytest.raises(InputError, match=r"run 'noeval' under .* was started with other settings \(lr 0\.001 vs "
+                                         r"0\.0005.*give another --run-name"):
+        run_train(str(d / "train.parquet"), dataclasses.replace(cfg, lr=5e-4), str(tmp_path / "runs"),
+                  run_name="noeval", num_workers=1, cpus_per_worker=1, tracking_uri=uri, register_name="vad-loss",
+                  log=lambda *_: None)
+    assert client.get_run(s["mlflow_run_id"]).info.status == "FINISHED"

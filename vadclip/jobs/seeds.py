@@ -155,7 +155,7 @@ def run_seeds(train_path: str, cfg, eval_path: Optional[str], gt_path: Optional[
     from vadclip.jobs.train import check_inputs
     from vadclip.tracking.registry import log_and_register
     from vadclip.tracking.runs import TrainingRun, log_grid_summary
-    from vadclip.jobs.train import TrainOptions
+    from vadclip.jobs.train import TrainOptions, selection_metric
     from vadclip.train.recipes import get_recipe
 
     o = dataclasses.replace(o or TrainOptions(), **options)
@@ -215,8 +215,8 @@ def run_seeds(train_path: str, cfg, eval_path: Optional[str], gt_path: Optional[
                                + "); run the same command again to resume them")
 
         def selection(r):
-            v = r["best_metrics"].get(metric, r["best_metrics"].get("score"))
-            return v if isinstance(v, (int, float)) and math.isfinite(v) else -math.inf
+            v = selection_metric(r["best_metrics"], metric)[1]
+            return v if math.isfinite(v) else -math.inf
 
         for k, pt in enumerate(points):
             per_seed = [results[(k, s)] for s in seeds]
@@ -240,7 +240,8 @@ def run_seeds(train_path: str, cfg, eval_path: Optional[str], gt_path: Optional[
                        "best_metrics": best["best_metrics"], "mlflow_grid_run_id": top.run_id,
                        "tracking_uri": redact(top.tracking_uri)}
         summary.update(log_and_register(best["best_checkpoint"], best["mlflow_run_id"], chosen["parent"].tracking_uri,
-                                        o.register_name, o.alias, metric, selection(best),
+                                        o.register_name, o.alias, selection_metric(best["best_metrics"], metric)[0],
+                                        selection(best),
                                         best_epoch=best["best_metrics"].get("epoch"), log=log))
     except BaseException:
         for r in runs:

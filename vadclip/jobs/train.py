@@ -11,7 +11,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -372,6 +372,15 @@ def _run_train(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_pat
     run = TrainingRun(o.experiment, o.tracking_uri, o.run_name, storage.join(o.storage, o.run_name),
                       parent_run_id=o.mlflow_parent_run_id)
     run_id, tracking_uri = run.run_id, run.tracking_uri
+    params = _params(o, cfg_dict, metric, {"train_rows": len(labels), "train_normal": n_normal,
+                                           "train_abnormal": n_abn, "steps_per_epoch": steps,
+                                           "classes": cfg.class_keys, "eval_crop": checked["eval_crop"]})
+    changed = run.changed_params(params)
+    if changed:   # the same run name and storage with other settings: its checkpoints are another training's
+        raise InputError(f"run {o.run_name!r} under {o.storage} was started with other settings "
+                         f"({'; '.join(changed[:4])}{'; …' if len(changed) > 4 else ''}: before vs now): give "
+                         f"another --run-name to train these settings, or remove {storage.join(o.storage, o.run_name)} "
+                         "to start this one over")
     result_path = storage.join(o.storage, o.run_name, "best", "result.json")
     try:
         best_path = storage.join(o.storage, o.run_name, "best", CKPT_FILE)
@@ -381,11 +390,7 @@ def _run_train(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_pat
             log(f"[train] run {o.run_name!r} already finished with this config: nothing to train")
         else:
             run.log_start(
-                {**{k: v for k, v in cfg_dict.items() if k not in ("class_keys", "class_prompts", "feature_provenance")},
-                 "num_workers": o.num_workers, "use_gpu": o.use_gpu, "train_rows": len(labels),
-                 "train_normal": n_normal, "train_abnormal": n_abn, "steps_per_epoch": steps, "metric": metric,
-                 "classes": cfg.class_keys, "eval_crop": checked["eval_crop"], "recipe": o.recipe,
-                 "eval_every_samples": o.eval_every_samples, "micro_batch": o.micro_batch},
+                params,
                 {"vadclip.feature_provenance": json.dumps(checked["provenance"], sort_keys=True),
                  "vadclip.feature_mismatch": checked["feature_mismatch"]},
                 [(train_path, "train", "training", checked["meta"])]
@@ -422,21 +427,42 @@ def _run_train(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_pat
                    "metric": metric, "mlflow_run_id": run_id, "tracking_uri": redact(tracking_uri), "seed": cfg.seed}
         from vadclip.tracking.registry import log_and_register
 
-        best_value = best_metrics.get(metric, best_metrics.get("score"))
+        reg_metric, best_value = selection_metric(best_metrics, metric)
+        summary["metric"] = reg_metric
         if o.log_model:
-            summary.update(log_and_register(best_path, run_id, tracking_uri, o.register_name, o.alias, metric,
+            summary.update(log_and_register(best_path, run_id, tracking_uri, o.register_name, o.alias, reg_metric,
                                             best_value, best_epoch=best_metrics.get("epoch"), log=log))
         else:   # one seed of many: the best of them is logged and registered afterwards
             from vadclip.tracking.runs import log_metrics
 
-            log_metrics(run_id, tracking_uri, {f"best_{metric}": best_value}, 0)
+            log_metrics(run_id, tracking_uri, {f"best_{reg_metric}": best_value}, 0)
     except BaseException:
         run.end(ok=False)   # never leave a failed training FINISHED
         raise
     run.end(ok=True)
-    log(f"[train] best {metric} {summary['best_metrics'].get(metric, float('nan')):.4f} "
+    log(f"[train] best {summary['metric']} {selection_metric(summary['best_metrics'], metric)[1]:.4f} "
         f"(epoch {summary['best_metrics'].get('epoch')}) → {best_path}")
     return summary
+
+
+LOSS_METRIC = "neg_train_loss"     # what ranks epochs and versions trained without --eval
+
+
+def selection_metric(best_metrics: Dict[str, Any], metric: str) -> Tuple[str, float]:
+    """(name, value) a training is ranked and registered by: ``metric`` (auc, ap) where
+    it was evaluated; without ``--eval``, minus the training loss under its own name —
+    never called AUC."""
+    v = best_metrics.get(metric)
+    if isinstance(v, (int, float)):
+        return metric, float(v)
+    v = best_metrics.get("score")
+    return LOSS_METRIC, float(v) if isinstance(v, (int, float)) else float("nan")
+
+
+def _params(o, cfg_dict, metric, extra) -> Dict[str, Any]:
+    return {**{k: v for k, v in cfg_dict.items() if k not in ("class_keys", "class_prompts", "feature_provenance")},
+            "num_workers": o.num_workers, "use_gpu": o.use_gpu, "metric": metric, "recipe": o.recipe,
+            "eval_every_samples": o.eval_every_samples, "micro_batch": o.micro_batch, **extra}
 
 
 def _finished_result(run, result_path: str, cfg_dict: Dict[str, Any], metric: str) -> Optional[Dict[str, Any]]:

@@ -149,7 +149,11 @@ def _register(client, model_uri: str, register_name: str, alias: str, metric: st
     out["registered_version"] = int(mv.version)
     cur = _alias_version(client, register_name, alias)
     current = _tag_value(cur, metric)
-    better = cur is None or not np.isfinite(current) or (value is not None and value > current)
+    # a version ranked by training loss (trained without --eval) never takes the alias from
+    # one ranked otherwise; versions without the metric at all (a registered file) give way
+    by_loss_only = metric == "neg_train_loss" and cur is not None and not np.isfinite(current)
+    better = cur is None or (not np.isfinite(current) and not by_loss_only) or \
+        (value is not None and np.isfinite(current) and value > current)
     if better:
         client.set_registered_model_alias(register_name, alias, mv.version)
         log(f"[registry] {register_name} v{mv.version} is the new @{alias} ({metric}={value})")

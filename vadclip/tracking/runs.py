@@ -114,6 +114,7 @@ class TrainingRun:
         from mlflow.tracking import MlflowClient
 
         use_experiment(experiment, tracking_uri)
+        self.key = key
         self.tracking_uri = mlflow.get_tracking_uri()
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
         exp = mlflow.get_experiment_by_name(experiment)
@@ -126,18 +127,37 @@ class TrainingRun:
             with mlflow.start_run(run_name=run_name, tags=tags) as r:
                 self.run_id = r.info.run_id
 
+    @staticmethod
+    def _logged(v) -> str:
+        import json
+
+        return json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+
+    def changed_params(self, params: dict) -> list:
+        """``name a vs b`` for each of ``params`` this run logged with another value (MLflow
+        keeps a run's parameters for good: a changed setting is another training)."""
+        logged = self.client.get_run(self.run_id).data.params
+        return [f"{k} {logged[k]} vs {self._logged(v)}" for k, v in sorted(params.items())
+                if k in logged and logged[k] != self._logged(v)]
+
     def finished(self) -> bool:
         return self.client.get_run(self.run_id).info.status == "FINISHED"
 
     def log_start(self, params: dict, tags: dict, datasets) -> None:
         """Parameters (lists and dicts as JSON), tags, and the feature sets as dataset
         inputs: ``datasets`` = [(path, name, context, meta), ...]."""
-        import json
 
         import mlflow
 
+        changed = self.changed_params(params)
+        if changed:
+            from vadclip.errors import InputError
+
+            raise InputError(f"training {self.key} was started with other settings ({'; '.join(changed[:4])}"
+                             f"{'; …' if len(changed) > 4 else ''}: before vs now): give another --run-name to "
+                             "train these settings, or remove its storage folder to start it over")
         with mlflow.start_run(run_id=self.run_id):
-            mlflow.log_params({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in params.items()})
+            mlflow.log_params({k: self._logged(v) for k, v in params.items()})
             for k, v in tags.items():
                 if v:
                     mlflow.set_tag(k, v)
