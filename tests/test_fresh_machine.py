@@ -79,3 +79,8 @@ def test_demo_where_ffmpeg_cannot_load(isolation, tmp_path):
     assert summary["threshold"] == out["operating_point"]["threshold"]
     assert summary["operating_point"]["source"] == "models:/vadclip-demo/1 (model version tag)"
     assert out["operating_point"]["validation_false_alarms_per_hour"] <= 1.0
+    # a quiet default: the project's own lines and little else (issue #36: 183 lines before)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) <= 40, "\n".join(lines)
+    assert not [ln for ln in lines if "Failed to query Ray Train Controller" in ln or "Downloading artifacts" in ln
+                or "Parsing model identifier" in ln or "Inferred schema contains integer" in ln]

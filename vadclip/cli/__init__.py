@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, formatter_class=_HelpFormatter, help=help, aliases=list(aliases),
                            allow_abbrev=False)
         p.set_defaults(handler=handler)
+        p.add_argument("--verbose", action="store_true",
+                       help="everything Ray, Ray Data, MLflow and open_clip log at INFO, and their progress bars")
         return p
 
     p = command("extract", _extract, "raw videos → CLIP snippet features (Parquet), resumable, errors recorded")
@@ -358,12 +360,27 @@ def _setup_logging() -> None:
         logger.propagate = False
 
 
+def quiet_libraries(verbose: bool = False) -> None:
+    """By default stderr holds vadclip's own progress and results and the warnings a user
+    can act on; the libraries' INFO chatter stays in Ray's log files (``/tmp/ray/session_*/logs``):
+    Ray Data's execution plans and per-dataset lines, MLflow's download bars, open_clip's
+    model-building lines in the workers (``VADCLIP_VERBOSE`` reaches them).  ``--verbose``
+    (or ``VADCLIP_VERBOSE=1``) keeps all of it."""
+    if verbose:
+        os.environ["VADCLIP_VERBOSE"] = "1"
+        return
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for name in ("ray.data", "mlflow.store.db.utils", "mlflow.pyfunc", "open_clip"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Run a command; a problem of the input or configuration is one line on stderr
     and exit code 2 (as argparse does for bad options), a problem of the environment one
     line and exit code 3, never a traceback."""
     a = build_parser().parse_args(argv)
     _setup_logging()
+    quiet_libraries(verbose=getattr(a, "verbose", False) or os.environ.get("VADCLIP_VERBOSE") == "1")
     try:
         # stdout carries the JSON result alone: what Ray prints there while the job runs
         # (its workers' and raylet's lines) goes to stderr with the log

@@ -6,6 +6,7 @@ held-out test set used for nothing but the figures printed at the end."""
 from __future__ import annotations
 
 import logging
+import re
 import os
 import time
 from typing import Any, Dict, Optional
@@ -15,9 +16,28 @@ from vadclip.model.config import ClipSpec, VadConfig
 DEMO_CLASSES = ["Normal", "Explosion", "Fighting", "RoadAccidents"]
 
 
+# what each of the demo's three extractions would say again, said once
+_SAID_ONCE = ("[extract] no GPU in the cluster", "[extract] precision auto: ")
+
+
+def _once_per_demo(log):
+    said = set()
+
+    def once(line: str) -> None:
+        if re.match(r"\[extract\] \d+ videos: ", line):
+            return      # the demo's own step lines and each extraction's "done" line say it
+        key = next((p + line[len(p):].split(" ")[0] for p in _SAID_ONCE if line.startswith(p)), None)
+        if key is not None:
+            if key in said:
+                return
+            said.add(key)
+        log(line)
+    return once
+
+
 def run_demo(workdir: str = "./vadclip_demo", n_train: int = 24, n_test: int = 8, epochs: int = 12,
              num_workers: int = 2, clip: Optional[ClipSpec] = None, n_val: int = 8, log=None) -> Dict[str, Any]:
-    log = log or logging.getLogger("vadclip").info
+    log = _once_per_demo(log or logging.getLogger("vadclip").info)
     from vadclip.jobs.extract import ExtractOptions, feature_dir, run_extract
     from vadclip.io.gt import write_gt
     from vadclip.jobs.cluster import ensure_ray

@@ -3,6 +3,9 @@
 without building anything."""
 from __future__ import annotations
 
+import logging
+import os
+
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -12,12 +15,26 @@ from vadclip.errors import InputError
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
+class _OpenClipInfo(logging.Filter):
+    """open_clip logs how it builds each model at INFO on the root logger (ten lines per
+    encoder and training worker): kept out of the job's output unless VADCLIP_VERBOSE=1."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or "open_clip" not in record.pathname.replace("\\", "/")
+
+
+_QUIET = _OpenClipInfo()
+
+
 def open_clip_module():
     """open_clip, with the project's model configs registered (once, on first use)."""
     import open_clip
 
     if CONFIG_DIR not in getattr(open_clip.factory, "_MODEL_CONFIG_PATHS", []):
         open_clip.add_model_config(CONFIG_DIR)
+    root = logging.getLogger()
+    if os.environ.get("VADCLIP_VERBOSE") != "1" and _QUIET not in root.filters:
+        root.addFilter(_QUIET)
     return open_clip
 
 

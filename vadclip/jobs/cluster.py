@@ -26,7 +26,10 @@ def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None,
         if address and address != "local":
             ray.init(address=address, log_to_driver=True, runtime_env=_forwarded_env())
         else:
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+            # with its dashboard where ray[default] is installed: Ray Train's controller asks the
+            # state API (served by it) whether it is alive, every second, and warns each time it cannot
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=_dashboard_installed(),
+                     log_to_driver=True, runtime_env=_quiet_env())
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
@@ -44,6 +47,40 @@ def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None,
         env = os.environ.get("VADCLIP_PROGRESS_BARS")
         progress_bars = env != "0" if env is not None else sys.stderr.isatty()
     ctx.enable_progress_bars = progress_bars
+    quiet_ray_data(progress_bars)
+
+
+def quiet_ray_data(progress_bars: bool = False) -> None:
+    """In this process (the driver, a training worker): Ray Data's INFO lines (an execution
+    plan, a start and an end per dataset) stay in its log file (``ray-data.log`` of the
+    session's logs) and off the console unless ``VADCLIP_VERBOSE=1``; progress bars that
+    are off by choice (vadclip prints its own progress lines) are not worth a warning."""
+    import logging
+
+    if not progress_bars:
+        from ray.util.debug import log_once
+
+        log_once("ray_data_progress_manager_disabled")
+    if os.environ.get("VADCLIP_VERBOSE") == "1":
+        return
+    for h in logging.getLogger("ray.data").handlers:
+        if type(h).__name__ != "SessionFileHandler":
+            h.setLevel(max(h.level, logging.WARNING))
+
+
+def _dashboard_installed() -> bool:
+    try:
+        import aiohttp  # noqa: F401  (ray[default])
+        import ray.dashboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _quiet_env():
+    """The workers of an embedded Ray hear whether the command is verbose."""
+    return {"env_vars": {"VADCLIP_VERBOSE": os.environ["VADCLIP_VERBOSE"]}} if os.environ.get("VADCLIP_VERBOSE") \
+        else None
 
 
 STORAGE_ENV_PREFIXES = ("AWS_", "GOOGLE_", "GCS_", "AZURE_", "VADCLIP_SCRATCH")

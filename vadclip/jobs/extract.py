@@ -376,8 +376,8 @@ def extract_and(source: str, out_dir: str, opts: ExtractOptions, scorer=None, re
         f"{summary['videos_skipped']} skipped; {summary['snippets']} snippets, {summary['frames']} frames "
         f"in {summary['elapsed_s']:.1f}s ({summary['frames_per_s']} frames/s) → {plan.output.rows_dir}"
         + (f"; decoded with {', '.join(summary['decoders'])}" if summary.get("decoders") else "")
-        + (f"; encoded in {', '.join(summary['precisions'])}" if summary.get("precisions") else ""))
-    if "startup_s" in summary:
-        log(f"[extract] encoders: first encode {summary['startup_s']:.1f}s after the start, then busy "
-            f"{summary['encoder_busy_fraction']:.1%} of the time at {summary['steady_snippets_per_s']} snippets/s")
+        + (f"; encoded in {', '.join(summary['precisions'])}" if summary.get("precisions") else "")
+        + (f"; encoders: first encode {summary['startup_s']:.1f}s after the start, then busy "
+           f"{summary['encoder_busy_fraction']:.1%} of the time at {summary['steady_snippets_per_s']} snippets/s"
+           if "startup_s" in summary else ""))
     return summary, results

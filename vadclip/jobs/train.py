@@ -190,7 +190,18 @@ class _RayRank:
             self.memory.stop()
 
 
+def _train_logging():
+    """Ray Train's own console lines (resources requested, the worker group started, the
+    process group) at WARNING unless ``VADCLIP_VERBOSE=1``: its log files keep them."""
+    from ray.train import LoggingConfig
+
+    return LoggingConfig(log_level="INFO" if os.environ.get("VADCLIP_VERBOSE") == "1" else "WARNING")
+
+
 def train_loop_per_worker(config: Dict[str, Any]) -> None:
+    from vadclip.jobs.cluster import quiet_ray_data
+
+    quiet_ray_data()
     _RayRank(config["worker"]).run()
 
 
@@ -407,7 +418,7 @@ def _run_train(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_pat
                 scaling_config=ScalingConfig(num_workers=o.num_workers, use_gpu=o.use_gpu,
                                              resources_per_worker={"CPU": o.cpus_per_worker,
                                                                    **({"GPU": 1} if o.use_gpu else {})}),
-                run_config=RunConfig(name=o.run_name, storage_path=o.storage,
+                run_config=RunConfig(name=o.run_name, storage_path=o.storage, logging_config=_train_logging(),
                                      failure_config=FailureConfig(max_failures=o.max_failures),
                                      checkpoint_config=CheckpointConfig(num_to_keep=3,
                                                                         checkpoint_score_attribute="score",

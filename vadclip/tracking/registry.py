@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -21,32 +22,37 @@ except Exception:  # pragma: no cover - mlflow is a hard dependency
     _Base = object
 
 
-class VadCLIPPyfunc(_Base):
-    """pyfunc model: ``predict(features [T, D])`` → DataFrame with the per-snippet
-    ``anomaly`` score (C-branch sigmoid) and one ``p_<class>`` column per class."""
+# MLflow advises the author of a PythonModel without type hints when the class is defined:
+# the model validates its input by its signature instead (a [T, D] float tensor)
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
 
-    def load_context(self, context) -> None:
-        from vadclip.model.checkpoint import load_checkpoint
+    class VadCLIPPyfunc(_Base):
+        """pyfunc model: ``predict(features [T, D])`` → DataFrame with the per-snippet
+        ``anomaly`` score (C-branch sigmoid) and one ``p_<class>`` column per class."""
 
-        self.model = load_checkpoint(context.artifacts["checkpoint"])
+        def load_context(self, context) -> None:
+            from vadclip.model.checkpoint import load_checkpoint
 
-    def predict(self, context, model_input, params: Optional[Dict[str, Any]] = None):
-        import pandas as pd
+            self.model = load_checkpoint(context.artifacts["checkpoint"])
 
-        from vadclip.model.network import score_video
+        def predict(self, context, model_input, params: Optional[Dict[str, Any]] = None):
+            import pandas as pd
 
-        x = model_input.to_numpy() if hasattr(model_input, "to_numpy") else np.asarray(model_input)
-        x = np.asarray(x, dtype=np.float32)
-        if x.ndim != 2 or x.shape[1] != self.model.embed_dim:
-            raise ValueError(f"expected features [T, {self.model.embed_dim}], got shape {x.shape}")
-        anomaly, probs = score_video(self.model, x)
-        df = pd.DataFrame({"anomaly": anomaly})
-        for i, k in enumerate(self.model.cfg.class_keys):
-            df[f"p_{k}"] = probs[:, i]
-        return df
+            from vadclip.model.network import score_video
+
+            x = model_input.to_numpy() if hasattr(model_input, "to_numpy") else np.asarray(model_input)
+            x = np.asarray(x, dtype=np.float32)
+            if x.ndim != 2 or x.shape[1] != self.model.embed_dim:
+                raise ValueError(f"expected features [T, {self.model.embed_dim}], got shape {x.shape}")
+            anomaly, probs = score_video(self.model, x)
+            df = pd.DataFrame({"anomaly": anomaly})
+            for i, k in enumerate(self.model.cfg.class_keys):
+                df[f"p_{k}"] = probs[:, i]
+            return df
 
 
-# models from code: loading the MLflow model runs this file, never unpickles a class
+    # models from code: loading the MLflow model runs this file, never unpickles a class
 MODEL_CODE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pyfunc.py")
 
 

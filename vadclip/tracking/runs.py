@@ -82,8 +82,15 @@ def log_feature_set(path: str, name: str, context: str, meta=None) -> None:
 
     if meta is None:
         meta = feature_meta(path, name).select(["video_id", "crop", "label"])
+    import warnings
+
     df = meta.to_pandas() if hasattr(meta, "to_pandas") else meta
-    mlflow.log_input(mlflow.data.from_pandas(df, source=path, name=name), context=context)
+    # integer columns as doubles, as MLflow's schema inference asks (its hint otherwise)
+    df = df.astype({c: "float64" for c in df.columns if str(df[c].dtype).startswith(("int", "uint"))})
+    with warnings.catch_warnings():
+        # MLflow registers its local-file source twice and then warns it is ambiguous
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        mlflow.log_input(mlflow.data.from_pandas(df, source=path, name=name), context=context)
 
 
 def log_metrics(run_id: Optional[str], tracking_uri: Optional[str], metrics: dict, step: int) -> None:
