@@ -136,3 +136,74 @@ def test_scoring_survives_a_worker_node_lost_mid_job(tmp_path):
     assert read_column(str(out / "errors"), "video_id") == []
     assert s["videos_total_in_output"] == len(ids) and s["videos_failed_total"] == 0
     assert res["again"]["videos_scored"] == 0 and res["again"]["videos_skipped"] == len(ids)
+
+
+TRAIN_SCRIPT = r"""
+import glob, json, os, sys, threading, time
+import ray
+from ray.cluster_utils import Cluster
+from vadclip import tiny_config
+from vadclip.io.features import write_feature_table
+from vadclip.jobs.cluster import ensure_ray
+from vadclip.jobs.train import run_train
+from vadclip.testing.synthetic import make_feature_set
+
+work = sys.argv[1]
+cfg = tiny_config("ucf", visual_length=64, lr=1e-3, batch_size=4, epochs=6, milestones=[100])
+rows, _ = make_feature_set(cfg, 16, 16, 32, seed=1)
+write_feature_table(rows, os.path.join(work, "train.parquet"))
+c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "_system_config": {
+    "health_check_period_ms": 1000, "health_check_failure_threshold": 5}})
+worker = c.add_node(num_cpus=3)
+c.wait_for_nodes()
+ray.init(address=c.address, log_to_driver=True)
+ensure_ray()
+events, storage = {}, os.path.join(work, "runs")
+
+def kill_at_first_checkpoint(running):
+    t0 = time.time()
+    while running.is_set() and time.time() - t0 < 400:
+        if glob.glob(os.path.join(storage, "lost", "checkpoint_*")):
+            time.sleep(0.5)      # the checkpoint's files in place, the next epoch under way
+            c.remove_node(worker, allow_graceful=False)
+            events["killed_at"] = time.time() - t0
+            events["killed_while_running"] = running.is_set()
+            events["replacement"] = c.add_node(num_cpus=3).node_id
+            return
+        time.sleep(0.05)
+
+running = threading.Event(); running.set()
+t = threading.Thread(target=kill_at_first_checkpoint, args=(running,)); t.start()
+t0 = time.time()
+try:
+    s = run_train(os.path.join(work, "train.parquet"), cfg, storage, run_name="lost", num_workers=1,
+                  cpus_per_worker=1, tracking_uri="sqlite:///" + os.path.join(work, "mlflow.db"),
+                  log=lambda *a: print(*a, file=sys.stderr))
+finally:
+    running.clear(); t.join()
+events["elapsed_s"] = time.time() - t0
+print(json.dumps({"summary": s, "events": events}, default=str))
+ray.shutdown()
+c.shutdown()
+"""
+
+
+def test_training_survives_its_worker_node_lost_and_resumes_from_its_checkpoint(tmp_path):
+    """The node running the training worker dies after the first checkpoint: Ray Train
+    (FailureConfig) starts the worker group again on the replacement node, from that
+    checkpoint, in the same run, and the training finishes all its epochs."""
+    import mlflow
+
+    env = dict(os.environ, VADCLIP_PROGRESS_BARS="0", VADCLIP_DATA_NO_PROGRESS_TIMEOUT_S="240")
+    r = subprocess.run([sys.executable, "-c", TRAIN_SCRIPT, str(tmp_path)], capture_output=True, text=True,
+                       timeout=900, env=env)
+    assert r.returncode == 0, r.stderr[-4000:]
+    res = json.loads([ln for ln in r.stdout.splitlines() if ln.startswith("{")][-1])
+    ev, s = res["events"], res["summary"]
+    assert ev["killed_while_running"]
+    assert "resumed from checkpoint after epoch" in r.stderr                  # not from scratch
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    epochs = {int(m.step) for m in client.get_metric_history(s["mlflow_run_id"], "loss")}
+    assert epochs == set(range(1, 7)) or epochs == set(range(0, 6))          # every epoch, the last included
+    assert client.get_run(s["mlflow_run_id"]).info.status == "FINISHED"
+    print(f"node killed {ev['killed_at']:.1f}s into the training; it finished in {ev['elapsed_s']:.1f}s")

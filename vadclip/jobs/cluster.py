@@ -28,8 +28,10 @@ def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None,
         else:
             # with its dashboard where ray[default] is installed: Ray Train's controller asks the
             # state API (served by it) whether it is alive, every second, and warns each time it cannot
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=_dashboard_installed(),
-                     log_to_driver=True, runtime_env=_quiet_env())
+            dashboard = _dashboard_installed()
+            port = _free_port() if dashboard else None
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_port=port,
+                     log_to_driver=True, runtime_env=_worker_env(port))
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
@@ -77,10 +79,24 @@ def _dashboard_installed() -> bool:
     return True
 
 
-def _quiet_env():
-    """The workers of an embedded Ray hear whether the command is verbose."""
-    return {"env_vars": {"VADCLIP_VERBOSE": os.environ["VADCLIP_VERBOSE"]}} if os.environ.get("VADCLIP_VERBOSE") \
-        else None
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker_env(dashboard_port: Optional[int]):
+    """What the workers of an embedded Ray are told: where its state API is (Ray Train's
+    placement-group cleaner otherwise looks for "the" local Ray and, where several run or
+    a stale one is recorded, asks another), and whether the command is verbose."""
+    env = {}
+    if dashboard_port:
+        env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dashboard_port}"
+    if os.environ.get("VADCLIP_VERBOSE"):
+        env["VADCLIP_VERBOSE"] = os.environ["VADCLIP_VERBOSE"]
+    return {"env_vars": env} if env else None
 
 
 STORAGE_ENV_PREFIXES = ("AWS_", "GOOGLE_", "GCS_", "AZURE_", "VADCLIP_SCRATCH")

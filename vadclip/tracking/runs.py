@@ -12,6 +12,7 @@ of experiments created from then on there instead, whatever the store.
 from __future__ import annotations
 
 import os
+import time
 from typing import Optional
 
 from vadclip.io.storage import redact
@@ -90,7 +91,17 @@ def log_feature_set(path: str, name: str, context: str, meta=None) -> None:
     with warnings.catch_warnings():
         # MLflow registers its local-file source twice and then warns it is ambiguous
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
-        mlflow.log_input(mlflow.data.from_pandas(df, source=path, name=name), context=context)
+        dataset = mlflow.data.from_pandas(df, source=path, name=name)
+    for attempt in range(5):
+        try:
+            mlflow.log_input(dataset, context=context)
+            return
+        except Exception as e:  # noqa: BLE001 - only the race below is retried
+            # trainings of many seeds log the same feature set at once: the store's
+            # get-or-create of the dataset row races (IntegrityError); the next try finds it
+            if attempt == 4 or "IntegrityError" not in f"{e!r} {e}" and "UNIQUE constraint" not in str(e):
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def log_metrics(run_id: Optional[str], tracking_uri: Optional[str], metrics: dict, step: int) -> None:
