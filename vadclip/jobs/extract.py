@@ -163,6 +163,16 @@ def _keep_ids(items: List[Dict[str, Any]], named: Dict[str, str]) -> None:
             it["video_id"] = ids[it["path"]]
 
 
+def _pending(items, done_ids, failed_ids, changed: set, retry_failed: bool):
+    """(the items left to run, the failed paths to retry): done and failed ones skipped,
+    those whose file changed run again; with ``retry_failed`` the failed run too."""
+    done, failed = set(done_ids) - changed, set(failed_ids) - changed
+    retried: set = set()
+    if retry_failed:
+        failed, retried = set(), failed - done
+    return [it for it in items if it["path"] not in done and it["path"] not in failed], retried
+
+
 def _plan(source: str, out_dir: str, opts: ExtractOptions, retry_failed: bool, log,
           address: Optional[str] = None) -> _Plan:
     """What to do: the manifest, less what earlier runs did (unless its file changed).
@@ -178,11 +188,7 @@ def _plan(source: str, out_dir: str, opts: ExtractOptions, retry_failed: bool, l
     _one_provenance(output.rows_dir, prov)
     done_ids, failed_ids = output.identities()        # what the committed parts hold: read, nothing changed
     changed = changed_inputs({**failed_ids, **done_ids})
-    done, failed = set(done_ids) - changed, set(failed_ids) - changed
-    retried: set = set()
-    if retry_failed:
-        failed, retried = set(), failed - done
-    todo = [it for it in items if it["path"] not in done and it["path"] not in failed]
+    todo, retried = _pending(items, done_ids, failed_ids, changed, retry_failed)
     gpus = False
     if todo:       # the cluster can run what is asked: before anything in the folder changes
         from vadclip.jobs.cluster import ensure_ray, use_gpus
@@ -200,10 +206,7 @@ def _plan(source: str, out_dir: str, opts: ExtractOptions, retry_failed: bool, l
     new = {p: i for p, i in {**failed_now, **done_now}.items() if p not in done_ids and p not in failed_ids}
     if new:
         changed |= changed_inputs(new)
-        done, failed = set(done_now) - changed, set(failed_now) - changed
-        if retry_failed:
-            failed, retried = set(), failed - done
-        todo = [it for it in items if it["path"] not in done and it["path"] not in failed]
+        todo, retried = _pending(items, done_now, failed_now, changed, retry_failed)
     _keep_ids(items, output.named())
     if changed:   # a video replaced at the same path (a camera's daily file rewritten): its rows go, it runs again
         drop_rows(output.rows_dir, "path", changed)
