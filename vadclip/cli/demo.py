@@ -17,7 +17,7 @@ DEMO_CLASSES = ["Normal", "Explosion", "Fighting", "RoadAccidents"]
 
 
 # what each of the demo's three extractions would say again, said once
-_SAID_ONCE = ("[extract] no GPU in the cluster", "[extract] precision auto: ")
+_SAID_ONCE = ("[extract] no GPU in the cluster", "[extract] precision auto: ", "[extract] torchcodec cannot decode here")
 
 
 def _once_per_demo(log):
