@@ -1,6 +1,8 @@
 """The pieces the jobs' workers write with: claims that keep one row per video across
 write tasks (and let a retried task have its own rows back), and part writers that
 split what they are given into parts of at most rows_per_file rows."""
+import os
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -184,3 +186,20 @@ def test_credentials_never_reach_a_runtime_env_unless_asked_and_uris_are_redacte
     assert cluster._forwarded_env()["env_vars"]["AWS_SECRET_ACCESS_KEY"] == "s3cr3t-value"
     assert redact("postgresql://vad:pa55w0rd@db:5432/mlflow") == "postgresql://vad:***@db:5432/mlflow"
     assert redact("s3://bucket/key") == "s3://bucket/key" and redact(3) == 3
+
+
+def test_a_tracking_servers_password_goes_to_mlflows_variables_and_back_only_for_a_rank(monkeypatch):
+    from vadclip.tracking.runs import resolve_tracking_uri, with_credentials
+
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    bare = resolve_tracking_uri("https://vad:p%40ss@mlflow.example:5000/prefix")
+    assert bare == "https://mlflow.example:5000/prefix"          # what MLflow is given, and prints
+    assert os.environ["MLFLOW_TRACKING_USERNAME"] == "vad" and os.environ["MLFLOW_TRACKING_PASSWORD"] == "p@ss"
+    full = with_credentials(bare)                                # handed to a rank through Ray's object store
+    assert full == "https://vad:p%40ss@mlflow.example:5000/prefix"
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
+    assert resolve_tracking_uri(full) == bare and os.environ["MLFLOW_TRACKING_PASSWORD"] == "p@ss"
+    # a database URI keeps its password: SQLAlchemy needs it, and MLflow prints no URL for it
+    assert resolve_tracking_uri("postgresql://vad:pw@db/mlflow") == "postgresql://vad:pw@db/mlflow"
+    assert with_credentials(None) is None

@@ -374,6 +374,23 @@ def quiet_libraries(verbose: bool = False) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def _hide_passwords_in_process_title(cmd: str) -> None:
+    """A URI's password given on the command line (``--tracking-uri http://u:p@host``) is
+    taken out of this process's title, which ``ps`` and Ray's job table (the driver's
+    entrypoint) show; said once, with the way that never shows it."""
+    from vadclip.io.storage import redact
+
+    shown = [redact(x) for x in sys.argv]
+    if shown == sys.argv:
+        return
+    import setproctitle
+
+    setproctitle.setproctitle(" ".join([os.path.basename(sys.executable)] + ["-m", "vadclip.cli"] + shown[1:]))
+    print(f"vadclip {cmd}: note: a password in a URI on the command line is visible to other users of this "
+          "machine until now; give it as MLFLOW_TRACKING_PASSWORD (with MLFLOW_TRACKING_USERNAME) instead",
+          file=sys.stderr)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Run a command; a problem of the input or configuration is one line on stderr
     and exit code 2 (as argparse does for bad options), a problem of the environment one
@@ -381,6 +398,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     a = build_parser().parse_args(argv)
     _setup_logging()
     quiet_libraries(verbose=getattr(a, "verbose", False) or os.environ.get("VADCLIP_VERBOSE") == "1")
+    if argv is None:
+        _hide_passwords_in_process_title(a.cmd)
     try:
         # stdout carries the JSON result alone: what Ray prints there while the job runs
         # (its workers' and raylet's lines) goes to stderr with the log

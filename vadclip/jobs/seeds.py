@@ -154,7 +154,7 @@ def run_seeds(train_path: str, cfg, eval_path: Optional[str], gt_path: Optional[
     from vadclip.jobs.cluster import ensure_ray
     from vadclip.jobs.train import check_inputs
     from vadclip.tracking.registry import log_and_register
-    from vadclip.tracking.runs import TrainingRun, log_grid_summary
+    from vadclip.tracking.runs import TrainingRun, log_grid_summary, with_credentials
     from vadclip.jobs.train import TrainOptions, selection_metric
     from vadclip.train.recipes import get_recipe
 
@@ -197,6 +197,7 @@ def run_seeds(train_path: str, cfg, eval_path: Optional[str], gt_path: Optional[
                 k, s = queue.pop(0)
                 pt = points[k]
                 one = dataclasses.replace(o, seeds=None, repeats=None, grid=None, register_name=None, log_model=False,
+                                          tracking_uri=with_credentials(pt["parent"].tracking_uri),
                                           run_name=f"{pt['name']}-seed{s}", mlflow_parent_run_id=pt["parent"].run_id)
                 pending[task.remote(train_path, pt["cfg"].to_dict(), eval_path, gt_path, one, s, False)] = (k, s)
             done, _ = ray.wait(list(pending), num_returns=1)

@@ -337,7 +337,7 @@ def _run_train(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_pat
     from vadclip.errors import InputError
     from vadclip.io.parts import dataset_files
     from vadclip.jobs.cluster import ensure_ray, share_weights
-    from vadclip.tracking.runs import TrainingRun
+    from vadclip.tracking.runs import TrainingRun, with_credentials
 
     from vadclip.train.batches import batch_plan
     from vadclip.train.recipes import get_recipe
@@ -411,7 +411,7 @@ def _run_train(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_pat
                                   eval_every_samples=o.eval_every_samples, has_eval=bool(eval_path), gt=gt,
                                   weights=share_weights(checked["weights"]),
                                   max_steps_per_epoch=o.max_steps_per_epoch, micro_batch=o.micro_batch,
-                                  mlflow_run_id=run_id, tracking_uri=tracking_uri, faults=faults,
+                                  mlflow_run_id=run_id, tracking_uri=with_credentials(tracking_uri), faults=faults,
                                   fault_marker=storage.join(o.storage, o.run_name + ".failed-once") if faults else None)
             trainer = TorchTrainer(
                 train_loop_per_worker, train_loop_config={"worker": worker},

@@ -8,11 +8,18 @@ The tracking URI is, in this order: the ``--tracking-uri`` option, the
 command happened to run in; a tracking server keeps its own artifact root.
 ``VADCLIP_ARTIFACT_ROOT`` (for example ``s3://bucket/mlartifacts``) puts the artifacts
 of experiments created from then on there instead, whatever the store.
+
+A tracking server's URI may carry ``user:password@``: MLflow is then given the URI
+without them and the two in ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD``
+of this process (MLflow's own way to carry them), because MLflow prints run URLs built
+from the URI it is given.  Training ranks get them back through the training's
+config (Ray's object store, never a log or the runtime_env).
 """
 from __future__ import annotations
 
 import os
 import time
+import urllib.parse
 from typing import Optional
 
 from vadclip.io.storage import redact
@@ -23,8 +30,34 @@ DEFAULT_STORE_DIR = "runs"
 def resolve_tracking_uri(uri: Optional[str] = None) -> str:
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
-        return uri
+        return _credentials_to_env(uri)
     return f"sqlite:///{os.path.abspath(os.path.join(DEFAULT_STORE_DIR, 'mlflow.db'))}"
+
+
+def _credentials_to_env(uri: str) -> str:
+    """An http(s) URI's ``user:password@`` moved into this process's MLflow variables;
+    the URI without them.  Other URIs (a database's) keep theirs: their driver needs it."""
+    p = urllib.parse.urlsplit(uri)
+    if p.scheme not in ("http", "https") or "@" not in p.netloc:
+        return uri
+    os.environ["MLFLOW_TRACKING_USERNAME"] = urllib.parse.unquote(p.username or "")
+    if p.password is not None:
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = urllib.parse.unquote(p.password)
+    return urllib.parse.urlunsplit(p._replace(netloc=p.netloc.rsplit("@", 1)[1]))
+
+
+def with_credentials(uri: Optional[str]) -> Optional[str]:
+    """``uri`` with this process's MLflow username and password put back, for a process
+    that may not have them in its environment (a training rank on another node); to be
+    handed over only through Ray's object store, never printed."""
+    if not uri:
+        return uri
+    p = urllib.parse.urlsplit(uri)
+    pwd = os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if p.scheme not in ("http", "https") or "@" in p.netloc or pwd is None:
+        return uri
+    user = urllib.parse.quote(os.environ.get("MLFLOW_TRACKING_USERNAME", ""), safe="")
+    return urllib.parse.urlunsplit(p._replace(netloc=f"{user}:{urllib.parse.quote(pwd, safe='')}@{p.netloc}"))
 
 
 def _artifact_root(uri: str) -> Optional[str]:
@@ -116,7 +149,7 @@ def log_metrics(run_id: Optional[str], tracking_uri: Optional[str], metrics: dic
     from mlflow.tracking import MlflowClient
 
     ts = int(time.time() * 1000)
-    MlflowClient(tracking_uri=tracking_uri).log_batch(
+    MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri)).log_batch(
         run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()
                          if isinstance(v, (int, float)) and math.isfinite(v) and k != "epoch"])
 
