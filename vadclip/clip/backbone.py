@@ -150,8 +150,10 @@ class FrozenCLIP(nn.Module):
             mask = mask[:n, :n]
         n = embeddings.shape[1]
         x = embeddings + clip.positional_embedding[:n].to(embeddings.dtype)
-        x = clip.transformer(x, attn_mask=mask)
-        x = clip.ln_final(x)
+        # open_clip < 2.27 runs its transformer sequence-first (L, N, D); later ones batch-first
+        seq_first = not getattr(clip.transformer, "batch_first", False)
+        x = clip.transformer(x.transpose(0, 1) if seq_first else x, attn_mask=mask)
+        x = clip.ln_final(x.transpose(0, 1) if seq_first else x)
         x = x[torch.arange(x.shape[0], device=x.device), eot_index]
         proj = clip.text_projection
         if proj is not None:

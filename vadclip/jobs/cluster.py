@@ -24,7 +24,13 @@ def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None,
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
         if address and address != "local":
-            ray.init(address=address, log_to_driver=True, runtime_env=_forwarded_env())
+            try:
+                ray.init(address=address, log_to_driver=True, runtime_env=_forwarded_env())
+            except ConnectionError as e:   # no cluster there, or one whose token this shell lacks
+                from vadclip.errors import EnvironmentProblem
+
+                raise EnvironmentProblem(f"cannot join the Ray cluster at {address} (is it up? a head started with "
+                                         f"`ray start` also wants RAY_AUTH_MODE=token here): {e}") from e
         else:
             # with its dashboard where ray[default] is installed: Ray Train's controller asks the
             # state API (served by it) whether it is alive, every second, and warns each time it cannot

@@ -337,6 +337,7 @@ def _summarise(plan: _Plan, results: List[Dict[str, Any]], t0: float) -> Dict[st
         s["precisions"] = sorted({p for r in results for p in r["precisions"]})
         s["writer_nodes"] = sorted({r["node"] for r in results})
         s["encoder_nodes"] = sorted({n for r in results for n in r["encoder_nodes"]})
+        s["encoders_holding_gpus"] = len({e for r in results for e in r.get("gpu_encoders", [])})
         s["parts_written"] = sum(r["parts"] for r in results)
     elapsed = time.time() - t0
     s.update(elapsed_s=round(elapsed, 3),

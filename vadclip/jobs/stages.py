@@ -193,9 +193,13 @@ class EncodeStage:
         from vadclip.clip.weights import activate
 
         self.opts, self.exits = opts, exits or []   # exits: fault injection (vadclip.jobs.faults)
-        if on_gpu and not torch.cuda.is_available():
-            import ray
+        import ray
 
+        # the GPUs Ray gave this actor; a test-only switch (VADCLIP_TEST_GPU_WITHOUT_CUDA=1,
+        # for Ray's fake autoscaling cluster, whose GPU nodes have no CUDA) lets it hold
+        # them and encode on the CPU; anywhere else a GPU actor without CUDA fails clearly
+        self.gpus = len(ray.get_gpu_ids()) if on_gpu else 0
+        if on_gpu and not torch.cuda.is_available() and os.environ.get("VADCLIP_TEST_GPU_WITHOUT_CUDA") != "1":
             from vadclip.errors import EnvironmentProblem
 
             raise EnvironmentProblem(f"encoder on node {ray.get_runtime_context().get_node_id()[:12]} holds a GPU "
@@ -208,8 +212,6 @@ class EncodeStage:
             torch.set_num_threads(int(n))
         self.enc = ClipImageEncoder(opts.clip, opts.precision)
         import socket
-
-        import ray
 
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.node = ray.get_runtime_context().get_node_id()
@@ -253,6 +255,7 @@ class EncodeStage:
         # when this encoder worked on each row: the run's start-up, busy fraction and pace
         out["encoder"] = np.asarray([self.name] * len(feats), dtype=object)
         out["encoder_node"] = np.asarray([self.node] * len(feats), dtype=object)
+        out["encoder_gpus"] = np.asarray([self.gpus] * len(feats), dtype=np.int64)
         out["precision"] = np.asarray([self.enc.precision] * len(feats), dtype=object)
         out["enc_t0"], out["enc_t1"] = np.asarray(t0s), np.asarray(t1s)
         out["error"] = np.asarray(errors, dtype=object)

@@ -92,6 +92,7 @@ class VideoWriter:
         self.counts = {"videos_ok": 0, "videos_failed": 0, "rows_written": 0, "snippets": 0, "frames": 0}
         self.pace, self.decoders, self.precisions, self.failures = _Pace(), set(), set(), []
         self.encoder_nodes: set = set()
+        self.gpu_encoders: set = set()       # encoders that held a GPU Ray gave them
         self.node = ray.get_runtime_context().get_node_id()
         self.lock = threading.Lock()
         self.ticker = Ticker(self._tick, min(1.0, flush_seconds / 4) if flush_seconds else 1.0, self.lock)
@@ -130,6 +131,8 @@ class VideoWriter:
         if not row["error"]:
             self.precisions.add(str(row["precision"]))
             self.encoder_nodes.add(str(row["encoder_node"]))
+            if int(row.get("encoder_gpus", 0) or 0) > 0:
+                self.gpu_encoders.add(str(row["encoder"]))
         vid = str(row["video_id"])
         if vid in self.dead or vid in self.assembled:
             return          # buffered or committed already (a retried task delivers chunks again)
@@ -168,6 +171,7 @@ class VideoWriter:
             scores = self.scorer.finish() if self.scorer is not None else None
             return {**self.counts, "scores": scores, "spans": self.pace.spans, "decoders": sorted(self.decoders),
                     "precisions": sorted(self.precisions), "node": self.node, "encoder_nodes": sorted(self.encoder_nodes),
+                    "gpu_encoders": sorted(self.gpu_encoders),
                     "failures": self.failures[:1000], "parts": self.fw.parts,
                     "incomplete": sorted(self.pending)}
 
