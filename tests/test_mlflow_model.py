@@ -111,30 +111,20 @@ def test_mlflow_models_serve_answers_invocations_with_snippet_scores(tmp_path):
     manager local) on 127.0.0.1: a [T, D] feature input gets T per-snippet anomaly scores
     and class probabilities, equal to scoring the checkpoint directly."""
     import json
-    import socket
     import subprocess
     import sys
-    import time
     import urllib.request
 
+    from localserver import free_port, wait_until_answering
+
     _, uri, _ = _register(tmp_path, "vad-serve")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = dict(os.environ, MLFLOW_TRACKING_URI=uri)
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/vad-serve@champion",
                              "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "--workers", "1"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        t0 = time.time()
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except Exception:
-                if proc.poll() is not None or time.time() - t0 > 180:
-                    raise AssertionError(f"mlflow models serve did not start: {proc.stderr.read()[-2000:]}")
-                time.sleep(0.5)
+        wait_until_answering(f"http://127.0.0.1:{port}/ping", proc, "mlflow models serve", 180)
         x = np.random.default_rng(3).normal(size=(12, 32)).astype(np.float32)
         req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps({"inputs": x.tolist()}).encode(),
                                      headers={"Content-Type": "application/json"})

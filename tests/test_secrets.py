@@ -14,15 +14,13 @@ how the workers reach the bucket; nothing is forwarded from the shell."""
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 
 import pytest
 
+from localserver import free_port, wait_until_answering
 from s3server import s3_server
 
 pytestmark = pytest.mark.slow
@@ -32,12 +30,6 @@ SECRETS = {"AWS_ACCESS_KEY_ID": "AKIAQSECRETKEYID7731",
            "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI-s3cr3t-K7MDENG-bPxRfiCY",
            "AWS_SESSION_TOKEN": "FwoGZXIvYXdzE-sess10n-t0ken-Dk8Qz"}
 PASSWORD = "pa55-w0rd-9f3e1c"
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _files_under(root):
@@ -59,22 +51,14 @@ def _leaks(text, where):
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A real MLflow tracking server on 127.0.0.1 (sqlite + local artifacts, proxied)."""
-    port = _free_port()
+    port = free_port()
     db, art = tmp_path / "mlflow-server.db", tmp_path / "mlflow-artifacts"
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
                              "--backend-store-uri", f"sqlite:///{db}", "--artifacts-destination", str(art),
                              "--workers", "1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        t0 = time.time()
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except Exception:
-                if proc.poll() is not None or time.time() - t0 > 120:
-                    raise RuntimeError("the MLflow tracking server did not start")
-                time.sleep(0.5)
+        wait_until_answering(f"http://127.0.0.1:{port}/health", proc, "the MLflow tracking server", 120)
         yield {"port": port, "db": db, "artifacts": art}
     finally:
         os.killpg(proc.pid, 15)
