@@ -385,7 +385,7 @@ def _hide_passwords_in_process_title(cmd: str) -> None:
         return
     import setproctitle
 
-    setproctitle.setproctitle(" ".join([os.path.basename(sys.executable)] + ["-m", "vadclip.cli"] + shown[1:]))
+    setproctitle.setproctitle(" ".join([os.path.basename(sys.executable)] + shown))
     print(f"vadclip {cmd}: note: a password in a URI on the command line is visible to other users of this "
           "machine until now; give it as MLFLOW_TRACKING_PASSWORD (with MLFLOW_TRACKING_USERNAME) instead",
           file=sys.stderr)

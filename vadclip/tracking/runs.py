@@ -149,7 +149,7 @@ def log_metrics(run_id: Optional[str], tracking_uri: Optional[str], metrics: dic
     from mlflow.tracking import MlflowClient
 
     ts = int(time.time() * 1000)
-    MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri)).log_batch(
+    MlflowClient(tracking_uri=_credentials_to_env(tracking_uri) if tracking_uri else None).log_batch(
         run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()
                          if isinstance(v, (int, float)) and math.isfinite(v) and k != "epoch"])
 
