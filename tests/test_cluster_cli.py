@@ -47,3 +47,14 @@ def test_job_entry_points_run(job):
     r = subprocess.run([sys.executable, f"jobs/{job}.py", "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "--address" in r.stdout
+
+
+def test_the_shipped_cluster_yaml_declares_the_gpus_its_autoscaler_can_launch():
+    # what `--device auto` reads on the head (its monitor's config, ~/ray_bootstrap_config.yaml)
+    from vadclip.jobs.cluster import gpus_in_config
+
+    with open("cluster.yaml") as fh:
+        config = yaml.safe_load(fh)
+    assert gpus_in_config(config) == 8.0          # 8 gpu_worker nodes of one GPU each
+    assert config["available_node_types"][config["head_node_type"]]["resources"] == {"CPU": 0}
+    assert gpus_in_config({"available_node_types": {"cpu": {"resources": {"CPU": 4}, "max_workers": 3}}}) is None

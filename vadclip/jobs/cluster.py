@@ -159,17 +159,76 @@ def lost_with_a_node(exc: BaseException) -> bool:
 
 def launchable_gpus() -> Optional[float]:
     """The most GPUs the cluster's autoscaler can launch, from its node types (None:
-    no autoscaler, or Ray does not say).  Ray keeps this behind a private call
-    (``ray._private.state``, what Ray Data's own autoscaling reads); where it moves or
-    fails, the answer is None and ``--device cuda`` still asks for GPUs."""
+    no autoscaler found, or its config names no GPU).  Where Ray keeps the node types
+    in the GCS (``ray._private.state``, what Ray Data's own autoscaling reads; open-source
+    Ray 2.60's monitors do not write it), from there; else from the config file the
+    cluster's autoscaler reads: the ``--autoscaling-config`` of the monitor process of
+    this cluster on this node (a ``ray job submit`` driver runs on the head, where the
+    monitor of ``ray up`` and ``ray start --autoscaling-config`` runs), or
+    ``~/ray_bootstrap_config.yaml`` (what ``ray up`` puts on the head).  KubeRay's
+    autoscaler runs in a container of its own: there ``--device cuda`` declares GPUs."""
     try:
         from ray._private.state import state
 
         most = state.get_max_resources_from_cluster_config() or {}
     except Exception:  # noqa: BLE001 - a private call: absent or changed in another Ray
+        most = {}
+    if most.get("GPU"):
+        return float(most["GPU"])
+    config = _autoscaling_config()
+    return gpus_in_config(config) if config else None
+
+
+def gpus_in_config(config: dict) -> Optional[float]:
+    """The GPUs an autoscaling config's node types can bring: each type's ``GPU`` times
+    its ``max_workers`` (the cluster's ``max_workers`` where a type says none)."""
+    total = 0.0
+    head = config.get("head_node_type")
+    for name, t in (config.get("available_node_types") or {}).items():
+        gpus = float(((t or {}).get("resources") or {}).get("GPU") or 0)
+        count = 1 if name == head else int(t.get("max_workers", config.get("max_workers", 0)) or 0)
+        total += gpus * count
+    return total or None
+
+
+def _autoscaling_config() -> Optional[dict]:
+    import json
+
+    import yaml
+
+    paths = []
+    mine = _gcs_address()
+    for pid in (d for d in os.listdir("/proc") if d.isdigit()) if os.path.isdir("/proc") else ():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().decode("utf-8", "replace").split("\0")
+        except OSError:
+            continue
+        if not any(a.endswith("monitor.py") for a in argv):
+            continue
+        flags = dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a)
+        if flags.get("autoscaling-config") and (mine is None or flags.get("gcs-address") == mine):
+            paths.append(flags["autoscaling-config"])
+    paths.append(os.path.expanduser("~/ray_bootstrap_config.yaml"))
+    for path in paths:
+        try:
+            with open(path) as f:
+                text = f.read()
+            config = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
+        except (OSError, ValueError, yaml.YAMLError):
+            continue
+        if isinstance(config, dict) and config.get("available_node_types"):
+            return config
+    return None
+
+
+def _gcs_address() -> Optional[str]:
+    try:
+        import ray
+
+        return ray.get_runtime_context().gcs_address
+    except Exception:  # noqa: BLE001 - not connected: any monitor on this node
         return None
-    gpus = most.get("GPU")
-    return float(gpus) if gpus else None
 
 
 def use_gpus(device: str, log) -> bool:
