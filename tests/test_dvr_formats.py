@@ -96,3 +96,9 @@ def test_a_folder_of_dvr_exports_extracts_every_video(ray_local, dvr, tmp_path):
     errors = read_column(errors_dir(str(out)), "error")
     assert len(errors) == 1 and errors[0].endswith("audio.mp4: no video stream (the file holds audio only)")
     assert s["videos_ok"] == 6 and s["videos_failed"] == 1 and "pyav" in s["decoders"]
+    # each row names what decoded it: MPEG-TS/PS in order with PyAV, the others as --decoder auto chose
+    by_name = {n: rows[n]["decoder"] for n in rows}
+    assert all(by_name[n] == "pyav" for n in by_name if n.endswith((".ts", ".mpg")))
+    assert all(by_name[n].split("-")[0] in ("torchcodec", "decord", "pyav") for n in by_name)   # torchcodec-cpu/-cuda
+    assert set(by_name.values()) == set(s["decoders"])
+    print("decoders:", by_name)

@@ -336,3 +336,80 @@ def test_scoring_features_whatever_their_label_column_holds(ray_local, tmp_path,
     want = {r["video_id"]: (r["label"] if labels == "mixed" else None) for r in rows}
     assert {g["video_id"]: g["label"] for g in got} == want
     assert pa.types.is_string(pq.read_table(str(tmp_path / "out" / "scores")).schema.field("label").type)
+
+
+def test_camera_columns_reach_features_scores_and_wall_clock_events(trained, tmp_path):
+    """Issue #35: a manifest with two cameras, a site and each recording's start; its
+    other columns travel into feature, score and event rows, and events get wall-clock
+    times (start_time + offset, UTC) in OUT/events/, read as a plain table."""
+    import csv
+    from datetime import datetime, timedelta, timezone
+
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    from vadclip.report.html import _safe
+
+    d, test_man, _ = trained
+    starts = {"cam1": "2026-11-01T08:00:00+01:00", "cam2": "2026-11-01 09:30:00"}   # the second without a zone: UTC
+    man = tmp_path / "cams.csv"
+    with open(man, "w", newline="") as fh:
+        w = csv.DictWriter(fh, ["path", "label", "video_id", "camera", "site", "start_time"])
+        w.writeheader()
+        for i, r in enumerate(test_man):
+            cam = "cam1" if i % 2 == 0 else "cam2"
+            w.writerow({**r, "camera": cam, "site": "" if cam == "cam2" else "depot", "start_time": starts[cam]})
+    out = tmp_path / "out"
+    s = run_score(str(d / "model.pt"), str(out), videos=str(man), opts=ScoreOptions(threshold=0.5), log=lambda *_: None)
+    assert s["videos_scored"] == len(test_man)
+    cam_of = {r["video_id"]: ("cam1" if i % 2 == 0 else "cam2") for i, r in enumerate(test_man)}
+    utc = {"cam1": datetime(2026, 11, 1, 7, 0, tzinfo=timezone.utc), "cam2": datetime(2026, 11, 1, 9, 30, tzinfo=timezone.utc)}
+
+    feats = read_feature_rows(str(out / "features"))
+    assert {r["video_id"]: json.loads(r["meta"])["camera"] for r in feats} == cam_of
+    cam1 = next(json.loads(r["meta"]) for r in feats if cam_of[r["video_id"]] == "cam1")
+    assert cam1 == {"camera": "cam1", "site": "depot", "start_time": "2026-11-01T07:00:00+00:00"}
+    assert all("site" not in json.loads(r["meta"]) for r in feats if cam_of[r["video_id"]] == "cam2")  # empty cell: left out
+    scores = {r["video_id"]: r for r in pq.read_table(str(out / "scores")).to_pylist()}
+    assert {v: json.loads(r["meta"])["camera"] for v, r in scores.items()} == cam_of
+
+    events = pads.dataset(str(out / "events"), format="parquet").to_table()
+    assert events.num_rows == s["events"] > 0
+    for e in events.to_pylist():
+        t0 = utc[cam_of[e["video_id"]]]
+        assert e["camera"] == cam_of[e["video_id"]]
+        assert e["start_time"] == t0 + timedelta(seconds=e["start_s"]) and e["end_time"] == t0 + timedelta(seconds=e["end_s"])
+    by_camera = events.group_by("camera").aggregate([("event", "count")]).to_pylist()
+    assert sum(r["event_count"] for r in by_camera) == events.num_rows
+    assert pc.min(events["start_time"]).as_py() >= utc["cam1"]
+    # the report groups the flags by camera, and its events say where and when
+    page = (out / "report" / "index.html").read_text()
+    assert "<h2>By camera (2)</h2>" in page and "<th>camera</th><th>time</th>" in page
+    flagged = {c: sum(1 for v, r in scores.items() if r["flagged"] and cam_of[v] == c) for c in ("cam1", "cam2")}
+    for cam, n in flagged.items():
+        assert f"<tr><td>{cam}</td><td class='num' data-v='{sum(1 for c in cam_of.values() if c == cam)}'>" in page
+        assert f"data-v='{n}'>{n}</td>" in page.split("<h2>By camera")[1].split(f"<tr><td>{cam}</td>")[1].split("</tr>")[0]
+    # key frames of each flagged video, decoded in Ray tasks on the workers (not by the driver)
+    for v, r in scores.items():
+        if r["flagged"]:
+            assert (out / "report" / "img" / f"{_safe(v)}_e0_peak.jpg").stat().st_size > 0, v
+    first = events.sort_by([("score", "descending")]).to_pylist()[0]
+    assert first["start_time"].strftime("%Y-%m-%d %H:%M:%S UTC") in page
+
+    # scoring the feature set again (another model, another folder) keeps the columns
+    again = run_score(str(d / "model.pt"), str(tmp_path / "again"), features=str(out / "features"),
+                      opts=ScoreOptions(threshold=0.5), log=lambda *_: None)
+    assert again["videos_scored"] == len(test_man)
+    ev2 = pads.dataset(str(tmp_path / "again" / "events"), format="parquet").to_table()
+    assert sorted(ev2.column("camera").to_pylist()) == sorted(events.column("camera").to_pylist())
+    assert sorted(ev2.column("start_time").to_pylist()) == sorted(events.column("start_time").to_pylist())
+
+
+def test_a_start_time_that_is_no_time_is_refused_naming_the_manifest(tmp_path):
+    from vadclip.jobs.manifest import load_manifest
+
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    man = tmp_path / "m.csv"
+    man.write_text("path,camera,start_time\na.mp4,cam1,yesterday morning\n")
+    with pytest.raises(InputError, match=r"m\.csv: .*a\.mp4: start_time 'yesterday morning' is not an ISO 8601 time"):
+        load_manifest(str(man))

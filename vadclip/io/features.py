@@ -8,8 +8,9 @@ A feature row is one video × crop:
 from __future__ import annotations
 
 import io
+import json
 import re
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -29,6 +30,10 @@ FEATURE_SCHEMA = pa.schema([
     ("snippet_count", pa.int64()),
     ("feature_dim", pa.int32()),
     ("features", pa.list_(pa.float32())),
+    # the manifest's other columns (camera, site, start_time, …) as JSON text, "" for none;
+    # a set written before this column reads it as null (:func:`meta_of` gives {})
+    ("meta", pa.string()),
+    ("decoder", pa.string()),    # what decoded the video (torchcodec, decord, pyav); null where not extracted here
 ])
 
 ERROR_SCHEMA = pa.schema([
@@ -57,13 +62,26 @@ def check_features(arr: np.ndarray, source: str, expected_dim: Optional[int] = N
 
 
 def feature_row(video_id: str, path: str, label: Optional[str], crop: int, fps: float, num_frames: int,
-                features: np.ndarray) -> Dict:
+                features: np.ndarray, meta: Optional[str] = None) -> Dict:
     f = np.ascontiguousarray(features, dtype=np.float32)
     return {
         "video_id": video_id, "path": path, "label": label, "crop": int(crop), "fps": float(fps),
         "num_frames": int(num_frames), "snippet_count": int(f.shape[0]), "feature_dim": int(f.shape[1]),
-        "features": f.reshape(-1),
+        "features": f.reshape(-1), "meta": meta or "",
     }
+
+
+def meta_of(text: Any) -> Dict[str, str]:
+    """The ``meta`` of a row as a dict ({} for none, or a row written before it existed)."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    if not isinstance(text, str) or not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def row_features(row: Dict) -> np.ndarray:

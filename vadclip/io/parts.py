@@ -122,6 +122,12 @@ def read_file(path: str, columns: Optional[Sequence[str]] = None, filters=None) 
                                                   filesystem=fs), path)
 
 
+def read_schema(path: str) -> pa.Schema:
+    """One Parquet file's schema (its footer only)."""
+    fs, p = storage.resolve(path)
+    return storage.retrying(lambda: pq.read_schema(p, filesystem=fs), path)
+
+
 def _listing(directory: str):
     """(part names, names of the parts whose commit counts) of ``directory``.  A commit
     counts when its marker exists and, for a run that later lost the output's lease,

@@ -2,8 +2,10 @@
 videos, local or in object storage, as one row per distinct video."""
 from __future__ import annotations
 
+import json
 import logging
-from typing import Dict, List, Optional
+from datetime import datetime, timezone
+from typing import Any, Dict, List, Optional
 
 from vadclip.errors import InputError, MissingInputError
 from vadclip.io import storage
@@ -18,7 +20,9 @@ def load_manifest(source: str) -> List[Dict[str, Optional[str]]]:
     """Videos to process from a CSV/Parquet manifest (``path`` [, ``label``, ``video_id``];
     relative paths are relative to the manifest), a directory (searched recursively) or
     a glob pattern — each local or in object storage, and so may be the videos.
-    Labels are optional (an unlabeled archive is scored as is).  A path
+    Labels are optional (an unlabeled archive is scored as is).  Any other manifest
+    column (``camera``, ``site``, ``start_time``, …) travels with the video into its
+    feature, score and event rows (``meta``, :func:`video_meta`).  A path
     listed twice is kept once (an error if its labels differ); different paths with the
     same id are told apart by more of their folders (:func:`vadclip.io.ids.distinct_ids`)."""
     source = storage.absolute(source)
@@ -55,7 +59,7 @@ def load_manifest(source: str) -> List[Dict[str, Optional[str]]]:
             if vid in given and given[vid] != path:
                 raise InputError(f"{source}: video_id {vid!r} is given to two videos ({given[vid]} and {path})")
             given[vid] = path
-        by_path[path] = {"path": path, "video_id": vid or None, "label": label}
+        by_path[path] = {"path": path, "video_id": vid or None, "label": label, "meta": video_meta(r, source)}
         out.append(by_path[path])
     if len(out) < len(recs):
         log.warning("%s: %d duplicate entries ignored (one row per distinct video)", source, len(recs) - len(out))
@@ -72,3 +76,32 @@ def assign_ids(items: List[Dict[str, Optional[str]]], taken: Optional[Dict[str, 
     for it in items:
         if not it.get("video_id"):
             it["video_id"] = ids[it["path"]]
+
+
+RESERVED = ("path", "label", "video_id")
+
+
+def video_meta(record: Dict[str, Any], source: str) -> str:
+    """A manifest row's other columns as the ``meta`` JSON text of its rows (keys sorted,
+    values as text, empty cells left out; "" for none).  ``start_time``, the recording's
+    start, must be an ISO 8601 time (one without a zone is taken as UTC); it is kept as
+    UTC ``YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00`` and gives events their wall-clock times."""
+    meta = {}
+    for k, v in record.items():
+        if k in RESERVED or v is None or (isinstance(v, float) and v != v) or str(v) == "":
+            continue
+        meta[str(k)] = v.isoformat() if isinstance(v, datetime) else str(v)
+    if "start_time" in meta:
+        meta["start_time"] = _utc(meta["start_time"], f"{source}: {record.get('path')}")
+    return json.dumps(meta, sort_keys=True) if meta else ""
+
+
+def _utc(text: str, where: str) -> str:
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
+    except ValueError:
+        raise InputError(f"{where}: start_time {text!r} is not an ISO 8601 time "
+                         "(e.g. 2026-11-01T08:00:00+01:00)") from None
+    t = t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+    return t.isoformat()
+

@@ -21,7 +21,7 @@ from vadclip.io import storage
 from vadclip.errors import InputError
 from vadclip.options import MISMATCH_HELP, option
 from vadclip.io import layout
-from vadclip.io.features import ERROR_SCHEMA
+from vadclip.io.features import ERROR_SCHEMA, meta_of
 from vadclip.io.provenance import check_fit
 from vadclip.jobs.output import ResumableOutput, row_sink
 from vadclip.metrics.operating import DEFAULT_RULE, EventRule, OperatingPoint
@@ -36,6 +36,7 @@ SCORE_SCHEMA = pa.schema([
     ("anomaly", pa.list_(pa.float32())), ("class_probs", pa.list_(pa.float32())),
     ("video_score", pa.float64()), ("predicted_class", pa.string()), ("flagged", pa.bool_()),
     ("events", pa.list_(EVENT_TYPE)),
+    ("meta", pa.string()),     # the video's manifest columns (camera, start_time, …), as its feature rows hold them
 ])
 
 
@@ -47,13 +48,17 @@ EVENTS_SCHEMA = pa.schema([
     ("start_s", pa.float64()), ("end_s", pa.float64()), ("start_frame", pa.int64()), ("end_frame", pa.int64()),
     ("class_name", pa.string()), ("score", pa.float64()), ("video_score", pa.float64()),
     ("model", pa.string()), ("rule", pa.string()),
+    # where and when: the manifest's camera column, and with its start_time (the recording's
+    # start) the event's wall-clock start and end (UTC); the video's other columns as JSON text
+    ("camera", pa.string()), ("start_time", pa.timestamp("us", tz="UTC")), ("end_time", pa.timestamp("us", tz="UTC")),
+    ("meta", pa.string()),
 ])
 
 
 def write_events(out_dir: str, model: str, rule: Dict[str, Any]) -> Dict[str, int]:
     """Bring ``OUT/events/`` up to date with ``OUT/scores/``: a part for each scores
     part that has none yet.  Returns the events and parts written now and the events in all."""
-    from vadclip.io.parts import part_files, read_file, write_part
+    from vadclip.io.parts import part_files, read_file, read_schema, write_part
 
     scores, events = layout.scores_dir(out_dir), layout.events_dir(out_dir)
     have = {storage.basename(f) for f in part_files(events)}
@@ -63,13 +68,28 @@ def write_events(out_dir: str, model: str, rule: Dict[str, Any]) -> Dict[str, in
         name = storage.basename(f)
         if name in have:
             continue
-        t = read_file(f, ["video_id", "path", "video_score", "events"]).to_pylist()
-        rows = [{"video_id": r["video_id"], "path": r["path"], "event": i, **ev, "video_score": r["video_score"],
-                 "model": model, "rule": rule_json} for r in t for i, ev in enumerate(r["events"] or [])]
+        cols = ["video_id", "path", "video_score", "events"]
+        cols += ["meta"] if "meta" in read_schema(f).names else []     # parts written before it existed
+        rows = [event_row(r, i, ev, model, rule_json) for r in read_file(f, cols).to_pylist()
+                for i, ev in enumerate(r["events"] or [])]
         write_part(events, name, pa.Table.from_pylist(rows, EVENTS_SCHEMA))
         written, parts = written + len(rows), parts + 1
     total = sum(read_file(f, ["event"]).num_rows for f in part_files(events))
     return {"events_written": written, "parts_written": parts, "events": total}
+
+
+def event_row(r: Dict[str, Any], i: int, ev: Dict[str, Any], model: str, rule_json: str) -> Dict[str, Any]:
+    """Event ``i`` (``ev``) of the scores row ``r`` as a row of ``OUT/events/``."""
+    from datetime import datetime, timedelta
+
+    meta = meta_of(r.get("meta"))
+    start = end = None
+    if meta.get("start_time"):
+        t0 = datetime.fromisoformat(meta["start_time"])
+        start, end = t0 + timedelta(seconds=ev["start_s"]), t0 + timedelta(seconds=ev["end_s"])
+    return {"video_id": r["video_id"], "path": r["path"], "event": i, **ev, "video_score": r["video_score"],
+            "model": model, "rule": rule_json, "camera": meta.get("camera"), "start_time": start, "end_time": end,
+            "meta": r.get("meta") or ""}
 
 
 RULE_GROUP = "event rule (flags not given come from the model's operating point, see `vadclip calibrate`; " \
@@ -178,11 +198,12 @@ class ScoreStage:
 
         out: Dict[str, list] = {k: [] for k in ("video_id", "path", "label", "fps", "num_frames", "snippet_count",
                                                 "anomaly", "class_probs", "video_score", "predicted_class",
-                                                "flagged", "events", "error")}
+                                                "flagged", "events", "error", "meta")}
         for i in range(len(batch["video_id"])):
             row = {k: batch[k][i] for k in batch}
             for k in ("video_id", "path", "fps", "num_frames", "snippet_count"):
                 out[k].append(row[k])
+            out["meta"].append(_text(row.get("meta")))     # absent in a set written before it existed
             out["label"].append(label_of(row.get("label")))    # the column may be absent, null or mixed
             try:
                 s = score_features(self.model, row_features(row), row, self.opts, self.classes)
@@ -198,7 +219,7 @@ class ScoreStage:
                 out["flagged"].append(False)
                 out["events"].append("[]")
                 out["error"].append(score_error(row, e))
-        res = {k: (np.asarray(v + [None], dtype=object)[:-1] if k in ("anomaly", "class_probs", "label")
+        res = {k: (np.asarray(v + [None], dtype=object)[:-1] if k in ("anomaly", "class_probs", "label", "meta")
                    else np.asarray(v)) for k, v in out.items()}
         return res
 
@@ -243,7 +264,14 @@ def score_row(meta: Dict[str, Any], s: Dict[str, Any], snippet_count: int, class
             "fps": float(meta["fps"]), "num_frames": int(meta["num_frames"]), "snippet_count": int(snippet_count),
             "classes": classes, "anomaly": np.asarray(s["anomaly"], np.float32),
             "class_probs": np.asarray(s["class_probs"], np.float32), "video_score": float(s["video_score"]),
-            "predicted_class": s["predicted_class"], "flagged": bool(s["flagged"]), "events": s["events"]}
+            "predicted_class": s["predicted_class"], "flagged": bool(s["flagged"]), "events": s["events"],
+            "meta": _text(meta.get("meta"))}
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else ""
 
 
 class Scorer:
@@ -560,7 +588,7 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
 
     def report(local_dir, on_figure):
         rep = build_report(out_dir, summary, gt_path=gt_path, top_n=opts.max_plots, local_dir=local_dir,
-                           on_figure=on_figure, operating=operating_here)
+                           on_figure=on_figure, operating=operating_here, key_frames_of=key_frames_on_workers)
         summary.update(report=rep["report"], plots=rep["videos_shown"], **rep["at_operating_point"])
 
     log_scoring_run(experiment, tracking_uri, f"score-{run_id}",
@@ -573,6 +601,19 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
         f"{summary['snippets_per_s']} snippets/s → {summary['output']}")
     log(f"[score] review report: {summary['report']}")
     return summary
+
+
+def key_frames_on_workers(rows: List[Dict[str, Any]], snippet_len: int) -> List[list]:
+    """The report's key frames, a Ray task per flagged video: each reads its video where
+    it runs (a worker node; the head offers no CPU) and returns a few small JPEGs, so the
+    driver downloads no video.  A task lost with its node is run again."""
+    import ray
+
+    from vadclip.report.html import key_frame_jpegs
+
+    task = ray.remote(key_frame_jpegs).options(num_cpus=1, max_retries=3)
+    refs = [task.remote(r, snippet_len) if r["events"] else None for r in rows]
+    return [ray.get(ref) if ref is not None else [] for ref in refs]
 
 
 METRIC_COLUMNS = ("video_id", "label", "fps", "num_frames", "snippet_count", "anomaly", "class_probs")

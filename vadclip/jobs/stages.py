@@ -100,7 +100,7 @@ class DecodeStage:
     def __call__(self, item: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
         opts = self.opts
         base = {"video_id": item["video_id"], "path": item["path"], "label": item["label"] or "",
-                "input_identity": ""}
+                "input_identity": "", "meta": item.get("meta") or ""}
         empty = np.zeros((0, opts.crops, 3, self.size, self.size), np.uint8)
         rows = self._rows(item, base, empty)
         if not opts.video_timeout_s:

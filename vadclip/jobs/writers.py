@@ -151,7 +151,8 @@ class VideoWriter:
         feats = np.concatenate([st["chunks"][k] for k in range(int(row["n_chunks"]))], axis=0)
         meta = st["meta"]
         self.fw.add([dict(feature_row(vid, meta["path"], meta["label"] or None, c, meta["fps"], meta["num_frames"],
-                                      feats[:, c]), input_identity=meta["input_identity"])
+                                      feats[:, c], meta.get("meta")), input_identity=meta["input_identity"],
+                          decoder=str(meta.get("decoder") or "") or None)
                      for c in range(feats.shape[1])])
         if self.scorer is not None:
             self.scorer.video(vid, meta, feats)

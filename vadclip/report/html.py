@@ -23,7 +23,7 @@ import logging
 import os
 import re
 import tempfile
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -98,16 +98,30 @@ def operating_footage(scores_dir: str, gt, snippet_len: int):
 
 
 def _scan(scores_dir: str, top_n: int):
-    """One pass over the parts: the top-N videos for pages and the strongest events."""
-    from vadclip.io.parts import part_files, read_file
+    """One pass over the parts: the top-N videos for pages, the strongest events (each
+    with its camera and wall-clock start where the manifest gave them) and the videos,
+    flagged videos and events per camera (``{}`` where no row names a camera)."""
+    from datetime import datetime, timedelta
+
+    from vadclip.io.features import meta_of
+    from vadclip.io.parts import part_files, read_file, read_schema
 
     top: List = []
     events: List = []
+    cameras: Dict[str, Dict[str, int]] = {}
     n = 0
     for f in part_files(scores_dir):
-        for r in read_file(f, SUMMARY_COLUMNS).to_pylist():
+        cols = SUMMARY_COLUMNS + (["meta"] if "meta" in read_schema(f).names else [])   # older parts have none
+        for r in read_file(f, cols).to_pylist():
             n += 1
             evs = r["events"] or []
+            meta = meta_of(r.get("meta"))
+            r["camera"], r["start_time"] = meta.get("camera"), meta.get("start_time")
+            if r["camera"] is not None:
+                c = cameras.setdefault(r["camera"], {"videos": 0, "flagged": 0, "events": 0})
+                c["videos"] += 1
+                c["flagged"] += bool(r["flagged"])
+                c["events"] += len(evs) if r["flagged"] else 0
             # pages: flagged videos first, then the highest-scoring others (an archive with
             # nothing flagged still shows how close it came)
             item = ((bool(r["flagged"]), float(r["video_score"]), n), r)
@@ -117,14 +131,16 @@ def _scan(scores_dir: str, top_n: int):
                 heapq.heapreplace(top, item)
             if not r["flagged"]:
                 continue
+            t0 = datetime.fromisoformat(r["start_time"]) if r["start_time"] else None
             for k, e in enumerate(evs):
-                ev = ((float(e["score"]), n, k), dict(e, video_id=r["video_id"]))
+                wall = (t0 + timedelta(seconds=e["start_s"])).strftime("%Y-%m-%d %H:%M:%S UTC") if t0 else None
+                ev = ((float(e["score"]), n, k), dict(e, video_id=r["video_id"], camera=r["camera"], wall=wall))
                 if len(events) < MAX_EVENTS_SHOWN:
                     heapq.heappush(events, ev)
                 elif ev[0] > events[0][0]:
                     heapq.heapreplace(events, ev)
     return ([r for _, r in sorted(top, key=lambda kr: kr[0], reverse=True)],
-            [e for _, e in sorted(events, key=lambda kr: kr[0], reverse=True)])
+            [e for _, e in sorted(events, key=lambda kr: kr[0], reverse=True)], cameras)
 
 
 def _full_rows(scores_dir: str, ids: List[str]) -> Dict[str, Dict[str, Any]]:
@@ -250,9 +266,13 @@ def plot_seed_curves(histories: Dict[Any, Dict[str, List]], metrics: List[str], 
     return fig
 
 
-def key_frames(row: Dict[str, Any], img_dir: str, stem: str, snippet_len: int) -> List[Dict[str, Any]]:
-    """JPEG thumbnails at the start, peak and end of the first events of a video;
-    an empty list (with a warning) when the video cannot be read any more."""
+def key_frame_jpegs(row: Dict[str, Any], snippet_len: int) -> List[Tuple[Dict[str, Any], bytes]]:
+    """JPEG thumbnails (what, bytes) at the start, peak and end of the first events of a
+    video (``row``: its path, fps, anomaly and events), decoded where this runs — a worker
+    node, as the score job asks (the video is read there, never on the head); an empty
+    list (with a warning) when the video cannot be read any more."""
+    import io
+
     from PIL import Image
 
     from vadclip.video.decode import VideoError, fetched, open_video
@@ -281,9 +301,26 @@ def key_frames(row: Dict[str, Any], img_dir: str, stem: str, snippet_len: int) -
     for (k, what, f), fr in zip(wanted, frames):
         img = Image.fromarray(fr)
         w = max(1, round(img.width * THUMB_HEIGHT / img.height))
-        name = f"{stem}_e{k}_{what}.jpg"
-        img.resize((w, THUMB_HEIGHT)).save(os.path.join(img_dir, name), quality=85)
-        out.append({"event": k, "what": what, "frame": int(f), "time": timestamp(f / fps), "src": f"img/{name}"})
+        buf = io.BytesIO()
+        img.resize((w, THUMB_HEIGHT)).save(buf, format="JPEG", quality=85)
+        out.append(({"event": k, "what": what, "frame": int(f), "time": timestamp(f / fps)}, buf.getvalue()))
+    return out
+
+
+def key_frame_input(row: Dict[str, Any]) -> Dict[str, Any]:
+    """What :func:`key_frame_jpegs` needs of a scores row (small: no class probabilities)."""
+    return {k: row.get(k) for k in ("video_id", "path", "fps", "anomaly", "events")}
+
+
+def key_frames(row: Dict[str, Any], img_dir: str, stem: str, snippet_len: int,
+               jpegs: Optional[List[Tuple[Dict[str, Any], bytes]]] = None) -> List[Dict[str, Any]]:
+    """The key frames of a video as files in ``img_dir`` (``jpegs``: made elsewhere, else here)."""
+    out = []
+    for info, data in (key_frame_jpegs(row, snippet_len) if jpegs is None else jpegs):
+        name = f"{stem}_e{info['event']}_{info['what']}.jpg"
+        with open(os.path.join(img_dir, name), "wb") as fh:
+            fh.write(data)
+        out.append(dict(info, src=f"img/{name}"))
     return out
 
 
@@ -331,7 +368,8 @@ def _num(v, fmt: str = ".3g") -> str:
 
 def render_html(summary: Dict[str, Any], counts: Dict[str, int], events: List[Dict[str, Any]],
                 videos: List[Dict[str, Any]], at: Optional[Dict[str, float]] = None,
-                curve_img: Optional[str] = None, rule=None) -> str:
+                curve_img: Optional[str] = None, rule=None,
+                cameras: Optional[Dict[str, Dict[str, int]]] = None) -> str:
     e = html.escape
     at = at or {}
     op = summary.get("operating_point") or {}
@@ -380,16 +418,27 @@ def render_html(summary: Dict[str, Any], counts: Dict[str, int], events: List[Di
                    "recall over thresholds (the other settings of the event rule kept); the dot is this run's "
                    "operating point</div>")
         out.append(f"<img src='{curve_img}' alt='operating curve' width='440'>")
+    if cameras:     # the manifest named cameras: where the flags are, most flagged first
+        out.append(f"<h2>By camera ({len(cameras)})</h2><table class='sortable' id='cameras'><thead><tr>"
+                   "<th>camera</th><th>videos</th><th>flagged</th><th>events</th></tr></thead><tbody>")
+        for cam, c in sorted(cameras.items(), key=lambda kv: (-kv[1]["flagged"], -kv[1]["events"], kv[0])):
+            out.append(f"<tr><td>{e(cam)}</td><td class='num' data-v='{c['videos']}'>{c['videos']:,}</td>"
+                       f"<td class='num' data-v='{c['flagged']}'>{c['flagged']:,}</td>"
+                       f"<td class='num' data-v='{c['events']}'>{c['events']:,}</td></tr>")
+        out.append("</tbody></table>")
     shown = f"the {len(events)} strongest of {counts['events']:,}" if len(events) < counts["events"] else \
         f"all {len(events)}"
     out.append(f"<h2>Events ({shown})</h2>")
-    out.append("<table class='sortable' id='events'><thead><tr><th>video</th><th>start</th><th>end</th>"
-               "<th>class</th><th>score</th></tr></thead><tbody>")
+    where = any(ev.get("camera") is not None or ev.get("wall") for ev in events)
+    out.append("<table class='sortable' id='events'><thead><tr><th>video</th>"
+               + ("<th>camera</th><th>time</th>" if where else "")
+               + "<th>start</th><th>end</th><th>class</th><th>score</th></tr></thead><tbody>")
     anchors = {v["video_id"]: _safe(v["video_id"]) for v in videos}
     for ev in events:
         vid = ev["video_id"]
         name = f"<a href='#{anchors[vid]}'>{e(vid)}</a>" if vid in anchors else e(vid)
-        out.append(f"<tr><td data-v='{e(vid)}'>{name}</td><td data-v='{ev['start_s']:.3f}'>{timestamp(ev['start_s'])}</td>"
+        cells = (f"<td>{e(str(ev.get('camera') or ''))}</td><td>{e(ev.get('wall') or '')}</td>" if where else "")
+        out.append(f"<tr><td data-v='{e(vid)}'>{name}</td>{cells}<td data-v='{ev['start_s']:.3f}'>{timestamp(ev['start_s'])}</td>"
                    f"<td data-v='{ev['end_s']:.3f}'>{timestamp(ev['end_s'])}</td>"
                    f"<td class='cls'>{e(ev['class_name'])}</td><td class='num' data-v='{ev['score']:.6f}'>"
                    f"{ev['score']:.3f}</td></tr>")
@@ -405,7 +454,9 @@ def render_html(summary: Dict[str, Any], counts: Dict[str, int], events: List[Di
                    f"<h3>{e(v['video_id'])}</h3>"
                    f"<div class='meta'>{e(str(v['path']))} · {timestamp(dur)} · video score "
                    f"{float(v['video_score']):.3f} · predicted <span class='cls'>{e(str(v['predicted_class']))}</span>"
-                   f"{' · label ' + e(str(v['label'])) if v.get('label') else ''}</div>")
+                   f"{' · label ' + e(str(v['label'])) if v.get('label') else ''}"
+                   f"{' · camera ' + e(str(v['camera'])) if v.get('camera') is not None else ''}"
+                   f"{' · recorded from ' + e(str(v['start_time'])) if v.get('start_time') else ''}</div>")
         out.append(f"<img src='{v['timeline']}' alt='score timeline of {e(v['video_id'])}' width='800'>")
         if not v["flagged"]:
             out.append("<div class='meta'>not flagged: no event above the threshold</div>")
@@ -435,7 +486,7 @@ def render_html(summary: Dict[str, Any], counts: Dict[str, int], events: List[Di
 
 def build_report(out_dir: str, summary: Optional[Dict[str, Any]] = None, gt_path: Optional[str] = None,
                  top_n: int = 50, snippet_len: Optional[int] = None, local_dir: Optional[str] = None,
-                 on_figure=None, operating=None) -> Dict[str, Any]:
+                 on_figure=None, operating=None, key_frames_of=None) -> Dict[str, Any]:
     """Write ``out_dir``/report (local or object storage) from ``out_dir``/scores.
     ``summary`` defaults to ``out_dir``/score_summary.json.  With ``local_dir`` the
     report is also left there (for MLflow); ``on_figure(fig, name)`` sees each
@@ -454,7 +505,7 @@ def build_report(out_dir: str, summary: Optional[Dict[str, Any]] = None, gt_path
     threshold = rule.threshold
     gt = read_gt(gt_path) if gt_path else {}
     counts = output_totals(scores)
-    top, events = _scan(scores, top_n)
+    top, events, cameras = _scan(scores, top_n)
     full = _full_rows(scores, [r["video_id"] for r in top])
     tmp = None
     if local_dir is None:
@@ -485,15 +536,18 @@ def build_report(out_dir: str, summary: Optional[Dict[str, Any]] = None, gt_path
 
         plt.close(fig)
         curve_img = "img/operating_curve.png"
+    # key frames: ``key_frames_of`` (the score job's: a Ray task per video on the workers)
+    # or here, one video at a time
+    rows = [full.get(r["video_id"], r) for r in top]
+    jpegs = key_frames_of([key_frame_input(row) for row in rows], snippet_len) if key_frames_of else [None] * len(rows)
     videos = []
-    for r in top:
-        row = full.get(r["video_id"], r)
+    for r, row, jp in zip(top, rows, jpegs):
         stem = _safe(r["video_id"])
         plot_timeline(row, os.path.join(img_dir, f"{stem}_timeline.png"), threshold, snippet_len,
                       intervals_of(gt, r["video_id"]) or None, on_figure)
-        videos.append(dict(row, timeline=f"img/{stem}_timeline.png",
-                           frames=key_frames(row, img_dir, stem, snippet_len)))
-    page = render_html(summary, counts, events, videos, at, curve_img, rule)
+        videos.append(dict(row, camera=r.get("camera"), start_time=r.get("start_time"), timeline=f"img/{stem}_timeline.png",
+                           frames=key_frames(row, img_dir, stem, snippet_len, jp)))
+    page = render_html(summary, counts, events, videos, at, curve_img, rule, cameras)
     with open(os.path.join(local_dir, "index.html"), "w", encoding="utf-8") as fh:
         fh.write(page)
     dest = layout.report_dir(out_dir)
