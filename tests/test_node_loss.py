@@ -64,6 +64,11 @@ eo = ExtractOptions(clip=ClipSpec.tiny(), num_encoders=2, num_writers=2, precisi
 if what == "extract":
     s = run(lambda: run_extract(manifest, out, eo, log=log), os.path.join(out, "features", "_committed"))
     again = run_extract(manifest, out, eo, log=log)
+elif what == "score-videos":     # one pipeline: decode, encode, and score where each video is assembled
+    opts = ScoreOptions(rows_per_file=1, max_plots=0)
+    s = run(lambda: run_score(model, out, videos=manifest, extract_opts=eo, opts=opts, log=log),
+            os.path.join(out, "scores", "_committed"))
+    again = run_score(model, out, videos=manifest, extract_opts=eo, opts=opts, log=log)
 else:
     opts = ScoreOptions(rows_per_file=1, num_scorers=2, max_plots=0)
     s = run(lambda: run_score(model, out, features=manifest, opts=opts, log=log),
@@ -137,6 +142,29 @@ def test_scoring_survives_a_worker_node_lost_mid_job(tmp_path):
     assert s["videos_total_in_output"] == len(ids) and s["videos_failed_total"] == 0
     assert res["again"]["videos_scored"] == 0 and res["again"]["videos_skipped"] == len(ids)
 
+
+def test_scoring_videos_survives_a_worker_node_lost_mid_job(archive, tmp_path):
+    """``score --videos``: the writers extract and score each video where they assemble it;
+    a worker node dies after the first scores are committed."""
+    from vadclip import tiny_config
+    from vadclip.io.parts import read_column
+    from vadclip.model.checkpoint import save_checkpoint
+    from vadclip.model.network import build_model
+
+    cfg = tiny_config("custom", classes=["Normal", "Explosion", "Fighting", "RoadAccidents"], visual_length=32,
+                      visual_layers=1)
+    save_checkpoint(build_model(cfg), str(tmp_path / "model.pt"))
+    out = tmp_path / "out"
+    res, log = _run(archive["manifest"], out, tmp_path / "model.pt", "score-videos")
+    ev, s = res["events"], res["summary"]
+    assert ev["killed_while_running"] and ev["committed_before_kill"] < len(archive["good"])
+    assert sorted(read_column(str(out / "features"), "video_id")) == archive["good"]    # each once
+    assert sorted(read_column(str(out / "scores"), "video_id")) == archive["good"]
+    assert sorted(read_column(str(out / "errors"), "video_id")) == archive["bad"]      # no error for the node
+    assert s["videos_scored"] == len(archive["good"]) and s["videos_failed_total"] == len(archive["bad"])
+    assert res["again"]["videos_scored"] == 0 and res["again"]["videos_skipped"] == len(archive["good"])
+    print(f"node killed {ev['killed_at']:.1f}s into score --videos after {ev['committed_before_kill']} commits; "
+          f"the job took {ev['elapsed_s']:.1f}s")
 
 
 TRAIN_SCRIPT = r"""
