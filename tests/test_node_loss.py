@@ -168,7 +168,7 @@ def test_scoring_videos_survives_a_worker_node_lost_mid_job(archive, tmp_path):
 
 
 TRAIN_SCRIPT = r"""
-import glob, json, os, sys, threading, time
+import json, os, sys, threading, time
 import ray
 from ray.cluster_utils import Cluster
 from vadclip import tiny_config
@@ -189,7 +189,13 @@ def kill_the_trainers_node(running):
 
     t0 = time.time()
     while running.is_set() and time.time() - t0 < 400:
-        ckpts = glob.glob(os.path.join(storage, "noded", "checkpoint_*"))
+        # a checkpoint counts once Train's controller has registered it (a directory on disk
+        # may still be one the controller never took): its snapshot lists what it has
+        try:
+            with open(os.path.join(storage, "noded", "checkpoint_manager_snapshot.json")) as f:
+                ckpts = json.load(f)["checkpoint_results"]
+        except (OSError, ValueError, KeyError):
+            ckpts = []
         if len(ckpts) >= 2:        # two epochs checkpointed: kill the node its rank runs on
             actors = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if "TrainWorker" in a.class_name]
             on = [a.node_id for a in actors if a.node_id in workers]
