@@ -2,6 +2,13 @@
 killed mid-job and the driver killed (SIGKILL) once, then the same command again.
 
     python bench/soak.py [--videos 500] [--bad-fraction 0.1] [--workdir /tmp/vadclip_soak]
+    python bench/soak.py --cluster --videos 1000
+
+``--cluster``: the same on a local multi-node Ray cluster (``ray.cluster_utils.Cluster``:
+a head that offers no CPU, two worker nodes) that the command joins with ``--address``;
+the driver is SIGKILLed once, and in the re-run one worker node is killed like a
+preempted spot node (ungracefully) and a replacement joins.  Also prints what the node
+loss cost: the videos run again and the seconds from the kill to the next commit.
 
 Prints videos in, feature rows out, error rows, duplicates, lost good videos, good
 videos wrongly marked failed and bad videos not recorded.  Target: 0 lost, 0
@@ -66,6 +73,9 @@ def main():
     ap.add_argument("--bad-fraction", type=float, default=0.1)
     ap.add_argument("--workdir", default="/tmp/vadclip_soak")
     ap.add_argument("--kill-at", type=float, default=0.4, help="kill the driver once this fraction is written")
+    ap.add_argument("--cluster", action="store_true", help="on a local multi-node cluster, a worker node killed too")
+    ap.add_argument("--node-kill-at", type=float, default=0.6,
+                    help="--cluster: kill a worker node (in the re-run) once this fraction is written")
     a = ap.parse_args()
     shutil.rmtree(a.workdir, ignore_errors=True)
     t0 = time.time()
@@ -79,12 +89,36 @@ def main():
     # fault injection (vadclip/jobs/faults.py): the encoder that meets each victim dies, once
     faults = ";".join(f"encoder_exit={v}:{os.path.join(a.workdir, f'killed{i}')}" for i, v in enumerate(victims))
     env = {**os.environ, "VADCLIP_PROGRESS_BARS": "0", "VADCLIP_INJECT_FAULTS": faults}
+    cluster = workers = None
+    if a.cluster:
+        from ray.cluster_utils import Cluster
+
+        # a dead node is noticed in about 5 s (Ray's default: 15 s)
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "_system_config": {
+            "health_check_period_ms": 1000, "health_check_failure_threshold": 5}})
+        workers = [cluster.add_node(num_cpus=4) for _ in range(2)]
+        cluster.wait_for_nodes()
+        cmd += ["--address", cluster.address, "--num-encoders", "2", "--num-writers", "2"]
+        print(f"cluster: head (0 CPUs) + 2 worker nodes of 4 CPUs at {cluster.address}")
+    try:
+        _runs(a, cmd, env, out, rows, good, bad, victims, cluster, workers)
+    finally:
+        if cluster is not None:
+            cluster.shutdown()
+
+
+def _done(out):
+    return len(ids(os.path.join(out, "features"))) + len(ids(os.path.join(out, "errors")))
+
+
+def _runs(a, cmd, env, out, rows, good, bad, victims, cluster, workers):
+    import json
 
     t1 = time.time()
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
     killed_at = None
     while p.poll() is None:
-        done = len(ids(os.path.join(out, "features"))) + len(ids(os.path.join(out, "errors")))
+        done = _done(out)
         if done >= a.kill_at * len(rows):
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
@@ -93,11 +127,49 @@ def main():
         time.sleep(0.5)
     print(f"run 1: driver SIGKILLed with {killed_at} videos written" if killed_at is not None
           else "run 1: finished before the driver kill (raise --videos)")
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if r.returncode != 0:
-        print(r.stderr[-3000:])
+    t2 = time.time()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    node = None
+    if cluster is not None:
+        import threading
+
+        # the re-run's output is read while the node is killed (a full pipe would block it)
+        got = {}
+        readers = [threading.Thread(target=lambda k, f: got.__setitem__(k, f.read()), args=(k, f))
+                   for k, f in (("out", p.stdout), ("err", p.stderr))]
+        for t in readers:
+            t.start()
+        while p.poll() is None and node is None:
+            done = _done(out)
+            if done >= a.node_kill_at * len(rows):
+                cluster.remove_node(workers[0], allow_graceful=False)
+                node = {"killed_at_s": time.time() - t2, "written_at_kill": done}
+                cluster.add_node(num_cpus=4)
+                break
+            time.sleep(0.2)
+        while node is not None and p.poll() is None and _done(out) <= node["written_at_kill"]:
+            time.sleep(0.2)
+        if node is not None and "next_commit_s" not in node:
+            node["next_commit_s"] = time.time() - t2 - node["killed_at_s"]
+        p.wait()
+        for t in readers:
+            t.join()
+        stdout, stderr = got["out"], got["err"]
+    else:
+        stdout, stderr = p.communicate()
+    if p.returncode != 0:
+        print(stderr[-3000:])
         raise SystemExit("run 2 failed")
     elapsed = time.time() - t1
+    if cluster is not None:
+        s = json.loads(stdout[stdout.index("{"):])
+        if node is None:
+            print("run 2: finished before the node kill (raise --videos)")
+        else:
+            print(f"run 2: worker node killed {node['killed_at_s']:.1f}s in with {node['written_at_kill']} videos "
+                  f"written, a replacement added; next commit {node['next_commit_s']:.1f}s after the kill; "
+                  f"videos run again: {s.get('videos_redone')} (rounds: {s.get('rounds')}); "
+                  f"run 2 took {time.time() - t2:.0f}s")
     feats, errs = ids(os.path.join(out, "features")), ids(os.path.join(out, "errors"))
     fc, ec = Counter(feats), Counter(errs)
     kills = sum(os.path.exists(os.path.join(a.workdir, f"killed{i}")) for i in range(len(victims)))
