@@ -62,3 +62,33 @@ def test_calibrate_needs_one_target_and_ground_truth_for_recall():
         calibrate(v)
     with pytest.raises(InputError, match="ground truth"):
         calibrate(v, target_recall=0.5)
+
+
+def test_calibrate_by_camera_gives_each_camera_its_threshold_and_a_fallback():
+    """Issue #35: a noisy camera (normal peaks at 0.8) and a quiet one (0.4): at zero false
+    alarms per hour each gets the threshold of its own highest normal peak, the fallback
+    (all footage) the highest of both; a camera with too few videos keeps the fallback;
+    stats judge each video by its camera's rule; the JSON keeps the groups."""
+    from dataclasses import asdict
+
+    from vadclip.metrics.operating import OperatingPoint, calibrate_by
+
+    noisy = [Footage(_hour_with_peaks([0.8, 0.6]), 1.0, group="cam-street") for _ in range(2)]
+    quiet = [Footage(_hour_with_peaks([0.4, 0.3]), 1.0, group="cam-hall") for _ in range(2)]
+    lone = [Footage(_hour_with_peaks([0.2]), 1.0, group="cam-new")]
+    base = EventRule(0.5, merge_gap_s=0.0)
+    rule, stats, _, groups = calibrate_by(noisy + quiet + lone, base, min_videos=2, target_fa_per_hour=0.0)
+    assert rule.threshold == pytest.approx(0.8) and stats["false_alarms"] == 0
+    assert groups["cam-street"]["rule"]["threshold"] == pytest.approx(0.8)
+    assert groups["cam-hall"]["rule"]["threshold"] == pytest.approx(0.4)
+    assert groups["cam-new"] == {"videos": 1, "hours": 1.0, "fallback": "1 videos (fewer than 2)"}
+    op = OperatingPoint(rule, by="camera", groups={g: x for g, x in groups.items() if "rule" in x})
+    back = OperatingPoint.from_json(op.to_json())
+    assert back.by == "camera" and back.group_rules()["cam-hall"] == EventRule(**groups["cam-hall"]["rule"])
+    assert back.group_rules()["cam-hall"] != rule
+    # the quiet camera at the fallback threshold would miss a 0.6 event its own rule finds
+    event = Footage(_hour_with_peaks([0.6]), 1.0, normal=False, gt=[(600.0, 610.0)], group="cam-hall")
+    assert operating_stats([event], rule)["event_recall"] == 0.0
+    assert operating_stats([event], rule, back.group_rules())["event_recall"] == 1.0
+    # an operating point without groups writes the JSON it always wrote
+    assert "groups" not in OperatingPoint(rule).to_dict() and asdict(rule) == OperatingPoint(rule).to_dict()["rule"]

@@ -413,3 +413,81 @@ def test_a_start_time_that_is_no_time_is_refused_naming_the_manifest(tmp_path):
     man.write_text("path,camera,start_time\na.mp4,cam1,yesterday morning\n")
     with pytest.raises(InputError, match=r"m\.csv: .*a\.mp4: start_time 'yesterday morning' is not an ISO 8601 time"):
         load_manifest(str(man))
+
+
+def test_calibrate_by_camera_then_score_applies_each_cameras_operating_point(trained, tmp_path, capsys):
+    """Issue #35: `calibrate --by camera` on a two-camera validation set stores one
+    operating point per camera and a fallback; `score` judges each video by its camera's
+    (a camera calibration never saw: the fallback), the events table records the rule
+    each event was found under, and the summary and the report show every threshold."""
+    import csv
+
+    import pyarrow.dataset as pads
+
+    from cli_output import result_json
+    from vadclip.cli import main
+    from vadclip.metrics.operating import EventRule
+
+    d, test_man, _ = trained
+
+    def with_cameras(rows, path, cams):
+        with open(path, "w", newline="") as fh:
+            w = csv.DictWriter(fh, ["path", "label", "video_id", "camera"])
+            w.writeheader()
+            for r, cam in zip(rows, cams):
+                w.writerow({**r, "camera": cam})
+
+    val_man, val_gt = make_sample_set(str(tmp_path / "val"), 4, 4, seed=3, prefix="va")   # normal ones first
+    with_cameras(val_man, tmp_path / "val.csv", ["cam1", "cam2"] * 4)
+    write_gt(val_gt, str(tmp_path / "val_gt.parquet"))
+    eo = ExtractOptions(clip=ClipSpec.tiny(), batch_size=32)
+    run_extract(str(tmp_path / "val.csv"), str(tmp_path / "val_ext"), eo, log=lambda *_: None)
+    cam_of = {r["video_id"]: c for r, c in zip(test_man, ["cam1", "cam2", "cam9"] * 2)}
+    with_cameras(test_man, tmp_path / "test.csv", [cam_of[r["video_id"]] for r in test_man])
+    run_extract(str(tmp_path / "test.csv"), str(tmp_path / "test_ext"), eo, log=lambda *_: None)
+    op_file = str(tmp_path / "op.json")
+    capsys.readouterr()
+    assert main(["calibrate", "--model", str(d / "model.pt"), "--features", feature_dir(str(tmp_path / "val_ext")),
+                 "--gt", str(tmp_path / "val_gt.parquet"), "--target-fa-per-hour", "0", "--by", "camera",
+                 "--merge-gap-s", "0", "--operating-point", op_file]) == 0
+    cal = result_json(capsys.readouterr().out)
+    thr = cal["thresholds_by"]
+    assert cal["by"] == "camera" and sorted(thr) == ["cam1", "cam2"] and thr["cam1"] != thr["cam2"]
+    assert cal["threshold"] == max(thr.values())      # zero alarms over both: the noisier camera's threshold
+    stored = json.loads(open(op_file).read())
+    assert stored["by"] == "camera" and {g: x["rule"]["threshold"] for g, x in stored["groups"].items()} == thr
+
+    out = tmp_path / "out"
+    assert main(["score", "--model", str(d / "model.pt"), "--features", feature_dir(str(tmp_path / "test_ext")),
+                 "--operating-point", op_file, "--out", str(out)]) == 0
+    s = result_json(capsys.readouterr().out)
+    assert s["operating_point"]["threshold_by_value"] == thr and s["operating_point"]["by"] == "camera"
+    want = {v: thr.get(c, cal["threshold"]) for v, c in cam_of.items()}      # cam9: the fallback
+    rows = pq.read_table(str(out / "scores")).to_pylist()
+    assert len(rows) == len(test_man)
+    for r in rows:                         # each video's events are its camera's rule's
+        rule = EventRule(want[r["video_id"]], merge_gap_s=0.0)
+        expect = rule.events(np.asarray(r["anomaly"]), 16 / r["fps"])
+        assert [(e["start_frame"] // 16, -(-e["end_frame"] // 16)) for e in r["events"]] == \
+            [(a, min(b, -(-r["num_frames"] // 16))) for a, b in expect], r["video_id"]
+        assert r["flagged"] == bool(expect)
+    events = pads.dataset(str(out / "events"), format="parquet").to_table().to_pylist()
+    for e in events:
+        assert json.loads(e["rule"])["threshold"] == want[e["video_id"]] and e["camera"] == cam_of[e["video_id"]]
+    page = (out / "report" / "index.html").read_text()
+    assert "threshold by camera" in page and all(f"{c}: {thr[c]:.3g}" in page for c in thr)
+    # evaluate judges each video by its camera's rule too
+    assert main(["evaluate", "--model", str(d / "model.pt"), "--features", feature_dir(str(tmp_path / "test_ext")),
+                 "--gt", str(d / "gt.parquet"), "--operating-point", op_file]) == 0
+    assert result_json(capsys.readouterr().out)["operating_point"]["threshold_by_value"] == thr
+    # calibrated again, each camera now too small for its own point (the same overall one):
+    # resuming the folder would mix per-camera rules with the fallback's: refused
+    assert main(["calibrate", "--model", str(d / "model.pt"), "--features", feature_dir(str(tmp_path / "val_ext")),
+                 "--gt", str(tmp_path / "val_gt.parquet"), "--target-fa-per-hour", "0", "--by", "camera",
+                 "--min-videos", "5", "--merge-gap-s", "0", "--operating-point", op_file]) == 0
+    again = result_json(capsys.readouterr().out)
+    assert again["threshold"] == cal["threshold"] and again["thresholds_by"] == {}
+    assert set(again["operating_point"]["chosen_by"]["fallback_groups"]) == {"cam1", "cam2"}
+    assert main(["score", "--model", str(d / "model.pt"), "--features", feature_dir(str(tmp_path / "test_ext")),
+                 "--operating-point", op_file, "--out", str(out)]) == 2
+    assert "per-camera rules" in capsys.readouterr().err

@@ -46,6 +46,11 @@ class CalibrateOptions:
     min_duration_s: float = option(0.0, help="shortest event kept, in seconds")
     merge_gap_s: float = option(1.0, help="events this many seconds apart (or closer) merge into one")
     crop: Optional[int] = option(None, help="crop to score (default: the lowest crop present)")
+    by: Optional[str] = option(None, help="one operating point per value of this manifest column (e.g. camera: "
+                                          "each camera's own threshold; `score` applies each video's), plus one "
+                                          "over all the footage for videos of any other value")
+    min_videos: int = option(2, help="with --by: a value with fewer validation videos keeps the overall operating "
+                                     "point")
     operating_point: Optional[str] = option(
         None, help="also write the operating point to this JSON file (a path or URI); for a model given as a file "
                    "the default is the model's path + '" + OPERATING_POINT_SUFFIX + "'")
@@ -106,15 +111,17 @@ def model_operating_point(model_uri: str, tracking_uri: Optional[str] = None,
     return None, "none"
 
 
-def validation_footage(model, features: str, crop: int, gt, log) -> Tuple[List[Footage], List[str], int]:
+def validation_footage(model, features: str, crop: int, gt, log,
+                       by: Optional[str] = None) -> Tuple[List[Footage], List[str], int]:
     """The model's snippet scores of each video of ``features`` at ``crop`` as
     :class:`Footage` (one part file at a time; a video held twice counts once); rows
-    whose features cannot be used are skipped with a warning.  Returns (footage, ids,
-    rows skipped)."""
+    whose features cannot be used are skipped with a warning.  ``by``: each footage's
+    group is its value of that manifest column (None where it has none).  Returns
+    (footage, ids, rows skipped)."""
     import torch
 
-    from vadclip.io.features import check_features, row_features
-    from vadclip.io.parts import dataset_files, read_file
+    from vadclip.io.features import check_features, meta_of, row_features
+    from vadclip.io.parts import dataset_files, read_file, read_schema
     from vadclip.metrics.operating import footage_of
     from vadclip.model.network import score_video
 
@@ -124,7 +131,8 @@ def validation_footage(model, features: str, crop: int, gt, log) -> Tuple[List[F
     cols = ["video_id", "path", "label", "crop", "fps", "num_frames", "snippet_count", "feature_dim", "features"]
     with torch.no_grad():
         for f in dataset_files(features):
-            for r in read_file(f, cols, filters=[("crop", "=", crop)]).to_pylist():
+            here = cols + (["meta"] if by and "meta" in read_schema(f).names else [])
+            for r in read_file(f, here, filters=[("crop", "=", crop)]).to_pylist():
                 if r["video_id"] in seen:
                     continue
                 seen.add(r["video_id"])
@@ -136,6 +144,9 @@ def validation_footage(model, features: str, crop: int, gt, log) -> Tuple[List[F
                     continue
                 anomaly, _ = score_video(model, x)
                 out.append(footage_of(r, anomaly, cfg.snippet_len, gt, cfg.is_normal))
+                if by:
+                    v = meta_of(r.get("meta")).get(by)
+                    out[-1].group = None if v is None or v == "" else str(v)
                 ids.append(r["video_id"])
     return out, ids, skipped
 
@@ -148,7 +159,7 @@ def run_calibrate(model_uri: str, features: str, gt_path: Optional[str] = None,
     from vadclip.io.features import check_feature_set
     from vadclip.io.gt import check_matches, read_gt
     from vadclip.io.provenance import check_fit
-    from vadclip.metrics.operating import calibrate
+    from vadclip.metrics.operating import calibrate, calibrate_by
     from vadclip.tracking.registry import MLFLOW_SCHEMES, load_scoring_model, pin_version, registered_version, \
         store_operating_point
     from vadclip.tracking.runs import log_calibration_run
@@ -170,13 +181,29 @@ def run_calibrate(model_uri: str, features: str, gt_path: Optional[str] = None,
     fs = check_feature_set(features, model.embed_dim, crop=opts.crop)
     mismatch = check_fit(model.cfg, features, f"the model {model_uri}", opts.allow_feature_mismatch, log)
     crop = fs["crops"][0] if opts.crop is None else opts.crop
-    videos, ids, skipped = validation_footage(model, features, crop, gt, log)
+    videos, ids, skipped = validation_footage(model, features, crop, gt, log, by=opts.by)
     if gt is not None:
         check_matches(gt, gt_path, ids, f"the videos of {features}")
-    rule, stats, scanned = calibrate(videos, base, **{k: v for k, v in target.items()})
-    op = OperatingPoint(rule, chosen_by=dict(target, ground_truth=storage.absolute(gt_path) if gt_path else None),
-                        on_validation=stats, features=features, model=model_uri,
-                        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    chosen_by = dict(target, ground_truth=storage.absolute(gt_path) if gt_path else None)
+    groups: Dict[str, Dict[str, Any]] = {}
+    if opts.by:
+        if not any(v.group is not None for v in videos):
+            raise InputError(f"calibrate --by {opts.by}: no video of {features} has a {opts.by!r} value (its "
+                             f"manifest's {opts.by!r} column reaches the feature rows' meta)")
+        rule, stats, scanned, found_groups = calibrate_by(videos, base, max(1, opts.min_videos), **target)
+        groups = {g: x for g, x in found_groups.items() if "rule" in x}
+        kept = {g: x["fallback"] for g, x in found_groups.items() if "rule" not in x}
+        chosen_by.update(by=opts.by, min_videos=opts.min_videos, **({"fallback_groups": kept} if kept else {}))
+        for g, x in found_groups.items():
+            log(f"[calibrate] {opts.by} {g}: " + (
+                f"threshold {x['rule']['threshold']:.4g} ({x['videos']} videos, "
+                f"{x['on_validation']['false_alarms_per_hour']:.3g} false alarms per hour)" if "rule" in x
+                else f"the overall operating point ({x['fallback']})"))
+    else:
+        rule, stats, scanned = calibrate(videos, base, **{k: v for k, v in target.items()})
+    op = OperatingPoint(rule, chosen_by=chosen_by, on_validation=stats, features=features, model=model_uri,
+                        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                        by=opts.by, groups=groups)
     from vadclip.report.html import plot_operating_curve
 
     fig = plot_operating_curve(scanned, stats, title=f"{model_uri} on {storage.basename(features)}")
@@ -207,6 +234,8 @@ def run_calibrate(model_uri: str, features: str, gt_path: Optional[str] = None,
         f"event precision {stats['event_precision']:.3g} on {len(videos)} videos ({hours:.3g} h); "
         f"stored in {' and '.join(stored)}")
     return {"threshold": rule.threshold, "operating_point": op.to_dict(), "stored": stored,
+            **({"by": opts.by, "thresholds_by": {g: x["rule"]["threshold"] for g, x in groups.items()}}
+               if opts.by else {}),
             "videos": len(videos), "videos_skipped": skipped, "hours": hours, "crop": crop,
             "false_alarms_per_hour_resolution": step if math.isfinite(step) else None,
             "curve_points": len(scanned), "mlflow_run_id": run_id,

@@ -18,7 +18,7 @@ def run_evaluate(model: str, features: str, gt_path: str, crop: Optional[int] = 
     default rule), false alarms per hour of normal footage, event recall and precision."""
     import torch
 
-    from vadclip.io.features import check_feature_set, read_feature_rows, row_features
+    from vadclip.io.features import check_feature_set, meta_of, read_feature_rows, row_features
     from vadclip.io.gt import check_matches, read_gt
     from vadclip.jobs.calibrate import model_operating_point
     from vadclip.io.provenance import check_fit
@@ -42,9 +42,17 @@ def run_evaluate(model: str, features: str, gt_path: str, crop: Optional[int] = 
     out = dict(metrics_from_scores(scored, gt, cfg), crop=crop, videos=len(rows))
 
     rule = op.rule if op is not None else DEFAULT_RULE
-    stats = operating_stats([footage_of(r, a, cfg.snippet_len, gt, cfg.is_normal) for r, a, _ in scored], rule)
+    footage = [footage_of(r, a, cfg.snippet_len, gt, cfg.is_normal) for r, a, _ in scored]
+    groups = op.group_rules() if op is not None else {}
+    if groups:        # calibrated --by a column: each video judged by its value's rule
+        for f, (r, _, _) in zip(footage, scored):
+            v = meta_of(r.get("meta")).get(op.by)
+            f.group = None if v is None else str(v)
+    stats = operating_stats(footage, rule, groups)
     out["operating_point"] = {"source": source if op is not None else "none (the default rule)",
-                              "rule": rule.describe(), **stats}
+                              "rule": rule.describe(), **stats,
+                              **({"by": op.by, "threshold_by_value": {g: r.threshold for g, r in groups.items()}}
+                                 if groups else {})}
     return dict(out, **({"feature_mismatch": mismatch} if mismatch else {}))
 
 

@@ -55,22 +55,32 @@ EVENTS_SCHEMA = pa.schema([
 ])
 
 
-def write_events(out_dir: str, model: str, rule: Dict[str, Any]) -> Dict[str, int]:
+def write_events(out_dir: str, model: str, opts_dict: Dict[str, Any]) -> Dict[str, int]:
     """Bring ``OUT/events/`` up to date with ``OUT/scores/``: a part for each scores
-    part that has none yet.  Returns the events and parts written now and the events in all."""
+    part that has none yet; each event's ``rule`` is its video's (``opts_dict``: the
+    scoring's :class:`ScoreOptions`, its camera's rule where it has one).  Returns the
+    events and parts written now and the events in all."""
     from vadclip.io.parts import part_files, read_file, read_schema, write_part
 
     scores, events = layout.scores_dir(out_dir), layout.events_dir(out_dir)
     have = {storage.basename(f) for f in part_files(events)}
     written = parts = 0
-    rule_json = json.dumps(rule, sort_keys=True)
+    opts = ScoreOptions(**opts_dict)
+    rule_json = {}
+
+    def rule_of(r):
+        key = opts.rule_for(r.get("meta"))
+        if key not in rule_json:
+            rule_json[key] = json.dumps(asdict(key), sort_keys=True)
+        return rule_json[key]
+
     for f in part_files(scores):
         name = storage.basename(f)
         if name in have:
             continue
         cols = ["video_id", "path", "video_score", "events"]
         cols += ["meta"] if "meta" in read_schema(f).names else []     # parts written before it existed
-        rows = [event_row(r, i, ev, model, rule_json) for r in read_file(f, cols).to_pylist()
+        rows = [event_row(r, i, ev, model, rule_of(r)) for r in read_file(f, cols).to_pylist()
                 for i, ev in enumerate(r["events"] or [])]
         write_part(events, name, pa.Table.from_pylist(rows, EVENTS_SCHEMA))
         written, parts = written + len(rows), parts + 1
@@ -118,6 +128,10 @@ class ScoreOptions:
     max_plots: int = option(50, help="videos given a page in the report: flagged ones first (with key frames), "
                                      "then by score")
     allow_feature_mismatch: bool = option(False, help=MISMATCH_HELP)
+    rule_by: Optional[str] = option(None, cli=False, help="the manifest column whose value picks a video's rule "
+                                                          "(from an operating point calibrated --by it)")
+    group_rules: Optional[Dict[str, Dict[str, Any]]] = option(
+        None, cli=False, help="{value of rule_by: its EventRule's fields}; other values: the rule of the fields above")
 
     RULE_FIELDS = ("threshold", "hysteresis", "min_duration_s", "merge_gap_s")
 
@@ -130,24 +144,55 @@ class ScoreOptions:
                          min_duration_s=d.min_duration_s if self.min_duration_s is None else float(self.min_duration_s),
                          merge_gap_s=d.merge_gap_s if self.merge_gap_s is None else float(self.merge_gap_s))
 
+    def rule_for(self, meta: Any = None) -> EventRule:
+        """The rule of a video whose manifest columns are ``meta`` (its rows' JSON text or
+        a dict): its group's where the operating point has one for its value of
+        ``rule_by`` (its camera's), else :meth:`rule`."""
+        if self.rule_by and self.group_rules:
+            v = (meta if isinstance(meta, dict) else meta_of(_text(meta))).get(self.rule_by)
+            g = self.group_rules.get(str(v)) if v is not None else None
+            if g is not None:
+                return EventRule(**g)
+        return self.rule()
+
+    def rules_record(self) -> Dict[str, Any]:
+        """The rule (and each group's) as the scores folder and the events table keep it."""
+        d = asdict(self.rule())
+        if self.rule_by and self.group_rules:
+            d.update(by=self.rule_by, groups={k: dict(v) for k, v in sorted(self.group_rules.items())})
+        return d
+
     def resolve(self, op: Optional[OperatingPoint], source: str = "none") -> Tuple["ScoreOptions", Dict[str, Any]]:
         """These options with every event-rule field set: the flags given, else the
         operating point ``op``'s, else the default rule's; and the record of it (for the
-        summary, MLflow and the report)."""
+        summary, MLflow and the report).  An operating point calibrated ``--by`` a column
+        gives each of its values its own rule (a flag given overrides that field in every
+        one of them)."""
         base = op.rule if op is not None else DEFAULT_RULE
         given = [k for k in self.RULE_FIELDS if getattr(self, k) is not None]
         for k in ("hysteresis", "min_duration_s", "merge_gap_s"):
             v = getattr(self, k)
             if v is not None and v < 0:
                 raise InputError(f"--{k.replace('_', '-')} {v} is negative")
-        vals = {"threshold": base.threshold, "hysteresis": base.hysteresis, "min_duration_s": base.min_duration_s,
-                "merge_gap_s": base.merge_gap_s}
-        vals.update({k: float(getattr(self, k)) for k in given})
-        out = replace(self, **vals)
+
+        def fields(r: EventRule) -> Dict[str, float]:
+            vals = {"threshold": r.threshold, "hysteresis": r.hysteresis, "min_duration_s": r.min_duration_s,
+                    "merge_gap_s": r.merge_gap_s}
+            vals.update({k: float(getattr(self, k)) for k in given})
+            return vals
+
+        out = replace(self, **fields(base))
+        groups = op.group_rules() if op is not None else {}
+        if groups:
+            out = replace(out, rule_by=op.by, group_rules={
+                g: asdict(replace(self, **fields(r)).rule()) for g, r in groups.items()})
         record = {"source": source if op is not None else "none (the default rule)", "rule": out.rule().describe(),
                   "flags_over_it": given,
                   **({"chosen_by": op.chosen_by, "on_validation": op.to_dict()["on_validation"],
                       "calibrated_on": op.features, "created": op.created} if op is not None else {})}
+        if groups:
+            record.update(by=op.by, rule_by_value={g: EventRule(**r).describe() for g, r in out.group_rules.items()},
+                          threshold_by_value={g: r["threshold"] for g, r in out.group_rules.items()})
         return out, record
 
 
@@ -241,7 +286,8 @@ def score_features(model, features: np.ndarray, row: Dict[str, Any], opts: Score
     anomaly, probs = score_video(model, f)
     vscore = float(np.sort(anomaly)[::-1][:topk_count(len(anomaly))].mean())
     ev = find_events(anomaly, probs, classes, float(row["fps"]) or 30.0,
-                     int(row["num_frames"]) or len(anomaly) * 16, opts.rule(), model.cfg.snippet_len)
+                     int(row["num_frames"]) or len(anomaly) * 16, opts.rule_for(row.get("meta")),
+                     model.cfg.snippet_len)
     # flagged ⇔ at least one event; the video's class is that of its strongest event
     pcls = max(ev, key=lambda e: e["score"])["class_name"] if ev else classes[0]
     return {"anomaly": anomaly.astype(np.float32), "class_probs": probs.astype(np.float32).reshape(-1),
@@ -315,7 +361,8 @@ class Scorer:
         if self.crop >= feats.shape[1] or vid in self.skip:
             return
         self.skip.add(vid)
-        row = {"video_id": vid, "path": meta["path"], "fps": meta["fps"], "num_frames": meta["num_frames"]}
+        row = {"video_id": vid, "path": meta["path"], "fps": meta["fps"], "num_frames": meta["num_frames"],
+               "meta": meta.get("meta")}
         try:
             s = score_features(self.model, feats[:, self.crop], row, self.opts, self.classes)
         except InputError as e:
@@ -340,19 +387,28 @@ def _scores_dir(out_dir: str) -> str:
 RULE_FILE = "_event_rule.json"
 
 
-def _one_rule(scores_dir: str, rule: EventRule) -> None:
+def _one_rule(scores_dir: str, opts: ScoreOptions) -> None:
     """A scores folder never mixes event rules: resuming it under another rule (the
-    model's operating point changed, or other flags) stops in one line, before Ray."""
+    model's operating point changed, or other flags; or other per-camera rules) stops in
+    one line, before Ray."""
     from vadclip.io.parts import part_files
 
     path = storage.join(scores_dir, RULE_FILE)
     if not part_files(scores_dir) or not storage.isfile(path):
         return
-    old = EventRule(**json.loads(storage.read_text(path)))
+    d = json.loads(storage.read_text(path))
+    old = EventRule(**{k: d[k] for k in ("threshold", "low", "min_duration_s", "merge_gap_s")})
+    rule = opts.rule()
     if old != rule:
         raise InputError(f"{scores_dir} holds events under another rule ({old.describe()}) than this run's "
                          f"({rule.describe()}): score into a new --out, or give the same --threshold, --hysteresis, "
                          "--min-duration-s and --merge-gap-s")
+    mine = opts.rules_record()
+    if (d.get("by"), d.get("groups")) != (mine.get("by"), mine.get("groups")):
+        raise InputError(f"{scores_dir} holds events under other per-{d.get('by') or mine.get('by')} rules than "
+                         f"this run's (by {d.get('by')}: {sorted(d.get('groups') or {})}; now by {mine.get('by')}: "
+                         f"{sorted(mine.get('groups') or {})}): the model's operating point was calibrated again; "
+                         "score into a new --out")
 
 
 MODEL_FILE = "_model.json"
@@ -504,7 +560,7 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
     opts, operating = opts.resolve(*model_operating_point(version_uri, tracking_uri, opts.operating_point))
     log(f"[score] events: {operating['rule']} (operating point: {operating['source']}"
         f"{'; flags over it: ' + ', '.join(operating['flags_over_it']) if operating['flags_over_it'] else ''})")
-    _one_rule(_scores_dir(out_dir), opts.rule())
+    _one_rule(_scores_dir(out_dir), opts)
     cfg = model.cfg
     # a feature set that cannot fit the model fails before Ray starts
     found = check_feature_set(features, model.embed_dim, crop=opts.crop) if features is not None else None
@@ -524,7 +580,7 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
     storage.makedirs(out_dir)
     output = ResumableOutput(_scores_dir(out_dir), layout.score_errors_dir(out_dir))
     run_id = output.start()
-    storage.write_text(storage.join(_scores_dir(out_dir), RULE_FILE), json.dumps(asdict(opts.rule()), sort_keys=True))
+    storage.write_text(storage.join(_scores_dir(out_dir), RULE_FILE), json.dumps(opts.rules_record(), sort_keys=True))
     storage.write_text(storage.join(_scores_dir(out_dir), MODEL_FILE), json.dumps(model_record, sort_keys=True))
     t0 = time.time()
     extract_summary = None
@@ -576,7 +632,7 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
         summary["extract"] = {k: extract_summary[k] for k in ("videos_ok", "videos_failed", "frames_per_s")}
         summary["extract"]["decoders"] = extract_summary.get("decoders", [])
     ev = ray.get(ray.remote(write_events).options(num_cpus=0.25, max_retries=3).remote(
-        out_dir, version_uri, asdict(opts.rule())))             # in a task: the score rows stay off the driver
+        out_dir, version_uri, asdict(opts)))             # in a task: the score rows stay off the driver
     summary["events_table"], summary["events_table_rows"] = layout.events_dir(out_dir), ev["events"]
     operating_here = None
     if gt_path and totals["videos"]:
@@ -592,7 +648,8 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
         summary.update(report=rep["report"], plots=rep["videos_shown"], **rep["at_operating_point"])
 
     log_scoring_run(experiment, tracking_uri, f"score-{run_id}",
-                    {"model_uri": model_uri, "features": features, **asdict(opts)},
+                    {"model_uri": model_uri, "features": features,
+                     **{k: v for k, v in asdict(opts).items() if k != "group_rules"}},
                     {"vadclip.feature_mismatch": mismatch, "vadclip.operating_point": operating["source"]},
                     features, summary, report, skip_metrics=asdict(opts))
     storage.write_text(storage.join(out_dir, layout.SCORE_SUMMARY), json.dumps(summary, indent=2, default=float))
@@ -624,17 +681,26 @@ def ground_truth_figures(scores_dir: str, gt_path: str, cfg_dict: Dict[str, Any]
     scores table against ``gt_path``, read one part at a time — run in a Ray task so
     the driver never holds the scores."""
     from vadclip.io.gt import read_gt
-    from vadclip.io.parts import part_files, read_file
+    from vadclip.io.parts import part_files, read_file, read_schema
     from vadclip.metrics.operating import curve, footage_of, operating_stats
     from vadclip.model.config import VadConfig
 
     cfg, gt = VadConfig.from_dict(cfg_dict), read_gt(gt_path)
-    rule = ScoreOptions(**opts_dict).rule()
+    opts = ScoreOptions(**opts_dict)
+    rule = opts.rule()
 
-    rows = [r for f in part_files(scores_dir) for r in read_file(f, list(METRIC_COLUMNS)).to_pylist()]
+    rows = [r for f in part_files(scores_dir)
+            for r in read_file(f, list(METRIC_COLUMNS) + (["meta"] if "meta" in read_schema(f).names else [])
+                               ).to_pylist()]
     metrics = score_metrics(rows, gt, cfg)
     footage = [footage_of(r, np.asarray(r["anomaly"], np.float64), cfg.snippet_len, gt, cfg.is_normal) for r in rows]
-    return metrics, (operating_stats(footage, rule), curve(footage, rule))
+    groups = {}
+    if opts.rule_by and opts.group_rules:        # each camera's own rule (the curve: the fallback's, scanned)
+        groups = {g: EventRule(**r) for g, r in opts.group_rules.items()}
+        for f, r in zip(footage, rows):
+            v = meta_of(r.get("meta")).get(opts.rule_by)
+            f.group = None if v is None else str(v)
+    return metrics, (operating_stats(footage, rule, groups), curve(footage, rule))
 
 
 def score_metrics(rows: List[Dict[str, Any]], gt, cfg) -> Dict[str, float]:

@@ -90,12 +90,23 @@ class OperatingPoint:
     features: Optional[str] = None
     model: Optional[str] = None
     created: Optional[str] = None
+    # ``calibrate --by COLUMN``: one rule per value of that manifest column (e.g. each
+    # camera), ``groups[value] = {"rule": {...}, "on_validation": {...}, "videos": n}``;
+    # ``rule`` is then the fallback for any other value (calibrated on all the footage)
+    by: Optional[str] = None
+    groups: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
-        d["on_validation"] = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                              for k, v in self.on_validation.items()}
+        d["on_validation"] = _finite(self.on_validation)
+        d["groups"] = {k: dict(g, on_validation=_finite(g.get("on_validation") or {})) for k, g in self.groups.items()}
+        if self.by is None:        # the JSON of an operating point without groups is as before
+            del d["by"], d["groups"]
         return d
+
+    def group_rules(self) -> Dict[str, EventRule]:
+        """{value: its rule} of an operating point calibrated ``--by`` a column (else {})."""
+        return {k: _rule_of(g["rule"]) for k, g in self.groups.items()}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -103,15 +114,15 @@ class OperatingPoint:
     @classmethod
     def from_dict(cls, d: Dict[str, Any], where: str = "operating point") -> "OperatingPoint":
         try:
-            r = d["rule"]
-            rule = EventRule(threshold=float(r["threshold"]), low=None if r.get("low") is None else float(r["low"]),
-                             min_duration_s=float(r.get("min_duration_s", 0.0)),
-                             merge_gap_s=float(r.get("merge_gap_s", 0.0)))
-        except (KeyError, TypeError, ValueError) as e:
+            rule = _rule_of(d["rule"])
+            groups = {str(k): dict(g) for k, g in (d.get("groups") or {}).items()}
+            for g in groups.values():
+                _rule_of(g["rule"])
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise InputError(f"{where}: not a vadclip operating point ({type(e).__name__}: {e}); "
                              "expected the JSON written by `vadclip calibrate`") from None
         return cls(rule, dict(d.get("chosen_by") or {}), dict(d.get("on_validation") or {}), d.get("features"),
-                   d.get("model"), d.get("created"))
+                   d.get("model"), d.get("created"), d.get("by"), groups)
 
     @classmethod
     def from_json(cls, text: str, where: str = "operating point") -> "OperatingPoint":
@@ -124,6 +135,15 @@ class OperatingPoint:
         return cls.from_dict(d, where)
 
 
+def _rule_of(r: Dict[str, Any]) -> EventRule:
+    return EventRule(threshold=float(r["threshold"]), low=None if r.get("low") is None else float(r["low"]),
+                     min_duration_s=float(r.get("min_duration_s", 0.0)), merge_gap_s=float(r.get("merge_gap_s", 0.0)))
+
+
+def _finite(d: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+
+
 @dataclass
 class Footage:
     """One validation video: its snippet scores, the seconds one snippet spans, whether
@@ -132,19 +152,26 @@ class Footage:
     snippet_s: float
     normal: bool = True
     gt: List[Tuple[float, float]] = field(default_factory=list)
+    group: Optional[str] = None      # its value of the column calibrated --by (e.g. its camera)
 
     @property
     def hours(self) -> float:
         return len(self.scores) * self.snippet_s / 3600.0
 
 
-def operating_stats(videos: Sequence[Footage], rule: EventRule) -> Dict[str, float]:
+def operating_stats(videos: Sequence[Footage], rule: EventRule,
+                    group_rules: Optional[Dict[str, EventRule]] = None) -> Dict[str, float]:
+    """What ``rule`` gives on ``videos``: false alarms per hour of normal footage, event
+    recall and precision, frame precision and recall.  ``group_rules``: a video whose
+    group has a rule of its own is judged by that one (``rule`` for the rest)."""
+    group_rules = group_rules or {}
     normal_hours = sum(v.hours for v in videos if v.normal)
     alarms = hit_events = events = 0
     intervals = found = 0
     tp = fp = fn = 0
     for v in videos:
-        ev = [(a * v.snippet_s, b * v.snippet_s) for a, b in rule.events(v.scores, v.snippet_s)]
+        r = group_rules.get(v.group, rule) if v.group is not None else rule
+        ev = [(a * v.snippet_s, b * v.snippet_s) for a, b in r.events(v.scores, v.snippet_s)]
         events += len(ev)
         if v.normal:
             alarms += len(ev)
@@ -239,3 +266,29 @@ def calibrate(videos: Sequence[Footage], base: EventRule = DEFAULT_RULE, target_
     else:
         pick = max(scanned, key=lambda c: (c["event_f1"], c["threshold"]))
     return base.at(pick["threshold"]), pick, scanned
+
+
+def calibrate_by(videos: Sequence[Footage], base: EventRule = DEFAULT_RULE, min_videos: int = 1,
+                 **target) -> Tuple[EventRule, Dict[str, float], List[Dict[str, float]], Dict[str, Dict[str, Any]]]:
+    """:func:`calibrate` once over all ``videos`` (the fallback rule, its statistics and
+    curve) and once over each group's (``Footage.group``, e.g. each camera's).  A group
+    that cannot be calibrated on its own (fewer than ``min_videos`` videos, or no normal
+    footage for a false-alarm target, no ground truth for a recall target) keeps the
+    fallback and says why.  Returns (fallback rule, its stats, its curve, groups) where
+    ``groups[value]`` = {"rule", "on_validation", "videos", "hours"} or, for one left on
+    the fallback, {"fallback": why, "videos", "hours"}."""
+    rule, stats, scanned = calibrate(videos, base, **target)
+    groups: Dict[str, Dict[str, Any]] = {}
+    for g in sorted({v.group for v in videos if v.group is not None}):
+        mine = [v for v in videos if v.group == g]
+        info = {"videos": len(mine), "hours": sum(v.hours for v in mine)}
+        if len(mine) < min_videos:
+            groups[g] = dict(info, fallback=f"{len(mine)} videos (fewer than {min_videos})")
+            continue
+        try:
+            r, st, _ = calibrate(mine, base, **target)
+        except InputError as e:
+            groups[g] = dict(info, fallback=str(e).replace("calibrate: ", ""))
+            continue
+        groups[g] = dict(info, rule=asdict(r), on_validation=st)
+    return rule, stats, scanned, groups

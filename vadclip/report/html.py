@@ -386,6 +386,9 @@ def render_html(summary: Dict[str, Any], counts: Dict[str, int], events: List[Di
             if op.get("chosen_by") else "")
          + (f"; flags over it: {', '.join(op['flags_over_it'])}" if op.get("flags_over_it") else "")),
     ]
+    if op.get("threshold_by_value"):     # calibrated --by a column: each value's own threshold
+        rows.append((f"threshold by {op.get('by')}", "; ".join(
+            f"{k}: {_num(v)}" for k, v in sorted(op["threshold_by_value"].items())) + "; any other: the rule above"))
     if at:
         rows.append(("alerts", f"{_num(at.get('alerts_per_hour'))} events per hour over "
                                f"{_num(at.get('hours_scanned'))} h of footage"))
