@@ -81,6 +81,7 @@ def test_demo_where_ffmpeg_cannot_load(isolation, tmp_path):
     assert out["operating_point"]["validation_false_alarms_per_hour"] <= 1.0
     # a quiet default: the project's own lines and little else (issue #36: 183 lines before)
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    print(f"the demo's stderr: {len(lines)} lines")
     assert len(lines) <= 40, "\n".join(lines)
     assert not [ln for ln in lines if "Failed to query Ray Train Controller" in ln or "Downloading artifacts" in ln
                 or "Parsing model identifier" in ln or "Inferred schema contains integer" in ln]

@@ -491,3 +491,58 @@ def test_calibrate_by_camera_then_score_applies_each_cameras_operating_point(tra
     assert main(["score", "--model", str(d / "model.pt"), "--features", feature_dir(str(tmp_path / "test_ext")),
                  "--operating-point", op_file, "--out", str(out)]) == 2
     assert "per-camera rules" in capsys.readouterr().err
+
+
+def test_the_containers_creation_time_gives_events_their_wall_clock_time(trained, tmp_path):
+    """Issue #35: a camera's MP4 records when it started (creation_time in its header);
+    with no start_time in the manifest, that is the recording's start: feature and score
+    rows carry it (start_time_from: container) and events get wall-clock times from it.
+    A manifest's start_time wins over the container's; a file without one has none."""
+    import csv
+    from datetime import datetime, timedelta, timezone
+
+    import av
+    import pyarrow.dataset as pads
+
+    d, test_man, _ = trained
+    stamped = tmp_path / "cam3_0700.mp4"
+    c = av.open(str(stamped), "w")
+    c.metadata["creation_time"] = "2026-11-01T07:00:00.000000Z"      # what an NVR's export says
+    st = c.add_stream("libx264", rate=25)
+    st.width, st.height, st.pix_fmt = 96, 64, "yuv420p"
+    rng = np.random.default_rng(0)
+    for i in range(96):
+        frame = rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)
+        for pk in st.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            c.mux(pk)
+    for pk in st.encode():
+        c.mux(pk)
+    c.close()
+    import shutil
+
+    told = tmp_path / "cam3_copy.mp4"
+    shutil.copy(stamped, told)
+    man = tmp_path / "m.csv"
+    with open(man, "w", newline="") as fh:
+        w = csv.DictWriter(fh, ["path", "video_id", "start_time"])
+        w.writeheader()
+        w.writerow({"path": str(stamped), "video_id": "stamped", "start_time": ""})
+        w.writerow({"path": str(told), "video_id": "told", "start_time": "2026-11-01T09:00:00Z"})
+        w.writerow({"path": test_man[0]["path"], "video_id": "plain", "start_time": ""})
+    out = tmp_path / "out"
+    s = run_score(str(d / "model.pt"), str(out), videos=str(man), opts=ScoreOptions(threshold=0.0),
+                  log=lambda *_: None)
+    assert s["videos_scored"] == 3
+    meta = {r["video_id"]: json.loads(r["meta"] or "{}") for r in read_feature_rows(str(out / "features"))}
+    assert meta["stamped"] == {"start_time": "2026-11-01T07:00:00+00:00", "start_time_from": "container"}
+    assert meta["told"] == {"start_time": "2026-11-01T09:00:00+00:00"}          # the manifest's wins
+    assert meta["plain"] == {}
+    events = pads.dataset(str(out / "events"), format="parquet").to_table().to_pylist()
+    assert {e["video_id"] for e in events} == {"stamped", "told", "plain"}      # threshold 0: every video
+    t0 = {"stamped": datetime(2026, 11, 1, 7, tzinfo=timezone.utc), "told": datetime(2026, 11, 1, 9, tzinfo=timezone.utc)}
+    for e in events:
+        if e["video_id"] == "plain":
+            assert e["start_time"] is None
+        else:
+            want = t0[e["video_id"]] + timedelta(seconds=e["start_s"])
+            assert abs((e["start_time"].replace(tzinfo=timezone.utc) - want).total_seconds()) < 1e-3

@@ -37,7 +37,8 @@ def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None,
             dashboard = _dashboard_installed()
             port = _free_port() if dashboard else None
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_port=port,
-                     log_to_driver=True, runtime_env=_worker_env(port))
+                     log_to_driver=True, runtime_env=_worker_env(port),
+                     _system_config={"worker_maximum_startup_concurrency": startup_concurrency(num_cpus)})
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
@@ -56,6 +57,16 @@ def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None,
         progress_bars = env != "0" if env is not None else sys.stderr.isatty()
     ctx.enable_progress_bars = progress_bars
     quiet_ray_data(progress_bars)
+
+
+def startup_concurrency(num_cpus: Optional[int] = None) -> int:
+    """How many worker processes an embedded Ray may start at once.  Ray's default is the
+    core count, and its raylet warns (three lines per demo) once 4x that many have
+    started; a pipeline here runs about 20 (encoders, writers, decode tasks, Train's
+    controller, worker and dataset manager) whatever the cores, so on a 2-core machine
+    that warning is about the shape of the job, not a fault.  At least 8: the warning
+    then means 32 processes."""
+    return max(8, int(num_cpus or 0), os.cpu_count() or 1)
 
 
 def quiet_ray_data(progress_bars: bool = False) -> None:
@@ -102,7 +113,15 @@ def _worker_env(dashboard_port: Optional[int]):
         env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dashboard_port}"
     if os.environ.get("VADCLIP_VERBOSE"):
         env["VADCLIP_VERBOSE"] = os.environ["VADCLIP_VERBOSE"]
+    else:
+        # Ray Train's dataset manager sets a Ray Data option that Ray itself deprecated
+        # (ExecutionOptions.exclude_resources, from ray/train/_internal/data_config.py): a
+        # warning no user can act on, two lines in every training's log
+        env["PYTHONWARNINGS"] = ",".join(filter(None, (os.environ.get("PYTHONWARNINGS"), RAY_INTERNAL_WARNING)))
     return {"env_vars": env} if env else None
+
+
+RAY_INTERNAL_WARNING = "ignore::DeprecationWarning:ray.data._internal.execution.interfaces.execution_options"
 
 
 STORAGE_ENV_PREFIXES = ("AWS_", "GOOGLE_", "GCS_", "AZURE_", "VADCLIP_SCRATCH")

@@ -120,6 +120,7 @@ class DecodeStage:
             st = video_file(item["path"])
             base["input_identity"] = identity_of(st)    # re-running extracts the video again if this changes
             with fetched(item["path"], st) as local:
+                base["meta"] = with_recording_start(base["meta"], local)
                 info, chunks = iter_snippet_chunks(local, opts.snippet_len, self.size, opts.crops,
                                                    opts.chunk_snippets, name=item["path"], decoder=opts.decoder,
                                                    device=self.device)
@@ -129,6 +130,23 @@ class DecodeStage:
                                frames=frames, error="", decoder=info.decoder)
         except VideoError as e:
             yield dict(base, chunk=-1, n_chunks=0, fps=0.0, num_frames=0, frames=empty, error=str(e), decoder="")
+
+
+def with_recording_start(meta: str, local: str) -> str:
+    """A video's ``meta`` JSON with ``start_time`` from its container's ``creation_time``
+    (``start_time_from: container``) when its manifest gave none: its events then get
+    wall-clock times too.  A manifest's ``start_time`` always wins."""
+    import json
+
+    from vadclip.video.decode import recording_start
+
+    d = json.loads(meta) if meta else {}
+    if d.get("start_time"):
+        return meta
+    t = recording_start(local)
+    if t is None:
+        return meta
+    return json.dumps(dict(d, start_time=t, start_time_from="container"), sort_keys=True)
 
 
 class DeadlineExceeded(Exception):

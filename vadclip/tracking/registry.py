@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import warnings
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -22,37 +21,34 @@ except Exception:  # pragma: no cover - mlflow is a hard dependency
     _Base = object
 
 
-# MLflow advises the author of a PythonModel without type hints when the class is defined:
-# the model validates its input by its signature instead (a [T, D] float tensor)
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
+# the input's type hint is np.ndarray (features [T, D]): MLflow infers no schema from it and
+# validates by the signature logged with the model; without a hint it warns at class definition
+class VadCLIPPyfunc(_Base):
+    """pyfunc model: ``predict(features [T, D])`` → DataFrame with the per-snippet
+    ``anomaly`` score (C-branch sigmoid) and one ``p_<class>`` column per class."""
 
-    class VadCLIPPyfunc(_Base):
-        """pyfunc model: ``predict(features [T, D])`` → DataFrame with the per-snippet
-        ``anomaly`` score (C-branch sigmoid) and one ``p_<class>`` column per class."""
+    def load_context(self, context) -> None:
+        from vadclip.model.checkpoint import load_checkpoint
 
-        def load_context(self, context) -> None:
-            from vadclip.model.checkpoint import load_checkpoint
+        self.model = load_checkpoint(context.artifacts["checkpoint"])
 
-            self.model = load_checkpoint(context.artifacts["checkpoint"])
+    def predict(self, context, model_input: np.ndarray, params: Optional[Dict[str, Any]] = None):
+        import pandas as pd
 
-        def predict(self, context, model_input, params: Optional[Dict[str, Any]] = None):
-            import pandas as pd
+        from vadclip.model.network import score_video
 
-            from vadclip.model.network import score_video
-
-            x = model_input.to_numpy() if hasattr(model_input, "to_numpy") else np.asarray(model_input)
-            x = np.asarray(x, dtype=np.float32)
-            if x.ndim != 2 or x.shape[1] != self.model.embed_dim:
-                raise ValueError(f"expected features [T, {self.model.embed_dim}], got shape {x.shape}")
-            anomaly, probs = score_video(self.model, x)
-            df = pd.DataFrame({"anomaly": anomaly})
-            for i, k in enumerate(self.model.cfg.class_keys):
-                df[f"p_{k}"] = probs[:, i]
-            return df
+        x = model_input.to_numpy() if hasattr(model_input, "to_numpy") else np.asarray(model_input)
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.model.embed_dim:
+            raise ValueError(f"expected features [T, {self.model.embed_dim}], got shape {x.shape}")
+        anomaly, probs = score_video(self.model, x)
+        df = pd.DataFrame({"anomaly": anomaly})
+        for i, k in enumerate(self.model.cfg.class_keys):
+            df[f"p_{k}"] = probs[:, i]
+        return df
 
 
-    # models from code: loading the MLflow model runs this file, never unpickles a class
+# models from code: loading the MLflow model runs this file, never unpickles a class
 MODEL_CODE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pyfunc.py")
 
 
@@ -140,13 +136,29 @@ def log_and_register(train_ckpt: Optional[str], run_id: str, tracking_uri: str, 
     return _register(client, info.model_uri, register_name, alias, metric, value, best_epoch, model, log)
 
 
+def _new_version(client, model_uri: str, name: str):
+    """A new version of the registered model ``name`` (created if need be) from the logged
+    model ``model_uri`` (``models:/<model_id>``), through the client: what
+    ``mlflow.register_model`` does, less the two lines it prints to stderr each time
+    (the ``[registry]`` line says it)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name)
+    except MlflowException as e:
+        if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    ref = model_uri[len("models:/"):] if model_uri.startswith("models:/") else ""
+    model_id = ref if ref and "/" not in ref and "@" not in ref else None
+    run_id = client.get_logged_model(model_id).source_run_id if model_id else None
+    return client.create_model_version(name, source=model_uri, run_id=run_id, model_id=model_id)
+
+
 def _register(client, model_uri: str, register_name: str, alias: str, metric: str, value: Optional[float],
               best_epoch, model, log) -> Dict[str, Any]:
     """Register a logged model, tag the version and move the alias when it is better."""
-    import mlflow
-
     out: Dict[str, Any] = {"model_uri": model_uri}
-    mv = mlflow.register_model(model_uri, register_name)
+    mv = _new_version(client, model_uri, register_name)
     client.set_model_version_tag(register_name, mv.version, metric, str(value))
     client.set_model_version_tag(register_name, mv.version, "vadclip_best_epoch", str(best_epoch))
     if model.cfg.feature_provenance:   # what it was trained on: scoring refuses features that do not fit

@@ -450,6 +450,33 @@ def iter_snippet_chunks(path: str, snippet_len: int = 16, size: int = 224, crops
     return info, gen()
 
 
+def recording_start(path: str) -> Optional[str]:
+    """The recording's start as the container records it (the ``creation_time`` tag an
+    MP4/MOV's header, or its video stream, holds: what cameras, NVRs and FFmpeg write), as
+    UTC ISO 8601 (``YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00``); None where there is none, or
+    the zero time of a muxer that had no clock (1904 or 1970).  Read with PyAV (the header
+    only, no frame decoded); a file it cannot open has none."""
+    import datetime as dt
+
+    try:
+        import av
+
+        with av.open(path) as c:
+            text = c.metadata.get("creation_time")
+            if not text and c.streams.video:
+                text = c.streams.video[0].metadata.get("creation_time")
+    except Exception:  # noqa: BLE001 - no start time is not a problem of the video
+        return None
+    if not text:
+        return None
+    try:
+        t = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    t = t.replace(tzinfo=dt.timezone.utc) if t.tzinfo is None else t.astimezone(dt.timezone.utc)
+    return None if t.year <= 1970 else t.isoformat()
+
+
 def list_videos(root: str) -> List[str]:
     """Video files under a folder or object-store prefix (recursive, sorted).  A local
     symbolic link whose target is gone is listed too, so that it ends as an error row
