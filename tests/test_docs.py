@@ -12,7 +12,7 @@ def test_readme_is_short_and_its_links_resolve():
     text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
     assert len(text.encode()) <= 12 * 1024
     for needed in ("pip install torch==2.14.1 torchvision==0.29.1 && pip install -e . && vadclip demo",
-                   'pip install -e ".[test,cluster]" && python -m pytest -q tests',
+                   'pip install -e ".[test,cluster]" && python -m pytest -q -m "not slow" tests',
                    "vadclip extract", "vadclip train", "vadclip score"):
         assert needed in text
     local = [t for t in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text) if "://" not in t]

@@ -188,6 +188,7 @@ def test_manifest_forms(sample_videos, tmp_path):
         load_manifest(str(tmp_path / "nothing-here" / "*.mp4"))
 
 
+@pytest.mark.slow
 def test_cpu_auto_precision_is_never_the_slower_one_and_bf16_matches_fp32(sample_videos):
     """On the CPU, auto takes bf16 only where it is native and faster: the encoder it
     picks is timed here against the other precision on the same crops of real videos;

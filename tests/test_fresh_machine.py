@@ -16,6 +16,7 @@ NO_TORCHCODEC = ("from torchcodec.decoders import VideoDecoder; import sys; "
                  "VideoDecoder(sys.argv[1]).get_frame_at(0)")
 
 
+@pytest.mark.slow
 def test_extraction_where_ffmpeg_cannot_load(isolation, sample_videos, tmp_path):
     """auto decodes with decord; every good video is a feature row, only the bad ones
     are error rows and none blames a library; torchcodec by name fails at the start."""

@@ -131,6 +131,7 @@ def test_part_writer_flushes_by_count_and_by_time(tmp_path):
         assert {"--rows-per-file", "--flush-seconds"} <= opts
 
 
+@pytest.mark.slow
 def test_one_mlflow_store_for_train_and_score(ray_local, tmp_path, monkeypatch, capsys):
     """`train --register X` then `score --model models:/X@champion` with no tracking option
     meet in the same store, whose artifacts sit beside it (not in ./mlruns).  Training

@@ -75,6 +75,7 @@ def trained(ray_local, tmp_path_factory):
     return d, test_man, test_gt
 
 
+@pytest.mark.slow
 def test_score_videos_end_to_end_resume_and_registry(trained, tmp_path):
     d, test_man, test_gt = trained
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -192,6 +193,7 @@ def test_bad_feature_rows_are_recorded_not_dropped(trained, tmp_path):
     assert "NaN" in errs["nan"]
 
 
+@pytest.mark.slow
 def test_calibrate_then_score_uses_the_operating_point(trained, tmp_path, capsys):
     """The user's path: `vadclip calibrate` on validation features stores the operating
     point on the registered version; a later `vadclip score` without --threshold uses it

@@ -26,6 +26,7 @@ def feature_sets(tmp_path_factory):
     return cfg, d, erows
 
 
+@pytest.mark.slow
 def test_two_worker_training_registers_a_model(ray_local, feature_sets, tmp_path):
     cfg, d, erows = feature_sets
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -76,6 +77,7 @@ def test_two_worker_training_registers_a_model(ray_local, feature_sets, tmp_path
     assert int(client.get_model_version_by_alias("vad-test", "champion").version) == 1
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_epoch_resumes_from_checkpoint(ray_local, feature_sets, tmp_path, monkeypatch):
     """Rank 0's worker process dies (os._exit) half-way through epoch 2: Ray Train
     restarts the worker group, which resumes from the epoch-1 checkpoint."""
@@ -94,6 +96,7 @@ def test_worker_killed_mid_epoch_resumes_from_checkpoint(ray_local, feature_sets
     assert s["best_metrics"]["epoch"] in (1, 2, 3) and os.path.exists(s["best_checkpoint"])
 
 
+@pytest.mark.slow
 def test_official_recipe_evaluates_within_epochs_and_keeps_the_best(ray_local, feature_sets, tmp_path):
     """--recipe official: the UCF loop's evaluation every N samples (here 16: twice per
     epoch), the best model so far reloaded at each epoch end, so the final checkpoint is
