@@ -34,6 +34,12 @@ FEATURE_SCHEMA = pa.schema([
     # a set written before this column reads it as null (:func:`meta_of` gives {})
     ("meta", pa.string()),
     ("decoder", pa.string()),    # what decoded the video (torchcodec, decord, pyav); null where not extracted here
+    # a variable-frame-rate video: where each snippet starts, and the last one ends
+    # (snippet_count + 1 times in s, from its frames' timestamps); null where
+    # snippet i starts at i * snippet_len / fps (constant rate, or a set written before)
+    ("snippet_times", pa.list_(pa.float64())),
+    # a truncated file: the frames its container lists (num_frames: those that decode); null when all decode
+    ("frames_listed", pa.int64()),
 ])
 
 ERROR_SCHEMA = pa.schema([
@@ -62,13 +68,30 @@ def check_features(arr: np.ndarray, source: str, expected_dim: Optional[int] = N
 
 
 def feature_row(video_id: str, path: str, label: Optional[str], crop: int, fps: float, num_frames: int,
-                features: np.ndarray, meta: Optional[str] = None) -> Dict:
+                features: np.ndarray, meta: Optional[str] = None, snippet_times: Optional[Sequence[float]] = None,
+                frames_listed: Optional[int] = None) -> Dict:
     f = np.ascontiguousarray(features, dtype=np.float32)
+    if snippet_times is not None and len(snippet_times) != f.shape[0] + 1:
+        raise FeatureError(f"{path}: {len(snippet_times)} snippet times for {f.shape[0]} snippets "
+                           f"(expected {f.shape[0] + 1})")
     return {
         "video_id": video_id, "path": path, "label": label, "crop": int(crop), "fps": float(fps),
         "num_frames": int(num_frames), "snippet_count": int(f.shape[0]), "feature_dim": int(f.shape[1]),
         "features": f.reshape(-1), "meta": meta or "",
+        "snippet_times": None if snippet_times is None else [float(t) for t in snippet_times],
+        "frames_listed": None if not frames_listed else int(frames_listed),
     }
+
+
+def times_of(row: Dict) -> Optional[np.ndarray]:
+    """A feature (or score) row's snippet times (``snippet_count + 1`` seconds), or None
+    where it has none (constant frame rate, or a set written before the column): the
+    times are then ``i * snippet_len / fps``."""
+    t = row.get("snippet_times") if hasattr(row, "get") else None
+    if t is None or (isinstance(t, float) and np.isnan(t)):
+        return None
+    t = np.asarray(t, np.float64)
+    return t if t.ndim == 1 and len(t) >= 2 else None
 
 
 def meta_of(text: Any) -> Dict[str, str]:

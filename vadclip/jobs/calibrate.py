@@ -131,7 +131,9 @@ def validation_footage(model, features: str, crop: int, gt, log,
     cols = ["video_id", "path", "label", "crop", "fps", "num_frames", "snippet_count", "feature_dim", "features"]
     with torch.no_grad():
         for f in dataset_files(features):
-            here = cols + (["meta"] if by and "meta" in read_schema(f).names else [])
+            names = read_schema(f).names
+            here = cols + (["meta"] if by and "meta" in names else []) + \
+                (["snippet_times"] if "snippet_times" in names else [])
             for r in read_file(f, here, filters=[("crop", "=", crop)]).to_pylist():
                 if r["video_id"] in seen:
                     continue

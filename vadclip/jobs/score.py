@@ -37,6 +37,7 @@ SCORE_SCHEMA = pa.schema([
     ("video_score", pa.float64()), ("predicted_class", pa.string()), ("flagged", pa.bool_()),
     ("events", pa.list_(EVENT_TYPE)),
     ("meta", pa.string()),     # the video's manifest columns (camera, start_time, …), as its feature rows hold them
+    ("snippet_times", pa.list_(pa.float64())),    # as the feature rows hold them (variable frame rate only)
 ])
 
 
@@ -197,15 +198,20 @@ class ScoreOptions:
 
 
 def find_events(anomaly: np.ndarray, probs: np.ndarray, classes: Sequence[str], fps: float, num_frames: int,
-                rule: EventRule, snippet_len: int = 16) -> List[Dict[str, Any]]:
+                rule: EventRule, snippet_len: int = 16, times: Optional[np.ndarray] = None) -> List[Dict[str, Any]]:
     """The events of one video under ``rule`` (threshold, hysteresis, merge gap and
     minimum duration in seconds: :meth:`EventRule.events`); each event gets the abnormal
-    class with the highest mean probability over it."""
+    class with the highest mean probability over it.  Seconds come from ``times`` (where
+    each snippet starts and the last ends, from a variable-frame-rate video's
+    timestamps) when given, else from the frame rate."""
+    if times is not None and len(times) != len(anomaly) + 1:
+        times = None
     events = []
-    for s, e in rule.events(anomaly, snippet_len / fps):
+    for s, e in rule.events(anomaly, snippet_len / fps, times):
         c = 1 + int(np.argmax(probs[s:e, 1:].mean(0))) if probs.shape[1] > 1 else 0
         sf, ef = s * snippet_len, min(e * snippet_len, num_frames)
-        events.append({"start_s": sf / fps, "end_s": ef / fps, "start_frame": sf, "end_frame": ef,
+        t0, t1 = (float(times[s]), float(times[e])) if times is not None else (sf / fps, ef / fps)
+        events.append({"start_s": t0, "end_s": t1, "start_frame": sf, "end_frame": ef,
                        "class_name": classes[c], "score": float(anomaly[s:e].mean())})
     return events
 
@@ -243,11 +249,13 @@ class ScoreStage:
 
         out: Dict[str, list] = {k: [] for k in ("video_id", "path", "label", "fps", "num_frames", "snippet_count",
                                                 "anomaly", "class_probs", "video_score", "predicted_class",
-                                                "flagged", "events", "error", "meta")}
+                                                "flagged", "events", "error", "meta", "snippet_times")}
         for i in range(len(batch["video_id"])):
             row = {k: batch[k][i] for k in batch}
             for k in ("video_id", "path", "fps", "num_frames", "snippet_count"):
                 out[k].append(row[k])
+            t = _times_list(row)      # a variable-frame-rate video's (JSON text here, "" for none)
+            out["snippet_times"].append(json.dumps(t) if t else "")
             out["meta"].append(_text(row.get("meta")))     # absent in a set written before it existed
             out["label"].append(label_of(row.get("label")))    # the column may be absent, null or mixed
             try:
@@ -278,7 +286,7 @@ def score_features(model, features: np.ndarray, row: Dict[str, Any], opts: Score
     """One video's scores from its features [T, D] (``row``: its fps, frame count, path,
     id): per-snippet anomaly and class probabilities, the video score (top-k mean),
     its events and whether it is flagged.  Unusable features raise an :class:`InputError`."""
-    from vadclip.io.features import check_features
+    from vadclip.io.features import check_features, times_of
     from vadclip.model.losses import topk_count
     from vadclip.model.network import score_video
 
@@ -287,7 +295,7 @@ def score_features(model, features: np.ndarray, row: Dict[str, Any], opts: Score
     vscore = float(np.sort(anomaly)[::-1][:topk_count(len(anomaly))].mean())
     ev = find_events(anomaly, probs, classes, float(row["fps"]) or 30.0,
                      int(row["num_frames"]) or len(anomaly) * 16, opts.rule_for(row.get("meta")),
-                     model.cfg.snippet_len)
+                     model.cfg.snippet_len, times_of(row))
     # flagged ⇔ at least one event; the video's class is that of its strongest event
     pcls = max(ev, key=lambda e: e["score"])["class_name"] if ev else classes[0]
     return {"anomaly": anomaly.astype(np.float32), "class_probs": probs.astype(np.float32).reshape(-1),
@@ -311,7 +319,14 @@ def score_row(meta: Dict[str, Any], s: Dict[str, Any], snippet_count: int, class
             "classes": classes, "anomaly": np.asarray(s["anomaly"], np.float32),
             "class_probs": np.asarray(s["class_probs"], np.float32), "video_score": float(s["video_score"]),
             "predicted_class": s["predicted_class"], "flagged": bool(s["flagged"]), "events": s["events"],
-            "meta": _text(meta.get("meta"))}
+            "meta": _text(meta.get("meta")), "snippet_times": _times_list(meta)}
+
+
+def _times_list(row: Dict[str, Any]) -> Optional[List[float]]:
+    from vadclip.io.features import times_of
+
+    t = times_of(row)
+    return None if t is None else t.tolist()
 
 
 def _text(value: Any) -> str:
@@ -362,7 +377,7 @@ class Scorer:
             return
         self.skip.add(vid)
         row = {"video_id": vid, "path": meta["path"], "fps": meta["fps"], "num_frames": meta["num_frames"],
-               "meta": meta.get("meta")}
+               "meta": meta.get("meta"), "snippet_times": meta.get("snippet_times")}
         try:
             s = score_features(self.model, feats[:, self.crop], row, self.opts, self.classes)
         except InputError as e:
@@ -441,6 +456,7 @@ def _score_rows(classes: List[str]):
             if r["error"]:
                 bad.append({"path": r["path"], "video_id": r["video_id"], "stage": "score", "error": r["error"]})
                 continue
+            r["snippet_times"] = json.loads(r["snippet_times"]) if r.get("snippet_times") else None
             good.append(score_row(r, dict(r, events=json.loads(r["events"])), r["snippet_count"], classes))
         return good, bad
     return to_rows
@@ -690,8 +706,8 @@ def ground_truth_figures(scores_dir: str, gt_path: str, cfg_dict: Dict[str, Any]
     rule = opts.rule()
 
     rows = [r for f in part_files(scores_dir)
-            for r in read_file(f, list(METRIC_COLUMNS) + (["meta"] if "meta" in read_schema(f).names else [])
-                               ).to_pylist()]
+            for r in read_file(f, list(METRIC_COLUMNS) + [c for c in ("meta", "snippet_times")
+                                                          if c in read_schema(f).names]).to_pylist()]
     metrics = score_metrics(rows, gt, cfg)
     footage = [footage_of(r, np.asarray(r["anomaly"], np.float64), cfg.snippet_len, gt, cfg.is_normal) for r in rows]
     groups = {}

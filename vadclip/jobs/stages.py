@@ -3,6 +3,7 @@ resources it takes: decode (tasks: one manifest row → the video's snippet fram
 chunks) and encode (an actor pool running the frozen CLIP image tower)."""
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -75,6 +76,9 @@ class ExtractOptions:
         return max(1, self.batch_size // self.crops)
 
 
+NO_TIMES = {"snippets": 0, "frames_listed": 0, "times": ""}   # an error row's
+
+
 class DecodeStage:
     """Ray Data ``flat_map`` stage: one manifest row → the video's snippet frames in
     chunks of ``opts.chunk_snippets`` ([n, crops, 3, S, S] uint8 each), or one error row.
@@ -109,7 +113,7 @@ class DecodeStage:
         try:
             yield from within_deadline(rows, opts.video_timeout_s)
         except DeadlineExceeded:
-            yield dict(base, chunk=-1, n_chunks=0, fps=0.0, num_frames=0, frames=empty, decoder="",
+            yield dict(base, chunk=-1, n_chunks=0, fps=0.0, num_frames=0, frames=empty, decoder="", **NO_TIMES,
                        error=f"{item['path']}: reading and decoding took longer than the deadline of "
                              f"{opts.video_timeout_s:g} s (--video-timeout-s): a stalled read or decoder; the job "
                              "went on without it (--retry-failed runs it again)")
@@ -126,10 +130,17 @@ class DecodeStage:
                                                    device=self.device)
                 n_chunks = -(-info.snippet_count(opts.snippet_len) // opts.chunk_snippets)
                 for k, frames in enumerate(chunks):
+                    # the last chunk's values are the video's (a truncation shows by then):
+                    # the frames that decode, their rate, the snippets they make and, for a
+                    # variable-frame-rate file, where each snippet starts (JSON; "" for none)
+                    times = info.snippet_times(opts.snippet_len) if k == n_chunks - 1 else None
                     yield dict(base, chunk=k, n_chunks=n_chunks, fps=info.fps, num_frames=info.num_frames,
-                               frames=frames, error="", decoder=info.decoder)
+                               frames=frames, error="", decoder=info.decoder,
+                               snippets=info.snippet_count(opts.snippet_len), frames_listed=info.frames_listed,
+                               times=json.dumps(times) if times else "")
         except VideoError as e:
-            yield dict(base, chunk=-1, n_chunks=0, fps=0.0, num_frames=0, frames=empty, error=str(e), decoder="")
+            yield dict(base, chunk=-1, n_chunks=0, fps=0.0, num_frames=0, frames=empty, error=str(e), decoder="",
+                       **NO_TIMES)
 
 
 def with_recording_start(meta: str, local: str) -> str:

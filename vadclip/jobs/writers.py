@@ -11,6 +11,7 @@ are neither rows nor error rows at the end of the pipeline: the driver runs them
 (:func:`vadclip.jobs.extract.extract_and`)."""
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any, Dict, List, Optional
 
@@ -144,15 +145,24 @@ class VideoWriter:
             return
         st = self.pending.setdefault(vid, {"chunks": {}, "meta": row})
         st["chunks"][int(row["chunk"])] = np.asarray(row["features"], np.float32)
+        if int(row["chunk"]) == int(row["n_chunks"]) - 1:
+            st["meta"] = row          # the last chunk's frame count, rate and times are the video's
         if len(st["chunks"]) < int(row["n_chunks"]):
             return
         self.pending.pop(vid)
         self.assembled.add(vid)
         feats = np.concatenate([st["chunks"][k] for k in range(int(row["n_chunks"]))], axis=0)
-        meta = st["meta"]
+        meta = dict(st["meta"])
+        keep = int(meta.get("snippets") or 0)
+        if 0 < keep < feats.shape[0]:
+            feats = feats[:keep]      # a truncated file: the snippets past its last decoded frame are padding
+        times = json.loads(meta["times"]) if meta.get("times") else None
+        meta["snippet_times"] = times
+        listed = int(meta.get("frames_listed") or 0)
         self.fw.add([dict(feature_row(vid, meta["path"], meta["label"] or None, c, meta["fps"], meta["num_frames"],
-                                      feats[:, c], meta.get("meta")), input_identity=meta["input_identity"],
-                          decoder=str(meta.get("decoder") or "") or None)
+                                      feats[:, c], meta.get("meta"), snippet_times=times,
+                                      frames_listed=listed or None),
+                          input_identity=meta["input_identity"], decoder=str(meta.get("decoder") or "") or None)
                      for c in range(feats.shape[1])])
         if self.scorer is not None:
             self.scorer.video(vid, meta, feats)

@@ -36,8 +36,15 @@ class EventRule:
     min_duration_s: float = 0.0
     merge_gap_s: float = 0.0
 
-    def events(self, scores: np.ndarray, snippet_s: float) -> List[Tuple[int, int]]:
-        """[start, end) snippet runs of ``scores`` that are events under this rule."""
+    def events(self, scores: np.ndarray, snippet_s: float, times: Optional[np.ndarray] = None) -> List[Tuple[int, int]]:
+        """[start, end) snippet runs of ``scores`` that are events under this rule; gaps and
+        durations in seconds from ``times`` (where each snippet starts, and the last ends:
+        a variable-frame-rate video's) when given, else ``snippet_s`` per snippet."""
+        if times is not None and len(times) == len(scores) + 1:
+            t = np.asarray(times, np.float64)
+            span = lambda a, b: float(t[b] - t[a])          # noqa: E731
+        else:
+            span = lambda a, b: (b - a) * snippet_s          # noqa: E731
         low = self.threshold if self.low is None else min(self.low, self.threshold)
         runs, start = [], None
         for i, s in enumerate(np.asarray(scores, dtype=np.float64).tolist()):
@@ -50,11 +57,11 @@ class EventRule:
             runs.append([start, len(scores)])
         merged: List[List[int]] = []
         for r in runs:
-            if merged and (r[0] - merged[-1][1]) * snippet_s <= self.merge_gap_s:
+            if merged and span(merged[-1][1], r[0]) <= self.merge_gap_s:
                 merged[-1][1] = r[1]
             else:
                 merged.append(r)
-        return [(a, b) for a, b in merged if (b - a) * snippet_s >= self.min_duration_s]
+        return [(a, b) for a, b in merged if span(a, b) >= self.min_duration_s]
 
 
     @property
@@ -153,10 +160,30 @@ class Footage:
     normal: bool = True
     gt: List[Tuple[float, float]] = field(default_factory=list)
     group: Optional[str] = None      # its value of the column calibrated --by (e.g. its camera)
+    # a variable-frame-rate video: where each snippet starts and the last ends (s)
+    times: Optional[np.ndarray] = None
+
+    def __post_init__(self) -> None:
+        if self.times is not None and len(self.times) != len(self.scores) + 1:
+            self.times = None
 
     @property
     def hours(self) -> float:
+        if self.times is not None:
+            return float(self.times[-1] - self.times[0]) / 3600.0
         return len(self.scores) * self.snippet_s / 3600.0
+
+    def seconds(self, a: int, b: int) -> Tuple[float, float]:
+        """Where the snippets [a, b) start and end (s)."""
+        if self.times is not None:
+            return float(self.times[a]), float(self.times[b])
+        return a * self.snippet_s, b * self.snippet_s
+
+    @property
+    def centres(self) -> np.ndarray:
+        if self.times is not None:
+            return (self.times[:-1] + self.times[1:]) / 2
+        return (np.arange(len(self.scores)) + 0.5) * self.snippet_s
 
 
 def operating_stats(videos: Sequence[Footage], rule: EventRule,
@@ -171,7 +198,7 @@ def operating_stats(videos: Sequence[Footage], rule: EventRule,
     tp = fp = fn = 0
     for v in videos:
         r = group_rules.get(v.group, rule) if v.group is not None else rule
-        ev = [(a * v.snippet_s, b * v.snippet_s) for a, b in r.events(v.scores, v.snippet_s)]
+        ev = [v.seconds(a, b) for a, b in r.events(v.scores, v.snippet_s, v.times)]
         events += len(ev)
         if v.normal:
             alarms += len(ev)
@@ -179,7 +206,7 @@ def operating_stats(videos: Sequence[Footage], rule: EventRule,
         hit_events += sum(overlap)
         intervals += len(v.gt)
         found += sum(any(s < ge and e > gs for s, e in ev) for gs, ge in v.gt)
-        t = (np.arange(len(v.scores)) + 0.5) * v.snippet_s           # snippet centres
+        t = v.centres
         pred = np.zeros(len(v.scores), bool)
         for s, e in ev:
             pred |= (t >= s) & (t < e)
@@ -209,12 +236,22 @@ def footage_of(row: Dict[str, Any], anomaly: np.ndarray, snippet_len: int, gt=No
     without intervals counts for neither side."""
     from vadclip.io.gt import intervals_of
 
+    from vadclip.io.features import times_of
+
     fps = float(row.get("fps") or 0.0) or 30.0
-    ivs = [] if gt is None else [(s / fps, e / fps) for s, e, _ in intervals_of(gt, row["video_id"])]
+    times = times_of(row)
+    if times is not None and len(times) != len(anomaly) + 1:
+        times = None
+    if times is None:
+        at = lambda f: f / fps                                             # noqa: E731
+    else:   # frames to seconds through the snippets' times (a variable-frame-rate video)
+        marks = np.minimum(np.arange(len(times)) * snippet_len, int(row.get("num_frames") or 0) or 1 << 62)
+        at = lambda f: float(np.interp(f, marks, times))                   # noqa: E731
+    ivs = [] if gt is None else [(at(s), at(e)) for s, e, _ in intervals_of(gt, row["video_id"])]
     normal = True
     if gt is not None:
         normal = not ivs and (not row.get("label") or normal_label is None or _says_normal(normal_label, row["label"]))
-    return Footage(np.asarray(anomaly, np.float64), snippet_len / fps, normal, ivs)
+    return Footage(np.asarray(anomaly, np.float64), snippet_len / fps, normal, ivs, times=times)
 
 
 def _says_normal(normal_label, label: str) -> bool:

@@ -85,12 +85,14 @@ def operating_footage(scores_dir: str, gt, snippet_len: int):
     """Every scored video as validation footage against ``gt`` (one part file at a
     time; only the snippet scores are kept).  A video is normal footage when it has no
     ground-truth interval and its label, if any, is the model's normal class."""
-    from vadclip.io.parts import part_files, read_file
+    from vadclip.io.parts import part_files, read_file, read_schema
     from vadclip.metrics.operating import footage_of
 
     out = []
     for f in part_files(scores_dir):
-        for r in read_file(f, ["video_id", "label", "fps", "num_frames", "anomaly", "classes"]).to_pylist():
+        cols = ["video_id", "label", "fps", "num_frames", "anomaly", "classes"]
+        cols += ["snippet_times"] if "snippet_times" in read_schema(f).names else []   # parts written before it
+        for r in read_file(f, cols).to_pylist():
             normal = (r["classes"] or ["normal"])[0]
             out.append(footage_of(r, np.asarray(r["anomaly"], np.float64), snippet_len, gt,
                                   lambda lab, n=normal: str(lab).strip() in (n, n.lower(), "normal", "Normal")))

@@ -29,4 +29,5 @@ def extract_video(path: str, encoder: ClipImageEncoder, opts: ExtractOptions):
                                            opts.chunk_snippets, name=path, decoder=opts.decoder,
                                            device=opts.decode_device)
         feats = np.concatenate([encoder.encode(c) for c in chunks], axis=0)
+    feats = feats[:info.snippet_count(opts.snippet_len)]    # a truncated file: past its last decoded frame, padding
     return info, feats.transpose(1, 0, 2)

@@ -43,10 +43,29 @@ class VideoInfo:
     fps: float
     height: int
     width: int
-    decoder: str = ""       # what decoded it: decord | torchcodec-cpu | torchcodec-cuda
+    decoder: str = ""       # what decoded it: decord | torchcodec-cpu | torchcodec-cuda | pyav
+    # each listed frame's presentation time (s, from the first), from the container's
+    # timestamps; None where it gives none for some frame
+    times: Optional[np.ndarray] = None
+    frames_listed: int = 0  # a truncated file: the frames its container lists (num_frames: those that decode)
 
     def snippet_count(self, snippet_len: int) -> int:
         return -(-self.num_frames // snippet_len)
+
+    def snippet_times(self, snippet_len: int) -> Optional[List[float]]:
+        """The times (s) where the snippets start, and where the last one ends
+        (``snippet_count + 1`` values), from the frames' timestamps — for a
+        variable-frame-rate video only (None where ``i * snippet_len / fps`` is within
+        half a frame of every snippet's start, as for any constant-rate file)."""
+        n = self.num_frames
+        if self.times is None or len(self.times) < n or n < 2:
+            return None
+        t = np.asarray(self.times[:n], np.float64)
+        starts = np.arange(0, n, snippet_len)
+        if np.max(np.abs(t[starts] - starts / self.fps)) <= 0.5 / self.fps:
+            return None
+        step = float(np.median(np.diff(t)))
+        return [round(float(x), 6) for x in t[starts]] + [round(float(t[-1] + step), 6)]
 
 
 # ------------------------------------------------------------------------ decoders
@@ -63,6 +82,37 @@ def _first_line(e: BaseException) -> str:
 
 
 PROBE_CLIP = Path(__file__).parent / "assets" / "probe.mp4"   # 2 H.264 frames, 32x32, 1.5 KB
+
+
+def frame_times(pts: Sequence[Optional[int]], time_base) -> Optional[np.ndarray]:
+    """Presentation times (s, from the first frame) of a stream's frames in display
+    order, from its packets' timestamps (``time_base`` units); None where a packet has none."""
+    if not pts or any(p is None for p in pts) or not time_base:
+        return None
+    t = np.sort(np.asarray(pts, np.int64))
+    return (t - t[0]).astype(np.float64) * float(time_base)
+
+
+def stream_times(path: str) -> Optional[np.ndarray]:
+    """The presentation times of the frames of ``path``'s video stream (:func:`frame_times`),
+    read with PyAV from the packets without decoding any; None where it cannot."""
+    try:
+        import av
+
+        with av.open(path) as c:
+            st = c.streams.video[0]
+            return frame_times([pk.pts for pk in c.demux(st) if pk.size], st.time_base)
+    except Exception:  # noqa: BLE001 - no timestamps: times come from the frame rate
+        return None
+
+
+def rate_of(times: Optional[np.ndarray]) -> Optional[float]:
+    """Frames per second over the whole stream (the frames / their span, the last frame
+    lasting as long as the typical frame), from :func:`frame_times`."""
+    if times is None or len(times) < 2:
+        return None
+    span = float(times[-1] - times[0]) + float(np.median(np.diff(times)))
+    return len(times) / span if span > 0 else None
 
 
 @functools.lru_cache(maxsize=None)
@@ -137,6 +187,8 @@ def resolve_decoder(decoder: str = "auto", device: str = "cpu") -> Tuple[str, st
 class DecordReader:
     """decord on the CPU; ``get(indices)`` → [N, H, W, 3] uint8 numpy."""
     device = "cpu"
+    truncated_at: Optional[int] = None     # a seeking decoder fails instead; PyAV finds where a stream ends
+    times: Optional[np.ndarray] = None
 
     def __init__(self, path: str, name: str) -> None:
         import decord
@@ -155,6 +207,8 @@ class DecordReader:
 
 class TorchcodecReader:
     """torchcodec (exact seeks, one FFmpeg thread) on ``device``."""
+    truncated_at: Optional[int] = None
+    times: Optional[np.ndarray] = None
 
     def __init__(self, path: str, name: str, device: str = "cpu") -> None:
         from torchcodec.decoders import VideoDecoder
@@ -181,8 +235,9 @@ class PyAVReader:
     """PyAV (its wheel carries FFmpeg), decoding the stream in order: what FFmpeg itself
     decodes, whatever the container (MPEG-TS and MPEG-PS included, where seeking by
     index fails).  The frame count is the number of the stream's packets (read without
-    decoding); a stream that ends before it (a truncated file) gives its last frame for
-    the missing ones and says where it ended (``truncated_at``)."""
+    decoding, with their timestamps: ``times``); a stream that ends before it, or whose
+    decoding fails after its first frame (a truncated file), gives its last decoded
+    frame for the missing ones and says how many decoded (``truncated_at``)."""
     device = "cpu"
     kind = "pyav"
 
@@ -191,6 +246,7 @@ class PyAVReader:
 
         self.path, self.name, self._av = path, name, av
         self.truncated_at: Optional[int] = None
+        self.truncation = ""                     # why decoding ended early (FFmpeg's words)
         try:
             with av.open(path) as c:
                 if not c.streams.video:
@@ -199,7 +255,9 @@ class PyAVReader:
                 st = c.streams.video[0]
                 rate = st.average_rate or st.guessed_rate or 0
                 self.fps = float(rate) if rate else 0.0
-                self.num_frames = sum(1 for pk in c.demux(st) if pk.size)
+                pts = [pk.pts for pk in c.demux(st) if pk.size]
+                self.num_frames = len(pts)
+                self.times = frame_times(pts, st.time_base)
         except VideoError:
             raise
         except Exception as e:  # av.error.*: not a container FFmpeg knows
@@ -219,7 +277,10 @@ class PyAVReader:
         except StopIteration:
             return False
         except Exception as e:  # a packet FFmpeg cannot decode: the video's problem, at this frame
-            raise VideoError(f"{self.name}: decoding failed at frame {self.pos + 1}: {_first_line(e)}") from None
+            if self.pos < 0:
+                raise VideoError(f"{self.name}: decoding failed at frame 0: {_first_line(e)}") from None
+            self.truncation = _first_line(e)       # frames decoded up to here: a truncated file
+            return False
         self._frame, self._rgb = frame, None
         self.pos += 1
         return True
@@ -369,10 +430,20 @@ def open_video(path: str, name: Optional[str] = None, decoder: str = "auto", dev
                    f"({str(tried[0][1]).split(': ', 1)[-1][:120]}): decoded with {reader.kind}", logging.INFO)
     n = reader.num_frames
     h, w = first.shape[1:3]
+    # the frames' own timestamps (PyAV lists them while counting; for the seeking
+    # decoders, a pass over the packets without decoding): where they agree with the
+    # decoder's frame count they give the rate (a header's average can be off, e.g. in a
+    # truncated file) and, for a variable-frame-rate file, each snippet's time
+    times = reader.times if reader.kind == "pyav" else stream_times(path)
+    if times is not None and len(times) != n:
+        times = None
     fps = reader.fps
+    rate = rate_of(times)
+    if rate is not None and (not np.isfinite(fps) or fps <= 0 or abs(rate / fps - 1) > 0.01):
+        fps = rate
     if not np.isfinite(fps) or fps <= 0:
         fps = 30.0
-    return reader, VideoInfo(name, n, fps, int(h), int(w), reader.kind)
+    return reader, VideoInfo(name, n, fps, int(h), int(w), reader.kind, times=times)
 
 
 def snippet_frame_indices(num_frames: int, snippet_len: int) -> np.ndarray:
@@ -416,7 +487,11 @@ def iter_snippet_chunks(path: str, snippet_len: int = 16, size: int = 224, crops
                         device: str = "cpu") -> Tuple[VideoInfo, Iterator[np.ndarray]]:
     """Open a local video file and return (info, iterator of [n, crops, 3, size, size]
     uint8 chunks); errors name ``name`` (the user's path or URI, default ``path``).
-    ``info.decoder`` says what decoded it (after the fallbacks of :func:`resolve_decoder`)."""
+    ``info.decoder`` says what decoded it (after the fallbacks of :func:`resolve_decoder`).
+
+    ``info`` is final once the last chunk is out: a truncated file's ``num_frames`` is
+    then the frames that decode (``frames_listed``: what its container lists), and the
+    chunks past them repeat its last frame — keep ``info.snippet_count()`` snippets."""
     name = name or path
     reader, info = open_video(path, name, decoder, device)
     idx = snippet_frame_indices(info.num_frames, snippet_len)
@@ -424,13 +499,21 @@ def iter_snippet_chunks(path: str, snippet_len: int = 16, size: int = 224, crops
     chain = [k for k, _ in decoder_chain(decoder, device, name)]
     later = chain[chain.index(reader.kind.split("-")[0]) + 1:] if reader.kind.split("-")[0] in chain else []
 
+    listed = info.num_frames
+
     def gen():
         rd, rest = reader, list(later)
         for s in range(0, len(idx), chunk_snippets):
-            sel = idx[s:s + chunk_snippets]
+            sel = idx[s:s + chunk_snippets].tolist()
+            # the last chunk also reads the last listed frame (at most half a snippet further):
+            # where it does not decode, the file is truncated and PyAV (in order) finds how
+            # many frames do, so the frame count is what decodes, not what the header lists
+            last = s + chunk_snippets >= len(idx)
+            want = sel + [listed - 1] if last and sel[-1] != listed - 1 else sel
             while True:
                 try:
-                    rd, frames = _read(rd, sel.tolist(), path, name)
+                    rd, frames = _read(rd, want, path, name)
+                    frames = frames[:len(sel)]
                     break
                 except VideoError as e:   # this decoder stops part-way: the next one takes over here
                     if not rest:
@@ -443,6 +526,16 @@ def iter_snippet_chunks(path: str, snippet_len: int = 16, size: int = 224, crops
                     except VideoError:
                         continue
             info.decoder = rd.kind        # a GPU failure or a fallback may have moved it
+            if rd.truncated_at is not None and rd.truncated_at < info.num_frames:
+                info.frames_listed, info.num_frames = listed, int(rd.truncated_at)
+                # the rate from the frames that decode (a truncated stream lists packets of
+                # frames past its end, whose timestamps would stretch it)
+                rate = rate_of(None if info.times is None else info.times[:info.num_frames])
+                if rate is not None and abs(rate / info.fps - 1) > 0.01:
+                    info.fps = rate
+                _note_once(f"{name}: truncated: {info.num_frames} of its {listed} frames decode "
+                           f"({getattr(rd, 'truncation', '') or 'the stream ends there'}); its row holds those",
+                           logging.INFO)
             if frames.shape[0] != len(sel):
                 raise VideoError(f"{name}: decoder returned {frames.shape[0]} frames, expected {len(sel)}")
             yield crop_views(frames, size, crops)

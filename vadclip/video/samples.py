@@ -49,13 +49,19 @@ def write_video(path: str, num_frames: int, fps: float = 25.0, width: int = 96, 
 
 
 def write_numbered_video(path: str, num_frames: int, codec: str = "libx264", fps: int = 25, height: int = 48,
-                         options: Optional[Dict[str, str]] = None) -> None:
+                         options: Optional[Dict[str, str]] = None, times: Optional[Sequence[float]] = None) -> None:
     """A video whose frame ``i`` shows one bright column at ``x = 4 i + 2`` on a dark
     background (width ``4 num_frames + 4``), so a decoded frame says which frame it is
     (:func:`frame_number`) whatever decoded it.  The container follows the extension
-    (``.ts`` MPEG-TS, ``.mpg`` MPEG-PS, ``.mp4``); libx264 with B-frames by default."""
+    (``.ts`` MPEG-TS, ``.mpg`` MPEG-PS, ``.mp4``); libx264 with B-frames by default.
+    ``times``: each frame's presentation time (s; a variable-frame-rate video, in
+    milliseconds), else ``i / fps``."""
+    from fractions import Fraction
+
     import av
 
+    if times is not None and len(times) != num_frames:
+        raise ValueError(f"{len(times)} times for {num_frames} frames")
     width = 4 * num_frames + 4
     os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
     with av.open(path, "w") as container:
@@ -63,10 +69,15 @@ def write_numbered_video(path: str, num_frames: int, codec: str = "libx264", fps
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = options if options is not None else (
             {"preset": "medium", "bf": "3", "g": "12"} if codec in ("libx264", "libx265") else {"g": "12", "bf": "2"})
+        if times is not None:
+            stream.codec_context.time_base = Fraction(1, 1000)
         for i in range(num_frames):
             img = np.full((height, width, 3), 16, np.uint8)
             img[:, 4 * i + 1:4 * i + 4] = 235
-            for pkt in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            if times is not None:
+                frame.pts, frame.time_base = int(round(times[i] * 1000)), Fraction(1, 1000)
+            for pkt in stream.encode(frame):
                 container.mux(pkt)
         for pkt in stream.encode():
             container.mux(pkt)
