@@ -181,3 +181,35 @@ def test_extract_and_score_carry_the_times_and_the_truncation(ray_local, files, 
     events = pq.read_table(str(tmp_path / "s1" / "events")).to_pylist()
     assert flat((e["start_s"], e["end_s"]) for e in events if e["path"].endswith("vfr.mp4")) == \
         pytest.approx(flat(want), abs=1e-3)
+
+
+def test_a_folder_written_before_the_times_columns_scores_with_new_parts(ray_local, tmp_path):
+    """A feature folder resumed across the upgrade: one part without the new columns (as
+    written before them), one with a VFR video's snippet times; ``score --features`` reads
+    both (Ray Data) and each video keeps what its part held."""
+    from vadclip import tiny_config
+    from vadclip.io.features import write_feature_table
+    from vadclip.jobs.score import run_score
+    from vadclip.model.checkpoint import save_checkpoint
+    from vadclip.model.network import build_model
+    from vadclip.testing.synthetic import make_feature_set
+
+    cfg = tiny_config("custom", classes=["Normal", "Fire"], visual_length=32, visual_layers=1)
+    rows, _ = make_feature_set(cfg, 2, 2, 32, seed=4)
+    (tmp_path / "feats").mkdir()
+    old = str(tmp_path / "feats" / "part-a.parquet")
+    write_feature_table(rows[:2], old)
+    pq.write_table(pq.read_table(old).drop(["snippet_times", "frames_listed", "decoder", "meta"]), old)
+    new = [dict(r) for r in rows[2:]]
+    times = np.linspace(0.0, 10.0, int(new[0]["snippet_count"]) + 1).tolist()
+    new[0]["snippet_times"] = times
+    write_feature_table(new, str(tmp_path / "feats" / "part-b.parquet"))
+    save_checkpoint(build_model(cfg), str(tmp_path / "m.pt"))
+    s = run_score(str(tmp_path / "m.pt"), str(tmp_path / "out"), features=str(tmp_path / "feats"),
+                  opts=ScoreOptions(threshold=0.0, max_plots=0), log=lambda *_: None)
+    assert (s["videos_scored"], s["videos_failed"]) == (4, 0)
+    got = {r["video_id"]: r for r in pq.read_table(str(tmp_path / "out" / "scores")).to_pylist()}
+    assert got[new[0]["video_id"]]["snippet_times"] == pytest.approx(times)
+    assert [got[r["video_id"]]["snippet_times"] for r in rows[:2] + new[1:]] == [None, None, None]
+    # threshold 0: one event over the whole video, ending at its last snippet time (10 s)
+    assert got[new[0]["video_id"]]["events"][-1]["end_s"] == pytest.approx(10.0)
