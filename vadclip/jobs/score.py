@@ -24,7 +24,7 @@ from vadclip.io import layout
 from vadclip.io.features import ERROR_SCHEMA, meta_of
 from vadclip.io.provenance import check_fit
 from vadclip.jobs.output import ResumableOutput, row_sink
-from vadclip.metrics.operating import DEFAULT_RULE, EventRule, OperatingPoint
+from vadclip.metrics.operating import DEFAULT_RULE, EventRule, OperatingPoint, snippet_times_for
 from vadclip.io.parts import dataset_files
 from vadclip.report.html import build_report, output_totals
 
@@ -204,8 +204,7 @@ def find_events(anomaly: np.ndarray, probs: np.ndarray, classes: Sequence[str], 
     class with the highest mean probability over it.  Seconds come from ``times`` (where
     each snippet starts and the last ends, from a variable-frame-rate video's
     timestamps) when given, else from the frame rate."""
-    if times is not None and len(times) != len(anomaly) + 1:
-        times = None
+    times = snippet_times_for(times, len(anomaly))
     events = []
     for s, e in rule.events(anomaly, snippet_len / fps, times):
         c = 1 + int(np.argmax(probs[s:e, 1:].mean(0))) if probs.shape[1] > 1 else 0

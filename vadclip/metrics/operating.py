@@ -29,6 +29,14 @@ import numpy as np
 from vadclip.errors import InputError
 
 
+def snippet_times_for(times, n: int) -> Optional[np.ndarray]:
+    """``times`` as the boundaries of ``n`` snippets (``n + 1`` seconds), or None where
+    there are none or they do not fit (then the frame rate gives the seconds)."""
+    if times is None or len(times) != n + 1:
+        return None
+    return np.asarray(times, np.float64)
+
+
 @dataclass(frozen=True)
 class EventRule:
     threshold: float = 0.5
@@ -40,8 +48,8 @@ class EventRule:
         """[start, end) snippet runs of ``scores`` that are events under this rule; gaps and
         durations in seconds from ``times`` (where each snippet starts, and the last ends:
         a variable-frame-rate video's) when given, else ``snippet_s`` per snippet."""
-        if times is not None and len(times) == len(scores) + 1:
-            t = np.asarray(times, np.float64)
+        t = snippet_times_for(times, len(scores))
+        if t is not None:
             span = lambda a, b: float(t[b] - t[a])          # noqa: E731
         else:
             span = lambda a, b: (b - a) * snippet_s          # noqa: E731
@@ -164,8 +172,7 @@ class Footage:
     times: Optional[np.ndarray] = None
 
     def __post_init__(self) -> None:
-        if self.times is not None and len(self.times) != len(self.scores) + 1:
-            self.times = None
+        self.times = snippet_times_for(self.times, len(self.scores))
 
     @property
     def hours(self) -> float:
@@ -239,9 +246,7 @@ def footage_of(row: Dict[str, Any], anomaly: np.ndarray, snippet_len: int, gt=No
     from vadclip.io.features import times_of
 
     fps = float(row.get("fps") or 0.0) or 30.0
-    times = times_of(row)
-    if times is not None and len(times) != len(anomaly) + 1:
-        times = None
+    times = snippet_times_for(times_of(row), len(anomaly))
     if times is None:
         at = lambda f: f / fps                                             # noqa: E731
     else:   # frames to seconds through the snippets' times (a variable-frame-rate video)
