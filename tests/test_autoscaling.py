@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import signal
+import random
 import socket
 import subprocess
 import sys
@@ -42,6 +43,30 @@ def _free_ports(n):
     for s in socks:
         s.close()
     return ports
+
+
+def _worker_port_range(taken, width=200):
+    """A range for Ray's worker ports that none of the head's other ports falls in: the others come
+    from the kernel's ephemeral range, so the workers' range starts below it (and is free now)."""
+    lo_eph = 32768
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo_eph = int(f.read().split()[0])
+    except OSError:
+        pass
+    rng = random.Random()
+    for _ in range(50):
+        lo = rng.randrange(max(10000, lo_eph - 20000), lo_eph - width - 1)
+        if any(lo <= p <= lo + width for p in taken):
+            continue
+        try:
+            for port in range(lo, lo + width + 1, 10):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return lo
+    raise RuntimeError("no free range of worker ports")
 
 
 def _processes_naming(text):
@@ -77,7 +102,9 @@ def fake_autoscaling_cluster():
     from ray.cluster_utils import FAKE_HEAD_NODE_ID
 
     ip = get_node_ip_address()
-    gcs, dash, client, mgr, obj, agent, metrics, rtenv, lo = _free_ports(9)
+    ports = _free_ports(8)
+    gcs, dash, client, mgr, obj, agent, metrics, rtenv = ports
+    lo = _worker_port_range(ports)   # the head once failed: its agent's port lay in the workers' range
     temp = tempfile.mkdtemp(prefix="rfake", dir="/tmp")    # short: Ray's socket paths
     config = {
         "cluster_name": "vadclip-fake", "max_workers": 4, "upscaling_speed": 1.0, "idle_timeout_minutes": 5,
