@@ -123,7 +123,36 @@ class Ticker:
         self._stop.set()
 
 
-class Claims:
+class Closable:
+    """A helper actor that ends itself (:func:`end_actors`): it exits as a process does,
+    so the GCS sends no KillActor RPC, whose reply racing the worker's exit makes Ray 2.60's
+    GCS log ``Failed to kill actor`` on the job's stderr."""
+
+    def close(self) -> None:
+        import ray
+
+        ray.actor.exit_actor()
+
+
+def end_actors(actors: Sequence[object], timeout: float = 30.0) -> None:
+    """End helper actors (:class:`Closable`) for good: each exits itself (the call is not
+    retried, so a restartable actor is not restarted to run it again); one that does not
+    answer in ``timeout`` seconds is killed."""
+    import ray
+    from ray.exceptions import RayActorError
+
+    refs = [(a, a.close.options(max_task_retries=0).remote()) for a in actors]
+    for a, ref in refs:
+        try:
+            ray.get(ref, timeout=timeout)
+        except RayActorError:
+            continue                      # it exited: what close does
+        except Exception:  # noqa: BLE001 - a timeout or a lost node: make sure
+            pass
+        ray.kill(a, no_restart=True)
+
+
+class Claims(Closable):
     """A Ray actor that hands out each key once (rows unique across write tasks).  A
     retried task (same claimant) gets its own keys again, so a write task that died
     after claiming loses nothing."""
@@ -226,6 +255,6 @@ def row_sink(output: ResumableOutput, run_id: str, schema: pa.Schema, error_sche
                     self.totals[k] = self.totals.get(k, [] if isinstance(v, list) else 0) + v
 
         def close(self) -> None:
-            ray.kill(self.claims)
+            end_actors([self.claims])
 
     return _RowSink()

@@ -19,7 +19,7 @@ import numpy as np
 
 from vadclip.io.features import ERROR_SCHEMA, feature_row
 from vadclip.io.parts import committed_values
-from vadclip.jobs.output import ResumableOutput, Ticker, block_columns, helper_placement, shard_of
+from vadclip.jobs.output import Closable, ResumableOutput, Ticker, block_columns, end_actors, helper_placement, shard_of
 
 
 class _Pace:
@@ -60,7 +60,7 @@ class _Pace:
                 "steady_snippets_per_s": round(rate, 3)}
 
 
-class VideoWriter:
+class VideoWriter(Closable):
     """A Ray actor owning the videos routed to it (:func:`vadclip.jobs.output.shard_of`):
     it assembles each video's encoded chunks, and writes the video's rows (one per crop)
     or its error row as committed parts — by count, and at least every
@@ -247,8 +247,7 @@ class VideoSink:
         try:
             return ray.get([w.finish.remote() for w in self.writers])
         finally:
-            for w in self.writers:
-                ray.kill(w, no_restart=True)
+            end_actors(self.writers)
 
 
 class Progress:
