@@ -182,6 +182,22 @@ def test_extract_and_score_carry_the_times_and_the_truncation(ray_local, files, 
     assert flat((e["start_s"], e["end_s"]) for e in events if e["path"].endswith("vfr.mp4")) == \
         pytest.approx(flat(want), abs=1e-3)
 
+    # scoring the raw files (score --videos: extraction inside the scoring job, its writer
+    # scoring each video as it is assembled) carries the same times and frame counts
+    s = run_score(str(tmp_path / "m.pt"), str(tmp_path / "s2"), videos=str(src),
+                  opts=ScoreOptions(threshold=thr, merge_gap_s=0.0, max_plots=0), log=lambda *_: None)
+    assert s["videos_failed"] == 0
+    got = {os.path.basename(r["path"]): r for r in pq.read_table(str(tmp_path / "s2" / "scores")).to_pylist()}
+    assert sorted(got) == ["cfr.mp4", "cut.mp4", "vfr.mp4"]
+    v = got["vfr.mp4"]
+    assert v["snippet_times"] == pytest.approx(SNIPPET_TIMES, abs=1e-3) and got["cfr.mp4"]["snippet_times"] is None
+    assert got["cut.mp4"]["num_frames"] == decodes and len(got["cut.mp4"]["anomaly"]) == -(-decodes // 16)
+    a = np.asarray(v["anomaly"], np.float64)
+    above = np.r_[False, a > thr, False].astype(int)
+    mine = [(SNIPPET_TIMES[b], SNIPPET_TIMES[e]) for b, e in zip(np.flatnonzero(np.diff(above) == 1),
+                                                               np.flatnonzero(np.diff(above) == -1))]
+    assert flat((e["start_s"], e["end_s"]) for e in v["events"]) == pytest.approx(flat(mine), abs=1e-3)
+
 
 def test_a_folder_written_before_the_times_columns_scores_with_new_parts(ray_local, tmp_path):
     """A feature folder resumed across the upgrade: one part without the new columns (as

@@ -4,6 +4,7 @@ split what they are given into parts of at most rows_per_file rows."""
 import os
 
 import pyarrow as pa
+import pytest
 import pyarrow.parquet as pq
 
 from vadclip.io.parts import part_files
@@ -16,6 +17,37 @@ def test_claims_hand_out_each_video_once_and_a_retry_gets_its_own_back():
     assert c.claim(["a", "c"], 2) == [False, True]       # "a" is task 1's: a duplicate elsewhere
     assert c.claim(["b", "a"], 1) == [True, True]        # task 1 retried after dying: nothing lost
     assert Claims(["done"]).claim(["done"], 3) == [False]
+
+
+def test_a_restartable_helper_ends_for_good_by_itself_and_one_that_hangs_is_killed(ray_local):
+    """The writers and the claims actor restart without limit while the job runs; at its
+    end each exits itself (no KillActor RPC: Ray 2.60's GCS logs its reply racing the
+    exit as 'Failed to kill actor' on the job's stderr) and stays dead; one that does
+    not answer its close in time is killed."""
+    import time
+
+    import ray
+    from ray.exceptions import RayActorError
+
+    from vadclip.jobs.output import Closable, end_actors
+
+    class Busy(Closable):
+        def wait(self, s):
+            time.sleep(s)
+            return s
+
+    opts = dict(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+    a = ray.remote(Claims).options(**opts).remote(["x"])
+    assert ray.get(a.claim.remote(["x", "y"], 1)) == [False, True]
+    busy = ray.remote(Busy).options(**opts).remote()
+    assert ray.get(busy.wait.remote(0)) == 0
+    busy.wait.remote(120)                   # its close waits behind this call
+    t0 = time.time()
+    end_actors([a, busy], timeout=5.0)
+    assert time.time() - t0 < 60
+    for call in (lambda: a.claim.remote(["z"], 2), lambda: busy.wait.remote(0)):
+        with pytest.raises(RayActorError):  # not restarted: gone for good
+            ray.get(call(), timeout=60)
 
 
 def test_part_writer_splits_a_large_add_and_resumable_output_reads_it_back(tmp_path):
