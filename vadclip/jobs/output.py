@@ -137,17 +137,17 @@ class Closable:
 def end_actors(actors: Sequence[object], timeout: float = 30.0) -> None:
     """End helper actors (:class:`Closable`) for good: each exits itself (the call is not
     retried, so a restartable actor is not restarted to run it again); one that does not
-    answer in ``timeout`` seconds is killed."""
+    answer in ``timeout`` seconds, or is being restarted, is killed."""
     import ray
-    from ray.exceptions import RayActorError
+    from ray.exceptions import ActorDiedError
 
     refs = [(a, a.close.options(max_task_retries=0).remote()) for a in actors]
     for a, ref in refs:
         try:
             ray.get(ref, timeout=timeout)
-        except RayActorError:
+        except ActorDiedError:
             continue                      # it exited: what close does
-        except Exception:  # noqa: BLE001 - a timeout or a lost node: make sure
+        except Exception:  # noqa: BLE001 - a timeout, or unavailable (restarting after a lost node): make sure
             pass
         ray.kill(a, no_restart=True)
 
