@@ -115,6 +115,15 @@ def rate_of(times: Optional[np.ndarray]) -> Optional[float]:
     return len(times) / span if span > 0 else None
 
 
+def rate_checked(fps: float, times: Optional[np.ndarray]) -> float:
+    """``fps`` (a header's), or the frames' own rate (:func:`rate_of`) where the header
+    gives none or is more than 1% off it."""
+    rate = rate_of(times)
+    if rate is not None and (not np.isfinite(fps) or fps <= 0 or abs(rate / fps - 1) > 0.01):
+        return rate
+    return fps
+
+
 @functools.lru_cache(maxsize=None)
 def torchcodec_missing() -> Optional[str]:
     """None where torchcodec can decode in this process, else why not (one line).
@@ -437,10 +446,7 @@ def open_video(path: str, name: Optional[str] = None, decoder: str = "auto", dev
     times = reader.times if reader.kind == "pyav" else stream_times(path)
     if times is not None and len(times) != n:
         times = None
-    fps = reader.fps
-    rate = rate_of(times)
-    if rate is not None and (not np.isfinite(fps) or fps <= 0 or abs(rate / fps - 1) > 0.01):
-        fps = rate
+    fps = rate_checked(reader.fps, times)
     if not np.isfinite(fps) or fps <= 0:
         fps = 30.0
     return reader, VideoInfo(name, n, fps, int(h), int(w), reader.kind, times=times)
@@ -530,9 +536,7 @@ def iter_snippet_chunks(path: str, snippet_len: int = 16, size: int = 224, crops
                 info.frames_listed, info.num_frames = listed, int(rd.truncated_at)
                 # the rate from the frames that decode (a truncated stream lists packets of
                 # frames past its end, whose timestamps would stretch it)
-                rate = rate_of(None if info.times is None else info.times[:info.num_frames])
-                if rate is not None and abs(rate / info.fps - 1) > 0.01:
-                    info.fps = rate
+                info.fps = rate_checked(info.fps, None if info.times is None else info.times[:info.num_frames])
                 _note_once(f"{name}: truncated: {info.num_frames} of its {listed} frames decode "
                            f"({getattr(rd, 'truncation', '') or 'the stream ends there'}); its row holds those",
                            logging.INFO)
