@@ -41,7 +41,7 @@ def test_a_restartable_helper_ends_for_good_by_itself_and_one_that_hangs_is_kill
     assert ray.get(a.claim.remote(["x", "y"], 1)) == [False, True]
     busy = ray.remote(Busy).options(**opts).remote()
     assert ray.get(busy.wait.remote(0)) == 0
-    busy.wait.remote(120)                   # its close waits behind this call
+    busy.wait.options(max_task_retries=0).remote(120)   # its close waits behind this call (not retried once killed)
     t0 = time.time()
     end_actors([a, busy], timeout=5.0)
     assert time.time() - t0 < 60
