@@ -138,3 +138,25 @@ def test_report_in_headless_chromium(scored):
                   f"--screenshot={shot}", url)
     assert os.path.getsize(shot) > 10_000, r.stderr[-2000:]
     print(f"\nreport screenshot: {shot}")
+
+
+def test_every_value_on_the_page_is_escaped_by_its_template():
+    """The page comes from a Jinja2 template with autoescape: a video id, a path, a camera,
+    a class name and an error message written by someone else stay text, never markup."""
+    from vadclip.report.html import render_html
+
+    evil = "<script>alert('x')</script>"
+    video = {"video_id": evil, "path": f"/cams/{evil}.mp4", "label": evil, "fps": 25.0, "num_frames": 250,
+             "video_score": 0.9, "predicted_class": evil, "flagged": True, "camera": evil, "start_time": None,
+             "timeline": "img/t.png", "events": [{"class_name": evil}],
+             "frames": [{"src": "img/f.jpg", "what": "start", "time": "00:00:01", "event": 0}]}
+    event = {"video_id": evil, "start_s": 1.0, "end_s": 2.5, "class_name": evil, "score": 0.93, "camera": evil,
+             "wall": None}
+    page = render_html({"output": evil, "failed_videos": [{"video_id": evil, "stage": "decode", "error": evil}],
+                        "videos_failed_total": 3},
+                       {"videos": 1, "flagged": 1, "events": 1, "hours": 0.01}, [event], [video],
+                       cameras={evil: {"videos": 1, "flagged": 1, "events": 1}})
+    assert "<script>alert" not in page and "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in page
+    assert page.count("<script>") == 1                      # the page's own sorting script, nothing else
+    assert "Failed videos (the first 1 of 3)" in page and "By camera (1)" in page and "00:00:01" in page
+    assert "<td data-v='1.000'>0:00:01.0</td>" in page and "Events (all 1)" in page

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import html
 import json
 import logging
 import os
@@ -326,33 +325,6 @@ def key_frames(row: Dict[str, Any], img_dir: str, stem: str, snippet_len: int,
     return out
 
 
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d2330;max-width:1200px}
-h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #dde}
-table{border-collapse:collapse;font-size:13px} td,th{padding:4px 10px;border-bottom:1px solid #eef;text-align:left}
-th{background:#f4f5fa;cursor:pointer;user-select:none} th.sorted-asc::after{content:" ▲"} th.sorted-desc::after{content:" ▼"}
-.summary td:first-child{color:#667;padding-right:24px} .num{text-align:right;font-variant-numeric:tabular-nums}
-.video{margin:18px 0 30px} .video h3{font-size:15px;margin:0 0 6px} .meta{color:#667;font-size:12px}
-.strip{display:flex;flex-wrap:wrap;gap:10px;margin-top:8px} figure{margin:0;font-size:11px;color:#556}
-figure img{display:block;border:1px solid #ccd;border-radius:3px} .cls{font-weight:600}
-#broken{display:none;background:#fde;border:1px solid #e99;padding:8px;margin:10px 0}
-"""
-
-_JS = """
-function sortTable(th){const table=th.closest('table'),i=[...th.parentNode.children].indexOf(th);
-const asc=!th.classList.contains('sorted-asc');table.querySelectorAll('th').forEach(h=>h.classList.remove('sorted-asc','sorted-desc'));
-th.classList.add(asc?'sorted-asc':'sorted-desc');const body=table.tBodies[0];
-const rows=[...body.rows].sort((a,b)=>{const x=a.cells[i].dataset.v??a.cells[i].textContent,y=b.cells[i].dataset.v??b.cells[i].textContent;
-const nx=parseFloat(x),ny=parseFloat(y);const c=(!isNaN(nx)&&!isNaN(ny))?nx-ny:x.localeCompare(y);return asc?c:-c;});
-rows.forEach(r=>body.appendChild(r));}
-document.querySelectorAll('table.sortable th').forEach(th=>th.addEventListener('click',()=>sortTable(th)));
-window.addEventListener('load',()=>{const imgs=[...document.images];
-const broken=imgs.filter(i=>!(i.complete&&i.naturalWidth>0)).map(i=>i.getAttribute('src'));
-document.body.dataset.imagesTotal=imgs.length;document.body.dataset.imagesBroken=broken.length;
-if(broken.length){const b=document.getElementById('broken');b.style.display='block';b.textContent='Missing images: '+broken.join(', ');}});
-"""
-
-
 def _model_line(s: Dict[str, Any]) -> str:
     parts = [s.get("model_uri", "?")]
     if s.get("model_name"):
@@ -372,7 +344,6 @@ def render_html(summary: Dict[str, Any], counts: Dict[str, int], events: List[Di
                 videos: List[Dict[str, Any]], at: Optional[Dict[str, float]] = None,
                 curve_img: Optional[str] = None, rule=None,
                 cameras: Optional[Dict[str, Dict[str, int]]] = None) -> str:
-    e = html.escape
     at = at or {}
     op = summary.get("operating_point") or {}
     rows = [
@@ -411,82 +382,33 @@ def render_html(summary: Dict[str, Any], counts: Dict[str, int], events: List[Di
     for k, label in (("auc", "frame AUC"), ("ap", "frame AP"), ("map_avg", "mAP (mean over IoU 0.1–0.5)")):
         if isinstance(summary.get(k), (int, float)):
             rows.append((label, f"{summary[k]:.4f}"))
-    out = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-           f"<title>vadclip review — {e(str(summary.get('output', '')))}</title><style>{_CSS}</style></head><body>",
-           "<h1>Anomaly review</h1>",
-           f"<div class='meta'>scores: {e(str(summary.get('output', '')))}</div><div id='broken'></div>",
-           "<h2>Run summary</h2><table class='summary'>"]
-    out += [f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in rows]
-    out.append("</table>")
-    if curve_img:
-        out.append("<h2>Operating curve</h2><div class='meta'>false alarms per hour of normal footage against event "
-                   "recall over thresholds (the other settings of the event rule kept); the dot is this run's "
-                   "operating point</div>")
-        out.append(f"<img src='{curve_img}' alt='operating curve' width='440'>")
-    if cameras:     # the manifest named cameras: where the flags are, most flagged first
-        out.append(f"<h2>By camera ({len(cameras)})</h2><table class='sortable' id='cameras'><thead><tr>"
-                   "<th>camera</th><th>videos</th><th>flagged</th><th>events</th></tr></thead><tbody>")
-        for cam, c in sorted(cameras.items(), key=lambda kv: (-kv[1]["flagged"], -kv[1]["events"], kv[0])):
-            out.append(f"<tr><td>{e(cam)}</td><td class='num' data-v='{c['videos']}'>{c['videos']:,}</td>"
-                       f"<td class='num' data-v='{c['flagged']}'>{c['flagged']:,}</td>"
-                       f"<td class='num' data-v='{c['events']}'>{c['events']:,}</td></tr>")
-        out.append("</tbody></table>")
     shown = f"the {len(events)} strongest of {counts['events']:,}" if len(events) < counts["events"] else \
         f"all {len(events)}"
-    out.append(f"<h2>Events ({shown})</h2>")
-    where = any(ev.get("camera") is not None or ev.get("wall") for ev in events)
-    out.append("<table class='sortable' id='events'><thead><tr><th>video</th>"
-               + ("<th>camera</th><th>time</th>" if where else "")
-               + "<th>start</th><th>end</th><th>class</th><th>score</th></tr></thead><tbody>")
-    anchors = {v["video_id"]: _safe(v["video_id"]) for v in videos}
-    for ev in events:
-        vid = ev["video_id"]
-        name = f"<a href='#{anchors[vid]}'>{e(vid)}</a>" if vid in anchors else e(vid)
-        cells = (f"<td>{e(str(ev.get('camera') or ''))}</td><td>{e(ev.get('wall') or '')}</td>" if where else "")
-        out.append(f"<tr><td data-v='{e(vid)}'>{name}</td>{cells}<td data-v='{ev['start_s']:.3f}'>{timestamp(ev['start_s'])}</td>"
-                   f"<td data-v='{ev['end_s']:.3f}'>{timestamp(ev['end_s'])}</td>"
-                   f"<td class='cls'>{e(ev['class_name'])}</td><td class='num' data-v='{ev['score']:.6f}'>"
-                   f"{ev['score']:.3f}</td></tr>")
-    out.append("</tbody></table>")
     n_flag = sum(bool(v["flagged"]) for v in videos)
-    head = f"Flagged videos (top {n_flag} of {counts['flagged']:,} by score)"
+    heading = f"Flagged videos (top {n_flag} of {counts['flagged']:,} by score)"
     if len(videos) > n_flag:
-        head += f" and the {len(videos) - n_flag} highest-scoring unflagged"
-    out.append(f"<h2>{head}</h2>")
-    for v in videos:
-        dur = (int(v["num_frames"]) / (float(v["fps"]) or 30.0)) if v["num_frames"] else 0.0
-        out.append(f"<div class='video{'' if v['flagged'] else ' unflagged'}' id='{anchors[v['video_id']]}'>"
-                   f"<h3>{e(v['video_id'])}</h3>"
-                   f"<div class='meta'>{e(str(v['path']))} · {timestamp(dur)} · video score "
-                   f"{float(v['video_score']):.3f} · predicted <span class='cls'>{e(str(v['predicted_class']))}</span>"
-                   f"{' · label ' + e(str(v['label'])) if v.get('label') else ''}"
-                   f"{' · camera ' + e(str(v['camera'])) if v.get('camera') is not None else ''}"
-                   f"{' · recorded from ' + e(str(v['start_time'])) if v.get('start_time') else ''}</div>")
-        out.append(f"<img src='{v['timeline']}' alt='score timeline of {e(v['video_id'])}' width='800'>")
-        if not v["flagged"]:
-            out.append("<div class='meta'>not flagged: no event above the threshold</div>")
-        elif v["frames"]:
-            out.append("<div class='strip'>")
-            for fr in v["frames"]:
-                ev = v["events"][fr["event"]]
-                out.append(f"<figure><img src='{fr['src']}' alt='{e(v['video_id'])} {fr['what']}' "
-                           f"height='{THUMB_HEIGHT}'><figcaption>{e(ev['class_name'])} {fr['what']} "
-                           f"{fr['time']}</figcaption></figure>")
-            out.append("</div>")
-        else:
-            out.append("<div class='meta'>key frames unavailable (the video could not be read)</div>")
-        out.append("</div>")
+        heading += f" and the {len(videos) - n_flag} highest-scoring unflagged"
     failed = summary.get("failed_videos") or []
-    if failed:
-        total = summary.get("videos_failed_total", len(failed))
-        out.append(f"<h2>Failed videos ({'the first ' + str(len(failed)) + ' of ' if total > len(failed) else ''}"
-                   f"{total:,})</h2><table class='sortable' id='failed'><thead><tr><th>video</th><th>stage</th>"
-                   "<th>error</th></tr></thead><tbody>")
-        out += [f"<tr><td>{e(str(f['video_id']))}</td><td>{e(str(f.get('stage') or ''))}</td>"
-                f"<td>{e(str(f['error']))}</td></tr>" for f in failed]
-        out.append("</tbody></table>")
-    out.append(f"<script>{_JS}</script></body></html>")
-    return "\n".join(out)
+    return _template().render(
+        output=str(summary.get("output", "")), summary_rows=rows, curve_img=curve_img,
+        # where the flags are, most flagged first (the manifest named cameras)
+        cameras=sorted((cameras or {}).items(), key=lambda kv: (-kv[1]["flagged"], -kv[1]["events"], kv[0])),
+        events=events, events_shown=shown, where=any(ev.get("camera") is not None or ev.get("wall") for ev in events),
+        anchors={v["video_id"]: _safe(v["video_id"]) for v in videos}, videos_heading=heading,
+        videos=[dict(v, duration_s=(int(v["num_frames"]) / (float(v["fps"]) or 30.0)) if v["num_frames"] else 0.0)
+                for v in videos],
+        failed=failed, failed_total=summary.get("videos_failed_total", len(failed)), thumb_height=THUMB_HEIGHT)
+
+
+def _template():
+    """The page's template (``templates/report.html.j2``, its style and script beside it),
+    every value HTML-escaped."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("vadclip.report", "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
+    env.filters["timestamp"] = timestamp
+    return env.get_template("report.html.j2")
 
 
 def build_report(out_dir: str, summary: Optional[Dict[str, Any]] = None, gt_path: Optional[str] = None,
