@@ -26,3 +26,20 @@ def test_mkdocs_builds_the_site_strictly(tmp_path):
     pages = {os.path.splitext(f)[0] for f in os.listdir(os.path.join(ROOT, "docs")) if f.endswith(".md")}
     built = {d for d in os.listdir(tmp_path / "site") if os.path.isdir(tmp_path / "site" / d)}
     assert pages - {"index"} <= built and (tmp_path / "site" / "index.html").is_file()
+
+
+# what "session" may mean in the docs: Ray's own session folder and a cloud credential's session
+# token; anything else ("session 10", "no session has been lent a GPU") speaks of who worked when
+_TECHNICAL_SESSION = re.compile(r"Ray session|session token|session's `logs/`|start_new_session", re.I)
+
+
+def test_the_docs_speak_of_the_project_with_dates_commits_and_commands():
+    pages = [os.path.join(ROOT, "README.md")] + [os.path.join(ROOT, "docs", f)
+                                                 for f in sorted(os.listdir(os.path.join(ROOT, "docs")))
+                                                 if f.endswith(".md")]
+    found = []
+    for p in pages:
+        for n, line in enumerate(open(p, encoding="utf-8"), 1):
+            if re.search(r"\bsessions?\b", _TECHNICAL_SESSION.sub("", line), re.I):
+                found.append(f"{os.path.relpath(p, ROOT)}:{n}: {line.strip()[:120]}")
+    assert not found, "\n".join(found)
