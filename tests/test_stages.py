@@ -59,3 +59,66 @@ def test_each_stage_declares_its_gpu_share():
     assert (DecodeStage.gpus(cuda, True), EncodeStage.gpus(cuda, True)) == (0.1, 0.5)   # they share the GPU
     assert (DecodeStage.gpus(cuda, False), EncodeStage.gpus(cuda, False)) == (0.0, 0.0)  # no GPU: CPU decode
     assert EncodeStage.gpus(ExtractOptions(gpus_per_encoder=0.25), True) == 0.25
+
+
+def test_a_slow_but_progressing_video_outlives_a_stall_deadline_shorter_than_its_decode(tmp_path):
+    """The deadline is on stalls, not length (issue #46): a real video whose decoding takes
+    T seconds, with a stall deadline of T/3, gets every row; with a total deadline of T/3
+    (--video-timeout-s, off by default) it becomes an error row naming that deadline."""
+    import dataclasses
+    import time
+
+    from vadclip.video.samples import write_video
+
+    path = str(tmp_path / "long.mp4")
+    write_video(path, 2400, fps=25.0, width=320, height=240)
+    item = {"video_id": "long", "path": path, "label": None}
+    opts = dataclasses.replace(OPTS, decoder="decord", stall_timeout_s=0, video_timeout_s=0)
+    list(DecodeStage(opts, 64)(item))           # warm: the decoder's first open in this process
+    t0 = time.monotonic()
+    plain = list(DecodeStage(opts, 64)(item))
+    took = time.monotonic() - t0
+    assert all(r["error"] == "" for r in plain) and sum(len(r["frames"]) for r in plain) == 150
+    assert took > 0.3, took                     # the deadlines below are fractions of a real decode
+
+    slow = list(DecodeStage(dataclasses.replace(opts, stall_timeout_s=took / 3), 64)(item))
+    assert [r["error"] for r in slow] == [""] * len(plain)
+    assert all(np.array_equal(a["frames"], b["frames"]) for a, b in zip(plain, slow))
+
+    *chunks, err = list(DecodeStage(dataclasses.replace(opts, video_timeout_s=took / 3), 64)(item))
+    assert len(chunks) < len(plain) and err["chunk"] == -1 and f"deadline of {took / 3:g} s (--video-timeout-s)" in err["error"]
+    assert ExtractOptions().video_timeout_s == 0 and ExtractOptions().stall_timeout_s > 0
+
+
+def test_a_read_that_stops_moving_is_failed_by_the_stall_deadline():
+    """The producer side of the same clock: rows that stop coming (and no progress beat
+    from the reading thread) fail after the stall deadline, not before; progress beats
+    keep a slow producer alive."""
+    import time
+
+    import pytest
+
+    from vadclip.io.progress import beat
+    from vadclip.jobs.stages import DeadlineExceeded, within_deadline
+
+    def beating(n, pause):
+        for i in range(n):
+            for _ in range(4):
+                time.sleep(pause / 4)
+                beat()                      # bytes read, frames decoded
+            yield i
+
+    assert list(within_deadline(beating(3, 0.8), stall_s=0.5)) == [0, 1, 2]     # 0.8 s per row, beats every 0.2 s
+
+    def hangs():
+        yield 0
+        time.sleep(30)                      # a read blocked in a C library: no beat, no row
+        yield 1
+
+    t0 = time.monotonic()
+    got = []
+    with pytest.raises(DeadlineExceeded, match="no progress for 0.5 s"):
+        for r in within_deadline(hangs(), stall_s=0.5):
+            got.append(r)
+            time.sleep(1.0)                 # the consumer holding it back does not count
+    assert got == [0] and 1.4 < time.monotonic() - t0 < 5

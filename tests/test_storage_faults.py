@@ -75,8 +75,9 @@ def test_throttled_storage_loses_no_row_and_duplicates_none(tmp_path):
 
 def test_a_video_whose_read_stalls_becomes_an_error_row_and_the_job_goes_on(tmp_path):
     """One object whose GET hangs (the proxy holds it for a minute): with
-    --video-timeout-s 5 it becomes an error row naming the deadline, the other videos are
-    written and the job ends with exit 0; --retry-failed, the store well again, writes it."""
+    --stall-timeout-s 5 (no byte comes) it becomes an error row naming the deadline, the
+    other videos are written and the job ends with exit 0; --retry-failed, the store well
+    again, writes it."""
     from vadclip.io.parts import read_column
     from vadclip.video.samples import make_sample_set
 
@@ -87,14 +88,14 @@ def test_a_video_whose_read_stalls_becomes_an_error_row_and_the_job_goes_on(tmp_
                 key = "stuck.mp4" if f == "cam000.mp4" else f
                 s3.upload_file(str(tmp_path / "cams" / f), "archive", f"cams/{key}")
         args = ["extract", "s3://archive/cams/", "--out", "s3://vad/feat", "--tiny-clip", "--decoder", "decord",
-                "--precision", "fp32", "--video-timeout-s", "5"]
+                "--precision", "fp32", "--stall-timeout-s", "5"]
         with fault_proxy(os.environ["AWS_ENDPOINT_URL"], {}, stall={"stuck.mp4": 60}) as proxy:
             r = _cli(args, proxy.url, tmp_path)
             assert proxy.counts["GET stalled"] >= 1
         assert r.returncode == 0, r.stderr[-3000:]
         assert sorted(read_column("s3://vad/feat/features", "video_id")) == ["cam001", "cam002"]
         errs = read_column("s3://vad/feat/errors", "error")
-        assert len(errs) == 1 and "stuck.mp4" in errs[0] and "deadline of 5 s" in errs[0]
+        assert len(errs) == 1 and "stuck.mp4" in errs[0] and "no progress for 5 s (--stall-timeout-s)" in errs[0]
         r = _cli(args + ["--retry-failed"], os.environ["AWS_ENDPOINT_URL"], tmp_path)
         assert r.returncode == 0, r.stderr[-3000:]
         assert sorted(read_column("s3://vad/feat/features", "video_id")) == ["cam001", "cam002", "stuck"]

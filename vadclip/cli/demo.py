@@ -71,8 +71,8 @@ def run_demo(workdir: str = "./vadclip_demo", n_train: int = 24, n_test: int = 8
     extracted = {name: run_extract(sets[name][0], os.path.join(workdir, "extract", name), eo, log=log)
                  for name in ("train", "val")}
 
-    log("[demo] 3/4 training (Ray Train; the epoch chosen on the validation videos) and registering the model "
-        "(MLflow)")
+    log(f"[demo] 3/4 training {epochs} epochs (Ray Train; the epoch chosen on the validation videos) and "
+        "registering the model (MLflow)")
     cfg = VadConfig.from_preset("custom", classes=DEMO_CLASSES, visual_length=32, attn_window=8, visual_layers=1,
                            lr=1e-3, batch_size=4, epochs=epochs, milestones=[max(1, epochs - 2)],
                            contrast_weight=1e-1, clip=clip)
@@ -80,7 +80,8 @@ def run_demo(workdir: str = "./vadclip_demo", n_train: int = 24, n_test: int = 8
     tr = run_train(feature_dir(os.path.join(workdir, "extract", "train")), cfg, os.path.join(workdir, "runs"),
                    run_name="demo", eval_path=feature_dir(os.path.join(workdir, "extract", "val")),
                    gt_path=sets["val"][1], num_workers=num_workers, cpus_per_worker=1.0, tracking_uri=tracking_uri,
-                   experiment="vadclip-demo", register_name="vadclip-demo", alias="champion", log=log)
+                   experiment="vadclip-demo", register_name="vadclip-demo", alias="champion", epoch_lines=False,
+                   log=log)
 
     log("[demo] 4/4 choosing the operating point on the validation videos (at most 1 false alarm per hour of "
         "normal footage; stored on the model version), then scoring the held-out test videos from raw files "

@@ -340,8 +340,15 @@ def upload(local_path: str, dest: str) -> None:
 def _copy_down(fs, p: str, local: str) -> None:
     """Stream object ``p`` of ``fs`` into the local file ``local`` (truncated first, so a
     retried copy starts over)."""
+    from vadclip.io.progress import beat
+
     with open(local, "wb") as out, fs.open_input_stream(p) as src:
-        shutil.copyfileobj(src, out, COPY_CHUNK)
+        while True:
+            buf = src.read(COPY_CHUNK)
+            if not buf:
+                break
+            out.write(buf)
+            beat()              # a stalled read shows as no progress (vadclip.io.progress)
 
 
 def upload_dir(local_dir: str, dest: str) -> List[str]:

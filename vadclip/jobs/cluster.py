@@ -36,7 +36,16 @@ def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None,
             # state API (served by it) whether it is alive, every second, and warns each time it cannot
             dashboard = _dashboard_installed()
             port = _free_port() if dashboard else None
+            # Ray's start-up lines (that it chose token authentication for this local instance, as
+            # it should; the token written; the instance started) stay off the console unless
+            # VADCLIP_VERBOSE=1: nothing in them is for the user to act on
+            import logging
+
+            quiet = os.environ.get("VADCLIP_VERBOSE") != "1"
+            if quiet:
+                logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_port=port,
+                     logging_level=logging.WARNING if quiet else logging.INFO,
                      log_to_driver=True, runtime_env=_worker_env(port),
                      _system_config={"worker_maximum_startup_concurrency": startup_concurrency(num_cpus)})
     import ray.data

@@ -60,10 +60,15 @@ class ExtractOptions:
     decode_gpus: float = option(0.1, group=ENCODE,
                                 help="with --decode-device cuda: the GPU share each decode task reserves "
                                      "(an encoder then takes 0.5 GPU unless --gpus-per-encoder says otherwise)")
-    video_timeout_s: float = option(1800.0, group=ENCODE,
-                                    help="a video whose reading and decoding takes longer (a stalled read or "
-                                         "decoder) becomes an error row naming the deadline and the job goes on; "
-                                         "0: no deadline")
+    stall_timeout_s: float = option(600.0, group=ENCODE,
+                                    help="a video whose reading and decoding makes no progress for this long (no "
+                                         "bytes read, no packet demuxed, no frame decoded: a stalled read or "
+                                         "decoder) becomes an error row naming the deadline and the job goes on; a "
+                                         "slow but progressing recording always finishes; 0: never")
+    video_timeout_s: float = option(0.0, group=ENCODE,
+                                    help="a deadline on a video's whole reading and decoding, progress or not "
+                                         "(default 0: none, so a day-long recording is never failed for its "
+                                         "length)")
     rows_per_file: int = option(256, group=OUTPUT, help="at most this many rows per Parquet part file")
     flush_seconds: float = option(60.0, group=OUTPUT,
                                   help="write finished rows at least this often, so an interrupted job keeps its work")
@@ -107,16 +112,14 @@ class DecodeStage:
                 "input_identity": "", "meta": item.get("meta") or ""}
         empty = np.zeros((0, opts.crops, 3, self.size, self.size), np.uint8)
         rows = self._rows(item, base, empty)
-        if not opts.video_timeout_s:
+        if not opts.video_timeout_s and not opts.stall_timeout_s:
             yield from rows
             return
         try:
-            yield from within_deadline(rows, opts.video_timeout_s)
-        except DeadlineExceeded:
+            yield from within_deadline(rows, opts.stall_timeout_s, opts.video_timeout_s)
+        except DeadlineExceeded as e:
             yield dict(base, chunk=-1, n_chunks=0, fps=0.0, num_frames=0, frames=empty, decoder="", **NO_TIMES,
-                       error=f"{item['path']}: reading and decoding took longer than the deadline of "
-                             f"{opts.video_timeout_s:g} s (--video-timeout-s): a stalled read or decoder; the job "
-                             "went on without it (--retry-failed runs it again)")
+                       error=f"{item['path']}: {e}; the job went on without it (--retry-failed runs it again)")
 
     def _rows(self, item: Dict[str, Any], base: Dict[str, Any], empty: np.ndarray) -> Iterator[Dict[str, Any]]:
         opts = self.opts
@@ -161,46 +164,66 @@ def with_recording_start(meta: str, local: str) -> str:
 
 
 class DeadlineExceeded(Exception):
-    """A video's rows did not come within its deadline."""
+    """A video's rows did not come within its deadline (the message says which)."""
 
 
-def within_deadline(rows: Iterator[Dict[str, Any]], seconds: float) -> Iterator[Dict[str, Any]]:
-    """``rows``, made in a thread of their own, as long as making them takes at most
-    ``seconds`` in all (the time this generator waits for them; not the time its consumer
-    holds it back).  Past the deadline it raises :class:`DeadlineExceeded` and leaves the
-    stalled thread behind (a read blocked in a C library cannot be interrupted; it ends
-    with its call, or with the worker).  Exceptions of ``rows`` are raised here."""
+def within_deadline(rows: Iterator[Dict[str, Any]], stall_s: float = 0.0,
+                    total_s: float = 0.0) -> Iterator[Dict[str, Any]]:
+    """``rows``, made in a thread of their own, as long as that thread makes progress
+    (:mod:`vadclip.io.progress`: bytes copied, packets demuxed, frames decoded, a row
+    made) at least every ``stall_s`` seconds, and, with ``total_s``, as long as making
+    them takes at most that in all.  Only the time this generator waits counts, never
+    the time its consumer holds it back.  Past a deadline it raises
+    :class:`DeadlineExceeded` and leaves the stalled thread behind (a read blocked in a
+    C library cannot be interrupted; it ends with its call, or with the worker).
+    Exceptions of ``rows`` are raised here."""
     import queue
     import threading
 
+    from vadclip.io.progress import Heartbeat, watching
+
     q: "queue.Queue" = queue.Queue(maxsize=2)      # chunks are large: at most two wait
     stop, end = threading.Event(), object()
+    heart = Heartbeat()
 
     def produce():
         try:
-            for r in rows:
-                while not stop.is_set():
-                    try:
-                        q.put((r, None), timeout=0.5)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
+            with watching(heart):
+                for r in rows:
+                    heart()
+                    while not stop.is_set():
+                        try:
+                            q.put((r, None), timeout=0.5)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
             q.put((end, None))
         except BaseException as e:  # noqa: BLE001 - handed to the consumer
             q.put((None, e))
 
     threading.Thread(target=produce, daemon=True, name="vadclip-decode").start()
-    left = float(seconds)
+    waited, poll = 0.0, 1.0 if not stall_s else min(1.0, stall_s / 4)
     try:
         while True:
             t = time.monotonic()
-            try:
-                r, err = q.get(timeout=max(left, 0.0))
-            except queue.Empty:
-                raise DeadlineExceeded() from None
-            left -= time.monotonic() - t
+            while True:
+                left = total_s - waited - (time.monotonic() - t) if total_s else poll
+                try:
+                    r, err = q.get(timeout=max(0.0, min(poll, left)))
+                    break
+                except queue.Empty:
+                    now = time.monotonic()
+                    # the stall clock: from the last progress, or from when this wait began (while
+                    # the consumer held the generator back, the producer could only wait for it)
+                    if stall_s and now - max(heart.last, t) > stall_s:
+                        raise DeadlineExceeded(f"reading and decoding made no progress for {stall_s:g} s "
+                                               "(--stall-timeout-s): a stalled read or decoder") from None
+                    if total_s and waited + now - t > total_s:
+                        raise DeadlineExceeded(f"reading and decoding took longer than the deadline of "
+                                               f"{total_s:g} s (--video-timeout-s)") from None
+            waited += time.monotonic() - t
             if err is not None:
                 raise err
             if r is end:

@@ -68,6 +68,7 @@ class WorkerConfig:
     tracking_uri: Optional[str] = None
     faults: Optional[Dict[str, int]] = None  # vadclip.jobs.faults (tests), with its once-only marker
     fault_marker: Optional[str] = None
+    epoch_lines: bool = True                 # rank 0 prints a line per epoch (else only its log file has them)
 
 
 def _quiet_ray_train_logs():
@@ -135,7 +136,8 @@ class _RayRank:
         opt, sched = make_optimizer(model, self.cfg)
         self.loop = EpochLoop(model, model, opt, sched, self.cfg, get_recipe(wc.recipe), wc.metric,
                               Ranks(self.rank, world), device, rank_batch_size(self.cfg, world),
-                              eval_every=wc.eval_every_samples, micro_batch=wc.micro_batch, log=log.info,
+                              eval_every=wc.eval_every_samples, micro_batch=wc.micro_batch,
+                              log=log.info if wc.epoch_lines else log.debug,
                               memory=self.memory,
                               on_eval=lambda m, step: log_metrics(wc.mlflow_run_id, wc.tracking_uri, m, step),
                               on_batch=self._fault_in_epoch)
@@ -272,6 +274,8 @@ class TrainOptions:
     eval_crop: Optional[int] = option(None, help="crop of the evaluation set to evaluate (default: the lowest "
                                                  "crop it holds)")
     max_failures: int = option(2, help="worker-group restarts from the last checkpoint")
+    epoch_lines: bool = option(True, cli=False, help="a line per epoch on the console (the demo: only the best, "
+                                                     "from the driver)")
     register_name: Optional[str] = option(None, flag="--register", help="register the best model under this name")
     alias: str = option("champion", help="alias moved to the new version when it beats the current one")
     experiment: str = option("vadclip", help="MLflow experiment")
@@ -412,7 +416,8 @@ def _run_train(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_pat
                                   weights=share_weights(checked["weights"]),
                                   max_steps_per_epoch=o.max_steps_per_epoch, micro_batch=o.micro_batch,
                                   mlflow_run_id=run_id, tracking_uri=with_credentials(tracking_uri), faults=faults,
-                                  fault_marker=storage.join(o.storage, o.run_name + ".failed-once") if faults else None)
+                                  fault_marker=storage.join(o.storage, o.run_name + ".failed-once") if faults else None,
+                                  epoch_lines=o.epoch_lines)
             trainer = TorchTrainer(
                 train_loop_per_worker, train_loop_config={"worker": worker},
                 scaling_config=ScalingConfig(num_workers=o.num_workers, use_gpu=o.use_gpu,

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from vadclip.errors import EnvironmentProblem, InputError
 from vadclip.io import storage
 from vadclip.io.ids import VIDEO_EXTENSIONS
+from vadclip.io.progress import beat
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def stream_times(path: str) -> Optional[np.ndarray]:
 
         with av.open(path) as c:
             st = c.streams.video[0]
-            return frame_times([pk.pts for pk in c.demux(st) if pk.size], st.time_base)
+            return frame_times(_packet_pts(c, st), st.time_base)
     except Exception:  # noqa: BLE001 - no timestamps: times come from the frame rate
         return None
 
@@ -264,7 +265,7 @@ class PyAVReader:
                 st = c.streams.video[0]
                 rate = st.average_rate or st.guessed_rate or 0
                 self.fps = float(rate) if rate else 0.0
-                pts = [pk.pts for pk in c.demux(st) if pk.size]
+                pts = _packet_pts(c, st)
                 self.num_frames = len(pts)
                 self.times = frame_times(pts, st.time_base)
         except VideoError:
@@ -281,6 +282,7 @@ class PyAVReader:
         self.pos, self._frame, self._rgb = -1, None, None   # the last frame decoded (converted lazily)
 
     def _next(self) -> bool:
+        beat()                                   # each frame decoded in order is progress
         try:
             frame = next(self._frames)
         except StopIteration:
@@ -333,11 +335,35 @@ def _open_kind(path: str, name: str, kind: str, dev: str = "cpu"):
     return TorchcodecReader(path, name, "cpu")
 
 
+READ_BATCH = 8    # frames asked of a seeking decoder at once: each batch done is progress (vadclip.io.progress)
+
+
+def _packet_pts(container, stream) -> List[Optional[int]]:
+    """The timestamps of ``stream``'s packets (a demux pass, no decoding), in order."""
+    pts = []
+    for n, pk in enumerate(container.demux(stream)):
+        if pk.size:
+            pts.append(pk.pts)
+        if n % 1024 == 0:
+            beat()
+    return pts
+
+
+def _get_in_batches(reader, sel: Sequence[int]):
+    parts = []
+    for i in range(0, len(sel), READ_BATCH):
+        parts.append(reader.get(sel[i:i + READ_BATCH]))
+        beat()
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat(parts) if isinstance(parts[0], torch.Tensor) else np.concatenate(parts)
+
+
 def _read(reader, sel: Sequence[int], path: str, name: str):
     """Frames ``sel`` of ``reader``; a GPU decoding failure retries on the CPU (the
     reader is replaced); a CPU failure is the video's.  Returns (reader, frames)."""
     try:
-        return reader, reader.get(sel)
+        return reader, _get_in_batches(reader, sel)
     except (MemoryError, VideoError):    # a VideoError says already where and what
         raise
     except Exception as e:
