@@ -76,12 +76,12 @@ def test_scoring_a_registered_version_runs_no_code_stored_in_the_registry(tmp_pa
     assert pwned.exists()
 
 
-def test_a_job_scores_with_one_version_and_a_folder_never_mixes_two(ray_local, tmp_path):
-    """The alias resolves to a version once per job, recorded in the scores folder: next
-    month's champion resuming last month's --out is refused in one line; a new --out works."""
-    import pytest
+def test_a_job_scores_with_one_version_and_each_row_says_which(ray_local, tmp_path):
+    """The alias resolves to a version once per job, recorded on every row: next month's
+    champion resuming last month's --out is not refused (the rows already there keep
+    theirs); a new --out is scored by it whole."""
+    import pyarrow.parquet as pq
 
-    from vadclip.errors import InputError
     from vadclip.io.features import write_feature_table
     from vadclip.jobs.score import ScoreOptions, run_score
     from vadclip.testing.synthetic import make_feature_set
@@ -93,9 +93,13 @@ def test_a_job_scores_with_one_version_and_a_folder_never_mixes_two(ray_local, t
                   opts=ScoreOptions(max_plots=0), tracking_uri=uri, log=lambda *_: None)
     assert s["model_version_uri"] == "models:/vad-pin/1" and s["videos_scored"] == 6
     _register(tmp_path, "vad-pin", auc=0.9, file="m1.pt", seed=7)  # next month's champion: version 2
-    with pytest.raises(InputError, match="holds scores of models:/vad-pin/1 .*not of this run's models:/vad-pin/2"):
-        run_score("models:/vad-pin@champion", str(tmp_path / "out"), features=str(tmp_path / "feats.parquet"),
-                  opts=ScoreOptions(max_plots=0), tracking_uri=uri, log=lambda *_: None)
+    said = []
+    s = run_score("models:/vad-pin@champion", str(tmp_path / "out"), features=str(tmp_path / "feats.parquet"),
+                  opts=ScoreOptions(max_plots=0), tracking_uri=uri, log=said.append)
+    assert s["model_version_uri"] == "models:/vad-pin/2" and s["videos_scored"] == 0 and s["videos_skipped"] == 6
+    assert any("its last run scored with models:/vad-pin/1" in line for line in said)
+    assert {r["model_version"] for r in pq.read_table(str(tmp_path / "out" / "scores")).to_pylist()} == \
+        {"models:/vad-pin/1"}
     s = run_score("models:/vad-pin@champion", str(tmp_path / "out2"), features=str(tmp_path / "feats.parquet"),
                   opts=ScoreOptions(max_plots=0), tracking_uri=uri, log=lambda *_: None)
     assert s["model_version_uri"] == "models:/vad-pin/2" and s["model_alias"] == "champion"

@@ -277,10 +277,17 @@ def test_calibrate_then_score_uses_the_operating_point(trained, tmp_path, capsys
     s2 = result_json(capsys.readouterr().out)
     assert s2["threshold"] == 0.99 and s2["merge_gap_s"] == 0.5
     assert s2["operating_point"]["flags_over_it"] == ["threshold"]
-    # resuming the first output under another rule would mix two rules in one archive: refused
+    # the first output resumed under another rule (a recalibration between two nightly scans): not
+    # refused; the videos scored keep their rows, each recording the version and rule that made it
     assert main(["score", "--model", "models:/cal@champion", "--features", str(feature_dir(str(test_feats))),
-                 "--out", str(out), "--threshold", "0.99", "--tracking-uri", uri]) == 2
-    one_error_line(capsys.readouterr().err, "holds events under another rule", "score > 0.99")
+                 "--out", str(out), "--threshold", "0.99", "--tracking-uri", uri]) == 0
+    s4 = result_json(capsys.readouterr().out)
+    assert s4["videos_scored"] == 0 and s4["videos_skipped"] == len(rows)
+    again = pq.read_table(str(out / "scores")).to_pylist()
+    assert {r["model_version"] for r in again} == {"models:/cal/1"}
+    assert {json.loads(r["rule"])["threshold"] for r in again} == {cal["threshold"]}
+    events = pq.read_table(str(out / "events")).to_pylist()
+    assert events and {e["model"] for e in events} == {"models:/cal/1"}
 
     # a model file: the operating point goes beside it, and score finds it there
     model = tmp_path / "m" / "model.pt"
@@ -483,7 +490,7 @@ def test_calibrate_by_camera_then_score_applies_each_cameras_operating_point(tra
                  "--gt", str(d / "gt.parquet"), "--operating-point", op_file]) == 0
     assert result_json(capsys.readouterr().out)["operating_point"]["threshold_by_value"] == thr
     # calibrated again, each camera now too small for its own point (the same overall one):
-    # resuming the folder would mix per-camera rules with the fallback's: refused
+    # resuming the folder is not refused; its rows keep the per-camera rules that made them
     assert main(["calibrate", "--model", str(d / "model.pt"), "--features", feature_dir(str(tmp_path / "val_ext")),
                  "--gt", str(tmp_path / "val_gt.parquet"), "--target-fa-per-hour", "0", "--by", "camera",
                  "--min-videos", "5", "--merge-gap-s", "0", "--operating-point", op_file]) == 0
@@ -491,8 +498,10 @@ def test_calibrate_by_camera_then_score_applies_each_cameras_operating_point(tra
     assert again["threshold"] == cal["threshold"] and again["thresholds_by"] == {}
     assert set(again["operating_point"]["chosen_by"]["fallback_groups"]) == {"cam1", "cam2"}
     assert main(["score", "--model", str(d / "model.pt"), "--features", feature_dir(str(tmp_path / "test_ext")),
-                 "--operating-point", op_file, "--out", str(out)]) == 2
-    assert "per-camera rules" in capsys.readouterr().err
+                 "--operating-point", op_file, "--out", str(out)]) == 0
+    assert result_json(capsys.readouterr().out)["videos_scored"] == 0
+    kept = pq.read_table(str(out / "scores")).to_pylist()
+    assert {r["video_id"]: json.loads(r["rule"])["threshold"] for r in kept} == want
 
 
 def test_the_containers_creation_time_gives_events_their_wall_clock_time(trained, tmp_path):

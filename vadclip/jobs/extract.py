@@ -174,7 +174,7 @@ def _pending(items, done_ids, failed_ids, changed: set, retry_failed: bool):
 
 
 def _plan(source: str, out_dir: str, opts: ExtractOptions, retry_failed: bool, log,
-          address: Optional[str] = None) -> _Plan:
+          address: Optional[str] = None, on_changed=None) -> _Plan:
     """What to do: the manifest, less what earlier runs did (unless its file changed).
     Every check that can refuse the run comes before the output's lease is taken, so a
     refused run changes nothing in the folder (and a live run writing it goes on)."""
@@ -211,6 +211,8 @@ def _plan(source: str, out_dir: str, opts: ExtractOptions, retry_failed: bool, l
     if changed:   # a video replaced at the same path (a camera's daily file rewritten): its rows go, it runs again
         drop_rows(output.rows_dir, "path", changed)
         drop_rows(output.errors_dir, "path", changed)
+        if on_changed is not None:      # what was made from the old file goes with it (its scores and events)
+            on_changed(changed)
         log(f"[extract] {len(changed)} videos changed since their rows were written: processing them again")
     if retry_failed and retried:
         drop_rows(output.errors_dir, "path", retried)
@@ -363,7 +365,8 @@ def extract_and(source: str, out_dir: str, opts: ExtractOptions, scorer=None, re
     results)."""
     log = log or logging.getLogger("vadclip").info
     out_dir = storage.absolute(out_dir)
-    plan = _plan(source, out_dir, opts, retry_failed, log, address)
+    plan = _plan(source, out_dir, opts, retry_failed, log, address,
+                 on_changed=scorer.forget if scorer is not None else None)
     log(f"[extract] {len(plan.items)} videos: {len(plan.items) - len(plan.todo)} already done or failed earlier, "
         f"{len(plan.todo)} to process")
     t0 = time.time()

@@ -38,6 +38,10 @@ SCORE_SCHEMA = pa.schema([
     ("events", pa.list_(EVENT_TYPE)),
     ("meta", pa.string()),     # the video's manifest columns (camera, start_time, …), as its feature rows hold them
     ("snippet_times", pa.list_(pa.float64())),    # as the feature rows hold them (variable frame rate only)
+    # what scored it: the model version (``models:/NAME/N``, or the model file) and the event rule
+    # (JSON, sorted keys) its events come from; a folder scored night after night holds rows of
+    # every version promoted meanwhile, each saying which (empty in parts written before them)
+    ("model_version", pa.string()), ("rule", pa.string()),
 ])
 
 
@@ -79,10 +83,12 @@ def write_events(out_dir: str, model: str, opts_dict: Dict[str, Any]) -> Dict[st
         name = storage.basename(f)
         if name in have:
             continue
+        names = read_schema(f).names
         cols = ["video_id", "path", "video_score", "events"]
-        cols += ["meta"] if "meta" in read_schema(f).names else []     # parts written before it existed
-        rows = [event_row(r, i, ev, model, rule_of(r)) for r in read_file(f, cols).to_pylist()
-                for i, ev in enumerate(r["events"] or [])]
+        # parts written before these columns existed: the run's own model and rule
+        cols += [c for c in ("meta", "model_version", "rule") if c in names]
+        rows = [event_row(r, i, ev, r.get("model_version") or model, r.get("rule") or rule_of(r))
+                for r in read_file(f, cols).to_pylist() for i, ev in enumerate(r["events"] or [])]
         write_part(events, name, pa.Table.from_pylist(rows, EVENTS_SCHEMA))
         written, parts = written + len(rows), parts + 1
     total = sum(read_file(f, ["event"]).num_rows for f in part_files(events))
@@ -133,6 +139,8 @@ class ScoreOptions:
                                                           "(from an operating point calibrated --by it)")
     group_rules: Optional[Dict[str, Dict[str, Any]]] = option(
         None, cli=False, help="{value of rule_by: its EventRule's fields}; other values: the rule of the fields above")
+    model_version: str = option("", cli=False, help="the model version scoring (models:/NAME/N or a file), "
+                                                    "recorded on every score and event row")
 
     RULE_FIELDS = ("threshold", "hysteresis", "min_duration_s", "merge_gap_s")
 
@@ -155,6 +163,10 @@ class ScoreOptions:
             if g is not None:
                 return EventRule(**g)
         return self.rule()
+
+    def rule_json(self, meta: Any = None) -> str:
+        """:meth:`rule_for` as a score row and its events record it (JSON, sorted keys)."""
+        return json.dumps(asdict(self.rule_for(meta)), sort_keys=True)
 
     def rules_record(self) -> Dict[str, Any]:
         """The rule (and each group's) as the scores folder and the events table keep it."""
@@ -310,15 +322,18 @@ def label_of(value: Any) -> Optional[str]:
     return value if isinstance(value, str) and value != "" else None
 
 
-def score_row(meta: Dict[str, Any], s: Dict[str, Any], snippet_count: int, classes: List[str]) -> Dict[str, Any]:
+def score_row(meta: Dict[str, Any], s: Dict[str, Any], snippet_count: int, classes: List[str],
+              opts: "ScoreOptions") -> Dict[str, Any]:
     """One row of the scores table (``SCORE_SCHEMA``): the video (``meta``: video_id,
-    path, label, fps, num_frames) and its scores (``s``, as :func:`score_features` gives)."""
+    path, label, fps, num_frames), its scores (``s``, as :func:`score_features` gives) and
+    what scored it (``opts``: the model version and the video's event rule)."""
     return {"video_id": meta["video_id"], "path": meta["path"], "label": label_of(meta.get("label")),
             "fps": float(meta["fps"]), "num_frames": int(meta["num_frames"]), "snippet_count": int(snippet_count),
             "classes": classes, "anomaly": np.asarray(s["anomaly"], np.float32),
             "class_probs": np.asarray(s["class_probs"], np.float32), "video_score": float(s["video_score"]),
             "predicted_class": s["predicted_class"], "flagged": bool(s["flagged"]), "events": s["events"],
-            "meta": _text(meta.get("meta")), "snippet_times": _times_list(meta)}
+            "meta": _text(meta.get("meta")), "snippet_times": _times_list(meta),
+            "model_version": opts.model_version, "rule": opts.rule_json(meta.get("meta"))}
 
 
 def _times_list(row: Dict[str, Any]) -> Optional[List[float]]:
@@ -339,9 +354,23 @@ class Scorer:
     ``score --videos``): the model from a checkpoint (or a Ray reference to one), the
     crop to score, and where the score rows go."""
 
-    def __init__(self, checkpoint, opts: ScoreOptions, crop: int, output, run_id: str) -> None:
+    def __init__(self, checkpoint, opts: ScoreOptions, crop: int, output, run_id: str, events_dir: str = "") -> None:
         self.checkpoint, self.opts, self.crop, self.output, self.run_id = checkpoint, opts, crop, output, run_id
         self.model = None
+        self.forgotten: set = set()
+        self.events_dir = events_dir     # OUT/events/, whose rows of a rewritten recording go too
+
+    def forget(self, paths: set) -> None:
+        """On the driver, under the lease, before the pipeline: the videos at ``paths`` were
+        rewritten since they were scored (an NVR rewrites the day's file): their score rows,
+        score error rows and events go, so the new file's scores replace them, never stand
+        beside them."""
+        from vadclip.io.parts import drop_rows, read_column
+
+        self.forgotten = {v for v, p in zip(read_column(self.output.rows_dir, "video_id"),
+                                            read_column(self.output.rows_dir, "path")) if p in paths}
+        for d in (self.output.rows_dir, self.output.errors_dir, self.events_dir):
+            drop_rows(d, "path", paths)
 
     def start(self, skip=()) -> None:
         """In the writer: load the model, open the part writers.  ``skip``: videos whose
@@ -382,7 +411,7 @@ class Scorer:
         except InputError as e:
             self.ew.add([{"path": meta["path"], "video_id": vid, "stage": "score", "error": score_error(row, e)}])
             return
-        self.sw.add([score_row(dict(meta, video_id=vid), s, feats.shape[0], self.classes)])
+        self.sw.add([score_row(dict(meta, video_id=vid), s, feats.shape[0], self.classes, self.opts)])
 
     def tick(self) -> None:
         self.sw.tick()
@@ -398,55 +427,30 @@ def _scores_dir(out_dir: str) -> str:
     return layout.scores_dir(out_dir)
 
 
-RULE_FILE = "_event_rule.json"
+RULE_FILE = "_event_rule.json"     # the rule of the folder's last run (each row records its own)
+MODEL_FILE = "_model.json"         # the model version and crop of the folder's last run
 
 
-def _one_rule(scores_dir: str, opts: ScoreOptions) -> None:
-    """A scores folder never mixes event rules: resuming it under another rule (the
-    model's operating point changed, or other flags; or other per-camera rules) stops in
-    one line, before Ray."""
-    from vadclip.io.parts import part_files
-
-    path = storage.join(scores_dir, RULE_FILE)
-    if not part_files(scores_dir) or not storage.isfile(path):
-        return
-    d = json.loads(storage.read_text(path))
-    old = EventRule(**{k: d[k] for k in ("threshold", "low", "min_duration_s", "merge_gap_s")})
-    rule = opts.rule()
-    if old != rule:
-        raise InputError(f"{scores_dir} holds events under another rule ({old.describe()}) than this run's "
-                         f"({rule.describe()}): score into a new --out, or give the same --threshold, --hysteresis, "
-                         "--min-duration-s and --merge-gap-s")
-    mine = opts.rules_record()
-    if (d.get("by"), d.get("groups")) != (mine.get("by"), mine.get("groups")):
-        raise InputError(f"{scores_dir} holds events under other per-{d.get('by') or mine.get('by')} rules than "
-                         f"this run's (by {d.get('by')}: {sorted(d.get('groups') or {})}; now by {mine.get('by')}: "
-                         f"{sorted(mine.get('groups') or {})}): the model's operating point was calibrated again; "
-                         "score into a new --out")
-
-
-MODEL_FILE = "_model.json"
-
-
-def _one_model(scores_dir: str, record: Dict[str, Any]) -> None:
-    """A scores folder never mixes model versions or crops: resuming it with another
-    (next month's champion into last month's ``--out``) stops in one line, before Ray."""
+def _one_crop(scores_dir: str, record: Dict[str, Any], log) -> None:
+    """A scores folder holds one crop of its videos: resuming it with another stops in one
+    line, before Ray.  Another model version or event rule does not stop it (a promotion
+    between two nightly scans): each row records the version and rule that made it, and
+    this says when they change."""
     from vadclip.io.parts import part_files
 
     path = storage.join(scores_dir, MODEL_FILE)
-    if not part_files(scores_dir) or not storage.isfile(path):
+    if not storage.isfile(path) or not part_files(scores_dir):
         return
     old = json.loads(storage.read_text(path))
-    # the weights decide (the same version given as its registered name or its file is
-    # one model); a record written before digests were compares the references
-    same = (old.get("weights") == record.get("weights") if old.get("weights") else old["model"] == record["model"])
-    if not same or old["crop"] != record["crop"]:
-        raise InputError(f"{scores_dir} holds scores of {old['model']} (crop {old['crop']}), not of this run's "
-                         f"{record['model']} (crop {record['crop']}"
-                         f"{'' if same else ', other weights'}): score into a new --out")
+    if old["crop"] != record["crop"]:
+        raise InputError(f"{scores_dir} holds scores of crop {old['crop']}, not this run's crop {record['crop']}: "
+                         f"score into a new --out, or give --crop {old['crop']}")
+    if old.get("model") != record["model"] or (old.get("weights") and old["weights"] != record["weights"]):
+        log(f"[score] {scores_dir}: its last run scored with {old.get('model')}; this run scores what is new with "
+            f"{record['model']} (each row records its model version; rows already there keep theirs)")
 
 
-def _score_rows(classes: List[str]):
+def _score_rows(classes: List[str], opts: ScoreOptions):
     """The write tasks' view of the scoring stage's output: (score rows, error rows)."""
     def to_rows(cols: Dict[str, np.ndarray]):
         good, bad = [], []
@@ -456,7 +460,7 @@ def _score_rows(classes: List[str]):
                 bad.append({"path": r["path"], "video_id": r["video_id"], "stage": "score", "error": r["error"]})
                 continue
             r["snippet_times"] = json.loads(r["snippet_times"]) if r.get("snippet_times") else None
-            good.append(score_row(r, dict(r, events=json.loads(r["events"])), r["snippet_count"], classes))
+            good.append(score_row(r, dict(r, events=json.loads(r["events"])), r["snippet_count"], classes, opts))
         return good, bad
     return to_rows
 
@@ -483,7 +487,7 @@ def _score_from_features(features: str, crop: int, todo: Optional[List[str]], do
         ds = ds.filter(expr=col("video_id").not_in(sorted(done)))
     ds = ds.map_batches(ScoreStage, **ScoreStage.ray_args(ckpt_ref, opts))
     name = run_id if rnd == 1 else f"{run_id}-r{rnd}"    # each round its own part names
-    sink = row_sink(output, name, SCORE_SCHEMA, ERROR_SCHEMA, opts.rows_per_file, _score_rows(classes))
+    sink = row_sink(output, name, SCORE_SCHEMA, ERROR_SCHEMA, opts.rows_per_file, _score_rows(classes, opts))
     try:
         ds.write_datasink(sink)
     finally:
@@ -575,16 +579,16 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
     opts, operating = opts.resolve(*model_operating_point(version_uri, tracking_uri, opts.operating_point))
     log(f"[score] events: {operating['rule']} (operating point: {operating['source']}"
         f"{'; flags over it: ' + ', '.join(operating['flags_over_it']) if operating['flags_over_it'] else ''})")
-    _one_rule(_scores_dir(out_dir), opts)
+    opts = replace(opts, model_version=version_uri)
     cfg = model.cfg
     # a feature set that cannot fit the model fails before Ray starts
     found = check_feature_set(features, model.embed_dim, crop=opts.crop) if features is not None else None
     mismatch = check_fit(cfg, features, f"the model {model_uri}", opts.allow_feature_mismatch, log) \
         if features is not None else None
-    # a scores folder holds one model version and one crop: resuming it with another stops here
+    # a scores folder holds one crop: resuming it with another stops here (a new model version does not)
     model_record = {"model": version_uri, "weights": weights_digest(model),
                     "crop": (found["crops"][0] if found is not None else 0) if opts.crop is None else opts.crop}
-    _one_model(_scores_dir(out_dir), model_record)
+    _one_crop(_scores_dir(out_dir), model_record, log)
     if gt is not None:   # ground truth named for other videos (or by another id rule) fails now too
         from vadclip.jobs.extract import load_manifest
 
@@ -612,8 +616,9 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
         crop = 0 if opts.crop is None else opts.crop
         if not 0 <= crop < eo.crops:
             raise InputError(f"--crop {crop}: the videos are extracted with --crops {eo.crops} (crops 0-{eo.crops - 1})")
-        extract_summary, _ = extract_and(videos, out_dir, eo, scorer=Scorer(ckpt_ref, opts, crop, output, run_id),
-                                         address=address, log=log)
+        scorer = Scorer(ckpt_ref, opts, crop, output, run_id, layout.events_dir(out_dir))
+        extract_summary, _ = extract_and(videos, out_dir, eo, scorer=scorer, address=address, log=log)
+        done -= scorer.forgotten           # rewritten recordings: scored again, not skipped
         features = feature_dir(out_dir)
         found = check_feature_set(features, model.embed_dim, crop=crop)
         mismatch = check_fit(cfg, features, f"the model {model_uri}", opts.allow_feature_mismatch, log)
