@@ -93,6 +93,7 @@ def test_a_later_run_fences_the_earlier_runs_commits_and_its_writers_stop(tmp_pa
                                                                           clock=lambda: t[0]))
     ow.add([{"video_id": "v1", "path": "/v1.mp4"}])
     ow.flush()                                          # holds the lease: committed
+    old.release()                                       # its driver is gone (no proof of life); its writer lives on
     new = ResumableOutput(rows_dir, str(tmp_path / "errors"))
     new_run = new.start()
     assert new_run != old_run

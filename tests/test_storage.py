@@ -144,6 +144,7 @@ def test_on_s3s_whole_second_stamps_a_commit_in_the_leases_second_counts_and_is_
         time.sleep(0.02)
     w.add(_rows("v1"))
     w.flush()
+    old.release()                                   # its driver is gone (no proof of life); its writer lives on
     new = ResumableOutput(rows, errs)
     new_run = new.start()
     (marker,) = storage.list_infos(f"{rows}/{MARKERS}")

@@ -340,6 +340,14 @@ def _demo(a, log) -> dict:
                     clip=ClipSpec(a.clip_model, pre) if pre else None, n_val=a.val_videos, log=log)
 
 
+def _redacting(record: logging.LogRecord) -> bool:
+    """A log line with every credential in a URI taken out (a video or output URI with a key in it)."""
+    from vadclip.io.storage import redact
+
+    record.msg, record.args = redact(record.getMessage()), None
+    return True
+
+
 def _setup_logging() -> None:
     """vadclip's own progress lines on stderr; other libraries stay at their warnings."""
     logger = logging.getLogger("vadclip")
@@ -355,6 +363,7 @@ def _setup_logging() -> None:
 
         handler = _Stderr()
         handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.addFilter(_redacting)
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
@@ -395,6 +404,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Run a command; a problem of the input or configuration is one line on stderr
     and exit code 2 (as argparse does for bad options), a problem of the environment one
     line and exit code 3, never a traceback."""
+    from vadclip.io.storage import redact
+
     a = build_parser().parse_args(argv)
     _setup_logging()
     quiet_libraries(verbose=getattr(a, "verbose", False) or os.environ.get("VADCLIP_VERBOSE") == "1")
@@ -406,10 +417,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         with contextlib.redirect_stdout(sys.stderr):
             s = a.handler(a, logging.getLogger("vadclip").info)
     except InputError as e:
-        print(f"vadclip {a.cmd}: error: {one_line(e)}", file=sys.stderr)
+        print(f"vadclip {a.cmd}: error: {redact(one_line(e))}", file=sys.stderr)
         return 2
     except EnvironmentProblem as e:
-        print(f"vadclip {a.cmd}: error (environment): {one_line(e)}", file=sys.stderr)
+        print(f"vadclip {a.cmd}: error (environment): {redact(one_line(e))}", file=sys.stderr)
         return 3
     except Exception as e:
         # raised in a worker (storage that kept failing under a writer, an encoder without
@@ -417,9 +428,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         cause = environment_cause(e)
         if cause is None:
             raise
-        print(f"vadclip {a.cmd}: error (environment): {one_line(cause)}", file=sys.stderr)
+        print(f"vadclip {a.cmd}: error (environment): {redact(one_line(cause))}", file=sys.stderr)
         return 3
-    print(json.dumps(s, indent=2, default=str), flush=True)
+    from vadclip.io.storage import redact_all
+
+    print(json.dumps(redact_all(s), indent=2, default=str), flush=True)
     return 0
 
 

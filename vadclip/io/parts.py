@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vadclip.io import storage
-from vadclip.errors import EnvironmentProblem, MissingInputError
+from vadclip.errors import EnvironmentProblem, InputError, MissingInputError
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +171,26 @@ LEASE_CHECK_S = float(os.environ.get("VADCLIP_LEASE_CHECK_S", "15"))
 _RUN_OF_PART = re.compile(r"^part-(\d{14}-[0-9a-f]{6})")
 
 
-class LeaseLost(RuntimeError):
-    """Another run of the same output has started: this run's writers stop."""
+class LeaseLost(EnvironmentProblem):
+    """Another run took the output over (this run's driver stopped being heard from, see
+    :func:`live_holder`): this run's writers stop; the job fails in one line (exit 3) and
+    its re-run resumes."""
+
+
+class LeaseBusy(InputError):
+    """A live run writes the output folder: this run changed nothing there and stops in one
+    line (exit 2) naming it, or waits for it (``--wait``)."""
+
+
+# A run's driver says it is alive by rewriting ``_leases/alive-<run id>`` (its host and
+# process id) every HEARTBEAT_S seconds (a daemon thread, :class:`Heartbeat`); it removes
+# the object when the run ends.  A run is gone — and its lease taken over — when the store
+# stamped that object more than STALE_AFTER heartbeats ago (by the store's own clock: a
+# driver whose node was lost), or at once when its process no longer exists on this host (a
+# driver SIGKILLed, re-run here); a live one is never fenced.  The heartbeat is an object of its own: rewriting the
+# lease object would move the time that fences the runs before it.
+HEARTBEAT_S = float(os.environ.get("VADCLIP_LEASE_HEARTBEAT_S", "10"))
+STALE_AFTER = 3
 
 
 def lease_history(directory: str) -> List[Tuple[int, str, int]]:
@@ -233,6 +251,101 @@ def _wait_past(directory: str, run_id: str, at_ns: int, settle_s: float) -> None
             pause = min(pause * 2, 0.5)
     finally:
         storage.delete(probe)
+
+
+def _alive(directory: str, run_id: str) -> str:
+    return storage.join(directory, LEASES, f"alive-{run_id}")
+
+
+def store_now_ns(directory: str) -> Optional[int]:
+    """The store's clock now (a probe object written, its modification time read, removed);
+    None where the store gives no times."""
+    probe = storage.join(directory, LEASES, f"probe-now-{uuid.uuid4().hex[:8]}")
+    storage.write_bytes(probe, b"")
+    try:
+        return storage.info(probe).mtime_ns
+    finally:
+        storage.delete(probe)
+
+
+def live_holder(directory: str) -> Optional[Dict[str, Any]]:
+    """The run that holds ``directory``'s lease and is alive (its heartbeat fresh by the
+    store's clock): ``{"run", "since" (UTC text), "heard_s"}``; None when no run holds it,
+    or its holder ended or is gone."""
+    history = lease_history(directory)
+    if not history:
+        return None
+    _, run, at = history[-1]
+    alive = storage.info(_alive(directory, run))
+    if alive.type == storage.pafs.FileType.NotFound or alive.mtime_ns is None:
+        return None
+    if not _process_lives(directory, run):
+        return None
+    now = store_now_ns(directory)
+    heard = (now - alive.mtime_ns) / 1e9 if now is not None else 0.0
+    if heard > HEARTBEAT_S * STALE_AFTER:
+        return None
+    since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at / 1e9)) if at else "?"
+    return {"run": run, "since": since, "heard_s": max(0.0, heard)}
+
+
+def _who() -> bytes:
+    import socket
+
+    return json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode()
+
+
+def _process_lives(directory: str, run: str) -> bool:
+    """Whether the driver that wrote the proof of life of ``run`` may still live: False only
+    when it ran on this host and its process is gone."""
+    import socket
+
+    try:
+        who = json.loads(storage.read_text(_alive(directory, run)) or "{}")
+    except (ValueError, OSError, FileNotFoundError):
+        return True
+    if who.get("host") != socket.gethostname() or not who.get("pid"):
+        return True
+    try:
+        os.kill(int(who["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Heartbeat:
+    """The driver's proof of life for the leases it holds: each ``alive`` object rewritten
+    every :data:`HEARTBEAT_S` seconds on a daemon thread until :meth:`stop`, which removes
+    them.  A beat that fails (the store refusing for a while) is tried again at the next."""
+
+    def __init__(self, directories: Sequence[str], run_id: str) -> None:
+        import threading
+
+        self.paths = [_alive(d, run_id) for d in directories]
+        self.who = _who()
+        for p in self.paths:
+            storage.write_bytes(p, self.who)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="vadclip-lease-heartbeat")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            for p in self.paths:
+                try:
+                    storage.write_bytes(p, self.who)
+                except Exception as e:  # noqa: BLE001 - the next beat tries again; staleness decides
+                    log.warning("lease heartbeat %s failed: %s", p, e)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for p in self.paths:
+            try:
+                storage.delete(p)
+            except Exception:  # noqa: BLE001 - a left object goes stale on its own
+                pass
 
 
 def lease_holder(directory: str) -> Optional[str]:

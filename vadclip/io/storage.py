@@ -92,16 +92,35 @@ def retrying(fn: Callable[[], T], what: str) -> T:
     raise AssertionError("unreachable")
 
 
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<secret>[^@/\s]*)@")
+# a password may hold "/" or "+" (an Azure storage key is base64): it runs to the "@"
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<secret>[^@\s]*)@")
+
+
+# a credential in a URI's query string (``s3://b/k?access_key=…&secret_key=…``, an Azure SAS's
+# ``sig=``, a signed URL's ``X-Amz-Signature=``/``X-Amz-Credential=``, ``token=``, ``password=``)
+_QUERY_SECRET = re.compile(r"(?P<key>[?&;](?:[A-Za-z0-9_.-]*(?:key|secret|token|password|passwd|pwd|sig|signature|"
+                           r"credential|sas)[A-Za-z0-9_.-]*))=(?P<value>[^&;#\s\"']*)", re.I)
 
 
 def redact(text):
-    """``text`` with the password of every URI in it replaced (``postgresql://user:***@host/db``),
-    for whatever a job writes where others read it: summaries, logs, MLflow params and tags.
-    Anything but a string is returned as it is."""
+    """``text`` with the password of every URI in it replaced (``postgresql://user:***@host/db``,
+    ``abfs://account:***@container/…``) and every credential in a query string
+    (``?access_key=***``), for whatever a job writes where others read it: summaries, logs,
+    the report, MLflow params and tags.  Anything but a string is returned as it is."""
     if not isinstance(text, str):
         return text
-    return _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    return _QUERY_SECRET.sub(lambda m: f"{m['key']}=***", text) if ("?" in text or "&" in text) else text
+
+
+def redact_all(value):
+    """:func:`redact` through dicts, lists and tuples (a summary before it is printed, written
+    or logged); keys are kept."""
+    if isinstance(value, dict):
+        return {k: redact_all(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact_all(v) for v in value)
+    return redact(value)
 
 
 def is_uri(path: str) -> bool:

@@ -199,23 +199,27 @@ def _plan(source: str, out_dir: str, opts: ExtractOptions, retry_failed: bool, l
             opts = replace(opts, precision=_resolve_precision(opts, gpus, log))
             prov = feature_provenance(opts, weights)
     storage.makedirs(out_dir)
-    output.start()
-    # read again under the lease: what an earlier run's writers committed since the read
-    # above (before they were fenced) is done too, never written a second time
-    done_now, failed_now = output.identities()
-    new = {p: i for p, i in {**failed_now, **done_now}.items() if p not in done_ids and p not in failed_ids}
-    if new:
-        changed |= changed_inputs(new)
-        todo, retried = _pending(items, done_now, failed_now, changed, retry_failed)
-    _keep_ids(items, output.named())
-    if changed:   # a video replaced at the same path (a camera's daily file rewritten): its rows go, it runs again
-        drop_rows(output.rows_dir, "path", changed)
-        drop_rows(output.errors_dir, "path", changed)
-        if on_changed is not None:      # what was made from the old file goes with it (its scores and events)
-            on_changed(changed)
-        log(f"[extract] {len(changed)} videos changed since their rows were written: processing them again")
-    if retry_failed and retried:
-        drop_rows(output.errors_dir, "path", retried)
+    output.start(opts.wait, log)
+    try:
+        # read again under the lease: what an earlier run's writers committed since the read
+        # above (before they were fenced) is done too, never written a second time
+        done_now, failed_now = output.identities()
+        new = {p: i for p, i in {**failed_now, **done_now}.items() if p not in done_ids and p not in failed_ids}
+        if new:
+            changed |= changed_inputs(new)
+            todo, retried = _pending(items, done_now, failed_now, changed, retry_failed)
+        _keep_ids(items, output.named())
+        if changed:   # a video replaced at the same path (a camera's daily file rewritten): its rows go, it runs again
+            drop_rows(output.rows_dir, "path", changed)
+            drop_rows(output.errors_dir, "path", changed)
+            if on_changed is not None:      # what was made from the old file goes with it (its scores and events)
+                on_changed(changed)
+            log(f"[extract] {len(changed)} videos changed since their rows were written: processing them again")
+        if retry_failed and retried:
+            drop_rows(output.errors_dir, "path", retried)
+    except BaseException:
+        output.release()      # a run that fails here leaves the folder to the next at once
+        raise
     return _Plan(items, todo, output, prov, weights, changed, gpus, precision=opts.precision)
 
 
@@ -367,24 +371,28 @@ def extract_and(source: str, out_dir: str, opts: ExtractOptions, scorer=None, re
     out_dir = storage.absolute(out_dir)
     plan = _plan(source, out_dir, opts, retry_failed, log, address,
                  on_changed=scorer.forget if scorer is not None else None)
-    log(f"[extract] {len(plan.items)} videos: {len(plan.items) - len(plan.todo)} already done or failed earlier, "
-        f"{len(plan.todo)} to process")
-    t0 = time.time()
-    results: List[Dict[str, Any]] = []
-    if plan.todo:
-        results = _rounds(plan, replace(opts, precision=plan.precision), log, scorer)
-        for r in results:
-            for line in r["failures"]:
-                log(f"[extract] FAILED {line}")
-    summary = _summarise(plan, results, t0)
-    summary["folder"] = _folder_totals(plan, out_dir)
-    storage.write_text(storage.join(out_dir, layout.EXTRACT_SUMMARY), json.dumps(summary, indent=2))
-    log(f"[extract] done: {summary['videos_ok']} ok, {summary['videos_failed']} failed, "
-        f"{summary['videos_skipped']} skipped; {summary['snippets']} snippets, {summary['frames']} frames "
-        f"in {summary['elapsed_s']:.1f}s ({summary['frames_per_s']} frames/s) → {plan.output.rows_dir}"
-        + (f"; decoded with {', '.join(summary['decoders'])}" if summary.get("decoders") else "")
-        + (f"; encoded in {', '.join(summary['precisions'])}" if summary.get("precisions") else "")
-        + (f"; encoders: first encode {summary['startup_s']:.1f}s after the start, then busy "
-           f"{summary['encoder_busy_fraction']:.1%} of the time at {summary['steady_snippets_per_s']} snippets/s"
-           if "startup_s" in summary else ""))
-    return summary, results
+    try:
+        log(f"[extract] {len(plan.items)} videos: {len(plan.items) - len(plan.todo)} already done or failed earlier, "
+            f"{len(plan.todo)} to process")
+        t0 = time.time()
+        results: List[Dict[str, Any]] = []
+        if plan.todo:
+            results = _rounds(plan, replace(opts, precision=plan.precision), log, scorer)
+            for r in results:
+                for line in r["failures"]:
+                    log(f"[extract] FAILED {line}")
+        summary = _summarise(plan, results, t0)
+        summary["folder"] = _folder_totals(plan, out_dir)
+        storage.write_text(storage.join(out_dir, layout.EXTRACT_SUMMARY), json.dumps(storage.redact_all(summary),
+                                                                                     indent=2))
+        log(f"[extract] done: {summary['videos_ok']} ok, {summary['videos_failed']} failed, "
+            f"{summary['videos_skipped']} skipped; {summary['snippets']} snippets, {summary['frames']} frames "
+            f"in {summary['elapsed_s']:.1f}s ({summary['frames_per_s']} frames/s) → {plan.output.rows_dir}"
+            + (f"; decoded with {', '.join(summary['decoders'])}" if summary.get("decoders") else "")
+            + (f"; encoded in {', '.join(summary['precisions'])}" if summary.get("precisions") else "")
+            + (f"; encoders: first encode {summary['startup_s']:.1f}s after the start, then busy "
+               f"{summary['encoder_busy_fraction']:.1%} of the time at {summary['steady_snippets_per_s']} snippets/s"
+               if "startup_s" in summary else ""))
+        return summary, results
+    finally:
+        plan.output.release()

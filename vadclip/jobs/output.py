@@ -23,8 +23,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 import numpy as np
 import pyarrow as pa
 
-from vadclip.io.parts import (LeaseGuard, PartWriter, new_run_id, read_column, read_identities,
-                               remove_uncommitted, take_lease)
+from vadclip.io.parts import (Heartbeat, LeaseBusy, LeaseGuard, PartWriter, lease_history, live_holder,
+                               new_run_id, read_column, read_identities, remove_uncommitted, take_lease)
 
 
 @dataclass
@@ -35,18 +35,74 @@ class ResumableOutput:
     run_id: Optional[str] = None       # the run holding the output's lease (set by start)
     _seen: Dict[str, Any] = field(default_factory=dict, repr=False)   # parts read by identities()
 
-    def start(self) -> str:
+    def start(self, wait_s: float = 0.0, log=None) -> str:
         """Before a run — after every check that can refuse it, so a refused run changes
         nothing here: this run takes the output's lease in both folders (the commits of
         an earlier run's writers that outlived its driver stop counting, see
         :mod:`vadclip.io.parts`), then the parts an interrupted run left uncommitted go.
-        Returns the new run's id."""
+        A live run holding the folder is never fenced: this run waits for it up to
+        ``wait_s`` seconds, saying who holds it since when, then stops in one line
+        (:class:`LeaseBusy`, exit 2) having changed nothing.  A holder that is gone (no
+        heartbeat) is taken over.  Returns the new run's id; :meth:`release` ends it."""
+        import random
+        import time
+
         self.run_id = new_run_id()
-        for d in (self.rows_dir, self.errors_dir):
-            take_lease(d, self.run_id)
-        for d in (self.rows_dir, self.errors_dir):
+        dirs = (self.rows_dir, self.errors_dir)
+        deadline, said = time.monotonic() + max(0.0, float(wait_s)), 0.0
+        while True:
+            holder = next((h for h in map(live_holder, dirs) if h is not None and h["run"] != self.run_id), None)
+            if holder is None:
+                # alive before the lease exists, so a run that looks now sees a live holder
+                self.heartbeat = Heartbeat(dirs, self.run_id)
+                for d in dirs:
+                    take_lease(d, self.run_id)
+                # two runs that started together may both have taken it: the later token (then
+                # the later run id) keeps it, the other steps back as from a live holder; looked
+                # at twice, a second apart, since the other's lease may be on its way
+                tops = {lease_history(d)[-1][1] for d in dirs}
+                if tops == {self.run_id}:
+                    time.sleep(1.0)
+                    tops = {lease_history(d)[-1][1] for d in dirs}
+                if tops == {self.run_id}:
+                    break
+                self._step_back(dirs)
+                self.release()
+                holder = {"run": sorted(tops - {self.run_id})[0], "since": "just now", "heard_s": 0.0}
+            left = deadline - time.monotonic()
+            what = (f"{self.rows_dir}: a live run ({holder['run']}, holding it since {holder['since']}, heard from "
+                    f"{holder['heard_s']:.0f} s ago) writes this output")
+            if left <= 0:
+                raise LeaseBusy(f"{what}; this run changed nothing and stops: run it again later, or give --wait "
+                                "SECONDS to wait for it")
+            if log is not None and time.monotonic() - said >= 60:
+                log(f"[output] {what}; waiting for it (at most {left:.0f} s more)")
+                said = time.monotonic()
+            time.sleep(min(left, 5.0 + random.uniform(0, 5.0)))
+        for d in dirs:
             remove_uncommitted(d)
         return self.run_id
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # the writers get the output without the driver's heartbeat (a thread stays where it runs)
+        return {k: v for k, v in self.__dict__.items() if k != "heartbeat"}
+
+    def _step_back(self, dirs) -> None:
+        from vadclip.io import storage
+        from vadclip.io.parts import LEASES
+
+        for d in dirs:
+            for t, r, _ in lease_history(d):
+                if r == self.run_id:
+                    storage.delete(storage.join(d, LEASES, f"{t:09d}-{r}"))
+
+    def release(self) -> None:
+        """The run has ended (done or failed): its heartbeat stops and its proof of life
+        goes, so the next run takes the folder at once."""
+        hb = getattr(self, "heartbeat", None)
+        if hb is not None:
+            hb.stop()
+            self.heartbeat = None
 
     def guard(self) -> Optional[LeaseGuard]:
         """The commit check of this run's writers: raises :class:`LeaseLost` once a

@@ -598,86 +598,90 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
     ensure_ray(address)
     storage.makedirs(out_dir)
     output = ResumableOutput(_scores_dir(out_dir), layout.score_errors_dir(out_dir))
-    run_id = output.start()
-    storage.write_text(storage.join(_scores_dir(out_dir), RULE_FILE), json.dumps(opts.rules_record(), sort_keys=True))
-    storage.write_text(storage.join(_scores_dir(out_dir), MODEL_FILE), json.dumps(model_record, sort_keys=True))
-    t0 = time.time()
-    extract_summary = None
-    done, _ = output.ids("video_id")           # scored by earlier runs
-    ckpt_ref = ray.put(checkpoint_dict(model))
-    todo = None                                 # None: every feature row not scored yet
-    if features is None:
-        # one streaming pipeline: decode → encode → the writers assemble each video, write
-        # its features and score it (then only videos left unscored by an interrupted
-        # run are scored from their features below)
-        from vadclip.jobs.extract import ExtractOptions, extract_and, feature_dir
+    run_id = output.start((extract_opts.wait if extract_opts is not None else 0.0), log)
+    try:
+        storage.write_text(storage.join(_scores_dir(out_dir), RULE_FILE), json.dumps(opts.rules_record(), sort_keys=True))
+        storage.write_text(storage.join(_scores_dir(out_dir), MODEL_FILE), json.dumps(model_record, sort_keys=True))
+        t0 = time.time()
+        extract_summary = None
+        done, _ = output.ids("video_id")           # scored by earlier runs
+        ckpt_ref = ray.put(checkpoint_dict(model))
+        todo = None                                 # None: every feature row not scored yet
+        if features is None:
+            # one streaming pipeline: decode → encode → the writers assemble each video, write
+            # its features and score it (then only videos left unscored by an interrupted
+            # run are scored from their features below)
+            from vadclip.jobs.extract import ExtractOptions, extract_and, feature_dir
 
-        eo = replace(extract_opts or ExtractOptions(), clip=cfg.clip, snippet_len=cfg.snippet_len)
-        crop = 0 if opts.crop is None else opts.crop
-        if not 0 <= crop < eo.crops:
-            raise InputError(f"--crop {crop}: the videos are extracted with --crops {eo.crops} (crops 0-{eo.crops - 1})")
-        scorer = Scorer(ckpt_ref, opts, crop, output, run_id, layout.events_dir(out_dir))
-        extract_summary, _ = extract_and(videos, out_dir, eo, scorer=scorer, address=address, log=log)
-        done -= scorer.forgotten           # rewritten recordings: scored again, not skipped
-        features = feature_dir(out_dir)
-        found = check_feature_set(features, model.embed_dim, crop=crop)
-        mismatch = check_fit(cfg, features, f"the model {model_uri}", opts.allow_feature_mismatch, log)
-        scored, failed_now = output.ids("video_id")
-        todo = sorted(_ids_at(found, crop) - scored - failed_now)
-    crop = found["crops"][0] if opts.crop is None else opts.crop
-    n_dup = 0
-    if todo is None or todo:
-        n_dup = _score_rounds(features, crop, todo, done, _ids_at(found, crop), ckpt_ref, opts, output, run_id,
-                              list(cfg.class_keys), log)
-    n = _run_counts(output)
-    n_ok, n_err, n_snip = n["rows"], n["errors"], n["snippets"]
-    for line in n["failures"]:
-        log(f"[score] FAILED {line}")
-    elapsed = time.time() - t0
-    totals = output_totals(_scores_dir(out_dir))
-    summary: Dict[str, Any] = {
-        "videos_scored": n_ok, "videos_failed": n_err, "videos_skipped": len(done),
-        "duplicate_rows_ignored": n_dup,
-        "videos_total_in_output": totals["videos"], "anomalous_videos": totals["flagged"],
-        "events": totals["events"], "snippets": n_snip, "elapsed_s": round(elapsed, 3),
-        "snippets_per_s": round(n_snip / elapsed, 2) if elapsed > 0 else 0.0,
-        "output": _scores_dir(out_dir), "model_uri": model_uri, "model_version_uri": version_uri, **identity,
-        "snippet_len": cfg.snippet_len, **asdict(opts), "operating_point": operating,
-        "feature_mismatch": mismatch,
-    }
-    failed = layout.failed_videos(out_dir)      # the folder's, over every run: extraction's and scoring's
-    summary["videos_failed_total"] = len({r["video_id"] for r in failed})
-    summary["failed_videos"] = failed[:layout.FAILED_LISTED]
-    if extract_summary:
-        summary["extract"] = {k: extract_summary[k] for k in ("videos_ok", "videos_failed", "frames_per_s")}
-        summary["extract"]["decoders"] = extract_summary.get("decoders", [])
-    ev = ray.get(ray.remote(write_events).options(num_cpus=0.25, max_retries=3).remote(
-        out_dir, version_uri, asdict(opts)))             # in a task: the score rows stay off the driver
-    summary["events_table"], summary["events_table_rows"] = layout.events_dir(out_dir), ev["events"]
-    operating_here = None
-    if gt_path and totals["videos"]:
-        # frame-level AUC/AP need every frame score at once: one task on a worker reads them
-        # (this step alone grows with the archive), never the driver
-        task = ray.remote(ground_truth_figures).options(num_cpus=1, max_retries=3)
-        metrics, operating_here = ray.get(task.remote(_scores_dir(out_dir), gt_path, cfg.to_dict(), asdict(opts)))
-        summary.update(metrics)
+            eo = replace(extract_opts or ExtractOptions(), clip=cfg.clip, snippet_len=cfg.snippet_len)
+            crop = 0 if opts.crop is None else opts.crop
+            if not 0 <= crop < eo.crops:
+                raise InputError(f"--crop {crop}: the videos are extracted with --crops {eo.crops} (crops 0-{eo.crops - 1})")
+            scorer = Scorer(ckpt_ref, opts, crop, output, run_id, layout.events_dir(out_dir))
+            extract_summary, _ = extract_and(videos, out_dir, eo, scorer=scorer, address=address, log=log)
+            done -= scorer.forgotten           # rewritten recordings: scored again, not skipped
+            features = feature_dir(out_dir)
+            found = check_feature_set(features, model.embed_dim, crop=crop)
+            mismatch = check_fit(cfg, features, f"the model {model_uri}", opts.allow_feature_mismatch, log)
+            scored, failed_now = output.ids("video_id")
+            todo = sorted(_ids_at(found, crop) - scored - failed_now)
+        crop = found["crops"][0] if opts.crop is None else opts.crop
+        n_dup = 0
+        if todo is None or todo:
+            n_dup = _score_rounds(features, crop, todo, done, _ids_at(found, crop), ckpt_ref, opts, output, run_id,
+                                  list(cfg.class_keys), log)
+        n = _run_counts(output)
+        n_ok, n_err, n_snip = n["rows"], n["errors"], n["snippets"]
+        for line in n["failures"]:
+            log(f"[score] FAILED {line}")
+        elapsed = time.time() - t0
+        totals = output_totals(_scores_dir(out_dir))
+        summary: Dict[str, Any] = {
+            "videos_scored": n_ok, "videos_failed": n_err, "videos_skipped": len(done),
+            "duplicate_rows_ignored": n_dup,
+            "videos_total_in_output": totals["videos"], "anomalous_videos": totals["flagged"],
+            "events": totals["events"], "snippets": n_snip, "elapsed_s": round(elapsed, 3),
+            "snippets_per_s": round(n_snip / elapsed, 2) if elapsed > 0 else 0.0,
+            "output": _scores_dir(out_dir), "model_uri": model_uri, "model_version_uri": version_uri, **identity,
+            "snippet_len": cfg.snippet_len, **asdict(opts), "operating_point": operating,
+            "feature_mismatch": mismatch,
+        }
+        failed = layout.failed_videos(out_dir)      # the folder's, over every run: extraction's and scoring's
+        summary["videos_failed_total"] = len({r["video_id"] for r in failed})
+        summary["failed_videos"] = failed[:layout.FAILED_LISTED]
+        if extract_summary:
+            summary["extract"] = {k: extract_summary[k] for k in ("videos_ok", "videos_failed", "frames_per_s")}
+            summary["extract"]["decoders"] = extract_summary.get("decoders", [])
+        ev = ray.get(ray.remote(write_events).options(num_cpus=0.25, max_retries=3).remote(
+            out_dir, version_uri, asdict(opts)))             # in a task: the score rows stay off the driver
+        summary["events_table"], summary["events_table_rows"] = layout.events_dir(out_dir), ev["events"]
+        operating_here = None
+        if gt_path and totals["videos"]:
+            # frame-level AUC/AP need every frame score at once: one task on a worker reads them
+            # (this step alone grows with the archive), never the driver
+            task = ray.remote(ground_truth_figures).options(num_cpus=1, max_retries=3)
+            metrics, operating_here = ray.get(task.remote(_scores_dir(out_dir), gt_path, cfg.to_dict(), asdict(opts)))
+            summary.update(metrics)
 
-    def report(local_dir, on_figure):
-        rep = build_report(out_dir, summary, gt_path=gt_path, top_n=opts.max_plots, local_dir=local_dir,
-                           on_figure=on_figure, operating=operating_here, key_frames_of=key_frames_on_workers)
-        summary.update(report=rep["report"], plots=rep["videos_shown"], **rep["at_operating_point"])
+        def report(local_dir, on_figure):
+            rep = build_report(out_dir, summary, gt_path=gt_path, top_n=opts.max_plots, local_dir=local_dir,
+                               on_figure=on_figure, operating=operating_here, key_frames_of=key_frames_on_workers)
+            summary.update(report=rep["report"], plots=rep["videos_shown"], **rep["at_operating_point"])
 
-    log_scoring_run(experiment, tracking_uri, f"score-{run_id}",
-                    {"model_uri": model_uri, "features": features,
-                     **{k: v for k, v in asdict(opts).items() if k != "group_rules"}},
-                    {"vadclip.feature_mismatch": mismatch, "vadclip.operating_point": operating["source"]},
-                    features, summary, report, skip_metrics=asdict(opts))
-    storage.write_text(storage.join(out_dir, layout.SCORE_SUMMARY), json.dumps(summary, indent=2, default=float))
-    log(f"[score] {n_ok} scored, {n_err} failed, {len(done)} already done; "
-        f"{summary['anomalous_videos']} flagged with {summary['events']} events; "
-        f"{summary['snippets_per_s']} snippets/s → {summary['output']}")
-    log(f"[score] review report: {summary['report']}")
-    return summary
+        log_scoring_run(experiment, tracking_uri, f"score-{run_id}",
+                        {"model_uri": model_uri, "features": features,
+                         **{k: v for k, v in asdict(opts).items() if k != "group_rules"}},
+                        {"vadclip.feature_mismatch": mismatch, "vadclip.operating_point": operating["source"]},
+                        features, summary, report, skip_metrics=asdict(opts))
+        storage.write_text(storage.join(out_dir, layout.SCORE_SUMMARY),
+                           json.dumps(storage.redact_all(summary), indent=2, default=float))
+        log(f"[score] {n_ok} scored, {n_err} failed, {len(done)} already done; "
+            f"{summary['anomalous_videos']} flagged with {summary['events']} events; "
+            f"{summary['snippets_per_s']} snippets/s → {summary['output']}")
+        log(f"[score] review report: {summary['report']}")
+        return summary
+    finally:
+        output.release()
 
 
 def key_frames_on_workers(rows: List[Dict[str, Any]], snippet_len: int) -> List[list]:

@@ -72,6 +72,10 @@ class ExtractOptions:
     rows_per_file: int = option(256, group=OUTPUT, help="at most this many rows per Parquet part file")
     flush_seconds: float = option(60.0, group=OUTPUT,
                                   help="write finished rows at least this often, so an interrupted job keeps its work")
+    wait: float = option(0.0, group=OUTPUT,
+                         help="seconds to wait for a live run that holds the output folder (another scan of the same "
+                              "archive still running), saying who holds it; default 0: stop at once in one line "
+                              "(exit 2), changing nothing. A run whose driver is gone is taken over, never waited for")
     num_writers: Optional[int] = option(None, group=OUTPUT,
                                         help="writer actors assembling videos and writing parts, on the worker nodes "
                                              "(default: one per encoder)")

@@ -408,6 +408,7 @@ def _template():
     env = jinja2.Environment(loader=jinja2.PackageLoader("vadclip.report", "templates"),
                              autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
     env.filters["timestamp"] = timestamp
+    env.filters["redact"] = storage.redact        # a URI with a key in it shows without the key
     return env.get_template("report.html.j2")
 
 

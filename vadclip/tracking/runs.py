@@ -22,7 +22,7 @@ import time
 import urllib.parse
 from typing import Optional
 
-from vadclip.io.storage import redact
+from vadclip.io.storage import redact, redact_all
 
 DEFAULT_STORE_DIR = "runs"
 
@@ -124,7 +124,7 @@ def log_feature_set(path: str, name: str, context: str, meta=None) -> None:
     with warnings.catch_warnings():
         # MLflow registers its local-file source twice and then warns it is ambiguous
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
-        dataset = mlflow.data.from_pandas(df, source=path, name=name)
+        dataset = mlflow.data.from_pandas(df, source=redact(path), name=name)
     for attempt in range(5):
         try:
             mlflow.log_input(dataset, context=context)
@@ -247,7 +247,7 @@ def log_scoring_run(experiment: str, tracking_uri: Optional[str], run_name: str,
         mlflow.log_metrics({k: float(v) for k, v in summary.items()
                             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                             and k not in skip_metrics})
-        mlflow.log_dict(summary, "score_summary.json")
+        mlflow.log_dict(redact_all(summary), "score_summary.json")
         mlflow.log_artifacts(report_dir, artifact_path="report")
 
 
