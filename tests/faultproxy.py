@@ -22,6 +22,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Dict, Optional
 from urllib.parse import urlparse
 
+ACCESS_DENIED = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+                 b'<Message>Access Denied</Message></Error>')
 SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
              b'<Message>Please reduce your request rate.</Message></Error>')
 HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade"}
@@ -32,10 +34,12 @@ class FaultProxy:
     rest) the share answered ``503 SlowDown``; ``reset``: the share of any request whose
     connection is reset before an answer; ``slow``/``slow_s``: the share answered
     ``slow_s`` seconds late; ``stall``: GETs of the objects whose path holds a key
-    hang for its number of seconds.  ``enabled`` can be switched off and on while it runs."""
+    hang for its number of seconds; ``deny``: the methods answered ``403 AccessDenied`` (a role
+    without the permission, an expired credential).  ``enabled`` can be switched off and on."""
 
     def __init__(self, upstream: str, rates: Dict[str, float], reset: float = 0.0, slow: float = 0.0,
-                 slow_s: float = 1.0, seed: int = 0, stall: Optional[Dict[str, float]] = None):
+                 slow_s: float = 1.0, seed: int = 0, stall: Optional[Dict[str, float]] = None, deny=()):
+        self.deny = set(deny)
         self.stall = dict(stall or {})     # {text in the path: seconds}: GETs of those objects hang that long
         self.upstream = urlparse(upstream)
         self.rates, self.reset, self.slow, self.slow_s = rates, reset, slow, slow_s
@@ -72,6 +76,16 @@ class FaultProxy:
                         proxy.counts["GET stalled"] += 1
                     threading.Event().wait(hang)
                 fault = proxy._draw(self.command)
+                if proxy.enabled and self.command in proxy.deny:
+                    with proxy.lock:
+                        proxy.counts[f"{self.command} denied"] += 1
+                    self.send_response(403, "Forbidden")
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(ACCESS_DENIED)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(ACCESS_DENIED)
+                    return
                 if fault == "reset":
                     # RST instead of an answer (SO_LINGER 0), as a dropped connection
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

@@ -11,7 +11,7 @@ import re
 import shlex
 import shutil
 import subprocess
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 # the libraries FFmpeg installs (not libavahi/libavif, which only share the prefix)
 FFMPEG_LIB = re.compile(r"^lib(avcodec|avformat|avutil|avdevice|avfilter|swscale|swresample|postproc|avresample)"
@@ -42,11 +42,14 @@ def isolation_missing() -> Optional[str]:
 
 
 def run_isolated(cmd: Sequence[str], *, no_ffmpeg: bool = False, offline: bool = False,
-                 env: Optional[Dict[str, str]] = None, timeout: float = 600, cwd: Optional[str] = None
-                 ) -> subprocess.CompletedProcess:
+                 env: Optional[Dict[str, str]] = None, timeout: float = 600, cwd: Optional[str] = None,
+                 small_disk: Optional[Tuple[str, str]] = None) -> subprocess.CompletedProcess:
     """``cmd`` on this machine as a machine without FFmpeg (``no_ffmpeg``) and/or
-    without a network (``offline``: loopback only) would run it."""
+    without a network (``offline``: loopback only) would run it; ``small_disk``: (a folder,
+    a size such as ``256k``) mounted as a disk of that size, which fills up."""
     steps = []
+    if small_disk is not None:
+        steps.append(f"mount -t tmpfs -o size={small_disk[1]} tmpfs {shlex.quote(small_disk[0])}")
     if no_ffmpeg:
         steps += [f"mount --bind /dev/null {shlex.quote(lib)}" for lib in ffmpeg_libraries()]
     if offline:

@@ -48,7 +48,7 @@ def test_overlapping_scans_of_one_archive_never_kill_each_other(tmp_path):
     from vadclip.video.samples import make_sample_set, write_manifest
 
     model = _model(tmp_path)
-    man, _ = make_sample_set(str(tmp_path / "cams"), 5, 5, frames_range=(600, 800), seed=3, prefix="cam")
+    man, _ = make_sample_set(str(tmp_path / "cams"), 12, 12, frames_range=(900, 1100), seed=3, prefix="cam")
     write_manifest(man, str(tmp_path / "cams.csv"))
     out = str(tmp_path / "nightly")
     scan = ["score", "--model", model, "--videos", str(tmp_path / "cams.csv"), "--out", out, "--max-plots", "2"]
@@ -58,13 +58,14 @@ def test_overlapping_scans_of_one_archive_never_kill_each_other(tmp_path):
         assert first.poll() is None and time.time() < deadline, (tmp_path / "first.err").read_text()[-3000:]
         time.sleep(0.5)
 
-    rc, _, err = _done(_start(scan, tmp_path, "second"), tmp_path, "second", timeout=300)
+    second, refused = _start(scan, tmp_path, "second"), _start(scan + ["--crops", "5"], tmp_path, "refused")
+    waiting = _start(scan + ["--wait", "900"], tmp_path, "waiting")
+    rc, _, err = _done(second, tmp_path, "second", timeout=300)
     assert rc == 2, err[-3000:]
     one_error_line(err, "a live run (", "writes this output", "--wait")
-    rc, _, err = _done(_start(scan + ["--crops", "5"], tmp_path, "refused"), tmp_path, "refused", timeout=300)
+    rc, _, err = _done(refused, tmp_path, "refused", timeout=300)
     assert rc == 2, err[-3000:]
-    assert first.poll() is None                       # neither touched the first run
-    waiting = _start(scan + ["--wait", "900"], tmp_path, "waiting")
+    assert first.poll() is None, "the archive is too small: the first scan ended before the others looked"
 
     rc, out1, err1 = _done(first, tmp_path, "first")
     assert rc == 0, err1[-3000:]
@@ -78,3 +79,109 @@ def test_overlapping_scans_of_one_archive_never_kill_each_other(tmp_path):
     feats = pq.read_table(os.path.join(out, "features"), columns=["video_id"]).column("video_id").to_pylist()
     assert sorted(feats) == ids
     assert not glob.glob(os.path.join(out, "*", "_leases", "alive-*"))        # each run let go when it ended
+
+
+def _run(args, tmp_path, timeout=900):
+    env = dict(os.environ, VADCLIP_PROGRESS_BARS="0")
+    r = subprocess.run([*VADCLIP, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp_path)
+    assert r.returncode == 0, f"vadclip {' '.join(args[:1])}: rc {r.returncode}\n{r.stderr[-3000:]}"
+    return json.loads(r.stdout)
+
+
+def _manifest(rows, path):
+    import csv
+
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, ["path", "video_id", "camera"])
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _table(out, name, columns=None):
+    return pq.read_table(os.path.join(out, name), columns=columns).to_pylist()
+
+
+@pytest.mark.slow
+def test_the_same_scan_night_after_night_through_a_promotion_and_a_recalibration(tmp_path):
+    """The cron job's command, unchanged, four nights running over a growing camera archive with a
+    real MLflow store: night 2 rewrites a recording and adds two; a new version is promoted to
+    @champion and calibrated, and a camera is corrected in the manifest, before night 3 adds two
+    more; night 4 asks --rescore changed. Every night exits 0, every video has exactly one score
+    row and its events once, and the rows say which version scored them."""
+    from vadclip import build_model
+    from vadclip.io.gt import write_gt
+    from vadclip.model.checkpoint import save_checkpoint
+    from vadclip.model.config import tiny_config
+    from vadclip.video.samples import make_sample_set, write_manifest, write_video
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    classes = ["Normal", "Explosion", "Fighting", "RoadAccidents"]
+    for v, seed in ((1, 0), (2, 7)):
+        cfg = tiny_config("custom", classes=classes, visual_length=32, seed=seed)
+        save_checkpoint(build_model(cfg), str(tmp_path / f"v{v}.pt"))
+    _run(["register-model", str(tmp_path / "v1.pt"), "--name", "cams", "--tracking-uri", uri], tmp_path)
+    out, man_path, cams = str(tmp_path / "nightly"), str(tmp_path / "cams.csv"), tmp_path / "cams"
+    scan = ["score", "--model", "models:/cams@champion", "--videos", man_path, "--out", out, "--tracking-uri", uri,
+            "--max-plots", "2"]
+    rows = []
+
+    def night(prefix, n, seed):
+        new, _ = make_sample_set(str(cams), n // 2, n - n // 2, frames_range=(60, 120), seed=seed, prefix=prefix)
+        rows.extend({"path": m["path"], "video_id": m["video_id"], "camera": f"cam{len(rows) % 2}"} for m in new)
+
+    def check(expect_versions):
+        scores = _table(out, "scores", ["video_id", "model_version", "events", "num_frames", "meta"])
+        assert sorted(r["video_id"] for r in scores) == sorted(r["video_id"] for r in rows)     # each once
+        assert {r["video_id"]: r["model_version"] for r in scores} == expect_versions
+        events = _table(out, "events", ["video_id", "event", "model"])
+        assert sorted((e["video_id"], e["event"]) for e in events) == \
+            sorted((r["video_id"], i) for r in scores for i in range(len(r["events"] or [])))
+        assert all(e["model"] == expect_versions[e["video_id"]] for e in events)
+        return {r["video_id"]: r for r in scores}
+
+    night("n1", 4, 1)
+    _manifest(rows, man_path)
+    s1 = _run(scan, tmp_path)
+    assert s1["videos_scored"] == 4
+    check({r["video_id"]: "models:/cams/1" for r in rows})
+
+    # night 2: the NVR rewrote one recording at its path (longer now); two new ones
+    rewritten = rows[0]
+    write_video(rewritten["path"], 200, fps=25.0, seed=99)
+    night("n2", 2, 2)
+    _manifest(rows, man_path)
+    s2 = _run(scan, tmp_path)
+    assert s2["videos_scored"] == 3 and s2["extract"]["videos_ok"] == 3
+    by_id = check({r["video_id"]: "models:/cams/1" for r in rows})
+    assert by_id[rewritten["video_id"]]["num_frames"] == 200
+
+    # between nights: version 2 promoted, then calibrated (its operating point on the version); a
+    # camera corrected in the manifest
+    _run(["register-model", str(tmp_path / "v2.pt"), "--name", "cams", "--tracking-uri", uri], tmp_path)
+    val, val_gt = make_sample_set(str(tmp_path / "val"), 3, 3, frames_range=(60, 120), seed=5, prefix="val")
+    write_manifest(val, str(tmp_path / "val.csv"))
+    write_gt(val_gt, str(tmp_path / "val_gt.parquet"))
+    _run(["score", "--model", "models:/cams/2", "--videos", str(tmp_path / "val.csv"), "--out",
+          str(tmp_path / "val"), "--max-plots", "0", "--tracking-uri", uri], tmp_path)
+    cal = _run(["calibrate", "--model", "models:/cams@champion", "--features", str(tmp_path / "val" / "features"),
+                "--gt", str(tmp_path / "val_gt.parquet"), "--target-fa-per-hour", "0", "--tracking-uri", uri],
+               tmp_path)
+    moved = rows[1]
+    moved["camera"] = "cam9"
+    night("n3", 2, 3)
+    _manifest(rows, man_path)
+    s3 = _run(scan, tmp_path)
+    assert s3["videos_scored"] == 2 and s3["extract"]["videos_ok"] == 2      # the corrected one not decoded
+    assert s3["model_version_uri"] == "models:/cams/2" and s3["threshold"] == cal["threshold"]
+    new3 = {r["video_id"] for r in rows[-2:]}
+    by_id = check({r["video_id"]: "models:/cams/2" if r["video_id"] in new3 else "models:/cams/1" for r in rows})
+    assert json.loads(by_id[moved["video_id"]]["meta"])["camera"] == "cam9"
+    feats = _table(out, "features", ["video_id", "meta"])
+    assert {json.loads(f["meta"])["camera"] for f in feats if f["video_id"] == moved["video_id"]} == {"cam9"}
+    assert {e["camera"] for e in _table(out, "events", ["video_id", "camera"])
+            if e["video_id"] == moved["video_id"]} <= {"cam9"}
+
+    # night 4: the backlog scored again with the champion, one video at a time into the same folder
+    s4 = _run(scan + ["--rescore", "changed"], tmp_path)
+    assert s4["videos_rescored"] == len(rows) - 2 and s4["extract"]["videos_ok"] == 0
+    check({r["video_id"]: "models:/cams/2" for r in rows})

@@ -115,6 +115,7 @@ def test_a_later_run_fences_the_earlier_runs_commits_and_its_writers_stop(tmp_pa
     assert sorted(done) == ["v1", "v2"] and len(part_files(rows_dir)) == 2
     assert remove_uncommitted(rows_dir) == 1            # the fenced part goes, with its marker
     assert len(os.listdir(tmp_path / "rows" / "_committed")) == 2
+    new.release()
 
 
 def test_a_failed_commit_keeps_every_row_for_the_next_flush(tmp_path):

@@ -158,3 +158,4 @@ def test_on_s3s_whole_second_stamps_a_commit_in_the_leases_second_counts_and_is_
     done, _ = new.ids("video_id")
     assert done == {"v1"} and remove_uncommitted(rows) == 1
     assert not [i for i in storage.list_infos(f"{rows}/_leases") if "probe" in i.path]
+    new.release()

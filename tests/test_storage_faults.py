@@ -100,3 +100,50 @@ def test_a_video_whose_read_stalls_becomes_an_error_row_and_the_job_goes_on(tmp_
         assert r.returncode == 0, r.stderr[-3000:]
         assert sorted(read_column("s3://vad/feat/features", "video_id")) == ["cam001", "cam002", "stuck"]
         assert read_column("s3://vad/feat/errors", "video_id") == []
+
+
+def test_a_store_that_denies_access_fails_the_job_in_one_line(tmp_path):
+    """The output bucket answers every upload with 403 AccessDenied (a role without write
+    permission, an expired credential): the environment's problem, never a video's — one line
+    naming it, exit 3, no traceback, no error row."""
+    from vadclip.video.samples import make_sample_set
+
+    make_sample_set(str(tmp_path / "cams"), 1, 1, frames_range=(40, 60), seed=5, prefix="cam")
+    with s3_server("archive", "vad") as s3:
+        for f in sorted(os.listdir(tmp_path / "cams")):
+            if f.endswith(".mp4"):
+                s3.upload_file(str(tmp_path / "cams" / f), "archive", f"cams/{f}")
+        with fault_proxy(os.environ["AWS_ENDPOINT_URL"], {}, deny={"PUT", "POST"}) as proxy:
+            r = _cli(["extract", "s3://archive/cams/", "--out", "s3://vad/feat", "--tiny-clip", "--decoder", "decord"],
+                     proxy.url, tmp_path)
+            assert proxy.counts["PUT denied"] + proxy.counts["POST denied"] >= 1
+        assert r.returncode == 3, r.stderr[-3000:]
+        _one_environment_line(r.stderr, "storage refused", "Access Denied")
+        assert not s3.list_objects_v2(Bucket="vad").get("Contents")
+
+
+def test_a_full_disk_fails_the_job_in_one_line(isolation, tmp_path):
+    """The output folder on a disk that fills up (a 96 kB tmpfs in a private mount
+    namespace): one line naming it, exit 3, no traceback; what did fit is never counted as
+    bad videos."""
+    from isolation import run_isolated
+    from vadclip.video.samples import make_sample_set, write_manifest
+
+    man, _ = make_sample_set(str(tmp_path / "cams"), 3, 3, frames_range=(120, 160), seed=6, prefix="cam")
+    write_manifest(man, str(tmp_path / "cams.csv"))
+    out = tmp_path / "small"
+    out.mkdir()
+    r = run_isolated([sys.executable, "-m", "vadclip.cli", "extract", str(tmp_path / "cams.csv"), "--out", str(out),
+                      "--tiny-clip", "--decoder", "decord", "--crops", "10", "--rows-per-file", "1"],
+                     small_disk=(str(out), "96k"), timeout=600)
+    assert r.returncode == 3, r.stderr[-3000:]
+    _one_environment_line(r.stderr, "storage refused", "No space left on device", str(out))
+
+
+def _one_environment_line(err, *expected):
+    """stderr of a job the environment stopped: no traceback, one ``vadclip CMD: error
+    (environment):`` line holding each of ``expected``."""
+    assert "Traceback" not in err, err[-3000:]
+    lines = [ln for ln in err.splitlines() if ln.startswith("vadclip ")]
+    assert len(lines) == 1 and ": error (environment): " in lines[0], err[-3000:]
+    assert all(e in lines[0] for e in expected) and "ray::" not in lines[0], lines[0]

@@ -45,11 +45,42 @@ def environment_cause(exc: BaseException):
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, EnvironmentProblem):
-            return exc
-        # an actor that died in its constructor hands back only the text of its error
-        m = re.search(r"(?:vadclip\.errors\.)?EnvironmentProblem: ([^\n]+)", str(exc))
+        # raised in a worker: Ray hands back its own wrapper (an instance of the same class too)
+        # whose first line names the actor; the problem's own line is in its text.  An actor
+        # that died in its constructor hands back only that text
+        m = re.search(r"(?:[\w.]+\.)?(?:EnvironmentProblem|LeaseLost): ([^\n]+)", str(exc))
         if m:
             return EnvironmentProblem(m.group(1).strip())
+        if isinstance(exc, EnvironmentProblem):
+            return exc
+        refused = storage_refused(exc)
+        if refused is not None:
+            return refused
         exc = exc.__cause__ or exc.__context__ or getattr(exc, "cause", None)
+    return None
+
+
+# what a store or a disk says when it will not do what a job needs, however often asked: the
+# environment's (credentials, permissions, space), never a video's; retrying does not help
+_REFUSALS = ("ACCESS_DENIED", "AccessDenied", "Access Denied", "ExpiredToken", "InvalidAccessKeyId",
+             "SignatureDoesNotMatch", "No space left on device", "Disk quota exceeded", "Read-only file system",
+             "Permission denied")
+
+
+def storage_refused(exc: BaseException):
+    """An :class:`EnvironmentProblem` for ``exc`` when it is a store or a disk refusing
+    (access denied, an expired or wrong credential, no space left, a read-only or
+    forbidden path), else None."""
+    import errno
+
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
+                                                   errno.EPERM) or any(r in text for r in _REFUSALS):
+        # the line that says it (a worker's error comes back inside Ray's own text), not Ray's wrapper
+        said = [ln.strip() for ln in text.splitlines() if any(r in ln for r in _REFUSALS)]
+        line = said[-1] if said else one_line(exc, 300)
+        line = re.sub(r"^(?:[\w.]+(?:Error|Exception)|OSError): ", "", line)
+        return EnvironmentProblem(f"storage refused: {line[:300]}")
     return None

@@ -420,7 +420,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"vadclip {a.cmd}: error: {redact(one_line(e))}", file=sys.stderr)
         return 2
     except EnvironmentProblem as e:
-        print(f"vadclip {a.cmd}: error (environment): {redact(one_line(e))}", file=sys.stderr)
+        # raised in a worker it comes back as Ray's wrapper (of the same class): its own line
+        print(f"vadclip {a.cmd}: error (environment): {redact(one_line(environment_cause(e) or e))}",
+              file=sys.stderr)
         return 3
     except Exception as e:
         # raised in a worker (storage that kept failing under a writer, an encoder without

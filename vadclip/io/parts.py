@@ -109,9 +109,17 @@ class PartWriter:
 
 def write_part(directory: str, name: str, table: pa.Table) -> str:
     """The part (one whole object), then its commit marker."""
+    from vadclip.errors import storage_refused
+
     path = storage.join(directory, name)
-    storage.write_bytes(path, table_bytes(table))
-    storage.write_bytes(storage.join(directory, MARKERS, name), b"")
+    try:
+        storage.write_bytes(path, table_bytes(table))
+        storage.write_bytes(storage.join(directory, MARKERS, name), b"")
+    except OSError as e:        # a full disk, a read-only or forbidden folder: the environment's, named
+        refused = storage_refused(e)
+        if refused is None:
+            raise
+        raise EnvironmentProblem(f"{directory}: {refused}") from None
     return path
 
 
@@ -332,12 +340,17 @@ class Heartbeat:
         self._thread.start()
 
     def _run(self) -> None:
+        failing = False
         while not self._stop.wait(HEARTBEAT_S):
-            for p in self.paths:
-                try:
+            try:
+                for p in self.paths:
                     storage.write_bytes(p, self.who)
-                except Exception as e:  # noqa: BLE001 - the next beat tries again; staleness decides
-                    log.warning("lease heartbeat %s failed: %s", p, e)
+                failing = False
+            except Exception as e:  # noqa: BLE001 - the next beat tries again; staleness decides
+                if not failing:     # once per outage, not every beat
+                    log.warning("the output's lease could not be renewed (tried again every %.0f s): %s",
+                                HEARTBEAT_S, str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+                failing = True
 
     def stop(self) -> None:
         self._stop.set()
@@ -474,3 +487,25 @@ def drop_rows(directory: str, column: str, values: set) -> None:
         t = read_file(f)
         keep = [v not in values for v in t.column(column).to_pylist()]
         storage.write_bytes(f, table_bytes(t.filter(pa.array(keep))))
+
+
+def update_rows(directory: str, column: str, updates: Dict[Any, Dict[str, Any]], derive=None) -> int:
+    """Rewrite the committed parts of ``directory`` holding rows whose ``column`` is a key of
+    ``updates``, those rows given the new values (``{key: {column: value}}``; columns a part
+    lacks are left out) and then ``derive(row)``; the parts' schemas and metadata kept, each
+    part replaced in one write.  Returns the rows changed."""
+    changed = 0
+    for f in part_files(directory):
+        if not any(k in updates for k in read_file(f, [column]).column(column).to_pylist()):
+            continue            # only the parts holding such a row are read whole
+        t = read_file(f)
+        rows = t.to_pylist()
+        for r in rows:
+            u = updates.get(r[column])
+            if u is not None:
+                r.update({k: v for k, v in u.items() if k in t.schema.names})
+                if derive is not None:
+                    derive(r)
+                changed += 1
+        storage.write_bytes(f, table_bytes(pa.Table.from_pylist(rows, schema=t.schema)))
+    return changed

@@ -173,8 +173,35 @@ def _pending(items, done_ids, failed_ids, changed: set, retry_failed: bool):
     return [it for it in items if it["path"] not in done and it["path"] not in failed], retried
 
 
+def manifest_corrections(items: List[Dict[str, Any]], rows_dir: str, skip: set) -> Dict[str, Dict[str, Any]]:
+    """``{path: {"label", "meta"}}`` of the done videos whose manifest row now says something
+    else than their feature rows (a camera, a site, a start_time or a label corrected): the
+    manifest is the truth for what it describes.  A start_time the rows took from the
+    container (``start_time_from: container``) stays unless the manifest gives one."""
+    from vadclip.io.features import meta_of
+    from vadclip.io.parts import part_files, read_file, read_schema
+
+    by_path = {it["path"]: it for it in items if it["path"] not in skip}
+    have: Dict[str, Tuple[Optional[str], Dict[str, Any]]] = {}
+    for f in part_files(rows_dir):
+        names = read_schema(f).names
+        cols = ["path"] + [c for c in ("label", "meta") if c in names]
+        for r in read_file(f, cols).to_pylist():
+            if r["path"] in by_path:
+                have[r["path"]] = (r.get("label") or None, meta_of(r.get("meta")))
+    out = {}
+    for path, (label, meta) in have.items():
+        it = by_path[path]
+        want = meta_of(it.get("meta") or "")
+        if meta.get("start_time_from") == "container" and "start_time" not in want:
+            want = dict(want, start_time=meta.get("start_time"), start_time_from="container")
+        if (it.get("label") or None) != label or want != meta:
+            out[path] = {"label": it.get("label") or "", "meta": json.dumps(want, sort_keys=True) if want else ""}
+    return out
+
+
 def _plan(source: str, out_dir: str, opts: ExtractOptions, retry_failed: bool, log,
-          address: Optional[str] = None, on_changed=None) -> _Plan:
+          address: Optional[str] = None, on_changed=None, on_corrected=None) -> _Plan:
     """What to do: the manifest, less what earlier runs did (unless its file changed).
     Every check that can refuse the run comes before the output's lease is taken, so a
     refused run changes nothing in the folder (and a live run writing it goes on)."""
@@ -217,6 +244,15 @@ def _plan(source: str, out_dir: str, opts: ExtractOptions, retry_failed: bool, l
             log(f"[extract] {len(changed)} videos changed since their rows were written: processing them again")
         if retry_failed and retried:
             drop_rows(output.errors_dir, "path", retried)
+        corrected = manifest_corrections(items, output.rows_dir, changed)
+        if corrected:   # the manifest's columns for a done video changed: its rows follow, no decoding
+            from vadclip.io.parts import update_rows
+
+            update_rows(output.rows_dir, "path", corrected)
+            if on_corrected is not None:
+                on_corrected(corrected)
+            log(f"[extract] {len(corrected)} videos' manifest columns changed since their rows were written "
+                "(camera, site, start_time, label): their rows updated, nothing decoded again")
     except BaseException:
         output.release()      # a run that fails here leaves the folder to the next at once
         raise
@@ -370,7 +406,8 @@ def extract_and(source: str, out_dir: str, opts: ExtractOptions, scorer=None, re
     log = log or logging.getLogger("vadclip").info
     out_dir = storage.absolute(out_dir)
     plan = _plan(source, out_dir, opts, retry_failed, log, address,
-                 on_changed=scorer.forget if scorer is not None else None)
+                 on_changed=scorer.forget if scorer is not None else None,
+                 on_corrected=scorer.correct if scorer is not None else None)
     try:
         log(f"[extract] {len(plan.items)} videos: {len(plan.items) - len(plan.todo)} already done or failed earlier, "
             f"{len(plan.todo)} to process")

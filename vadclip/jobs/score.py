@@ -97,16 +97,23 @@ def write_events(out_dir: str, model: str, opts_dict: Dict[str, Any]) -> Dict[st
 
 def event_row(r: Dict[str, Any], i: int, ev: Dict[str, Any], model: str, rule_json: str) -> Dict[str, Any]:
     """Event ``i`` (``ev``) of the scores row ``r`` as a row of ``OUT/events/``."""
+    out = {"video_id": r["video_id"], "path": r["path"], "event": i, **ev, "video_score": r["video_score"],
+           "model": model, "rule": rule_json, "meta": r.get("meta") or ""}
+    _event_where(out)
+    return out
+
+
+def _event_where(row: Dict[str, Any]) -> None:
+    """An event row's camera and wall-clock start and end (UTC), from its ``meta`` (the
+    manifest's camera and the recording's start_time) and its seconds."""
     from datetime import datetime, timedelta
 
-    meta = meta_of(r.get("meta"))
-    start = end = None
+    meta = meta_of(row.get("meta"))
+    row["camera"], row["start_time"], row["end_time"] = meta.get("camera"), None, None
     if meta.get("start_time"):
         t0 = datetime.fromisoformat(meta["start_time"])
-        start, end = t0 + timedelta(seconds=ev["start_s"]), t0 + timedelta(seconds=ev["end_s"])
-    return {"video_id": r["video_id"], "path": r["path"], "event": i, **ev, "video_score": r["video_score"],
-            "model": model, "rule": rule_json, "camera": meta.get("camera"), "start_time": start, "end_time": end,
-            "meta": r.get("meta") or ""}
+        row["start_time"] = t0 + timedelta(seconds=row["start_s"])
+        row["end_time"] = t0 + timedelta(seconds=row["end_s"])
 
 
 RULE_GROUP = "event rule (flags not given come from the model's operating point, see `vadclip calibrate`; " \
@@ -141,6 +148,11 @@ class ScoreOptions:
         None, cli=False, help="{value of rule_by: its EventRule's fields}; other values: the rule of the fields above")
     model_version: str = option("", cli=False, help="the model version scoring (models:/NAME/N or a file), "
                                                     "recorded on every score and event row")
+    rescore: str = option("none", choices=["none", "changed", "all"],
+                          help="videos already scored in --out: none (default: new and rewritten recordings only; "
+                               "what was scored keeps the version and rule that scored it), changed (also every "
+                               "video scored by another model version or event rule than this run's: the backlog "
+                               "after a promotion or a recalibration) or all")
 
     RULE_FIELDS = ("threshold", "hysteresis", "min_duration_s", "merge_gap_s")
 
@@ -163,6 +175,16 @@ class ScoreOptions:
             if g is not None:
                 return EventRule(**g)
         return self.rule()
+
+    def stale(self, table: pa.Table) -> List[str]:
+        """The video ids of score rows (``video_id``, ``model_version``, ``rule``, ``meta``)
+        that ``--rescore`` scores again."""
+        if self.rescore == "all":
+            return table.column("video_id").to_pylist()
+        if self.rescore != "changed":
+            return []
+        return [r["video_id"] for r in table.to_pylist()
+                if r.get("model_version") != self.model_version or r.get("rule") != self.rule_json(r.get("meta"))]
 
     def rule_json(self, meta: Any = None) -> str:
         """:meth:`rule_for` as a score row and its events record it (JSON, sorted keys)."""
@@ -372,6 +394,17 @@ class Scorer:
         for d in (self.output.rows_dir, self.output.errors_dir, self.events_dir):
             drop_rows(d, "path", paths)
 
+    def correct(self, updates: Dict[str, Dict[str, Any]]) -> None:
+        """On the driver, under the lease: the manifest now says other things of these videos
+        (``{path: {"label", "meta"}}``): their score rows and events follow (an event's
+        camera and wall-clock times from the new meta), without scoring anything again."""
+        from vadclip.io.parts import update_rows
+
+        update_rows(self.output.rows_dir, "path", {p: {"label": u["label"] or None, "meta": u["meta"]}
+                                                   for p, u in updates.items()})
+        update_rows(self.events_dir, "path", {p: {"meta": u["meta"]} for p, u in updates.items()},
+                    derive=_event_where)
+
     def start(self, skip=()) -> None:
         """In the writer: load the model, open the part writers.  ``skip``: videos whose
         scores are committed already (by an earlier incarnation of this writer, or an
@@ -448,6 +481,26 @@ def _one_crop(scores_dir: str, record: Dict[str, Any], log) -> None:
     if old.get("model") != record["model"] or (old.get("weights") and old["weights"] != record["weights"]):
         log(f"[score] {scores_dir}: its last run scored with {old.get('model')}; this run scores what is new with "
             f"{record['model']} (each row records its model version; rows already there keep theirs)")
+
+
+def _drop_stale(out_dir: str, opts: ScoreOptions, log) -> int:
+    """``--rescore changed|all``, under the lease: the score rows (and their events) of the
+    videos to score again go; the run then scores them from their feature rows with this
+    run's version and rule.  Returns how many."""
+    from vadclip.io.parts import drop_rows, part_files, read_file, read_schema
+
+    if opts.rescore == "none":
+        return 0
+    stale: List[str] = []
+    for f in part_files(_scores_dir(out_dir)):
+        names = read_schema(f).names
+        stale += opts.stale(read_file(f, [c for c in ("video_id", "model_version", "rule", "meta") if c in names]))
+    if stale:
+        ids = set(stale)
+        for d in (_scores_dir(out_dir), layout.events_dir(out_dir)):
+            drop_rows(d, "video_id", ids)
+        log(f"[score] --rescore {opts.rescore}: {len(ids)} videos scored again with {opts.model_version}")
+    return len(set(stale))
 
 
 def _score_rows(classes: List[str], opts: ScoreOptions):
@@ -604,6 +657,7 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
         storage.write_text(storage.join(_scores_dir(out_dir), MODEL_FILE), json.dumps(model_record, sort_keys=True))
         t0 = time.time()
         extract_summary = None
+        rescored = _drop_stale(out_dir, opts, log)   # --rescore: their rows go, they are scored below
         done, _ = output.ids("video_id")           # scored by earlier runs
         ckpt_ref = ray.put(checkpoint_dict(model))
         todo = None                                 # None: every feature row not scored yet
@@ -638,7 +692,7 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
         totals = output_totals(_scores_dir(out_dir))
         summary: Dict[str, Any] = {
             "videos_scored": n_ok, "videos_failed": n_err, "videos_skipped": len(done),
-            "duplicate_rows_ignored": n_dup,
+            "duplicate_rows_ignored": n_dup, "videos_rescored": rescored,
             "videos_total_in_output": totals["videos"], "anomalous_videos": totals["flagged"],
             "events": totals["events"], "snippets": n_snip, "elapsed_s": round(elapsed, 3),
             "snippets_per_s": round(n_snip / elapsed, 2) if elapsed > 0 else 0.0,
