@@ -237,3 +237,21 @@ def test_a_tracking_servers_password_goes_to_mlflows_variables_and_back_only_for
     # a database URI keeps its password: SQLAlchemy needs it, and MLflow prints no URL for it
     assert resolve_tracking_uri("postgresql://vad:pw@db/mlflow") == "postgresql://vad:pw@db/mlflow"
     assert with_credentials(None) is None
+
+
+def test_a_part_never_holds_half_a_video(tmp_path):
+    """A video's crop rows come as one unit: a part holds whole videos (rows_per_file a bound
+    on the rest), so a commit is a set of whole videos and a crash never leaves half of one."""
+    from collections import Counter
+
+    from vadclip.io.parts import PartWriter
+
+    schema = pa.schema([("video_id", pa.string()), ("crop", pa.int64())])
+    w = PartWriter(str(tmp_path / "rows"), schema, 4, "r1", None)
+    for v in range(5):
+        w.add([{"video_id": f"v{v}", "crop": c} for c in range(10)], whole=True)
+    w.add([{"video_id": f"s{i}", "crop": 0} for i in range(6)])        # single rows: 4 a part
+    w.flush()
+    parts = [pq.read_table(f).column("video_id").to_pylist() for f in part_files(str(tmp_path / "rows"))]
+    assert [Counter(p) for p in parts if p[0].startswith("v")] == [Counter({f"v{v}": 10}) for v in range(5)]
+    assert sorted(len(p) for p in parts if p[0].startswith("s")) == [2, 4]

@@ -159,3 +159,16 @@ def test_on_s3s_whole_second_stamps_a_commit_in_the_leases_second_counts_and_is_
     assert done == {"v1"} and remove_uncommitted(rows) == 1
     assert not [i for i in storage.list_infos(f"{rows}/_leases") if "probe" in i.path]
     new.release()
+
+
+def test_a_listings_milliseconds_and_a_heads_whole_seconds_are_one_file():
+    """An object store's listing stamps milliseconds, its HEAD whole seconds (Last-Modified):
+    the same object, unchanged; another size, or another second, is a changed file."""
+    from vadclip.video.decode import same_identity
+
+    s = 1_764_900_000
+    assert same_identity(f"100:{s * 10**9}", f"100:{s * 10**9 + 123_000_000}")
+    assert not same_identity(f"100:{s * 10**9}", f"101:{s * 10**9 + 123_000_000}")
+    assert not same_identity(f"100:{s * 10**9}", f"100:{(s + 1) * 10**9 + 5_000_000}")
+    assert not same_identity(f"100:{s * 10**9 + 1}", f"100:{s * 10**9 + 2}")       # a local file's own ns
+    assert same_identity("100:", "100:") and not same_identity("100:", "200:")

@@ -147,3 +147,109 @@ def _one_environment_line(err, *expected):
     lines = [ln for ln in err.splitlines() if ln.startswith("vadclip ")]
     assert len(lines) == 1 and ": error (environment): " in lines[0], err[-3000:]
     assert all(e in lines[0] for e in expected) and "ray::" not in lines[0], lines[0]
+
+
+def test_a_rerun_finds_what_changed_from_the_listing_not_a_request_per_video(tmp_path):
+    """Issue #45: the archive's listing carries each object's size and modification time; a
+    re-run with nothing new makes no HEAD per archived video (counted at a proxy in front of the
+    S3-API server), and a recording rewritten in place is found from that listing and run again."""
+    from vadclip.io.parts import read_column
+    from vadclip.video.samples import make_sample_set, write_video
+
+    n = 16
+    make_sample_set(str(tmp_path / "cams"), n // 2, n // 2, frames_range=(40, 60), seed=8, prefix="cam")
+    args = ["extract", "s3://archive/cams/", "--out", "s3://vad/feat", "--tiny-clip", "--decoder", "decord"]
+    with s3_server("archive", "vad") as s3:
+        names = sorted(f for f in os.listdir(tmp_path / "cams") if f.endswith(".mp4"))
+        for f in names:
+            s3.upload_file(str(tmp_path / "cams" / f), "archive", f"cams/{f}")
+        r = _cli(args, os.environ["AWS_ENDPOINT_URL"], tmp_path)
+        assert r.returncode == 0, r.stderr[-3000:]
+        with fault_proxy(os.environ["AWS_ENDPOINT_URL"], {}) as proxy:
+            r = _cli(args, proxy.url, tmp_path)
+            counts = dict(proxy.counts)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert json.loads(r.stdout)["videos_skipped"] == n
+        print(f"\nno-op re-run over {n} videos: {counts}")
+        assert counts.get("HEAD requests", 0) < n / 2, counts      # it was n + a few: one per video
+
+        write_video(str(tmp_path / "new.mp4"), 90, seed=42)           # the NVR rewrites one recording
+        s3.upload_file(str(tmp_path / "new.mp4"), "archive", f"cams/{names[3]}")
+        with fault_proxy(os.environ["AWS_ENDPOINT_URL"], {}) as proxy:
+            r = _cli(args, proxy.url, tmp_path)
+            heads = proxy.counts["HEAD requests"]
+        assert r.returncode == 0, r.stderr[-3000:]
+        s = json.loads(r.stdout)
+        assert s["videos_ok"] == 1 and s["videos_skipped"] == n - 1 and heads < n / 2
+        assert sorted(read_column("s3://vad/feat/features", "video_id")) == sorted(f[:-4] for f in names)
+
+
+def test_a_video_that_cannot_fit_in_scratch_is_the_environments_problem(isolation, tmp_path):
+    """A remote recording larger than the node's free scratch (a 64 kB tmpfs as
+    VADCLIP_SCRATCH in a private mount namespace): said before a byte is copied, in one line,
+    exit 3 — never an error row blaming the video."""
+    from isolation import run_isolated
+    from vadclip.video.samples import write_video
+
+    write_video(str(tmp_path / "big.mp4"), 400, width=320, height=240, seed=3)
+    assert os.path.getsize(tmp_path / "big.mp4") > 200_000
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    with s3_server("archive", "vad") as s3:
+        s3.upload_file(str(tmp_path / "big.mp4"), "archive", "cams/big.mp4")
+        r = run_isolated([sys.executable, "-m", "vadclip.cli", "extract", "s3://archive/cams/", "--out",
+                          str(tmp_path / "o"), "--tiny-clip", "--decoder", "decord"],
+                         small_disk=(str(scratch), "64k"), timeout=600,
+                         env={"VADCLIP_SCRATCH": str(scratch), "AWS_ENDPOINT_URL": os.environ["AWS_ENDPOINT_URL"]})
+    assert r.returncode == 3, r.stderr[-3000:]
+    _one_environment_line(r.stderr, "big.mp4", "do not fit in this node's scratch")
+
+
+def test_ten_crop_videos_are_never_half_written_through_a_storage_outage(tmp_path):
+    """Issue #43: 10-crop extraction with parts of 4 rows; once the first part is committed
+    the store refuses every upload (403, as an expired role would), so the job fails loudly
+    part-way (exit 3). Read as it is, the folder holds each video with all ten crops or not at
+    all; the re-run, the store well again, leaves every video with its ten crops exactly once."""
+    import threading
+    import time
+    from collections import Counter
+
+    import boto3
+
+    from vadclip.io.parts import read_column
+    from vadclip.video.samples import make_sample_set
+
+    make_sample_set(str(tmp_path / "cams"), 3, 3, frames_range=(60, 90), seed=9, prefix="cam")
+    args = ["extract", "s3://archive/cams/", "--out", "s3://vad/feat", "--tiny-clip", "--decoder", "decord",
+            "--crops", "10", "--rows-per-file", "4", "--flush-seconds", "1"]
+    with s3_server("archive", "vad") as s3:
+        names = sorted(f for f in os.listdir(tmp_path / "cams") if f.endswith(".mp4"))
+        for f in names:
+            s3.upload_file(str(tmp_path / "cams" / f), "archive", f"cams/{f}")
+        with fault_proxy(os.environ["AWS_ENDPOINT_URL"], {}) as proxy:
+            s3c = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+            stop = threading.Event()
+
+            def outage_after_first_commit():
+                while not stop.is_set():
+                    got = s3c.list_objects_v2(Bucket="vad", Prefix="feat/features/_committed/").get("KeyCount", 0)
+                    if got:
+                        proxy.deny = {"PUT", "POST"}
+                        return
+                    time.sleep(0.05)
+
+            t = threading.Thread(target=outage_after_first_commit, daemon=True)
+            t.start()
+            r = _cli(args, proxy.url, tmp_path)
+            stop.set()
+        assert r.returncode == 3, r.stderr[-3000:]
+        assert "Traceback" not in r.stderr and proxy.counts["PUT denied"] >= 1
+        crops = Counter(read_column("s3://vad/feat/features", "video_id"))
+        assert crops and set(crops.values()) == {10}, crops            # whole videos only, before any re-run
+        r = _cli(args, os.environ["AWS_ENDPOINT_URL"], tmp_path)
+        assert r.returncode == 0, r.stderr[-3000:]
+        crops = Counter(read_column("s3://vad/feat/features", "video_id"))
+        assert crops == {f[:-4]: 10 for f in names}, crops
+        pairs = list(zip(read_column("s3://vad/feat/features", "video_id"),
+                         read_column("s3://vad/feat/features", "crop")))
+        assert len(pairs) == len(set(pairs)) == 10 * len(names)

@@ -67,15 +67,22 @@ class PartWriter:
         self.identities = identities
         self.flush_seconds, self.clock = flush_seconds, clock
         self.buf: List[Dict[str, Any]] = []
+        self.units: List[int] = []  # the rows of buf as the units they came in (a video's crop rows: one)
         self.parts = 0
         self._oldest: Optional[float] = None
         storage.makedirs(directory)
 
-    def add(self, rows: Iterable[Dict[str, Any]]) -> None:
+    def add(self, rows: Iterable[Dict[str, Any]], whole: bool = False) -> None:
+        """Buffer ``rows``; ``whole``: they are one video's (each crop's row) and go into one
+        part, whatever ``rows_per_file`` says, so a part never holds half a video."""
         rows = list(rows)
-        if rows and not self.buf:
+        if not rows:
+            self.tick()
+            return
+        if not self.buf:
             self._oldest = self.clock()
         self.buf.extend(rows)
+        self.units.extend([len(rows)] if whole else [1] * len(rows))
         if len(self.buf) >= self.rows_per_file:
             self.flush()
         else:
@@ -89,7 +96,11 @@ class PartWriter:
     def flush(self) -> None:
         """Write what is buffered, in parts of at most ``rows_per_file`` rows."""
         while self.buf:
-            rows = self.buf[:self.rows_per_file]
+            n = k = 0          # whole units, at least one, up to rows_per_file rows
+            while k < len(self.units) and (k == 0 or n + self.units[k] <= self.rows_per_file):
+                n += self.units[k]
+                k += 1
+            rows = self.buf[:n]
             name = f"part-{self.run_id}-{self.parts:05d}.parquet"
             schema = self.schema
             if self.identities:
@@ -102,6 +113,7 @@ class PartWriter:
             # committed: only now do the rows leave the buffer
             self.parts += 1
             del self.buf[:len(rows)]
+            del self.units[:k]
             if self.on_commit is not None:
                 self.on_commit(rows)
         self._oldest = None

@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 import uuid
-from typing import Callable, Iterator, List, Optional, Tuple, TypeVar
+from typing import Callable, Dict, Iterator, List, Optional, Tuple, TypeVar
 
 import pyarrow.fs as pafs
 
@@ -222,12 +222,19 @@ def makedirs(path: str) -> None:
 
 def list_files(directory: str, recursive: bool = True, suffixes: Optional[Tuple[str, ...]] = None) -> List[str]:
     """Files under ``directory`` (sorted, named as the user would name them)."""
+    return sorted(listed_files(directory, recursive, suffixes))
+
+
+def listed_files(directory: str, recursive: bool = True,
+                 suffixes: Optional[Tuple[str, ...]] = None) -> Dict[str, pafs.FileInfo]:
+    """``{file: its info}`` under ``directory``, from one listing: an object store lists
+    1,000 keys a request with their sizes and modification times, so knowing what changed
+    in an archive costs a request per 1,000 files, not one per file."""
     fs, p = resolve(directory)
     infos = retrying(lambda: fs.get_file_info(pafs.FileSelector(p, recursive=recursive, allow_not_found=True)),
                      directory)
-    out = [_uri_of(directory, i.path) for i in infos if i.type == pafs.FileType.File
-           and (suffixes is None or i.path.lower().endswith(suffixes))]
-    return sorted(out)
+    return {_uri_of(directory, i.path): i for i in infos if i.type == pafs.FileType.File
+            and (suffixes is None or i.path.lower().endswith(suffixes))}
 
 
 def list_infos(directory: str) -> List[pafs.FileInfo]:
@@ -390,16 +397,24 @@ def scratch_dir() -> str:
 
 
 @contextlib.contextmanager
-def local_file(path: str, suffix: str = "") -> Iterator[str]:
+def local_file(path: str, suffix: str = "", size: Optional[int] = None) -> Iterator[str]:
     """A local file with the content of ``path``: the path itself when it is local,
     else a copy streamed (``COPY_CHUNK`` bytes at a time, so memory stays bounded)
-    into node-local scratch and removed on exit, failure included."""
+    into node-local scratch and removed on exit, failure included.  A copy of ``size``
+    bytes that the scratch folder cannot hold is the environment's problem, said before
+    a byte is copied (a day-long recording on a pod that asks for no ephemeral storage)."""
     fs, p = resolve(path)
     if fs is _local:
         yield p
         return
     scratch = scratch_dir()
     _sweep_dead_copies(scratch)
+    if size is not None:
+        free = shutil.disk_usage(scratch).free
+        if size + SCRATCH_RESERVE > free:
+            raise EnvironmentProblem(f"{path}: its {size / 2**30:.2f} GiB do not fit in this node's scratch {scratch} "
+                                     f"({free / 2**30:.2f} GiB free, {SCRATCH_RESERVE / 2**20:.0f} MiB kept): give the "
+                                     "decode workers more ephemeral storage, or point VADCLIP_SCRATCH at a larger disk")
     fd, tmp = tempfile.mkstemp(prefix=f"vadclip-{os.getpid()}-", suffix=suffix, dir=scratch)
     os.close(fd)
     try:
@@ -411,6 +426,9 @@ def local_file(path: str, suffix: str = "") -> Iterator[str]:
 
 
 _COPY_NAME = re.compile(r"^vadclip-(\d+)-")
+
+
+SCRATCH_RESERVE = 256 * 2**20    # left free on a node's scratch disk after a copy
 
 
 def _sweep_dead_copies(scratch: str) -> None:

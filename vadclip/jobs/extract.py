@@ -28,7 +28,8 @@ from vadclip.jobs.manifest import load_manifest  # noqa: F401 (old home)
 from vadclip.jobs.output import ResumableOutput
 from vadclip.jobs.stages import DecodeStage, EncodeStage, ExtractOptions
 from vadclip.jobs.writers import Progress, VideoSink, _Pace
-from vadclip.video.decode import VideoError, check_decoder, identity_of, torchcodec_missing, video_file
+from vadclip.video.decode import (VideoError, check_decoder, identity_of, same_identity, torchcodec_missing,
+                                  video_file)
 
 log = logging.getLogger(__name__)
 
@@ -57,24 +58,37 @@ def _one_provenance(features: str, prov: Dict[str, Any]) -> None:
             "one output folder never mixes provenances: give another --out")
 
 
-def changed_inputs(identities: Dict[str, Optional[str]], threads: int = 32) -> set:
+def changed_inputs(identities: Dict[str, Optional[str]], listed: Optional[Dict[str, str]] = None,
+                   threads: int = 32) -> set:
     """The paths whose file is no longer what their rows were made from (size or
     modification time differ).  A path without a recorded identity (rows written before
-    identities were) or whose file is gone keeps its rows.  One stat (a HEAD in object
-    storage) per path, ``threads`` at a time; a failing store raises (the environment's)."""
+    identities were) or whose file is gone keeps its rows.  What the manifest's own listing
+    saw (``listed``: a folder or glob source) costs nothing more; the other paths are
+    looked up by listing each folder that holds two or more of them (an object store lists
+    1,000 keys a request) and with one stat (a HEAD) for a path alone in its folder,
+    ``threads`` at a time; a failing store raises (the environment's)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    listed = dict(listed or {})
     known = [(p, i) for p, i in identities.items() if i]
+    folders: Dict[str, List[str]] = {}
+    for p, _ in known:
+        if p not in listed:
+            folders.setdefault(storage.dirname(p), []).append(p)
 
-    def now(p: str) -> Optional[str]:
-        try:
-            return identity_of(video_file(p))
-        except VideoError:
-            return None
+    def look(folder: str) -> Dict[str, str]:
+        paths = folders[folder]
+        if len(paths) == 1:
+            try:
+                return {paths[0]: identity_of(video_file(paths[0]))}
+            except VideoError:
+                return {}
+        return {p: identity_of(i) for p, i in storage.listed_files(folder, recursive=False).items()}
 
-    with ThreadPoolExecutor(max(1, min(threads, len(known) or 1))) as pool:
-        current = list(pool.map(now, [p for p, _ in known]))
-    return {p for (p, old), new in zip(known, current) if new is not None and new != old}
+    with ThreadPoolExecutor(max(1, min(threads, len(folders) or 1))) as pool:
+        for found in pool.map(look, list(folders)):
+            listed.update(found)
+    return {p for p, old in known if p in listed and not same_identity(listed[p], old)}
 
 
 def feature_dir(out_dir: str) -> str:
@@ -214,7 +228,8 @@ def _plan(source: str, out_dir: str, opts: ExtractOptions, retry_failed: bool, l
     prov = feature_provenance(opts, weights)
     _one_provenance(output.rows_dir, prov)
     done_ids, failed_ids = output.identities()        # what the committed parts hold: read, nothing changed
-    changed = changed_inputs({**failed_ids, **done_ids})
+    listed = {it["path"]: it["listed"] for it in items if it.get("listed")}
+    changed = changed_inputs({**failed_ids, **done_ids}, listed)
     todo, retried = _pending(items, done_ids, failed_ids, changed, retry_failed)
     gpus = False
     if todo:       # the cluster can run what is asked: before anything in the folder changes
@@ -233,7 +248,7 @@ def _plan(source: str, out_dir: str, opts: ExtractOptions, retry_failed: bool, l
         done_now, failed_now = output.identities()
         new = {p: i for p, i in {**failed_now, **done_now}.items() if p not in done_ids and p not in failed_ids}
         if new:
-            changed |= changed_inputs(new)
+            changed |= changed_inputs(new, listed)
             todo, retried = _pending(items, done_now, failed_now, changed, retry_failed)
         _keep_ids(items, output.named())
         if changed:   # a video replaced at the same path (a camera's daily file rewritten): its rows go, it runs again

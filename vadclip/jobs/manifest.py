@@ -11,7 +11,7 @@ from vadclip.errors import InputError, MissingInputError
 from vadclip.io import storage
 from vadclip.io.ids import distinct_ids
 from vadclip.io.tables import read_records
-from vadclip.video.decode import list_videos
+from vadclip.video.decode import listed_videos
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +26,10 @@ def load_manifest(source: str) -> List[Dict[str, Optional[str]]]:
     listed twice is kept once (an error if its labels differ); different paths with the
     same id are told apart by more of their folders (:func:`vadclip.io.ids.distinct_ids`)."""
     source = storage.absolute(source)
+    listed: Dict[str, Optional[str]] = {}
     if storage.isdir(source):
-        recs = [{"path": p} for p in list_videos(source)]
+        listed = listed_videos(source)       # each video's identity too: a re-run needs no request per file
+        recs = [{"path": p} for p in sorted(listed)]
         if not recs:
             raise MissingInputError(f"{source}: no video files under this directory")
     elif source.lower().endswith((".csv", ".parquet")):
@@ -59,7 +61,9 @@ def load_manifest(source: str) -> List[Dict[str, Optional[str]]]:
             if vid in given and given[vid] != path:
                 raise InputError(f"{source}: video_id {vid!r} is given to two videos ({given[vid]} and {path})")
             given[vid] = path
-        by_path[path] = {"path": path, "video_id": vid or None, "label": label, "meta": video_meta(r, source)}
+        # "listed": size:mtime as the folder's listing saw it ("" where no listing did)
+        by_path[path] = {"path": path, "video_id": vid or None, "label": label, "meta": video_meta(r, source),
+                         "listed": listed.get(path) or ""}
         out.append(by_path[path])
     if len(out) < len(recs):
         log.warning("%s: %d duplicate entries ignored (one row per distinct video)", source, len(recs) - len(out))

@@ -163,7 +163,7 @@ class VideoWriter(Closable):
                                       feats[:, c], meta.get("meta"), snippet_times=times,
                                       frames_listed=listed or None),
                           input_identity=meta["input_identity"], decoder=str(meta.get("decoder") or "") or None)
-                     for c in range(feats.shape[1])])
+                     for c in range(feats.shape[1])], whole=True)     # a video's crops: one part, one commit
         if self.scorer is not None:
             self.scorer.video(vid, meta, feats)
 

@@ -400,6 +400,19 @@ def identity_of(st) -> str:
     return f"{st.size}:{mtime if mtime is not None else ''}"
 
 
+def same_identity(a: str, b: str) -> bool:
+    """Whether two identities (:func:`identity_of`) are one file's.  An object store's
+    listing gives modification times in milliseconds where its HEAD gives whole seconds:
+    a time of whole seconds matches any time within that second."""
+    if a == b:
+        return True
+    (sa, _, ma), (sb, _, mb) = a.partition(":"), b.partition(":")
+    if sa != sb or not ma or not mb:
+        return sa == sb and not (ma and mb)
+    ta, tb = int(ma), int(mb)
+    return (ta % 10**9 == 0 or tb % 10**9 == 0) and ta // 10**9 == tb // 10**9
+
+
 @contextlib.contextmanager
 def fetched(path: str, st=None) -> Iterator[str]:
     """A local file holding the video ``path`` (local or in object storage) for the
@@ -407,9 +420,9 @@ def fetched(path: str, st=None) -> Iterator[str]:
     Remote videos are streamed to node-local scratch, removed afterwards (failures
     included); problems as in :func:`video_file`."""
     if st is None:
-        video_file(path)
+        st = video_file(path)
     try:
-        with storage.local_file(path, suffix=storage.extension(path)) as local:
+        with storage.local_file(path, suffix=storage.extension(path), size=getattr(st, "size", None)) as local:
             yield local
     except FileNotFoundError:
         raise VideoError(f"{path}: file not found (removed while being read)") from None
@@ -604,10 +617,18 @@ def list_videos(root: str) -> List[str]:
     """Video files under a folder or object-store prefix (recursive, sorted).  A local
     symbolic link whose target is gone is listed too, so that it ends as an error row
     (``file not found``) instead of vanishing without a trace."""
-    found = storage.list_files(root, recursive=True, suffixes=VIDEO_EXTENSIONS)
+    return sorted(listed_videos(root))
+
+
+def listed_videos(root: str) -> Dict[str, Optional[str]]:
+    """:func:`list_videos` with each video's identity (:func:`identity_of`) as the one
+    listing saw it (None for a dangling link): what tells a re-run which files changed,
+    without a request per file."""
+    found: Dict[str, Optional[str]] = {p: identity_of(i) for p, i in
+                                       storage.listed_files(root, recursive=True, suffixes=VIDEO_EXTENSIONS).items()}
     if storage.is_local(root):
         base = storage.resolve(root)[1]
         for d, _, files in os.walk(base):
-            found += [os.path.join(d, f) for f in files if f.lower().endswith(VIDEO_EXTENSIONS)
-                      and os.path.islink(os.path.join(d, f)) and not os.path.exists(os.path.join(d, f))]
-    return sorted(set(found))
+            found.update({os.path.join(d, f): None for f in files if f.lower().endswith(VIDEO_EXTENSIONS)
+                          and os.path.islink(os.path.join(d, f)) and not os.path.exists(os.path.join(d, f))})
+    return found
