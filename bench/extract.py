@@ -26,7 +26,9 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from vadclip.model.config import ClipSpec  # noqa: E402
-from vadclip.jobs.extract import ClipImageEncoder, DecodeStage, ExtractOptions, load_manifest, run_extract  # noqa: E402
+from vadclip.clip.encoder import ClipImageEncoder  # noqa: E402
+from vadclip.jobs.extract import DecodeStage, ExtractOptions, run_extract  # noqa: E402
+from vadclip.jobs.manifest import load_manifest  # noqa: E402
 from vadclip.video.samples import make_sample_set  # noqa: E402
 from vadclip.video.decode import iter_snippet_chunks  # noqa: E402
 

@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 def encoder_only(device: str, precision: str, spec, batch: int, images: int) -> float:
     import torch
 
-    from vadclip.jobs.extract import ClipImageEncoder
+    from vadclip.clip.encoder import ClipImageEncoder
 
     enc = ClipImageEncoder(spec, precision, device=device)
     size = enc.image_size

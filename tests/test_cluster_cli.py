@@ -35,9 +35,7 @@ def test_every_cli_option_has_help():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "cmd")
     assert set(sub.choices) == {"extract", "train", "score", "calibrate", "evaluate", "compare-features", "import-release",
-                                "register-model", "sample-videos", "report", "demo",
-                                "import-official", "register-official"}      # the older names still work
-    assert sub.choices["import-official"] is sub.choices["import-release"]
+                                "register-model", "sample-videos", "report", "demo"}
     for name, p in sub.choices.items():
         for act in p._actions:
             if act.dest != "help":

@@ -7,8 +7,9 @@ import pytest
 
 from vadclip.model.config import ClipSpec
 from vadclip.testing.direct import extract_video
-from vadclip.jobs.extract import (ClipImageEncoder, ExtractOptions, cpu_bf16_flags, load_manifest,
-                             run_extract)
+from vadclip.clip.encoder import ClipImageEncoder, cpu_bf16_flags
+from vadclip.jobs.extract import ExtractOptions, run_extract
+from vadclip.jobs.manifest import load_manifest
 from vadclip.io.features import read_feature_rows, row_features
 from vadclip.video.decode import (DecoderUnavailable, VideoError, check_decoder, crop_views, iter_snippet_chunks,
                            open_video, resolve_decoder, torchcodec_missing)

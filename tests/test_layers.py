@@ -96,17 +96,6 @@ def test_storage_loads_no_torch_and_open_clip_waits_for_first_use():
     assert r.returncode == 0, r.stderr[-2000:]
 
 
-def test_modules_of_the_flat_layout_still_import():
-    # a model registered before 0.2 runs `from vadclip.registry import VadCLIPPyfunc` when loaded
-    code = ("from vadclip.registry import VadCLIPPyfunc\n"
-            "import vadclip.tracking.registry as new\n"
-            "assert VadCLIPPyfunc is new.VadCLIPPyfunc\n"
-            "import vadclip.config, vadclip.extract\n"
-            "assert vadclip.config.VadConfig is __import__('vadclip').VadConfig\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-
-
 def test_the_fallback_for_open_clips_private_rule_agrees_with_it(monkeypatch):
     """vadclip.clip.weights.safe_alternatives uses open_clip's private
     _get_safe_alternatives where it exists; its own rule, used where it does not, gives

@@ -12,7 +12,7 @@ from cli_output import one_error_line, result_json
 from vadclip import tiny_config
 from vadclip.model.checkpoint import save_checkpoint
 from vadclip.cli import build_parser, main
-from vadclip.jobs.extract import load_manifest
+from vadclip.jobs.manifest import load_manifest
 from vadclip.io.parts import PartWriter
 from vadclip.io.features import ERROR_SCHEMA, write_feature_table
 from vadclip.io.gt import write_gt

@@ -7,7 +7,7 @@ from vadclip import tiny_config
 from vadclip.model.checkpoint import save_checkpoint
 from vadclip.cli import main
 from vadclip.metrics.evaluate import video_gt
-from vadclip.jobs.extract import load_manifest
+from vadclip.jobs.manifest import load_manifest
 from vadclip.io.features import parse_official_name, write_feature_table
 from vadclip.io.gt import GroundTruthError, check_matches, read_gt, write_gt
 from vadclip.io.ids import VIDEO_EXTENSIONS, video_id

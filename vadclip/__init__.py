@@ -29,9 +29,6 @@ neither torch nor open_clip.
 from __future__ import annotations
 
 import importlib
-import importlib.abc
-import importlib.util
-import sys
 
 from vadclip._version import __version__
 
@@ -54,38 +51,3 @@ def __getattr__(name: str):
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'vadclip' has no attribute {name!r}")
-
-
-# modules of the flat layout before 0.2, still importable under their old names (a model
-# registered before then runs ``from vadclip.registry import VadCLIPPyfunc`` when loaded)
-_MOVED = {
-    "vadclip.storage": "vadclip.io.storage", "vadclip.parts": "vadclip.io.parts",
-    "vadclip.tables": "vadclip.io.tables", "vadclip.gt": "vadclip.io.gt",
-    "vadclip.provenance": "vadclip.io.provenance", "vadclip.features": "vadclip.io.features",
-    "vadclip.ids": "vadclip.io.ids", "vadclip.sample_videos": "vadclip.video.samples",
-    "vadclip.clip_backbone": "vadclip.clip.backbone", "vadclip.weights": "vadclip.clip.weights",
-    "vadclip.config": "vadclip.model.config", "vadclip.losses": "vadclip.model.losses",
-    "vadclip.checkpoint": "vadclip.model.checkpoint", "vadclip.evaluation": "vadclip.metrics.evaluate",
-    "vadclip.training": "vadclip.train.batches",
-    "vadclip.registry": "vadclip.tracking.registry", "vadclip.mlflow_model": "vadclip.tracking.pyfunc",
-    "vadclip.extract": "vadclip.jobs.extract", "vadclip.score": "vadclip.jobs.score",
-    "vadclip.train_job": "vadclip.jobs.train", "vadclip.raysetup": "vadclip.jobs.cluster",
-    "vadclip.demo": "vadclip.cli.demo",
-}
-
-
-class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    def find_spec(self, fullname, path=None, target=None):
-        return importlib.util.spec_from_loader(fullname, self) if fullname in _MOVED else None
-
-    def create_module(self, spec):
-        module = importlib.import_module(_MOVED[spec.name])
-        sys.modules[spec.name] = module
-        return module
-
-    def exec_module(self, module):
-        pass
-
-
-if not any(isinstance(f, _MovedModules) for f in sys.meta_path):
-    sys.meta_path.append(_MovedModules())

@@ -198,8 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tracking(p)
 
     p = command("import-release", _import_release,
-                "the released VadCLIP features (CSV path,label + NAME__K.npy) → Parquet; or convert annotations",
-                aliases=["import-official"])
+                "the released VadCLIP features (CSV path,label + NAME__K.npy) → Parquet; or convert annotations")
     p.add_argument("--csv", help="the release's list, e.g. ucf_CLIP_rgb.csv")
     p.add_argument("--root", action="append", default=[], help="directory holding the .npy files (repeatable)")
     p.add_argument("--preset", default="ucf", choices=["ucf", "xd"], help="label space used to check labels")
@@ -212,8 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "official fine-grained mAP ground truth)")
 
     p = command("register-model", _register_model,
-                "register a model file (a vadclip checkpoint, or the release's model_ucf.pth / model_xd.pth) in MLflow",
-                aliases=["register-official"])
+                "register a model file (a vadclip checkpoint, or the release's model_ucf.pth / model_xd.pth) in MLflow")
     p.add_argument("checkpoint", help="model file: a vadclip checkpoint or an official VadCLIP .pth")
     p.add_argument("--name", required=True, help="registered model name (score it as models:/NAME@ALIAS)")
     p.add_argument("--alias", default="champion", help="alias set on the new version")

@@ -19,12 +19,12 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Tuple
 
-from vadclip.clip.encoder import ClipImageEncoder, cpu_bf16_flags, cpu_precision  # noqa: F401 (old home)
+from vadclip.clip.encoder import ClipImageEncoder
 from vadclip.errors import InputError
 from vadclip.io import layout, provenance, storage
 from vadclip.io.features import FEATURE_SCHEMA
 from vadclip.io.parts import drop_rows
-from vadclip.jobs.manifest import load_manifest  # noqa: F401 (old home)
+from vadclip.jobs.manifest import load_manifest
 from vadclip.jobs.output import ResumableOutput
 from vadclip.jobs.stages import DecodeStage, EncodeStage, ExtractOptions
 from vadclip.jobs.writers import Progress, VideoSink, _Pace

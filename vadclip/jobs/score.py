@@ -643,7 +643,7 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
                     "crop": (found["crops"][0] if found is not None else 0) if opts.crop is None else opts.crop}
     _one_crop(_scores_dir(out_dir), model_record, log)
     if gt is not None:   # ground truth named for other videos (or by another id rule) fails now too
-        from vadclip.jobs.extract import load_manifest
+        from vadclip.jobs.manifest import load_manifest
 
         ids = (found["meta"].column("video_id").to_pylist() if found is not None
                else [r["video_id"] for r in load_manifest(videos)])

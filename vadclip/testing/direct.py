@@ -9,7 +9,8 @@ from typing import Dict, Sequence, Tuple
 import numpy as np
 import torch
 
-from vadclip.jobs.extract import ClipImageEncoder, ExtractOptions
+from vadclip.clip.encoder import ClipImageEncoder
+from vadclip.jobs.extract import ExtractOptions
 from vadclip.model.config import VadConfig
 from vadclip.train.batches import prepare_row
 from vadclip.video.decode import fetched, iter_snippet_chunks
