@@ -182,6 +182,11 @@ def test_the_same_scan_night_after_night_through_a_promotion_and_a_recalibration
             if e["video_id"] == moved["video_id"]} <= {"cam9"}
 
     # night 4: the backlog scored again with the champion, one video at a time into the same folder
+    assert s3["scored_by"] == {"models:/cams/1": len(rows) - 2, "models:/cams/2": 2}
+    page = open(os.path.join(out, "report", "index.html")).read()
+    assert f"models:/cams/1: {len(rows) - 2} videos; models:/cams/2: 2 videos" in page
+
     s4 = _run(scan + ["--rescore", "changed"], tmp_path)
     assert s4["videos_rescored"] == len(rows) - 2 and s4["extract"]["videos_ok"] == 0
     check({r["video_id"]: "models:/cams/2" for r in rows})
+    assert s4["scored_by"] == {"models:/cams/2": len(rows)}

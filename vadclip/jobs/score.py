@@ -694,6 +694,7 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
             "videos_scored": n_ok, "videos_failed": n_err, "videos_skipped": len(done),
             "duplicate_rows_ignored": n_dup, "videos_rescored": rescored,
             "videos_total_in_output": totals["videos"], "anomalous_videos": totals["flagged"],
+            "scored_by": totals["scored_by"],     # {model version: videos of the folder it scored}
             "events": totals["events"], "snippets": n_snip, "elapsed_s": round(elapsed, 3),
             "snippets_per_s": round(n_snip / elapsed, 2) if elapsed > 0 else 0.0,
             "output": _scores_dir(out_dir), "model_uri": model_uri, "model_version_uri": version_uri, **identity,

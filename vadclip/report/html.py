@@ -54,17 +54,24 @@ def output_totals(scores_dir: str) -> Dict[str, int]:
     small columns at a time (memory does not grow with the archive)."""
     import pyarrow.compute as pc
 
-    from vadclip.io.parts import part_files, read_file
+    from vadclip.io.parts import part_files, read_file, read_schema
 
     tot = {"videos": 0, "flagged": 0, "events": 0, "hours": 0.0}
+    by: Dict[str, int] = {}
     for f in part_files(scores_dir):
-        t = read_file(f, ["flagged", "events", "num_frames", "fps"])
+        has_version = "model_version" in read_schema(f).names
+        t = read_file(f, ["flagged", "events", "num_frames", "fps"] + (["model_version"] if has_version else []))
         tot["videos"] += t.num_rows
+        # which model version scored how many videos (parts written before rows said: "")
+        versions = t.column("model_version").to_pylist() if has_version else [""] * t.num_rows
+        for v in versions:
+            by[v or ""] = by.get(v or "", 0) + 1
         tot["flagged"] += int(pc.sum(t.column("flagged")).as_py() or 0)
         tot["events"] += int(pc.sum(pc.list_value_length(t.column("events"))).as_py() or 0)
         fps = np.asarray(t.column("fps").to_numpy(zero_copy_only=False), np.float64)
         frames = np.asarray(t.column("num_frames").to_numpy(zero_copy_only=False), np.float64)
         tot["hours"] += float((frames / np.where(fps > 0, fps, 30.0)).sum() / 3600.0)
+    tot["scored_by"] = dict(sorted(by.items()))
     return tot
 
 
@@ -353,6 +360,9 @@ def render_html(summary: Dict[str, Any], counts: Dict[str, int], events: List[Di
         ("throughput", f"{summary.get('snippets_per_s', '?')} snippets/s in the last run "
                        f"({summary.get('elapsed_s', '?')} s)"),
         ("model", _model_line(summary)),
+        *([("scored by", "; ".join(f"{v or 'a version before rows recorded it'}: {n:,} videos"
+                                   for v, n in counts["scored_by"].items()))]
+          if len(counts.get("scored_by") or {}) > 1 else []),
         ("event rule", rule.describe() if rule is not None else f"snippet score > {summary.get('threshold', '?')}"),
         ("operating point", op.get("source", "not recorded (scored by an earlier version)")
          + (f"; chosen by {', '.join(f'{k}={v}' for k, v in op['chosen_by'].items() if v is not None)}"
