@@ -102,3 +102,20 @@ def test_a_folder_of_dvr_exports_extracts_every_video(ray_local, dvr, tmp_path):
     assert all(by_name[n].split("-")[0] in ("torchcodec", "decord", "pyav") for n in by_name)   # torchcodec-cpu/-cuda
     assert set(by_name.values()) == set(s["decoders"])
     print("decoders:", by_name)
+
+
+@pytest.mark.parametrize("name,codec", [("h264.ts", "libx264"), ("mpeg2.ts", "mpeg2video"), ("h264.mp4", "libx264")])
+def test_key_frames_are_found_by_seeking_never_by_decoding_from_the_start(tmp_path, name, codec):
+    """Issue #46: the report's key frames of a long recording (here 300 frames, a keyframe
+    every 12) are the frames shown at their times, each found by a seek to the keyframe
+    before it (MPEG-TS, which has no index, seeks again earlier where it lands after), so a
+    frame near the end costs a GOP or two of decoding, not the whole file."""
+    from vadclip.video.decode import frames_at
+
+    n = 300
+    path = str(tmp_path / name)
+    write_numbered_video(path, n, codec)
+    for f in (0, 5, 150, 291, n - 1):
+        (frame,), decoded = frames_at(path, [(f + 0.5) / 25.0])
+        assert frame_number(frame) == f, (name, f)
+        assert decoded <= 60, (name, f, decoded)        # decoding from the start: f + 1 frames

@@ -747,9 +747,31 @@ def key_frames_on_workers(rows: List[Dict[str, Any]], snippet_len: int) -> List[
 
     from vadclip.report.html import key_frame_jpegs
 
+    import logging
+    import time as _time
+
+    from ray.exceptions import GetTimeoutError
+
     task = ray.remote(key_frame_jpegs).options(num_cpus=1, max_retries=3)
     refs = [task.remote(r, snippet_len) if r["events"] else None for r in rows]
-    return [ray.get(ref) if ref is not None else [] for ref in refs]
+    # a deadline on all of them: a video that cannot be read in time (a store that hangs) gets
+    # no key frames, and the report and the job go on
+    deadline, out = _time.monotonic() + KEY_FRAMES_DEADLINE_S, []
+    for r, ref in zip(rows, refs):
+        if ref is None:
+            out.append([])
+            continue
+        try:
+            out.append(ray.get(ref, timeout=max(1.0, deadline - _time.monotonic())))
+        except GetTimeoutError:
+            ray.cancel(ref, force=True)
+            logging.getLogger("vadclip").warning(f"[score] report: no key frames for {r['video_id']}: not read "
+                                                 f"within {KEY_FRAMES_DEADLINE_S:g} s")
+            out.append([])
+    return out
+
+
+KEY_FRAMES_DEADLINE_S = 600.0     # for all of a report's key frames (each costs a seek and a GOP)
 
 
 METRIC_COLUMNS = ("video_id", "label", "fps", "num_frames", "snippet_count", "anomaly", "class_probs")

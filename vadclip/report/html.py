@@ -283,7 +283,7 @@ def key_frame_jpegs(row: Dict[str, Any], snippet_len: int) -> List[Tuple[Dict[st
 
     from PIL import Image
 
-    from vadclip.video.decode import VideoError, fetched, open_video
+    from vadclip.video.decode import VideoError, frames_at
 
     events = (row["events"] or [])[:KEYFRAME_EVENTS]
     if not events:
@@ -296,16 +296,17 @@ def key_frame_jpegs(row: Dict[str, Any], snippet_len: int) -> List[Tuple[Dict[st
         peak = (s // snippet_len + int(np.argmax(seg))) * snippet_len + snippet_len // 2 if len(seg) else s
         for what, f in (("start", s), ("peak", min(max(peak, s), e)), ("end", e)):
             wanted.append((k, what, f))
+    fps = float(row["fps"]) or 30.0
+    times = row.get("snippet_times")      # a variable-frame-rate video's: where each snippet starts
     try:
-        with fetched(row["path"]) as local:
-            reader, info = open_video(local, row["path"])
-            idx = [min(f, info.num_frames - 1) for _, _, f in wanted]
-            frames = reader.get(idx)
+        # by seeking, in place: a day-long recording's key frames cost a GOP each, no download
+        # (half a frame in: the frame shown then, whatever the timestamps' rounding)
+        frames, _ = frames_at(row["path"], [_frame_time(f, fps, snippet_len, times) + 0.5 / fps
+                                            for _, _, f in wanted], row["path"])
     except (VideoError, OSError, RuntimeError, ValueError) as exc:   # the report goes on without them
         log.warning("report: no key frames for %s (%s)", row["video_id"], str(exc).splitlines()[0][:200])
         return []
     out = []
-    fps = float(row["fps"]) or 30.0
     for (k, what, f), fr in zip(wanted, frames):
         img = Image.fromarray(fr)
         w = max(1, round(img.width * THUMB_HEIGHT / img.height))
@@ -315,9 +316,19 @@ def key_frame_jpegs(row: Dict[str, Any], snippet_len: int) -> List[Tuple[Dict[st
     return out
 
 
+def _frame_time(frame: int, fps: float, snippet_len: int, times=None) -> float:
+    """When frame ``frame`` is shown: from its snippet's start time where the video's frame
+    rate varies (``times``), else from the rate."""
+    if times:
+        k = min(frame // snippet_len, len(times) - 1)
+        step = (times[min(k + 1, len(times) - 1)] - times[k]) / snippet_len if k + 1 < len(times) else 1.0 / fps
+        return float(times[k] + (frame - k * snippet_len) * step)
+    return frame / fps
+
+
 def key_frame_input(row: Dict[str, Any]) -> Dict[str, Any]:
     """What :func:`key_frame_jpegs` needs of a scores row (small: no class probabilities)."""
-    return {k: row.get(k) for k in ("video_id", "path", "fps", "anomaly", "events")}
+    return {k: row.get(k) for k in ("video_id", "path", "fps", "anomaly", "events", "snippet_times")}
 
 
 def key_frames(row: Dict[str, Any], img_dir: str, stem: str, snippet_len: int,

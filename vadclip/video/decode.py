@@ -632,3 +632,85 @@ def listed_videos(root: str) -> Dict[str, Optional[str]]:
             found.update({os.path.join(d, f): None for f in files if f.lower().endswith(VIDEO_EXTENSIONS)
                           and os.path.islink(os.path.join(d, f)) and not os.path.exists(os.path.join(d, f))})
     return found
+
+
+def frames_at(path: str, times: Sequence[float], name: Optional[str] = None) -> Tuple[List[np.ndarray], int]:
+    """The frames shown at ``times`` (seconds from the stream's start) of the video ``path``
+    (local, or in object storage read in place through a seekable stream: nothing is
+    copied), as [H, W, 3] uint8 arrays, and how many frames were decoded for them.  Each
+    time costs a seek to the keyframe before it and the frames from there (a GOP at most),
+    never a decode from the file's start: key frames of a day-long recording take what
+    those of a minute do.  An unindexed stream (MPEG-TS) whose seek lands after the time is
+    sought again earlier; where even a seek to its start does not reach the time, the
+    stream is read from its first byte.  A problem of the file raises :class:`VideoError`."""
+    import av
+
+    name = name or path
+    fs, p = storage.resolve(path)
+    local = storage.is_local(path)
+    handles: list = []
+
+    def opened():
+        src = p if local else fs.open_input_file(p)
+        if not local:
+            handles.append(src)
+        return av.open(src)
+
+    def shown(c, st, target: int, seek_to: Optional[int]):
+        """(the frame shown at ``target``, the first frame decoded, frames decoded)."""
+        if seek_to is not None:
+            c.seek(seek_to, stream=st, backward=True, any_frame=False)
+        first = last = None
+        n = 0
+        for frame in c.decode(st):
+            n += 1
+            beat()
+            first = frame if first is None else first
+            if last is not None and frame.pts is not None and frame.pts > target:
+                break               # the one before is the frame shown then
+            last = frame
+            if frame.pts is not None and frame.pts >= target:
+                break
+        return last, first, n
+
+    out: List[np.ndarray] = []
+    decoded = 0
+    try:
+        c = opened()
+        try:
+            if not c.streams.video:
+                raise VideoError(f"{name}: no video stream")
+            st = c.streams.video[0]
+            st.thread_count = 1
+            tb = float(st.time_base)
+            start = st.start_time or 0
+            for t in times:
+                target, back, last = start + int(max(0.0, t) / tb), 0.0, None
+                while True:
+                    seek_to = target - int(back / tb)
+                    if seek_to <= start and back:        # from the first byte, in a fresh demuxer
+                        c.close()
+                        c = opened()
+                        st = c.streams.video[0]
+                        st.thread_count = 1
+                        last, first, n = shown(c, st, target, None)
+                        decoded += n
+                        break
+                    last, first, n = shown(c, st, target, seek_to)
+                    decoded += n
+                    if last is not None and (first.pts is None or first.pts <= target):
+                        break
+                    back = max(1.0, back * 2)
+                if last is None:
+                    raise VideoError(f"{name}: no frame decodes at {t:.2f} s")
+                out.append(last.to_ndarray(format="rgb24"))
+        finally:
+            c.close()
+    except VideoError:
+        raise
+    except Exception as e:  # av.error.*: not a container FFmpeg knows, or a cut file
+        raise VideoError(f"{name}: cannot seek ({_first_line(e)})") from None
+    finally:
+        for h in handles:
+            h.close()
+    return out, decoded
