@@ -191,8 +191,8 @@ def test_a_video_that_cannot_fit_in_scratch_is_the_environments_problem(isolatio
     from isolation import run_isolated
     from vadclip.video.samples import write_video
 
-    write_video(str(tmp_path / "big.mp4"), 400, width=320, height=240, seed=3)
-    assert os.path.getsize(tmp_path / "big.mp4") > 200_000
+    write_video(str(tmp_path / "big.mp4"), 1200, width=320, height=240, seed=3)
+    assert os.path.getsize(tmp_path / "big.mp4") > 128_000                     # twice the scratch disk
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     with s3_server("archive", "vad") as s3:
@@ -253,3 +253,29 @@ def test_ten_crop_videos_are_never_half_written_through_a_storage_outage(tmp_pat
         pairs = list(zip(read_column("s3://vad/feat/features", "video_id"),
                          read_column("s3://vad/feat/features", "crop")))
         assert len(pairs) == len(set(pairs)) == 10 * len(names)
+
+
+def test_a_dvr_export_in_storage_is_decoded_in_place_without_scratch(isolation, tmp_path):
+    """An MPEG-TS recording (what DVRs export, decoded in order by PyAV) larger than the
+    node's whole scratch disk (a 64 kB tmpfs): read where it lies through range requests,
+    never copied, so it extracts — every snippet, the frames the file holds."""
+    import pyarrow.parquet as pq
+
+    from isolation import run_isolated
+    from vadclip.video.decode import PyAVReader
+    from vadclip.video.samples import write_numbered_video
+
+    write_numbered_video(str(tmp_path / "dvr.ts"), 600, "libx264")
+    assert os.path.getsize(tmp_path / "dvr.ts") > 128_000                      # twice the scratch disk
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    with s3_server("archive", "vad") as s3:
+        s3.upload_file(str(tmp_path / "dvr.ts"), "archive", "cams/dvr.ts")
+        r = run_isolated([sys.executable, "-m", "vadclip.cli", "extract", "s3://archive/cams/", "--out",
+                          str(tmp_path / "o"), "--tiny-clip"],
+                         small_disk=(str(scratch), "64k"), timeout=600,
+                         env={"VADCLIP_SCRATCH": str(scratch), "AWS_ENDPOINT_URL": os.environ["AWS_ENDPOINT_URL"]})
+    assert r.returncode == 0, r.stderr[-3000:]
+    (row,) = pq.read_table(str(tmp_path / "o" / "features")).to_pylist()
+    assert row["video_id"] == "dvr" and row["decoder"] == "pyav"
+    assert row["num_frames"] == PyAVReader(str(tmp_path / "dvr.ts"), "dvr.ts").num_frames == 600

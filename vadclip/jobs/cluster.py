@@ -94,6 +94,17 @@ def quiet_ray_data(progress_bars: bool = False) -> None:
     for h in logging.getLogger("ray.data").handlers:
         if type(h).__name__ != "SessionFileHandler":
             h.setLevel(max(h.level, logging.WARNING))
+            # an operator's failure (its traceback) stays in ray-data.log: the job raises it and
+            # vadclip says it in one line (exit 3 for the environment's, an error row for a video's)
+            if not any(isinstance(f, _NoErrors) for f in h.filters):
+                h.addFilter(_NoErrors())
+
+
+class _NoErrors:
+    def filter(self, record) -> bool:
+        import logging
+
+        return record.levelno < logging.ERROR
 
 
 def _dashboard_installed() -> bool:

@@ -15,7 +15,7 @@ from vadclip.clip.encoder import ClipImageEncoder
 from vadclip.jobs.faults import exit_once
 from vadclip.model.config import ClipSpec
 from vadclip.options import option
-from vadclip.video.decode import VideoError, fetched, identity_of, iter_snippet_chunks, video_file
+from vadclip.video.decode import VideoError, fetched, identity_of, in_place, iter_snippet_chunks, video_file
 
 
 ENCODE = "video decoding and CLIP encoding"
@@ -130,7 +130,7 @@ class DecodeStage:
         try:
             st = video_file(item["path"])
             base["input_identity"] = identity_of(st)    # re-running extracts the video again if this changes
-            with fetched(item["path"], st) as local:
+            with fetched(item["path"], st, in_place=in_place(item["path"], opts.decoder, self.device)) as local:
                 base["meta"] = with_recording_start(base["meta"], local)
                 info, chunks = iter_snippet_chunks(local, opts.snippet_len, self.size, opts.crops,
                                                    opts.chunk_snippets, name=item["path"], decoder=opts.decoder,

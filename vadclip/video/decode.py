@@ -258,7 +258,7 @@ class PyAVReader:
         self.truncated_at: Optional[int] = None
         self.truncation = ""                     # why decoding ended early (FFmpeg's words)
         try:
-            with av.open(path) as c:
+            with av_opened(path) as c:
                 if not c.streams.video:
                     what = "audio only" if c.streams.audio else "no stream of any kind"
                     raise VideoError(f"{name}: no video stream (the file holds {what})")
@@ -275,11 +275,29 @@ class PyAVReader:
         self._open()
 
     def _open(self) -> None:
-        self.container = self._av.open(self.path)
+        self._close()
+        if storage.is_local(self.path):
+            self.container = self._av.open(storage.resolve(self.path)[1])
+        else:                                    # in place: a seekable stream, nothing copied
+            fs, p = storage.resolve(self.path)
+            self._handle = fs.open_input_file(p)
+            self.container = self._av.open(self._handle)
         st = self.container.streams.video[0]
         st.thread_count = 1                      # one core per decode task, as the other decoders
         self._frames = self.container.decode(st)
         self.pos, self._frame, self._rgb = -1, None, None   # the last frame decoded (converted lazily)
+
+    def _close(self) -> None:
+        for h in (getattr(self, "container", None), getattr(self, "_handle", None)):
+            if h is not None:
+                h.close()
+        self.container = self._handle = None
+
+    def __del__(self) -> None:
+        try:
+            self._close()
+        except Exception:  # noqa: BLE001 - at interpreter exit
+            pass
 
     def _next(self) -> bool:
         beat()                                   # each frame decoded in order is progress
@@ -306,7 +324,6 @@ class PyAVReader:
         out = []
         for i in (int(i) for i in idx):
             if i < self.pos:                       # backwards (frame 0 read again): from the start
-                self.container.close()
                 self._open()
             while self.pos < i and self.truncated_at is None:
                 if not self._next():
@@ -333,6 +350,21 @@ def _open_kind(path: str, name: str, kind: str, dev: str = "cpu"):
         except VideoError as e:   # the GPU decoder's limits are not the video's fault: the CPU decides
             _note_once(f"the CUDA decoder cannot open {name} ({e}): decoding it on the CPU")
     return TorchcodecReader(path, name, "cpu")
+
+
+@contextlib.contextmanager
+def av_opened(path: str):
+    """A PyAV container of the video ``path``: a local file, or an object read in place
+    through a seekable stream (range requests; nothing copied to scratch)."""
+    import av
+
+    if storage.is_local(path):
+        with av.open(storage.resolve(path)[1]) as c:
+            yield c
+        return
+    fs, p = storage.resolve(path)
+    with fs.open_input_file(p) as f, av.open(f) as c:
+        yield c
 
 
 READ_BATCH = 8    # frames asked of a seeking decoder at once: each batch done is progress (vadclip.io.progress)
@@ -413,14 +445,26 @@ def same_identity(a: str, b: str) -> bool:
     return (ta % 10**9 == 0 or tb % 10**9 == 0) and ta // 10**9 == tb // 10**9
 
 
+def in_place(path: str, decoder: str = "auto", device: str = "cpu") -> bool:
+    """Whether the video ``path`` is decoded where it lies, through a seekable stream of
+    range requests, rather than from a copy in node-local scratch: an object in storage
+    that PyAV alone decodes (the MPEG-TS/PS exports of DVRs, in order; ``--decoder pyav``),
+    so a day-long recording needs neither its size in scratch nor a download first."""
+    return not storage.is_local(path) and [k for k, _ in decoder_chain(decoder, device, path)] == ["pyav"]
+
+
 @contextlib.contextmanager
-def fetched(path: str, st=None) -> Iterator[str]:
+def fetched(path: str, st=None, in_place: bool = False) -> Iterator[str]:
     """A local file holding the video ``path`` (local or in object storage) for the
     length of the ``with`` (``st``: its :func:`video_file` info, when already known).
     Remote videos are streamed to node-local scratch, removed afterwards (failures
-    included); problems as in :func:`video_file`."""
+    included); with ``in_place`` (:func:`in_place`) the path itself, read where it lies.
+    Problems as in :func:`video_file`."""
     if st is None:
         st = video_file(path)
+    if in_place:
+        yield path
+        return
     try:
         with storage.local_file(path, suffix=storage.extension(path), size=getattr(st, "size", None)) as local:
             yield local
@@ -451,10 +495,11 @@ def open_video(path: str, name: Optional[str] = None, decoder: str = "auto", dev
     uint8 frames (a CUDA tensor when decoding on the GPU) and ``reader.kind`` says which
     decoder it is; errors name ``name`` (default ``path``)."""
     name = name or path
-    if not os.path.isfile(path):
-        raise VideoError(f"{name}: file not found")
-    if os.path.getsize(path) == 0:
-        raise VideoError(f"{name}: empty file (0 bytes)")
+    if storage.is_local(path):
+        if not os.path.isfile(path):
+            raise VideoError(f"{name}: file not found")
+        if os.path.getsize(path) == 0:
+            raise VideoError(f"{name}: empty file (0 bytes)")
     tried = []
     for kind, dev in decoder_chain(decoder, device, name):
         try:
@@ -595,9 +640,7 @@ def recording_start(path: str) -> Optional[str]:
     import datetime as dt
 
     try:
-        import av
-
-        with av.open(path) as c:
+        with av_opened(path) as c:
             text = c.metadata.get("creation_time")
             if not text and c.streams.video:
                 text = c.streams.video[0].metadata.get("creation_time")
