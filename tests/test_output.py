@@ -255,3 +255,19 @@ def test_a_part_never_holds_half_a_video(tmp_path):
     parts = [pq.read_table(f).column("video_id").to_pylist() for f in part_files(str(tmp_path / "rows"))]
     assert [Counter(p) for p in parts if p[0].startswith("v")] == [Counter({f"v{v}": 10}) for v in range(5)]
     assert sorted(len(p) for p in parts if p[0].startswith("s")) == [2, 4]
+
+
+def test_scoring_features_reads_only_the_parts_holding_what_is_left(tmp_path):
+    """Issue #45: a nightly `score --features` skips the feature parts whose videos are all
+    scored (their video_id column says so) instead of reading every feature byte."""
+    from vadclip.jobs.score import _files_to_score
+
+    files = []
+    for i, ids in enumerate((["a", "b"], ["c", "d"], ["e"])):
+        f = str(tmp_path / f"part-{i}.parquet")
+        pq.write_table(pa.table({"video_id": ids, "crop": [0] * len(ids)}), f)
+        files.append(f)
+    assert _files_to_score(files, None, {"a", "b", "c"}) == files[1:]
+    assert _files_to_score(files, ["e"], set()) == files[2:]
+    assert _files_to_score(files, None, set()) == files
+    assert _files_to_score(files, None, {"a", "b", "c", "d", "e"}) == []

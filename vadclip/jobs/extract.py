@@ -285,13 +285,16 @@ def _pipeline(plan: _Plan, todo: List[Dict[str, Any]], opts: ExtractOptions, log
     if opts.decode_device == "cuda" and not have_gpus:
         log("[extract] decode device cuda: the cluster has no GPU, the videos are decoded on the CPU")
     decode_gpus = DecodeStage.gpus(opts, have_gpus)
-    ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo), 256)))
+    # one video a decode task, up to TASKS_CAP tasks (a lost node costs the videos in
+    # flight on it, not a block of thousands); past it, as few as that allows
+    ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo), TASKS_CAP)))
     ds = ds.flat_map(DecodeStage(opts, opts.clip.image_size, "cuda" if decode_gpus else "cpu"),
                      num_cpus=DecodeStage.num_cpus, num_gpus=decode_gpus)
     return ds.map_batches(EncodeStage, **EncodeStage.ray_args(opts, EncodeStage.gpus(opts, have_gpus),
                                                               share_weights(plan.weights)))
 
 
+TASKS_CAP = 65536    # decode tasks of one pipeline at most: one video each up to 65,536 videos
 MAX_ROUNDS = 3       # the pipeline runs again over the videos a lost node took with it, at most this often
 
 

@@ -483,6 +483,23 @@ def _one_crop(scores_dir: str, record: Dict[str, Any], log) -> None:
             f"{record['model']} (each row records its model version; rows already there keep theirs)")
 
 
+def _files_to_score(files: List[str], todo: Optional[List[str]], done: set) -> List[str]:
+    """The feature parts holding a video to score (``todo``, or any not in ``done``): a part
+    whose videos are all scored is not read at all (its small ``video_id`` column says so),
+    so a nightly ``score --features`` reads what is new, not every feature byte."""
+    from vadclip.io.parts import read_file
+
+    if todo is None and not done:
+        return files
+    want = set(todo) if todo is not None else None
+    keep = []
+    for f in files:
+        ids = set(read_file(f, ["video_id"]).column("video_id").to_pylist())
+        if (want is not None and ids & want) or (want is None and ids - done):
+            keep.append(f)
+    return keep
+
+
 def _drop_stale(out_dir: str, opts: ScoreOptions, log) -> int:
     """``--rescore changed|all``, under the lease: the score rows (and their events) of the
     videos to score again go; the run then scores them from their feature rows with this
@@ -532,7 +549,9 @@ def _score_from_features(features: str, crop: int, todo: Optional[List[str]], do
     # each block's scores are committed by one write task as soon as it is scored.  Column
     # expressions, not Python row filters: a row filter round-trips the block through
     # pandas and turns an all-null label column into float NaN
-    files = dataset_files(features)
+    files = _files_to_score(dataset_files(features), todo, done)
+    if not files:
+        return {"rows": 0, "errors": 0, "snippets": 0, "duplicates": 0, "failures": []}
     ds = ray.data.read_parquet(files, override_num_blocks=len(files)).filter(expr=col("crop") == crop)
     if todo is not None:
         ds = ds.filter(expr=col("video_id").is_in(todo))
