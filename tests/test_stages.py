@@ -63,7 +63,7 @@ def test_each_stage_declares_its_gpu_share():
 
 def test_a_slow_but_progressing_video_outlives_a_stall_deadline_shorter_than_its_decode(tmp_path):
     """The deadline is on stalls, not length (issue #46): a real video whose decoding takes
-    T seconds, with a stall deadline of T/3, gets every row; with a total deadline of T/3
+    T seconds, with a stall deadline of T/3, gets every row; with a total deadline well below T
     (--video-timeout-s, off by default) it becomes an error row naming that deadline."""
     import dataclasses
     import time
@@ -85,8 +85,10 @@ def test_a_slow_but_progressing_video_outlives_a_stall_deadline_shorter_than_its
     assert [r["error"] for r in slow] == [""] * len(plain)
     assert all(np.array_equal(a["frames"], b["frames"]) for a, b in zip(plain, slow))
 
-    *chunks, err = list(DecodeStage(dataclasses.replace(opts, video_timeout_s=took / 3), 64)(item))
-    assert len(chunks) < len(plain) and err["chunk"] == -1 and f"deadline of {took / 3:g} s (--video-timeout-s)" in err["error"]
+    # a total deadline far below any decode of it (took > 0.3 s), so it fires whatever the load
+    *chunks, err = list(DecodeStage(dataclasses.replace(opts, video_timeout_s=0.05), 64)(item))
+    assert len(chunks) < len(plain) and err["chunk"] == -1
+    assert "deadline of 0.05 s (--video-timeout-s)" in err["error"]
     assert ExtractOptions().video_timeout_s == 0 and ExtractOptions().stall_timeout_s > 0
 
 
