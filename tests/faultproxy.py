@@ -68,6 +68,15 @@ class FaultProxy:
                 n = int(self.headers.get("Content-Length") or 0)
                 return self.rfile.read(n) if n else b""
 
+            def _error(self, code: int, reason: str, xml: bytes) -> None:
+                """An S3 error answer (its XML body; a HEAD gets the headers alone)."""
+                self.send_response(code, reason)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(xml)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(xml)
+
             def _handle(self):
                 body = self._body()
                 hang = next((t for k, t in proxy.stall.items() if k in self.path), 0.0)
@@ -79,13 +88,7 @@ class FaultProxy:
                 if proxy.enabled and self.command in proxy.deny:
                     with proxy.lock:
                         proxy.counts[f"{self.command} denied"] += 1
-                    self.send_response(403, "Forbidden")
-                    self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(ACCESS_DENIED)))
-                    self.end_headers()
-                    if self.command != "HEAD":
-                        self.wfile.write(ACCESS_DENIED)
-                    return
+                    return self._error(403, "Forbidden", ACCESS_DENIED)
                 if fault == "reset":
                     # RST instead of an answer (SO_LINGER 0), as a dropped connection
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -93,13 +96,7 @@ class FaultProxy:
                     self.connection.close()
                     return
                 if fault == "503":
-                    self.send_response(503, "Slow Down")
-                    self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(SLOW_DOWN)))
-                    self.end_headers()
-                    if self.command != "HEAD":
-                        self.wfile.write(SLOW_DOWN)
-                    return
+                    return self._error(503, "Slow Down", SLOW_DOWN)
                 if fault == "slow":
                     threading.Event().wait(proxy.slow_s)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP}

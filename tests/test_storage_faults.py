@@ -188,19 +188,11 @@ def test_a_video_that_cannot_fit_in_scratch_is_the_environments_problem(isolatio
     """A remote recording larger than the node's free scratch (a 64 kB tmpfs as
     VADCLIP_SCRATCH in a private mount namespace): said before a byte is copied, in one line,
     exit 3 — never an error row blaming the video."""
-    from isolation import run_isolated
     from vadclip.video.samples import write_video
 
     write_video(str(tmp_path / "big.mp4"), 1200, width=320, height=240, seed=3)
     assert os.path.getsize(tmp_path / "big.mp4") > 128_000                     # twice the scratch disk
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    with s3_server("archive", "vad") as s3:
-        s3.upload_file(str(tmp_path / "big.mp4"), "archive", "cams/big.mp4")
-        r = run_isolated([sys.executable, "-m", "vadclip.cli", "extract", "s3://archive/cams/", "--out",
-                          str(tmp_path / "o"), "--tiny-clip", "--decoder", "decord"],
-                         small_disk=(str(scratch), "64k"), timeout=600,
-                         env={"VADCLIP_SCRATCH": str(scratch), "AWS_ENDPOINT_URL": os.environ["AWS_ENDPOINT_URL"]})
+    r = _extract_with_small_scratch(tmp_path, "big.mp4", "--decoder", "decord")
     assert r.returncode == 3, r.stderr[-3000:]
     _one_environment_line(r.stderr, "big.mp4", "do not fit in this node's scratch")
 
@@ -261,21 +253,28 @@ def test_a_dvr_export_in_storage_is_decoded_in_place_without_scratch(isolation, 
     never copied, so it extracts — every snippet, the frames the file holds."""
     import pyarrow.parquet as pq
 
-    from isolation import run_isolated
     from vadclip.video.decode import PyAVReader
     from vadclip.video.samples import write_numbered_video
 
     write_numbered_video(str(tmp_path / "dvr.ts"), 600, "libx264")
     assert os.path.getsize(tmp_path / "dvr.ts") > 128_000                      # twice the scratch disk
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    with s3_server("archive", "vad") as s3:
-        s3.upload_file(str(tmp_path / "dvr.ts"), "archive", "cams/dvr.ts")
-        r = run_isolated([sys.executable, "-m", "vadclip.cli", "extract", "s3://archive/cams/", "--out",
-                          str(tmp_path / "o"), "--tiny-clip"],
-                         small_disk=(str(scratch), "64k"), timeout=600,
-                         env={"VADCLIP_SCRATCH": str(scratch), "AWS_ENDPOINT_URL": os.environ["AWS_ENDPOINT_URL"]})
+    r = _extract_with_small_scratch(tmp_path, "dvr.ts")
     assert r.returncode == 0, r.stderr[-3000:]
     (row,) = pq.read_table(str(tmp_path / "o" / "features")).to_pylist()
     assert row["video_id"] == "dvr" and row["decoder"] == "pyav"
     assert row["num_frames"] == PyAVReader(str(tmp_path / "dvr.ts"), "dvr.ts").num_frames == 600
+
+
+def _extract_with_small_scratch(tmp_path, name, *flags):
+    """``vadclip extract`` of the one video ``tmp_path/name``, uploaded to the S3-API server,
+    on a node whose scratch disk (VADCLIP_SCRATCH) is a 64 kB tmpfs in a private mount namespace."""
+    from isolation import run_isolated
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    with s3_server("archive", "vad") as s3:
+        s3.upload_file(str(tmp_path / name), "archive", f"cams/{name}")
+        return run_isolated([sys.executable, "-m", "vadclip.cli", "extract", "s3://archive/cams/", "--out",
+                             str(tmp_path / "o"), "--tiny-clip", *flags],
+                            small_disk=(str(scratch), "64k"), timeout=600,
+                            env={"VADCLIP_SCRATCH": str(scratch), "AWS_ENDPOINT_URL": os.environ["AWS_ENDPOINT_URL"]})
