@@ -19,7 +19,7 @@ import threading
 from collections import Counter
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 from urllib.parse import urlparse
 
 ACCESS_DENIED = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
@@ -45,6 +45,7 @@ class FaultProxy:
         self.rates, self.reset, self.slow, self.slow_s = rates, reset, slow, slow_s
         self.rng, self.lock = random.Random(seed), threading.Lock()
         self.counts: Counter = Counter()
+        self.seen: List[Tuple[str, str]] = []      # (method, path) of every request, in order
         self.enabled = True
         proxy = self
 
@@ -79,6 +80,8 @@ class FaultProxy:
 
             def _handle(self):
                 body = self._body()
+                with proxy.lock:
+                    proxy.seen.append((self.command, self.path))
                 hang = next((t for k, t in proxy.stall.items() if k in self.path), 0.0)
                 if hang and self.command == "GET":
                     with proxy.lock:

@@ -9,12 +9,14 @@ part and never duplicates or loses a row.  (Output folders written before marker
 existed, on local disk with an atomic rename, are read as they are.)"""
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import os
 import re
 import time
 import uuid
+from contextlib import contextmanager
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import pyarrow as pa
@@ -124,6 +126,7 @@ def write_part(directory: str, name: str, table: pa.Table) -> str:
     from vadclip.errors import storage_refused
 
     path = storage.join(directory, name)
+    _forget(path)
     try:
         storage.write_bytes(path, table_bytes(table))
         storage.write_bytes(storage.join(directory, MARKERS, name), b"")
@@ -135,8 +138,69 @@ def write_part(directory: str, name: str, table: pa.Table) -> str:
     return path
 
 
+# Within :func:`read_once` (a job's planning), each part is fetched once: its footer and
+# its small columns in one open, every later read of them served from that.  Without it
+# a nightly plan read each part up to a dozen times (a provenance check, identities,
+# video ids, manifest corrections: each an open, so a HEAD and GETs per part).
+SMALL_COLUMNS = ("path", "video_id", "label", "meta", "crop", "num_frames", "fps", "snippet_count",
+                 "model_version", "rule", "flagged", "video_score", "stage", "error", "input_identity")
+_ONCE: "contextvars.ContextVar[Optional[Dict[str, Any]]]" = contextvars.ContextVar("vadclip_parts_once", default=None)
+ONCE_BYTES = 512 << 20      # past this much held, further parts are read as without it
+
+
+@contextmanager
+def read_once():
+    """Read each part file at most once while inside (nested: the outer one counts).
+    A part written or rewritten through this module meanwhile is read anew."""
+    token = _ONCE.set({"parts": {}, "bytes": 0}) if _ONCE.get() is None else None
+    try:
+        yield
+    finally:
+        if token is not None:
+            _ONCE.reset(token)
+
+
+def _forget(path: str) -> None:
+    held = _ONCE.get()
+    if held is not None:
+        held["parts"].pop(path, None)
+
+
+def _held(path: str) -> Optional[Tuple[pa.Schema, Dict[str, Any]]]:
+    """(schema, {column: array}) of ``path``: its footer and small columns, fetched in one
+    open the first time; None outside :func:`read_once` or past :data:`ONCE_BYTES`."""
+    held = _ONCE.get()
+    if held is None:
+        return None
+    got = held["parts"].get(path)
+    if got is None:
+        if held["bytes"] > ONCE_BYTES:
+            return None
+        fs, p = storage.resolve(path)
+
+        def fetch():
+            with fs.open_input_file(p) as fh:
+                pf = pq.ParquetFile(fh)
+                schema = pf.schema_arrow
+                small = [c for c in SMALL_COLUMNS if c in schema.names]
+                return schema, pf.read(columns=small) if small else None
+
+        schema, t = storage.retrying(fetch, path)
+        got = (schema, {c: t.column(c) for c in t.column_names} if t is not None else {})
+        held["parts"][path] = got
+        held["bytes"] += t.nbytes if t is not None else 0
+    return got
+
+
 def read_file(path: str, columns: Optional[Sequence[str]] = None, filters=None) -> pa.Table:
     """One Parquet file (a path or URI), optionally some columns or rows."""
+    if columns is not None and filters is None:
+        got = _held(path)
+        if got is not None and all(c in got[1] or c not in got[0].names for c in columns):
+            schema, cols = got
+            names = [c for c in columns if c in cols]
+            return pa.Table.from_arrays([cols[c] for c in names],
+                                        schema=pa.schema([schema.field(c) for c in names], metadata=schema.metadata))
     fs, p = storage.resolve(path)
     return storage.retrying(lambda: pq.read_table(p, columns=list(columns) if columns else None, filters=filters,
                                                   filesystem=fs), path)
@@ -144,6 +208,9 @@ def read_file(path: str, columns: Optional[Sequence[str]] = None, filters=None) 
 
 def read_schema(path: str) -> pa.Schema:
     """One Parquet file's schema (its footer only)."""
+    got = _held(path)
+    if got is not None:
+        return got[0]
     fs, p = storage.resolve(path)
     return storage.retrying(lambda: pq.read_schema(p, filesystem=fs), path)
 
@@ -498,6 +565,7 @@ def drop_rows(directory: str, column: str, values: set) -> None:
             continue            # only the parts holding such a row are read whole
         t = read_file(f)
         keep = [v not in values for v in t.column(column).to_pylist()]
+        _forget(f)
         storage.write_bytes(f, table_bytes(t.filter(pa.array(keep))))
 
 
@@ -519,5 +587,6 @@ def update_rows(directory: str, column: str, updates: Dict[Any, Dict[str, Any]],
                 if derive is not None:
                     derive(r)
                 changed += 1
+        _forget(f)
         storage.write_bytes(f, table_bytes(pa.Table.from_pylist(rows, schema=t.schema)))
     return changed

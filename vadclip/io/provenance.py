@@ -81,16 +81,13 @@ def read(path: str) -> Optional[Dict[str, Any]]:
     """The provenance of a feature set (a folder of parts or a Parquet file), from the
     footer of its first file; None for a set written before provenance was recorded,
     or by hand.  Raises :class:`ProvenanceError` when its files disagree with each other."""
-    import pyarrow.parquet as pq
-
     from vadclip.io import storage
-    from vadclip.io.parts import dataset_files
+    from vadclip.io.parts import dataset_files, read_schema
 
     files = dataset_files(path, "feature set") if storage.exists(path) else []
     seen: Dict[str, Dict[str, Any]] = {}
     for f in files[:1] + files[-1:]:
-        fs, p = storage.resolve(f)
-        prov = of_schema(pq.read_schema(p, filesystem=fs))
+        prov = of_schema(read_schema(f))
         if prov is not None:
             seen[f] = prov
     provs = list(seen.values())

@@ -153,10 +153,20 @@ def resolve(path: str) -> Tuple[pafs.FileSystem, str]:
     with _lock:
         fs = _cache.get(key)
     if fs is None:
-        fs, _ = _from_uri(path)
+        fs, _ = _from_uri(_small_puts(path) if scheme == "s3" else path)
         with _lock:
             _cache[key] = fs
     return fs, rest.rstrip("/")
+
+
+def _small_puts(uri: str) -> str:
+    """``uri`` with pyarrow's ``allow_delayed_open``: an object smaller than one upload
+    part (a commit marker, a lease, a summary, most parts) goes up in one PutObject
+    instead of a multipart upload's three requests (CreateMultipartUpload, UploadPart,
+    CompleteMultipartUpload), apache/arrow#40557.  A URI that sets it keeps its own."""
+    if "allow_delayed_open=" in uri:
+        return uri
+    return uri + ("&" if "?" in uri else "?") + "allow_delayed_open=true"
 
 
 def _from_uri(path: str):

@@ -218,7 +218,16 @@ def _plan(source: str, out_dir: str, opts: ExtractOptions, retry_failed: bool, l
           address: Optional[str] = None, on_changed=None, on_corrected=None) -> _Plan:
     """What to do: the manifest, less what earlier runs did (unless its file changed).
     Every check that can refuse the run comes before the output's lease is taken, so a
-    refused run changes nothing in the folder (and a live run writing it goes on)."""
+    refused run changes nothing in the folder (and a live run writing it goes on).
+    Each committed part is fetched once for all of it (:func:`vadclip.io.parts.read_once`)."""
+    from vadclip.io.parts import read_once
+
+    with read_once():
+        return _plan_reads(source, out_dir, opts, retry_failed, log, address, on_changed, on_corrected)
+
+
+def _plan_reads(source: str, out_dir: str, opts: ExtractOptions, retry_failed: bool, log,
+                address: Optional[str], on_changed, on_corrected) -> _Plan:
     weights = _check_environment(opts, log)
     items = load_manifest(source)
     output = ResumableOutput(feature_dir(out_dir), errors_dir(out_dir))
@@ -421,6 +430,16 @@ def extract_and(source: str, out_dir: str, opts: ExtractOptions, scorer=None, re
     """:func:`run_extract`, each assembled video also handed to ``scorer`` in its
     writer (``score --videos``: one streaming pipeline).  Returns (summary, the writers'
     results)."""
+    from vadclip.io.parts import read_once
+
+    # the run's writers (on workers) add parts of new names and never rewrite one, so what
+    # the plan fetched of the folder's parts also serves the totals after the run
+    with read_once():
+        return _extract_and(source, out_dir, opts, scorer, retry_failed, address, log)
+
+
+def _extract_and(source: str, out_dir: str, opts: ExtractOptions, scorer, retry_failed: bool,
+                 address: Optional[str], log):
     log = log or logging.getLogger("vadclip").info
     out_dir = storage.absolute(out_dir)
     plan = _plan(source, out_dir, opts, retry_failed, log, address,

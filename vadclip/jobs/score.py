@@ -717,7 +717,9 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
             "events": totals["events"], "snippets": n_snip, "elapsed_s": round(elapsed, 3),
             "snippets_per_s": round(n_snip / elapsed, 2) if elapsed > 0 else 0.0,
             "output": _scores_dir(out_dir), "model_uri": model_uri, "model_version_uri": version_uri, **identity,
-            "snippet_len": cfg.snippet_len, **asdict(opts), "operating_point": operating,
+            # the options, less model_version: the identity's number above stays, model_version_uri is the URI
+            "snippet_len": cfg.snippet_len, **{k: v for k, v in asdict(opts).items() if k != "model_version"},
+            "operating_point": operating,
             "feature_mismatch": mismatch,
         }
         failed = layout.failed_videos(out_dir)      # the folder's, over every run: extraction's and scoring's
