@@ -271,3 +271,42 @@ def test_scoring_features_reads_only_the_parts_holding_what_is_left(tmp_path):
     assert _files_to_score(files, ["e"], set()) == files[2:]
     assert _files_to_score(files, None, set()) == files
     assert _files_to_score(files, None, {"a", "b", "c", "d", "e"}) == []
+
+
+def test_a_plan_reads_each_part_once_and_sees_what_it_rewrites(tmp_path, monkeypatch):
+    """Inside read_once, a committed part is opened once for its footer and small columns;
+    a part this process rewrites (update_rows, drop_rows) is read anew; another column
+    (the features) is still read from the file; outside, every read goes to the file."""
+    from vadclip.io import parts
+    from vadclip.io.parts import PartWriter, drop_rows, read_file, read_once, read_schema, update_rows
+
+    schema = pa.schema([("video_id", pa.string()), ("path", pa.string()), ("meta", pa.string()),
+                        ("features", pa.list_(pa.float32()))])
+    w = PartWriter(str(tmp_path), schema, 3, "r1", flush_seconds=None)
+    w.add([{"video_id": f"v{i}", "path": f"/a/v{i}.mp4", "meta": "", "features": [float(i)] * 4}
+           for i in range(3)])
+    (f,) = part_files(str(tmp_path))
+    opened = []
+    real = parts.storage.resolve
+
+    def counting(path):
+        fs, p = real(path)
+        if p.endswith(".parquet"):
+            opened.append(p)
+        return fs, p
+
+    monkeypatch.setattr(parts.storage, "resolve", counting)
+    with read_once():
+        assert read_schema(f).names == schema.names
+        assert read_file(f, ["path"]).column("path").to_pylist() == [f"/a/v{i}.mp4" for i in range(3)]
+        assert read_file(f, ["video_id", "meta"]).num_rows == 3
+        assert len(opened) == 1                 # footer, path, video_id and meta: one open
+        assert read_file(f, ["features"]).column("features").to_pylist()[2] == [2.0] * 4
+        assert len(opened) == 2                 # a large column: from the file
+        update_rows(str(tmp_path), "path", {"/a/v1.mp4": {"meta": '{"camera": "c2"}'}})
+        assert read_file(f, ["meta"]).column("meta").to_pylist()[1] == '{"camera": "c2"}'
+        drop_rows(str(tmp_path), "video_id", {"v0"})
+        assert read_file(f, ["video_id"]).column("video_id").to_pylist() == ["v1", "v2"]
+    n = len(opened)
+    read_file(f, ["path"]), read_file(f, ["path"])
+    assert len(opened) == n + 2                 # outside: each read opens the file
