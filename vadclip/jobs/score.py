@@ -541,22 +541,22 @@ def _score_from_features(features: str, crop: int, todo: Optional[List[str]], do
     """Score the rows of ``features`` at ``crop`` — those in ``todo``, or (``todo`` None)
     every one not in ``done`` — in a pool of scorer actors; the workers write the rows,
     the driver gets their counts."""
-    import ray
-    import ray.data
-    from ray.data.expressions import col
+    from vadclip.io.features import FEATURE_SCHEMA
+    from vadclip.jobs.output import parts_dataset
 
     # one block per part file (extraction writes at most --rows-per-file videos per part):
-    # each block's scores are committed by one write task as soon as it is scored.  Column
-    # expressions, not Python row filters: a row filter round-trips the block through
-    # pandas and turns an all-null label column into float NaN
+    # each block's scores are committed by one write task as soon as it is scored.  The
+    # rows are chosen as each part is read (Arrow expressions: never a Python row filter,
+    # which round-trips a block through pandas and turns an all-null label column into NaN)
     files = _files_to_score(dataset_files(features), todo, done)
     if not files:
         return {"rows": 0, "errors": 0, "snippets": 0, "duplicates": 0, "failures": []}
-    ds = ray.data.read_parquet(files, override_num_blocks=len(files)).filter(expr=col("crop") == crop)
+    where = pc.field("crop") == crop
     if todo is not None:
-        ds = ds.filter(expr=col("video_id").is_in(todo))
+        where = where & pc.field("video_id").isin(list(todo))
     elif done:
-        ds = ds.filter(expr=col("video_id").not_in(sorted(done)))
+        where = where & ~pc.field("video_id").isin(sorted(done))
+    ds = parts_dataset(files, FEATURE_SCHEMA, where)
     ds = ds.map_batches(ScoreStage, **ScoreStage.ray_args(ckpt_ref, opts))
     name = run_id if rnd == 1 else f"{run_id}-r{rnd}"    # each round its own part names
     sink = row_sink(output, name, SCORE_SCHEMA, ERROR_SCHEMA, opts.rows_per_file, _score_rows(classes, opts))

@@ -334,13 +334,15 @@ def _run_train(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_pat
     import ray
     import ray.data
     import ray.train
-    from ray.data.expressions import col
+    import pyarrow.compute as pc
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from vadclip.errors import InputError
+    from vadclip.io.features import FEATURE_SCHEMA
     from vadclip.io.parts import dataset_files
     from vadclip.jobs.cluster import ensure_ray, share_weights
+    from vadclip.jobs.output import parts_dataset
     from vadclip.tracking.runs import TrainingRun, with_credentials
 
     from vadclip.train.batches import batch_plan
@@ -378,11 +380,12 @@ def _run_train(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_pat
         raise InputError(f"{train_path}: {len(labels)} training rows cannot be shared by {o.num_workers} workers; "
                          "use fewer workers")
     files = dataset_files(train_path)
-    datasets = {_shard_name(r): ray.data.read_parquet(files).filter(expr=col("video_id").is_in(hand)).map_batches(
+    datasets = {_shard_name(r): parts_dataset(files, FEATURE_SCHEMA, pc.field("video_id").isin(list(hand))).map_batches(
         _prep_batch, fn_kwargs={"cfg_dict": cfg_dict}, batch_size=16, batch_format="numpy")
         for r, hand in enumerate(hands)}
     if eval_path:
-        datasets["eval"] = ray.data.read_parquet(dataset_files(eval_path)).filter(expr=col("crop") == checked["eval_crop"])
+        datasets["eval"] = parts_dataset(dataset_files(eval_path), FEATURE_SCHEMA,
+                                         pc.field("crop") == checked["eval_crop"])
 
     run = TrainingRun(o.experiment, o.tracking_uri, o.run_name, storage.join(o.storage, o.run_name),
                       parent_run_id=o.mlflow_parent_run_id)
