@@ -267,10 +267,10 @@ def test_scoring_features_reads_only_the_parts_holding_what_is_left(tmp_path):
         f = str(tmp_path / f"part-{i}.parquet")
         pq.write_table(pa.table({"video_id": ids, "crop": [0] * len(ids)}), f)
         files.append(f)
-    assert _files_to_score(files, None, {"a", "b", "c"}) == files[1:]
-    assert _files_to_score(files, ["e"], set()) == files[2:]
-    assert _files_to_score(files, None, set()) == files
-    assert _files_to_score(files, None, {"a", "b", "c", "d", "e"}) == []
+    assert _files_to_score(files, None, {"a", "b", "c"})[0] == files[1:]
+    assert _files_to_score(files, ["e"], set())[0] == files[2:]
+    assert _files_to_score(files, None, set())[0] == files
+    assert _files_to_score(files, None, {"a", "b", "c", "d", "e"})[0] == []
 
 
 def test_a_plan_reads_each_part_once_and_sees_what_it_rewrites(tmp_path, monkeypatch):

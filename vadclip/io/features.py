@@ -40,6 +40,12 @@ FEATURE_SCHEMA = pa.schema([
     ("snippet_times", pa.list_(pa.float64())),
     # a truncated file: the frames its container lists (num_frames: those that decode); null when all decode
     ("frames_listed", pa.int64()),
+    # a long recording is kept in segments (rows of at most --segment-snippets snippets, so a
+    # writer's memory never grows with a recording's length): the index of this row's first
+    # snippet; null for a video kept whole.  A recording's segments are committed together
+    # (vadclip.io.parts); its last segment holds the video's fps, num_frames, frames_listed
+    # and, for a variable-frame-rate file, all its snippet_times.  whole_videos() joins them.
+    ("snippet_start", pa.int64()),
 ])
 
 ERROR_SCHEMA = pa.schema([
@@ -69,18 +75,46 @@ def check_features(arr: np.ndarray, source: str, expected_dim: Optional[int] = N
 
 def feature_row(video_id: str, path: str, label: Optional[str], crop: int, fps: float, num_frames: int,
                 features: np.ndarray, meta: Optional[str] = None, snippet_times: Optional[Sequence[float]] = None,
-                frames_listed: Optional[int] = None) -> Dict:
+                frames_listed: Optional[int] = None, snippet_start: Optional[int] = None) -> Dict:
     f = np.ascontiguousarray(features, dtype=np.float32)
-    if snippet_times is not None and len(snippet_times) != f.shape[0] + 1:
-        raise FeatureError(f"{path}: {len(snippet_times)} snippet times for {f.shape[0]} snippets "
-                           f"(expected {f.shape[0] + 1})")
+    if snippet_times is not None and len(snippet_times) != (snippet_start or 0) + f.shape[0] + 1:
+        raise FeatureError(f"{path}: {len(snippet_times)} snippet times for {(snippet_start or 0) + f.shape[0]} "
+                           f"snippets (expected {(snippet_start or 0) + f.shape[0] + 1})")
     return {
         "video_id": video_id, "path": path, "label": label, "crop": int(crop), "fps": float(fps),
         "num_frames": int(num_frames), "snippet_count": int(f.shape[0]), "feature_dim": int(f.shape[1]),
         "features": f.reshape(-1), "meta": meta or "",
         "snippet_times": None if snippet_times is None else [float(t) for t in snippet_times],
         "frames_listed": None if not frames_listed else int(frames_listed),
+        "snippet_start": None if snippet_start is None else int(snippet_start),
     }
+
+
+def whole_videos(rows: Sequence[Dict]) -> List[Dict]:
+    """Feature rows as whole videos: the segment rows of a long recording (``snippet_start``
+    set) joined in order into one row per video × crop, with the last segment's
+    video-level values; other rows as they are.  A recording missing a segment raises a
+    :class:`FeatureError` naming it."""
+    out: List[Dict] = []
+    segments: Dict[Tuple[str, int], List[Dict]] = {}
+    for r in rows:
+        if r.get("snippet_start") is None:
+            out.append(r)
+        else:
+            segments.setdefault((r["video_id"], int(r["crop"])), []).append(r)
+    for (vid, crop), segs in segments.items():
+        segs.sort(key=lambda r: int(r["snippet_start"]))
+        at = 0
+        for r in segs:
+            if int(r["snippet_start"]) != at:
+                raise FeatureError(f"{r['path']} ({vid}, crop {crop}): its segments do not join (one starts at "
+                                   f"snippet {r['snippet_start']}, expected {at})")
+            at += int(r["snippet_count"])
+        whole = dict(segs[-1], snippet_start=None, snippet_count=at)
+        if "features" in whole:
+            whole["features"] = np.concatenate([np.asarray(r["features"], np.float32).reshape(-1) for r in segs])
+        out.append(whole)
+    return out
 
 
 def times_of(row: Dict) -> Optional[np.ndarray]:
@@ -131,15 +165,24 @@ META_COLUMNS = ["video_id", "crop", "label", "feature_dim"]
 
 
 def feature_meta(path: str, what: str = "feature set") -> pa.Table:
-    """The small columns of a feature set; one without a label column (an archive written
-    by another tool) reads as unlabeled."""
+    """The small columns of a feature set, one row per video × crop (a long recording's
+    first segment stands for it, with ``segmented`` true); one without a label column (an
+    archive written by another tool) reads as unlabeled."""
+    import pyarrow.compute as pc
+
     try:
-        return read_table(path, columns=META_COLUMNS, what=what)
+        t = read_table(path, columns=META_COLUMNS, what=what, optional=["snippet_start"])
     except pa.ArrowInvalid as exc:
         if "label" not in str(exc):
             raise
-    t = read_table(path, columns=[c for c in META_COLUMNS if c != "label"], what=what)
-    return t.append_column("label", pa.nulls(t.num_rows, pa.string()))
+        t = read_table(path, columns=[c for c in META_COLUMNS if c != "label"], what=what, optional=["snippet_start"])
+        t = t.append_column("label", pa.nulls(t.num_rows, pa.string()))
+    if "snippet_start" not in t.column_names:      # a set written before segments
+        return t.select(META_COLUMNS).append_column("segmented", pa.array([False] * t.num_rows))
+    start = t.column("snippet_start")
+    t = t.filter(pc.fill_null(pc.equal(start, 0), True))
+    segmented = pc.fill_null(pc.equal(t.column("snippet_start"), 0), False)
+    return t.select(META_COLUMNS).append_column("segmented", segmented)
 
 
 def check_feature_set(path: str, expected_dim: Optional[int] = None, crop: Optional[int] = None,
@@ -168,8 +211,10 @@ def check_feature_set(path: str, expected_dim: Optional[int] = None, crop: Optio
 
 
 def read_feature_rows(path: str, columns: Optional[List[str]] = None) -> List[Dict]:
-    """All rows of a feature set (a Parquet file or directory) as dicts."""
-    return read_table(path, columns=columns, what="feature set").to_pylist()
+    """All rows of a feature set (a Parquet file or directory) as dicts, one per video ×
+    crop (a long recording's segments joined: :func:`whole_videos`)."""
+    optional = [c for c in ("snippet_start", "path") if c not in columns] if columns is not None else ()
+    return whole_videos(read_table(path, columns=columns, what="feature set", optional=optional).to_pylist())
 
 
 # --------------------------------------------------------------------------- preprocessing

@@ -70,13 +70,16 @@ class PartWriter:
         self.flush_seconds, self.clock = flush_seconds, clock
         self.buf: List[Dict[str, Any]] = []
         self.units: List[int] = []  # the rows of buf as the units they came in (a video's crop rows: one)
+        self.staged: List[List[str]] = []   # per unit: the staged parts its commit takes with it
         self.parts = 0
         self._oldest: Optional[float] = None
         storage.makedirs(directory)
 
-    def add(self, rows: Iterable[Dict[str, Any]], whole: bool = False) -> None:
+    def add(self, rows: Iterable[Dict[str, Any]], whole: bool = False, staged: Sequence[str] = ()) -> None:
         """Buffer ``rows``; ``whole``: they are one video's (each crop's row) and go into one
-        part, whatever ``rows_per_file`` says, so a part never holds half a video."""
+        part, whatever ``rows_per_file`` says, so a part never holds half a video.
+        ``staged``: that video's parts written before without a marker (a long
+        recording's earlier segments), committed by this part's marker."""
         rows = list(rows)
         if not rows:
             self.tick()
@@ -85,6 +88,7 @@ class PartWriter:
             self._oldest = self.clock()
         self.buf.extend(rows)
         self.units.extend([len(rows)] if whole else [1] * len(rows))
+        self.staged.extend([list(staged)] if whole else [[] for _ in rows])
         if len(self.buf) >= self.rows_per_file:
             self.flush()
         else:
@@ -111,25 +115,31 @@ class PartWriter:
             table = pa.Table.from_pylist(rows, schema=schema)
             if self.guard is not None:
                 self.guard()
-            write_part(self.dir, name, table)
+            write_part(self.dir, name, table, staged=[n for st in self.staged[:k] for n in st])
             # committed: only now do the rows leave the buffer
             self.parts += 1
             del self.buf[:len(rows)]
             del self.units[:k]
+            del self.staged[:k]
             if self.on_commit is not None:
                 self.on_commit(rows)
         self._oldest = None
 
 
-def write_part(directory: str, name: str, table: pa.Table) -> str:
-    """The part (one whole object), then its commit marker."""
+def write_part(directory: str, name: str, table: pa.Table, staged: Sequence[str] = (), commit: bool = True) -> str:
+    """The part (one whole object), then its commit marker.  ``staged``: parts written
+    before without a marker (``commit=False``: a long recording's earlier segments) that
+    this marker commits with it — its body names them, so the whole recording counts in
+    one step or not at all."""
     from vadclip.errors import storage_refused
 
     path = storage.join(directory, name)
     _forget(path)
     try:
         storage.write_bytes(path, table_bytes(table))
-        storage.write_bytes(storage.join(directory, MARKERS, name), b"")
+        if not commit:
+            return path
+        storage.write_bytes(storage.join(directory, MARKERS, name), json.dumps(list(staged)).encode() if staged else b"")
     except OSError as e:        # a full disk, a read-only or forbidden folder: the environment's, named
         refused = storage_refused(e)
         if refused is None:
@@ -143,7 +153,8 @@ def write_part(directory: str, name: str, table: pa.Table) -> str:
 # a nightly plan read each part up to a dozen times (a provenance check, identities,
 # video ids, manifest corrections: each an open, so a HEAD and GETs per part).
 SMALL_COLUMNS = ("path", "video_id", "label", "meta", "crop", "num_frames", "fps", "snippet_count",
-                 "model_version", "rule", "flagged", "video_score", "stage", "error", "input_identity")
+                 "model_version", "rule", "flagged", "video_score", "stage", "error", "input_identity",
+                 "snippet_start")
 _ONCE: "contextvars.ContextVar[Optional[Dict[str, Any]]]" = contextvars.ContextVar("vadclip_parts_once", default=None)
 ONCE_BYTES = 512 << 20      # past this much held, further parts are read as without it
 
@@ -224,8 +235,24 @@ def _listing(directory: str):
     names = [storage.basename(f) for f in storage.list_files(directory, recursive=False)]
     markers = storage.list_infos(storage.join(directory, MARKERS))
     leases = lease_history(directory)
-    marked = {storage.basename(i.path) for i in markers if _fenced_at(storage.basename(i.path), leases, i.mtime_ns)}
+    counted = [i for i in markers if _fenced_at(storage.basename(i.path), leases, i.mtime_ns)]
+    marked = {storage.basename(i.path) for i in counted}
+    for i in counted:
+        if i.size:          # a marker that commits staged parts with its own (a long recording's segments)
+            marked.update(_staged_by(i.path))
     return sorted(n for n in names if _is_part(n)), marked
+
+
+def _staged_by(marker: str) -> List[str]:
+    try:
+        body = storage.read_bytes(marker)
+    except FileNotFoundError:       # removed since the listing (a run cleaning up)
+        return []
+    try:
+        names = json.loads(body or b"[]")
+    except ValueError:
+        return []
+    return [n for n in names if isinstance(n, str) and _is_part(n)] if isinstance(names, list) else []
 
 
 def part_files(directory: str) -> List[str]:
@@ -505,11 +532,14 @@ def dataset_files(path: str, what: str = "feature set") -> List[str]:
     return files
 
 
-def read_table(path: str, columns: Optional[Sequence[str]] = None, what: str = "table") -> pa.Table:
-    """A whole table (file or folder, see :func:`dataset_files`), optionally some columns."""
+def read_table(path: str, columns: Optional[Sequence[str]] = None, what: str = "table",
+               optional: Sequence[str] = ()) -> pa.Table:
+    """A whole table (file or folder, see :func:`dataset_files`), optionally some columns
+    and ``optional`` ones where a file has them (nulls where it has not)."""
     tables = []
     for f in dataset_files(path, what):
-        tables.append(read_file(f, columns))
+        extra = [c for c in optional if c in read_schema(f).names] if columns is not None and optional else []
+        tables.append(read_file(f, None if columns is None else list(columns) + extra))
     if not tables:
         return pa.table({c: pa.array([], pa.string()) for c in (columns or [])})
     return pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]

@@ -120,7 +120,7 @@ def validation_footage(model, features: str, crop: int, gt, log,
     (footage, ids, rows skipped)."""
     import torch
 
-    from vadclip.io.features import check_features, meta_of, row_features
+    from vadclip.io.features import check_features, meta_of, row_features, whole_videos
     from vadclip.io.parts import dataset_files, read_file, read_schema
     from vadclip.metrics.operating import footage_of
     from vadclip.model.network import score_video
@@ -129,27 +129,36 @@ def validation_footage(model, features: str, crop: int, gt, log,
 
     out, ids, seen, skipped = [], [], set(), 0
     cols = ["video_id", "path", "label", "crop", "fps", "num_frames", "snippet_count", "feature_dim", "features"]
-    with torch.no_grad():
+    segments: List[Dict] = []       # long recordings' segment rows, joined once all are read
+
+    def rows_of():
         for f in dataset_files(features):
             names = read_schema(f).names
-            here = cols + (["meta"] if by and "meta" in names else []) + \
-                (["snippet_times"] if "snippet_times" in names else [])
+            here = cols + [c for c in (("meta",) if by else ()) + ("snippet_times", "snippet_start") if c in names]
             for r in read_file(f, here, filters=[("crop", "=", crop)]).to_pylist():
-                if r["video_id"] in seen:
-                    continue
-                seen.add(r["video_id"])
-                try:
-                    x = check_features(row_features(r), f"{r['path']} ({r['video_id']})", model.embed_dim)
-                except InputError as e:
-                    log(f"[calibrate] skipped: {e}")
-                    skipped += 1
-                    continue
-                anomaly, _ = score_video(model, x)
-                out.append(footage_of(r, anomaly, cfg.snippet_len, gt, cfg.is_normal))
-                if by:
-                    v = meta_of(r.get("meta")).get(by)
-                    out[-1].group = None if v is None or v == "" else str(v)
-                ids.append(r["video_id"])
+                if r.get("snippet_start") is None:
+                    yield r
+                else:
+                    segments.append(r)
+        yield from whole_videos(segments)
+
+    with torch.no_grad():
+        for r in rows_of():
+            if r["video_id"] in seen:
+                continue
+            seen.add(r["video_id"])
+            try:
+                x = check_features(row_features(r), f"{r['path']} ({r['video_id']})", model.embed_dim)
+            except InputError as e:
+                log(f"[calibrate] skipped: {e}")
+                skipped += 1
+                continue
+            anomaly, _ = score_video(model, x)
+            out.append(footage_of(r, anomaly, cfg.snippet_len, gt, cfg.is_normal))
+            if by:
+                v = meta_of(r.get("meta")).get(by)
+                out[-1].group = None if v is None or v == "" else str(v)
+            ids.append(r["video_id"])
     return out, ids, skipped
 
 

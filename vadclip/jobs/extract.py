@@ -324,7 +324,8 @@ def _rounds(plan: _Plan, opts: ExtractOptions, log, scorer=None) -> List[Dict[st
         plan.rounds = rnd
         name = run_id if rnd == 1 else f"{run_id}-r{rnd}"
         sink = VideoSink(out, schema, name, opts.rows_per_file, opts.flush_seconds,
-                         n=opts.num_writers or max(1, opts.num_encoders), scorer=scorer, skip_scores=scored)
+                         n=opts.num_writers or max(1, opts.num_encoders), scorer=scorer, skip_scores=scored,
+                         segment=opts.segment_snippets)
         progress = Progress(sink, len(plan.items), len(plan.items) - len(todo), log)
         try:
             _pipeline(plan, todo, opts, log).write_datasink(sink.datasink())
@@ -369,12 +370,17 @@ def _run_rows(plan: _Plan) -> Dict[str, Any]:
     from vadclip.io.parts import committed_table
 
     mine = f"part-{plan.output.run_id}"
-    rows = committed_table(plan.output.rows_dir, ["video_id", "crop", "snippet_count", "num_frames"], mine)
+    rows = committed_table(plan.output.rows_dir, ["video_id", "crop", "snippet_count", "num_frames", "snippet_start"],
+                           mine)
     errs = committed_table(plan.output.errors_dir, ["video_id", "error"], mine)
     first = [r for r in rows if r["crop"] == 0]
+    # a long recording's segments are rows of one video × crop: counted once, their snippets
+    # summed, its frames those of its last segment (the video's)
+    frames = {r["video_id"]: int(r["num_frames"]) for r in sorted(first, key=lambda r: r["snippet_start"] or 0)}
     return {"videos_ok": len({r["video_id"] for r in rows}), "videos_failed": len({r["video_id"] for r in errs}),
-            "rows_written": len(rows), "snippets": sum(int(r["snippet_count"]) for r in first),
-            "frames": sum(int(r["num_frames"]) for r in first), "failures": [r["error"] for r in errs]}
+            "rows_written": len({(r["video_id"], r["crop"]) for r in rows}),
+            "snippets": sum(int(r["snippet_count"]) for r in first),
+            "frames": sum(frames.values()), "failures": [r["error"] for r in errs]}
 
 
 def _folder_totals(plan: _Plan, out_dir: str) -> Dict[str, Any]:

@@ -166,11 +166,42 @@ def _read_parts(batch: pa.Table, schema: pa.Schema, where=None) -> pa.Table:
 
     tables = []
     for path in batch.column("part").to_pylist():
-        t = read_file(path, filters=where)
-        tables.append(pa.Table.from_arrays(
-            [t.column(f.name).cast(f.type) if f.name in t.column_names else pa.nulls(t.num_rows, f.type)
-             for f in schema], schema=pa.schema(list(schema))))
+        t = conform(read_file(path), schema)
+        tables.append(t if where is None else t.filter(where))
     return pa.concat_tables(tables) if tables else pa.Table.from_pylist([], schema=pa.schema(list(schema)))
+
+
+def conform(t: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``t`` with exactly ``schema``'s columns (one it lacks: nulls), without metadata."""
+    return pa.Table.from_arrays(
+        [t.column(f.name).cast(f.type) if f.name in t.column_names else pa.nulls(t.num_rows, f.type)
+         for f in schema], schema=pa.schema(list(schema)))
+
+
+def whole_videos_dataset(videos: Dict[str, List[str]], schema: pa.Schema, where=None):
+    """A Ray Dataset of whole-video feature rows for long recordings kept in segments
+    (``{video_id: its part files}``): each task reads one video's segments and joins
+    them (:func:`vadclip.io.features.whole_videos`)."""
+    import ray.data
+
+    items = [{"video_id": v, "parts": list(fs)} for v, fs in sorted(videos.items())]
+    return ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
+        _join_segments, fn_kwargs={"schema": schema, "where": where}, batch_size=1, batch_format="pyarrow")
+
+
+def _join_segments(batch: pa.Table, schema: pa.Schema, where=None) -> pa.Table:
+    import pyarrow.compute as pc
+
+    from vadclip.io.features import whole_videos
+    from vadclip.io.parts import read_file
+
+    rows = []
+    for vid, parts in zip(batch.column("video_id").to_pylist(), batch.column("parts").to_pylist()):
+        for path in parts:
+            t = conform(read_file(path), schema)
+            t = t.filter(pc.equal(t.column("video_id"), vid))
+            rows.extend((t if where is None else t.filter(where)).to_pylist())
+    return pa.Table.from_pylist(whole_videos(rows), schema=pa.schema(list(schema)))
 
 
 def block_columns(block) -> Dict[str, np.ndarray]:

@@ -314,17 +314,64 @@ def score_error(row: Dict[str, Any], e: Exception) -> str:
     return f"{row['path']}: {type(e).__name__}: {e}"
 
 
-def score_features(model, features: np.ndarray, row: Dict[str, Any], opts: ScoreOptions,
-                   classes: List[str]) -> Dict[str, Any]:
+class Curves:
+    """A video's per-snippet scores computed as its features come, a segment at a time
+    (a long recording): each whole ``visual_length`` chunk is scored as it is complete
+    (the official test's chunks, each scored on its own), the rest held until more comes
+    or :meth:`end` — the same numbers as scoring the video in one piece, holding at most a
+    chunk of features whatever the recording's length."""
+
+    def __init__(self, model, source: str) -> None:
+        self.model, self.source = model, source
+        self.rest: Optional[np.ndarray] = None
+        self.anomaly: List[np.ndarray] = []
+        self.probs: List[np.ndarray] = []
+
+    def add(self, features: np.ndarray) -> None:
+        from vadclip.io.features import check_features
+        from vadclip.model.network import score_video
+
+        f = check_features(features, self.source, self.model.embed_dim)
+        x = f if self.rest is None else np.concatenate([self.rest, f])
+        whole = x.shape[0] // self.model.cfg.visual_length * self.model.cfg.visual_length
+        if whole:
+            a, p = score_video(self.model, x[:whole])
+            self.anomaly.append(a)
+            self.probs.append(p)
+        self.rest = x[whole:]
+
+    def end(self) -> Tuple[np.ndarray, np.ndarray]:
+        from vadclip.model.network import score_video
+
+        if self.rest is not None and self.rest.shape[0]:
+            a, p = score_video(self.model, self.rest)
+            self.anomaly.append(a)
+            self.probs.append(p)
+        if not self.anomaly:
+            from vadclip.io.features import FeatureError
+
+            raise FeatureError(f"{self.source}: empty video features (0 snippets)")
+        return np.concatenate(self.anomaly), np.concatenate(self.probs)
+
+
+def score_features(model, features: Optional[np.ndarray], row: Dict[str, Any], opts: ScoreOptions,
+                   classes: List[str], curves: Optional[Curves] = None) -> Dict[str, Any]:
     """One video's scores from its features [T, D] (``row``: its fps, frame count, path,
-    id): per-snippet anomaly and class probabilities, the video score (top-k mean),
-    its events and whether it is flagged.  Unusable features raise an :class:`InputError`."""
+    id) — or, for a long recording, from its :class:`Curves` (``features``: its last
+    segment, or None): per-snippet anomaly and class probabilities, the video score
+    (top-k mean), its events and whether it is flagged.  Unusable features raise an
+    :class:`InputError`."""
     from vadclip.io.features import check_features, times_of
     from vadclip.model.losses import topk_count
     from vadclip.model.network import score_video
 
-    f = check_features(features, f"{row['path']} ({row['video_id']})", model.embed_dim)
-    anomaly, probs = score_video(model, f)
+    if curves is None:
+        anomaly, probs = score_video(model, check_features(features, f"{row['path']} ({row['video_id']})",
+                                                           model.embed_dim))
+    else:
+        if features is not None:
+            curves.add(features)
+        anomaly, probs = curves.end()
     vscore = float(np.sort(anomaly)[::-1][:topk_count(len(anomaly))].mean())
     ev = find_events(anomaly, probs, classes, float(row["fps"]) or 30.0,
                      int(row["num_frames"]) or len(anomaly) * 16, opts.rule_for(row.get("meta")),
@@ -419,6 +466,7 @@ class Scorer:
         self.model = load_checkpoint(ckpt)
         self.classes = list(self.model.cfg.class_keys)
         self.skip = set(skip)
+        self.streams: Dict[str, list] = {}     # long recordings being scored a segment at a time
         self.counts = {"rows": 0, "errors": 0, "snippets": 0, "failures": []}
         self.sw, self.ew = self.output.writers(self.run_id, SCORE_SCHEMA, ERROR_SCHEMA, self.opts.rows_per_file,
                                                self.opts.flush_seconds, on_commit=self._committed)
@@ -432,19 +480,36 @@ class Scorer:
                 self.counts["rows"] += 1
                 self.counts["snippets"] += int(r["snippet_count"])
 
-    def video(self, vid: str, meta: Dict[str, Any], feats: np.ndarray) -> None:
-        """A video's features [T, crops, D], just assembled."""
+    def segment(self, vid: str, feats: np.ndarray, path: str) -> None:
+        """A long recording's next segment [n, crops, D] (its last comes to :meth:`video`):
+        scored as it comes, only the per-snippet scores kept."""
+        if self.crop >= feats.shape[1] or vid in self.skip:
+            return
+        st = self.streams.setdefault(vid, [Curves(self.model, f"{path} ({vid})"), None])
+        if st[1] is None:
+            try:
+                st[0].add(feats[:, self.crop])
+            except InputError as e:
+                st[1] = e          # an error row when the video ends
+
+    def video(self, vid: str, meta: Dict[str, Any], feats: np.ndarray, snippets: Optional[int] = None) -> None:
+        """A video's features [T, crops, D], just assembled (a long recording: its last
+        segment, the earlier ones given to :meth:`segment`; ``snippets``: all of them)."""
+        curves, err = self.streams.pop(vid, (None, None))
         if self.crop >= feats.shape[1] or vid in self.skip:
             return
         self.skip.add(vid)
         row = {"video_id": vid, "path": meta["path"], "fps": meta["fps"], "num_frames": meta["num_frames"],
                "meta": meta.get("meta"), "snippet_times": meta.get("snippet_times")}
         try:
-            s = score_features(self.model, feats[:, self.crop], row, self.opts, self.classes)
+            if err is not None:
+                raise err
+            s = score_features(self.model, feats[:, self.crop] if feats.shape[0] or curves is None else None,
+                               row, self.opts, self.classes, curves)
         except InputError as e:
             self.ew.add([{"path": meta["path"], "video_id": vid, "stage": "score", "error": score_error(row, e)}])
             return
-        self.sw.add([score_row(dict(meta, video_id=vid), s, feats.shape[0], self.classes, self.opts)])
+        self.sw.add([score_row(dict(meta, video_id=vid), s, snippets or feats.shape[0], self.classes, self.opts)])
 
     def tick(self) -> None:
         self.sw.tick()
@@ -483,21 +548,31 @@ def _one_crop(scores_dir: str, record: Dict[str, Any], log) -> None:
             f"{record['model']} (each row records its model version; rows already there keep theirs)")
 
 
-def _files_to_score(files: List[str], todo: Optional[List[str]], done: set) -> List[str]:
+def _files_to_score(files: List[str], todo: Optional[List[str]], done: set
+                    ) -> Tuple[List[str], Dict[str, List[str]]]:
     """The feature parts holding a video to score (``todo``, or any not in ``done``): a part
     whose videos are all scored is not read at all (its small ``video_id`` column says so),
-    so a nightly ``score --features`` reads what is new, not every feature byte."""
+    so a nightly ``score --features`` reads what is new, not every feature byte.  And the
+    long recordings to score, kept in segments: ``{video_id: the parts holding them}``."""
     from vadclip.io.parts import read_file
 
-    if todo is None and not done:
-        return files
     want = set(todo) if todo is not None else None
-    keep = []
+    keep, segmented = [], {}
     for f in files:
-        ids = set(read_file(f, ["video_id"]).column("video_id").to_pylist())
+        try:
+            t = read_file(f, ["video_id", "snippet_start"])
+        except pa.ArrowInvalid:     # a part written before segments
+            t = read_file(f, ["video_id"])
+        ids = t.column("video_id").to_pylist()
+        if "snippet_start" in t.column_names:
+            for v, start in zip(ids, t.column("snippet_start").to_pylist()):
+                if start is not None and (v in want if want is not None else v not in done) and \
+                        f not in segmented.setdefault(v, []):
+                    segmented[v].append(f)
+        ids = set(ids)
         if (want is not None and ids & want) or (want is None and ids - done):
             keep.append(f)
-    return keep
+    return keep, segmented
 
 
 def _drop_stale(out_dir: str, opts: ScoreOptions, log) -> int:
@@ -542,13 +617,13 @@ def _score_from_features(features: str, crop: int, todo: Optional[List[str]], do
     every one not in ``done`` — in a pool of scorer actors; the workers write the rows,
     the driver gets their counts."""
     from vadclip.io.features import FEATURE_SCHEMA
-    from vadclip.jobs.output import parts_dataset
+    from vadclip.jobs.output import parts_dataset, whole_videos_dataset
 
     # one block per part file (extraction writes at most --rows-per-file videos per part):
     # each block's scores are committed by one write task as soon as it is scored.  The
     # rows are chosen as each part is read (Arrow expressions: never a Python row filter,
     # which round-trips a block through pandas and turns an all-null label column into NaN)
-    files = _files_to_score(dataset_files(features), todo, done)
+    files, segmented = _files_to_score(dataset_files(features), todo, done)
     if not files:
         return {"rows": 0, "errors": 0, "snippets": 0, "duplicates": 0, "failures": []}
     where = pc.field("crop") == crop
@@ -556,7 +631,10 @@ def _score_from_features(features: str, crop: int, todo: Optional[List[str]], do
         where = where & pc.field("video_id").isin(list(todo))
     elif done:
         where = where & ~pc.field("video_id").isin(sorted(done))
-    ds = parts_dataset(files, FEATURE_SCHEMA, where)
+    # a long recording kept in segments is joined by a task of its own, then scored as any video
+    ds = parts_dataset(files, FEATURE_SCHEMA, where & pc.field("snippet_start").is_null())
+    if segmented:
+        ds = ds.union(whole_videos_dataset(segmented, FEATURE_SCHEMA, pc.field("crop") == crop))
     ds = ds.map_batches(ScoreStage, **ScoreStage.ray_args(ckpt_ref, opts))
     name = run_id if rnd == 1 else f"{run_id}-r{rnd}"    # each round its own part names
     sink = row_sink(output, name, SCORE_SCHEMA, ERROR_SCHEMA, opts.rows_per_file, _score_rows(classes, opts))

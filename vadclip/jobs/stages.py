@@ -70,6 +70,10 @@ class ExtractOptions:
                                          "(default 0: none, so a day-long recording is never failed for its "
                                          "length)")
     rows_per_file: int = option(256, group=OUTPUT, help="at most this many rows per Parquet part file")
+    segment_snippets: int = option(8192, group=OUTPUT,
+                                   help="a recording longer than this many snippets (8192: 87 min at 25 fps) is "
+                                        "written in rows of this many, committed together with its last, so a "
+                                        "writer holds one segment of a day-long recording, never all of it")
     flush_seconds: float = option(60.0, group=OUTPUT,
                                   help="write finished rows at least this often, so an interrupted job keeps its work")
     wait: float = option(0.0, group=OUTPUT,

@@ -225,6 +225,12 @@ def check_inputs(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_p
     weights = cfg.clip.resolve()       # the text tower's weights, once, before any worker
     dim = cfg.clip.embed_dim
     meta_table = check_feature_set(train_path, dim, what="training feature set")["meta"]
+    long = [v for v, seg in zip(meta_table.column("video_id").to_pylist(), meta_table.column("segmented").to_pylist())
+            if seg]
+    if long:
+        raise InputError(f"{train_path}: {len(long)} recording(s) kept in segments (longer than --segment-snippets "
+                         f"when extracted, e.g. {long[0]!r}): training takes clips of a video each, as the paper's; "
+                         "cut long recordings into clips for a training set")
     meta = meta_table.select(["video_id", "crop", "label"]).to_pylist()
     seen = set()
     for r in meta:

@@ -16,9 +16,10 @@ import uuid
 from typing import Any, Dict, List, Optional
 
 import numpy as np
+import pyarrow as pa
 
 from vadclip.io.features import ERROR_SCHEMA, feature_row
-from vadclip.io.parts import committed_values
+from vadclip.io.parts import IDENTITY_KEY, committed_values
 from vadclip.jobs.output import Closable, ResumableOutput, Ticker, block_columns, end_actors, helper_placement, shard_of
 
 
@@ -69,7 +70,7 @@ class VideoWriter(Closable):
     chunks (the driver runs them again)."""
 
     def __init__(self, output: ResumableOutput, schema, name: str, rows_per_file: int,
-                 flush_seconds: Optional[float], scorer=None, skip_scores=()) -> None:
+                 flush_seconds: Optional[float], scorer=None, skip_scores=(), segment: int = 8192) -> None:
         import threading
 
         import ray
@@ -90,6 +91,8 @@ class VideoWriter(Closable):
         self.fw, self.ew = output.writers(run_id, schema, ERROR_SCHEMA, rows_per_file, flush_seconds,
                                           identities=True, on_commit=self._committed)
         self.pending: Dict[str, Dict[str, Any]] = {}
+        self.output, self.schema, self.run_id, self.segment = output, schema, run_id, max(1, int(segment))
+        self.staged = 0          # segment parts written (named apart from the part writer's)
         self.counts = {"videos_ok": 0, "videos_failed": 0, "rows_written": 0, "snippets": 0, "frames": 0}
         self.pace, self.decoders, self.precisions, self.failures = _Pace(), set(), set(), []
         self.encoder_nodes: set = set()
@@ -114,7 +117,7 @@ class VideoWriter(Closable):
             self.counts["rows_written"] += 1
             if r["crop"] == 0:
                 self.counts["videos_ok"] += 1
-                self.counts["snippets"] += int(r["snippet_count"])
+                self.counts["snippets"] += int(r.get("video_snippets") or r["snippet_count"])
                 self.counts["frames"] += int(r["num_frames"])
 
     def add(self, cols: Dict[str, np.ndarray]) -> int:
@@ -143,29 +146,78 @@ class VideoWriter(Closable):
             self.ew.add([{"path": row["path"], "video_id": vid, "stage": "extract", "error": str(row["error"]),
                           "input_identity": row["input_identity"]}])
             return
-        st = self.pending.setdefault(vid, {"chunks": {}, "meta": row})
+        # chunks join the video's run of consecutive chunks as they come (in any order);
+        # past ``segment`` snippets a segment is written (uncommitted) and let go
+        st = self.pending.setdefault(vid, {"chunks": {}, "meta": row, "next": 0, "run": [], "held": 0,
+                                           "start": 0, "staged": [], "keep": 0})
         st["chunks"][int(row["chunk"])] = np.asarray(row["features"], np.float32)
+        snippets = int(row.get("snippets") or 0)
+        if snippets:        # a chunk made once a truncation showed carries the snippets that decode
+            st["keep"] = min(st["keep"] or snippets, snippets)
         if int(row["chunk"]) == int(row["n_chunks"]) - 1:
             st["meta"] = row          # the last chunk's frame count, rate and times are the video's
-        if len(st["chunks"]) < int(row["n_chunks"]):
+        while st["next"] in st["chunks"]:
+            f = st["chunks"].pop(st["next"])
+            st["run"].append(f)
+            st["held"] += f.shape[0]
+            st["next"] += 1
+        last = st["next"] == int(row["n_chunks"])
+        while not last and st["held"] > self.segment:
+            self._stage(vid, st, row)
+        if not last:
             return
         self.pending.pop(vid)
         self.assembled.add(vid)
-        feats = np.concatenate([st["chunks"][k] for k in range(int(row["n_chunks"]))], axis=0)
+        feats = np.concatenate(st["run"], axis=0) if st["run"] else np.zeros((0, *st["shape"]), np.float32)
         meta = dict(st["meta"])
-        keep = int(meta.get("snippets") or 0)
-        if 0 < keep < feats.shape[0]:
-            feats = feats[:keep]      # a truncated file: the snippets past its last decoded frame are padding
+        total = int(meta.get("snippets") or 0)
+        if total and total - st["start"] < feats.shape[0]:
+            # a truncated file: the snippets past its last decoded frame are padding
+            feats = feats[:max(0, total - st["start"])]
         times = json.loads(meta["times"]) if meta.get("times") else None
         meta["snippet_times"] = times
         listed = int(meta.get("frames_listed") or 0)
+        start = st["start"] if st["staged"] else None
         self.fw.add([dict(feature_row(vid, meta["path"], meta["label"] or None, c, meta["fps"], meta["num_frames"],
                                       feats[:, c], meta.get("meta"), snippet_times=times,
-                                      frames_listed=listed or None),
-                          input_identity=meta["input_identity"], decoder=str(meta.get("decoder") or "") or None)
-                     for c in range(feats.shape[1])], whole=True)     # a video's crops: one part, one commit
+                                      frames_listed=listed or None, snippet_start=start),
+                          input_identity=meta["input_identity"], decoder=str(meta.get("decoder") or "") or None,
+                          video_snippets=st["start"] + feats.shape[0])
+                     for c in range(feats.shape[1])], whole=True, staged=st["staged"])
+        # a video's crops (and its earlier segments): one commit
         if self.scorer is not None:
-            self.scorer.video(vid, meta, feats)
+            self.scorer.video(vid, meta, feats, snippets=st["start"] + feats.shape[0])
+
+    def _stage(self, vid: str, st: Dict[str, Any], row: Dict[str, Any]) -> None:
+        """Write a long recording's next ``segment`` snippets as a part without a commit
+        marker (readers never count it alone); the video's last part commits it."""
+        from vadclip.io.parts import write_part
+
+        run = np.concatenate(st["run"], axis=0)
+        n = self.segment
+        if st["keep"]:
+            n = min(n, max(0, st["keep"] - st["start"]))   # never a padding snippet of a truncated file
+        seg, rest = run[:n], run[n:]
+        st["shape"] = run.shape[1:]
+        if st["keep"] and st["start"] + run.shape[0] > st["keep"]:
+            rest = rest[:max(0, st["keep"] - st["start"] - n)]
+        if seg.shape[0]:
+            rows = [dict(feature_row(vid, row["path"], row["label"] or None, c, row["fps"], row["num_frames"],
+                                     seg[:, c], row.get("meta"), snippet_start=st["start"]),
+                         decoder=str(row.get("decoder") or "") or None)
+                    for c in range(seg.shape[1])]
+            name = f"part-{self.run_id}-s{self.staged:05d}.parquet"
+            ids = {row["path"]: row["input_identity"] or None}
+            schema = self.schema.with_metadata({**(self.schema.metadata or {}), IDENTITY_KEY: json.dumps(ids).encode()})
+            if self.fw.guard is not None:
+                self.fw.guard()
+            write_part(self.output.rows_dir, name, pa.Table.from_pylist(rows, schema=schema), commit=False)
+            self.staged += 1
+            st["staged"].append(name)
+            if self.scorer is not None:
+                self.scorer.segment(vid, seg, row["path"])
+        st["start"] += seg.shape[0]
+        st["run"], st["held"] = ([rest], rest.shape[0]) if rest.shape[0] else ([], 0)
 
     def progress(self) -> Dict[str, int]:
         """What this incarnation has committed so far (for the driver's progress line)."""
@@ -195,12 +247,12 @@ class VideoSink:
     what they did."""
 
     def __init__(self, output: ResumableOutput, schema, run_id: str, rows_per_file: int,
-                 flush_seconds: Optional[float], n: int, scorer=None, skip_scores=()) -> None:
+                 flush_seconds: Optional[float], n: int, scorer=None, skip_scores=(), segment: int = 8192) -> None:
         import ray
 
         actor = ray.remote(VideoWriter)
         self.writers = [actor.options(**helper_placement(spread=True)).remote(
-            output, schema, f"{run_id}-w{i:03d}", rows_per_file, flush_seconds, scorer, list(skip_scores))
+            output, schema, f"{run_id}-w{i:03d}", rows_per_file, flush_seconds, scorer, list(skip_scores), segment)
             for i in range(n)]
 
     def datasink(self):
