@@ -314,7 +314,7 @@ def _rounds(plan: _Plan, opts: ExtractOptions, log, scorer=None) -> List[Dict[st
     A video that is still missing then fails the job (an environment problem): exit 0
     always means every video is there.  Returns the writers' results of every round."""
     from vadclip.errors import EnvironmentProblem
-    from vadclip.io.parts import committed_values
+    from vadclip.io.parts import committed_values, remove_uncommitted
     from vadclip.jobs.cluster import lost_with_a_node
 
     out, run_id = plan.output, plan.output.run_id
@@ -342,6 +342,10 @@ def _rounds(plan: _Plan, opts: ExtractOptions, log, scorer=None) -> List[Dict[st
         written = set(committed_values(out.rows_dir, "path", mine)) | set(committed_values(out.errors_dir, "path", mine))
         lost = [it for it in todo if it["path"] not in written]
         if not lost:
+            if any(r.get("staged") for r in results):
+                # segments of a long recording that failed (or was lost and done again) part-way:
+                # never counted, and gone now rather than at the next run
+                remove_uncommitted(out.rows_dir)
             return results
         if rnd == MAX_ROUNDS:
             raise EnvironmentProblem(f"{len(lost)} videos (e.g. {lost[0]['path']}) are still not written after "

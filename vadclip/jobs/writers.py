@@ -142,7 +142,9 @@ class VideoWriter(Closable):
             return          # buffered or committed already (a retried task delivers chunks again)
         if row["error"]:
             self.dead.add(vid)
-            self.pending.pop(vid, None)
+            self.pending.pop(vid, None)     # segments it staged stay uncommitted; the next run removes them
+            if self.scorer is not None:
+                self.scorer.streams.pop(vid, None)
             self.ew.add([{"path": row["path"], "video_id": vid, "stage": "extract", "error": str(row["error"]),
                           "input_identity": row["input_identity"]}])
             return
@@ -235,7 +237,7 @@ class VideoWriter(Closable):
             return {**self.counts, "scores": scores, "spans": self.pace.spans, "decoders": sorted(self.decoders),
                     "precisions": sorted(self.precisions), "node": self.node, "encoder_nodes": sorted(self.encoder_nodes),
                     "gpu_encoders": sorted(self.gpu_encoders),
-                    "failures": self.failures[:1000], "parts": self.fw.parts,
+                    "failures": self.failures[:1000], "parts": self.fw.parts, "staged": self.staged,
                     "incomplete": sorted(self.pending)}
 
 
