@@ -6,8 +6,8 @@ its peak.
                                    [--workdir /tmp/vadclip_long_recording]
 
 The recordings are written with PyAV (H.264, a drifting gradient with a moving block: a
-few kB a second, so a day fits on disk) and scored with the tiny random-init CLIP (the
-ViT-B/16 would take this 2-core machine half a day per hour of video: what is measured is
+few kB a second, so a day fits on disk) and scored with the tiny random-init CLIP projecting to 512-d
+features as ViT-B/16's do (the ViT-B/16 itself would take this 2-core machine half a day per hour of video: what is measured is
 the pipeline's memory, not the encoder's speed).  Side by side in one run:
 
 * the short recording, as written by default (``--segment-snippets 8192``);
@@ -117,7 +117,7 @@ def run_one(name: str, video: str, frames: int, fps: int, work: str, segment: in
     with open(man, "w") as f:
         f.write(f"path,label,video_id\n{video},,{name}\n")
     out = os.path.join(work, "out", name)
-    eo = ExtractOptions(clip=ClipSpec.tiny(), batch_size=256, precision="fp32", segment_snippets=segment,
+    eo = ExtractOptions(clip=ClipSpec.tiny(512), batch_size=256, precision="fp32", segment_snippets=segment,
                         stall_timeout_s=600)
     peaks = Peaks()
     t0 = time.time()
@@ -163,7 +163,8 @@ def main() -> None:
     from vadclip.model.config import ClipSpec
 
     if not os.path.exists(model):
-        save_checkpoint(build_model(VadConfig.from_preset("ucf", clip=ClipSpec.tiny())), model)
+        # 512-d features, as ViT-B/16's: what a writer holds per snippet is what it would hold
+        save_checkpoint(build_model(VadConfig.from_preset("ucf", clip=ClipSpec.tiny(512))), model)
     t = time.time()
     short = os.path.join(a.workdir, f"short_{a.short_hours}h_{a.size}.mp4")
     long = os.path.join(a.workdir, f"long_{a.hours}h_{a.size}.mp4")

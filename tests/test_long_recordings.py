@@ -69,6 +69,7 @@ def scorer(ray_local, tmp_path_factory):
     return d, man
 
 
+@pytest.mark.slow
 def test_a_recording_in_segments_reads_and_scores_as_in_one_piece(scorer, tmp_path):
     """The same videos extracted and scored (score --videos) whole and in segments of 5
     snippets (crops 5, chunks of 4 snippets: segments cut across chunks): the joined
