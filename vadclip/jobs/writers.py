@@ -152,6 +152,8 @@ class VideoWriter(Closable):
         # past ``segment`` snippets a segment is written (uncommitted) and let go
         st = self.pending.setdefault(vid, {"chunks": {}, "meta": row, "next": 0, "run": [], "held": 0,
                                            "start": 0, "staged": [], "keep": 0})
+        if int(row["chunk"]) < st["next"]:
+            return          # taken already (a retried task delivers a video's chunks again)
         st["chunks"][int(row["chunk"])] = np.asarray(row["features"], np.float32)
         snippets = int(row.get("snippets") or 0)
         if snippets:        # a chunk made once a truncation showed carries the snippets that decode
@@ -170,7 +172,7 @@ class VideoWriter(Closable):
             return
         self.pending.pop(vid)
         self.assembled.add(vid)
-        feats = np.concatenate(st["run"], axis=0) if st["run"] else np.zeros((0, *st["shape"]), np.float32)
+        feats = np.concatenate(st["run"], axis=0) if st["run"] else np.zeros((0, *st.get("shape", (1, 0))), np.float32)
         meta = dict(st["meta"])
         total = int(meta.get("snippets") or 0)
         if total and total - st["start"] < feats.shape[0]:
