@@ -16,7 +16,7 @@ the pipeline's memory, not the encoder's speed).  Side by side in one run:
   all of it, as before segments existed).
 
 For each: exit state, wall time, frames/s, the rows written, and the peak resident memory
-(``VmRSS``, sampled) of the decode tasks, the encoders, the writers (the actors that assemble,
+(``RssAnon`` and ``VmRSS``, sampled) of the decode tasks, the encoders, the writers (the actors that assemble,
 commit and score) and the driver — read from /proc every 0.2 s by the process titles Ray
 gives its workers (``ray::VideoWriter…``, ``…DecodeStage…``, ``…EncodeStage…``), nothing
 asked of the code measured.  Scratch: the recordings are on local disk and decoded in
@@ -70,12 +70,14 @@ def write_recording(path: str, hours: float, width: int, height: int, fps: int) 
 
 
 class Peaks:
-    """The highest resident memory (VmRSS) seen per role while a Ray worker process holds
-    that role's title (a pooled worker may have run other tasks before: its lifetime
-    VmHWM would not be the role's)."""
+    """The highest resident memory seen per role while a Ray worker process holds that
+    role's title (a pooled worker may have run other tasks before: its lifetime VmHWM would
+    not be the role's): ``anon``, the process's own memory (RssAnon), and ``rss`` (VmRSS),
+    which also counts the pages of Ray's shared object store the process has mapped and
+    touched (they grow with the bytes that passed through it, and are not its own)."""
 
     def __init__(self, every: float = 0.2) -> None:
-        self.peak = {r: 0 for r, _ in ROLES}
+        self.peak = {f"{r}_{k}": 0 for r, _ in ROLES for k in ("anon", "rss")}
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, args=(every,), daemon=True)
         self._t.start()
@@ -89,13 +91,14 @@ class Peaks:
                     title = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[0].decode("utf-8", "replace")
                     if not title.startswith("ray::"):
                         continue
-                    hwm = next(int(line.split()[1]) for line in open(f"/proc/{pid}/status")
-                               if line.startswith("VmRSS:"))
-                except (OSError, StopIteration, ValueError):
+                    got = {line.split(":")[0]: int(line.split()[1]) << 10 for line in open(f"/proc/{pid}/status")
+                           if line.startswith(("VmRSS:", "RssAnon:"))}
+                except (OSError, ValueError, IndexError):
                     continue
                 for role, keys in ROLES:
                     if any(k in title for k in keys):
-                        self.peak[role] = max(self.peak[role], hwm << 10)
+                        self.peak[f"{role}_rss"] = max(self.peak[f"{role}_rss"], got.get("VmRSS", 0))
+                        self.peak[f"{role}_anon"] = max(self.peak[f"{role}_anon"], got.get("RssAnon", 0))
 
     def stop(self) -> dict:
         self._stop.set()
@@ -133,7 +136,7 @@ def run_one(name: str, video: str, frames: int, fps: int, work: str, segment: in
             "feature_rows": feats.num_rows, "snippets": int(sum(feats.column("snippet_count").to_pylist())),
             "error_rows": errs, "score_rows": scores.num_rows,
             "scored_snippets": int(sum(scores.column("snippet_count").to_pylist())), "events": s.get("events"),
-            **{f"{r}_peak_mb": round(b / 2**20) for r, b in got.items()}}
+            **{f"{r}_mb": round(b / 2**20) for r, b in got.items()}}
 
 
 def main() -> None:
@@ -188,18 +191,19 @@ def main() -> None:
         results.append(json.loads(line[7:]))
         print(json.dumps(results[-1]), flush=True)
     cols = ["run", "hours", "segment_snippets", "wall_s", "frames_per_s", "feature_rows", "snippets", "error_rows",
-            "score_rows", "scored_snippets", "events", "decode_peak_mb", "encoder_peak_mb", "writer_peak_mb",
-            "driver_peak_mb"]
+            "score_rows", "scored_snippets", "events", "decode_anon_mb", "encoder_anon_mb", "writer_anon_mb",
+            "writer_rss_mb", "driver_peak_mb"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in results:
         print("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
     by = {r["run"]: r for r in results}
     if "short" in by and "long" in by:
-        print(f"writer peak, long / short: {by['long']['writer_peak_mb'] / max(1, by['short']['writer_peak_mb']):.3f}")
+        print(f"writer peak (own memory), long / short: "
+              f"{by['long']['writer_anon_mb'] / max(1, by['short']['writer_anon_mb']):.3f}")
     if "long" in by and "long_whole" in by:
-        print(f"writer peak, segments off / on (long): "
-              f"{by['long_whole']['writer_peak_mb'] / max(1, by['long']['writer_peak_mb']):.3f}")
+        print(f"writer peak (own memory), segments off / on (long): "
+              f"{by['long_whole']['writer_anon_mb'] / max(1, by['long']['writer_anon_mb']):.3f}")
 
 
 def shutil_rm(path: str) -> None:

@@ -314,6 +314,12 @@ def score_error(row: Dict[str, Any], e: Exception) -> str:
     return f"{row['path']}: {type(e).__name__}: {e}"
 
 
+# chunks of visual_length snippets scored in one forward pass: what a scorer's memory peaks
+# at (tens of MB a chunk), so the same for an hour as for a day (each chunk is scored on its
+# own, the official test's way: the batch changes no number)
+SCORE_CHUNK_BATCH = 8
+
+
 class Curves:
     """A video's per-snippet scores computed as its features come, a segment at a time
     (a long recording): each whole ``visual_length`` chunk is scored as it is complete
@@ -335,7 +341,7 @@ class Curves:
         x = f if self.rest is None else np.concatenate([self.rest, f])
         whole = x.shape[0] // self.model.cfg.visual_length * self.model.cfg.visual_length
         if whole:
-            a, p = score_video(self.model, x[:whole])
+            a, p = score_video(self.model, x[:whole], chunk_batch=SCORE_CHUNK_BATCH)
             self.anomaly.append(a)
             self.probs.append(p)
         self.rest = x[whole:]
@@ -344,7 +350,7 @@ class Curves:
         from vadclip.model.network import score_video
 
         if self.rest is not None and self.rest.shape[0]:
-            a, p = score_video(self.model, self.rest)
+            a, p = score_video(self.model, self.rest, chunk_batch=SCORE_CHUNK_BATCH)
             self.anomaly.append(a)
             self.probs.append(p)
         if not self.anomaly:
@@ -367,7 +373,7 @@ def score_features(model, features: Optional[np.ndarray], row: Dict[str, Any], o
 
     if curves is None:
         anomaly, probs = score_video(model, check_features(features, f"{row['path']} ({row['video_id']})",
-                                                           model.embed_dim))
+                                                           model.embed_dim), chunk_batch=SCORE_CHUNK_BATCH)
     else:
         if features is not None:
             curves.add(features)
