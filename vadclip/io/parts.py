@@ -108,11 +108,8 @@ class PartWriter:
                 k += 1
             rows = self.buf[:n]
             name = f"part-{self.run_id}-{self.parts:05d}.parquet"
-            schema = self.schema
-            if self.identities:
-                ids = {r["path"]: r.get("input_identity") or None for r in rows}
-                schema = schema.with_metadata({**(schema.metadata or {}), IDENTITY_KEY: json.dumps(ids).encode()})
-            table = pa.Table.from_pylist(rows, schema=schema)
+            table = pa.Table.from_pylist(rows, schema=with_identities(self.schema, rows) if self.identities
+                                         else self.schema)
             if self.guard is not None:
                 self.guard()
             write_part(self.dir, name, table, staged=[n for st in self.staged[:k] for n in st])
@@ -124,6 +121,13 @@ class PartWriter:
             if self.on_commit is not None:
                 self.on_commit(rows)
         self._oldest = None
+
+
+def with_identities(schema: pa.Schema, rows: Sequence[Dict[str, Any]]) -> pa.Schema:
+    """``schema`` with the identity of each row's input (``input_identity``, not a column)
+    kept per path in its metadata (:func:`read_identities`)."""
+    ids = {r["path"]: r.get("input_identity") or None for r in rows}
+    return schema.with_metadata({**(schema.metadata or {}), IDENTITY_KEY: json.dumps(ids).encode()})
 
 
 def write_part(directory: str, name: str, table: pa.Table, staged: Sequence[str] = (), commit: bool = True) -> str:
@@ -239,11 +243,21 @@ def _listing(directory: str):
     marked = {storage.basename(i.path) for i in counted}
     for i in counted:
         if i.size:          # a marker that commits staged parts with its own (a long recording's segments)
-            marked.update(_staged_by(i.path))
+            marked.update(_staged_by(i.path, i.mtime_ns))
     return sorted(n for n in names if _is_part(n)), marked
 
 
-def _staged_by(marker: str) -> List[str]:
+_STAGED: Dict[Tuple[str, Optional[int]], List[str]] = {}    # a marker's body, read once: markers never change
+
+
+def _staged_by(marker: str, mtime_ns: Optional[int] = None) -> List[str]:
+    key = (marker, mtime_ns)
+    if key not in _STAGED:
+        _STAGED[key] = _read_staged(marker)
+    return _STAGED[key]
+
+
+def _read_staged(marker: str) -> List[str]:
     try:
         body = storage.read_bytes(marker)
     except FileNotFoundError:       # removed since the listing (a run cleaning up)

@@ -193,14 +193,11 @@ def _join_segments(batch: pa.Table, schema: pa.Schema, where=None) -> pa.Table:
     import pyarrow.compute as pc
 
     from vadclip.io.features import whole_videos
-    from vadclip.io.parts import read_file
 
     rows = []
     for vid, parts in zip(batch.column("video_id").to_pylist(), batch.column("parts").to_pylist()):
-        for path in parts:
-            t = conform(read_file(path), schema)
-            t = t.filter(pc.equal(t.column("video_id"), vid))
-            rows.extend((t if where is None else t.filter(where)).to_pylist())
+        mine = pc.field("video_id") == vid
+        rows.extend(_read_parts(pa.table({"part": parts}), schema, mine if where is None else mine & where).to_pylist())
     return pa.Table.from_pylist(whole_videos(rows), schema=pa.schema(list(schema)))
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from vadclip.io.features import ERROR_SCHEMA, feature_row
-from vadclip.io.parts import IDENTITY_KEY, committed_values
+from vadclip.io.parts import committed_values, with_identities
 from vadclip.jobs.output import Closable, ResumableOutput, Ticker, block_columns, end_actors, helper_placement, shard_of
 
 
@@ -211,8 +211,7 @@ class VideoWriter(Closable):
                          decoder=str(row.get("decoder") or "") or None)
                     for c in range(seg.shape[1])]
             name = f"part-{self.run_id}-s{self.staged:05d}.parquet"
-            ids = {row["path"]: row["input_identity"] or None}
-            schema = self.schema.with_metadata({**(self.schema.metadata or {}), IDENTITY_KEY: json.dumps(ids).encode()})
+            schema = with_identities(self.schema, [row])
             if self.fw.guard is not None:
                 self.fw.guard()
             write_part(self.output.rows_dir, name, pa.Table.from_pylist(rows, schema=schema), commit=False)
