@@ -1,5 +1,6 @@
-"""Soak: an extraction of many short videos, 10% of them bad, with two encoder actors
-killed mid-job and the driver killed (SIGKILL) once, then the same command again.
+"""Soak: an extraction of many short videos, 10% of them bad, with two encoder actor
+processes SIGKILLed mid-job (at 20% and 50% of the videos written) and the driver killed
+(SIGKILL) once, then the same command again.
 
     python bench/soak.py [--videos 500] [--bad-fraction 0.1] [--workdir /tmp/vadclip_soak]
     python bench/soak.py --cluster --videos 1000
@@ -83,12 +84,9 @@ def main():
     good = [r["video_id"] for r in rows if r["video_id"] not in bad]
     print(f"archive: {len(rows)} videos ({len(bad)} bad) written in {time.time() - t0:.0f}s")
     out = os.path.join(a.workdir, "out")
-    victims = [good[len(good) // 5], good[len(good) // 2]]
     cmd = [sys.executable, "-m", "vadclip.cli", "extract", os.path.join(a.workdir, "videos", "manifest.csv"),
            "--out", out, "--tiny-clip", "--flush-seconds", "1", "--rows-per-file", "16"]
-    # fault injection (vadclip/jobs/faults.py): the encoder that meets each victim dies, once
-    faults = ";".join(f"encoder_exit={v}:{os.path.join(a.workdir, f'killed{i}')}" for i, v in enumerate(victims))
-    env = {**os.environ, "VADCLIP_PROGRESS_BARS": "0", "VADCLIP_INJECT_FAULTS": faults}
+    env = {**os.environ, "VADCLIP_PROGRESS_BARS": "0"}
     cluster = workers = None
     if a.cluster:
         from ray.cluster_utils import Cluster
@@ -101,7 +99,7 @@ def main():
         cmd += ["--address", cluster.address, "--num-encoders", "2", "--num-writers", "2"]
         print(f"cluster: head (0 CPUs) + 2 worker nodes of 4 CPUs at {cluster.address}")
     try:
-        _runs(a, cmd, env, out, rows, good, bad, victims, cluster, workers)
+        _runs(a, cmd, env, out, rows, good, bad, cluster, workers)
     finally:
         if cluster is not None:
             cluster.shutdown()
@@ -111,10 +109,47 @@ def _done(out):
     return len(ids(os.path.join(out, "features"))) + len(ids(os.path.join(out, "errors")))
 
 
-def _runs(a, cmd, env, out, rows, good, bad, victims, cluster, workers):
+ENCODER = b"ray::MapWorker(MapBatches(EncodeStage))"     # an encoder actor's process
+
+
+def _kill_an_encoder() -> bool:
+    """SIGKILL one encoder actor process of this machine (found by its Ray process
+    title), as the OOM killer or a crash would."""
+    for cmdline in glob.glob("/proc/[0-9]*/cmdline"):
+        try:
+            if open(cmdline, "rb").read().startswith(ENCODER):
+                os.kill(int(cmdline.split("/")[2]), signal.SIGKILL)
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _encoder_killer(out, total, at=(0.2, 0.5)):
+    """A thread that kills an encoder once the output holds each fraction ``at`` of the
+    videos (over both runs); returns (thread, kills made)."""
+    import threading
+
+    kills, stop = [], threading.Event()
+
+    def watch():
+        for frac in at:
+            while not stop.is_set() and not (_done(out) >= frac * total and _kill_an_encoder()):
+                time.sleep(0.2)
+            if stop.is_set():
+                return
+            kills.append(frac)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    return t, kills, stop
+
+
+def _runs(a, cmd, env, out, rows, good, bad, cluster, workers):
     import json
 
     t1 = time.time()
+    killer, kills, stop = _encoder_killer(out, len(rows))
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
     killed_at = None
     while p.poll() is None:
@@ -161,6 +196,7 @@ def _runs(a, cmd, env, out, rows, good, bad, victims, cluster, workers):
         print(stderr[-3000:])
         raise SystemExit("run 2 failed")
     elapsed = time.time() - t1
+    stop.set()
     if cluster is not None:
         s = json.loads(stdout[stdout.index("{"):])
         if node is None:
@@ -172,8 +208,7 @@ def _runs(a, cmd, env, out, rows, good, bad, victims, cluster, workers):
                   f"run 2 took {time.time() - t2:.0f}s")
     feats, errs = ids(os.path.join(out, "features")), ids(os.path.join(out, "errors"))
     fc, ec = Counter(feats), Counter(errs)
-    kills = sum(os.path.exists(os.path.join(a.workdir, f"killed{i}")) for i in range(len(victims)))
-    print(f"encoder actors killed: {kills}; driver kills: {int(killed_at is not None)}; "
+    print(f"encoder actors killed: {len(kills)}; driver kills: {int(killed_at is not None)}; "
           f"extraction {elapsed:.0f}s over both runs")
     print(f"videos in: {len(rows)}  feature rows out: {len(feats)}  error rows: {len(errs)}")
     print(f"duplicated: {sum(c - 1 for c in fc.values() if c > 1) + sum(c - 1 for c in ec.values() if c > 1)}  "

@@ -70,7 +70,17 @@ def init_local_ray():
     os.environ["VADCLIP_DATA_NO_PROGRESS_TIMEOUT_S"] = "120"
     os.environ["VADCLIP_PROGRESS_BARS"] = "0"
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=6, include_dashboard=False, log_to_driver=False)
+        # every worker starts with the tests' fault injection (tests/faultinject.py), inert
+        # until a test arms a fault in this folder
+        import tempfile
+
+        import faultinject
+
+        os.environ[faultinject.ENV] = tempfile.mkdtemp(prefix="vadclip-faults-")
+        here = os.path.dirname(os.path.abspath(__file__))
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
+        ray.init(address="local", num_cpus=6, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"worker_process_setup_hook": faultinject.HOOK})
     from vadclip.jobs.cluster import ensure_ray
 
     ensure_ray()
@@ -83,6 +93,15 @@ def ray_local():
     import ray
 
     ray.shutdown()
+
+
+@pytest.fixture
+def faults(ray_local):
+    """:mod:`faultinject`, its faults cleared after the test."""
+    import faultinject
+
+    yield faultinject
+    faultinject.disarm()
 
 
 @pytest.fixture(scope="session")

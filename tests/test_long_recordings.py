@@ -11,7 +11,7 @@ import pytest
 from vadclip import VadConfig, build_model
 from vadclip.io import parts
 from vadclip.io.features import FEATURE_SCHEMA, feature_meta, feature_row, read_feature_rows, row_features
-from vadclip.jobs.extract import ExtractOptions, feature_dir, run_extract
+from vadclip.jobs.extract import ExtractOptions, feature_dir
 from vadclip.jobs.score import ScoreOptions, run_score
 from vadclip.model.checkpoint import save_checkpoint
 from vadclip.model.config import ClipSpec

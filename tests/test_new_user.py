@@ -2,6 +2,7 @@
 one MLflow store, early input checks and one-line CLI errors (issue #9)."""
 import csv
 import logging
+import os
 import time
 
 import mlflow
@@ -220,17 +221,18 @@ def test_bad_inputs_fail_before_any_worker_with_one_line(ray_local, archive, tmp
     assert all(not client.search_runs([e.experiment_id]) for e in client.search_experiments())
 
 
-def test_failed_training_marks_its_mlflow_run_failed(ray_local, tmp_path, monkeypatch):
+def test_failed_training_marks_its_mlflow_run_failed(faults, tmp_path):
     from vadclip.jobs.train import run_train
 
     cfg = tiny_config("custom", classes=CLASSES, epochs=2, batch_size=2, visual_length=32)
     rows, _ = make_feature_set(cfg, 4, 4, 32, seed=1)
     write_feature_table(rows, str(tmp_path / "t.parquet"))
     uri = f"sqlite:///{tmp_path}/m.db"
-    monkeypatch.setenv("VADCLIP_INJECT_FAULTS", "raise_after_epoch=1")
+    fired = faults.arm("raise_after_epoch", 1)
     with pytest.raises(Exception):
         run_train(str(tmp_path / "t.parquet"), cfg, str(tmp_path / "runs"), run_name="doomed", num_workers=1,
                   cpus_per_worker=0.5, tracking_uri=uri, max_failures=0, log=lambda *_: None)
+    assert os.path.exists(fired)
     client = mlflow.tracking.MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("vadclip").experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]

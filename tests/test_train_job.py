@@ -78,17 +78,17 @@ def test_two_worker_training_registers_a_model(ray_local, feature_sets, tmp_path
 
 
 @pytest.mark.slow
-def test_worker_killed_mid_epoch_resumes_from_checkpoint(ray_local, feature_sets, tmp_path, monkeypatch):
+def test_worker_killed_mid_epoch_resumes_from_checkpoint(faults, feature_sets, tmp_path):
     """Rank 0's worker process dies (os._exit) half-way through epoch 2: Ray Train
     restarts the worker group, which resumes from the epoch-1 checkpoint."""
     cfg, d, _ = feature_sets
     cfg = cfg.replace(epochs=3)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("VADCLIP_INJECT_FAULTS", "exit_in_epoch=2")
+    fired = faults.arm("exit_in_epoch", 2)
     s = run_train(str(d / "train.parquet"), cfg, str(tmp_path / "runs"), run_name="crashy",
                   num_workers=2, tracking_uri=uri, max_failures=1,
                   log=lambda *_: None)
-    assert (tmp_path / "runs" / "crashy.failed-once").read_text() == "exit_in_epoch"   # it did die
+    assert os.path.exists(fired)                                       # it did die
     client = mlflow.tracking.MlflowClient(uri)
     epochs = [m.step for m in client.get_metric_history(s["mlflow_run_id"], "loss")]
     # epoch 1 was checkpointed before the kill; epoch 2 was redone from it, once, then epoch 3

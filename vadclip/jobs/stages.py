@@ -12,7 +12,6 @@ from typing import Any, Dict, Iterator, Optional
 import numpy as np
 
 from vadclip.clip.encoder import ClipImageEncoder
-from vadclip.jobs.faults import exit_once
 from vadclip.model.config import ClipSpec
 from vadclip.options import option
 from vadclip.video.decode import VideoError, fetched, identity_of, in_place, iter_snippet_chunks, video_file
@@ -247,12 +246,12 @@ class EncodeStage:
     (CUDA error, out of memory, its node lost) is the environment's: Ray Data restarts
     the actor and retries the batch (its defaults: without limit)."""
 
-    def __init__(self, opts: ExtractOptions, weights=None, exits=None, on_gpu: bool = False) -> None:
+    def __init__(self, opts: ExtractOptions, weights=None, on_gpu: bool = False) -> None:
         import torch
 
         from vadclip.clip.weights import activate
 
-        self.opts, self.exits = opts, exits or []   # exits: fault injection (vadclip.jobs.faults)
+        self.opts = opts
         import ray
 
         # the GPUs Ray gave this actor; a test-only switch (VADCLIP_TEST_GPU_WITHOUT_CUDA=1,
@@ -290,10 +289,7 @@ class EncodeStage:
         :class:`vadclip.clip.weights.Weights`, shared through Ray)."""
         from ray.data import ActorPoolStrategy
 
-        from vadclip.jobs.faults import encoder_exits
-
-        return {"fn_constructor_kwargs": {"opts": opts, "weights": weights, "exits": encoder_exits(),
-                                          "on_gpu": gpus > 0},
+        return {"fn_constructor_kwargs": {"opts": opts, "weights": weights, "on_gpu": gpus > 0},
                 "batch_size": 1, "batch_format": "numpy",
                 "compute": ActorPoolStrategy(size=opts.num_encoders), "num_gpus": gpus,
                 "num_cpus": 0 if gpus else 1}
@@ -301,8 +297,6 @@ class EncodeStage:
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, Any]:
         feats, errors, t0s, t1s = [], [], [], []
         for frames, err, path, vid in zip(batch["frames"], batch["error"], batch["path"], batch["video_id"]):
-            if self.exits:
-                exit_once(self.exits, vid)    # fault injection (tests, bench/soak.py): this actor dies, once
             t0s.append(time.time())
             if err or len(frames) == 0:
                 feats.append(np.zeros((0, self.opts.crops, self.enc.embed_dim), np.float32))

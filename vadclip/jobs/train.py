@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import tempfile
-import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -18,7 +17,6 @@ import numpy as np
 from vadclip.io import provenance, storage
 from vadclip.model.config import VadConfig
 from vadclip.io.gt import check_matches, read_gt
-from vadclip.jobs.faults import fault_due, train_faults
 from vadclip.options import ADDRESS_HELP, TRACKING_URI_HELP, option
 from vadclip.io.storage import redact
 
@@ -66,8 +64,6 @@ class WorkerConfig:
     micro_batch: Optional[int] = None
     mlflow_run_id: Optional[str] = None
     tracking_uri: Optional[str] = None
-    faults: Optional[Dict[str, int]] = None  # vadclip.jobs.faults (tests), with its once-only marker
-    fault_marker: Optional[str] = None
     epoch_lines: bool = True                 # rank 0 prints a line per epoch (else only its log file has them)
 
 
@@ -139,8 +135,7 @@ class _RayRank:
                               eval_every=wc.eval_every_samples, micro_batch=wc.micro_batch,
                               log=log.info if wc.epoch_lines else log.debug,
                               memory=self.memory,
-                              on_eval=lambda m, step: log_metrics(wc.mlflow_run_id, wc.tracking_uri, m, step),
-                              on_batch=self._fault_in_epoch)
+                              on_eval=lambda m, step: log_metrics(wc.mlflow_run_id, wc.tracking_uri, m, step))
         ckpt = ray.train.get_checkpoint()
         if ckpt is not None:
             with ckpt.as_directory() as d:
@@ -153,14 +148,6 @@ class _RayRank:
             self.loop.eval_rows = sorted(ray.train.get_dataset_shard("eval").iter_rows(),
                                          key=lambda r: (str(r["video_id"]), int(r["crop"])))
             self.loop.gt = wc.gt
-
-    def _fault_in_epoch(self, epoch: int, i: int, n: int) -> None:
-        if self.rank == 0 and i == n // 2 and fault_due(self.wc.faults, self.wc.fault_marker, "exit_in_epoch", epoch):
-            # this worker process dies in the middle of an epoch, once — a few seconds in,
-            # so that Train's controller has taken the last report (a checkpoint counts once
-            # the controller has it)
-            time.sleep(5)
-            os._exit(1)
 
     def report(self, metrics: Dict[str, Any], epoch: int) -> None:
         """Once per epoch on every rank; rank 0 with the checkpoint (resume state + model)."""
@@ -185,8 +172,6 @@ class _RayRank:
             steps = self.loop.steps(shard.labels, self.wc.max_steps_per_epoch)
             for epoch in range(self.loop.state.start_epoch, self.cfg.epochs):
                 self.report(self.loop.epoch(shard, epoch, steps), epoch)
-                if fault_due(self.wc.faults, self.wc.fault_marker, "raise_after_epoch", epoch):
-                    raise RuntimeError(f"injected failure after epoch {epoch + 1} (test of crash recovery)")
         finally:
             shard.close()
             self.memory.stop()
@@ -419,13 +404,11 @@ def _run_train(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_pat
                  "vadclip.feature_mismatch": checked["feature_mismatch"]},
                 [(train_path, "train", "training", checked["meta"])]
                 + ([(eval_path, "eval", "evaluation", checked["eval_meta"])] if eval_path else []))
-            faults = train_faults()
             worker = WorkerConfig(cfg=cfg_dict, metric=metric, recipe=o.recipe,
                                   eval_every_samples=o.eval_every_samples, has_eval=bool(eval_path), gt=gt,
                                   weights=share_weights(checked["weights"]),
                                   max_steps_per_epoch=o.max_steps_per_epoch, micro_batch=o.micro_batch,
-                                  mlflow_run_id=run_id, tracking_uri=with_credentials(tracking_uri), faults=faults,
-                                  fault_marker=storage.join(o.storage, o.run_name + ".failed-once") if faults else None,
+                                  mlflow_run_id=run_id, tracking_uri=with_credentials(tracking_uri),
                                   epoch_lines=o.epoch_lines)
             trainer = TorchTrainer(
                 train_loop_per_worker, train_loop_config={"worker": worker},

@@ -107,14 +107,13 @@ class EpochLoop:
                  device, per_rank: int, eval_rows=None, gt=None, eval_every: Optional[int] = None,
                  micro_batch: Optional[int] = None,
                  log: Callable[[str], None] = lambda _: None, memory: Optional[MemoryWatch] = None,
-                 on_eval: Optional[Callable[[Dict[str, Any], int], None]] = None,
-                 on_batch: Optional[Callable[[int, int, int], None]] = None):
+                 on_eval: Optional[Callable[[Dict[str, Any], int], None]] = None):
         self.model, self.core, self.opt, self.sched, self.cfg = model, core, opt, sched, cfg
         self.recipe, self.metric, self.ranks, self.device = recipe, metric, ranks, device
         self.per_rank, self.eval_rows, self.gt, self.micro_batch = per_rank, eval_rows, gt or {}, micro_batch
         self.global_batch = per_rank * ranks.world * (2 if cfg.balanced_batches else 1)
         self.eval_every = eval_every     # evaluate within epochs every this many samples (None: at epoch ends)
-        self.log, self.memory, self.on_eval, self.on_batch = log, memory, on_eval, on_batch
+        self.log, self.memory, self.on_eval = log, memory, on_eval
         self.state = LoopState()
 
     # -------------------------------------------------------------- resume state
@@ -178,8 +177,6 @@ class EpochLoop:
                           self.per_rank, steps)
         sums: Dict[str, float] = {}
         for i, b in enumerate(plan):
-            if self.on_batch:
-                self.on_batch(epoch, i, len(plan))
             for k, v in train_step(self.model, self.opt, shard.batch(b), self.cfg, self.device,
                                    self.micro_batch).items():
                 sums[k] = sums.get(k, 0.0) + v
