@@ -13,7 +13,10 @@ test asserts on that name that the fault really happened.
   as a process killed mid-batch does;
 * ``exit_in_epoch-N``: training rank 0 dies half-way through epoch N, a few seconds into
   it (so that Train's controller holds the checkpoint of epoch N-1);
-* ``raise_after_epoch-N``: a training rank raises once epoch N is reported."""
+* ``raise_after_epoch-N``: a training rank raises once epoch N is reported.
+
+On a node whose environment sets ``VADCLIP_TEST_GPU_WITHOUT_CUDA=1`` (the GPU nodes of
+Ray's fake autoscaling cluster) an encoder holds its GPU and encodes on the CPU."""
 from __future__ import annotations
 
 import functools
@@ -21,6 +24,7 @@ import os
 import time
 
 ENV = "VADCLIP_TEST_FAULTS_DIR"
+GPU_WITHOUT_CUDA = "VADCLIP_TEST_GPU_WITHOUT_CUDA"    # set on the nodes of Ray's fake autoscaling cluster
 HOOK = "faultinject.install"
 
 
@@ -52,10 +56,43 @@ def _fires(kind: str, value) -> bool:
 
 def install() -> None:
     """Run by Ray at the start of every worker process of the tests' jobs."""
-    if not os.environ.get(ENV):
+    if os.environ.get(GPU_WITHOUT_CUDA) == "1":
+        _gpu_without_cuda()
+    if os.environ.get(ENV):
+        _wrap_encoder()
+        _wrap_training()
+
+
+def job_env(env: dict, **more) -> dict:
+    """``env`` for a CLI process the tests start against a cluster of their own, its
+    workers set up by :func:`install` as ``ray job submit --runtime-env-json`` would."""
+    import json
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    return {**env, **more, "PYTHONPATH": os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")])),
+            "RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps({"runtime_env": {"worker_process_setup_hook": HOOK}})}
+
+
+def _gpu_without_cuda() -> None:
+    """Ray's fake autoscaling cluster declares GPU nodes that have no CUDA: an encoder
+    there holds the GPU Ray gave it and encodes on the CPU (vadclip itself fails a GPU
+    encoder without CUDA as the environment's problem)."""
+    import torch
+
+    from vadclip.jobs.stages import EncodeStage
+
+    init = EncodeStage.__init__
+    if torch.cuda.is_available():
         return
-    _wrap_encoder()
-    _wrap_training()
+
+    @functools.wraps(init)
+    def on_cpu(self, opts, weights=None, on_gpu=False):
+        import ray
+
+        init(self, opts, weights, on_gpu=False)
+        self.gpus = len(ray.get_gpu_ids()) if on_gpu else 0
+
+    EncodeStage.__init__ = on_cpu
 
 
 def _wrap_encoder() -> None:

@@ -13,9 +13,10 @@ Ray on the machine) and needs the wheel's missing ``example.yaml``, so this test
 the config itself, starts the head on ports and a temp dir of its own, and ends it by
 its own processes (those whose command line names that temp dir).
 
-A fake GPU node has no CUDA: the nodes get ``VADCLIP_TEST_GPU_WITHOUT_CUDA=1``, the
-test-only switch that lets an encoder hold its GPU and encode on the CPU (anywhere else
-a GPU encoder without CUDA fails as the environment's problem,
+A fake GPU node has no CUDA: the job's workers start with the tests' own set-up hook
+(``tests/faultinject.py``, through the job config ``ray job submit`` would pass), which on
+these nodes lets an encoder hold its GPU and encode on the CPU (vadclip itself fails a GPU
+encoder without CUDA as the environment's problem,
 ``test_extract.py::test_an_encoder_holding_a_gpu_without_cuda_fails_as_the_environments_problem``)."""
 import json
 import os
@@ -29,6 +30,8 @@ import tempfile
 import time
 
 import pytest
+
+import faultinject
 
 pytestmark = pytest.mark.slow
 
@@ -134,7 +137,9 @@ def fake_autoscaling_cluster():
     env = {**os.environ, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_AUTH_MODE": "token",
            "RAY_enable_autoscaler_v2": "1", "RAY_CLOUD_INSTANCE_ID": FAKE_HEAD_NODE_ID,
            "RAY_OVERRIDE_NODE_ID_FOR_TESTING": FAKE_HEAD_NODE_ID,
-           "VADCLIP_TEST_GPU_WITHOUT_CUDA": "1", "VADCLIP_PROGRESS_BARS": "0"}
+           "VADCLIP_PROGRESS_BARS": "0"}
+    # the tests' worker set-up (tests/faultinject.py): a fake GPU node's encoder encodes on the CPU
+    env = faultinject.job_env(env, **{faultinject.GPU_WITHOUT_CUDA: "1"})
     client_env = {k: v for k, v in env.items() if k not in ("RAY_CLOUD_INSTANCE_ID", "RAY_OVERRIDE_NODE_ID_FOR_TESTING")}
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
     cmd = [ray_bin, "start", "--head", f"--autoscaling-config={cfg}", "--num-cpus=0", "--num-gpus=0", f"--object-store-memory={400 * 2**20}",

@@ -254,11 +254,9 @@ class EncodeStage:
         self.opts = opts
         import ray
 
-        # the GPUs Ray gave this actor; a test-only switch (VADCLIP_TEST_GPU_WITHOUT_CUDA=1,
-        # for Ray's fake autoscaling cluster, whose GPU nodes have no CUDA) lets it hold
-        # them and encode on the CPU; anywhere else a GPU actor without CUDA fails clearly
+        # the GPUs Ray gave this actor; a GPU actor without CUDA fails clearly
         self.gpus = len(ray.get_gpu_ids()) if on_gpu else 0
-        if on_gpu and not torch.cuda.is_available() and os.environ.get("VADCLIP_TEST_GPU_WITHOUT_CUDA") != "1":
+        if on_gpu and not torch.cuda.is_available():
             from vadclip.errors import EnvironmentProblem
 
             raise EnvironmentProblem(f"encoder on node {ray.get_runtime_context().get_node_id()[:12]} holds a GPU "
