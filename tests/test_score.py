@@ -193,6 +193,42 @@ def test_bad_feature_rows_are_recorded_not_dropped(trained, tmp_path):
     assert "NaN" in errs["nan"]
 
 
+def _files(folder):
+    """{relative path: (size, mtime_ns)} of every file under ``folder``."""
+    import os
+
+    out = {}
+    for root, _, names in os.walk(folder):
+        for n in names:
+            st = os.stat(os.path.join(root, n))
+            out[os.path.relpath(os.path.join(root, n), folder)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def test_a_refused_score_run_changes_nothing_in_its_folders(trained, tmp_path, capsys):
+    """Everything `score --videos` can refuse (the crop asked for, the features folder's
+    provenance) is checked before its first lease: a refused run exits 2 in one line and
+    leaves every file of OUT as it was, score rows included (issue #43 item 3). Before, a
+    run that extraction's checks refused (`--crops 5` against features of one crop) had
+    already taken the scores folder's lease and rewritten its rule and model records."""
+    from cli_output import one_error_line
+    from vadclip.cli import main
+
+    d, test_man, _ = trained
+    out = tmp_path / "out"
+    s = run_score(str(d / "model.pt"), str(out), videos=str(d / "test.csv"), log=lambda *_: None)
+    assert s["videos_scored"] == len(test_man)
+    before = _files(out)
+    scan = ["score", "--model", str(d / "model.pt"), "--videos", str(d / "test.csv"), "--out", str(out),
+            "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]
+    capsys.readouterr()
+    for flags, named in ((["--rescore", "all", "--crop", "3"], "crop 3"), (["--crops", "5"], "crops")):
+        assert main(scan + flags) == 2, flags
+        one_error_line(capsys.readouterr().err, named)
+        assert _files(out) == before, flags
+    assert len(pq.read_table(str(out / "scores")).to_pylist()) == len(test_man)
+
+
 @pytest.mark.slow
 def test_calibrate_then_score_uses_the_operating_point(trained, tmp_path, capsys):
     """The user's path: `vadclip calibrate` on validation features stores the operating

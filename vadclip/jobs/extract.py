@@ -214,20 +214,27 @@ def manifest_corrections(items: List[Dict[str, Any]], rows_dir: str, skip: set) 
     return out
 
 
-def _plan(source: str, out_dir: str, opts: ExtractOptions, retry_failed: bool, log,
-          address: Optional[str] = None, on_changed=None, on_corrected=None) -> _Plan:
-    """What to do: the manifest, less what earlier runs did (unless its file changed).
-    Every check that can refuse the run comes before the output's lease is taken, so a
-    refused run changes nothing in the folder (and a live run writing it goes on).
-    Each committed part is fetched once for all of it (:func:`vadclip.io.parts.read_once`)."""
-    from vadclip.io.parts import read_once
+@dataclass
+class Checked:
+    """What :func:`check_run` found, before anything in the output folder changed."""
+    items: List[Dict[str, Any]]
+    output: ResumableOutput
+    opts: ExtractOptions
+    weights: Any
+    prov: Dict[str, Any]
+    ids: Tuple[Dict[str, Any], Dict[str, Any]]      # (done, failed) identities of the committed parts
+    listed: Dict[str, str]
+    changed: set
+    todo: List[Dict[str, Any]]
+    gpus: bool
 
-    with read_once():
-        return _plan_reads(source, out_dir, opts, retry_failed, log, address, on_changed, on_corrected)
 
-
-def _plan_reads(source: str, out_dir: str, opts: ExtractOptions, retry_failed: bool, log,
-                address: Optional[str], on_changed, on_corrected) -> _Plan:
+def check_run(source: str, out_dir: str, opts: ExtractOptions, retry_failed: bool, log,
+              address: Optional[str] = None) -> Checked:
+    """Every check that can refuse an extraction (the environment, the CLIP weights, the
+    manifest, the folder's provenance, the cluster's resources), reading the folder and
+    changing nothing in it: a refused run leaves the folder, and a live run writing it, as
+    they were.  ``score --videos`` runs it before it takes the scores folder's lease."""
     weights = _check_environment(opts, log)
     items = load_manifest(source)
     output = ResumableOutput(feature_dir(out_dir), errors_dir(out_dir))
@@ -239,9 +246,9 @@ def _plan_reads(source: str, out_dir: str, opts: ExtractOptions, retry_failed: b
     done_ids, failed_ids = output.identities()        # what the committed parts hold: read, nothing changed
     listed = {it["path"]: it["listed"] for it in items if it.get("listed")}
     changed = changed_inputs({**failed_ids, **done_ids}, listed)
-    todo, retried = _pending(items, done_ids, failed_ids, changed, retry_failed)
+    todo, _ = _pending(items, done_ids, failed_ids, changed, retry_failed)
     gpus = False
-    if todo:       # the cluster can run what is asked: before anything in the folder changes
+    if todo:       # the cluster can run what is asked
         from vadclip.jobs.cluster import ensure_ray, use_gpus
 
         ensure_ray(address)
@@ -249,16 +256,37 @@ def _plan_reads(source: str, out_dir: str, opts: ExtractOptions, retry_failed: b
         if opts.precision == "auto" and before is None:      # a new folder: auto resolves here, once
             opts = replace(opts, precision=_resolve_precision(opts, gpus, log))
             prov = feature_provenance(opts, weights)
+    return Checked(items, output, opts, weights, prov, (done_ids, failed_ids), listed, changed, todo, gpus)
+
+
+def _plan(source: str, out_dir: str, opts: ExtractOptions, retry_failed: bool, log,
+          address: Optional[str] = None, on_changed=None, on_corrected=None,
+          checked: Optional[Checked] = None) -> _Plan:
+    """What to do: the manifest, less what earlier runs did (unless its file changed).
+    Every check (:func:`check_run`, or ``checked`` where the caller ran it) comes before
+    the output's lease is taken.  Each committed part is fetched once for all of it
+    (:func:`vadclip.io.parts.read_once`)."""
+    from vadclip.io.parts import read_once
+
+    with read_once():
+        c = checked or check_run(source, out_dir, opts, retry_failed, log, address)
+        return _plan_leased(c, out_dir, retry_failed, log, on_changed, on_corrected)
+
+
+def _plan_leased(c: Checked, out_dir: str, retry_failed: bool, log, on_changed, on_corrected) -> _Plan:
+    """Under the output's lease: what changed since :func:`check_run` read the folder, the
+    rows of rewritten recordings dropped, manifest corrections applied."""
+    items, output, changed = c.items, c.output, set(c.changed)
+    done_ids, failed_ids = c.ids
     storage.makedirs(out_dir)
-    output.start(opts.wait, log)
+    output.start(c.opts.wait, log)
     try:
         # read again under the lease: what an earlier run's writers committed since the read
         # above (before they were fenced) is done too, never written a second time
         done_now, failed_now = output.identities()
         new = {p: i for p, i in {**failed_now, **done_now}.items() if p not in done_ids and p not in failed_ids}
-        if new:
-            changed |= changed_inputs(new, listed)
-            todo, retried = _pending(items, done_now, failed_now, changed, retry_failed)
+        changed |= changed_inputs(new, c.listed) if new else set()
+        todo, retried = _pending(items, done_now, failed_now, changed, retry_failed)
         _keep_ids(items, output.named())
         if changed:   # a video replaced at the same path (a camera's daily file rewritten): its rows go, it runs again
             drop_rows(output.rows_dir, "path", changed)
@@ -268,19 +296,23 @@ def _plan_reads(source: str, out_dir: str, opts: ExtractOptions, retry_failed: b
             log(f"[extract] {len(changed)} videos changed since their rows were written: processing them again")
         if retry_failed and retried:
             drop_rows(output.errors_dir, "path", retried)
-        corrected = manifest_corrections(items, output.rows_dir, changed)
-        if corrected:   # the manifest's columns for a done video changed: its rows follow, no decoding
-            from vadclip.io.parts import update_rows
-
-            update_rows(output.rows_dir, "path", corrected)
-            if on_corrected is not None:
-                on_corrected(corrected)
-            log(f"[extract] {len(corrected)} videos' manifest columns changed since their rows were written "
-                "(camera, site, start_time, label): their rows updated, nothing decoded again")
+        _correct(items, output, changed, on_corrected, log)
     except BaseException:
         output.release()      # a run that fails here leaves the folder to the next at once
         raise
-    return _Plan(items, todo, output, prov, weights, changed, gpus, precision=opts.precision)
+    return _Plan(items, todo, output, c.prov, c.weights, changed, c.gpus, precision=c.opts.precision)
+
+
+def _correct(items, output: ResumableOutput, changed: set, on_corrected, log) -> None:
+    corrected = manifest_corrections(items, output.rows_dir, changed)
+    if corrected:   # the manifest's columns for a done video changed: its rows follow, no decoding
+        from vadclip.io.parts import update_rows
+
+        update_rows(output.rows_dir, "path", corrected)
+        if on_corrected is not None:
+            on_corrected(corrected)
+        log(f"[extract] {len(corrected)} videos' manifest columns changed since their rows were written "
+            "(camera, site, start_time, label): their rows updated, nothing decoded again")
 
 
 def _pipeline(plan: _Plan, todo: List[Dict[str, Any]], opts: ExtractOptions, log):
@@ -436,25 +468,26 @@ def run_extract(source: str, out_dir: str, opts: ExtractOptions, retry_failed: b
 
 
 def extract_and(source: str, out_dir: str, opts: ExtractOptions, scorer=None, retry_failed: bool = False,
-                address: Optional[str] = None, log=None):
+                address: Optional[str] = None, log=None, checked: Optional[Checked] = None):
     """:func:`run_extract`, each assembled video also handed to ``scorer`` in its
-    writer (``score --videos``: one streaming pipeline).  Returns (summary, the writers'
+    writer (``score --videos``: one streaming pipeline, ``checked`` by
+    :func:`check_run` before the scores folder's lease).  Returns (summary, the writers'
     results)."""
     from vadclip.io.parts import read_once
 
     # the run's writers (on workers) add parts of new names and never rewrite one, so what
     # the plan fetched of the folder's parts also serves the totals after the run
     with read_once():
-        return _extract_and(source, out_dir, opts, scorer, retry_failed, address, log)
+        return _extract_and(source, out_dir, opts, scorer, retry_failed, address, log, checked)
 
 
 def _extract_and(source: str, out_dir: str, opts: ExtractOptions, scorer, retry_failed: bool,
-                 address: Optional[str], log):
+                 address: Optional[str], log, checked: Optional[Checked]):
     log = log or logging.getLogger("vadclip").info
     out_dir = storage.absolute(out_dir)
     plan = _plan(source, out_dir, opts, retry_failed, log, address,
                  on_changed=scorer.forget if scorer is not None else None,
-                 on_corrected=scorer.correct if scorer is not None else None)
+                 on_corrected=scorer.correct if scorer is not None else None, checked=checked)
     try:
         log(f"[extract] {len(plan.items)} videos: {len(plan.items) - len(plan.todo)} already done or failed earlier, "
             f"{len(plan.todo)} to process")
