@@ -162,6 +162,57 @@ def validation_footage(model, features: str, crop: int, gt, log,
     return out, ids, skipped
 
 
+def _choose(videos, base, target: Dict[str, Any], opts: "CalibrateOptions", chosen_by: Dict[str, Any],
+            features: str, log):
+    """(rule, its figures on the footage, the thresholds scanned, per-group points) for the
+    target: one point, or with ``--by`` one per group that has enough videos (the rest
+    keep the overall point; ``chosen_by`` records which, in place)."""
+    from vadclip.metrics.operating import calibrate, calibrate_by
+
+    if not opts.by:
+        rule, stats, scanned = calibrate(videos, base, **target)
+        return rule, stats, scanned, {}
+    if not any(v.group is not None for v in videos):
+        raise InputError(f"calibrate --by {opts.by}: no video of {features} has a {opts.by!r} value (its "
+                         f"manifest's {opts.by!r} column reaches the feature rows' meta)")
+    rule, stats, scanned, found_groups = calibrate_by(videos, base, max(1, opts.min_videos), **target)
+    groups = {g: x for g, x in found_groups.items() if "rule" in x}
+    kept = {g: x["fallback"] for g, x in found_groups.items() if "rule" not in x}
+    chosen_by.update(by=opts.by, min_videos=opts.min_videos, **({"fallback_groups": kept} if kept else {}))
+    for g, x in found_groups.items():
+        log(f"[calibrate] {opts.by} {g}: " + (
+            f"threshold {x['rule']['threshold']:.4g} ({x['videos']} videos, "
+            f"{x['on_validation']['false_alarms_per_hour']:.3g} false alarms per hour)" if "rule" in x
+            else f"the overall operating point ({x['fallback']})"))
+    return rule, stats, scanned, groups
+
+
+def _store(op: OperatingPoint, scanned, stats, model_uri: str, features: str, opts: "CalibrateOptions",
+           tracking_uri: Optional[str], experiment: str):
+    """The operating point logged (an MLflow run with its curve) and stored: on the model
+    version and/or in a file.  Returns (the MLflow run id, where it was stored)."""
+    from vadclip.report.html import plot_operating_curve
+    from vadclip.tracking.registry import store_operating_point
+    from vadclip.tracking.runs import log_calibration_run
+
+    fig = plot_operating_curve(scanned, stats, title=f"{model_uri} on {storage.basename(features)}")
+    try:
+        run_id = log_calibration_run(experiment, tracking_uri, model_uri, features, op, scanned, fig)
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    stored = []
+    where = store_operating_point(model_uri, tracking_uri, op.to_json(), run_id)
+    if where:
+        stored.append(f"{where} (model version tag)")
+    path = opts.operating_point or default_file(model_uri)
+    if path:
+        storage.write_text(storage.absolute(path), op.to_json())
+        stored.append(storage.absolute(path))
+    return run_id, stored
+
+
 def run_calibrate(model_uri: str, features: str, gt_path: Optional[str] = None,
                   opts: Optional[CalibrateOptions] = None, tracking_uri: Optional[str] = None,
                   experiment: str = "vadclip-calibrate", log=None) -> Dict[str, Any]:
@@ -170,10 +221,7 @@ def run_calibrate(model_uri: str, features: str, gt_path: Optional[str] = None,
     from vadclip.io.features import check_feature_set
     from vadclip.io.gt import check_matches, read_gt
     from vadclip.io.provenance import check_fit
-    from vadclip.metrics.operating import calibrate, calibrate_by
-    from vadclip.tracking.registry import MLFLOW_SCHEMES, load_scoring_model, pin_version, registered_version, \
-        store_operating_point
-    from vadclip.tracking.runs import log_calibration_run
+    from vadclip.tracking.registry import MLFLOW_SCHEMES, load_scoring_model, pin_version, registered_version
 
     log = log or logging.getLogger("vadclip").info
     opts = opts or CalibrateOptions()
@@ -196,42 +244,11 @@ def run_calibrate(model_uri: str, features: str, gt_path: Optional[str] = None,
     if gt is not None:
         check_matches(gt, gt_path, ids, f"the videos of {features}")
     chosen_by = dict(target, ground_truth=storage.absolute(gt_path) if gt_path else None)
-    groups: Dict[str, Dict[str, Any]] = {}
-    if opts.by:
-        if not any(v.group is not None for v in videos):
-            raise InputError(f"calibrate --by {opts.by}: no video of {features} has a {opts.by!r} value (its "
-                             f"manifest's {opts.by!r} column reaches the feature rows' meta)")
-        rule, stats, scanned, found_groups = calibrate_by(videos, base, max(1, opts.min_videos), **target)
-        groups = {g: x for g, x in found_groups.items() if "rule" in x}
-        kept = {g: x["fallback"] for g, x in found_groups.items() if "rule" not in x}
-        chosen_by.update(by=opts.by, min_videos=opts.min_videos, **({"fallback_groups": kept} if kept else {}))
-        for g, x in found_groups.items():
-            log(f"[calibrate] {opts.by} {g}: " + (
-                f"threshold {x['rule']['threshold']:.4g} ({x['videos']} videos, "
-                f"{x['on_validation']['false_alarms_per_hour']:.3g} false alarms per hour)" if "rule" in x
-                else f"the overall operating point ({x['fallback']})"))
-    else:
-        rule, stats, scanned = calibrate(videos, base, **{k: v for k, v in target.items()})
+    rule, stats, scanned, groups = _choose(videos, base, target, opts, chosen_by, features, log)
     op = OperatingPoint(rule, chosen_by=chosen_by, on_validation=stats, features=features, model=model_uri,
                         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                         by=opts.by, groups=groups)
-    from vadclip.report.html import plot_operating_curve
-
-    fig = plot_operating_curve(scanned, stats, title=f"{model_uri} on {storage.basename(features)}")
-    try:
-        run_id = log_calibration_run(experiment, tracking_uri, model_uri, features, op, scanned, fig)
-    finally:
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
-    stored = []
-    where = store_operating_point(model_uri, tracking_uri, op.to_json(), run_id)
-    if where:
-        stored.append(f"{where} (model version tag)")
-    path = opts.operating_point or default_file(model_uri)
-    if path:
-        storage.write_text(storage.absolute(path), op.to_json())
-        stored.append(storage.absolute(path))
+    run_id, stored = _store(op, scanned, stats, model_uri, features, opts, tracking_uri, experiment)
     hours = sum(v.hours for v in videos)
     step = 1.0 / stats["normal_hours"] if stats["normal_hours"] > 0 else float("inf")
     if opts.target_fa_per_hour is not None and step > opts.target_fa_per_hour:

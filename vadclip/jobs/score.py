@@ -703,26 +703,71 @@ def _run_counts(output: ResumableOutput) -> Dict[str, Any]:
             "failures": [r["error"] for r in errs]}
 
 
+@dataclass
+class _Checked:
+    """What :func:`_check_score` found, before any output folder changed."""
+    opts: "ScoreOptions"
+    operating: Dict[str, Any]
+    model: Any
+    version_uri: str
+    identity: Dict[str, Any]
+    found: Optional[Dict[str, Any]]      # the feature set's check (``--features``)
+    mismatch: Any
+    model_record: Dict[str, Any]
+    crop: int = 0                        # ``--videos``: the crop scored
+    extraction: Any = None               # ``--videos``: :class:`vadclip.jobs.extract.Checked`
+    model_uri: str = ""                  # as the user gave it
+
+
 def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, videos: Optional[str] = None,
               extract_opts=None, opts: Optional[ScoreOptions] = None, gt_path: Optional[str] = None,
               tracking_uri: Optional[str] = None, experiment: str = "vadclip-score",
               address: Optional[str] = None, log=None) -> Dict[str, Any]:
     """Score an archive.  Give ``features`` (a Parquet feature set) or ``videos`` (a
     manifest/dir/glob, extracted first into ``out_dir``/features with the model's CLIP).
-    Labels are optional; every distinct video gets exactly one row (resumable)."""
+    Labels are optional; every distinct video gets exactly one row (resumable).  Every
+    check that can refuse the run comes before its first lease (:func:`_check_score`)."""
     log = log or logging.getLogger("vadclip").info
-    import ray
-
-    from vadclip.model.checkpoint import checkpoint_dict, weights_digest
-    from vadclip.io.features import check_feature_set
-    from vadclip.io.gt import check_matches, read_gt
-    from vadclip.jobs.cluster import ensure_ray
-    from vadclip.tracking.registry import load_scoring_model, model_identity, pin_version
     from vadclip.io.storage import absolute
-    from vadclip.tracking.runs import log_scoring_run
 
     features, videos, gt_path, out_dir = map(absolute, (features, videos, gt_path, out_dir))
-    opts = opts or ScoreOptions()
+    c = _check_score(model_uri, out_dir, features, videos, extract_opts, opts or ScoreOptions(), gt_path,
+                     tracking_uri, address, log)
+    storage.makedirs(out_dir)
+    output = ResumableOutput(_scores_dir(out_dir), layout.score_errors_dir(out_dir))
+    run_id = output.start((extract_opts.wait if extract_opts is not None else 0.0), log)
+    try:
+        storage.write_text(storage.join(_scores_dir(out_dir), RULE_FILE),
+                           json.dumps(c.opts.rules_record(), sort_keys=True))
+        storage.write_text(storage.join(_scores_dir(out_dir), MODEL_FILE), json.dumps(c.model_record, sort_keys=True))
+        t0 = time.time()
+        done, extract_summary, features, rescored, n_dup = _score_all(c, out_dir, features, videos, output, run_id,
+                                                                       address, log)
+        summary = _summary(c, model_uri, out_dir, output, done, rescored, n_dup, time.time() - t0, extract_summary,
+                           log)
+        _finish(c, summary, model_uri, out_dir, features, gt_path, tracking_uri, experiment, run_id)
+        log(f"[score] {summary['videos_scored']} scored, {summary['videos_failed']} failed, {len(done)} already "
+            f"done; {summary['anomalous_videos']} flagged with {summary['events']} events; "
+            f"{summary['snippets_per_s']} snippets/s → {summary['output']}")
+        log(f"[score] review report: {summary['report']}")
+        return summary
+    finally:
+        output.release()
+
+
+def _check_score(model_uri: str, out_dir: str, features: Optional[str], videos: Optional[str], extract_opts,
+                 opts: "ScoreOptions", gt_path: Optional[str], tracking_uri: Optional[str], address: Optional[str],
+                 log) -> _Checked:
+    """Everything that can refuse a scoring run — the model and its operating point, the
+    ground truth, the feature set or (``--videos``) all that extraction checks, the crop —
+    reading the output folders and changing nothing in them."""
+    from vadclip.model.checkpoint import weights_digest
+    from vadclip.io.features import check_feature_set
+    from vadclip.io.gt import check_matches, read_gt
+    from vadclip.jobs.calibrate import model_operating_point
+    from vadclip.jobs.cluster import ensure_ray
+    from vadclip.tracking.registry import load_scoring_model, model_identity, pin_version
+
     if features is None and videos is None:
         raise InputError("give features= (a feature set) or videos= (raw videos)")
     gt = read_gt(gt_path) if gt_path else None   # a bad ground-truth file fails now, not after scoring
@@ -730,16 +775,13 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
     version_uri = pin_version(model_uri, tracking_uri)
     model = load_scoring_model(version_uri, tracking_uri)
     # the event rule: the flags given, else the model's operating point, else the default
-    from vadclip.jobs.calibrate import model_operating_point
-
     opts, operating = opts.resolve(*model_operating_point(version_uri, tracking_uri, opts.operating_point))
     log(f"[score] events: {operating['rule']} (operating point: {operating['source']}"
         f"{'; flags over it: ' + ', '.join(operating['flags_over_it']) if operating['flags_over_it'] else ''})")
     opts = replace(opts, model_version=version_uri)
-    cfg = model.cfg
     # a feature set that cannot fit the model fails before Ray starts
     found = check_feature_set(features, model.embed_dim, crop=opts.crop) if features is not None else None
-    mismatch = check_fit(cfg, features, f"the model {model_uri}", opts.allow_feature_mismatch, log) \
+    mismatch = check_fit(model.cfg, features, f"the model {model_uri}", opts.allow_feature_mismatch, log) \
         if features is not None else None
     # a scores folder holds one crop: resuming it with another stops here (a new model version does not)
     model_record = {"model": version_uri, "weights": weights_digest(model),
@@ -752,96 +794,125 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
                else [r["video_id"] for r in load_manifest(videos)])
         check_matches(gt, gt_path, ids, f"the videos of {features or videos}")
     ensure_ray(address)
-    storage.makedirs(out_dir)
-    output = ResumableOutput(_scores_dir(out_dir), layout.score_errors_dir(out_dir))
-    run_id = output.start((extract_opts.wait if extract_opts is not None else 0.0), log)
-    try:
-        storage.write_text(storage.join(_scores_dir(out_dir), RULE_FILE), json.dumps(opts.rules_record(), sort_keys=True))
-        storage.write_text(storage.join(_scores_dir(out_dir), MODEL_FILE), json.dumps(model_record, sort_keys=True))
-        t0 = time.time()
-        extract_summary = None
-        rescored = _drop_stale(out_dir, opts, log)   # --rescore: their rows go, they are scored below
-        done, _ = output.ids("video_id")           # scored by earlier runs
-        ckpt_ref = ray.put(checkpoint_dict(model))
-        todo = None                                 # None: every feature row not scored yet
-        if features is None:
-            # one streaming pipeline: decode → encode → the writers assemble each video, write
-            # its features and score it (then only videos left unscored by an interrupted
-            # run are scored from their features below)
-            from vadclip.jobs.extract import ExtractOptions, extract_and, feature_dir
+    c = _Checked(opts, operating, model, version_uri, identity, found, mismatch, model_record, model_uri=model_uri)
+    if videos is not None:
+        # everything extraction can refuse (weights, decoder, manifest, provenance, the --crop
+        # asked for) is checked before this run's first lease: a refused run changes no folder
+        from vadclip.io.parts import read_once
+        from vadclip.jobs.extract import ExtractOptions, check_run
 
-            eo = replace(extract_opts or ExtractOptions(), clip=cfg.clip, snippet_len=cfg.snippet_len)
-            crop = 0 if opts.crop is None else opts.crop
-            if not 0 <= crop < eo.crops:
-                raise InputError(f"--crop {crop}: the videos are extracted with --crops {eo.crops} (crops 0-{eo.crops - 1})")
-            scorer = Scorer(ckpt_ref, opts, crop, output, run_id, layout.events_dir(out_dir))
-            extract_summary, _ = extract_and(videos, out_dir, eo, scorer=scorer, address=address, log=log)
-            done -= scorer.forgotten           # rewritten recordings: scored again, not skipped
-            features = feature_dir(out_dir)
-            found = check_feature_set(features, model.embed_dim, crop=crop)
-            mismatch = check_fit(cfg, features, f"the model {model_uri}", opts.allow_feature_mismatch, log)
-            scored, failed_now = output.ids("video_id")
-            todo = sorted(_ids_at(found, crop) - scored - failed_now)
-        crop = found["crops"][0] if opts.crop is None else opts.crop
-        n_dup = 0
-        if todo is None or todo:
-            n_dup = _score_rounds(features, crop, todo, done, _ids_at(found, crop), ckpt_ref, opts, output, run_id,
-                                  list(cfg.class_keys), log)
-        n = _run_counts(output)
-        n_ok, n_err, n_snip = n["rows"], n["errors"], n["snippets"]
-        for line in n["failures"]:
-            log(f"[score] FAILED {line}")
-        elapsed = time.time() - t0
-        totals = output_totals(_scores_dir(out_dir))
-        summary: Dict[str, Any] = {
-            "videos_scored": n_ok, "videos_failed": n_err, "videos_skipped": len(done),
-            "duplicate_rows_ignored": n_dup, "videos_rescored": rescored,
-            "videos_total_in_output": totals["videos"], "anomalous_videos": totals["flagged"],
-            "scored_by": totals["scored_by"],     # {model version: videos of the folder it scored}
-            "events": totals["events"], "snippets": n_snip, "elapsed_s": round(elapsed, 3),
-            "snippets_per_s": round(n_snip / elapsed, 2) if elapsed > 0 else 0.0,
-            "output": _scores_dir(out_dir), "model_uri": model_uri, "model_version_uri": version_uri, **identity,
-            # the options, less model_version: the identity's number above stays, model_version_uri is the URI
-            "snippet_len": cfg.snippet_len, **{k: v for k, v in asdict(opts).items() if k != "model_version"},
-            "operating_point": operating,
-            "feature_mismatch": mismatch,
-        }
-        failed = layout.failed_videos(out_dir)      # the folder's, over every run: extraction's and scoring's
-        summary["videos_failed_total"] = len({r["video_id"] for r in failed})
-        summary["failed_videos"] = failed[:layout.FAILED_LISTED]
-        if extract_summary:
-            summary["extract"] = {k: extract_summary[k] for k in ("videos_ok", "videos_failed", "frames_per_s")}
-            summary["extract"]["decoders"] = extract_summary.get("decoders", [])
-        ev = ray.get(ray.remote(write_events).options(num_cpus=0.25, max_retries=3).remote(
-            out_dir, version_uri, asdict(opts)))             # in a task: the score rows stay off the driver
-        summary["events_table"], summary["events_table_rows"] = layout.events_dir(out_dir), ev["events"]
-        operating_here = None
-        if gt_path and totals["videos"]:
-            # frame-level AUC/AP need every frame score at once: one task on a worker reads them
-            # (this step alone grows with the archive), never the driver
-            task = ray.remote(ground_truth_figures).options(num_cpus=1, max_retries=3)
-            metrics, operating_here = ray.get(task.remote(_scores_dir(out_dir), gt_path, cfg.to_dict(), asdict(opts)))
-            summary.update(metrics)
+        eo = replace(extract_opts or ExtractOptions(), clip=model.cfg.clip, snippet_len=model.cfg.snippet_len)
+        c.crop = 0 if opts.crop is None else opts.crop
+        if not 0 <= c.crop < eo.crops:
+            raise InputError(f"--crop {c.crop}: the videos are extracted with --crops {eo.crops} "
+                             f"(crops 0-{eo.crops - 1})")
+        with read_once():
+            c.extraction = check_run(videos, out_dir, eo, False, log, address)
+    return c
 
-        def report(local_dir, on_figure):
-            rep = build_report(out_dir, summary, gt_path=gt_path, top_n=opts.max_plots, local_dir=local_dir,
-                               on_figure=on_figure, operating=operating_here, key_frames_of=key_frames_on_workers)
-            summary.update(report=rep["report"], plots=rep["videos_shown"], **rep["at_operating_point"])
 
-        log_scoring_run(experiment, tracking_uri, f"score-{run_id}",
-                        {"model_uri": model_uri, "features": features,
-                         **{k: v for k, v in asdict(opts).items() if k != "group_rules"}},
-                        {"vadclip.feature_mismatch": mismatch, "vadclip.operating_point": operating["source"]},
-                        features, summary, report, skip_metrics=asdict(opts))
-        storage.write_text(storage.join(out_dir, layout.SCORE_SUMMARY),
-                           json.dumps(storage.redact_all(summary), indent=2, default=float))
-        log(f"[score] {n_ok} scored, {n_err} failed, {len(done)} already done; "
-            f"{summary['anomalous_videos']} flagged with {summary['events']} events; "
-            f"{summary['snippets_per_s']} snippets/s → {summary['output']}")
-        log(f"[score] review report: {summary['report']}")
-        return summary
-    finally:
-        output.release()
+def _score_all(c: _Checked, out_dir: str, features: Optional[str], videos: Optional[str], output: ResumableOutput,
+               run_id: str, address: Optional[str], log):
+    """Under the lease: ``--rescore``'s rows dropped, then every video not scored yet
+    scored — for ``--videos`` in the extraction's own pipeline first, then whatever it
+    left (an interrupted run's features).  Returns (the ids done before, the extraction's
+    summary, the feature set scored, videos rescored, duplicate rows ignored)."""
+    import ray
+
+    from vadclip.io.features import check_feature_set
+    from vadclip.model.checkpoint import checkpoint_dict
+
+    opts, cfg, found = c.opts, c.model.cfg, c.found
+    extract_summary = None
+    rescored = _drop_stale(out_dir, opts, log)   # --rescore: their rows go, they are scored below
+    done, _ = output.ids("video_id")           # scored by earlier runs
+    ckpt_ref = ray.put(checkpoint_dict(c.model))
+    todo = None                                 # None: every feature row not scored yet
+    if videos is not None:
+        # one streaming pipeline: decode → encode → the writers assemble each video, write
+        # its features and score it (then only videos left unscored by an interrupted
+        # run are scored from their features below)
+        from vadclip.jobs.extract import extract_and, feature_dir
+
+        scorer = Scorer(ckpt_ref, opts, c.crop, output, run_id, layout.events_dir(out_dir))
+        extract_summary, _ = extract_and(videos, out_dir, c.extraction.opts, scorer=scorer, address=address, log=log,
+                                         checked=c.extraction)
+        done -= scorer.forgotten           # rewritten recordings: scored again, not skipped
+        features = feature_dir(out_dir)
+        found = check_feature_set(features, c.model.embed_dim, crop=c.crop)
+        c.mismatch = check_fit(cfg, features, f"the model {c.model_uri}", opts.allow_feature_mismatch, log)
+        scored, failed_now = output.ids("video_id")
+        todo = sorted(_ids_at(found, c.crop) - scored - failed_now)
+    crop = found["crops"][0] if opts.crop is None else opts.crop
+    n_dup = 0
+    if todo is None or todo:
+        n_dup = _score_rounds(features, crop, todo, done, _ids_at(found, crop), ckpt_ref, opts, output, run_id,
+                              list(cfg.class_keys), log)
+    return done, extract_summary, features, rescored, n_dup
+
+
+def _summary(c: _Checked, model_uri: str, out_dir: str, output: ResumableOutput, done: set, rescored: int,
+             n_dup: int, elapsed: float, extract_summary, log) -> Dict[str, Any]:
+    """The run's summary: this run's counts, the folder's totals over every run."""
+    n = _run_counts(output)
+    for line in n["failures"]:
+        log(f"[score] FAILED {line}")
+    totals = output_totals(_scores_dir(out_dir))
+    summary: Dict[str, Any] = {
+        "videos_scored": n["rows"], "videos_failed": n["errors"], "videos_skipped": len(done),
+        "duplicate_rows_ignored": n_dup, "videos_rescored": rescored,
+        "videos_total_in_output": totals["videos"], "anomalous_videos": totals["flagged"],
+        "scored_by": totals["scored_by"],     # {model version: videos of the folder it scored}
+        "events": totals["events"], "snippets": n["snippets"], "elapsed_s": round(elapsed, 3),
+        "snippets_per_s": round(n["snippets"] / elapsed, 2) if elapsed > 0 else 0.0,
+        "output": _scores_dir(out_dir), "model_uri": model_uri, "model_version_uri": c.version_uri, **c.identity,
+        # the options, less model_version: the identity's number above stays, model_version_uri is the URI
+        "snippet_len": c.model.cfg.snippet_len, **{k: v for k, v in asdict(c.opts).items() if k != "model_version"},
+        "operating_point": c.operating,
+        "feature_mismatch": c.mismatch,
+    }
+    failed = layout.failed_videos(out_dir)      # the folder's, over every run: extraction's and scoring's
+    summary["videos_failed_total"] = len({r["video_id"] for r in failed})
+    summary["failed_videos"] = failed[:layout.FAILED_LISTED]
+    if extract_summary:
+        summary["extract"] = {k: extract_summary[k] for k in ("videos_ok", "videos_failed", "frames_per_s")}
+        summary["extract"]["decoders"] = extract_summary.get("decoders", [])
+    return summary
+
+
+def _finish(c: _Checked, summary: Dict[str, Any], model_uri: str, out_dir: str, features: str,
+            gt_path: Optional[str], tracking_uri: Optional[str], experiment: str, run_id: str) -> None:
+    """After the scoring: the events table, the ground truth's figures, the report, the
+    MLflow run and the summary file (``summary`` completed in place)."""
+    import ray
+
+    from vadclip.tracking.runs import log_scoring_run
+
+    opts = c.opts
+    ev = ray.get(ray.remote(write_events).options(num_cpus=0.25, max_retries=3).remote(
+        out_dir, c.version_uri, asdict(opts)))             # in a task: the score rows stay off the driver
+    summary["events_table"], summary["events_table_rows"] = layout.events_dir(out_dir), ev["events"]
+    operating_here = None
+    if gt_path and summary["videos_total_in_output"]:
+        # frame-level AUC/AP need every frame score at once: one task on a worker reads them
+        # (this step alone grows with the archive), never the driver
+        task = ray.remote(ground_truth_figures).options(num_cpus=1, max_retries=3)
+        metrics, operating_here = ray.get(task.remote(_scores_dir(out_dir), gt_path, c.model.cfg.to_dict(),
+                                                      asdict(opts)))
+        summary.update(metrics)
+
+    def report(local_dir, on_figure):
+        rep = build_report(out_dir, summary, gt_path=gt_path, top_n=opts.max_plots, local_dir=local_dir,
+                           on_figure=on_figure, operating=operating_here, key_frames_of=key_frames_on_workers)
+        summary.update(report=rep["report"], plots=rep["videos_shown"], **rep["at_operating_point"])
+
+    log_scoring_run(experiment, tracking_uri, f"score-{run_id}",
+                    {"model_uri": model_uri, "features": features,
+                     **{k: v for k, v in asdict(opts).items() if k != "group_rules"}},
+                    {"vadclip.feature_mismatch": c.mismatch, "vadclip.operating_point": c.operating["source"]},
+                    features, summary, report, skip_metrics=asdict(opts))
+    storage.write_text(storage.join(out_dir, layout.SCORE_SUMMARY),
+                       json.dumps(storage.redact_all(summary), indent=2, default=float))
 
 
 def key_frames_on_workers(rows: List[Dict[str, Any]], snippet_len: int) -> List[list]:

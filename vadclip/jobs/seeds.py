@@ -140,35 +140,12 @@ def config_label(overrides: Dict[str, Any]) -> str:
     return "_".join(f"{k}{v}" for k, v in overrides.items()).replace("+", "") or "base"
 
 
-def run_seeds(train_path: str, cfg, eval_path: Optional[str], gt_path: Optional[str], o=None, log=None,
-              **options: Any) -> Dict[str, Any]:
-    """Train one model per seed of ``o.seeds``/``o.repeats`` (and per point of ``o.grid``)
-    concurrently (``o``: :class:`TrainOptions`, or its fields as keyword arguments);
-    returns per configuration the per-seed results and their aggregate,
-    the best configuration (by the mean of the selection metric over its seeds), its
-    best seed and that seed's registration."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
+def _start_runs(o, cfg, grid, seeds: List[int], metric: str, at_once: int):
+    """The MLflow runs above the seeds' (a grid run with ``--grid``, a parent per
+    configuration), started; returns (the grid run or None, the configurations)."""
     from vadclip.io import storage
-    from vadclip.jobs.cluster import ensure_ray
-    from vadclip.jobs.train import check_inputs
-    from vadclip.tracking.registry import log_and_register
-    from vadclip.tracking.runs import TrainingRun, log_grid_summary, with_credentials
-    from vadclip.jobs.train import TrainOptions, selection_metric
-    from vadclip.train.recipes import get_recipe
+    from vadclip.tracking.runs import TrainingRun
 
-    o = dataclasses.replace(o or TrainOptions(), **options)
-    log = log or logging.getLogger("vadclip").info
-    seeds = parse_seeds(o.seeds, o.repeats, cfg.seed) if (o.seeds or o.repeats) else [cfg.seed]
-    grid = parse_grid(o.grid, cfg)
-    train_path, eval_path, gt_path = map(storage.absolute, (train_path, eval_path, gt_path))
-    o = dataclasses.replace(o, storage=storage.absolute(o.storage))
-    metric = o.metric or get_recipe(o.recipe).default_metric(cfg.preset)
-    check_inputs(train_path, cfg, eval_path, gt_path, o.eval_crop, o.allow_feature_mismatch, log)  # fail before Ray
-    ensure_ray(o.address)
-    n = len(seeds) * len(grid)
-    at_once = o.max_concurrent or concurrency(o.num_workers, o.cpus_per_worker, o.use_gpu, n)
     top = None
     if o.grid:
         top = TrainingRun(o.experiment, o.tracking_uri, o.run_name, storage.join(o.storage, o.run_name) + "#grid")
@@ -182,68 +159,118 @@ def run_seeds(train_path: str, cfg, eval_path: Optional[str], gt_path: Optional[
                           "preset": cfg.preset, **{f"grid_{k}": v for k, v in over.items()}},
                          {"vadclip.seeds": ",".join(map(str, seeds)), "vadclip.max_concurrent": str(at_once)}, [])
         points.append({"config": over, "name": name, "parent": parent, "cfg": cfg.replace(**over)})
-    log(f"[train] {len(grid)} configuration(s) x {len(seeds)} seeds ({', '.join(map(str, seeds))}), {at_once} "
-        f"at a time; MLflow {'grid run ' + top.run_id if top else 'parent run ' + points[0]['parent'].run_id}")
+    return top, points
+
+
+def _train_all(train_path: str, eval_path: Optional[str], gt_path: Optional[str], o, points, seeds: List[int],
+               metric: str, at_once: int, log) -> Dict[Any, Dict[str, Any]]:
+    """Every (configuration, seed) trained, ``at_once`` at a time, each a Ray task of its
+    own on this node; one that fails lets the others finish, then the job fails (a
+    re-run resumes).  Returns {(configuration index, seed): result}."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from vadclip.tracking.runs import with_credentials
+
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     task = ray.remote(_train_seed).options(num_cpus=0, scheduling_strategy=here, max_retries=0)
     results: Dict[Any, Dict[str, Any]] = {}
     failed: Dict[Any, str] = {}
     pending: Dict[Any, Any] = {}
     queue = [(k, s) for k in range(len(points)) for s in seeds]
+    while queue or pending:
+        while queue and len(pending) < at_once:
+            k, s = queue.pop(0)
+            pt = points[k]
+            one = dataclasses.replace(o, seeds=None, repeats=None, grid=None, register_name=None, log_model=False,
+                                      tracking_uri=with_credentials(pt["parent"].tracking_uri),
+                                      run_name=f"{pt['name']}-seed{s}", mlflow_parent_run_id=pt["parent"].run_id)
+            pending[task.remote(train_path, pt["cfg"].to_dict(), eval_path, gt_path, one, s, False)] = (k, s)
+        done, _ = ray.wait(list(pending), num_returns=1)
+        k, s = pending.pop(done[0])
+        what = f"seed {s}" + (f" of {points[k]['name']}" if o.grid else "")
+        try:
+            results[(k, s)] = ray.get(done[0])
+            m = results[(k, s)]["best_metrics"]
+            log(f"[train] {what}: best {metric} {m.get(metric, float('nan')):.4f} at epoch {m.get('epoch')}")
+        except Exception as e:   # the others go on; the job fails at the end, a re-run resumes
+            failed[(k, s)] = str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__
+            log(f"[train] {what} FAILED: {failed[(k, s)]}")
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(points) * len(seeds)} trainings failed ("
+                           + "; ".join(f"seed {s} of {points[k]['name']}: {m}" for (k, s), m in failed.items())
+                           + "); run the same command again to resume them")
+    return results
+
+
+def _choose(points, seeds: List[int], metric: str, results, top, o, at_once: int, log):
+    """Each configuration's aggregate over its seeds, the best configuration (by the mean
+    of the selection metric) and its best seed, registered.  Returns (summary, chosen)."""
+    from vadclip.jobs.train import selection_metric
+    from vadclip.tracking.registry import log_and_register
+    from vadclip.tracking.runs import log_grid_summary
+
+    def selection(r):
+        v = selection_metric(r["best_metrics"], metric)[1]
+        return v if math.isfinite(v) else -math.inf
+
+    for k, pt in enumerate(points):
+        per_seed = [results[(k, s)] for s in seeds]
+        pt["aggregate"] = aggregate([r["best_metrics"] for r in per_seed])
+        pt["per_seed"] = per_seed
+        pt["best"] = max(per_seed, key=selection)
+        pt["mean"] = float(np.mean([selection(r) for r in per_seed]))
+        _log_point(pt, metric, o.tracking_uri)
+    chosen = max(points, key=lambda p: p["mean"])
+    best = chosen["best"]
+    if top is not None:
+        log_grid_summary(top.run_id, top.tracking_uri, metric,
+                         [{"label": config_label(p["config"]), "config": p["config"], "aggregate": p["aggregate"],
+                           "run_id": p["parent"].run_id} for p in points], config_label(chosen["config"]))
+    summary = _point_summary(chosen, seeds, metric)
+    summary.update({"max_concurrent": at_once, "tracking_uri": redact(chosen["parent"].tracking_uri)})
+    if top is not None:
+        summary = {"grid": [dict(_point_summary(p, seeds, metric), config=p["config"]) for p in points],
+                   "best_config": chosen["config"], "seeds": seeds, "metric": metric, "max_concurrent": at_once,
+                   "best_seed": best["seed"], "best_checkpoint": best["best_checkpoint"],
+                   "best_metrics": best["best_metrics"], "mlflow_grid_run_id": top.run_id,
+                   "tracking_uri": redact(top.tracking_uri)}
+    summary.update(log_and_register(best["best_checkpoint"], best["mlflow_run_id"], chosen["parent"].tracking_uri,
+                                    o.register_name, o.alias, selection_metric(best["best_metrics"], metric)[0],
+                                    selection(best), best_epoch=best["best_metrics"].get("epoch"), log=log))
+    return summary, chosen
+
+
+def run_seeds(train_path: str, cfg, eval_path: Optional[str], gt_path: Optional[str], o=None, log=None,
+              **options: Any) -> Dict[str, Any]:
+    """Train one model per seed of ``o.seeds``/``o.repeats`` (and per point of ``o.grid``)
+    concurrently (``o``: :class:`TrainOptions`, or its fields as keyword arguments);
+    returns per configuration the per-seed results and their aggregate,
+    the best configuration (by the mean of the selection metric over its seeds), its
+    best seed and that seed's registration."""
+    from vadclip.io import storage
+    from vadclip.jobs.cluster import ensure_ray
+    from vadclip.jobs.train import TrainOptions, check_inputs
+    from vadclip.train.recipes import get_recipe
+
+    o = dataclasses.replace(o or TrainOptions(), **options)
+    log = log or logging.getLogger("vadclip").info
+    seeds = parse_seeds(o.seeds, o.repeats, cfg.seed) if (o.seeds or o.repeats) else [cfg.seed]
+    grid = parse_grid(o.grid, cfg)
+    train_path, eval_path, gt_path = map(storage.absolute, (train_path, eval_path, gt_path))
+    o = dataclasses.replace(o, storage=storage.absolute(o.storage))
+    metric = o.metric or get_recipe(o.recipe).default_metric(cfg.preset)
+    check_inputs(train_path, cfg, eval_path, gt_path, o.eval_crop, o.allow_feature_mismatch, log)  # fail before Ray
+    ensure_ray(o.address)
+    n = len(seeds) * len(grid)
+    at_once = o.max_concurrent or concurrency(o.num_workers, o.cpus_per_worker, o.use_gpu, n)
+    top, points = _start_runs(o, cfg, grid, seeds, metric, at_once)
+    log(f"[train] {len(grid)} configuration(s) x {len(seeds)} seeds ({', '.join(map(str, seeds))}), {at_once} "
+        f"at a time; MLflow {'grid run ' + top.run_id if top else 'parent run ' + points[0]['parent'].run_id}")
     runs = [p["parent"] for p in points] + ([top] if top else [])
     try:
-        while queue or pending:
-            while queue and len(pending) < at_once:
-                k, s = queue.pop(0)
-                pt = points[k]
-                one = dataclasses.replace(o, seeds=None, repeats=None, grid=None, register_name=None, log_model=False,
-                                          tracking_uri=with_credentials(pt["parent"].tracking_uri),
-                                          run_name=f"{pt['name']}-seed{s}", mlflow_parent_run_id=pt["parent"].run_id)
-                pending[task.remote(train_path, pt["cfg"].to_dict(), eval_path, gt_path, one, s, False)] = (k, s)
-            done, _ = ray.wait(list(pending), num_returns=1)
-            k, s = pending.pop(done[0])
-            what = f"seed {s}" + (f" of {points[k]['name']}" if o.grid else "")
-            try:
-                results[(k, s)] = ray.get(done[0])
-                m = results[(k, s)]["best_metrics"]
-                log(f"[train] {what}: best {metric} {m.get(metric, float('nan')):.4f} at epoch {m.get('epoch')}")
-            except Exception as e:   # the others go on; the job fails at the end, a re-run resumes
-                failed[(k, s)] = str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__
-                log(f"[train] {what} FAILED: {failed[(k, s)]}")
-        if failed:
-            raise RuntimeError(f"{len(failed)} of {n} trainings failed ("
-                               + "; ".join(f"seed {s} of {points[k]['name']}: {m}" for (k, s), m in failed.items())
-                               + "); run the same command again to resume them")
-
-        def selection(r):
-            v = selection_metric(r["best_metrics"], metric)[1]
-            return v if math.isfinite(v) else -math.inf
-
-        for k, pt in enumerate(points):
-            per_seed = [results[(k, s)] for s in seeds]
-            pt["aggregate"] = aggregate([r["best_metrics"] for r in per_seed])
-            pt["per_seed"] = per_seed
-            pt["best"] = max(per_seed, key=selection)
-            pt["mean"] = float(np.mean([selection(r) for r in per_seed]))
-            _log_point(pt, metric, o.tracking_uri)
-        chosen = max(points, key=lambda p: p["mean"])
-        best = chosen["best"]
-        if top is not None:
-            log_grid_summary(top.run_id, top.tracking_uri, metric,
-                             [{"label": config_label(p["config"]), "config": p["config"], "aggregate": p["aggregate"],
-                               "run_id": p["parent"].run_id} for p in points], config_label(chosen["config"]))
-        summary = _point_summary(chosen, seeds, metric)
-        summary.update({"max_concurrent": at_once, "tracking_uri": redact(chosen["parent"].tracking_uri)})
-        if top is not None:
-            summary = {"grid": [dict(_point_summary(p, seeds, metric), config=p["config"]) for p in points],
-                       "best_config": chosen["config"], "seeds": seeds, "metric": metric, "max_concurrent": at_once,
-                       "best_seed": best["seed"], "best_checkpoint": best["best_checkpoint"],
-                       "best_metrics": best["best_metrics"], "mlflow_grid_run_id": top.run_id,
-                       "tracking_uri": redact(top.tracking_uri)}
-        summary.update(log_and_register(best["best_checkpoint"], best["mlflow_run_id"], chosen["parent"].tracking_uri,
-                                        o.register_name, o.alias, selection_metric(best["best_metrics"], metric)[0],
-                                        selection(best),
-                                        best_epoch=best["best_metrics"].get("epoch"), log=log))
+        results = _train_all(train_path, eval_path, gt_path, o, points, seeds, metric, at_once, log)
+        summary, chosen = _choose(points, seeds, metric, results, top, o, at_once, log)
     except BaseException:
         for r in runs:
             r.end(ok=False)

@@ -3,7 +3,6 @@ resources it takes: decode (tasks: one manifest row → the video's snippet fram
 chunks) and encode (an actor pool running the frozen CLIP image tower)."""
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -88,7 +87,7 @@ class ExtractOptions:
         return max(1, self.batch_size // self.crops)
 
 
-NO_TIMES = {"snippets": 0, "frames_listed": 0, "times": ""}   # an error row's
+NO_TIMES = {"snippets": 0, "frames_listed": 0, "times": np.zeros(0, np.float64)}   # an error row's
 
 
 class DecodeStage:
@@ -142,12 +141,12 @@ class DecodeStage:
                 for k, frames in enumerate(chunks):
                     # the last chunk's values are the video's (a truncation shows by then):
                     # the frames that decode, their rate, the snippets they make and, for a
-                    # variable-frame-rate file, where each snippet starts (JSON; "" for none)
+                    # variable-frame-rate file, where each snippet starts (seconds; none: empty)
                     times = info.snippet_times(opts.snippet_len) if k == n_chunks - 1 else None
                     yield dict(base, chunk=k, n_chunks=n_chunks, fps=info.fps, num_frames=info.num_frames,
                                frames=frames, error="", decoder=info.decoder,
                                snippets=info.snippet_count(opts.snippet_len), frames_listed=info.frames_listed,
-                               times=json.dumps(times) if times else "")
+                               times=np.asarray(times or (), np.float64))
         except VideoError as e:
             yield dict(base, chunk=-1, n_chunks=0, fps=0.0, num_frames=0, frames=empty, error=str(e), decoder="",
                        **NO_TIMES)

@@ -320,20 +320,84 @@ def run_train(train_path: str, cfg: VadConfig, storage_path: Optional[str] = Non
     return _run_train(train_path, cfg, eval_path, gt_path, o, log or logging.getLogger("vadclip").info)
 
 
-def _run_train(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_path: Optional[str],
-               o: TrainOptions, log) -> Dict[str, Any]:
-    import ray
-    import ray.data
-    import ray.train
+def _datasets(train_path: str, eval_path: Optional[str], checked: Dict[str, Any], cfg: VadConfig,
+              num_workers: int) -> Dict[str, Any]:
+    """A Ray dataset per rank (its videos dealt by the seed, normal and abnormal alike on
+    every rank, not by the order Ray Data delivers blocks in: a seed trains the same way
+    twice), and the evaluation crop's rows."""
     import pyarrow.compute as pc
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     from vadclip.errors import InputError
     from vadclip.io.features import FEATURE_SCHEMA
     from vadclip.io.parts import dataset_files
-    from vadclip.jobs.cluster import ensure_ray, share_weights
     from vadclip.jobs.output import parts_dataset
+    from vadclip.train.batches import deal
+
+    hands = deal([(r["video_id"], r["label"]) for r in checked["meta"].select(["video_id", "label"]).to_pylist()],
+                 cfg, num_workers, cfg.seed)
+    if any(not h for h in hands):
+        raise InputError(f"{train_path}: {len(checked['labels'])} training rows cannot be shared by {num_workers} "
+                         "workers; use fewer workers")
+    files = dataset_files(train_path)
+    datasets = {_shard_name(r): parts_dataset(files, FEATURE_SCHEMA, pc.field("video_id").isin(list(hand))).map_batches(
+        _prep_batch, fn_kwargs={"cfg_dict": cfg.to_dict()}, batch_size=16, batch_format="numpy")
+        for r, hand in enumerate(hands)}
+    if eval_path:
+        datasets["eval"] = parts_dataset(dataset_files(eval_path), FEATURE_SCHEMA,
+                                         pc.field("crop") == checked["eval_crop"])
+    return datasets
+
+
+def _fit(o: TrainOptions, worker: WorkerConfig, datasets: Dict[str, Any], best_path: str) -> Dict[str, Any]:
+    """Ray Train's run (resumed from its checkpoints, restarted after failures up to
+    ``o.max_failures``); the best checkpoint uploaded to ``best_path``; its metrics."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    trainer = TorchTrainer(
+        train_loop_per_worker, train_loop_config={"worker": worker},
+        scaling_config=ScalingConfig(num_workers=o.num_workers, use_gpu=o.use_gpu,
+                                     resources_per_worker={"CPU": o.cpus_per_worker,
+                                                           **({"GPU": 1} if o.use_gpu else {})}),
+        run_config=RunConfig(name=o.run_name, storage_path=o.storage, logging_config=_train_logging(),
+                             failure_config=FailureConfig(max_failures=o.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=3, checkpoint_score_attribute="score",
+                                                                checkpoint_score_order="max")),
+        datasets=datasets, dataset_config=DataConfig(datasets_to_split=[]),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    best_ckpt, best_metrics = max(result.best_checkpoints, key=lambda cm: cm[1].get("score", -np.inf))
+    with best_ckpt.as_directory() as d:
+        storage.upload(os.path.join(d, CKPT_FILE), best_path)
+    return best_metrics
+
+
+def _register(o: TrainOptions, best_path: str, best_metrics: Dict[str, Any], metric: str, run_id: str,
+              tracking_uri: str, seed: int, log) -> Dict[str, Any]:
+    """The training's summary; its best model logged to MLflow and registered (unless it is
+    one seed of many: the best of them is registered afterwards)."""
+    from vadclip.tracking.registry import log_and_register
+    from vadclip.tracking.runs import log_metrics
+
+    summary = {"best_checkpoint": best_path, "best_metrics": {k: v for k, v in best_metrics.items()
+                                                              if isinstance(v, (int, float))},
+               "metric": metric, "mlflow_run_id": run_id, "tracking_uri": redact(tracking_uri), "seed": seed}
+    reg_metric, best_value = selection_metric(best_metrics, metric)
+    summary["metric"] = reg_metric
+    if o.log_model:
+        summary.update(log_and_register(best_path, run_id, tracking_uri, o.register_name, o.alias, reg_metric,
+                                        best_value, best_epoch=best_metrics.get("epoch"), log=log))
+    else:
+        log_metrics(run_id, tracking_uri, {f"best_{reg_metric}": best_value}, 0)
+    return summary
+
+
+def _run_train(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_path: Optional[str],
+               o: TrainOptions, log) -> Dict[str, Any]:
+    from vadclip.errors import InputError
+    from vadclip.jobs.cluster import ensure_ray, share_weights
     from vadclip.tracking.runs import TrainingRun, with_credentials
 
     from vadclip.train.batches import batch_plan
@@ -361,22 +425,7 @@ def _run_train(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_pat
     except ValueError as exc:
         raise InputError(f"{train_path}: {exc}") from None
     cfg_dict = cfg.to_dict()
-    # each rank's videos are dealt by the seed (normal and abnormal alike on every rank), not
-    # by the order in which Ray Data happens to deliver blocks: a seed trains the same way twice
-    from vadclip.train.batches import deal
-
-    hands = deal([(r["video_id"], r["label"]) for r in checked["meta"].select(["video_id", "label"]).to_pylist()],
-                 cfg, o.num_workers, cfg.seed)
-    if any(not h for h in hands):
-        raise InputError(f"{train_path}: {len(labels)} training rows cannot be shared by {o.num_workers} workers; "
-                         "use fewer workers")
-    files = dataset_files(train_path)
-    datasets = {_shard_name(r): parts_dataset(files, FEATURE_SCHEMA, pc.field("video_id").isin(list(hand))).map_batches(
-        _prep_batch, fn_kwargs={"cfg_dict": cfg_dict}, batch_size=16, batch_format="numpy")
-        for r, hand in enumerate(hands)}
-    if eval_path:
-        datasets["eval"] = parts_dataset(dataset_files(eval_path), FEATURE_SCHEMA,
-                                         pc.field("crop") == checked["eval_crop"])
+    datasets = _datasets(train_path, eval_path, checked, cfg, o.num_workers)
 
     run = TrainingRun(o.experiment, o.tracking_uri, o.run_name, storage.join(o.storage, o.run_name),
                       parent_run_id=o.mlflow_parent_run_id)
@@ -410,40 +459,10 @@ def _run_train(train_path: str, cfg: VadConfig, eval_path: Optional[str], gt_pat
                                   max_steps_per_epoch=o.max_steps_per_epoch, micro_batch=o.micro_batch,
                                   mlflow_run_id=run_id, tracking_uri=with_credentials(tracking_uri),
                                   epoch_lines=o.epoch_lines)
-            trainer = TorchTrainer(
-                train_loop_per_worker, train_loop_config={"worker": worker},
-                scaling_config=ScalingConfig(num_workers=o.num_workers, use_gpu=o.use_gpu,
-                                             resources_per_worker={"CPU": o.cpus_per_worker,
-                                                                   **({"GPU": 1} if o.use_gpu else {})}),
-                run_config=RunConfig(name=o.run_name, storage_path=o.storage, logging_config=_train_logging(),
-                                     failure_config=FailureConfig(max_failures=o.max_failures),
-                                     checkpoint_config=CheckpointConfig(num_to_keep=3,
-                                                                        checkpoint_score_attribute="score",
-                                                                        checkpoint_score_order="max")),
-                datasets=datasets, dataset_config=DataConfig(datasets_to_split=[]),
-            )
-            result = trainer.fit()
-            if result.error:
-                raise result.error
-            best_ckpt, best_metrics = max(result.best_checkpoints, key=lambda cm: cm[1].get("score", -np.inf))
-            with best_ckpt.as_directory() as d:
-                storage.upload(os.path.join(d, CKPT_FILE), best_path)
+            best_metrics = _fit(o, worker, datasets, best_path)
             storage.write_text(result_path, json.dumps({"config": cfg_dict, "metric": metric, "best_metrics": {
                 k: v for k, v in best_metrics.items() if isinstance(v, (int, float))}}))
-        summary = {"best_checkpoint": best_path, "best_metrics": {k: v for k, v in best_metrics.items()
-                                                                  if isinstance(v, (int, float))},
-                   "metric": metric, "mlflow_run_id": run_id, "tracking_uri": redact(tracking_uri), "seed": cfg.seed}
-        from vadclip.tracking.registry import log_and_register
-
-        reg_metric, best_value = selection_metric(best_metrics, metric)
-        summary["metric"] = reg_metric
-        if o.log_model:
-            summary.update(log_and_register(best_path, run_id, tracking_uri, o.register_name, o.alias, reg_metric,
-                                            best_value, best_epoch=best_metrics.get("epoch"), log=log))
-        else:   # one seed of many: the best of them is logged and registered afterwards
-            from vadclip.tracking.runs import log_metrics
-
-            log_metrics(run_id, tracking_uri, {f"best_{reg_metric}": best_value}, 0)
+        summary = _register(o, best_path, best_metrics, metric, run_id, tracking_uri, cfg.seed, log)
     except BaseException:
         run.end(ok=False)   # never leave a failed training FINISHED
         raise

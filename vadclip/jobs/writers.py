@@ -11,7 +11,6 @@ are neither rows nor error rows at the end of the pipeline: the driver runs them
 (:func:`vadclip.jobs.extract.extract_and`)."""
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any, Dict, List, Optional
 
@@ -178,7 +177,8 @@ class VideoWriter(Closable):
         if total and total - st["start"] < feats.shape[0]:
             # a truncated file: the snippets past its last decoded frame are padding
             feats = feats[:max(0, total - st["start"])]
-        times = json.loads(meta["times"]) if meta.get("times") else None
+        times = meta.get("times")
+        times = [float(t) for t in times] if times is not None and len(times) else None
         meta["snippet_times"] = times
         listed = int(meta.get("frames_listed") or 0)
         start = st["start"] if st["staged"] else None
