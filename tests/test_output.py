@@ -67,6 +67,29 @@ def test_part_writer_splits_a_large_add_and_resumable_output_reads_it_back(tmp_p
     assert len(part_files(str(tmp_path / "rows"))) == 3
 
 
+def test_the_done_set_stays_on_the_driver_as_arrow_and_never_travels_to_a_writer(tmp_path):
+    """What identities() read of the folder (as large as the archive) is held as Arrow per
+    part, and a ResumableOutput pickled for a writer actor (and again at each of its
+    restarts) carries none of it (issue #45)."""
+    import pickle
+
+    schema = pa.schema([("video_id", pa.string()), ("path", pa.string())])
+    out = ResumableOutput(str(tmp_path / "rows"), str(tmp_path / "errors"))
+    rows, _ = out.writers("run1", schema, schema, rows_per_file=1000, flush_seconds=None, identities=True)
+    rows.add([{"video_id": f"v{i}", "path": f"/archive/cam{i % 7}/v{i}.mp4", "input_identity": f"{i}:{i * 3}"}
+              for i in range(5000)])
+    rows.flush()
+    small = len(pickle.dumps(out))
+    done, failed = out.identities()
+    assert len(done) == 5000 and done["/archive/cam3/v10.mp4"] == "10:30" and failed == {}
+    assert out.named()["/archive/cam3/v10.mp4"] == "v10"
+    assert all(isinstance(t, pa.Table) for t in out._seen["rows"].values())
+    shipped = pickle.dumps(out)
+    assert len(shipped) <= small + 64          # the writer's copy holds nothing of the 5,000 rows
+    again = pickle.loads(shipped)
+    assert again.named() == {} and again.rows_dir == out.rows_dir
+
+
 def test_every_video_has_one_writer_whatever_the_process():
     owners = {shard_of(f"cam{i}", 4) for i in range(200)}
     assert owners == {0, 1, 2, 3}

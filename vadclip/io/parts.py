@@ -562,22 +562,26 @@ def read_table(path: str, columns: Optional[Sequence[str]] = None, what: str = "
 IDENTITY_KEY = b"vadclip.input_identity"
 
 
-def read_identities(directory: str, cache: Optional[Dict[str, List[Tuple[str, Optional[str], str]]]] = None
-                    ) -> Dict[str, Optional[str]]:
+def read_identities(directory: str, cache: Optional[Dict[str, pa.Table]] = None) -> Dict[str, Optional[str]]:
     """``{path: identity of the input when its row was written}`` over the committed
     parts of ``directory`` (None where a part predates identities).  ``cache`` keeps
-    what each part held (path, identity, video id), so reading the folder again reads
-    only the parts new since."""
+    what each part held as a small Arrow table (path, identity, video id), so reading
+    the folder again reads only the parts new since."""
     out: Dict[str, Optional[str]] = {}
     cache = {} if cache is None else cache
     for f in part_files(directory):
         if f not in cache:
-            t = read_file(f, ["path", "video_id"])
-            ids = json.loads((t.schema.metadata or {}).get(IDENTITY_KEY) or b"{}")
-            cache[f] = [(p, ids.get(p), v) for p, v in zip(t.column("path").to_pylist(),
-                                                         t.column("video_id").to_pylist())]
-        out.update((p, i) for p, i, _ in cache[f])
+            cache[f] = _identity_table(read_file(f, ["path", "video_id"]))
+        t = cache[f]
+        out.update(zip(t.column("path").to_pylist(), t.column("identity").to_pylist()))
     return out
+
+
+def _identity_table(t: pa.Table) -> pa.Table:
+    ids = json.loads((t.schema.metadata or {}).get(IDENTITY_KEY) or b"{}")
+    paths = t.column("path").combine_chunks()
+    identity = pa.array([ids.get(p) for p in paths.to_pylist()], pa.string()) if ids else pa.nulls(len(t), pa.string())
+    return pa.table({"path": paths, "identity": identity, "video_id": t.column("video_id").combine_chunks()})
 
 
 def committed_table(directory: str, columns: Sequence[str], prefix: str = "part-") -> List[Dict[str, Any]]:

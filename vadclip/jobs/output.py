@@ -88,8 +88,14 @@ class ResumableOutput:
         return self.run_id
 
     def __getstate__(self) -> Dict[str, Any]:
-        # the writers get the output without the driver's heartbeat (a thread stays where it runs)
-        return {k: v for k, v in self.__dict__.items() if k != "heartbeat"}
+        # the writers get the output without the driver's heartbeat (a thread stays where it
+        # runs) and without what identities() read of the folder (the driver's, as large as
+        # the archive: never shipped to an actor, nor again at each of its restarts)
+        return {k: v for k, v in self.__dict__.items() if k not in ("heartbeat", "_seen")}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._seen = {}
 
     def _step_back(self, dirs) -> None:
         from vadclip.io import storage
@@ -122,8 +128,8 @@ class ResumableOutput:
     def named(self) -> Dict[str, str]:
         """``{path: video id}`` of the rows and error rows :meth:`identities` read: the ids
         an output folder gave its videos, which they keep."""
-        return {p: v for part in ("errors", "rows") for rows in self._seen.get(part, {}).values()
-                for p, _, v in rows}
+        return {p: v for part in ("errors", "rows") for t in self._seen.get(part, {}).values()
+                for p, v in zip(t.column("path").to_pylist(), t.column("video_id").to_pylist())}
 
     def ids(self, column: str = "video_id") -> Tuple[Set[str], Set[str]]:
         """The values of ``column`` over the done rows and over the failed ones."""
