@@ -180,6 +180,17 @@ def test_five_crop_rows_and_a_cuda_decode_request_on_a_cpu_cluster(ray_local, sa
         np.testing.assert_allclose(row_features(r), direct[r["crop"]], rtol=1e-5, atol=1e-5)
 
 
+def test_a_crop_count_the_official_code_never_used_is_refused_before_anything_runs(sample_videos, tmp_path):
+    """The Python API takes any int for crops; 2 used to fail inside a Ray task with a
+    traceback. It is refused at once, in one line, and the folder is never made."""
+    from vadclip.errors import InputError
+
+    with pytest.raises(InputError, match="crops=2: the official crops are 1, 5 or 10"):
+        run_extract(sample_videos["manifest"], str(tmp_path / "out"), ExtractOptions(clip=ClipSpec.tiny(), crops=2),
+                    log=lambda *_: None)
+    assert not (tmp_path / "out").exists()
+
+
 def test_manifest_forms(sample_videos, tmp_path):
     m = load_manifest(sample_videos["manifest"])
     assert len(m) == len(sample_videos["good"]) + len(sample_videos["bad"])

@@ -140,6 +140,8 @@ def _check_environment(opts: ExtractOptions, log) -> Any:
     """Once, at job start, on the driver: packages, the CLIP weights, the decoder."""
     from vadclip.clip.backbone import check_packages
 
+    if opts.crops not in (1, 5, 10):     # the API takes any int; the CLI's choices say the same
+        raise InputError(f"crops={opts.crops}: the official crops are 1, 5 or 10")
     check_packages("decord", "open_clip")
     weights = opts.clip.resolve()                      # once per job, here, before any worker
     try:
