@@ -7,7 +7,7 @@ from vadclip.model.checkpoint import checkpoint_dict, load_model_file
 from vadclip.model.config import ClipSpec
 from vadclip.jobs.extract import DecodeStage, EncodeStage, ExtractOptions
 from vadclip.io.features import feature_row
-from vadclip.jobs.score import ScoreOptions, ScoreStage
+from vadclip.jobs.score import SCORE_SCHEMA, STAGE_SCHEMA, ScoreOptions, ScoreStage
 
 OPTS = ExtractOptions(clip=ClipSpec.tiny(), batch_size=4)
 
@@ -47,9 +47,13 @@ def test_score_stage_scores_rows_and_records_bad_features():
             feature_row("nan", "nan.mp4", None, 0, 25.0, 32, np.full((2, 32), np.nan))]
     batch = {k: np.array([r[k] for r in rows] + [None], dtype=object)[:-1] for k in rows[0]}
     out = stage(batch)
-    assert len(out["anomaly"][0]) == 20 and out["class_probs"][0].shape == (40,)
-    assert out["flagged"][0] and out["error"][0] == ""            # threshold 0: every snippet is anomalous
-    assert out["error"][1].startswith("nan.mp4: FeatureError") and len(out["anomaly"][1]) == 0
+    # typed Arrow rows, the scores table's own columns (events as structs, no JSON text)
+    assert out.schema.equals(STAGE_SCHEMA) and out.schema.field("events").type == SCORE_SCHEMA.field("events").type
+    ok, nan = out.to_pylist()
+    assert len(ok["anomaly"]) == 20 and len(ok["class_probs"]) == 40 and ok["snippet_count"] == 20
+    assert ok["flagged"] and ok["error"] is None and ok["events"]    # threshold 0: every snippet is anomalous
+    assert ok["events"][0]["start_frame"] == 0 and ok["model_version"] == ""
+    assert nan["error"].startswith("nan.mp4: FeatureError") and nan["anomaly"] is None
 
 
 def test_each_stage_declares_its_gpu_share():

@@ -324,13 +324,14 @@ def driver_node_soft() -> object:
 def row_sink(output: ResumableOutput, run_id: str, schema: pa.Schema, error_schema: pa.Schema,
              rows_per_file: int, to_rows, taken: Iterable[str] = ()):
     """A Ray Data ``Datasink``: each write task turns its blocks into rows
-    (``to_rows(columns) -> (good rows, error rows)``), keeps those whose ``video_id`` the
+    (``to_rows(Arrow table) -> (good rows, error rows)``), keeps those whose ``video_id`` the
     :class:`Claims` actor hands it, and writes them as committed parts (at most
     ``rows_per_file`` each; every block is committed when its task ends).  Each task
     returns its counts and error lines; ``totals`` sums them on the driver.  ``close()``
     ends the claims actor."""
     import ray
     from ray.data import Datasink
+    from ray.data.block import BlockAccessor
 
     # one small coordinator beside the driver, restarted by Ray if it dies (it then knows
     # the videos done before this run; a retried task reclaims its own keys)
@@ -351,10 +352,10 @@ def row_sink(output: ResumableOutput, run_id: str, schema: pa.Schema, error_sche
             n = {"rows": 0, "errors": 0, "duplicates": 0, "snippets": 0, "failures": []}
             seen: set = set()
             for block in blocks:
-                cols = block_columns(block)
-                if not cols:
+                table = BlockAccessor.for_block(block).to_arrow()
+                if not table.num_rows:
                     continue
-                good, bad = to_rows(cols)
+                good, bad = to_rows(table)
                 keys = [r["video_id"] for r in good + bad]
                 fresh = ray.get(self.claims.claim.remote(keys, ctx.task_idx)) if keys else []
                 fresh = [f and k not in seen and not seen.add(k) for k, f in zip(keys, fresh)]

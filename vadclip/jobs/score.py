@@ -43,6 +43,9 @@ SCORE_SCHEMA = pa.schema([
     # every version promoted meanwhile, each saying which (empty in parts written before them)
     ("model_version", pa.string()), ("rule", pa.string()),
 ])
+# what the scoring stage hands the writers: the scores table's columns, and the error of a
+# video whose features cannot be used (its other columns null)
+STAGE_SCHEMA = SCORE_SCHEMA.append(pa.field("error", pa.string()))
 
 
 # OUT/events/: one row per event, a plain Parquet table that DuckDB, Spark or Trino read as
@@ -277,37 +280,39 @@ class ScoreStage:
         return {"fn_constructor_args": (checkpoint_ref, opts), "batch_size": 8, "batch_format": "numpy",
                 "compute": ActorPoolStrategy(size=opts.num_scorers), "num_cpus": 1}
 
-    def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, Any]:
+    def __call__(self, batch: Dict[str, np.ndarray]) -> pa.Table:
+        """The batch's score rows as an Arrow table of :data:`STAGE_SCHEMA` (the scores
+        table's columns, events as structs; ``error`` set on a row whose features cannot
+        be used, its other columns then null)."""
         from vadclip.io.features import row_features
 
-        out: Dict[str, list] = {k: [] for k in ("video_id", "path", "label", "fps", "num_frames", "snippet_count",
-                                                "anomaly", "class_probs", "video_score", "predicted_class",
-                                                "flagged", "events", "error", "meta", "snippet_times")}
+        out = []
         for i in range(len(batch["video_id"])):
             row = {k: batch[k][i] for k in batch}
-            for k in ("video_id", "path", "fps", "num_frames", "snippet_count"):
-                out[k].append(row[k])
-            t = _times_list(row)      # a variable-frame-rate video's (JSON text here, "" for none)
-            out["snippet_times"].append(json.dumps(t) if t else "")
-            out["meta"].append(_text(row.get("meta")))     # absent in a set written before it existed
-            out["label"].append(label_of(row.get("label")))    # the column may be absent, null or mixed
             try:
-                s = score_features(self.model, row_features(row), row, self.opts, self.classes)
-                for k in ("anomaly", "class_probs", "video_score", "predicted_class", "flagged"):
-                    out[k].append(s[k])
-                out["events"].append(json.dumps(s["events"]))
-                out["error"].append("")
+                feats = row_features(row)
             except InputError as e:  # a problem of this row's features: recorded, never dropped
-                out["anomaly"].append(np.zeros(0, np.float32))
-                out["class_probs"].append(np.zeros(0, np.float32))
-                out["video_score"].append(float("nan"))
-                out["predicted_class"].append("")
-                out["flagged"].append(False)
-                out["events"].append("[]")
-                out["error"].append(score_error(row, e))
-        res = {k: (np.asarray(v + [None], dtype=object)[:-1] if k in ("anomaly", "class_probs", "label", "meta")
-                   else np.asarray(v)) for k, v in out.items()}
-        return res
+                good, bad = None, score_error(row, e)
+            else:
+                good, bad = score_one(self.model, self.classes, self.opts, row, feats, int(row["snippet_count"]))
+            out.append(dict(good, error=None) if good is not None else
+                       {"video_id": row["video_id"], "path": row["path"], "error": bad})
+        return pa.Table.from_pylist(out, schema=STAGE_SCHEMA)
+
+
+def score_one(model, classes: List[str], opts: ScoreOptions, meta: Dict[str, Any], feats: Optional[np.ndarray],
+              snippets: int, curves: Optional["Curves"] = None) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+    """The one way a video is scored, wherever its features come from (the extraction
+    writer that assembled it, or a feature set read back): (its score row, None), or
+    (None, the error line) when its features cannot be used.  ``meta``: the video's
+    feature-row columns (video_id, path, label, fps, num_frames, meta, snippet_times);
+    ``feats`` [T, D] of the crop scored (a long recording: its last segment or None,
+    the rest in ``curves``)."""
+    try:
+        s = score_features(model, feats, meta, opts, classes, curves)
+    except InputError as e:
+        return None, score_error(meta, e)
+    return score_row(meta, s, snippets, classes, opts), None
 
 
 def score_error(row: Dict[str, Any], e: Exception) -> str:
@@ -505,17 +510,17 @@ class Scorer:
         if self.crop >= feats.shape[1] or vid in self.skip:
             return
         self.skip.add(vid)
-        row = {"video_id": vid, "path": meta["path"], "fps": meta["fps"], "num_frames": meta["num_frames"],
-               "meta": meta.get("meta"), "snippet_times": meta.get("snippet_times")}
-        try:
-            if err is not None:
-                raise err
-            s = score_features(self.model, feats[:, self.crop] if feats.shape[0] or curves is None else None,
-                               row, self.opts, self.classes, curves)
-        except InputError as e:
-            self.ew.add([{"path": meta["path"], "video_id": vid, "stage": "score", "error": score_error(row, e)}])
-            return
-        self.sw.add([score_row(dict(meta, video_id=vid), s, snippets or feats.shape[0], self.classes, self.opts)])
+        row = dict(meta, video_id=vid)
+        if err is not None:
+            good, bad = None, score_error(row, err)
+        else:
+            good, bad = score_one(self.model, self.classes, self.opts, row,
+                                  feats[:, self.crop] if feats.shape[0] or curves is None else None,
+                                  snippets or feats.shape[0], curves)
+        if good is None:
+            self.ew.add([{"path": meta["path"], "video_id": vid, "stage": "score", "error": bad}])
+        else:
+            self.sw.add([good])
 
     def tick(self) -> None:
         self.sw.tick()
@@ -601,19 +606,13 @@ def _drop_stale(out_dir: str, opts: ScoreOptions, log) -> int:
     return len(set(stale))
 
 
-def _score_rows(classes: List[str], opts: ScoreOptions):
-    """The write tasks' view of the scoring stage's output: (score rows, error rows)."""
-    def to_rows(cols: Dict[str, np.ndarray]):
-        good, bad = [], []
-        for i in range(len(cols["video_id"])):
-            r = {k: v[i] for k, v in cols.items()}
-            if r["error"]:
-                bad.append({"path": r["path"], "video_id": r["video_id"], "stage": "score", "error": r["error"]})
-                continue
-            r["snippet_times"] = json.loads(r["snippet_times"]) if r.get("snippet_times") else None
-            good.append(score_row(r, dict(r, events=json.loads(r["events"])), r["snippet_count"], classes, opts))
-        return good, bad
-    return to_rows
+def _score_rows(table: pa.Table):
+    """The write tasks' view of the scoring stage's output (:data:`STAGE_SCHEMA`):
+    (score rows, error rows)."""
+    failed = pc.fill_null(pc.is_valid(table.column("error")), False)
+    good = table.filter(pc.invert(failed)).drop_columns(["error"]).to_pylist()
+    bad = [dict(r, stage="score") for r in table.filter(failed).select(["path", "video_id", "error"]).to_pylist()]
+    return good, bad
 
 
 def _score_from_features(features: str, crop: int, todo: Optional[List[str]], done: set, ckpt_ref,
@@ -643,7 +642,7 @@ def _score_from_features(features: str, crop: int, todo: Optional[List[str]], do
         ds = ds.union(whole_videos_dataset(segmented, FEATURE_SCHEMA, pc.field("crop") == crop))
     ds = ds.map_batches(ScoreStage, **ScoreStage.ray_args(ckpt_ref, opts))
     name = run_id if rnd == 1 else f"{run_id}-r{rnd}"    # each round its own part names
-    sink = row_sink(output, name, SCORE_SCHEMA, ERROR_SCHEMA, opts.rows_per_file, _score_rows(classes, opts))
+    sink = row_sink(output, name, SCORE_SCHEMA, ERROR_SCHEMA, opts.rows_per_file, _score_rows)
     try:
         ds.write_datasink(sink)
     finally:
