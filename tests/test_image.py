@@ -117,3 +117,4 @@ def test_the_image_install_steps_work_in_a_clean_venv(tmp_path):
     check = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "check"], capture_output=True, text=True,
                            env=env)
     assert check.returncode == 0, check.stdout[-2000:]
+    shutil.rmtree(venv)     # 6 GB: pytest keeps the tmp_path of its last three sessions

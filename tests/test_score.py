@@ -375,7 +375,7 @@ def test_scoring_features_whatever_their_label_column_holds(ray_local, tmp_path,
         pq.write_table(pq.read_table(path).drop(["label"]), path)
     save_checkpoint(build(cfg), str(tmp_path / "m.pt"))
     s = run_score(str(tmp_path / "m.pt"), str(tmp_path / "out"), features=str(path), opts=ScoreOptions(max_plots=2),
-                  log=lambda *_: None)
+                  tracking_uri=f"sqlite:///{tmp_path}/m.db", log=lambda *_: None)
     assert s["videos_scored"] == len(rows) and s["videos_failed"] == 0
     got = pq.read_table(str(tmp_path / "out" / "scores"), columns=["video_id", "label"]).to_pylist()
     want = {r["video_id"]: (r["label"] if labels == "mixed" else None) for r in rows}
