@@ -98,13 +98,14 @@ def test_every_video_has_one_writer_whatever_the_process():
 
 def test_a_later_run_fences_the_earlier_runs_commits_and_its_writers_stop(tmp_path):
     """A writer that outlived its driver (the zombie window after a killed driver) must
-    not add rows the new run writes too.  Between two lease checks it can still write a
-    part and its marker, but the storage wrote that marker after the new run's lease,
-    so it never counts and the next run removes it; at its next check it stops."""
+    not add rows the new run writes too.  Its lease check before a part may not be due,
+    but its commit carries its lease token and the Delta log refuses it once the new
+    run's token is there; the part it wrote is no row, and the next run removes it."""
     import os
 
     import pytest
 
+    from vadclip.io.delta import lease_token
     from vadclip.io.parts import LeaseGuard, LeaseLost, PartWriter, remove_uncommitted
 
     schema = pa.schema([("video_id", pa.string()), ("path", pa.string())])
@@ -112,32 +113,34 @@ def test_a_later_run_fences_the_earlier_runs_commits_and_its_writers_stop(tmp_pa
     old = ResumableOutput(rows_dir, str(tmp_path / "errors"))
     old_run = old.start()
     t = [0.0]
-    ow = PartWriter(rows_dir, schema, 10, old_run, None, guard=LeaseGuard(rows_dir, old_run, every=15,
-                                                                          clock=lambda: t[0]))
+    mine = old.tokens[rows_dir]
+    ow = PartWriter(rows_dir, schema, 10, old_run, None, guard=LeaseGuard(rows_dir, mine, every=15,
+                                                                          clock=lambda: t[0]), token=mine)
     ow.add([{"video_id": "v1", "path": "/v1.mp4"}])
     ow.flush()                                          # holds the lease: committed
     old.release()                                       # its driver is gone (no proof of life); its writer lives on
     new = ResumableOutput(rows_dir, str(tmp_path / "errors"))
     new_run = new.start()
-    assert new_run != old_run
-    t[0] = 5.0                                          # the old writer's check is not due yet
+    assert new_run != old_run and lease_token(rows_dir) == new.tokens[rows_dir] > mine
+    t[0] = 5.0                                          # the old writer's check is not due yet ...
     ow.add([{"video_id": "v2", "path": "/v2.mp4"}])
-    ow.flush()                                          # part and marker written ...
-    assert len(os.listdir(tmp_path / "rows" / "_committed")) == 2
+    with pytest.raises(LeaseLost, match="a later run"):
+        ow.flush()                                      # ... but its commit is refused
+    assert ow.buf and ow.buf[0]["video_id"] == "v2"     # a refused commit keeps its rows
     done, _ = new.ids("video_id")
-    assert sorted(done) == ["v1"]                       # ... and not counted: fenced by the new lease
+    assert sorted(done) == ["v1"]
+    assert len([n for n in os.listdir(rows_dir) if n.startswith("part-")]) == 2   # the refused part: no row
     t[0] = 20.0
     ow.add([{"video_id": "v3", "path": "/v3.mp4"}])
-    with pytest.raises(LeaseLost, match=new_run):
-        ow.flush()
-    assert ow.buf and ow.buf[0]["video_id"] == "v3"     # a refused commit keeps its rows
+    with pytest.raises(LeaseLost, match="a later run"):
+        ow.flush()                                      # the check before writing: no part written at all
+    assert len([n for n in os.listdir(rows_dir) if n.startswith("part-")]) == 2
     nw, _ = new.writers(new_run, schema, schema, rows_per_file=10, flush_seconds=None)
     nw.add([{"video_id": "v2", "path": "/v2.mp4"}])
     nw.flush()
     done, _ = new.ids("video_id")
     assert sorted(done) == ["v1", "v2"] and len(part_files(rows_dir)) == 2
-    assert remove_uncommitted(rows_dir) == 1            # the fenced part goes, with its marker
-    assert len(os.listdir(tmp_path / "rows" / "_committed")) == 2
+    assert remove_uncommitted(rows_dir) == 1            # the fenced part goes
     new.release()
 
 
@@ -199,7 +202,8 @@ def test_a_refused_run_changes_nothing_in_the_folder_and_the_live_run_keeps_its_
     import pytest
 
     from vadclip.clip.spec import ClipSpec
-    from vadclip.io.parts import LEASES, check_lease, lease_holder
+    from vadclip.io.delta import lease_token
+    from vadclip.io.parts import LEASES, lease_holder
     from vadclip.io.provenance import ProvenanceError
     from vadclip.jobs.extract import ExtractOptions, run_extract
 
@@ -214,12 +218,12 @@ def test_a_refused_run_changes_nothing_in_the_folder_and_the_live_run_keeps_its_
         return sorted((os.path.relpath(os.path.join(d, f), out), os.stat(os.path.join(d, f)).st_mtime_ns)
                       for d, _, fs in os.walk(out) for f in fs)
 
-    before = snapshot()
+    before, token = snapshot(), lease_token(str(feats))
     with pytest.raises(ProvenanceError, match="holds features of other settings"):
         run_extract(sample_videos["manifest"], str(out), ExtractOptions(clip=ClipSpec.tiny(), precision="bf16"),
                     log=lambda *_: None)
     assert snapshot() == before
-    check_lease(str(feats), live)                       # the live run still holds it
+    assert lease_token(str(feats)) == token             # the live run still holds it
     assert len(os.listdir(feats / LEASES)) == 1
 
 
@@ -327,8 +331,10 @@ def test_a_plan_reads_each_part_once_and_sees_what_it_rewrites(tmp_path, monkeyp
         assert read_file(f, ["features"]).column("features").to_pylist()[2] == [2.0] * 4
         assert len(opened) == 2                 # a large column: from the file
         update_rows(str(tmp_path), "path", {"/a/v1.mp4": {"meta": '{"camera": "c2"}'}})
-        assert read_file(f, ["meta"]).column("meta").to_pylist()[1] == '{"camera": "c2"}'
+        (f2,) = part_files(str(tmp_path))       # the part replaced, in one commit
+        assert f2 != f and read_file(f2, ["meta"]).column("meta").to_pylist()[1] == '{"camera": "c2"}'
         drop_rows(str(tmp_path), "video_id", {"v0"})
+        (f,) = part_files(str(tmp_path))
         assert read_file(f, ["video_id"]).column("video_id").to_pylist() == ["v1", "v2"]
     n = len(opened)
     read_file(f, ["path"]), read_file(f, ["path"])

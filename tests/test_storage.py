@@ -26,10 +26,15 @@ def test_only_committed_parts_count_and_leftovers_are_removed(tmp_path):
     w.add(_rows("c"))
     w.flush()
     assert sorted(read_column(str(tmp_path), "video_id")) == ["a", "b", "c"]
-    assert sorted(os.listdir(tmp_path / MARKERS)) == sorted(os.path.basename(p) for p in part_files(str(tmp_path)))
-    # a crash between the part and its marker: the part is there, unmarked
+    # the commits are a Delta log: a reader that knows nothing of vadclip sees the same rows
+    from deltalake import DeltaTable
+
+    assert sorted(DeltaTable(str(tmp_path)).to_pyarrow_table().column("video_id").to_pylist()) == ["a", "b", "c"]
+    assert not (tmp_path / MARKERS).exists()
+    # a crash between the part and its commit: the part is there, in no commit
     (tmp_path / "part-zz-00000.parquet").write_bytes(b"PAR1 half")
     assert sorted(read_column(str(tmp_path), "video_id")) == ["a", "b", "c"]
+    assert sorted(DeltaTable(str(tmp_path)).to_pyarrow_table().column("video_id").to_pylist()) == ["a", "b", "c"]
     assert remove_uncommitted(str(tmp_path)) == 1
     assert not (tmp_path / "part-zz-00000.parquet").exists()
     assert len(part_files(str(tmp_path))) == 2
@@ -125,39 +130,53 @@ def test_scratch_copies_of_dead_processes_are_swept(tmp_path):
                                                    f"vadclip-{os.getppid()}-ghi.mp4"])
 
 
-def test_on_s3s_whole_second_stamps_a_commit_in_the_leases_second_counts_and_is_seen(s3):
-    """S3 stamps objects with whole seconds, so a killed driver's last commit and the
-    next run's lease often carry the same time.  That commit counts (it was there before
-    the lease) and the next run, which reads the folder only once the store's clock has
-    passed its lease, sees it: never removed, never written twice.  A commit made after
-    the lease is fenced."""
-    import time
+def test_on_s3_a_superseded_writer_is_fenced_and_concurrent_writers_all_commit(s3):
+    """On an S3-API server, the output's Delta log (conditional puts) takes the commits of
+    eight writers of one run at once, every row once; a writer whose run was taken over
+    (its driver gone) has its next commit refused, and its part is no row and goes at the
+    next clean-up.  DuckDB-style plain readers (deltalake) see the same rows."""
+    import threading
 
-    from vadclip.io.parts import lease_history
+    from deltalake import DeltaTable
+
+    from vadclip.io.delta import location
+    from vadclip.io.parts import LeaseLost
     from vadclip.jobs.output import ResumableOutput
 
     rows, errs = "s3://bkt/fence/rows", "s3://bkt/fence/errors"
-    old = ResumableOutput(rows, errs)
+    old = ResumableOutput(rows, errs, ERROR_SCHEMA, ERROR_SCHEMA)
     old_run = old.start()
-    w = _writer(rows, old_run)
-    while time.time() % 1 > 0.2:                   # early in a second: commit and lease share it
-        time.sleep(0.02)
-    w.add(_rows("v1"))
-    w.flush()
-    old.release()                                   # its driver is gone (no proof of life); its writer lives on
-    new = ResumableOutput(rows, errs)
-    new_run = new.start()
-    (marker,) = storage.list_infos(f"{rows}/{MARKERS}")
-    lease_at = [at for _, r, at in lease_history(rows) if r == new_run][0]
-    assert marker.mtime_ns % 10**9 == 0 and lease_at % 10**9 == 0   # whole seconds, as S3 keeps them
-    assert marker.mtime_ns <= lease_at
-    done, _ = new.ids("video_id")
-    assert done == {"v1"} and remove_uncommitted(rows) == 0
-    w.add(_rows("v2"))                              # the old run's writer, after the new lease
-    w.flush()
-    done, _ = new.ids("video_id")
-    assert done == {"v1"} and remove_uncommitted(rows) == 1
-    assert not [i for i in storage.list_infos(f"{rows}/_leases") if "probe" in i.path]
+    token = old.tokens[rows]
+    writers = [PartWriter(rows, ERROR_SCHEMA, 2, f"{old_run}-w{k}", None, token=token) for k in range(8)]
+    failed = []
+
+    def write(k):
+        try:
+            writers[k].add(_rows(*(f"w{k}-{i}" for i in range(4))))
+            writers[k].flush()
+        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+            failed.append(repr(e))
+
+    threads = [threading.Thread(target=write, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failed
+    expected = sorted(f"w{k}-{i}" for k in range(8) for i in range(4))
+    assert sorted(read_column(rows, "video_id")) == expected
+    uri, opts = location(rows)
+    assert sorted(DeltaTable(uri, storage_options=opts).to_pyarrow_table().column("video_id").to_pylist()) == expected
+    old.release()                                   # its driver is gone (no proof of life); its writers live on
+    new = ResumableOutput(rows, errs, ERROR_SCHEMA, ERROR_SCHEMA)
+    new.start()
+    assert new.tokens[rows] > token
+    writers[0].add(_rows("late"))
+    with pytest.raises(LeaseLost):
+        writers[0].flush()
+    assert sorted(new.ids("video_id")[0]) == expected
+    assert remove_uncommitted(rows) == 1            # the refused part
+    assert sorted(DeltaTable(uri, storage_options=opts).to_pyarrow_table().column("video_id").to_pylist()) == expected
     new.release()
 
 

@@ -1,12 +1,18 @@
-"""Output tables as Parquet part files, resumable on local disk and in object storage.
+"""Output tables as Parquet part files committed to a Delta Lake log, resumable on local
+disk and in object storage.
 
-A job writes its rows in parts named ``part-<run id>-<n>.parquet`` (unique per run,
-so two runs never write the same name) and, once a part is whole, a commit marker
-``_committed/<part name>``.  A part counts as done only when its marker exists: a
-crash while a part is being written (or uploaded) leaves an uncommitted part that
-readers ignore and the next run deletes, so resuming never counts a half-written
-part and never duplicates or loses a row.  (Output folders written before markers
-existed, on local disk with an atomic rename, are read as they are.)"""
+A job writes its rows in parts named ``part-<run id>-<n>.parquet`` (unique per run, so
+two runs never write the same name) and, once a part is whole, commits it to the
+folder's Delta log (:mod:`vadclip.io.delta`): one transaction per part, which holds
+whole videos only (every crop row; a long recording's segments go in with its last
+part).  A part counts as done only once its commit is in the log: a crash while a part
+is being written (or uploaded) leaves a file that no reader sees (vadclip's, DuckDB's,
+Polars', Spark's) and that the next run deletes, so resuming never counts a
+half-written part and never duplicates or loses a row.  Rewriting rows (a video to
+score again, a corrected manifest) removes the old part and adds its replacement in
+one commit.  Folders written before the Delta log (parts with ``_committed/<part>``
+markers, or, on local disk, parts alone) are read as they are, and taken into a Delta
+log by the first run that writes them."""
 from __future__ import annotations
 
 import contextvars
@@ -20,6 +26,7 @@ from contextlib import contextmanager
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vadclip.io import storage
@@ -61,9 +68,10 @@ class PartWriter:
 
     def __init__(self, directory: str, schema: pa.Schema, rows_per_file: int, run_id: str,
                  flush_seconds: Optional[float] = 60.0, clock=time.monotonic, identities: bool = False,
-                 guard=None, on_commit=None) -> None:
+                 guard=None, on_commit=None, token: Optional[int] = None) -> None:
         self.dir, self.schema, self.rows_per_file, self.run_id = directory, schema, rows_per_file, run_id
-        self.guard = guard          # called before each commit; raises when this run may no longer write
+        self.guard = guard          # called before each part is written; raises when this run may no longer write
+        self.token = token          # the run's lease: each commit carries it (see vadclip.io.delta)
         self.on_commit = on_commit
         # rows carry "input_identity" (not a column): kept per path in each part's metadata
         self.identities = identities
@@ -112,7 +120,7 @@ class PartWriter:
                                          else self.schema)
             if self.guard is not None:
                 self.guard()
-            write_part(self.dir, name, table, staged=[n for st in self.staged[:k] for n in st])
+            write_part(self.dir, name, table, staged=[n for st in self.staged[:k] for n in st], token=self.token)
             # committed: only now do the rows leave the buffer
             self.parts += 1
             del self.buf[:len(rows)]
@@ -130,20 +138,29 @@ def with_identities(schema: pa.Schema, rows: Sequence[Dict[str, Any]]) -> pa.Sch
     return schema.with_metadata({**(schema.metadata or {}), IDENTITY_KEY: json.dumps(ids).encode()})
 
 
-def write_part(directory: str, name: str, table: pa.Table, staged: Sequence[str] = (), commit: bool = True) -> str:
-    """The part (one whole object), then its commit marker.  ``staged``: parts written
-    before without a marker (``commit=False``: a long recording's earlier segments) that
-    this marker commits with it — its body names them, so the whole recording counts in
-    one step or not at all."""
+def write_part(directory: str, name: str, table: pa.Table, staged: Sequence[str] = (), commit: bool = True,
+               token: Optional[int] = None) -> str:
+    """The part (one whole object), then its commit (:func:`vadclip.io.delta.commit`).
+    ``staged``: parts written before without a commit (``commit=False``: a long
+    recording's earlier segments) that this commit adds with it, so the whole recording
+    counts in one step or not at all.  ``token``: the writing run's lease; a run that
+    lost it raises :class:`LeaseLost` and commits nothing."""
     from vadclip.errors import storage_refused
+    from vadclip.io import delta
 
     path = storage.join(directory, name)
     _forget(path)
     try:
-        storage.write_bytes(path, table_bytes(table))
+        data = table_bytes(table)
+        storage.write_bytes(path, data)
         if not commit:
             return path
-        storage.write_bytes(storage.join(directory, MARKERS, name), json.dumps(list(staged)).encode() if staged else b"")
+        adds = [(n, storage.info(storage.join(directory, n)).size, None) for n in staged]
+        delta.commit(directory, adds + [(name, len(data), table.num_rows)], table.schema, token=token,
+                     what=f"commit of {name}")
+    except delta.Superseded:
+        raise LeaseLost(f"{directory}: a later run writes this output now; this run's writers stop "
+                        "without committing") from None
     except OSError as e:        # a full disk, a read-only or forbidden folder: the environment's, named
         refused = storage_refused(e)
         if refused is None:
@@ -270,7 +287,14 @@ def _read_staged(marker: str) -> List[str]:
 
 
 def part_files(directory: str) -> List[str]:
-    """The committed part files of ``directory`` (none when it does not exist)."""
+    """The committed part files of ``directory`` (none when it does not exist): the files
+    of its Delta table's current version, or in a folder written before the Delta log,
+    the parts whose commit markers count."""
+    from vadclip.io import delta
+
+    names = delta.files(directory)
+    if names is not None:
+        return [storage.join(directory, n) for n in names]
     parts, marked = _listing(directory)
     if _before_markers(directory, marked):
         marked = set(parts)   # written before commit markers: atomic renames, all whole
@@ -283,17 +307,17 @@ def _before_markers(directory: str, marked) -> bool:
 
 
 # ------------------------------------------------------------------------- leases
-# A run takes an output folder by writing ``_leases/<token>-<run id>`` there, the token
-# one more than the highest so far.  The storage server's modification times order
-# that object against every commit marker: a marker of run R counts only if it was
-# written no later than the first lease taken after R's (stores stamp whole seconds or
-# clock ticks; the new run reads the folder only once the store's clock has moved past
-# its lease, so every marker that counts is one it sees).  So a writer that outlived its
-# driver can still write a marker, but it is never counted, and the next run removes
-# it with the uncommitted parts.  What remains is a marker upload in flight at the very
-# moment a lease is taken (one request's duration) — and the commit check each writer
-# makes (:func:`check_lease`, at most every ``LEASE_CHECK_S``) stops such a writer soon
-# after.
+# A run takes an output folder by committing its lease token to the folder's Delta log
+# (an application transaction, :func:`vadclip.io.delta.take`): the token one more than
+# the highest so far.  Every commit of the run's writers carries the token, and Delta's
+# conflict check refuses one whose run was superseded (:mod:`vadclip.io.delta`): a writer
+# that outlived its driver never commits after the next run took the folder.  Beside the
+# log, ``_leases/<token>-<run id>`` names the run behind each token and when it took the
+# folder, and ``_leases/alive-<run id>`` is its proof of life (:class:`Heartbeat`).
+# Folders written before the Delta log fenced by the store's clock: a marker of run R
+# counts only if the store stamped it no later than the first lease taken after R's
+# (:func:`_fenced_at`); such a folder is read that way and taken into a Delta log by the
+# first run that writes it.
 LEASES = "_leases"
 LEASE_CHECK_S = float(os.environ.get("VADCLIP_LEASE_CHECK_S", "15"))
 _RUN_OF_PART = re.compile(r"^part-(\d{14}-[0-9a-f]{6})")
@@ -347,38 +371,52 @@ def _fenced_at(marker: str, leases: List[Tuple[int, str, int]], mtime_ns: Option
     return not later or mtime_ns is None or mtime_ns <= min(later)
 
 
-def take_lease(directory: str, run_id: str, settle_s: float = 30.0) -> int:
-    """The output folder ``directory`` is now written by ``run_id`` alone: a new lease
-    object, one token above the highest so far.  Returns the token once the store's
-    clock has passed the lease's time (a probe object written until its time is later;
-    up to a second on S3, which keeps whole seconds): a marker written from then on is
-    later than the lease, so every marker that still counts is there to be read."""
+def take_lease(directory: str, run_id: str, schema: Optional[pa.Schema] = None) -> int:
+    """The output folder ``directory`` is now written by ``run_id`` alone: its token, one
+    above the highest so far, committed to the folder's Delta log (created with
+    ``schema`` where there is none; a folder of parts from before the log is taken into
+    one), and named in ``_leases/``.  Returns the token."""
+    from vadclip.io import delta
+
     storage.makedirs(directory)
-    history = lease_history(directory)
-    token = (history[-1][0] + 1) if history else 1
-    storage.write_bytes(storage.join(directory, LEASES, f"{token:09d}-{run_id}"), b"")
-    mine = [at for t, r, at in lease_history(directory) if r == run_id]
-    if mine and mine[-1]:
-        _wait_past(directory, run_id, mine[-1], settle_s)
-    return token
+    for _ in range(100):
+        history = lease_history(directory)
+        held = delta.lease_token(directory)
+        token = max([held or 0] + [t for t, _, _ in history]) + 1
+        try:
+            if held is None and not delta.exists(directory) and _adopt(directory, token, schema):
+                pass
+            else:
+                delta.take(directory, token, schema)
+        except delta.Superseded:
+            continue            # another run took it meanwhile: a token above theirs
+        storage.write_bytes(storage.join(directory, LEASES, f"{token:09d}-{run_id}"), b"")
+        return token
+    raise EnvironmentProblem(f"{directory}: the lease kept being taken by other runs")
 
 
-def _wait_past(directory: str, run_id: str, at_ns: int, settle_s: float) -> None:
-    probe = storage.join(directory, LEASES, f"probe-{run_id}")
-    deadline, pause = time.monotonic() + settle_s, 0.05
-    try:
-        while True:
-            storage.write_bytes(probe, b"")
-            now = storage.info(probe).mtime_ns
-            if now is None or now > at_ns:
-                return
-            if time.monotonic() > deadline:
-                raise EnvironmentProblem(f"{directory}: the storage's clock did not move past this run's lease "
-                                         f"in {settle_s:.0f} s")
-            time.sleep(pause)
-            pause = min(pause * 2, 0.5)
-    finally:
-        storage.delete(probe)
+def _adopt(directory: str, token: int, schema: Optional[pa.Schema]) -> bool:
+    """A folder of parts written before the Delta log: its counted parts become the first
+    version of the folder's table (with this run's lease); False where it holds none."""
+    from vadclip.io import delta
+
+    parts, marked = _listing(directory)
+    if _before_markers(directory, marked):
+        marked = set(parts)
+    counted = [n for n in parts if n in marked]
+    if not counted:
+        return False
+    sizes = {storage.basename(i.path): i.size for i in storage.list_infos(directory)}
+    schemas = [read_schema(storage.join(directory, n)) for n in counted]
+    merged = pa.unify_schemas([pa.schema([f.remove_metadata() for f in sc]) for sc in ([schema] if schema else [])
+                               + schemas])
+    from deltalake.transaction import AddAction  # noqa: F401 - delta builds the actions
+
+    adds = [delta._add(n, sizes.get(n) or storage.info(storage.join(directory, n)).size, None) for n in counted]
+    if not delta._create(directory, merged, adds, token):
+        raise delta.Superseded("created meanwhile")
+    log.info("%s: %d part(s) written before the Delta log are now its first version", directory, len(counted))
+    return True
 
 
 def _alive(directory: str, run_id: str) -> str:
@@ -487,53 +525,69 @@ def lease_holder(directory: str) -> Optional[str]:
     return history[-1][1] if history else None
 
 
-def check_lease(directory: str, run_id: str) -> None:
-    """Raise :class:`LeaseLost` unless ``run_id`` still holds the lease of ``directory``
-    (no lease at all: an output written by a single process)."""
-    holder = lease_holder(directory)
-    if holder is not None and holder != run_id:
-        raise LeaseLost(f"{directory}: a later run ({holder}) writes this output now; the writers of run {run_id} "
-                        "stop without committing")
+def check_lease(directory: str, token: int) -> None:
+    """Raise :class:`LeaseLost` once the folder's Delta log names a later lease than
+    ``token`` (no log, or no lease in it: an output written by a single process)."""
+    from vadclip.io import delta
+
+    held = delta.lease_token(directory)
+    if held is not None and held > token:
+        raise LeaseLost(f"{directory}: a later run (lease {held}) writes this output now; the writers of "
+                        f"lease {token} stop without committing")
 
 
 class LeaseGuard:
-    """A writer's commit check, made at most every ``every`` seconds (a LIST request
-    each time; the fencing of :func:`_listing` covers the commits in between)."""
+    """A writer's check before it writes a part, made at most every ``every`` seconds (a
+    look at the Delta log; the commit itself is fenced whatever this says), so a writer
+    whose run was taken over stops uploading soon after."""
 
-    def __init__(self, directory: str, run_id: str, every: Optional[float] = None, clock=time.monotonic):
-        self.directory, self.run_id, self.clock = directory, run_id, clock
+    def __init__(self, directory: str, token: int, every: Optional[float] = None, clock=time.monotonic):
+        self.directory, self.token, self.clock = directory, token, clock
         self.every = LEASE_CHECK_S if every is None else every
         self._last: Optional[float] = None
 
     def __call__(self) -> None:
         now = self.clock()
         if self._last is None or now - self._last >= self.every:
-            check_lease(self.directory, self.run_id)
+            check_lease(self.directory, self.token)
             self._last = now
 
 
 def remove_uncommitted(directory: str) -> int:
-    """Delete parts left without a counted marker by an interrupted run (or committed
-    by a writer after it lost the lease, with their markers); returns how many."""
-    parts, marked = _listing(directory)
-    if _before_markers(directory, marked):
+    """Delete the part files no commit of the folder's Delta log holds: left unfinished by
+    an interrupted run, written by a writer after its run lost the lease, or replaced by
+    a rewrite; and the commit markers of a folder taken into a Delta log.  Returns how
+    many parts went."""
+    from vadclip.io import delta
+
+    live = delta.files(directory)
+    if live is None:
         return 0
-    stale = [n for n in parts if n not in marked]
+    live = set(live)
+    stale = [n for n in (storage.basename(f) for f in storage.list_files(directory, recursive=False))
+             if _is_part(n) and n not in live]
     for n in stale:
         storage.delete(storage.join(directory, n))
-        storage.delete(storage.join(directory, MARKERS, n))
+    for i in storage.list_infos(storage.join(directory, MARKERS)):
+        storage.delete(storage.join(directory, MARKERS, storage.basename(i.path)))
     if stale:
-        log.warning("%s: removed %d part file(s) an interrupted run left unfinished", directory, len(stale))
+        log.warning("%s: removed %d part file(s) no commit holds (an interrupted run's, or replaced)",
+                    directory, len(stale))
     return len(stale)
 
 
 def dataset_files(path: str, what: str = "feature set") -> List[str]:
     """The Parquet files of a table given as a file or a folder: a folder of part
     files gives its committed parts; any other folder its ``.parquet`` files."""
+    from vadclip.io import delta
+
     if storage.isfile(path):
         return [path]
     if not storage.isdir(path):
         raise MissingInputError(f"{what} not found: {path}")
+    in_log = delta.files(path)
+    if in_log is not None:
+        return [storage.join(path, n) for n in in_log]
     names = [storage.basename(f) for f in storage.list_files(path, recursive=False)]
     if any(_is_part(n) for n in names):
         files = part_files(path)
@@ -604,29 +658,21 @@ def read_column(directory: str, column: str) -> List[Any]:
     return committed_values(directory, column)
 
 
-def drop_rows(directory: str, column: str, values: set) -> None:
-    """Rewrite the committed parts of ``directory`` without the rows whose ``column``
-    is in ``values`` (failed videos about to be retried).  Each part is replaced in
-    one write, so a crash leaves either the old or the new part."""
-    for f in part_files(directory):
-        if not any(v in values for v in read_file(f, [column]).column(column).to_pylist()):
-            continue            # only the parts holding such a row are read whole
-        t = read_file(f)
-        keep = [v not in values for v in t.column(column).to_pylist()]
-        _forget(f)
-        storage.write_bytes(f, table_bytes(t.filter(pa.array(keep))))
+def drop_rows(directory: str, column: str, values: set, token: Optional[int] = None) -> int:
+    """Take out of ``directory`` the rows whose ``column`` is in ``values`` (videos about to
+    be written again): every part holding one is replaced by a part without them, all in
+    one commit.  Returns the rows taken out."""
+    return _rewrite(directory, column, lambda t, keys: t.filter(pc.invert(pc.is_in(t.column(column), keys))),
+                    pa.array(sorted(values, key=str)) if values else None, token)
 
 
-def update_rows(directory: str, column: str, updates: Dict[Any, Dict[str, Any]], derive=None) -> int:
-    """Rewrite the committed parts of ``directory`` holding rows whose ``column`` is a key of
-    ``updates``, those rows given the new values (``{key: {column: value}}``; columns a part
-    lacks are left out) and then ``derive(row)``; the parts' schemas and metadata kept, each
-    part replaced in one write.  Returns the rows changed."""
-    changed = 0
-    for f in part_files(directory):
-        if not any(k in updates for k in read_file(f, [column]).column(column).to_pylist()):
-            continue            # only the parts holding such a row are read whole
-        t = read_file(f)
+def update_rows(directory: str, column: str, updates: Dict[Any, Dict[str, Any]], derive=None,
+                token: Optional[int] = None) -> int:
+    """Give the rows of ``directory`` whose ``column`` is a key of ``updates`` the new values
+    (``{key: {column: value}}``; columns a part lacks are left out), then ``derive(row)``:
+    every part holding one is replaced, schema and metadata kept, all in one commit.
+    Returns the rows changed."""
+    def change(t: pa.Table, keys) -> pa.Table:
         rows = t.to_pylist()
         for r in rows:
             u = updates.get(r[column])
@@ -634,7 +680,52 @@ def update_rows(directory: str, column: str, updates: Dict[Any, Dict[str, Any]],
                 r.update({k: v for k, v in u.items() if k in t.schema.names})
                 if derive is not None:
                     derive(r)
-                changed += 1
-        _forget(f)
-        storage.write_bytes(f, table_bytes(pa.Table.from_pylist(rows, schema=t.schema)))
+        return pa.Table.from_pylist(rows, schema=t.schema)
+
+    return _rewrite(directory, column, change, pa.array(list(updates)) if updates else None, token)
+
+
+def part_base(name: str) -> str:
+    """The name a part was first written under (a rewrite adds ``.r<hex>``)."""
+    return re.sub(r"\.r[0-9a-f]{8}(?=\.parquet$)", "", name)
+
+
+def _rewrite(directory: str, column: str, fn, keys, token: Optional[int]) -> int:
+    from vadclip.io import delta
+
+    if keys is None or not len(keys):
+        return 0
+    adds, removes, tables, changed = [], [], [], 0
+    for f in part_files(directory):
+        hit = pc.is_in(read_file(f, [column]).column(column), keys)
+        n = pc.sum(hit).as_py() or 0
+        if not n:
+            continue            # only the parts holding such a row are read whole
+        t = read_file(f)
+        new = fn(t, keys)
+        name = storage.basename(f)
+        removes.append(name)
+        changed += n
+        if new.num_rows:
+            fresh = f"{part_base(name)[:-len('.parquet')]}.r{uuid.uuid4().hex[:8]}.parquet"
+            data = table_bytes(new)
+            if delta.exists(directory):
+                storage.write_bytes(storage.join(directory, fresh), data)
+                adds.append((fresh, len(data), new.num_rows))
+                tables.append(new.schema)
+            else:           # a folder from before the Delta log that no run took: replaced in place
+                _forget(f)
+                storage.write_bytes(f, data)
+        elif not delta.exists(directory):
+            _forget(f)
+            storage.write_bytes(f, table_bytes(new))
+    if removes and delta.exists(directory):
+        schema = pa.unify_schemas([pa.schema([fl.remove_metadata() for fl in sc]) for sc in tables]) if tables \
+            else delta.BASE_SCHEMA
+        try:
+            delta.commit(directory, adds, schema, removes=removes, token=token, what="rewrite")
+        except delta.Superseded:
+            raise LeaseLost(f"{directory}: a later run writes this output now") from None
+        for name in removes:
+            _forget(storage.join(directory, name))
     return changed

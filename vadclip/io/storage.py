@@ -61,7 +61,8 @@ def is_transient(exc: BaseException) -> bool:
         return False
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return True
-    return isinstance(exc, OSError) and bool(TRANSIENT.search(str(exc)))
+    # delta-rs (the output tables' commit log) raises its object store's errors as DeltaError
+    return (isinstance(exc, OSError) or type(exc).__name__ == "DeltaError") and bool(TRANSIENT.search(str(exc)))
 
 
 def retry_settings() -> Tuple[int, float, float]:

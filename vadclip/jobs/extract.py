@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from vadclip.clip.encoder import ClipImageEncoder
 from vadclip.errors import InputError
 from vadclip.io import layout, provenance, storage
-from vadclip.io.features import FEATURE_SCHEMA
+from vadclip.io.features import ERROR_SCHEMA, FEATURE_SCHEMA
 from vadclip.io.parts import drop_rows
 from vadclip.jobs.manifest import load_manifest
 from vadclip.jobs.output import ResumableOutput
@@ -239,7 +239,7 @@ def check_run(source: str, out_dir: str, opts: ExtractOptions, retry_failed: boo
     they were.  ``score --videos`` runs it before it takes the scores folder's lease."""
     weights = _check_environment(opts, log)
     items = load_manifest(source)
-    output = ResumableOutput(feature_dir(out_dir), errors_dir(out_dir))
+    output = ResumableOutput(feature_dir(out_dir), errors_dir(out_dir), FEATURE_SCHEMA, ERROR_SCHEMA)
     before = provenance.read(output.rows_dir)
     if opts.precision == "auto" and (before or {}).get("precision") in CONCRETE_PRECISIONS:
         opts = replace(opts, precision=before["precision"])     # auto follows the folder's first run
@@ -291,13 +291,13 @@ def _plan_leased(c: Checked, out_dir: str, retry_failed: bool, log, on_changed, 
         todo, retried = _pending(items, done_now, failed_now, changed, retry_failed)
         _keep_ids(items, output.named())
         if changed:   # a video replaced at the same path (a camera's daily file rewritten): its rows go, it runs again
-            drop_rows(output.rows_dir, "path", changed)
-            drop_rows(output.errors_dir, "path", changed)
+            drop_rows(output.rows_dir, "path", changed, output.tokens.get(output.rows_dir))
+            drop_rows(output.errors_dir, "path", changed, output.tokens.get(output.errors_dir))
             if on_changed is not None:      # what was made from the old file goes with it (its scores and events)
                 on_changed(changed)
             log(f"[extract] {len(changed)} videos changed since their rows were written: processing them again")
         if retry_failed and retried:
-            drop_rows(output.errors_dir, "path", retried)
+            drop_rows(output.errors_dir, "path", retried, output.tokens.get(output.errors_dir))
         _correct(items, output, changed, on_corrected, log)
     except BaseException:
         output.release()      # a run that fails here leaves the folder to the next at once
@@ -310,7 +310,7 @@ def _correct(items, output: ResumableOutput, changed: set, on_corrected, log) ->
     if corrected:   # the manifest's columns for a done video changed: its rows follow, no decoding
         from vadclip.io.parts import update_rows
 
-        update_rows(output.rows_dir, "path", corrected)
+        update_rows(output.rows_dir, "path", corrected, token=output.tokens.get(output.rows_dir))
         if on_corrected is not None:
             on_corrected(corrected)
         log(f"[extract] {len(corrected)} videos' manifest columns changed since their rows were written "

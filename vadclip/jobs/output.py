@@ -33,6 +33,10 @@ class ResumableOutput:
     rows_dir: str
     errors_dir: str
     run_id: Optional[str] = None       # the run holding the output's lease (set by start)
+    # the tables' schemas, for a Delta log created by this run's lease (before any row)
+    rows_schema: Optional[pa.Schema] = None
+    errors_schema: Optional[pa.Schema] = None
+    tokens: Dict[str, int] = field(default_factory=dict)    # {folder: this run's lease token} (set by start)
     _seen: Dict[str, Any] = field(default_factory=dict, repr=False)   # parts read by identities()
 
     def start(self, wait_s: float = 0.0, log=None) -> str:
@@ -55,8 +59,8 @@ class ResumableOutput:
             if holder is None:
                 # alive before the lease exists, so a run that looks now sees a live holder
                 self.heartbeat = Heartbeat(dirs, self.run_id)
-                for d in dirs:
-                    take_lease(d, self.run_id)
+                for d, schema in zip(dirs, (self.rows_schema, self.errors_schema)):
+                    self.tokens[d] = take_lease(d, self.run_id, schema)
                 # two runs that started together may both have taken it: the later token (then
                 # the later run id) keeps it, the other steps back as from a live holder; looked
                 # at twice, a second apart, since the other's lease may be on its way
@@ -114,10 +118,12 @@ class ResumableOutput:
             hb.stop()
             self.heartbeat = None
 
-    def guard(self) -> Optional[LeaseGuard]:
-        """The commit check of this run's writers: raises :class:`LeaseLost` once a
-        later run holds the lease."""
-        return LeaseGuard(self.rows_dir, self.run_id) if self.run_id is not None else None
+    def guard(self, directory: Optional[str] = None) -> Optional[LeaseGuard]:
+        """The check this run's writers make before writing a part: raises
+        :class:`LeaseLost` once a later run holds the lease (their commits are fenced
+        whatever it says)."""
+        d = directory or self.rows_dir
+        return LeaseGuard(d, self.tokens[d]) if d in self.tokens else None
 
     def identities(self) -> Tuple[Dict[str, Optional[str]], Dict[str, Optional[str]]]:
         """``({path: input identity}`` of the done rows, the same of the failed ones); a
@@ -141,9 +147,10 @@ class ResumableOutput:
         """(rows writer, errors writer) for parts named after ``run_id``; ``on_commit(rows)``
         hears of the rows of each part once it is committed, in either table."""
         return (PartWriter(self.rows_dir, schema, rows_per_file, run_id, flush_seconds, identities=identities,
-                           guard=self.guard(), on_commit=on_commit),
+                           guard=self.guard(self.rows_dir), on_commit=on_commit, token=self.tokens.get(self.rows_dir)),
                 PartWriter(self.errors_dir, error_schema, 64, run_id, flush_seconds, identities=identities,
-                           guard=self.guard(), on_commit=on_commit))
+                           guard=self.guard(self.errors_dir), on_commit=on_commit,
+                           token=self.tokens.get(self.errors_dir)))
 
 
 def shard_of(video_id: str, n: int) -> int:

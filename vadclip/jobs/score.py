@@ -68,10 +68,10 @@ def write_events(out_dir: str, model: str, opts_dict: Dict[str, Any]) -> Dict[st
     part that has none yet; each event's ``rule`` is its video's (``opts_dict``: the
     scoring's :class:`ScoreOptions`, its camera's rule where it has one).  Returns the
     events and parts written now and the events in all."""
-    from vadclip.io.parts import part_files, read_file, read_schema, write_part
+    from vadclip.io.parts import part_base, part_files, read_file, read_schema, write_part
 
     scores, events = layout.scores_dir(out_dir), layout.events_dir(out_dir)
-    have = {storage.basename(f) for f in part_files(events)}
+    have = {part_base(storage.basename(f)) for f in part_files(events)}
     written = parts = 0
     opts = ScoreOptions(**opts_dict)
     rule_json = {}
@@ -83,7 +83,7 @@ def write_events(out_dir: str, model: str, opts_dict: Dict[str, Any]) -> Dict[st
         return rule_json[key]
 
     for f in part_files(scores):
-        name = storage.basename(f)
+        name = part_base(storage.basename(f))
         if name in have:
             continue
         names = read_schema(f).names
@@ -450,7 +450,7 @@ class Scorer:
         self.forgotten = {v for v, p in zip(read_column(self.output.rows_dir, "video_id"),
                                             read_column(self.output.rows_dir, "path")) if p in paths}
         for d in (self.output.rows_dir, self.output.errors_dir, self.events_dir):
-            drop_rows(d, "path", paths)
+            drop_rows(d, "path", paths, self.output.tokens.get(d))
 
     def correct(self, updates: Dict[str, Dict[str, Any]]) -> None:
         """On the driver, under the lease: the manifest now says other things of these videos
@@ -459,7 +459,8 @@ class Scorer:
         from vadclip.io.parts import update_rows
 
         update_rows(self.output.rows_dir, "path", {p: {"label": u["label"] or None, "meta": u["meta"]}
-                                                   for p, u in updates.items()})
+                                                   for p, u in updates.items()},
+                    token=self.output.tokens.get(self.output.rows_dir))
         update_rows(self.events_dir, "path", {p: {"meta": u["meta"]} for p, u in updates.items()},
                     derive=_event_where)
 
@@ -733,7 +734,7 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
     c = _check_score(model_uri, out_dir, features, videos, extract_opts, opts or ScoreOptions(), gt_path,
                      tracking_uri, address, log)
     storage.makedirs(out_dir)
-    output = ResumableOutput(_scores_dir(out_dir), layout.score_errors_dir(out_dir))
+    output = ResumableOutput(_scores_dir(out_dir), layout.score_errors_dir(out_dir), SCORE_SCHEMA, ERROR_SCHEMA)
     run_id = output.start((extract_opts.wait if extract_opts is not None else 0.0), log)
     try:
         storage.write_text(storage.join(_scores_dir(out_dir), RULE_FILE),
