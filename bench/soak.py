@@ -62,10 +62,12 @@ def make_archive(root: str, n: int, bad_fraction: float, seed: int = 0):
 
 
 def ids(directory: str):
-    out = []
-    for f in sorted(glob.glob(os.path.join(directory, "part-*.parquet"))):
-        out.extend(pq.read_table(f, columns=["video_id"]).column("video_id").to_pylist())
-    return out
+    """The video ids a reader that knows nothing of vadclip sees in a table: its Delta log's."""
+    from deltalake import DeltaTable
+
+    if not os.path.isdir(os.path.join(directory, "_delta_log")):
+        return []
+    return DeltaTable(directory).to_pyarrow_table(columns=["video_id"]).column("video_id").to_pylist()
 
 
 def main():

@@ -38,8 +38,9 @@ events = {}
 def kill_at_first_commit(markers, running):
     t0 = time.time()
     while running.is_set() and time.time() - t0 < 300:
-        if glob.glob(os.path.join(markers, "part-*")):
-            events["committed_before_kill"] = len(glob.glob(os.path.join(markers, "part-*")))
+        commits = [f for f in glob.glob(os.path.join(markers, "*.json")) if '"add"' in open(f).read()]
+        if commits:
+            events["committed_before_kill"] = len(commits)
             c.remove_node(workers[0], allow_graceful=False)
             events["killed_at"] = time.time() - t0
             events["killed_while_running"] = running.is_set()
@@ -62,17 +63,17 @@ log = lambda *a: print(*a, file=sys.stderr)
 eo = ExtractOptions(clip=ClipSpec.tiny(), num_encoders=2, num_writers=2, precision="fp32", decoder="decord",
                     batch_size=16, rows_per_file=2, flush_seconds=1)
 if what == "extract":
-    s = run(lambda: run_extract(manifest, out, eo, log=log), os.path.join(out, "features", "_committed"))
+    s = run(lambda: run_extract(manifest, out, eo, log=log), os.path.join(out, "features", "_delta_log"))
     again = run_extract(manifest, out, eo, log=log)
 elif what == "score-videos":     # one pipeline: decode, encode, and score where each video is assembled
     opts = ScoreOptions(rows_per_file=1, max_plots=0)
     s = run(lambda: run_score(model, out, videos=manifest, extract_opts=eo, opts=opts, log=log),
-            os.path.join(out, "scores", "_committed"))
+            os.path.join(out, "scores", "_delta_log"))
     again = run_score(model, out, videos=manifest, extract_opts=eo, opts=opts, log=log)
 else:
     opts = ScoreOptions(rows_per_file=1, num_scorers=2, max_plots=0)
     s = run(lambda: run_score(model, out, features=manifest, opts=opts, log=log),
-            os.path.join(out, "scores", "_committed"))
+            os.path.join(out, "scores", "_delta_log"))
     again = run_score(model, out, features=manifest, opts=opts, log=log)
 print(json.dumps({"summary": s, "again": again, "events": events, "victim": workers[0].node_id}, default=str))
 ray.shutdown()

@@ -90,7 +90,7 @@ def s3_extracted(s3, two_nodes, sample_videos):
                          env={**os.environ, "VADCLIP_PROGRESS_BARS": "0"})
     t0, killed = time.time(), False
     while time.time() - t0 < 300 and p.poll() is None:
-        if _keys(s3, "extract/features/_committed/"):
+        if len(_keys(s3, "extract/features/_delta_log/")) >= 2:     # the lease, then a commit of rows
             os.killpg(p.pid, signal.SIGKILL)
             killed = True
             break

@@ -230,8 +230,8 @@ def test_ten_crop_videos_are_never_half_written_through_a_storage_outage(tmp_pat
 
             def outage_after_first_commit():
                 while not stop.is_set():
-                    got = s3c.list_objects_v2(Bucket="vad", Prefix="feat/features/_committed/").get("KeyCount", 0)
-                    if got:
+                    got = s3c.list_objects_v2(Bucket="vad", Prefix="feat/features/_delta_log/").get("KeyCount", 0)
+                    if got >= 2:        # the lease's commit, then the first commit of rows
                         proxy.deny = {"PUT", "POST"}
                         return
                     time.sleep(0.05)

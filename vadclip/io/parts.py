@@ -161,8 +161,8 @@ def write_part(directory: str, name: str, table: pa.Table, staged: Sequence[str]
     except delta.Superseded:
         raise LeaseLost(f"{directory}: a later run writes this output now; this run's writers stop "
                         "without committing") from None
-    except OSError as e:        # a full disk, a read-only or forbidden folder: the environment's, named
-        refused = storage_refused(e)
+    except Exception as e:      # a full disk, a read-only or forbidden folder: the environment's, named
+        refused = storage_refused(e)    # (delta-rs raises its store's refusals as DeltaError, not OSError)
         if refused is None:
             raise
         raise EnvironmentProblem(f"{directory}: {refused}") from None
@@ -553,19 +553,21 @@ class LeaseGuard:
             self._last = now
 
 
-def remove_uncommitted(directory: str) -> int:
+def remove_uncommitted(directory: str, token: Optional[int] = None) -> int:
     """Delete the part files no commit of the folder's Delta log holds: left unfinished by
     an interrupted run, written by a writer after its run lost the lease, or replaced by
-    a rewrite; and the commit markers of a folder taken into a Delta log.  Returns how
-    many parts went."""
+    a rewrite; and the commit markers of a folder taken into a Delta log.  With the run's
+    lease ``token``, files the log holds but the store no longer has (deleted by hand or by
+    a lifecycle rule) are taken out of the log in one commit, so their videos count as not
+    done and any reader of the table reads on.  Returns how many parts went."""
     from vadclip.io import delta
 
     live = delta.files(directory)
     if live is None:
         return 0
     live = set(live)
-    stale = [n for n in (storage.basename(f) for f in storage.list_files(directory, recursive=False))
-             if _is_part(n) and n not in live]
+    present = {storage.basename(f) for f in storage.list_files(directory, recursive=False)}
+    stale = [n for n in present if _is_part(n) and n not in live]
     for n in stale:
         storage.delete(storage.join(directory, n))
     for i in storage.list_infos(storage.join(directory, MARKERS)):
@@ -573,6 +575,11 @@ def remove_uncommitted(directory: str) -> int:
     if stale:
         log.warning("%s: removed %d part file(s) no commit holds (an interrupted run's, or replaced)",
                     directory, len(stale))
+    gone = sorted(n for n in live if "/" not in n and n not in present)
+    if gone and token is not None:
+        delta.commit(directory, [], pa.schema([]), removes=gone, token=token, what="repair")
+        log.warning("%s: %d committed part file(s) are gone from the store (e.g. %s): taken out of the "
+                    "table; their videos run again", directory, len(gone), gone[0])
     return len(stale)
 
 

@@ -88,7 +88,7 @@ class ResumableOutput:
                 said = time.monotonic()
             time.sleep(min(left, 5.0 + random.uniform(0, 5.0)))
         for d in dirs:
-            remove_uncommitted(d)
+            remove_uncommitted(d, self.tokens.get(d))
         return self.run_id
 
     def __getstate__(self) -> Dict[str, Any]:
