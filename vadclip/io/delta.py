@@ -212,7 +212,8 @@ def commit(directory: str, adds: Sequence[Tuple[str, int, Optional[int]]], schem
 
 def _concurrent(e: BaseException) -> bool:
     text = str(e).lower()
-    return "concurrent" in text or "already exists" in text or "conflict" in text
+    # "metadata changed": another writer added the same new columns first
+    return "concurrent" in text or "already exists" in text or "conflict" in text or "metadata changed" in text
 
 
 def take(directory: str, token: int, schema: Optional[pa.Schema] = None) -> None:

@@ -632,7 +632,13 @@ def read_identities(directory: str, cache: Optional[Dict[str, pa.Table]] = None)
     cache = {} if cache is None else cache
     for f in part_files(directory):
         if f not in cache:
-            cache[f] = _identity_table(read_file(f, ["path", "video_id"]))
+            try:
+                cache[f] = _identity_table(read_file(f, ["path", "video_id"]))
+            except FileNotFoundError:
+                # committed, then lost from the store: its videos are not done (the run that takes
+                # the folder next takes the file out of the table, see remove_uncommitted)
+                log.warning("%s: a committed part is gone from the store; its videos run again", f)
+                continue
         t = cache[f]
         out.update(zip(t.column("path").to_pylist(), t.column("identity").to_pylist()))
     return out

@@ -86,10 +86,15 @@ def read(path: str) -> Optional[Dict[str, Any]]:
 
     files = dataset_files(path, "feature set") if storage.exists(path) else []
     seen: Dict[str, Dict[str, Any]] = {}
-    for f in files[:1] + files[-1:]:
-        prov = of_schema(read_schema(f))
-        if prov is not None:
-            seen[f] = prov
+    for end in (files, files[::-1]):
+        for f in end:
+            try:
+                prov = of_schema(read_schema(f))
+            except FileNotFoundError:
+                continue        # committed but gone from the store: the next run takes it out of the table
+            if prov is not None:
+                seen[f] = prov
+            break
     provs = list(seen.values())
     if len(provs) == 2 and _key(provs[0], SAME_FOLDER) != _key(provs[1], SAME_FOLDER):
         raise ProvenanceError(f"{path}: its files have different provenances ({describe(provs[0])} vs "
