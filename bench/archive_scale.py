@@ -42,6 +42,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 
 from vadclip.io import storage  # noqa: E402
+from vadclip.io import delta  # noqa: E402
 from vadclip.io.parts import IDENTITY_KEY, new_run_id, read_table, write_part  # noqa: E402
 from vadclip.jobs.manifest import load_manifest  # noqa: E402
 from vadclip.video.samples import write_video  # noqa: E402
@@ -109,6 +110,7 @@ def _replicate(template: pa.Table, items, out_features):
     of 256 rows with each path's identity (as the archive's listing gave it)."""
     by_seed = {os.path.basename(p)[:-4]: i for i, p in enumerate(template.column("path").to_pylist())}
     run = new_run_id()
+    adds, schema = [], None
     for n, lo in enumerate(range(0, len(items), ROWS_PER_PART)):
         chunk = items[lo:lo + ROWS_PER_PART]
         idx = [by_seed[f"seed{int(os.path.basename(it['path'])[3:-4]) % SEEDS}"] for it in chunk]
@@ -118,7 +120,11 @@ def _replicate(template: pa.Table, items, out_features):
             t = t.set_column(t.schema.get_field_index(col), t.schema.field(col), pa.array(vals, t.schema.field(col).type))
         ids = {it["path"]: it["listed"] or None for it in chunk}
         t = t.replace_schema_metadata({**(template.schema.metadata or {}), IDENTITY_KEY: json.dumps(ids).encode()})
-        write_part(out_features, f"part-{run}-w000-bench-{n:05d}.parquet", t)
+        name = f"part-{run}-w000-bench-{n:05d}.parquet"
+        write_part(out_features, name, t, commit=False)
+        adds.append((name, storage.info(storage.join(out_features, name)).size, t.num_rows))
+        schema = t.schema
+    delta.commit(out_features, adds, schema, what="replicated parts")
 
 
 def _template(seed_out):
