@@ -97,6 +97,9 @@ def test_score_videos_end_to_end_resume_and_registry(trained, tmp_path):
     assert [e["video_id"] for e in errors] == ["broken"]
     rows = {r["video_id"]: r for r in pq.read_table(str(out / "scores")).to_pylist()}
     assert len(rows) == 6
+    # each scores part's events were committed by the writer that scored it, not rebuilt after the job
+    assert s["events_parts_written_at_end"] == 0
+    assert s["events_table_rows"] == sum(len(r["events"]) for r in rows.values())
     for r in rows.values():
         assert len(r["anomaly"]) == r["snippet_count"]
         assert len(r["class_probs"]) == r["snippet_count"] * len(CLASSES)

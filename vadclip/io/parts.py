@@ -68,11 +68,12 @@ class PartWriter:
 
     def __init__(self, directory: str, schema: pa.Schema, rows_per_file: int, run_id: str,
                  flush_seconds: Optional[float] = 60.0, clock=time.monotonic, identities: bool = False,
-                 guard=None, on_commit=None, token: Optional[int] = None) -> None:
+                 guard=None, on_commit=None, token: Optional[int] = None, companion=None) -> None:
         self.dir, self.schema, self.rows_per_file, self.run_id = directory, schema, rows_per_file, run_id
         self.guard = guard          # called before each part is written; raises when this run may no longer write
         self.token = token          # the run's lease: each commit carries it (see vadclip.io.delta)
         self.on_commit = on_commit
+        self.companion = companion  # (folder, rows -> table): a derived table's part, written after each commit
         # rows carry "input_identity" (not a column): kept per path in each part's metadata
         self.identities = identities
         self.flush_seconds, self.clock = flush_seconds, clock
@@ -122,6 +123,7 @@ class PartWriter:
                 self.guard()
             write_part(self.dir, name, table, staged=[n for st in self.staged[:k] for n in st], token=self.token)
             # committed: only now do the rows leave the buffer
+            self._companion(name, rows)
             self.parts += 1
             del self.buf[:len(rows)]
             del self.units[:k]
@@ -129,6 +131,20 @@ class PartWriter:
             if self.on_commit is not None:
                 self.on_commit(rows)
         self._oldest = None
+
+
+    def _companion(self, name: str, rows: List[Dict[str, Any]]) -> None:
+        """The derived table's part of a committed part (a video's events beside its score
+        row), committed next under the same name.  The rows part holds the truth (a score
+        row carries its events); where this write fails, the run's end writes the part
+        (:func:`vadclip.jobs.score.write_events`), so a storage failure here stops nothing."""
+        if self.companion is None:
+            return
+        directory, derive = self.companion
+        try:
+            write_part(directory, name, derive(rows))
+        except Exception as e:      # noqa: BLE001 - written again at the run's end
+            log.warning("%s: %s not written now (%s); the run's end writes it", directory, name, e)
 
 
 def with_identities(schema: pa.Schema, rows: Sequence[Dict[str, Any]]) -> pa.Schema:

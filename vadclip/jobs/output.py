@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -37,6 +37,10 @@ class ResumableOutput:
     rows_schema: Optional[pa.Schema] = None
     errors_schema: Optional[pa.Schema] = None
     tokens: Dict[str, int] = field(default_factory=dict)    # {folder: this run's lease token} (set by start)
+    # a table derived from each rows part (OUT/events from OUT/scores): ``companion(rows)``
+    # written under the part's name into ``companion_dir`` as soon as the part is committed
+    companion_dir: str = ""
+    companion: Optional[Callable[[List[Dict[str, Any]]], pa.Table]] = None
     _seen: Dict[str, Any] = field(default_factory=dict, repr=False)   # parts read by identities()
 
     def start(self, wait_s: float = 0.0, log=None) -> str:
@@ -147,7 +151,8 @@ class ResumableOutput:
         """(rows writer, errors writer) for parts named after ``run_id``; ``on_commit(rows)``
         hears of the rows of each part once it is committed, in either table."""
         return (PartWriter(self.rows_dir, schema, rows_per_file, run_id, flush_seconds, identities=identities,
-                           guard=self.guard(self.rows_dir), on_commit=on_commit, token=self.tokens.get(self.rows_dir)),
+                           guard=self.guard(self.rows_dir), on_commit=on_commit, token=self.tokens.get(self.rows_dir),
+                           companion=(self.companion_dir, self.companion) if self.companion else None),
                 PartWriter(self.errors_dir, error_schema, 64, run_id, flush_seconds, identities=identities,
                            guard=self.guard(self.errors_dir), on_commit=on_commit,
                            token=self.tokens.get(self.errors_dir)))

@@ -64,10 +64,13 @@ EVENTS_SCHEMA = pa.schema([
 
 
 def write_events(out_dir: str, model: str, opts_dict: Dict[str, Any]) -> Dict[str, int]:
-    """Bring ``OUT/events/`` up to date with ``OUT/scores/``: a part for each scores
-    part that has none yet; each event's ``rule`` is its video's (``opts_dict``: the
-    scoring's :class:`ScoreOptions`, its camera's rule where it has one).  Returns the
-    events and parts written now and the events in all."""
+    """Bring ``OUT/events/`` up to date with ``OUT/scores/``: a part for each scores part
+    that has none yet.  The scoring writers commit each scores part's events right after
+    it (:func:`events_table`); this finds the parts whose events write failed or was cut
+    off, and those of folders scored before.  Each event's ``rule`` is its video's
+    (``opts_dict``: the scoring's :class:`ScoreOptions`, its camera's rule where it has
+    one), for parts written before score rows named theirs.  Returns the events and
+    parts written now and the events in all."""
     from vadclip.io.parts import part_base, part_files, read_file, read_schema, write_part
 
     scores, events = layout.scores_dir(out_dir), layout.events_dir(out_dir)
@@ -96,6 +99,13 @@ def write_events(out_dir: str, model: str, opts_dict: Dict[str, Any]) -> Dict[st
         written, parts = written + len(rows), parts + 1
     total = sum(read_file(f, ["event"]).num_rows for f in part_files(events))
     return {"events_written": written, "parts_written": parts, "events": total}
+
+
+def events_table(rows: List[Dict[str, Any]]) -> pa.Table:
+    """The ``OUT/events/`` rows of score rows, each row naming the model version and rule
+    that scored it: what a scoring writer commits beside each scores part."""
+    return pa.Table.from_pylist([event_row(r, i, ev, r["model_version"], r["rule"])
+                                 for r in rows for i, ev in enumerate(r.get("events") or [])], EVENTS_SCHEMA)
 
 
 def event_row(r: Dict[str, Any], i: int, ev: Dict[str, Any], model: str, rule_json: str) -> Dict[str, Any]:
@@ -734,7 +744,8 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
     c = _check_score(model_uri, out_dir, features, videos, extract_opts, opts or ScoreOptions(), gt_path,
                      tracking_uri, address, log)
     storage.makedirs(out_dir)
-    output = ResumableOutput(_scores_dir(out_dir), layout.score_errors_dir(out_dir), SCORE_SCHEMA, ERROR_SCHEMA)
+    output = ResumableOutput(_scores_dir(out_dir), layout.score_errors_dir(out_dir), SCORE_SCHEMA, ERROR_SCHEMA,
+                             companion_dir=layout.events_dir(out_dir), companion=events_table)
     run_id = output.start((extract_opts.wait if extract_opts is not None else 0.0), log)
     try:
         storage.write_text(storage.join(_scores_dir(out_dir), RULE_FILE),
@@ -892,6 +903,9 @@ def _finish(c: _Checked, summary: Dict[str, Any], model_uri: str, out_dir: str, 
     ev = ray.get(ray.remote(write_events).options(num_cpus=0.25, max_retries=3).remote(
         out_dir, c.version_uri, asdict(opts)))             # in a task: the score rows stay off the driver
     summary["events_table"], summary["events_table_rows"] = layout.events_dir(out_dir), ev["events"]
+    # parts whose events the writers did not commit beside their scores (a failed write, or a
+    # folder scored before they did): written now
+    summary["events_parts_written_at_end"] = ev["parts_written"]
     operating_here = None
     if gt_path and summary["videos_total_in_output"]:
         # frame-level AUC/AP need every frame score at once: one task on a worker reads them
