@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import table_history
 
 from vadclip.model.config import ClipSpec
 from vadclip.testing.direct import extract_video
@@ -248,8 +249,13 @@ def test_a_video_replaced_at_the_same_path_is_extracted_again(ray_local, sample_
     before = {r["video_id"]: r for r in read_feature_rows(str(out / "features"))}
     shutil.copy(good[2]["path"], src / "cam1.mp4")           # rewritten with other footage
     lines = []
+    v1 = table_history.version(out / "features")
     s2 = run_extract(str(src), str(out), _opts(), log=lines.append)
     assert s2["videos_changed"] == 1 and s2["videos_ok"] == 1 and s2["videos_skipped"] == 1
+    # a reader of the table at any moment of the run saw each video's row once: the old row went
+    # in the commit that added the new one (a plain Delta reader, version by version)
+    history = table_history.rows_per_path(out / "features", v1)
+    assert len(history) >= 3 and all(h == {str(src / "cam1.mp4"): 1, str(src / "cam2.mp4"): 1} for h in history)
     assert any("1 videos changed since their rows were written" in ln for ln in lines)
     after = {r["video_id"]: r for r in read_feature_rows(str(out / "features"))}
     assert sorted(after) == ["cam1", "cam2"] and len(read_feature_rows(str(out / "features"))) == 2

@@ -8,8 +8,8 @@ import subprocess
 import sys
 import time
 
-import pyarrow.parquet as pq
 import pytest
+import table_history
 
 from cli_output import one_error_line
 
@@ -74,9 +74,9 @@ def test_overlapping_scans_of_one_archive_never_kill_each_other(tmp_path):
     assert rc == 0, err2[-3000:]
     assert "waiting for it" in err2 and json.loads(out2)["videos_scored"] == 0
     ids = sorted(m["video_id"] for m in man)
-    assert sorted(pq.read_table(os.path.join(out, "scores"), columns=["video_id"]).column("video_id").to_pylist()) \
+    assert sorted(table_history.read(os.path.join(out, "scores"), ["video_id"]).column("video_id").to_pylist()) \
         == ids
-    feats = pq.read_table(os.path.join(out, "features"), columns=["video_id"]).column("video_id").to_pylist()
+    feats = table_history.read(os.path.join(out, "features"), ["video_id"]).column("video_id").to_pylist()
     assert sorted(feats) == ids
     assert not glob.glob(os.path.join(out, "*", "_leases", "alive-*"))        # each run let go when it ended
 
@@ -98,7 +98,7 @@ def _manifest(rows, path):
 
 
 def _table(out, name, columns=None):
-    return pq.read_table(os.path.join(out, name), columns=columns).to_pylist()
+    return table_history.read(os.path.join(out, name), columns).to_pylist()
 
 
 @pytest.mark.slow
@@ -150,10 +150,16 @@ def test_the_same_scan_night_after_night_through_a_promotion_and_a_recalibration
     write_video(rewritten["path"], 200, fps=25.0, seed=99)
     night("n2", 2, 2)
     _manifest(rows, man_path)
+    since = {t: table_history.version(os.path.join(out, t)) for t in ("features", "scores")}
     s2 = _run(scan, tmp_path)
     assert s2["videos_scored"] == 3 and s2["extract"]["videos_ok"] == 3
     by_id = check({r["video_id"]: "models:/cams/1" for r in rows})
     assert by_id[rewritten["video_id"]]["num_frames"] == 200
+    # at every commit of the night, a reader saw each recording of night 1 once: the rewritten
+    # one's old features and score row went in the commits that added its new ones
+    for t, v in since.items():
+        history = table_history.rows_per_path(os.path.join(out, t), v)
+        assert all(h.get(r["path"]) == 1 for h in history for r in rows[:4]), (t, history)
 
     # between nights: version 2 promoted, then calibrated (its operating point on the version); a
     # camera corrected in the manifest
@@ -186,7 +192,11 @@ def test_the_same_scan_night_after_night_through_a_promotion_and_a_recalibration
     page = open(os.path.join(out, "report", "index.html")).read()
     assert f"models:/cams/1: {len(rows) - 2} videos; models:/cams/2: 2 videos" in page
 
+    v3 = table_history.version(os.path.join(out, "scores"))
     s4 = _run(scan + ["--rescore", "changed"], tmp_path)
     assert s4["videos_rescored"] == len(rows) - 2 and s4["extract"]["videos_ok"] == 0
+    # rescored one video at a time: never two score rows for a video, never none
+    history = table_history.rows_per_path(os.path.join(out, "scores"), v3)
+    assert len(history) > 2 and all(h == {r["path"]: 1 for r in rows} for h in history)
     check({r["video_id"]: "models:/cams/2" for r in rows})
     assert s4["scored_by"] == {"models:/cams/2": len(rows)}

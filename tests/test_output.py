@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 import pyarrow.parquet as pq
 
-from vadclip.io.parts import part_files
+from vadclip.io.parts import PartWriter, part_files
 from vadclip.jobs.output import Claims, ResumableOutput, shard_of
 
 
@@ -339,3 +339,49 @@ def test_a_plan_reads_each_part_once_and_sees_what_it_rewrites(tmp_path, monkeyp
     n = len(opened)
     read_file(f, ["path"]), read_file(f, ["path"])
     assert len(opened) == n + 2                 # outside: each read opens the file
+
+
+def test_rewritten_videos_replaced_by_concurrent_writers_in_one_commit_each(tmp_path):
+    """Six videos in one committed part, four of them rewritten: four writers (threads, as
+    writer actors would be) each commit a new row that takes its video's old row out of that
+    part in the same commit. Their commits race on the one old part; delta-rs refuses the
+    losers and they rewrite the part again from the table's new version. At every version a
+    reader saw each video once, and the two videos nobody rewrote kept their rows."""
+    import threading
+
+    import table_history
+    from vadclip.io.parts import part_base, read_table, take_lease
+
+    d = str(tmp_path / "rows")
+    schema = pa.schema([("path", pa.string()), ("video_id", pa.string()), ("gen", pa.int64())])
+    token = take_lease(d, "r0", schema)
+    out = ResumableOutput(d, str(tmp_path / "errors"), schema, schema, tokens={d: token})
+    w0 = PartWriter(d, schema, 100, "run0", None, token=token)
+    w0.add([{"path": f"/v{i}", "video_id": f"v{i}", "gen": 0} for i in range(6)])
+    w0.flush()
+    before = table_history.version(d)
+    rewritten = {f"/v{i}" for i in range(4)}
+    assert out.replace_later(d, rewritten) == rewritten
+    (bases,) = {tuple(b) for b in out.replaces[d].values()}
+    assert [part_base(os.path.basename(f)) for f in part_files(d)] == list(bases)
+
+    errors = []
+
+    def write(i):
+        try:
+            w = out.writers(f"run1-w{i:03d}", schema, schema, 10, None)[0]
+            w.add([{"path": f"/v{i}", "video_id": f"v{i}", "gen": 1}], whole=True)
+            w.flush()
+        except BaseException as e:      # noqa: BLE001 - raised below, in the test's thread
+            errors.append(e)
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    rows = sorted((r["path"], r["gen"]) for r in read_table(d).to_pylist())
+    assert rows == [(f"/v{i}", 1 if i < 4 else 0) for i in range(6)]
+    assert out.finish_replacing() == 0          # every old row went with its new one
+    history = table_history.rows_per_path(d, before)
+    assert len(history) >= 5 and all(h == {f"/v{i}": 1 for i in range(6)} for h in history)

@@ -116,8 +116,10 @@ def forget(directory: str) -> None:
 def files(directory: str) -> Optional[List[str]]:
     """The files of the table's current version, relative to the folder (None: no Delta log)."""
     dt = table(directory)
-    if dt is None:
-        return None
+    return None if dt is None else _names(dt)
+
+
+def _names(dt) -> List[str]:
     adds = pa.table(dt.get_add_actions(flatten=True))
     return sorted(adds.column("path").to_pylist()) if adds.num_rows else []
 
@@ -172,11 +174,14 @@ def _add(name: str, size: int, rows: Optional[int]):
 
 
 def commit(directory: str, adds: Sequence[Tuple[str, int, Optional[int]]], schema: pa.Schema,
-           removes: Sequence[str] = (), token: Optional[int] = None, what: str = "commit") -> int:
+           removes: Sequence[str] = (), token: Optional[int] = None, what: str = "commit", prepare=None) -> int:
     """One Delta transaction on ``directory``: ``adds`` (file name, size in bytes, rows) made
     visible and ``removes`` (file names) taken away together.  With ``token`` (a run's lease)
     the commit carries the lease's ``txn`` and raises :class:`Superseded` once the log names
-    a later token.  Concurrent commits of the same run are tried again.  Returns the version."""
+    a later token.  Concurrent commits of the same run are tried again.  ``prepare(names)``,
+    given the table's current file names at each try, returns more (adds, removes) for the
+    same commit (files rewritten from the current version: a conflict with another commit
+    that removed one of them makes the next try prepare them again).  Returns the version."""
     from deltalake.exceptions import CommitFailedError
     from deltalake.transaction import CommitProperties, RemoveAction, Transaction
 
@@ -195,9 +200,11 @@ def commit(directory: str, adds: Sequence[Tuple[str, int, Optional[int]]], schem
             if _evolve(dt, schema):
                 dt.update_incremental()
             now = int(time.time() * 1000)
-            rm = [RemoveAction(n, True, now) for n in removes]
+            more_adds, more_removes = prepare(_names(dt)) if prepare is not None else ([], [])
+            rm = [RemoveAction(n, True, now) for n in list(removes) + list(more_removes)]
+            acts_now = acts + [_add(n, s, r) for n, s, r in more_adds]
             props = CommitProperties(app_transactions=[Transaction(LEASE_APP, token)] if token is not None else None)
-            storage.retrying(lambda: dt.create_write_transaction(acts + rm, "append", dt.schema(),
+            storage.retrying(lambda: dt.create_write_transaction(acts_now + rm, "append", dt.schema(),
                                                                  commit_properties=props),
                              f"{directory}: {what}")
             return dt.version()

@@ -23,7 +23,7 @@ import re
 import time
 import uuid
 from contextlib import contextmanager
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -68,12 +68,15 @@ class PartWriter:
 
     def __init__(self, directory: str, schema: pa.Schema, rows_per_file: int, run_id: str,
                  flush_seconds: Optional[float] = 60.0, clock=time.monotonic, identities: bool = False,
-                 guard=None, on_commit=None, token: Optional[int] = None, companion=None) -> None:
+                 guard=None, on_commit=None, token: Optional[int] = None, companion=None,
+                 replaces: Optional[Dict[str, List[str]]] = None) -> None:
         self.dir, self.schema, self.rows_per_file, self.run_id = directory, schema, rows_per_file, run_id
         self.guard = guard          # called before each part is written; raises when this run may no longer write
         self.token = token          # the run's lease: each commit carries it (see vadclip.io.delta)
         self.on_commit = on_commit
-        self.companion = companion  # (folder, rows -> table): a derived table's part, written after each commit
+        self.companion = companion  # (folder, rows -> table, replaces): a derived table's part, written after each commit
+        # {path: bases of the parts holding its old rows}: a rewritten recording's, replaced by its new rows' commit
+        self.replaces = dict(replaces or {})
         # rows carry "input_identity" (not a column): kept per path in each part's metadata
         self.identities = identities
         self.flush_seconds, self.clock = flush_seconds, clock
@@ -121,7 +124,11 @@ class PartWriter:
                                          else self.schema)
             if self.guard is not None:
                 self.guard()
-            write_part(self.dir, name, table, staged=[n for st in self.staged[:k] for n in st], token=self.token)
+            paths = {r.get("path") for r in rows} & self.replaces.keys()
+            write_part(self.dir, name, table, staged=[n for st in self.staged[:k] for n in st], token=self.token,
+                       replace=_replacing(self.replaces, paths))
+            for p in paths:
+                del self.replaces[p]
             # committed: only now do the rows leave the buffer
             self._companion(name, rows)
             self.parts += 1
@@ -140,11 +147,20 @@ class PartWriter:
         (:func:`vadclip.jobs.score.write_events`), so a storage failure here stops nothing."""
         if self.companion is None:
             return
-        directory, derive = self.companion
+        directory, derive, replaces = self.companion
+        paths = {r.get("path") for r in rows} & replaces.keys()
         try:
-            write_part(directory, name, derive(rows))
+            write_part(directory, name, derive(rows), replace=_replacing(replaces, paths))
         except Exception as e:      # noqa: BLE001 - written again at the run's end
             log.warning("%s: %s not written now (%s); the run's end writes it", directory, name, e)
+            return
+        for p in paths:
+            del replaces[p]
+
+
+def _replacing(replaces: Dict[str, List[str]], paths: Set[str]) -> Optional[Tuple[List[str], Set[str]]]:
+    """``write_part``'s ``replace`` for the rows of ``paths`` (None: none replaces old rows)."""
+    return (sorted({b for p in paths for b in replaces[p]}), set(paths)) if paths else None
 
 
 def with_identities(schema: pa.Schema, rows: Sequence[Dict[str, Any]]) -> pa.Schema:
@@ -155,12 +171,15 @@ def with_identities(schema: pa.Schema, rows: Sequence[Dict[str, Any]]) -> pa.Sch
 
 
 def write_part(directory: str, name: str, table: pa.Table, staged: Sequence[str] = (), commit: bool = True,
-               token: Optional[int] = None) -> str:
+               token: Optional[int] = None, replace: Optional[Tuple[Sequence[str], Set[str]]] = None) -> str:
     """The part (one whole object), then its commit (:func:`vadclip.io.delta.commit`).
     ``staged``: parts written before without a commit (``commit=False``: a long
     recording's earlier segments) that this commit adds with it, so the whole recording
     counts in one step or not at all.  ``token``: the writing run's lease; a run that
-    lost it raises :class:`LeaseLost` and commits nothing."""
+    lost it raises :class:`LeaseLost` and commits nothing.  ``replace``: (part bases,
+    paths): the rows of these paths in those parts (a rewritten recording's old rows) go
+    in the same commit, their parts rewritten without them, so a reader sees the old
+    rows or the new ones, never both and never none."""
     from vadclip.errors import storage_refused
     from vadclip.io import delta
 
@@ -173,7 +192,7 @@ def write_part(directory: str, name: str, table: pa.Table, staged: Sequence[str]
             return path
         adds = [(n, storage.info(storage.join(directory, n)).size, None) for n in staged]
         delta.commit(directory, adds + [(name, len(data), table.num_rows)], table.schema, token=token,
-                     what=f"commit of {name}")
+                     what=f"commit of {name}", prepare=_without(directory, *replace) if replace else None)
     except delta.Superseded:
         raise LeaseLost(f"{directory}: a later run writes this output now; this run's writers stop "
                         "without committing") from None
@@ -183,6 +202,31 @@ def write_part(directory: str, name: str, table: pa.Table, staged: Sequence[str]
             raise
         raise EnvironmentProblem(f"{directory}: {refused}") from None
     return path
+
+
+def _without(directory: str, bases: Sequence[str], paths: Set[str]):
+    """For :func:`vadclip.io.delta.commit`: the current files of the parts first written as
+    ``bases``, each rewritten without the rows of ``paths`` (adds, removes)."""
+    bases = set(bases)
+
+    def prepare(names: List[str]):
+        adds, removes = [], []
+        for n in names:
+            if part_base(n) not in bases:
+                continue
+            f = storage.join(directory, n)
+            t = read_file(f)
+            keep = t.filter(pc.invert(pc.is_in(t.column("path"), pa.array(sorted(paths), pa.string()))))
+            if keep.num_rows == t.num_rows:
+                continue
+            removes.append(n)
+            if keep.num_rows:
+                fresh = f"{part_base(n)[:-len('.parquet')]}.r{uuid.uuid4().hex[:8]}.parquet"
+                data = table_bytes(keep)
+                storage.write_bytes(storage.join(directory, fresh), data)
+                adds.append((fresh, len(data), keep.num_rows))
+        return adds, removes
+    return prepare
 
 
 # Within :func:`read_once` (a job's planning), each part is fetched once: its footer and
@@ -687,12 +731,28 @@ def read_column(directory: str, column: str) -> List[Any]:
     return committed_values(directory, column)
 
 
-def drop_rows(directory: str, column: str, values: set, token: Optional[int] = None) -> int:
+def drop_rows(directory: str, column: str, values: set, token: Optional[int] = None,
+              bases: Optional[Set[str]] = None) -> int:
     """Take out of ``directory`` the rows whose ``column`` is in ``values`` (videos about to
-    be written again): every part holding one is replaced by a part without them, all in
-    one commit.  Returns the rows taken out."""
+    be written again), in the parts first written as ``bases`` only where given: every
+    part holding one is replaced by a part without them, all in one commit.  Returns the
+    rows taken out."""
     return _rewrite(directory, column, lambda t, keys: t.filter(pc.invert(pc.is_in(t.column(column), keys))),
-                    pa.array(sorted(values, key=str)) if values else None, token)
+                    pa.array(sorted(values, key=str)) if values else None, token, bases)
+
+
+def parts_holding(directory: str, paths: Set[str]) -> Dict[str, List[str]]:
+    """``{path: [bases of the committed parts holding its rows]}`` for those of ``paths``
+    that ``directory`` holds (see :func:`part_base`)."""
+    out: Dict[str, List[str]] = {}
+    if not paths:
+        return out
+    keys = pa.array(sorted(paths), pa.string())
+    for f in part_files(directory):
+        col = read_file(f, ["path"]).column("path")
+        for p in set(pc.filter(col, pc.is_in(col, keys)).to_pylist()):
+            out.setdefault(p, []).append(part_base(storage.basename(f)))
+    return out
 
 
 def update_rows(directory: str, column: str, updates: Dict[Any, Dict[str, Any]], derive=None,
@@ -719,13 +779,15 @@ def part_base(name: str) -> str:
     return re.sub(r"\.r[0-9a-f]{8}(?=\.parquet$)", "", name)
 
 
-def _rewrite(directory: str, column: str, fn, keys, token: Optional[int]) -> int:
+def _rewrite(directory: str, column: str, fn, keys, token: Optional[int], bases: Optional[Set[str]] = None) -> int:
     from vadclip.io import delta
 
     if keys is None or not len(keys):
         return 0
     adds, removes, tables, changed = [], [], [], 0
     for f in part_files(directory):
+        if bases is not None and part_base(storage.basename(f)) not in bases:
+            continue
         hit = pc.is_in(read_file(f, [column]).column(column), keys)
         n = pc.sum(hit).as_py() or 0
         if not n:

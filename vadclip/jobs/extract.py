@@ -277,7 +277,7 @@ def _plan(source: str, out_dir: str, opts: ExtractOptions, retry_failed: bool, l
 
 def _plan_leased(c: Checked, out_dir: str, retry_failed: bool, log, on_changed, on_corrected) -> _Plan:
     """Under the output's lease: what changed since :func:`check_run` read the folder, the
-    rows of rewritten recordings dropped, manifest corrections applied."""
+    rows of rewritten recordings set to be replaced, manifest corrections applied."""
     items, output, changed = c.items, c.output, set(c.changed)
     done_ids, failed_ids = c.ids
     storage.makedirs(out_dir)
@@ -290,8 +290,10 @@ def _plan_leased(c: Checked, out_dir: str, retry_failed: bool, log, on_changed, 
         changed |= changed_inputs(new, c.listed) if new else set()
         todo, retried = _pending(items, done_now, failed_now, changed, retry_failed)
         _keep_ids(items, output.named())
-        if changed:   # a video replaced at the same path (a camera's daily file rewritten): its rows go, it runs again
-            drop_rows(output.rows_dir, "path", changed, output.tokens.get(output.rows_dir))
+        if changed:
+            # a video replaced at the same path (a camera's daily file rewritten) runs again: its old
+            # rows go in the commit that adds its new ones (or at the run's end, where it fails now)
+            output.replace_later(output.rows_dir, changed)
             drop_rows(output.errors_dir, "path", changed, output.tokens.get(output.errors_dir))
             if on_changed is not None:      # what was made from the old file goes with it (its scores and events)
                 on_changed(changed)
@@ -500,6 +502,7 @@ def _extract_and(source: str, out_dir: str, opts: ExtractOptions, scorer, retry_
             for r in results:
                 for line in r["failures"]:
                     log(f"[extract] FAILED {line}")
+        plan.output.finish_replacing()      # the old rows of rewritten recordings that failed now
         summary = _summarise(plan, results, t0)
         summary["folder"] = _folder_totals(plan, out_dir)
         storage.write_text(storage.join(out_dir, layout.EXTRACT_SUMMARY), json.dumps(storage.redact_all(summary),

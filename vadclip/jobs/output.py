@@ -41,6 +41,9 @@ class ResumableOutput:
     # written under the part's name into ``companion_dir`` as soon as the part is committed
     companion_dir: str = ""
     companion: Optional[Callable[[List[Dict[str, Any]]], pa.Table]] = None
+    # {folder: {path: bases of the parts holding its old rows}}: recordings rewritten at their path,
+    # whose old rows go in the commit that adds their new ones (set under the lease by the plan)
+    replaces: Dict[str, Dict[str, List[str]]] = field(default_factory=dict)
     _seen: Dict[str, Any] = field(default_factory=dict, repr=False)   # parts read by identities()
 
     def start(self, wait_s: float = 0.0, log=None) -> str:
@@ -141,6 +144,30 @@ class ResumableOutput:
         return {p: v for part in ("errors", "rows") for t in self._seen.get(part, {}).values()
                 for p, v in zip(t.column("path").to_pylist(), t.column("video_id").to_pylist())}
 
+    def replace_later(self, directory: str, paths: Set[str]) -> Set[str]:
+        """Under the lease: the rows ``directory`` holds of ``paths`` (recordings rewritten
+        at their path, or scored again) stay until the commit that adds their new rows
+        takes them out (:class:`PartWriter` ``replaces``); :meth:`finish_replacing` drops
+        what no new row replaced.  Returns the paths ``directory`` held."""
+        from vadclip.io.parts import parts_holding
+
+        got = parts_holding(directory, set(paths))
+        if got:
+            self.replaces.setdefault(directory, {}).update(got)
+        return set(got)
+
+    def finish_replacing(self) -> int:
+        """Under the lease, after the run's writers: the old rows no new row replaced (the
+        new file failed, or its video was lost with a writer) are dropped.  Returns how many."""
+        from vadclip.io.parts import drop_rows
+
+        n = 0
+        for d, by_path in list(self.replaces.items()):
+            bases = {b for bs in by_path.values() for b in bs}
+            n += drop_rows(d, "path", set(by_path), self.tokens.get(d), bases=bases)
+            del self.replaces[d]
+        return n
+
     def ids(self, column: str = "video_id") -> Tuple[Set[str], Set[str]]:
         """The values of ``column`` over the done rows and over the failed ones."""
         return set(read_column(self.rows_dir, column)), set(read_column(self.errors_dir, column))
@@ -152,7 +179,9 @@ class ResumableOutput:
         hears of the rows of each part once it is committed, in either table."""
         return (PartWriter(self.rows_dir, schema, rows_per_file, run_id, flush_seconds, identities=identities,
                            guard=self.guard(self.rows_dir), on_commit=on_commit, token=self.tokens.get(self.rows_dir),
-                           companion=(self.companion_dir, self.companion) if self.companion else None),
+                           companion=((self.companion_dir, self.companion, dict(self.replaces.get(self.companion_dir, {})))
+                                      if self.companion else None),
+                           replaces=self.replaces.get(self.rows_dir)),
                 PartWriter(self.errors_dir, error_schema, 64, run_id, flush_seconds, identities=identities,
                            guard=self.guard(self.errors_dir), on_commit=on_commit,
                            token=self.tokens.get(self.errors_dir)))

@@ -25,6 +25,7 @@ from vadclip.io.features import ERROR_SCHEMA, meta_of
 from vadclip.io.provenance import check_fit
 from vadclip.jobs.output import ResumableOutput, row_sink
 from vadclip.metrics.operating import DEFAULT_RULE, EventRule, OperatingPoint, snippet_times_for
+from vadclip.io.parts import committed_values as _committed_values
 from vadclip.io.parts import dataset_files
 from vadclip.report.html import build_report, output_totals
 
@@ -452,15 +453,17 @@ class Scorer:
 
     def forget(self, paths: set) -> None:
         """On the driver, under the lease, before the pipeline: the videos at ``paths`` were
-        rewritten since they were scored (an NVR rewrites the day's file): their score rows,
-        score error rows and events go, so the new file's scores replace them, never stand
-        beside them."""
+        rewritten since they were scored (an NVR rewrites the day's file): their score rows
+        and events are replaced by the commit that adds the new file's (never beside them,
+        never none in between; dropped at the run's end where the new file fails), their
+        score error rows go now."""
         from vadclip.io.parts import drop_rows, read_column
 
         self.forgotten = {v for v, p in zip(read_column(self.output.rows_dir, "video_id"),
                                             read_column(self.output.rows_dir, "path")) if p in paths}
-        for d in (self.output.rows_dir, self.output.errors_dir, self.events_dir):
-            drop_rows(d, "path", paths, self.output.tokens.get(d))
+        for d in (self.output.rows_dir, self.events_dir):
+            self.output.replace_later(d, paths)
+        drop_rows(self.output.errors_dir, "path", paths, self.output.tokens.get(self.output.errors_dir))
 
     def correct(self, updates: Dict[str, Dict[str, Any]]) -> None:
         """On the driver, under the lease: the manifest now says other things of these videos
@@ -597,24 +600,29 @@ def _files_to_score(files: List[str], todo: Optional[List[str]], done: set
     return keep, segmented
 
 
-def _drop_stale(out_dir: str, opts: ScoreOptions, log) -> int:
-    """``--rescore changed|all``, under the lease: the score rows (and their events) of the
-    videos to score again go; the run then scores them from their feature rows with this
-    run's version and rule.  Returns how many."""
-    from vadclip.io.parts import drop_rows, part_files, read_file, read_schema
+def _rescore_stale(out_dir: str, opts: ScoreOptions, output: ResumableOutput, log) -> set:
+    """``--rescore changed|all``, under the lease: the videos to score again with this run's
+    version and rule, from their feature rows.  Their score rows and events stay until the
+    commit that adds the new ones takes them out (one video at a time: never two rows for
+    a video, never none).  Returns their ids."""
+    from vadclip.io.parts import part_files, read_file, read_schema
 
     if opts.rescore == "none":
-        return 0
-    stale: List[str] = []
+        return set()
+    ids: set = set()
+    paths: set = set()
     for f in part_files(_scores_dir(out_dir)):
         names = read_schema(f).names
-        stale += opts.stale(read_file(f, [c for c in ("video_id", "model_version", "rule", "meta") if c in names]))
-    if stale:
-        ids = set(stale)
+        t = read_file(f, [c for c in ("video_id", "path", "model_version", "rule", "meta") if c in names])
+        stale = set(opts.stale(t))
+        if stale:
+            ids |= stale
+            paths |= set(t.filter(pc.is_in(t.column("video_id"), pa.array(sorted(stale)))).column("path").to_pylist())
+    if ids:
         for d in (_scores_dir(out_dir), layout.events_dir(out_dir)):
-            drop_rows(d, "video_id", ids)
+            output.replace_later(d, paths)
         log(f"[score] --rescore {opts.rescore}: {len(ids)} videos scored again with {opts.model_version}")
-    return len(set(stale))
+    return ids
 
 
 def _score_rows(table: pa.Table):
@@ -835,8 +843,10 @@ def _score_all(c: _Checked, out_dir: str, features: Optional[str], videos: Optio
 
     opts, cfg, found = c.opts, c.model.cfg, c.found
     extract_summary = None
-    rescored = _drop_stale(out_dir, opts, log)   # --rescore: their rows go, they are scored below
+    stale = _rescore_stale(out_dir, opts, output, log)  # --rescore: scored again below, replacing their rows
+    rescored = len(stale)
     done, _ = output.ids("video_id")           # scored by earlier runs
+    done -= stale
     ckpt_ref = ray.put(checkpoint_dict(c.model))
     todo = None                                 # None: every feature row not scored yet
     if videos is not None:
@@ -853,12 +863,15 @@ def _score_all(c: _Checked, out_dir: str, features: Optional[str], videos: Optio
         found = check_feature_set(features, c.model.embed_dim, crop=c.crop)
         c.mismatch = check_fit(cfg, features, f"the model {c.model_uri}", opts.allow_feature_mismatch, log)
         scored, failed_now = output.ids("video_id")
-        todo = sorted(_ids_at(found, c.crop) - scored - failed_now)
+        # rows still waiting to be replaced (rescored, or rewritten and lost with a writer) are not done
+        pending = (stale | scorer.forgotten) - set(_committed_values(output.rows_dir, "video_id", f"part-{run_id}"))
+        todo = sorted(_ids_at(found, c.crop) - (scored - pending) - failed_now)
     crop = found["crops"][0] if opts.crop is None else opts.crop
     n_dup = 0
     if todo is None or todo:
         n_dup = _score_rounds(features, crop, todo, done, _ids_at(found, crop), ckpt_ref, opts, output, run_id,
                               list(cfg.class_keys), log)
+    output.finish_replacing()       # the old rows of videos that could not be scored again now
     return done, extract_summary, features, rescored, n_dup
 
 
