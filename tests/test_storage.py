@@ -191,3 +191,24 @@ def test_a_listings_milliseconds_and_a_heads_whole_seconds_are_one_file():
     assert not same_identity(f"100:{s * 10**9}", f"100:{(s + 1) * 10**9 + 5_000_000}")
     assert not same_identity(f"100:{s * 10**9 + 1}", f"100:{s * 10**9 + 2}")       # a local file's own ns
     assert same_identity("100:", "100:") and not same_identity("100:", "200:")
+
+
+def test_an_artifact_upload_the_store_keeps_throttling_is_the_environments_problem(s3, tmp_path):
+    """MLflow's artifact client (boto3) gives up on a store that answers every PUT with
+    503 SlowDown: what it raises is the environment's problem (one line, exit 3), not a
+    traceback and not a bad input."""
+    import boto3
+
+    from faultproxy import fault_proxy
+    from vadclip.errors import EnvironmentProblem, environment_cause
+
+    f = tmp_path / "index.html"
+    f.write_text("<html></html>")
+    with fault_proxy(os.environ["AWS_ENDPOINT_URL"], {"PUT": 1.0}, seed=1) as proxy:
+        client = boto3.client("s3", endpoint_url=proxy.url)
+        with pytest.raises(Exception) as got:
+            client.upload_file(str(f), "bkt", "mlartifacts/report/index.html")
+    assert type(got.value).__name__ == "S3UploadFailedError" and proxy.counts.get("PUT 503", 0) >= 2
+    cause = environment_cause(got.value)
+    assert isinstance(cause, EnvironmentProblem) and "storage kept failing" in str(cause)
+    assert environment_cause(ValueError("503 in a video's name")) is None

@@ -56,7 +56,25 @@ def environment_cause(exc: BaseException):
         refused = storage_refused(exc)
         if refused is not None:
             return refused
+        busy = _client_gave_up(exc)
+        if busy is not None:
+            return busy
         exc = exc.__cause__ or exc.__context__ or getattr(exc, "cause", None)
+    return None
+
+
+# boto3/botocore (MLflow's artifact store client) raise these once their own retries are spent
+_CLIENT_ERRORS = ("S3UploadFailedError", "ClientError", "EndpointConnectionError", "ConnectTimeoutError",
+                  "ReadTimeoutError", "ConnectionClosedError")
+
+
+def _client_gave_up(exc: BaseException):
+    """An :class:`EnvironmentProblem` for a storage client's error that says the store was busy
+    or unreachable after the client's own retries (MLflow's artifact uploads), else None."""
+    from vadclip.io.storage import TRANSIENT
+
+    if type(exc).__name__ in _CLIENT_ERRORS and TRANSIENT.search(str(exc)):
+        return EnvironmentProblem(f"storage kept failing: {(str(exc).strip().splitlines() or [''])[0][:300]}")
     return None
 
 

@@ -40,7 +40,7 @@ LEASE_APP = "vadclip.lease"
 BASE_SCHEMA = pa.schema([("video_id", pa.string()), ("path", pa.string())])
 COMMIT_TRIES = int(os.environ.get("VADCLIP_COMMIT_TRIES", "40"))
 
-_tables: Dict[str, object] = {}
+_tables: Dict[Tuple[str, Tuple[Tuple[str, str], ...]], object] = {}
 _lock = threading.RLock()
 
 
@@ -90,7 +90,9 @@ def table(directory: str):
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
-    key = str(directory)
+    uri, opts = location(directory)
+    # keyed by where it is: the same folder name behind another endpoint or credential is another table
+    key = (uri, tuple(sorted(opts.items())))
     with _lock:
         dt = _tables.get(key)
     if dt is not None:
@@ -98,7 +100,6 @@ def table(directory: str):
         return dt
     if not exists(directory):
         return None
-    uri, opts = location(directory)
     try:
         dt = storage.retrying(lambda: DeltaTable(uri, storage_options=opts or None), storage.join(directory, LOG))
     except TableNotFoundError:
@@ -109,8 +110,9 @@ def table(directory: str):
 
 
 def forget(directory: str) -> None:
+    uri, opts = location(directory)
     with _lock:
-        _tables.pop(str(directory), None)
+        _tables.pop((uri, tuple(sorted(opts.items()))), None)
 
 
 def files(directory: str) -> Optional[List[str]]:

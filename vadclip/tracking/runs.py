@@ -80,6 +80,11 @@ def use_store(uri: Optional[str] = None) -> str:
     import mlflow
 
     uri = resolve_tracking_uri(uri)
+    # MLflow's S3 artifact client (boto3) gives up after 4 retries of a throttled upload by
+    # default; an object store that answers SlowDown for a while is the store vadclip's own
+    # requests retry 10 times (VADCLIP_STORAGE_RETRIES): the same for its artifacts, unless set
+    os.environ.setdefault("AWS_RETRY_MODE", "standard")
+    os.environ.setdefault("AWS_MAX_ATTEMPTS", os.environ.get("VADCLIP_STORAGE_RETRIES", "10"))
     if uri.startswith("sqlite:///"):
         os.makedirs(os.path.dirname(uri[len("sqlite:///"):]) or ".", exist_ok=True)
     mlflow.set_tracking_uri(uri)
