@@ -205,7 +205,10 @@ def test_an_artifact_upload_the_store_keeps_throttling_is_the_environments_probl
     f = tmp_path / "index.html"
     f.write_text("<html></html>")
     with fault_proxy(os.environ["AWS_ENDPOINT_URL"], {"PUT": 1.0}, seed=1) as proxy:
-        client = boto3.client("s3", endpoint_url=proxy.url)
+        from botocore.config import Config
+
+        client = boto3.client("s3", endpoint_url=proxy.url, config=Config(retries={"max_attempts": 2,
+                                                                                    "mode": "standard"}))
         with pytest.raises(Exception) as got:
             client.upload_file(str(f), "bkt", "mlartifacts/report/index.html")
     assert type(got.value).__name__ == "S3UploadFailedError" and proxy.counts.get("PUT 503", 0) >= 2

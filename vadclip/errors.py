@@ -13,6 +13,8 @@ Any other exception is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
+import re
+
 
 class VadclipError(Exception):
     """Every problem vadclip names itself."""
@@ -63,6 +65,13 @@ def environment_cause(exc: BaseException):
     return None
 
 
+# what a busy or unreachable store says (retried by vadclip.io.storage; named by the CLI)
+TRANSIENT = re.compile(r"SLOW_?DOWN|SlowDown|503|500 |InternalError|ServiceUnavailable|Throttl|RequestTimeout|"
+                       r"timed? ?out|Timeout|Connection (was )?reset|reset by peer|Broken pipe|curlCode|"
+                       r"Unable to connect|connection refused|NETWORK_CONNECTION|Could not connect|"
+                       r"Couldn't connect|Error in HTTP|SERVICE_UNAVAILABLE|INTERNAL_FAILURE|Failed to connect",
+                       re.IGNORECASE)
+
 # boto3/botocore (MLflow's artifact store client) raise these once their own retries are spent
 _CLIENT_ERRORS = ("S3UploadFailedError", "ClientError", "EndpointConnectionError", "ConnectTimeoutError",
                   "ReadTimeoutError", "ConnectionClosedError")
@@ -71,8 +80,6 @@ _CLIENT_ERRORS = ("S3UploadFailedError", "ClientError", "EndpointConnectionError
 def _client_gave_up(exc: BaseException):
     """An :class:`EnvironmentProblem` for a storage client's error that says the store was busy
     or unreachable after the client's own retries (MLflow's artifact uploads), else None."""
-    from vadclip.io.storage import TRANSIENT
-
     if type(exc).__name__ in _CLIENT_ERRORS and TRANSIENT.search(str(exc)):
         return EnvironmentProblem(f"storage kept failing: {(str(exc).strip().splitlines() or [''])[0][:300]}")
     return None

@@ -29,7 +29,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple, TypeVar
 
 import pyarrow.fs as pafs
 
-from vadclip.errors import EnvironmentProblem, InputError
+from vadclip.errors import TRANSIENT, EnvironmentProblem, InputError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -46,13 +46,9 @@ _lock = threading.Lock()
 
 
 # ------------------------------------------------------------------ transient errors
-# What object stores answer when they are busy or the network hiccups (pyarrow's S3
-# client has already retried some of these itself when the error reaches us).
-TRANSIENT = re.compile(r"SLOW_?DOWN|SlowDown|503|500 |InternalError|ServiceUnavailable|Throttl|RequestTimeout|"
-                       r"timed? ?out|Timeout|Connection (was )?reset|reset by peer|Broken pipe|curlCode|"
-                       r"Unable to connect|connection refused|NETWORK_CONNECTION|Could not connect|"
-                       r"Couldn't connect|Error in HTTP|SERVICE_UNAVAILABLE|INTERNAL_FAILURE|Failed to connect",
-                       re.IGNORECASE)
+# What object stores answer when they are busy or the network hiccups (TRANSIENT, in
+# vadclip.errors; pyarrow's S3 client has already retried some of these itself when the
+# error reaches us).
 
 
 def is_transient(exc: BaseException) -> bool:
