@@ -91,8 +91,7 @@ def table(directory: str):
     from deltalake.exceptions import TableNotFoundError
 
     uri, opts = location(directory)
-    # keyed by where it is: the same folder name behind another endpoint or credential is another table
-    key = (uri, tuple(sorted(opts.items())))
+    key = _key(uri, opts)
     with _lock:
         dt = _tables.get(key)
     if dt is not None:
@@ -109,10 +108,14 @@ def table(directory: str):
     return dt
 
 
+def _key(uri: str, opts: Dict[str, str]):
+    # a table is where it is: the same folder name behind another endpoint or credential is another table
+    return uri, tuple(sorted(opts.items()))
+
+
 def forget(directory: str) -> None:
-    uri, opts = location(directory)
     with _lock:
-        _tables.pop((uri, tuple(sorted(opts.items()))), None)
+        _tables.pop(_key(*location(directory)), None)
 
 
 def files(directory: str) -> Optional[List[str]]:

@@ -221,10 +221,7 @@ def _without(directory: str, bases: Sequence[str], paths: Set[str]):
                 continue
             removes.append(n)
             if keep.num_rows:
-                fresh = f"{part_base(n)[:-len('.parquet')]}.r{uuid.uuid4().hex[:8]}.parquet"
-                data = table_bytes(keep)
-                storage.write_bytes(storage.join(directory, fresh), data)
-                adds.append((fresh, len(data), keep.num_rows))
+                adds.append(_replacement(directory, n, keep))
         return adds, removes
     return prepare
 
@@ -779,6 +776,15 @@ def part_base(name: str) -> str:
     return re.sub(r"\.r[0-9a-f]{8}(?=\.parquet$)", "", name)
 
 
+def _replacement(directory: str, name: str, table: pa.Table) -> Tuple[str, int, int]:
+    """``table`` uploaded as the part that replaces ``name`` (``<base>.r<hex>.parquet``, not
+    yet committed): (its name, bytes, rows) for :func:`vadclip.io.delta.commit`."""
+    fresh = f"{part_base(name)[:-len('.parquet')]}.r{uuid.uuid4().hex[:8]}.parquet"
+    data = table_bytes(table)
+    storage.write_bytes(storage.join(directory, fresh), data)
+    return fresh, len(data), table.num_rows
+
+
 def _rewrite(directory: str, column: str, fn, keys, token: Optional[int], bases: Optional[Set[str]] = None) -> int:
     from vadclip.io import delta
 
@@ -798,15 +804,12 @@ def _rewrite(directory: str, column: str, fn, keys, token: Optional[int], bases:
         removes.append(name)
         changed += n
         if new.num_rows:
-            fresh = f"{part_base(name)[:-len('.parquet')]}.r{uuid.uuid4().hex[:8]}.parquet"
-            data = table_bytes(new)
             if delta.exists(directory):
-                storage.write_bytes(storage.join(directory, fresh), data)
-                adds.append((fresh, len(data), new.num_rows))
+                adds.append(_replacement(directory, name, new))
                 tables.append(new.schema)
             else:           # a folder from before the Delta log that no run took: replaced in place
                 _forget(f)
-                storage.write_bytes(f, data)
+                storage.write_bytes(f, table_bytes(new))
         elif not delta.exists(directory):
             _forget(f)
             storage.write_bytes(f, table_bytes(new))
