@@ -168,7 +168,7 @@ def local(n, new, work, seed_dir, template, args):
     return rows
 
 
-def s3(n, new, work, seed_dir, template, args):
+def s3(n, new, work, seed_dir, template, args, args_log=None):
     from faultproxy import fault_proxy
     from s3server import s3_server
 
@@ -183,6 +183,7 @@ def s3(n, new, work, seed_dir, template, args):
         with fault_proxy(os.environ["AWS_ENDPOINT_URL"], {}) as proxy:
             s, ru = _cli(cmd, {"AWS_ENDPOINT_URL": proxy.url}, work)
             counts = dict(proxy.counts)
+            _seen(args_log, f"s3-{n}-noop", proxy.seen)
         assert s["videos_skipped"] == n and s["videos_ok"] == 0, s
         rows.append(_row("S3 API", n, "no-op re-run", s, ru, counts))
         k = max(1, int(n * new))
@@ -190,9 +191,18 @@ def s3(n, new, work, seed_dir, template, args):
         with fault_proxy(os.environ["AWS_ENDPOINT_URL"], {}) as proxy:
             s, ru = _cli(cmd, {"AWS_ENDPOINT_URL": proxy.url}, work)
             counts = dict(proxy.counts)
+            _seen(args_log, f"s3-{n}-new", proxy.seen)
         assert s["videos_ok"] == k and s["videos_skipped"] == n, s
         rows.append(_row("S3 API", n, f"{k:,} new ({new:.0%})", s, ru, counts))
     return rows
+
+
+def _seen(folder, name, seen):
+    """Every request the proxy saw (method and path), one a line, when ``--requests-log`` names a folder."""
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, name + ".txt"), "w") as f:
+            f.writelines(f"{m} {p}\n" for m, p in seen)
 
 
 def main():
@@ -202,6 +212,7 @@ def main():
     ap.add_argument("--new", type=float, default=0.01, help="the share of new recordings in the second re-run")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--json", default=None, help="also write the rows here")
+    ap.add_argument("--requests-log", default=None, help="a folder: every store request of each S3 run, a line each")
     a = ap.parse_args()
     work = a.workdir or tempfile.mkdtemp(prefix="vadclip_archive_scale_")
     os.makedirs(work, exist_ok=True)
@@ -219,7 +230,7 @@ def main():
         print("|---|---|---|---|---|---|---|---|")
         rows = []
         for n in [int(x) for x in a.s3_sizes.split(",") if x]:
-            for r in s3(n, a.new, work, seed_dir, template, args):
+            for r in s3(n, a.new, work, seed_dir, template, args, a.requests_log):
                 _print(r)
                 rows.append(r)
         for n in [int(x) for x in a.sizes.split(",") if x]:

@@ -1,5 +1,6 @@
 import glob
 import os
+import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -145,9 +146,17 @@ def test_ray_job_matches_direct_call_resumes_and_records_errors(ray_local, sampl
         assert abs(r["fps"] - info.fps) < 1e-6
         np.testing.assert_allclose(row_features(r), direct[0], rtol=1e-5, atol=1e-5)
 
-    # resume: nothing is redone, nothing duplicated
+    # resume: nothing is redone, nothing duplicated; with nothing to do the run writes nothing to
+    # the tables (no lease, no commit: a live run is never fenced by it) and leaves a part an
+    # interrupted run left uncommitted to the next run with work
+    versions = {d: table_history.version(out / d) for d in ("features", "errors")}
+    leases = sorted(os.listdir(out / "features" / "_leases"))
+    stray = out / "features" / "part-99991231000000-dead00-w000-00000.parquet"
+    shutil.copy(sorted(glob.glob(str(out / "features" / "part-*.parquet")))[0], stray)
     s2 = run_extract(sample_videos["manifest"], str(out), opts, log=lambda *_: None)
     assert s2["videos_ok"] == 0 and s2["videos_skipped"] == len(good) + len(bad)
+    assert {d: table_history.version(out / d) for d in ("features", "errors")} == versions
+    assert sorted(os.listdir(out / "features" / "_leases")) == leases and stray.exists()
     # ... while the folder's own counts cover every run, failures listed with their errors
     assert s2["folder"]["videos_ok"] == len(by_id) and s2["folder"]["videos_failed"] == len(msgs)
     assert {f["video_id"]: f["error"] for f in s2["folder"]["failed"]} == msgs
@@ -158,6 +167,7 @@ def test_ray_job_matches_direct_call_resumes_and_records_errors(ray_local, sampl
     os.remove(parts[0])
     s3 = run_extract(sample_videos["manifest"], str(out), opts, log=lambda *_: None)
     assert s3["videos_ok"] == len(rows)
+    assert not stray.exists()
     again = read_feature_rows(str(out / "features"))
     assert sorted(r["video_id"] for r in again) == sorted(r["video_id"] for r in rows)
 

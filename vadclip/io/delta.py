@@ -119,9 +119,32 @@ def forget(directory: str) -> None:
 
 
 def files(directory: str) -> Optional[List[str]]:
-    """The files of the table's current version, relative to the folder (None: no Delta log)."""
+    """The files of the table's current version, relative to the folder (None: no Delta log).
+    Their sizes, which the log records, are kept for :func:`size_of`."""
     dt = table(directory)
-    return None if dt is None else _names(dt)
+    if dt is None:
+        return None
+    adds = pa.table(dt.get_add_actions(flatten=True))
+    if not adds.num_rows:
+        return []
+    names, sizes = adds.column("path").to_pylist(), adds.column("size_bytes").to_pylist()
+    with _lock:
+        if len(_sizes) > SIZES_KEPT:
+            _sizes.clear()
+        _sizes.update((storage.join(directory, n), int(b)) for n, b in zip(names, sizes) if b is not None)
+    return sorted(names)
+
+
+_sizes: Dict[str, int] = {}     # {part file: its size in bytes, as a table's log gives it}
+SIZES_KEPT = 1 << 20
+
+
+def size_of(path: str) -> Optional[int]:
+    """The size of a part file as the log of its table said when :func:`files` last listed
+    it (a committed part never changes), so that reading it needs no request to ask; None
+    when unknown."""
+    with _lock:
+        return _sizes.get(path)
 
 
 def _names(dt) -> List[str]:

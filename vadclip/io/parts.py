@@ -27,9 +27,10 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from vadclip.io import storage
+from vadclip.io import delta, storage
 from vadclip.errors import EnvironmentProblem, InputError, MissingInputError
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,6 @@ def write_part(directory: str, name: str, table: pa.Table, staged: Sequence[str]
     in the same commit, their parts rewritten without them, so a reader sees the old
     rows or the new ones, never both and never none."""
     from vadclip.errors import storage_refused
-    from vadclip.io import delta
 
     path = storage.join(directory, name)
     _forget(path)
@@ -267,18 +267,32 @@ def _held(path: str) -> Optional[Tuple[pa.Schema, Dict[str, Any]]]:
             return None
         fs, p = storage.resolve(path)
 
+        size = delta.size_of(path)
+
         def fetch():
+            if size is not None:
+                # the size from the table's log: the footer and the columns read without a request
+                # to ask how large the file is (an object store's HEAD per part)
+                return _small_columns(pads.ParquetFileFormat().make_fragment(p, filesystem=fs, file_size=size))
             with fs.open_input_file(p) as fh:
-                pf = pq.ParquetFile(fh)
-                schema = pf.schema_arrow
-                small = [c for c in SMALL_COLUMNS if c in schema.names]
-                return schema, pf.read(columns=small) if small else None
+                return _small_columns(pq.ParquetFile(fh))
 
         schema, t = storage.retrying(fetch, path)
         got = (schema, {c: t.column(c) for c in t.column_names} if t is not None else {})
         held["parts"][path] = got
         held["bytes"] += t.nbytes if t is not None else 0
     return got
+
+
+def _small_columns(source) -> Tuple[pa.Schema, Optional[pa.Table]]:
+    """(schema, the :data:`SMALL_COLUMNS` it has) of a ``pyarrow.parquet.ParquetFile`` or a
+    Parquet fragment of ``pyarrow.dataset``."""
+    schema = source.schema_arrow if isinstance(source, pq.ParquetFile) else source.physical_schema
+    small = [c for c in SMALL_COLUMNS if c in schema.names]
+    if not small:
+        return schema, None
+    return schema, source.read(columns=small) if isinstance(source, pq.ParquetFile) else \
+        source.to_table(columns=small)
 
 
 def read_file(path: str, columns: Optional[Sequence[str]] = None, filters=None) -> pa.Table:
@@ -311,6 +325,8 @@ def _listing(directory: str):
     (:func:`take_lease`): the fencing that keeps a writer that outlived its driver
     from adding rows the next run also writes."""
     names = [storage.basename(f) for f in storage.list_files(directory, recursive=False)]
+    if not any(_is_part(n) for n in names):
+        return [], set()        # nothing to count (an empty or absent folder): no more listings
     markers = storage.list_infos(storage.join(directory, MARKERS))
     leases = lease_history(directory)
     counted = [i for i in markers if _fenced_at(storage.basename(i.path), leases, i.mtime_ns)]
@@ -347,7 +363,6 @@ def part_files(directory: str) -> List[str]:
     """The committed part files of ``directory`` (none when it does not exist): the files
     of its Delta table's current version, or in a folder written before the Delta log,
     the parts whose commit markers count."""
-    from vadclip.io import delta
 
     names = delta.files(directory)
     if names is not None:
@@ -433,7 +448,6 @@ def take_lease(directory: str, run_id: str, schema: Optional[pa.Schema] = None) 
     above the highest so far, committed to the folder's Delta log (created with
     ``schema`` where there is none; a folder of parts from before the log is taken into
     one), and named in ``_leases/``.  Returns the token."""
-    from vadclip.io import delta
 
     storage.makedirs(directory)
     for _ in range(100):
@@ -455,7 +469,6 @@ def take_lease(directory: str, run_id: str, schema: Optional[pa.Schema] = None) 
 def _adopt(directory: str, token: int, schema: Optional[pa.Schema]) -> bool:
     """A folder of parts written before the Delta log: its counted parts become the first
     version of the folder's table (with this run's lease); False where it holds none."""
-    from vadclip.io import delta
 
     parts, marked = _listing(directory)
     if _before_markers(directory, marked):
@@ -585,7 +598,6 @@ def lease_holder(directory: str) -> Optional[str]:
 def check_lease(directory: str, token: int) -> None:
     """Raise :class:`LeaseLost` once the folder's Delta log names a later lease than
     ``token`` (no log, or no lease in it: an output written by a single process)."""
-    from vadclip.io import delta
 
     held = delta.lease_token(directory)
     if held is not None and held > token:
@@ -617,7 +629,6 @@ def remove_uncommitted(directory: str, token: Optional[int] = None) -> int:
     lease ``token``, files the log holds but the store no longer has (deleted by hand or by
     a lifecycle rule) are taken out of the log in one commit, so their videos count as not
     done and any reader of the table reads on.  Returns how many parts went."""
-    from vadclip.io import delta
 
     live = delta.files(directory)
     if live is None:
@@ -643,15 +654,14 @@ def remove_uncommitted(directory: str, token: Optional[int] = None) -> int:
 def dataset_files(path: str, what: str = "feature set") -> List[str]:
     """The Parquet files of a table given as a file or a folder: a folder of part
     files gives its committed parts; any other folder its ``.parquet`` files."""
-    from vadclip.io import delta
 
+    in_log = delta.files(path)      # first: a table read before costs a look at its log, nothing more
+    if in_log is not None:
+        return [storage.join(path, n) for n in in_log]
     if storage.isfile(path):
         return [path]
     if not storage.isdir(path):
         raise MissingInputError(f"{what} not found: {path}")
-    in_log = delta.files(path)
-    if in_log is not None:
-        return [storage.join(path, n) for n in in_log]
     names = [storage.basename(f) for f in storage.list_files(path, recursive=False)]
     if any(_is_part(n) for n in names):
         files = part_files(path)
@@ -786,7 +796,6 @@ def _replacement(directory: str, name: str, table: pa.Table) -> Tuple[str, int, 
 
 
 def _rewrite(directory: str, column: str, fn, keys, token: Optional[int], bases: Optional[Set[str]] = None) -> int:
-    from vadclip.io import delta
 
     if keys is None or not len(keys):
         return 0

@@ -81,10 +81,13 @@ def read(path: str) -> Optional[Dict[str, Any]]:
     """The provenance of a feature set (a folder of parts or a Parquet file), from the
     footer of its first file; None for a set written before provenance was recorded,
     or by hand.  Raises :class:`ProvenanceError` when its files disagree with each other."""
-    from vadclip.io import storage
+    from vadclip.errors import MissingInputError
     from vadclip.io.parts import dataset_files, read_schema
 
-    files = dataset_files(path, "feature set") if storage.exists(path) else []
+    try:
+        files = dataset_files(path, "feature set")
+    except MissingInputError:
+        files = []          # a new folder
     seen: Dict[str, Dict[str, Any]] = {}
     for end in (files, files[::-1]):
         for f in end:

@@ -280,6 +280,10 @@ def _plan_leased(c: Checked, out_dir: str, retry_failed: bool, log, on_changed, 
     rows of rewritten recordings set to be replaced, manifest corrections applied."""
     items, output, changed = c.items, c.output, set(c.changed)
     done_ids, failed_ids = c.ids
+    if _nothing_to_do(c, retry_failed):
+        # a re-run that finds nothing new writes nothing to the folders, so it takes no lease: the
+        # nightly no-op costs the listings and one read of the log, and fences no live run
+        return _Plan(items, [], output, c.prov, c.weights, set(), c.gpus, precision=c.opts.precision)
     storage.makedirs(out_dir)
     output.start(c.opts.wait, log)
     try:
@@ -305,6 +309,16 @@ def _plan_leased(c: Checked, out_dir: str, retry_failed: bool, log, on_changed, 
         output.release()      # a run that fails here leaves the folder to the next at once
         raise
     return _Plan(items, todo, output, c.prov, c.weights, changed, c.gpus, precision=c.opts.precision)
+
+
+def _nothing_to_do(c: Checked, retry_failed: bool) -> bool:
+    """Whether the folders stay as they are: no video to run, none changed, no failure to
+    retry, no manifest correction to apply (read as :func:`check_run` read the folder).
+    Parts an interrupted run left uncommitted then stay until a run with work (no reader
+    sees them); the run that has work takes the lease and reads everything again."""
+    if c.todo or c.changed or (retry_failed and c.ids[1]):
+        return False
+    return not manifest_corrections(c.items, c.output.rows_dir, set())
 
 
 def _correct(items, output: ResumableOutput, changed: set, on_corrected, log) -> None:
