@@ -78,12 +78,14 @@ class Peaks:
 
     def __init__(self, every: float = 0.2) -> None:
         self.peak = {f"{r}_{k}": 0 for r, _ in ROLES for k in ("anon", "rss")}
+        self.writer_anon: list = []      # (time, the writers' largest own memory then): does it grow, or plateau?
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, args=(every,), daemon=True)
         self._t.start()
 
     def _run(self, every: float) -> None:
         while not self._stop.wait(every):
+            writer = 0
             for pid in os.listdir("/proc"):
                 if not pid.isdigit():
                     continue
@@ -99,11 +101,26 @@ class Peaks:
                     if any(k in title for k in keys):
                         self.peak[f"{role}_rss"] = max(self.peak[f"{role}_rss"], got.get("VmRSS", 0))
                         self.peak[f"{role}_anon"] = max(self.peak[f"{role}_anon"], got.get("RssAnon", 0))
+                        if role == "writer":
+                            writer = max(writer, got.get("RssAnon", 0))
+            if writer:
+                self.writer_anon.append((time.time(), writer))
 
     def stop(self) -> dict:
         self._stop.set()
         self._t.join()
         return dict(self.peak)
+
+    def quarters(self) -> list:
+        """The writers' peak own memory (MB) in each quarter of the time they lived."""
+        if not self.writer_anon:
+            return []
+        t0, t1 = self.writer_anon[0][0], self.writer_anon[-1][0]
+        q = [0, 0, 0, 0]
+        for t, b in self.writer_anon:
+            i = min(3, int(4 * (t - t0) / max(1e-9, t1 - t0)))
+            q[i] = max(q[i], b)
+        return [round(b / 2**20) for b in q]
 
 
 def run_one(name: str, video: str, frames: int, fps: int, work: str, segment: int, model: str) -> dict:
@@ -136,7 +153,7 @@ def run_one(name: str, video: str, frames: int, fps: int, work: str, segment: in
             "feature_rows": feats.num_rows, "snippets": int(sum(feats.column("snippet_count").to_pylist())),
             "error_rows": errs, "score_rows": scores.num_rows,
             "scored_snippets": int(sum(scores.column("snippet_count").to_pylist())), "events": s.get("events"),
-            **{f"{r}_mb": round(b / 2**20) for r, b in got.items()}}
+            **{f"{r}_mb": round(b / 2**20) for r, b in got.items()}, "writer_anon_mb_by_quarter": peaks.quarters()}
 
 
 def main() -> None:
@@ -192,7 +209,7 @@ def main() -> None:
         print(json.dumps(results[-1]), flush=True)
     cols = ["run", "hours", "segment_snippets", "wall_s", "frames_per_s", "feature_rows", "snippets", "error_rows",
             "score_rows", "scored_snippets", "events", "decode_anon_mb", "encoder_anon_mb", "writer_anon_mb",
-            "writer_rss_mb", "driver_peak_mb"]
+            "writer_rss_mb", "writer_anon_mb_by_quarter", "driver_peak_mb"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in results:

@@ -48,8 +48,13 @@ def _is_part(name: str) -> bool:
 
 
 def table_bytes(table: pa.Table) -> bytes:
+    """A part's Parquet bytes.  Dictionary encoding only for the flat columns: a list of
+    floats (a row's features, a score curve) is near-unique values, for which the dictionary
+    encoder hashes the whole column chunk before it gives up — measured on one hour's
+    feature row (5,625 × 512 floats): 383 MB of peak memory and 1.06 s against 68 MB and
+    0.03 s, and a file of 17 MB against 10 MB."""
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
+    pq.write_table(table, sink, use_dictionary=[f.name for f in table.schema if not pa.types.is_nested(f.type)])
     return sink.getvalue().to_pybytes()
 
 
@@ -697,18 +702,41 @@ def read_identities(directory: str, cache: Optional[Dict[str, pa.Table]] = None)
     the folder again reads only the parts new since."""
     out: Dict[str, Optional[str]] = {}
     cache = {} if cache is None else cache
-    for f in part_files(directory):
-        if f not in cache:
-            try:
-                cache[f] = _identity_table(read_file(f, ["path", "video_id"]))
-            except FileNotFoundError:
-                # committed, then lost from the store: its videos are not done (the run that takes
-                # the folder next takes the file out of the table, see remove_uncommitted)
-                log.warning("%s: a committed part is gone from the store; its videos run again", f)
-                continue
-        t = cache[f]
-        out.update(zip(t.column("path").to_pylist(), t.column("identity").to_pylist()))
+    files = part_files(directory)
+    for f, t in _each_read([f for f in files if f not in cache], lambda f: read_file(f, ["path", "video_id"])):
+        if t is None:
+            # committed, then lost from the store: its videos are not done (the run that takes
+            # the folder next takes the file out of the table, see remove_uncommitted)
+            log.warning("%s: a committed part is gone from the store; its videos run again", f)
+        else:
+            cache[f] = _identity_table(t)
+    for f in files:
+        t = cache.get(f)
+        if t is not None:
+            out.update(zip(t.column("path").to_pylist(), t.column("identity").to_pylist()))
     return out
+
+
+READ_THREADS = 16    # part footers read at once (an object store answers each in a round trip)
+
+
+def _each_read(files: Sequence[str], read) -> Iterable[Tuple[str, Optional[pa.Table]]]:
+    """``(file, read(file))`` for each file, up to :data:`READ_THREADS` reads at once, each in
+    this context (:func:`read_once` holds what they fetch); None for a file gone from the store."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(f):
+        try:
+            return f, read(f)
+        except FileNotFoundError:
+            return f, None
+
+    if len(files) < 2:
+        return [one(f) for f in files]
+    # a copy of this thread's context per read, so each read sees the same read_once() store
+    contexts = [contextvars.copy_context() for _ in files]
+    with ThreadPoolExecutor(min(READ_THREADS, len(files))) as pool:
+        return list(pool.map(lambda c, f: c.run(one, f), contexts, files))
 
 
 def _identity_table(t: pa.Table) -> pa.Table:

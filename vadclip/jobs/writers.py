@@ -215,12 +215,14 @@ class VideoWriter(Closable):
             if self.fw.guard is not None:
                 self.fw.guard()
             write_part(self.output.rows_dir, name, pa.Table.from_pylist(rows, schema=schema), commit=False)
+            del rows        # written: gone before the segment is scored
             self.staged += 1
             st["staged"].append(name)
             if self.scorer is not None:
                 self.scorer.segment(vid, seg, row["path"])
         st["start"] += seg.shape[0]
-        st["run"], st["held"] = ([rest], rest.shape[0]) if rest.shape[0] else ([], 0)
+        # the rest copied out: a view would keep the whole concatenation alive until the next segment
+        st["run"], st["held"] = ([rest.copy()], rest.shape[0]) if rest.shape[0] else ([], 0)
 
     def progress(self) -> Dict[str, int]:
         """What this incarnation has committed so far (for the driver's progress line)."""
