@@ -71,7 +71,6 @@ class PartWriter:
     :func:`vadclip.io.storage.retrying`, a lost lease) raises with every row still
     buffered, and the next flush writes them again under the same part name.
     ``on_commit(rows)`` is told of each committed part's rows."""
-
     def __init__(self, directory: str, schema: pa.Schema, rows_per_file: int, run_id: str,
                  flush_seconds: Optional[float] = 60.0, clock=time.monotonic, identities: bool = False,
                  guard=None, on_commit=None, token: Optional[int] = None, companion=None,
@@ -368,7 +367,6 @@ def part_files(directory: str) -> List[str]:
     """The committed part files of ``directory`` (none when it does not exist): the files
     of its Delta table's current version, or in a folder written before the Delta log,
     the parts whose commit markers count."""
-
     names = delta.files(directory)
     if names is not None:
         return [storage.join(directory, n) for n in names]
@@ -453,7 +451,6 @@ def take_lease(directory: str, run_id: str, schema: Optional[pa.Schema] = None) 
     above the highest so far, committed to the folder's Delta log (created with
     ``schema`` where there is none; a folder of parts from before the log is taken into
     one), and named in ``_leases/``.  Returns the token."""
-
     storage.makedirs(directory)
     for _ in range(100):
         history = lease_history(directory)
@@ -474,7 +471,6 @@ def take_lease(directory: str, run_id: str, schema: Optional[pa.Schema] = None) 
 def _adopt(directory: str, token: int, schema: Optional[pa.Schema]) -> bool:
     """A folder of parts written before the Delta log: its counted parts become the first
     version of the folder's table (with this run's lease); False where it holds none."""
-
     parts, marked = _listing(directory)
     if _before_markers(directory, marked):
         marked = set(parts)
@@ -560,7 +556,6 @@ class Heartbeat:
     """The driver's proof of life for the leases it holds: each ``alive`` object rewritten
     every :data:`HEARTBEAT_S` seconds on a daemon thread until :meth:`stop`, which removes
     them.  A beat that fails (the store refusing for a while) is tried again at the next."""
-
     def __init__(self, directories: Sequence[str], run_id: str) -> None:
         import threading
 
@@ -603,7 +598,6 @@ def lease_holder(directory: str) -> Optional[str]:
 def check_lease(directory: str, token: int) -> None:
     """Raise :class:`LeaseLost` once the folder's Delta log names a later lease than
     ``token`` (no log, or no lease in it: an output written by a single process)."""
-
     held = delta.lease_token(directory)
     if held is not None and held > token:
         raise LeaseLost(f"{directory}: a later run (lease {held}) writes this output now; the writers of "
@@ -614,7 +608,6 @@ class LeaseGuard:
     """A writer's check before it writes a part, made at most every ``every`` seconds (a
     look at the Delta log; the commit itself is fenced whatever this says), so a writer
     whose run was taken over stops uploading soon after."""
-
     def __init__(self, directory: str, token: int, every: Optional[float] = None, clock=time.monotonic):
         self.directory, self.token, self.clock = directory, token, clock
         self.every = LEASE_CHECK_S if every is None else every
@@ -634,7 +627,6 @@ def remove_uncommitted(directory: str, token: Optional[int] = None) -> int:
     lease ``token``, files the log holds but the store no longer has (deleted by hand or by
     a lifecycle rule) are taken out of the log in one commit, so their videos count as not
     done and any reader of the table reads on.  Returns how many parts went."""
-
     live = delta.files(directory)
     if live is None:
         return 0
@@ -659,7 +651,6 @@ def remove_uncommitted(directory: str, token: Optional[int] = None) -> int:
 def dataset_files(path: str, what: str = "feature set") -> List[str]:
     """The Parquet files of a table given as a file or a folder: a folder of part
     files gives its committed parts; any other folder its ``.parquet`` files."""
-
     in_log = delta.files(path)      # first: a table read before costs a look at its log, nothing more
     if in_log is not None:
         return [storage.join(path, n) for n in in_log]
@@ -824,7 +815,6 @@ def _replacement(directory: str, name: str, table: pa.Table) -> Tuple[str, int, 
 
 
 def _rewrite(directory: str, column: str, fn, keys, token: Optional[int], bases: Optional[Set[str]] = None) -> int:
-
     if keys is None or not len(keys):
         return 0
     adds, removes, tables, changed = [], [], [], 0
