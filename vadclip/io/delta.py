@@ -119,19 +119,23 @@ def forget(directory: str) -> None:
 
 
 def files(directory: str) -> Optional[List[str]]:
-    """The files of the table's current version, relative to the folder (None: no Delta log).
-    Their sizes, which the log records, are kept for :func:`size_of`."""
+    """The files of the table's current version, relative to the folder (None: no Delta log)."""
     dt = table(directory)
-    if dt is None:
-        return None
+    return None if dt is None else _names(dt, directory)
+
+
+def _names(dt, directory: str) -> List[str]:
+    """The current version's file names; their sizes, which the log records, kept for
+    :func:`size_of`."""
     adds = pa.table(dt.get_add_actions(flatten=True))
     if not adds.num_rows:
         return []
-    names, sizes = adds.column("path").to_pylist(), adds.column("size_bytes").to_pylist()
+    names = adds.column("path").to_pylist()
     with _lock:
         if len(_sizes) > SIZES_KEPT:
             _sizes.clear()
-        _sizes.update((storage.join(directory, n), int(b)) for n, b in zip(names, sizes) if b is not None)
+        _sizes.update((storage.join(directory, n), int(b))
+                      for n, b in zip(names, adds.column("size_bytes").to_pylist()) if b is not None)
     return sorted(names)
 
 
@@ -140,16 +144,11 @@ SIZES_KEPT = 1 << 20
 
 
 def size_of(path: str) -> Optional[int]:
-    """The size of a part file as the log of its table said when :func:`files` last listed
-    it (a committed part never changes), so that reading it needs no request to ask; None
-    when unknown."""
+    """The size of a part file as its table's log gave it when the table's files were last
+    listed here (a committed part never changes), so that reading it needs no request to
+    ask; None when unknown."""
     with _lock:
         return _sizes.get(path)
-
-
-def _names(dt) -> List[str]:
-    adds = pa.table(dt.get_add_actions(flatten=True))
-    return sorted(adds.column("path").to_pylist()) if adds.num_rows else []
 
 
 def lease_token(directory: str) -> Optional[int]:
@@ -228,7 +227,7 @@ def commit(directory: str, adds: Sequence[Tuple[str, int, Optional[int]]], schem
             if _evolve(dt, schema):
                 dt.update_incremental()
             now = int(time.time() * 1000)
-            more_adds, more_removes = prepare(_names(dt)) if prepare is not None else ([], [])
+            more_adds, more_removes = prepare(_names(dt, directory)) if prepare is not None else ([], [])
             rm = [RemoveAction(n, True, now) for n in list(removes) + list(more_removes)]
             acts_now = acts + [_add(n, s, r) for n, s, r in more_adds]
             props = CommitProperties(app_transactions=[Transaction(LEASE_APP, token)] if token is not None else None)

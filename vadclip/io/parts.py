@@ -277,9 +277,11 @@ def _held(path: str) -> Optional[Tuple[pa.Schema, Dict[str, Any]]]:
             if size is not None:
                 # the size from the table's log: the footer and the columns read without a request
                 # to ask how large the file is (an object store's HEAD per part)
-                return _small_columns(pads.ParquetFileFormat().make_fragment(p, filesystem=fs, file_size=size))
+                frag = pads.ParquetFileFormat().make_fragment(p, filesystem=fs, file_size=size)
+                return _small_columns(frag.physical_schema, frag.to_table)
             with fs.open_input_file(p) as fh:
-                return _small_columns(pq.ParquetFile(fh))
+                pf = pq.ParquetFile(fh)
+                return _small_columns(pf.schema_arrow, pf.read)
 
         schema, t = storage.retrying(fetch, path)
         got = (schema, {c: t.column(c) for c in t.column_names} if t is not None else {})
@@ -288,15 +290,10 @@ def _held(path: str) -> Optional[Tuple[pa.Schema, Dict[str, Any]]]:
     return got
 
 
-def _small_columns(source) -> Tuple[pa.Schema, Optional[pa.Table]]:
-    """(schema, the :data:`SMALL_COLUMNS` it has) of a ``pyarrow.parquet.ParquetFile`` or a
-    Parquet fragment of ``pyarrow.dataset``."""
-    schema = source.schema_arrow if isinstance(source, pq.ParquetFile) else source.physical_schema
+def _small_columns(schema: pa.Schema, read) -> Tuple[pa.Schema, Optional[pa.Table]]:
+    """(schema, the :data:`SMALL_COLUMNS` it has, read by ``read(columns=…)``)."""
     small = [c for c in SMALL_COLUMNS if c in schema.names]
-    if not small:
-        return schema, None
-    return schema, source.read(columns=small) if isinstance(source, pq.ParquetFile) else \
-        source.to_table(columns=small)
+    return schema, read(columns=small) if small else None
 
 
 def read_file(path: str, columns: Optional[Sequence[str]] = None, filters=None) -> pa.Table:

@@ -272,6 +272,10 @@ def _plan(source: str, out_dir: str, opts: ExtractOptions, retry_failed: bool, l
 
     with read_once():
         c = checked or check_run(source, out_dir, opts, retry_failed, log, address)
+        if _nothing_to_do(c, retry_failed):
+            # a re-run that finds nothing new writes nothing to the folders, so it takes no lease: the
+            # nightly no-op costs the listings and one read of the log, and fences no live run
+            return _Plan(c.items, [], c.output, c.prov, c.weights, set(), c.gpus, precision=c.opts.precision)
         return _plan_leased(c, out_dir, retry_failed, log, on_changed, on_corrected)
 
 
@@ -280,10 +284,6 @@ def _plan_leased(c: Checked, out_dir: str, retry_failed: bool, log, on_changed, 
     rows of rewritten recordings set to be replaced, manifest corrections applied."""
     items, output, changed = c.items, c.output, set(c.changed)
     done_ids, failed_ids = c.ids
-    if _nothing_to_do(c, retry_failed):
-        # a re-run that finds nothing new writes nothing to the folders, so it takes no lease: the
-        # nightly no-op costs the listings and one read of the log, and fences no live run
-        return _Plan(items, [], output, c.prov, c.weights, set(), c.gpus, precision=c.opts.precision)
     storage.makedirs(out_dir)
     output.start(c.opts.wait, log)
     try:
