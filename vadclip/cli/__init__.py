@@ -323,7 +323,8 @@ def _sample_videos(a, log) -> dict:
     from vadclip.io.gt import write_gt
     from vadclip.video.samples import make_sample_set, write_manifest
 
-    man, gt = make_sample_set(a.out, a.normal, a.abnormal, seed=a.seed, prefix=f"s{a.seed}_")
+    # absolute paths: a manifest's relative paths are read relative to the manifest's folder
+    man, gt = make_sample_set(os.path.abspath(a.out), a.normal, a.abnormal, seed=a.seed, prefix=f"s{a.seed}_")
     write_manifest(man, os.path.join(a.out, "manifest.csv"))
     write_gt(gt, os.path.join(a.out, "gt.parquet"))
     return {"videos": len(man), "manifest": os.path.join(a.out, "manifest.csv"),
@@ -438,7 +439,12 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def entry(argv: Optional[List[str]] = None) -> None:
     """The ``vadclip`` command (and ``jobs/*.py``): :func:`main`, then whatever Ray still
-    prints while the process winds down goes to stderr, after the JSON result."""
+    prints while the process winds down goes to stderr, after the JSON result; Ray's
+    lines that no user can act on stay off it (:mod:`vadclip.cli.stderr`)."""
+    from vadclip.cli.stderr import quiet_ray_stderr
+
+    args = sys.argv[1:] if argv is None else argv
+    quiet_ray_stderr(verbose="--verbose" in args or os.environ.get("VADCLIP_VERBOSE") == "1")
     rc = main(argv)
     sys.stdout.flush()
     sys.stdout = sys.stderr
