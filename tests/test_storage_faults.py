@@ -292,3 +292,53 @@ def _extract_with_small_scratch(tmp_path, name, *flags):
                              str(tmp_path / "o"), "--tiny-clip", *flags],
                             small_disk=(str(scratch), "64k"), timeout=600,
                             env={"VADCLIP_SCRATCH": str(scratch), "AWS_ENDPOINT_URL": os.environ["AWS_ENDPOINT_URL"]})
+
+
+def test_a_recording_streams_to_its_writer_while_it_is_read(tmp_path):
+    """A recording streams through the pipeline (issue #46): read from the store with
+    every GET answered late, it is decoded over seconds, and its writer stages segments all
+    along, not in a burst once its decode task has ended (Ray Data's default blocks held a
+    decode task's chunks until 128 MiB of frames, and write tasks that asked for a CPU
+    waited for the decode task's).  Watched from outside: the staged segment parts
+    (``part-…-sNNNNN.parquet``) appear in the output folder over most of the read."""
+    import re
+    import threading
+    import time
+
+    from vadclip.io.features import read_feature_rows, row_features
+    from vadclip.video.samples import write_video
+
+    write_video(str(tmp_path / "cam.mp4"), 6000, fps=25.0, width=160, height=120)      # 375 snippets
+    out = tmp_path / "x"
+    seen, done = {}, threading.Event()
+
+    def watch():
+        while not done.is_set():
+            d = out / "features"
+            for n in (os.listdir(d) if d.is_dir() else []):
+                if n.startswith("part-") and n.endswith(".parquet"):
+                    seen.setdefault(n, time.monotonic())
+            time.sleep(0.02)
+
+    with s3_server("archive") as s3:
+        s3.upload_file(str(tmp_path / "cam.mp4"), "archive", "cams/cam.mp4")
+        w = threading.Thread(target=watch)
+        w.start()
+        try:
+            # PyAV reads the object through ranged GETs, each answered 0.25 s late
+            with fault_proxy(os.environ["AWS_ENDPOINT_URL"], {}, slow=1.0, slow_s=0.25) as proxy:
+                r = _cli(["extract", "s3://archive/cams/", "--out", str(out), "--tiny-clip", "--decoder", "pyav",
+                          "--precision", "fp32", "--batch-size", "8", "--segment-snippets", "16"], proxy.url, tmp_path)
+        finally:
+            done.set()
+            w.join()
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert proxy.counts["GET slow"] >= 10, proxy.counts
+    rows = read_feature_rows(str(out / "features"))
+    assert [row["video_id"] for row in rows] == ["cam"] and row_features(rows[0]).shape[0] == 375
+    staged = {n: t for n, t in seen.items() if re.search(r"-s\d{5}\.parquet$", n)}
+    assert len(staged) >= 20, sorted(seen)        # rows of 8 snippets, the last part committing the others
+    first, last = min(staged.values()), max(staged.values())
+    end = max(t for n, t in seen.items() if n not in staged)      # the recording's last part, its commit
+    # from the first staged segment to the recording's last part, staging went on all along
+    assert last - first >= 3.0 and last - first >= 0.6 * (end - first), (last - first, end - first, proxy.counts)

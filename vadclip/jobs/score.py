@@ -331,9 +331,11 @@ def score_error(row: Dict[str, Any], e: Exception) -> str:
 
 
 # chunks of visual_length snippets scored in one forward pass: what a scorer's memory peaks
-# at (tens of MB a chunk), so the same for an hour as for a day (each chunk is scored on its
-# own, the official test's way: the batch changes no number)
-SCORE_CHUNK_BATCH = 8
+# at, so the same for an hour as for a day (each chunk is scored on its own, the official
+# test's way: the batch changes no number).  Measured on CPU (2026-12-07, one thread, 8,192
+# snippets): 8 chunks a pass rose 122 MB for 2.63 s, 2 chunks 28 MB for 2.44 s, 1 chunk 12 MB
+# for 2.89 s
+SCORE_CHUNK_BATCH = 2
 
 
 class Curves:

@@ -70,8 +70,9 @@ class ExtractOptions:
     rows_per_file: int = option(256, group=OUTPUT, help="at most this many rows per Parquet part file")
     segment_snippets: int = option(8192, group=OUTPUT,
                                    help="a recording longer than this many snippets (8192: 87 min at 25 fps) is "
-                                        "written in rows of this many, committed together with its last, so a "
-                                        "writer holds one segment of a day-long recording, never all of it")
+                                        "written in rows of half as many, committed together with its last, so a "
+                                        "writer holds one such segment of a day-long recording, never all of it, "
+                                        "and never more than a recording it writes whole")
     flush_seconds: float = option(60.0, group=OUTPUT,
                                   help="write finished rows at least this often, so an interrupted job keeps its work")
     wait: float = option(0.0, group=OUTPUT,
