@@ -342,3 +342,52 @@ def test_a_recording_streams_to_its_writer_while_it_is_read(tmp_path):
     end = max(t for n, t in seen.items() if n not in staged)      # the recording's last part, its commit
     # from the first staged segment to the recording's last part, staging went on all along
     assert last - first >= 3.0 and last - first >= 0.6 * (end - first), (last - first, end - first, proxy.counts)
+
+
+def test_a_recording_larger_than_copy_max_mb_is_decoded_where_it_lies(tmp_path):
+    """Scratch per decode task is bounded whatever a recording's size (issue #46): a video
+    in the store larger than --copy-max-mb is read through range requests (PyAV, in order)
+    and never copied to node-local scratch; below it, it is copied and removed after.  Both
+    give the video's rows, and each row names its decoder.  Watched from outside: the
+    scratch folder's size while each job runs."""
+    import threading
+    import time
+
+    from vadclip.io.features import read_feature_rows, row_features
+    from vadclip.video.samples import write_video
+
+    write_video(str(tmp_path / "cam.mp4"), 1200, fps=25.0, width=320, height=240)       # 75 snippets
+    size = os.path.getsize(tmp_path / "cam.mp4")
+    scratch = tmp_path / "scratch"
+
+    def run(out, extra):
+        most, done = [0], threading.Event()
+
+        def watch():
+            while not done.is_set():
+                held = sum(f.stat().st_size for f in scratch.rglob("*") if f.is_file()) if scratch.is_dir() else 0
+                most[0] = max(most[0], held)
+                time.sleep(0.01)
+
+        w = threading.Thread(target=watch)
+        w.start()
+        try:
+            # every GET a little late, so a copy sits in scratch long enough to be seen
+            with fault_proxy(os.environ["AWS_ENDPOINT_URL"], {}, slow=1.0, slow_s=0.2) as proxy:
+                r = _cli(["extract", "s3://archive/cams/", "--out", str(out), "--tiny-clip", "--precision", "fp32",
+                          *extra], proxy.url, tmp_path)
+        finally:
+            done.set()
+            w.join()
+        assert r.returncode == 0, r.stderr[-3000:]
+        rows = read_feature_rows(str(out / "features"))
+        assert [row["video_id"] for row in rows] == ["cam"] and row_features(rows[0]).shape[0] == 75
+        return rows[0]["decoder"], most[0], proxy.counts["GET requests"]
+
+    with s3_server("archive") as s3:
+        s3.upload_file(str(tmp_path / "cam.mp4"), "archive", "cams/cam.mp4")
+        copied = run(tmp_path / "a", [])
+        streamed = run(tmp_path / "b", ["--copy-max-mb", f"{size / 2 / 2**20:.6f}"])
+    assert copied[0] != "pyav" and copied[1] >= size, copied        # the whole file sat in scratch
+    assert streamed[0] == "pyav" and streamed[1] == 0, streamed     # nothing did
+    assert list(scratch.rglob("*.mp4")) == []                       # the copy was removed after

@@ -11,6 +11,7 @@ from typing import Any, Dict, Iterator, Optional
 import numpy as np
 
 from vadclip.clip.encoder import ClipImageEncoder
+from vadclip.io import storage
 from vadclip.model.config import ClipSpec
 from vadclip.options import option
 from vadclip.video.decode import VideoError, fetched, identity_of, in_place, iter_snippet_chunks, video_file
@@ -51,6 +52,11 @@ class ExtractOptions:
                                "installed, the fastest on the CPU; decord elsewhere; both give the same frames; "
                                "MPEG-TS/PS files (.ts .m2ts .mts .mpg .mpeg .vob) in order with PyAV). A file the "
                                "decoder cannot read goes to the next: torchcodec, decord, PyAV")
+    copy_max_mb: float = option(1024.0, group=ENCODE,
+                                help="with --decoder auto, a video in object storage larger than this many MiB is "
+                                     "decoded where it lies (in order, with PyAV, through range requests) rather than "
+                                     "copied whole to node-local scratch first, so no decode task needs more scratch "
+                                     "than this whatever a recording's size; 0: always copy")
     decode_device: str = option("cpu", choices=["cpu", "cuda"], group=ENCODE,
                                 help="cuda: decode on the GPU (torchcodec's NVDEC decoder), in decode tasks that "
                                      "reserve --decode-gpus each; the CPU where there is no GPU or NVDEC cannot "
@@ -99,7 +105,8 @@ class DecodeStage:
     other exception (decord missing, out of memory, a failing store) is the
     environment's: it propagates, Ray retries the task, and if it persists the job
     fails — no video is marked failed because of it.  A video in object storage is
-    streamed to this node's scratch and removed after.  ``device`` is where to decode
+    streamed to this node's scratch and removed after, or, larger than ``--copy-max-mb``
+    (or an MPEG-TS/PS export), decoded where it lies.  ``device`` is where to decode
     (cuda only in tasks that reserved a GPU share); each row names the decoder used."""
 
     num_cpus = 1.0          # one decode thread per task (num_threads=1 / num_ffmpeg_threads=1)
@@ -133,10 +140,14 @@ class DecodeStage:
         try:
             st = video_file(item["path"])
             base["input_identity"] = identity_of(st)    # re-running extracts the video again if this changes
-            with fetched(item["path"], st, in_place=in_place(item["path"], opts.decoder, self.device)) as local:
+            decoder = opts.decoder
+            if decoder == "auto" and opts.copy_max_mb > 0 and not storage.is_local(item["path"]) \
+                    and (getattr(st, "size", None) or 0) > opts.copy_max_mb * 2**20:
+                decoder = "pyav"        # too large to copy to scratch: decoded where it lies
+            with fetched(item["path"], st, in_place=in_place(item["path"], decoder, self.device)) as local:
                 base["meta"] = with_recording_start(base["meta"], local)
                 info, chunks = iter_snippet_chunks(local, opts.snippet_len, self.size, opts.crops,
-                                                   opts.chunk_snippets, name=item["path"], decoder=opts.decoder,
+                                                   opts.chunk_snippets, name=item["path"], decoder=decoder,
                                                    device=self.device)
                 n_chunks = -(-info.snippet_count(opts.snippet_len) // opts.chunk_snippets)
                 for k, frames in enumerate(chunks):
