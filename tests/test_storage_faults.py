@@ -387,7 +387,7 @@ def test_a_recording_larger_than_copy_max_mb_is_decoded_where_it_lies(tmp_path):
     with s3_server("archive") as s3:
         s3.upload_file(str(tmp_path / "cam.mp4"), "archive", "cams/cam.mp4")
         copied = run(tmp_path / "a", [])
-        streamed = run(tmp_path / "b", ["--copy-max-mb", f"{size / 2 / 2**20:.6f}"])
+        streamed = run(tmp_path / "b", ["--copy-max-mb", f"{size / 2 / 1e6:.6f}"])
     assert copied[0] != "pyav" and copied[1] >= size, copied        # the whole file sat in scratch
     assert streamed[0] == "pyav" and streamed[1] == 0, streamed     # nothing did
     assert list(scratch.rglob("*.mp4")) == []                       # the copy was removed after

@@ -52,8 +52,8 @@ class ExtractOptions:
                                "installed, the fastest on the CPU; decord elsewhere; both give the same frames; "
                                "MPEG-TS/PS files (.ts .m2ts .mts .mpg .mpeg .vob) in order with PyAV). A file the "
                                "decoder cannot read goes to the next: torchcodec, decord, PyAV")
-    copy_max_mb: float = option(1024.0, group=ENCODE,
-                                help="with --decoder auto, a video in object storage larger than this many MiB is "
+    copy_max_mb: float = option(1000.0, group=ENCODE,
+                                help="with --decoder auto, a video in object storage larger than this many MB is "
                                      "decoded where it lies (in order, with PyAV, through range requests) rather than "
                                      "copied whole to node-local scratch first, so no decode task needs more scratch "
                                      "than this whatever a recording's size; 0: always copy")
@@ -142,7 +142,7 @@ class DecodeStage:
             base["input_identity"] = identity_of(st)    # re-running extracts the video again if this changes
             decoder = opts.decoder
             if decoder == "auto" and opts.copy_max_mb > 0 and not storage.is_local(item["path"]) \
-                    and (getattr(st, "size", None) or 0) > opts.copy_max_mb * 2**20:
+                    and (getattr(st, "size", None) or 0) > opts.copy_max_mb * 1e6:
                 decoder = "pyav"        # too large to copy to scratch: decoded where it lies
             with fetched(item["path"], st, in_place=in_place(item["path"], decoder, self.device)) as local:
                 base["meta"] = with_recording_start(base["meta"], local)
