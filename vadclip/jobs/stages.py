@@ -11,10 +11,10 @@ from typing import Any, Dict, Iterator, Optional
 import numpy as np
 
 from vadclip.clip.encoder import ClipImageEncoder
-from vadclip.io import storage
 from vadclip.model.config import ClipSpec
 from vadclip.options import option
-from vadclip.video.decode import VideoError, fetched, identity_of, in_place, iter_snippet_chunks, video_file
+from vadclip.video.decode import (VideoError, decoder_for, fetched, identity_of, in_place, iter_snippet_chunks,
+                                  video_file)
 
 
 ENCODE = "video decoding and CLIP encoding"
@@ -140,10 +140,7 @@ class DecodeStage:
         try:
             st = video_file(item["path"])
             base["input_identity"] = identity_of(st)    # re-running extracts the video again if this changes
-            decoder = opts.decoder
-            if decoder == "auto" and opts.copy_max_mb > 0 and not storage.is_local(item["path"]) \
-                    and (getattr(st, "size", None) or 0) > opts.copy_max_mb * 1e6:
-                decoder = "pyav"        # too large to copy to scratch: decoded where it lies
+            decoder = decoder_for(item["path"], opts.decoder, getattr(st, "size", None), opts.copy_max_mb * 1e6)
             with fetched(item["path"], st, in_place=in_place(item["path"], decoder, self.device)) as local:
                 base["meta"] = with_recording_start(base["meta"], local)
                 info, chunks = iter_snippet_chunks(local, opts.snippet_len, self.size, opts.crops,

@@ -445,6 +445,16 @@ def same_identity(a: str, b: str) -> bool:
     return (ta % 10**9 == 0 or tb % 10**9 == 0) and ta // 10**9 == tb // 10**9
 
 
+def decoder_for(path: str, decoder: str, size: Optional[int], copy_max_bytes: float) -> str:
+    """The decoder the video ``path`` (``size`` bytes) is given: ``decoder``, except that
+    with ``auto`` an object in storage larger than ``copy_max_bytes`` (> 0) goes to PyAV,
+    which decodes it in order where it lies (:func:`in_place`) rather than from a copy in
+    scratch, so no decode task needs more scratch than that whatever a recording's size."""
+    if decoder == "auto" and copy_max_bytes > 0 and not storage.is_local(path) and (size or 0) > copy_max_bytes:
+        return "pyav"
+    return decoder
+
+
 def in_place(path: str, decoder: str = "auto", device: str = "cpu") -> bool:
     """Whether the video ``path`` is decoded where it lies, through a seekable stream of
     range requests, rather than from a copy in node-local scratch: an object in storage
