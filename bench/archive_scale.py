@@ -59,7 +59,9 @@ def _told():
     ru = resource.getrusage(resource.RUSAGE_SELF)
     with open(os.environ["BENCH_RUSAGE"], "w") as f:
         json.dump({"wall_s": time.time() - t0, "cpu_s": ru.ru_utime + ru.ru_stime,
-                   "peak_rss_mb": ru.ru_maxrss / 1024}, f)
+                   "peak_rss_mb": ru.ru_maxrss / 1024,
+                   "imported": [m for m in ("torch", "open_clip", "torchcodec", "decord", "av")
+                                if m in sys.modules]}, f)
 atexit.register(_told)
 sys.argv = ["vadclip"] + sys.argv[1:]
 runpy.run_module("vadclip.cli", run_name="__main__", alter_sys=True)
@@ -140,14 +142,15 @@ def _row(where, n, what, s, ru, counts=None):
             "by_kind": {k.split()[0]: v for k, v in (counts or {}).items() if k.endswith("requests")},
             "requests_per_video": None if reqs is None else round(reqs / n, 4),
             "driver_wall_s": round(ru["wall_s"], 1), "driver_cpu_s": round(ru["cpu_s"], 1),
-            "driver_peak_rss_mb": round(ru["peak_rss_mb"])}
+            "driver_peak_rss_mb": round(ru["peak_rss_mb"]), "imported": ru.get("imported", [])}
 
 
 def _print(r):
     kinds = " ".join(f"{k} {v}" for k, v in sorted(r["by_kind"].items()))
     reqs = "–" if r["requests"] is None else f"{r['requests']:,} ({kinds}); {r['requests_per_video']} a video"
     print(f"| {r['storage']} | {r['archive']:,} | {r['run']} | {r['videos_ok']:,} new, {r['videos_skipped']:,} "
-          f"skipped | {reqs} | {r['driver_wall_s']} | {r['driver_cpu_s']} | {r['driver_peak_rss_mb']} |", flush=True)
+          f"skipped | {reqs} | {r['driver_wall_s']} | {r['driver_cpu_s']} | {r['driver_peak_rss_mb']} | "
+          f"{', '.join(r['imported']) or 'none'} |", flush=True)
 
 
 def local(n, new, work, seed_dir, template, args):
@@ -226,8 +229,8 @@ def main():
         print(f"# {time.strftime('%Y-%m-%d')} python bench/archive_scale.py --sizes {a.sizes} "
               f"--s3-sizes {a.s3_sizes} --new {a.new}")
         print("| storage | archive | run | videos | store requests | driver wall s | driver CPU s | "
-              "driver peak RSS MB |")
-        print("|---|---|---|---|---|---|---|---|")
+              "driver peak RSS MB | heavy imports |")
+        print("|---|---|---|---|---|---|---|---|---|")
         rows = []
         for n in [int(x) for x in a.s3_sizes.split(",") if x]:
             for r in s3(n, a.new, work, seed_dir, template, args, a.requests_log):

@@ -55,20 +55,6 @@ def _asked_for_random_init(record: logging.LogRecord) -> bool:
     return "No pretrained weights loaded" not in record.getMessage()
 
 
-def check_packages(*names: str) -> None:
-    """The packages a job's workers need, importable here (one line if one is missing)."""
-    import importlib
-
-    from vadclip.errors import InputError
-
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except ImportError as e:
-            raise InputError(f"the {name!r} package is required and cannot be imported ({e}); "
-                             f"pip install {'av' if name == 'av' else name}") from None
-
-
 def _is_causal(mask: Optional[torch.Tensor]) -> bool:
     """True for CLIP's text mask: -inf above the diagonal, 0 on and below it."""
     if mask is None or mask.dim() != 2:

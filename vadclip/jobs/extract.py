@@ -138,7 +138,7 @@ def _resolve_precision(opts: ExtractOptions, gpus: bool, log) -> str:
 
 def _check_environment(opts: ExtractOptions, log) -> Any:
     """Once, at job start, on the driver: packages, the CLIP weights, the decoder."""
-    from vadclip.clip.backbone import check_packages
+    from vadclip.clip.catalog import check_packages
 
     if opts.crops not in (1, 5, 10):     # the API takes any int; the CLI's choices say the same
         raise InputError(f"crops={opts.crops}: the official crops are 1, 5 or 10")
@@ -148,13 +148,23 @@ def _check_environment(opts: ExtractOptions, log) -> Any:
         check_decoder(opts.decoder, opts.decode_device)
     except ValueError as e:
         raise InputError(str(e)) from None
-    why = torchcodec_missing() if opts.decoder not in ("decord", "pyav") else None
+    return weights
+
+
+def _check_torchcodec(opts: ExtractOptions, log) -> None:
+    """Whether torchcodec can decode where the videos are decoded: asked of a worker, in a
+    task, once a run has videos to decode (a run with none, or the driver, never loads
+    torchcodec and torch for it)."""
+    if opts.decoder in ("decord", "pyav"):
+        return
+    import ray
+
+    why = ray.get(ray.remote(torchcodec_missing).options(num_cpus=0, max_retries=3).remote())
     if why is not None:   # a decoder that cannot load is the environment's problem, never a video's
         if opts.decoder == "torchcodec":
             raise InputError(f"--decoder torchcodec: torchcodec cannot decode here: {why}; "
                              "use --decoder auto (decord where torchcodec cannot decode) or --decoder decord")
         log(f"[extract] torchcodec cannot decode here ({why}): decoding with decord")
-    return weights
 
 
 def _keep_ids(items: List[Dict[str, Any]], named: Dict[str, str]) -> None:
@@ -254,6 +264,7 @@ def check_run(source: str, out_dir: str, opts: ExtractOptions, retry_failed: boo
         from vadclip.jobs.cluster import ensure_ray, use_gpus
 
         ensure_ray(address)
+        _check_torchcodec(opts, log)
         gpus = use_gpus(opts.device, log)
         if opts.precision == "auto" and before is None:      # a new folder: auto resolves here, once
             opts = replace(opts, precision=_resolve_precision(opts, gpus, log))

@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from vadclip.errors import EnvironmentProblem, InputError
 from vadclip.io import storage
@@ -188,6 +186,8 @@ def resolve_decoder(decoder: str = "auto", device: str = "cpu") -> Tuple[str, st
         # the job's driver says so once for the run (run_extract); here, a debug note per process
         _note_once(f"torchcodec cannot decode here ({why}): decoding with decord on the CPU", logging.DEBUG)
         return "decord", "cpu"
+    import torch
+
     if device == "cuda" and not torch.cuda.is_available():
         _note_once("no CUDA device here: torchcodec decodes on the CPU")
         return "torchcodec", "cpu"
@@ -388,7 +388,11 @@ def _get_in_batches(reader, sel: Sequence[int]):
         beat()
     if len(parts) == 1:
         return parts[0]
-    return torch.cat(parts) if isinstance(parts[0], torch.Tensor) else np.concatenate(parts)
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    import torch
+
+    return torch.cat(parts)
 
 
 def _read(reader, sel: Sequence[int], path: str, name: str):
@@ -560,6 +564,9 @@ def crop_views(frames, size: int, crops: int) -> np.ndarray:
     crops=1: resize the short side to ``size`` and centre crop (CLIP preprocessing).
     crops=5/10: resize the short side to ``size*256/224``; centre, top-left, top-right,
     bottom-left, bottom-right; for 10 the same five of the horizontally flipped frame."""
+    import torch     # here, not at the module's top: a job's driver lists and plans with this module
+    import torch.nn.functional as F
+
     if crops not in (1, 5, 10):
         raise ValueError(f"crops must be 1, 5 or 10, got {crops}")
     x = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(frames))
