@@ -178,7 +178,9 @@ def test_extract_and_score_carry_the_times_and_the_truncation(ray_local, files, 
     flat = lambda pairs: [t for p in pairs for t in p]          # noqa: E731
     assert want and flat((e["start_s"], e["end_s"]) for e in got["vfr.mp4"]["events"]) == \
         pytest.approx(flat(want), abs=1e-3)
-    events = pq.read_table(str(tmp_path / "s1" / "events")).to_pylist()
+    from vadclip.jobs.score import read_events
+
+    events = read_events(str(tmp_path / "s1")).to_pylist()
     assert flat((e["start_s"], e["end_s"]) for e in events if e["path"].endswith("vfr.mp4")) == \
         pytest.approx(flat(want), abs=1e-3)
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import grimp
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,7 +92,35 @@ def test_storage_loads_no_torch_and_open_clip_waits_for_first_use():
             "import vadclip.clip.backbone, vadclip.model.network\n"
             "assert 'open_clip' not in sys.modules\n"
             "from vadclip.model.config import ClipSpec\n"
-            "assert ClipSpec.tiny().embed_dim == 32 and 'open_clip' in sys.modules\n")
+            "assert ClipSpec.tiny().embed_dim == 32 and ClipSpec().image_size == 224\n"
+            "assert 'open_clip' not in sys.modules\n"        # a model's sizes: its config file, read as JSON
+            "from vadclip.clip.catalog import _config_files, open_clip_module\n"
+            "oc = open_clip_module()\n"
+            "assert sorted(_config_files()) == sorted(oc.list_models())\n"
+            "assert all(_config_files()[m] == oc.get_model_config(m) for m in oc.list_models())\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_an_extraction_driver_imports_neither_torch_nor_open_clip(tmp_path):
+    """What `vadclip extract` runs on the driver (the checks, the plan, the listing and the
+    folder's done set) needs neither torch nor open_clip (their import alone was 690 MB of a
+    nightly no-op's 1,056 MB peak at 100,000 recordings): a run with work, then the re-run
+    with nothing to do, in one process, which then holds neither."""
+    from vadclip.video.samples import make_sample_set
+
+    make_sample_set(str(tmp_path / "v"), 1, 1, frames_range=(40, 50), seed=1, prefix="d")
+    code = ("import sys\n"
+            "from vadclip.jobs.extract import ExtractOptions, run_extract\n"
+            "from vadclip.model.config import ClipSpec\n"
+            "opts = ExtractOptions(clip=ClipSpec.tiny())\n"
+            f"s = run_extract({str(tmp_path / 'v')!r}, {str(tmp_path / 'o')!r}, opts, log=lambda *_: None)\n"
+            "assert s['videos_ok'] == 2, s\n"
+            f"s = run_extract({str(tmp_path / 'v')!r}, {str(tmp_path / 'o')!r}, opts, log=lambda *_: None)\n"
+            "assert s['videos_ok'] == 0 and s['videos_skipped'] == 2, s\n"
+            "heavy = [m for m in ('torch', 'open_clip', 'torchcodec') if m in sys.modules]\n"
+            "assert not heavy, heavy\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
 

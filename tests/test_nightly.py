@@ -110,6 +110,7 @@ def test_the_same_scan_night_after_night_through_a_promotion_and_a_recalibration
     row and its events once, and the rows say which version scored them."""
     from vadclip import build_model
     from vadclip.io.gt import write_gt
+    from vadclip.jobs.score import read_events
     from vadclip.model.checkpoint import save_checkpoint
     from vadclip.model.config import tiny_config
     from vadclip.video.samples import make_sample_set, write_manifest, write_video
@@ -133,7 +134,7 @@ def test_the_same_scan_night_after_night_through_a_promotion_and_a_recalibration
         scores = _table(out, "scores", ["video_id", "model_version", "events", "num_frames", "meta"])
         assert sorted(r["video_id"] for r in scores) == sorted(r["video_id"] for r in rows)     # each once
         assert {r["video_id"]: r["model_version"] for r in scores} == expect_versions
-        events = _table(out, "events", ["video_id", "event", "model"])
+        events = read_events(out).to_pylist()
         assert sorted((e["video_id"], e["event"]) for e in events) == \
             sorted((r["video_id"], i) for r in scores for i in range(len(r["events"] or [])))
         assert all(e["model"] == expect_versions[e["video_id"]] for e in events)
@@ -184,8 +185,7 @@ def test_the_same_scan_night_after_night_through_a_promotion_and_a_recalibration
     assert json.loads(by_id[moved["video_id"]]["meta"])["camera"] == "cam9"
     feats = _table(out, "features", ["video_id", "meta"])
     assert {json.loads(f["meta"])["camera"] for f in feats if f["video_id"] == moved["video_id"]} == {"cam9"}
-    assert {e["camera"] for e in _table(out, "events", ["video_id", "camera"])
-            if e["video_id"] == moved["video_id"]} <= {"cam9"}
+    assert {e["camera"] for e in read_events(out).to_pylist() if e["video_id"] == moved["video_id"]} <= {"cam9"}
 
     # night 4: the backlog scored again with the champion, one video at a time into the same folder
     assert s3["scored_by"] == {"models:/cams/1": len(rows) - 2, "models:/cams/2": 2}
@@ -200,3 +200,90 @@ def test_the_same_scan_night_after_night_through_a_promotion_and_a_recalibration
     assert len(history) > 2 and all(h == {r["path"]: 1 for r in rows} for h in history)
     check({r["video_id"]: "models:/cams/2" for r in rows})
     assert s4["scored_by"] == {"models:/cams/2": len(rows)}
+
+    # night 5: nothing new. The scan changes nothing: no commit, no lease, the report and the
+    # tracking server as they were; only its summary says it ran
+    import mlflow
+
+    def untouched():
+        return {p: os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(out, "**"), recursive=True)
+                if os.path.isfile(p) and not p.endswith("score_summary.json")}
+
+    def runs():
+        return len(mlflow.MlflowClient(uri).search_runs([e.experiment_id for e in
+                                                          mlflow.MlflowClient(uri).search_experiments()]))
+
+    before, runs_before = untouched(), runs()
+    s5 = _run(scan, tmp_path)
+    assert s5["nothing_new"] and s5["videos_scored"] == 0 and s5["videos_skipped"] == len(rows)
+    assert s5["videos_total_in_output"] == len(rows) and s5["scored_by"] == s4["scored_by"]
+    assert untouched() == before
+    assert runs() == runs_before > 0
+
+
+@pytest.mark.slow
+def test_a_scan_killed_mid_write_shows_plain_readers_whole_videos_and_scores_with_their_events(tmp_path):
+    """Issue #43: `vadclip score --videos` with ten crops and parts of four rows, the whole
+    process group SIGKILLed (as a preempted head) once a scores part is committed. Polars, which
+    knows nothing of vadclip, reads the Delta tables as they are: every video has all ten crop
+    rows or none, every scored video once, with its events in its row; the same command run
+    again leaves every video exactly once, and the events Polars flattens are vadclip's own."""
+    import signal
+    from collections import Counter
+
+    import polars as pl
+
+    from vadclip.jobs.score import read_events
+    from vadclip.video.samples import make_sample_set
+
+    make_sample_set(str(tmp_path / "cams"), 5, 5, frames_range=(60, 90), seed=4, prefix="k")
+    out = tmp_path / "out"
+    scan = [*VADCLIP, "score", "--model", _model(tmp_path), "--videos", str(tmp_path / "cams"), "--out", str(out),
+            "--crops", "10", "--rows-per-file", "4", "--flush-seconds", "0", "--threshold", "0.05",
+            "--max-plots", "0", "--decoder", "decord"]
+    p = subprocess.Popen(scan, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                         env=dict(os.environ, VADCLIP_PROGRESS_BARS="0"), cwd=tmp_path)
+    t0, killed = time.time(), False
+    while time.time() - t0 < 600 and p.poll() is None:
+        logs = glob.glob(str(out / "scores" / "_delta_log" / "*.json"))
+        if any('"add"' in open(f).read() for f in logs):
+            os.killpg(p.pid, signal.SIGKILL)
+            killed = True
+            break
+        time.sleep(0.05)
+    _, err = p.communicate()
+    assert killed, f"the scan finished or never committed a score row: {err.decode()[-2000:]}"
+
+    def read(table):
+        return pl.read_delta(str(out / table))
+
+    from vadclip.io.features import FEATURE_SCHEMA
+    from vadclip.jobs.score import SCORE_SCHEMA
+
+    # each table's own columns, no other's
+    assert read("features").columns == FEATURE_SCHEMA.names and read("scores").columns == SCORE_SCHEMA.names
+    crops = Counter(read("features")["video_id"].to_list())
+    assert crops and set(crops.values()) == {10}, crops                     # whole videos, before any re-run
+    scores = read("scores")
+    assert 0 < scores.height < 10 and scores["video_id"].is_unique().all()  # really cut short
+    assert set(scores["video_id"]) <= set(crops)                           # a score only for whole features
+    assert all(bool(ev) == flagged and ev for ev, flagged in zip(scores["events"].to_list(),
+                                                                  scores["flagged"].to_list()))
+
+    r = subprocess.run(scan, capture_output=True, text=True, timeout=900, cwd=tmp_path,
+                       env=dict(os.environ, VADCLIP_PROGRESS_BARS="0"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    names = {f[:-4] for f in os.listdir(tmp_path / "cams") if f.endswith(".mp4")}
+    feats = read("features")
+    assert Counter(feats["video_id"].to_list()) == {v: 10 for v in names}
+    assert feats.select("video_id", "crop").is_unique().all()
+    scores = read("scores")
+    assert sorted(scores["video_id"].to_list()) == sorted(names)
+    # the events a plain reader flattens from the score rows are read_events' rows
+    flat = (scores.select("video_id", "events")
+            .with_columns(pl.int_ranges(pl.col("events").list.len()).alias("event"))
+            .explode("events", "event").unnest("events"))
+    mine = read_events(str(out))
+    assert flat.height == mine.num_rows > 0
+    assert sorted(zip(flat["video_id"], flat["event"], flat["start_frame"], flat["end_frame"])) == \
+        sorted(zip(*(mine.column(c).to_pylist() for c in ("video_id", "event", "start_frame", "end_frame"))))

@@ -13,7 +13,7 @@ from vadclip.errors import InputError
 from vadclip.io.gt import write_gt
 from vadclip.tracking.registry import log_and_register
 from vadclip.video.samples import make_sample_set, write_manifest
-from vadclip.jobs.score import ScoreOptions, find_events, run_score
+from vadclip.jobs.score import ScoreOptions, find_events, read_events, run_score
 from vadclip.testing.direct import collate
 from vadclip.train.batches import batch_plan, make_optimizer, train_step
 
@@ -97,9 +97,8 @@ def test_score_videos_end_to_end_resume_and_registry(trained, tmp_path):
     assert [e["video_id"] for e in errors] == ["broken"]
     rows = {r["video_id"]: r for r in pq.read_table(str(out / "scores")).to_pylist()}
     assert len(rows) == 6
-    # each scores part's events were committed by the writer that scored it, not rebuilt after the job
-    assert s["events_parts_written_at_end"] == 0
-    assert s["events_table_rows"] == sum(len(r["events"]) for r in rows.values())
+    # a video's events are in its score row, committed with it: no table of their own to lag behind
+    assert s["events"] == sum(len(r["events"]) for r in rows.values()) and not (out / "events").exists()
     for r in rows.values():
         assert len(r["anomaly"]) == r["snippet_count"]
         assert len(r["class_probs"]) == r["snippet_count"] * len(CLASSES)
@@ -136,16 +135,14 @@ def test_score_videos_end_to_end_resume_and_registry(trained, tmp_path):
         assert (r["predicted_class"] != "Normal") == r["flagged"]
     summary = json.loads((out / "score_summary.json").read_text())
     assert summary["videos_scored"] == 6
-    # one row per event in OUT/events, a plain Parquet table (what DuckDB or Spark read as is)
-    import pyarrow.dataset as pads
-
-    events = pads.dataset(str(out / "events"), format="parquet").to_table().to_pylist()
+    # one row per event, flattened from the score rows (read_events; DuckDB's unnest(events))
+    events = read_events(str(out)).to_pylist()
     want = sorted((v, i, ev["start_frame"], ev["end_frame"], ev["class_name"]) for v, r in rows.items()
                   for i, ev in enumerate(r["events"]))
     assert want and sorted((e["video_id"], e["event"], e["start_frame"], e["end_frame"], e["class_name"])
                            for e in events) == want
     assert {e["model"] for e in events} == {"models:/scorer/1"} and json.loads(events[0]["rule"])["threshold"] == 0.5
-    assert summary["events_table_rows"] == len(events) == summary["events"]
+    assert len(events) == summary["events"]
     # the video that failed extraction in the same run is counted and listed, in the report too
     assert summary["videos_failed_total"] == 1 and [f["video_id"] for f in summary["failed_videos"]] == ["broken"]
     assert "<h2>Failed videos (1)</h2>" in page and "broken" in page.split("<h2>Failed videos")[1]
@@ -171,7 +168,7 @@ def test_score_videos_end_to_end_resume_and_registry(trained, tmp_path):
     # resume: nothing re-scored, nothing duplicated
     s2 = run_score(str(d / "model.pt"), str(out), features=str(out / "features"), log=lambda *_: None)
     assert s2["videos_scored"] == 0 and s2["videos_skipped"] == 6
-    assert len(pads.dataset(str(out / "events"), format="parquet").to_table()) == len(events)   # none twice
+    assert len(read_events(str(out))) == len(events)   # none twice
     table = pq.read_table(str(out / "scores")).to_pylist()
     assert len(table) == 6
     # totals are streamed from the part files and cover the earlier run's rows too
@@ -194,6 +191,28 @@ def test_bad_feature_rows_are_recorded_not_dropped(trained, tmp_path):
     errs = {e["video_id"]: e["error"] for e in pq.read_table(str(tmp_path / "o" / "score_errors")).to_pylist()}
     assert "wrong feature dim 48" in errs["wrongdim"] and "wrongdim.mp4" in errs["wrongdim"]
     assert "NaN" in errs["nan"]
+
+
+def test_the_events_table_of_folders_scored_before_goes_with_the_next_run(trained, tmp_path):
+    """Until 2026-12-07 `score` also kept the events in OUT/events/, a Delta table committed
+    after the scores they came from. The next scoring run of such a folder removes it and
+    says so in one line; the score rows hold the events (read_events)."""
+    from deltalake import write_deltalake
+
+    from vadclip.io.features import feature_row, write_feature_table
+    from vadclip.jobs.score import EVENTS_SCHEMA
+
+    d, _, _ = trained
+    feats = np.random.default_rng(1).normal(size=(20, 32)).astype(np.float32)
+    write_feature_table([feature_row("a", "a.mp4", "Normal", 0, 25.0, 320, feats)], str(tmp_path / "f" / "p.parquet"))
+    write_deltalake(str(tmp_path / "o" / "events"), EVENTS_SCHEMA.empty_table())
+    said = []
+    s = run_score(str(d / "model.pt"), str(tmp_path / "o"), features=str(tmp_path / "f"),
+                  opts=ScoreOptions(threshold=0.0), log=said.append)
+    assert s["videos_scored"] == 1 and not (tmp_path / "o" / "events").exists()
+    (line,) = [x for x in said if "events" in x and "removed" in x]
+    assert str(tmp_path / "o" / "events") in line and "column events" in line
+    assert read_events(str(tmp_path / "o")).num_rows == s["events"] > 0
 
 
 def _files(folder):
@@ -325,7 +344,7 @@ def test_calibrate_then_score_uses_the_operating_point(trained, tmp_path, capsys
     again = pq.read_table(str(out / "scores")).to_pylist()
     assert {r["model_version"] for r in again} == {"models:/cal/1"}
     assert {json.loads(r["rule"])["threshold"] for r in again} == {cal["threshold"]}
-    events = pq.read_table(str(out / "events")).to_pylist()
+    events = read_events(str(out)).to_pylist()
     assert events and {e["model"] for e in events} == {"models:/cal/1"}
 
     # a model file: the operating point goes beside it, and score finds it there
@@ -389,12 +408,11 @@ def test_scoring_features_whatever_their_label_column_holds(ray_local, tmp_path,
 def test_camera_columns_reach_features_scores_and_wall_clock_events(trained, tmp_path):
     """Issue #35: a manifest with two cameras, a site and each recording's start; its
     other columns travel into feature, score and event rows, and events get wall-clock
-    times (start_time + offset, UTC) in OUT/events/, read as a plain table."""
+    times (start_time + offset, UTC) where they are read flat (read_events)."""
     import csv
     from datetime import datetime, timedelta, timezone
 
     import pyarrow.compute as pc
-    import pyarrow.dataset as pads
 
     from vadclip.report.html import _safe
 
@@ -421,7 +439,7 @@ def test_camera_columns_reach_features_scores_and_wall_clock_events(trained, tmp
     scores = {r["video_id"]: r for r in pq.read_table(str(out / "scores")).to_pylist()}
     assert {v: json.loads(r["meta"])["camera"] for v, r in scores.items()} == cam_of
 
-    events = pads.dataset(str(out / "events"), format="parquet").to_table()
+    events = read_events(str(out))
     assert events.num_rows == s["events"] > 0
     for e in events.to_pylist():
         t0 = utc[cam_of[e["video_id"]]]
@@ -448,7 +466,7 @@ def test_camera_columns_reach_features_scores_and_wall_clock_events(trained, tmp
     again = run_score(str(d / "model.pt"), str(tmp_path / "again"), features=str(out / "features"),
                       opts=ScoreOptions(threshold=0.5), log=lambda *_: None)
     assert again["videos_scored"] == len(test_man)
-    ev2 = pads.dataset(str(tmp_path / "again" / "events"), format="parquet").to_table()
+    ev2 = read_events(str(tmp_path / "again"))
     assert sorted(ev2.column("camera").to_pylist()) == sorted(events.column("camera").to_pylist())
     assert sorted(ev2.column("start_time").to_pylist()) == sorted(events.column("start_time").to_pylist())
 
@@ -469,8 +487,6 @@ def test_calibrate_by_camera_then_score_applies_each_cameras_operating_point(tra
     (a camera calibration never saw: the fallback), the events table records the rule
     each event was found under, and the summary and the report show every threshold."""
     import csv
-
-    import pyarrow.dataset as pads
 
     from cli_output import result_json
     from vadclip.cli import main
@@ -519,7 +535,7 @@ def test_calibrate_by_camera_then_score_applies_each_cameras_operating_point(tra
         assert [(e["start_frame"] // 16, -(-e["end_frame"] // 16)) for e in r["events"]] == \
             [(a, min(b, -(-r["num_frames"] // 16))) for a, b in expect], r["video_id"]
         assert r["flagged"] == bool(expect)
-    events = pads.dataset(str(out / "events"), format="parquet").to_table().to_pylist()
+    events = read_events(str(out)).to_pylist()
     for e in events:
         assert json.loads(e["rule"])["threshold"] == want[e["video_id"]] and e["camera"] == cam_of[e["video_id"]]
     page = (out / "report" / "index.html").read_text()
@@ -552,7 +568,6 @@ def test_the_containers_creation_time_gives_events_their_wall_clock_time(trained
     from datetime import datetime, timedelta, timezone
 
     import av
-    import pyarrow.dataset as pads
 
     d, test_man, _ = trained
     stamped = tmp_path / "cam3_0700.mp4"
@@ -587,7 +602,7 @@ def test_the_containers_creation_time_gives_events_their_wall_clock_time(trained
     assert meta["stamped"] == {"start_time": "2026-11-01T07:00:00+00:00", "start_time_from": "container"}
     assert meta["told"] == {"start_time": "2026-11-01T09:00:00+00:00"}          # the manifest's wins
     assert meta["plain"] == {}
-    events = pads.dataset(str(out / "events"), format="parquet").to_table().to_pylist()
+    events = read_events(str(out)).to_pylist()
     assert {e["video_id"] for e in events} == {"stamped", "told", "plain"}      # threshold 0: every video
     t0 = {"stamped": datetime(2026, 11, 1, 7, tzinfo=timezone.utc), "told": datetime(2026, 11, 1, 9, tzinfo=timezone.utc)}
     for e in events:

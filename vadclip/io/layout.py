@@ -3,16 +3,18 @@
 ``vadclip extract --out OUT``: ``OUT/features/`` (one row per video and crop),
 ``OUT/errors/`` (one row per video that could not be processed), ``OUT/summary.json``.
 ``vadclip score --out OUT``: ``OUT/scores/``, ``OUT/score_errors/``,
-``OUT/score_summary.json``, ``OUT/events/`` (one row per event), ``OUT/report/`` — and, with ``--videos``, the features it
+``OUT/score_summary.json``, ``OUT/report/`` — and, with ``--videos``, the features it
 extracted in ``OUT/features/`` and ``OUT/errors/`` as ``extract`` writes them.  Each table
-is a folder of committed Parquet parts (:mod:`vadclip.io.parts`)."""
+is a Delta Lake table of Parquet parts (:mod:`vadclip.io.parts`).  A score row holds its
+video's events; ``OUT/events/``, a table of its own before 2026-12-07, is no longer
+written (:func:`vadclip.jobs.score.read_events` flattens them)."""
 from __future__ import annotations
 
 from vadclip.io import storage
 
 FEATURES, EXTRACT_ERRORS, EXTRACT_SUMMARY = "features", "errors", "summary.json"
 SCORES, SCORE_ERRORS, SCORE_SUMMARY, REPORT = "scores", "score_errors", "score_summary.json", "report"
-EVENTS = "events"
+EVENTS = "events"      # the events table of folders scored before 2026-12-07 (removed by the next scoring run)
 
 
 def features_dir(out_dir: str) -> str:

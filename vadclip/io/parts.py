@@ -73,13 +73,12 @@ class PartWriter:
     ``on_commit(rows)`` is told of each committed part's rows."""
     def __init__(self, directory: str, schema: pa.Schema, rows_per_file: int, run_id: str,
                  flush_seconds: Optional[float] = 60.0, clock=time.monotonic, identities: bool = False,
-                 guard=None, on_commit=None, token: Optional[int] = None, companion=None,
+                 guard=None, on_commit=None, token: Optional[int] = None,
                  replaces: Optional[Dict[str, List[str]]] = None) -> None:
         self.dir, self.schema, self.rows_per_file, self.run_id = directory, schema, rows_per_file, run_id
         self.guard = guard          # called before each part is written; raises when this run may no longer write
         self.token = token          # the run's lease: each commit carries it (see vadclip.io.delta)
         self.on_commit = on_commit
-        self.companion = companion  # (folder, rows -> table, replaces): a derived table's part, written after each commit
         # {path: bases of the parts holding its old rows}: a rewritten recording's, replaced by its new rows' commit
         self.replaces = dict(replaces or {})
         # rows carry "input_identity" (not a column): kept per path in each part's metadata
@@ -135,7 +134,6 @@ class PartWriter:
             for p in paths:
                 del self.replaces[p]
             # committed: only now do the rows leave the buffer
-            self._companion(name, rows)
             self.parts += 1
             del self.buf[:len(rows)]
             del self.units[:k]
@@ -143,24 +141,6 @@ class PartWriter:
             if self.on_commit is not None:
                 self.on_commit(rows)
         self._oldest = None
-
-
-    def _companion(self, name: str, rows: List[Dict[str, Any]]) -> None:
-        """The derived table's part of a committed part (a video's events beside its score
-        row), committed next under the same name.  The rows part holds the truth (a score
-        row carries its events); where this write fails, the run's end writes the part
-        (:func:`vadclip.jobs.score.write_events`), so a storage failure here stops nothing."""
-        if self.companion is None:
-            return
-        directory, derive, replaces = self.companion
-        paths = {r.get("path") for r in rows} & replaces.keys()
-        try:
-            write_part(directory, name, derive(rows), replace=_replacing(replaces, paths))
-        except Exception as e:      # noqa: BLE001 - written again at the run's end
-            log.warning("%s: %s not written now (%s); the run's end writes it", directory, name, e)
-            return
-        for p in paths:
-            del replaces[p]
 
 
 def _replacing(replaces: Dict[str, List[str]], paths: Set[str]) -> Optional[Tuple[List[str], Set[str]]]:
@@ -778,11 +758,10 @@ def parts_holding(directory: str, paths: Set[str]) -> Dict[str, List[str]]:
     return out
 
 
-def update_rows(directory: str, column: str, updates: Dict[Any, Dict[str, Any]], derive=None,
+def update_rows(directory: str, column: str, updates: Dict[Any, Dict[str, Any]],
                 token: Optional[int] = None) -> int:
     """Give the rows of ``directory`` whose ``column`` is a key of ``updates`` the new values
-    (``{key: {column: value}}``; columns a part lacks are left out), then ``derive(row)``:
-    every part holding one is replaced, schema and metadata kept, all in one commit.
+    (``{key: {column: value}}``; columns a part lacks are left out): every part holding one is replaced, schema and metadata kept, all in one commit.
     Returns the rows changed."""
     def change(t: pa.Table, keys) -> pa.Table:
         rows = t.to_pylist()
@@ -790,8 +769,6 @@ def update_rows(directory: str, column: str, updates: Dict[Any, Dict[str, Any]],
             u = updates.get(r[column])
             if u is not None:
                 r.update({k: v for k, v in u.items() if k in t.schema.names})
-                if derive is not None:
-                    derive(r)
         return pa.Table.from_pylist(rows, schema=t.schema)
 
     return _rewrite(directory, column, change, pa.array(list(updates)) if updates else None, token)

@@ -349,6 +349,18 @@ def delete(path: str) -> None:
     retrying(rm, path)
 
 
+def delete_dir(path: str) -> None:
+    """A folder and everything under it (nothing where there is none)."""
+    fs, p = resolve(path)
+
+    def rm():
+        try:
+            fs.delete_dir(p)
+        except FileNotFoundError:
+            pass
+    retrying(rm, path)
+
+
 def upload(local_path: str, dest: str) -> None:
     """Copy a local file to ``dest`` (streamed; whole or nothing as in :func:`write_bytes`
     for objects up to memory size, streamed multipart beyond 256 MB)."""

@@ -151,6 +151,10 @@ def _check_environment(opts: ExtractOptions, log) -> Any:
     return weights
 
 
+def _torchcodec_missing_here() -> Optional[str]:
+    return torchcodec_missing()     # cached per process: a plain function for Ray
+
+
 def _check_torchcodec(opts: ExtractOptions, log) -> None:
     """Whether torchcodec can decode where the videos are decoded: asked of a worker, in a
     task, once a run has videos to decode (a run with none, or the driver, never loads
@@ -159,7 +163,7 @@ def _check_torchcodec(opts: ExtractOptions, log) -> None:
         return
     import ray
 
-    why = ray.get(ray.remote(torchcodec_missing).options(num_cpus=0, max_retries=3).remote())
+    why = ray.get(ray.remote(_torchcodec_missing_here).options(num_cpus=0, max_retries=3).remote())
     if why is not None:   # a decoder that cannot load is the environment's problem, never a video's
         if opts.decoder == "torchcodec":
             raise InputError(f"--decoder torchcodec: torchcodec cannot decode here: {why}; "
@@ -283,7 +287,7 @@ def _plan(source: str, out_dir: str, opts: ExtractOptions, retry_failed: bool, l
 
     with read_once():
         c = checked or check_run(source, out_dir, opts, retry_failed, log, address)
-        if _nothing_to_do(c, retry_failed):
+        if nothing_to_do(c, retry_failed):
             # a re-run that finds nothing new writes nothing to the folders, so it takes no lease: the
             # nightly no-op costs the listings and one read of the log, and fences no live run
             return _Plan(c.items, [], c.output, c.prov, c.weights, set(), c.gpus, precision=c.opts.precision)
@@ -322,7 +326,7 @@ def _plan_leased(c: Checked, out_dir: str, retry_failed: bool, log, on_changed, 
     return _Plan(items, todo, output, c.prov, c.weights, changed, c.gpus, precision=c.opts.precision)
 
 
-def _nothing_to_do(c: Checked, retry_failed: bool) -> bool:
+def nothing_to_do(c: Checked, retry_failed: bool) -> bool:
     """Whether the folders stay as they are: no video to run, none changed, no failure to
     retry, no manifest correction to apply (read as :func:`check_run` read the folder).
     Parts an interrupted run left uncommitted then stay until a run with work (no reader
@@ -376,29 +380,31 @@ STREAM_BLOCK_BYTES = 1 << 20   # below any chunk of frames: each is a block of i
 
 
 TASKS_CAP = 65536    # decode tasks of one pipeline at most: one video each up to 65,536 videos
-MAX_ROUNDS = 3       # the pipeline runs again over the videos a lost node took with it, at most this often
 
 
 def _rounds(plan: _Plan, opts: ExtractOptions, log, scorer=None) -> List[Dict[str, Any]]:
-    """Run the pipeline over the plan's videos; then run it again over those that are
-    neither a committed row nor a committed error row of this run (their chunks or
-    rows died with a worker node or a writer), at most :data:`MAX_ROUNDS` times in all.
-    A video that is still missing then fails the job (an environment problem): exit 0
-    always means every video is there.  Returns the writers' results of every round."""
-    from vadclip.errors import EnvironmentProblem
+    """The pipeline over the plan's videos, in rounds (:func:`vadclip.jobs.output.in_rounds`:
+    again over those a lost node took with it).  Returns the writers' results of every round."""
     from vadclip.io.parts import committed_values, remove_uncommitted
     from vadclip.jobs.cluster import lost_with_a_node
+    from vadclip.jobs.output import in_rounds
 
     out, run_id = plan.output, plan.output.run_id
     schema = provenance.with_provenance(FEATURE_SCHEMA, plan.prov)
-    todo, results, scored = plan.todo, [], set()
-    for rnd in range(1, MAX_ROUNDS + 1):
+    results: List[Dict[str, Any]] = []
+
+    def one_round(todo, rnd):
         plan.rounds = rnd
-        name = run_id if rnd == 1 else f"{run_id}-r{rnd}"
-        sink = VideoSink(out, schema, name, opts.rows_per_file, opts.flush_seconds,
-                         n=opts.num_writers or max(1, opts.num_encoders), scorer=scorer, skip_scores=scored,
-                         segment=opts.segment_snippets)
+        scored = set()
+        if rnd > 1 and scorer is not None:   # scored by an earlier round: never twice
+            mine = f"part-{scorer.run_id}"
+            scored = set(committed_values(scorer.output.rows_dir, "video_id", mine)) | \
+                set(committed_values(scorer.output.errors_dir, "video_id", mine))
+        sink = VideoSink(out, schema, run_id if rnd == 1 else f"{run_id}-r{rnd}", opts.rows_per_file,
+                         opts.flush_seconds, n=opts.num_writers or max(1, opts.num_encoders), scorer=scorer,
+                         skip_scores=scored, segment=opts.segment_snippets)
         progress = Progress(sink, len(plan.items), len(plan.items) - len(todo), log)
+        lost_node = None
         try:
             # the write tasks only hand each chunk to its writer actor: they reserve no CPU, so
             # the decode tasks and encoders, which hold a node's CPUs, never keep them waiting
@@ -408,35 +414,29 @@ def _rounds(plan: _Plan, opts: ExtractOptions, log, scorer=None) -> List[Dict[st
             # 375 snippets in chunks of 8 took 49.6 s against 13.3 s)
             _pipeline(plan, todo, opts, log).write_datasink(sink.datasink(), ray_remote_args={"num_cpus": 0},
                                                             concurrency=2 * len(sink.writers))
-        except Exception as e:  # noqa: BLE001 - sorted below
+        except Exception as e:  # noqa: BLE001 - a lost node: what the writers hold counts, then the next round
             if not lost_with_a_node(e):
                 progress.stop()
                 _finish_quietly(sink)    # what the writers hold is committed: a re-run resumes from it
                 raise
-            log(f"[extract] round {rnd}: the pipeline lost a worker ({type(e).__name__}); "
-                "the videos not written are run again")
+            lost_node = e
         progress.stop()
-        results += sink.finish()
+        results.extend(sink.finish())
+        if lost_node is not None:
+            raise lost_node
+
+    def missing(todo):
         mine = f"part-{run_id}"
         written = set(committed_values(out.rows_dir, "path", mine)) | set(committed_values(out.errors_dir, "path", mine))
         lost = [it for it in todo if it["path"] not in written]
-        if not lost:
-            if any(r.get("staged") for r in results):
-                # segments of a long recording that failed (or was lost and done again) part-way:
-                # never counted, and gone now rather than at the next run
-                remove_uncommitted(out.rows_dir)
-            return results
-        if rnd == MAX_ROUNDS:
-            raise EnvironmentProblem(f"{len(lost)} videos (e.g. {lost[0]['path']}) are still not written after "
-                                     f"{MAX_ROUNDS} rounds: the cluster keeps losing the workers holding them; "
-                                     "run the same command again to resume")
-        log(f"[extract] {len(lost)} videos were lost with a worker (a node lost or a writer restarted): "
-            f"running them again (round {rnd + 1} of at most {MAX_ROUNDS})")
         plan.redone += len(lost)
-        if scorer is not None:
-            scored = set(committed_values(scorer.output.rows_dir, "video_id", f"part-{scorer.run_id}")) | \
-                set(committed_values(scorer.output.errors_dir, "video_id", f"part-{scorer.run_id}"))
-        todo = lost
+        if not lost and any(r.get("staged") for r in results):
+            # segments of a long recording that failed (or was lost and done again) part-way:
+            # never counted, and gone now rather than at the next run
+            remove_uncommitted(out.rows_dir)
+        return lost
+
+    in_rounds("extract", plan.todo, one_round, missing, log, label=lambda it: it["path"])
     return results
 
 
@@ -450,12 +450,7 @@ def _finish_quietly(sink: VideoSink) -> None:
 def _run_rows(plan: _Plan) -> Dict[str, Any]:
     """What this run committed, read from the folder (a writer that died took its
     counters, never the committed rows): videos, rows, snippets, frames, failures."""
-    from vadclip.io.parts import committed_table
-
-    mine = f"part-{plan.output.run_id}"
-    rows = committed_table(plan.output.rows_dir, ["video_id", "crop", "snippet_count", "num_frames", "snippet_start"],
-                           mine)
-    errs = committed_table(plan.output.errors_dir, ["video_id", "error"], mine)
+    rows, errs = plan.output.this_run(["video_id", "crop", "snippet_count", "num_frames", "snippet_start"])
     first = [r for r in rows if r["crop"] == 0]
     # a long recording's segments are rows of one video × crop: counted once, their snippets
     # summed, its frames those of its last segment (the video's)

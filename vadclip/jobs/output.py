@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -32,15 +32,11 @@ class ResumableOutput:
     """The rows and error tables of one job's output folder."""
     rows_dir: str
     errors_dir: str
-    run_id: Optional[str] = None       # the run holding the output's lease (set by start)
     # the tables' schemas, for a Delta log created by this run's lease (before any row)
     rows_schema: Optional[pa.Schema] = None
     errors_schema: Optional[pa.Schema] = None
+    run_id: Optional[str] = None       # the run holding the output's lease (set by start)
     tokens: Dict[str, int] = field(default_factory=dict)    # {folder: this run's lease token} (set by start)
-    # a table derived from each rows part (OUT/events from OUT/scores): ``companion(rows)``
-    # written under the part's name into ``companion_dir`` as soon as the part is committed
-    companion_dir: str = ""
-    companion: Optional[Callable[[List[Dict[str, Any]]], pa.Table]] = None
     # {folder: {path: bases of the parts holding its old rows}}: recordings rewritten at their path,
     # whose old rows go in the commit that adds their new ones (set under the lease by the plan)
     replaces: Dict[str, Dict[str, List[str]]] = field(default_factory=dict)
@@ -144,6 +140,10 @@ class ResumableOutput:
         return {p: v for part in ("errors", "rows") for t in self._seen.get(part, {}).values()
                 for p, v in zip(t.column("path").to_pylist(), t.column("video_id").to_pylist())}
 
+    def row_ids(self) -> Set[str]:
+        """The video ids of the rows (not the error rows) :meth:`identities` read."""
+        return {v for t in self._seen.get("rows", {}).values() for v in t.column("video_id").to_pylist()}
+
     def replace_later(self, directory: str, paths: Set[str]) -> Set[str]:
         """Under the lease: the rows ``directory`` holds of ``paths`` (recordings rewritten
         at their path, or scored again) stay until the commit that adds their new rows
@@ -168,6 +168,16 @@ class ResumableOutput:
             del self.replaces[d]
         return n
 
+    def this_run(self, columns: List[str]) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+        """What this run committed, read from the folder (a writer that died took its
+        counters along, never its committed rows): (its rows' ``columns``, its error rows'
+        video_id and error)."""
+        from vadclip.io.parts import committed_table
+
+        mine = f"part-{self.run_id}"
+        return (committed_table(self.rows_dir, columns, mine),
+                committed_table(self.errors_dir, ["video_id", "error"], mine))
+
     def ids(self, column: str = "video_id") -> Tuple[Set[str], Set[str]]:
         """The values of ``column`` over the done rows and over the failed ones."""
         return set(read_column(self.rows_dir, column)), set(read_column(self.errors_dir, column))
@@ -179,12 +189,44 @@ class ResumableOutput:
         hears of the rows of each part once it is committed, in either table."""
         return (PartWriter(self.rows_dir, schema, rows_per_file, run_id, flush_seconds, identities=identities,
                            guard=self.guard(self.rows_dir), on_commit=on_commit, token=self.tokens.get(self.rows_dir),
-                           companion=((self.companion_dir, self.companion, dict(self.replaces.get(self.companion_dir, {})))
-                                      if self.companion else None),
                            replaces=self.replaces.get(self.rows_dir)),
                 PartWriter(self.errors_dir, error_schema, 64, run_id, flush_seconds, identities=identities,
                            guard=self.guard(self.errors_dir), on_commit=on_commit,
                            token=self.tokens.get(self.errors_dir)))
+
+
+MAX_ROUNDS = 3       # a job's pipeline runs again over the videos a lost node took with it, at most this often
+
+
+def in_rounds(job: str, todo, one_round, missing, log, label=str) -> None:
+    """Run ``one_round(todo, rnd)``, then again over ``missing(todo)``: the videos neither
+    a committed row nor a committed error row of this run (their chunks or rows died with a
+    worker node or a writer), at most :data:`MAX_ROUNDS` times in all.  A round the cluster
+    cut short by losing a node goes on to that count; any other failure is raised.  A
+    video still missing then fails the job (an environment problem): exit 0 always means
+    every video is there (``label(video)`` names one).  The one retry loop of extraction
+    and scoring."""
+    from vadclip.errors import EnvironmentProblem
+    from vadclip.jobs.cluster import lost_with_a_node
+
+    for rnd in range(1, MAX_ROUNDS + 1):
+        try:
+            one_round(todo, rnd)
+        except Exception as e:  # noqa: BLE001 - sorted here
+            if not lost_with_a_node(e):
+                raise
+            log(f"[{job}] round {rnd}: the pipeline lost a worker ({type(e).__name__}); "
+                "the videos not written are run again")
+        lost = missing(todo)
+        if not lost:
+            return
+        if rnd == MAX_ROUNDS:
+            raise EnvironmentProblem(f"{len(lost)} videos (e.g. {label(lost[0])}) are still not written after "
+                                     f"{MAX_ROUNDS} rounds: the cluster keeps losing the workers holding them; "
+                                     "run the same command again to resume")
+        log(f"[{job}] {len(lost)} videos were lost with a worker (a node lost or a writer restarted): "
+            f"running them again (round {rnd + 1} of at most {MAX_ROUNDS})")
+        todo = lost
 
 
 def shard_of(video_id: str, n: int) -> int:

@@ -49,9 +49,8 @@ SCORE_SCHEMA = pa.schema([
 STAGE_SCHEMA = SCORE_SCHEMA.append(pa.field("error", pa.string()))
 
 
-# OUT/events/: one row per event, a plain Parquet table that DuckDB, Spark or Trino read as
-# is (``SELECT * FROM 'OUT/events/*.parquet'``); each part is made from the scores part
-# of the same name, so a re-run adds the parts of new scores and never a row twice
+# one row per event, flattened from the score rows that hold them (``scores.events``, committed
+# with their row in one step): what :func:`read_events` gives
 EVENTS_SCHEMA = pa.schema([
     ("video_id", pa.string()), ("path", pa.string()), ("event", pa.int32()),
     ("start_s", pa.float64()), ("end_s", pa.float64()), ("start_frame", pa.int64()), ("end_frame", pa.int64()),
@@ -64,53 +63,36 @@ EVENTS_SCHEMA = pa.schema([
 ])
 
 
-def write_events(out_dir: str, model: str, opts_dict: Dict[str, Any]) -> Dict[str, int]:
-    """Bring ``OUT/events/`` up to date with ``OUT/scores/``: a part for each scores part
-    that has none yet.  The scoring writers commit each scores part's events right after
-    it (:func:`events_table`); this finds the parts whose events write failed or was cut
-    off, and those of folders scored before.  Each event's ``rule`` is its video's
-    (``opts_dict``: the scoring's :class:`ScoreOptions`, its camera's rule where it has
-    one), for parts written before score rows named theirs.  Returns the events and
-    parts written now and the events in all."""
-    from vadclip.io.parts import part_base, part_files, read_file, read_schema, write_part
-
-    scores, events = layout.scores_dir(out_dir), layout.events_dir(out_dir)
-    have = {part_base(storage.basename(f)) for f in part_files(events)}
-    written = parts = 0
-    opts = ScoreOptions(**opts_dict)
-    rule_json = {}
-
-    def rule_of(r):
-        key = opts.rule_for(r.get("meta"))
-        if key not in rule_json:
-            rule_json[key] = json.dumps(asdict(key), sort_keys=True)
-        return rule_json[key]
-
-    for f in part_files(scores):
-        name = part_base(storage.basename(f))
-        if name in have:
-            continue
-        names = read_schema(f).names
-        cols = ["video_id", "path", "video_score", "events"]
-        # parts written before these columns existed: the run's own model and rule
-        cols += [c for c in ("meta", "model_version", "rule") if c in names]
-        rows = [event_row(r, i, ev, r.get("model_version") or model, r.get("rule") or rule_of(r))
-                for r in read_file(f, cols).to_pylist() for i, ev in enumerate(r["events"] or [])]
-        write_part(events, name, pa.Table.from_pylist(rows, EVENTS_SCHEMA))
-        written, parts = written + len(rows), parts + 1
-    total = sum(read_file(f, ["event"]).num_rows for f in part_files(events))
-    return {"events_written": written, "parts_written": parts, "events": total}
-
-
 def events_table(rows: List[Dict[str, Any]]) -> pa.Table:
-    """The ``OUT/events/`` rows of score rows, each row naming the model version and rule
-    that scored it: what a scoring writer commits beside each scores part."""
-    return pa.Table.from_pylist([event_row(r, i, ev, r["model_version"], r["rule"])
+    """Score rows' events, a row each (:data:`EVENTS_SCHEMA`), each naming the model
+    version and rule that scored its video and, from the video's manifest columns, its
+    camera and wall-clock start and end."""
+    return pa.Table.from_pylist([event_row(r, i, ev, r.get("model_version") or "", r.get("rule") or "")
                                  for r in rows for i, ev in enumerate(r.get("events") or [])], EVENTS_SCHEMA)
 
 
+def read_events(out_dir: str) -> pa.Table:
+    """Every event of the scores committed in ``out_dir``, a row each (:func:`events_table`).
+
+    A video's events live in its score row (``OUT/scores``, column ``events``) and are
+    committed with it in one step, so no reader sees a score without its events or events
+    without their score. Plain readers flatten the same column, e.g. DuckDB's
+    ``SELECT video_id, path, unnest(events, recursive := true) FROM delta_scan('OUT/scores')``."""
+    from vadclip.io.parts import part_files, read_file, read_schema
+
+    parts = []
+    for f in part_files(_scores_dir(out_dir)):
+        names = read_schema(f).names
+        t = read_file(f, [c for c in ("video_id", "path", "video_score", "events", "meta", "model_version", "rule")
+                          if c in names])
+        t = t.filter(pc.greater(pc.list_value_length(t.column("events")), 0))
+        if t.num_rows:
+            parts.append(events_table(t.to_pylist()))
+    return pa.concat_tables(parts) if parts else EVENTS_SCHEMA.empty_table()
+
+
 def event_row(r: Dict[str, Any], i: int, ev: Dict[str, Any], model: str, rule_json: str) -> Dict[str, Any]:
-    """Event ``i`` (``ev``) of the scores row ``r`` as a row of ``OUT/events/``."""
+    """Event ``i`` (``ev``) of the scores row ``r`` as a row of :data:`EVENTS_SCHEMA`."""
     out = {"video_id": r["video_id"], "path": r["path"], "event": i, **ev, "video_score": r["video_score"],
            "model": model, "rule": rule_json, "meta": r.get("meta") or ""}
     _event_where(out)
@@ -273,13 +255,7 @@ class ScoreStage:
     pool of actors shares one copy of the weights)."""
 
     def __init__(self, checkpoint, opts: ScoreOptions) -> None:
-        from vadclip.model.checkpoint import load_checkpoint
-
-        if not isinstance(checkpoint, dict):
-            import ray
-
-            checkpoint = ray.get(checkpoint)
-        self.model = load_checkpoint(checkpoint)
+        self.model = model_of(checkpoint)
         self.opts = opts
         self.classes = list(self.model.cfg.class_keys)
 
@@ -309,6 +285,18 @@ class ScoreStage:
             out.append(dict(good, error=None) if good is not None else
                        {"video_id": row["video_id"], "path": row["path"], "error": bad})
         return pa.Table.from_pylist(out, schema=STAGE_SCHEMA)
+
+
+def model_of(checkpoint):
+    """The scoring model of a checkpoint dict, or of a Ray reference to one (what the
+    driver put once for every scorer and writer)."""
+    from vadclip.model.checkpoint import load_checkpoint
+
+    if not isinstance(checkpoint, dict):
+        import ray
+
+        checkpoint = ray.get(checkpoint)
+    return load_checkpoint(checkpoint)
 
 
 def score_one(model, classes: List[str], opts: ScoreOptions, meta: Dict[str, Any], feats: Optional[np.ndarray],
@@ -447,50 +435,39 @@ class Scorer:
     ``score --videos``): the model from a checkpoint (or a Ray reference to one), the
     crop to score, and where the score rows go."""
 
-    def __init__(self, checkpoint, opts: ScoreOptions, crop: int, output, run_id: str, events_dir: str = "") -> None:
+    def __init__(self, checkpoint, opts: ScoreOptions, crop: int, output, run_id: str) -> None:
         self.checkpoint, self.opts, self.crop, self.output, self.run_id = checkpoint, opts, crop, output, run_id
         self.model = None
         self.forgotten: set = set()
-        self.events_dir = events_dir     # OUT/events/, whose rows of a rewritten recording go too
 
     def forget(self, paths: set) -> None:
         """On the driver, under the lease, before the pipeline: the videos at ``paths`` were
         rewritten since they were scored (an NVR rewrites the day's file): their score rows
-        and events are replaced by the commit that adds the new file's (never beside them,
+        (events in them) are replaced by the commit that adds the new file's (never beside them,
         never none in between; dropped at the run's end where the new file fails), their
         score error rows go now."""
         from vadclip.io.parts import drop_rows, read_column
 
         self.forgotten = {v for v, p in zip(read_column(self.output.rows_dir, "video_id"),
                                             read_column(self.output.rows_dir, "path")) if p in paths}
-        for d in (self.output.rows_dir, self.events_dir):
-            self.output.replace_later(d, paths)
+        self.output.replace_later(self.output.rows_dir, paths)
         drop_rows(self.output.errors_dir, "path", paths, self.output.tokens.get(self.output.errors_dir))
 
     def correct(self, updates: Dict[str, Dict[str, Any]]) -> None:
         """On the driver, under the lease: the manifest now says other things of these videos
-        (``{path: {"label", "meta"}}``): their score rows and events follow (an event's
-        camera and wall-clock times from the new meta), without scoring anything again."""
+        (``{path: {"label", "meta"}}``): their score rows follow (so do their events'
+        camera and wall-clock times, read from the row's meta), without scoring anything again."""
         from vadclip.io.parts import update_rows
 
         update_rows(self.output.rows_dir, "path", {p: {"label": u["label"] or None, "meta": u["meta"]}
                                                    for p, u in updates.items()},
                     token=self.output.tokens.get(self.output.rows_dir))
-        update_rows(self.events_dir, "path", {p: {"meta": u["meta"]} for p, u in updates.items()},
-                    derive=_event_where)
 
     def start(self, skip=()) -> None:
         """In the writer: load the model, open the part writers.  ``skip``: videos whose
         scores are committed already (by an earlier incarnation of this writer, or an
         earlier round of the run)."""
-        from vadclip.model.checkpoint import load_checkpoint
-
-        ckpt = self.checkpoint
-        if not isinstance(ckpt, dict):
-            import ray
-
-            ckpt = ray.get(ckpt)
-        self.model = load_checkpoint(ckpt)
+        self.model = model_of(self.checkpoint)
         self.classes = list(self.model.cfg.class_keys)
         self.skip = set(skip)
         self.streams: Dict[str, list] = {}     # long recordings being scored a segment at a time
@@ -552,6 +529,18 @@ def _scores_dir(out_dir: str) -> str:
     return layout.scores_dir(out_dir)
 
 
+def _retire_events_table(out_dir: str, log) -> None:
+    """Under the lease: ``OUT/events``, the table of events that folders scored before
+    2026-12-07 kept beside ``OUT/scores``, goes.  It was committed after the scores it came
+    from (a reader could see one without the other) and would no longer follow them; the
+    score rows hold every event it held."""
+    old = layout.events_dir(out_dir)
+    if storage.exists(old):
+        storage.delete_dir(old)
+        log(f"[score] {old}: removed; each video's events are in its score row ({_scores_dir(out_dir)}, column "
+            "events), committed with it (read_events, or unnest(events) in SQL)")
+
+
 RULE_FILE = "_event_rule.json"     # the rule of the folder's last run (each row records its own)
 MODEL_FILE = "_model.json"         # the model version and crop of the folder's last run
 
@@ -604,7 +593,7 @@ def _files_to_score(files: List[str], todo: Optional[List[str]], done: set
 
 def _rescore_stale(out_dir: str, opts: ScoreOptions, output: ResumableOutput, log) -> set:
     """``--rescore changed|all``, under the lease: the videos to score again with this run's
-    version and rule, from their feature rows.  Their score rows and events stay until the
+    version and rule, from their feature rows.  Their score rows (events in them) stay until the
     commit that adds the new ones takes them out (one video at a time: never two rows for
     a video, never none).  Returns their ids."""
     from vadclip.io.parts import part_files, read_file, read_schema
@@ -621,8 +610,7 @@ def _rescore_stale(out_dir: str, opts: ScoreOptions, output: ResumableOutput, lo
             ids |= stale
             paths |= set(t.filter(pc.is_in(t.column("video_id"), pa.array(sorted(stale)))).column("path").to_pylist())
     if ids:
-        for d in (_scores_dir(out_dir), layout.events_dir(out_dir)):
-            output.replace_later(d, paths)
+        output.replace_later(_scores_dir(out_dir), paths)
         log(f"[score] --rescore {opts.rescore}: {len(ids)} videos scored again with {opts.model_version}")
     return ids
 
@@ -680,45 +668,28 @@ def _ids_at(found: Dict[str, Any], crop: int) -> set:
 
 def _score_rounds(features: str, crop: int, todo: Optional[List[str]], done: set, have: set, ckpt_ref,
                   opts: ScoreOptions, output: ResumableOutput, run_id: str, classes: List[str], log) -> int:
-    """Score the videos of ``todo`` (None: every video of ``have`` not in ``done``); then
-    score again those that are neither a score row nor an error row (their rows died
-    with a worker node), at most ``MAX_ROUNDS`` times in all; still missing: the job
-    fails (exit 0 always means every row is there).  Returns the duplicate rows ignored."""
-    from vadclip.errors import EnvironmentProblem
-    from vadclip.jobs.cluster import lost_with_a_node
-    from vadclip.jobs.extract import MAX_ROUNDS
+    """Score the videos of ``todo`` (None: every video of ``have`` not in ``done``), in
+    rounds (:func:`vadclip.jobs.output.in_rounds`: again over those a lost node took with
+    it).  Returns the duplicate rows ignored."""
+    from vadclip.jobs.output import in_rounds
 
-    want, dups = (set(todo) if todo is not None else have - done), 0
-    for rnd in range(1, MAX_ROUNDS + 1):
-        try:
-            dups += _score_from_features(features, crop, todo, done, ckpt_ref, opts, output, run_id, classes,
-                                         rnd)["duplicates"]
-        except Exception as e:  # noqa: BLE001 - sorted below
-            if not lost_with_a_node(e):
-                raise
-            log(f"[score] round {rnd}: the pipeline lost a worker ({type(e).__name__}); the videos not written "
-                "are scored again")
+    want, dups = (set(todo) if todo is not None else have - done), [0]
+
+    def one_round(todo, rnd):
+        dups[0] += _score_from_features(features, crop, todo, done, ckpt_ref, opts, output, run_id, classes,
+                                        rnd)["duplicates"]
+
+    def missing(_):
         scored, failed = output.ids("video_id")
-        missing = sorted(want - scored - failed)
-        if not missing:
-            return dups
-        if rnd == MAX_ROUNDS:
-            raise EnvironmentProblem(f"{len(missing)} videos (e.g. {missing[0]}) are still not scored after "
-                                     f"{MAX_ROUNDS} rounds: the cluster keeps losing the workers holding them; "
-                                     "run the same command again to resume")
-        log(f"[score] {len(missing)} videos were lost with a worker: scoring them again "
-            f"(round {rnd + 1} of at most {MAX_ROUNDS})")
-        todo = missing
-    return dups
+        return sorted(want - scored - failed)
+
+    in_rounds("score", todo, one_round, missing, log)
+    return dups[0]
 
 
 def _run_counts(output: ResumableOutput) -> Dict[str, Any]:
-    """What this run committed, read from the folder (never from counters a dead worker took along)."""
-    from vadclip.io.parts import committed_table
-
-    mine = f"part-{output.run_id}"
-    rows = committed_table(output.rows_dir, ["video_id", "snippet_count"], mine)
-    errs = committed_table(output.errors_dir, ["video_id", "error"], mine)
+    """What this run committed (:meth:`ResumableOutput.this_run`)."""
+    rows, errs = output.this_run(["video_id", "snippet_count"])
     return {"rows": len(rows), "errors": len(errs), "snippets": sum(int(r["snippet_count"]) for r in rows),
             "failures": [r["error"] for r in errs]}
 
@@ -753,11 +724,14 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
     features, videos, gt_path, out_dir = map(absolute, (features, videos, gt_path, out_dir))
     c = _check_score(model_uri, out_dir, features, videos, extract_opts, opts or ScoreOptions(), gt_path,
                      tracking_uri, address, log)
+    quiet = _nothing_new(c, out_dir, videos, log) if gt_path is None else None   # --gt: the figures are asked for
+    if quiet is not None:
+        return quiet
     storage.makedirs(out_dir)
-    output = ResumableOutput(_scores_dir(out_dir), layout.score_errors_dir(out_dir), SCORE_SCHEMA, ERROR_SCHEMA,
-                             companion_dir=layout.events_dir(out_dir), companion=events_table)
+    output = ResumableOutput(_scores_dir(out_dir), layout.score_errors_dir(out_dir), SCORE_SCHEMA, ERROR_SCHEMA)
     run_id = output.start((extract_opts.wait if extract_opts is not None else 0.0), log)
     try:
+        _retire_events_table(out_dir, log)
         storage.write_text(storage.join(_scores_dir(out_dir), RULE_FILE),
                            json.dumps(c.opts.rules_record(), sort_keys=True))
         storage.write_text(storage.join(_scores_dir(out_dir), MODEL_FILE), json.dumps(c.model_record, sort_keys=True))
@@ -774,6 +748,40 @@ def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, vide
         return summary
     finally:
         output.release()
+
+
+def _nothing_new(c: _Checked, out_dir: str, videos: Optional[str], log) -> Optional[Dict[str, Any]]:
+    """A nightly run that finds nothing to extract and nothing to score (every video of the
+    feature set has its score row or score error, no ``--rescore``) changes nothing: no
+    lease (it fences no live run), no commit, the report and the tracking server left as
+    they are; only ``score_summary.json`` says it ran.  Its summary, or None when there is work."""
+    from vadclip.jobs.extract import nothing_to_do
+
+    if c.opts.rescore != "none" or storage.exists(layout.events_dir(out_dir)):
+        return None
+    if videos is not None:
+        if not nothing_to_do(c.extraction, False):
+            return None
+        want = c.extraction.output.row_ids()
+    else:
+        want = _ids_at(c.found, c.model_record["crop"])
+    output = ResumableOutput(_scores_dir(out_dir), layout.score_errors_dir(out_dir))
+    scored, failed = output.ids("video_id")
+    if want - scored - failed:
+        return None
+    totals = output_totals(_scores_dir(out_dir))
+    summary = {"videos_scored": 0, "videos_failed": 0, "videos_skipped": len(want), "nothing_new": True,
+               "videos_total_in_output": totals["videos"], "anomalous_videos": totals["flagged"],
+               "events": totals["events"], "scored_by": totals["scored_by"], "output": _scores_dir(out_dir),
+               "model_uri": c.model_uri, "model_version_uri": c.version_uri, **c.identity,
+               "report": storage.join(layout.report_dir(out_dir), "index.html")}
+    if videos is not None:
+        summary["extract"] = {"videos_ok": 0, "videos_failed": 0, "videos_skipped": len(c.extraction.items)}
+    storage.makedirs(out_dir)
+    storage.write_text(storage.join(out_dir, layout.SCORE_SUMMARY), json.dumps(storage.redact_all(summary), indent=2))
+    log(f"[score] nothing new: all {len(want)} videos were scored before; the folders, the report and the "
+        "tracking server are left as they are")
+    return summary
 
 
 def _check_score(model_uri: str, out_dir: str, features: Optional[str], videos: Optional[str], extract_opts,
@@ -857,7 +865,7 @@ def _score_all(c: _Checked, out_dir: str, features: Optional[str], videos: Optio
         # run are scored from their features below)
         from vadclip.jobs.extract import extract_and, feature_dir
 
-        scorer = Scorer(ckpt_ref, opts, c.crop, output, run_id, layout.events_dir(out_dir))
+        scorer = Scorer(ckpt_ref, opts, c.crop, output, run_id)
         extract_summary, _ = extract_and(videos, out_dir, c.extraction.opts, scorer=scorer, address=address, log=log,
                                          checked=c.extraction)
         done -= scorer.forgotten           # rewritten recordings: scored again, not skipped
@@ -908,19 +916,13 @@ def _summary(c: _Checked, model_uri: str, out_dir: str, output: ResumableOutput,
 
 def _finish(c: _Checked, summary: Dict[str, Any], model_uri: str, out_dir: str, features: str,
             gt_path: Optional[str], tracking_uri: Optional[str], experiment: str, run_id: str) -> None:
-    """After the scoring: the events table, the ground truth's figures, the report, the
-    MLflow run and the summary file (``summary`` completed in place)."""
+    """After the scoring: the ground truth's figures, the report, the MLflow run and the
+    summary file (``summary`` completed in place)."""
     import ray
 
     from vadclip.tracking.runs import log_scoring_run
 
     opts = c.opts
-    ev = ray.get(ray.remote(write_events).options(num_cpus=0.25, max_retries=3).remote(
-        out_dir, c.version_uri, asdict(opts)))             # in a task: the score rows stay off the driver
-    summary["events_table"], summary["events_table_rows"] = layout.events_dir(out_dir), ev["events"]
-    # parts whose events the writers did not commit beside their scores (a failed write, or a
-    # folder scored before they did): written now
-    summary["events_parts_written_at_end"] = ev["parts_written"]
     operating_here = None
     if gt_path and summary["videos_total_in_output"]:
         # frame-level AUC/AP need every frame score at once: one task on a worker reads them
