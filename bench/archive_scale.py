@@ -14,7 +14,9 @@ extracting 100,000 videos first would take hours here and is not what is measure
 Then, as separate processes exactly as a cron job runs them:
 * the no-op re-run (nothing new): store requests by kind (counted at a proxy in front of
   the S3-API server), requests per archived video, the driver's wall and CPU seconds and
-  its peak resident memory (``ru_maxrss``);
+  its peak resident memory (``ru_maxrss``), the heavy packages it imported; then, on the
+  S3-API server, the same listing of the archive made alone from this process (what the
+  server's pages of 1,000 keys, one after another, take of that wall time);
 * the 1%-new re-run: N/100 new recordings (links of the same four) decoded and encoded
   with the tiny random-init CLIP, the same figures.
 
@@ -142,7 +144,8 @@ def _row(where, n, what, s, ru, counts=None):
             "by_kind": {k.split()[0]: v for k, v in (counts or {}).items() if k.endswith("requests")},
             "requests_per_video": None if reqs is None else round(reqs / n, 4),
             "driver_wall_s": round(ru["wall_s"], 1), "driver_cpu_s": round(ru["cpu_s"], 1),
-            "driver_peak_rss_mb": round(ru["peak_rss_mb"]), "imported": ru.get("imported", [])}
+            "driver_peak_rss_mb": round(ru["peak_rss_mb"]), "imported": ru.get("imported", []), "listing_s": None,
+            "one_listing_s": None}
 
 
 def _print(r):
@@ -150,7 +153,9 @@ def _print(r):
     reqs = "–" if r["requests"] is None else f"{r['requests']:,} ({kinds}); {r['requests_per_video']} a video"
     print(f"| {r['storage']} | {r['archive']:,} | {r['run']} | {r['videos_ok']:,} new, {r['videos_skipped']:,} "
           f"skipped | {reqs} | {r['driver_wall_s']} | {r['driver_cpu_s']} | {r['driver_peak_rss_mb']} | "
-          f"{', '.join(r['imported']) or 'none'} |", flush=True)
+          f"{', '.join(r['imported']) or 'none'} | "
+          f"{'–' if r['listing_s'] is None else str(r['listing_s']) + ' (one listing: ' + str(r['one_listing_s']) + ')'} |",
+          flush=True)
 
 
 def local(n, new, work, seed_dir, template, args):
@@ -189,6 +194,17 @@ def s3(n, new, work, seed_dir, template, args, args_log=None):
             _seen(args_log, f"s3-{n}-noop", proxy.seen)
         assert s["videos_skipped"] == n and s["videos_ok"] == 0, s
         rows.append(_row("S3 API", n, "no-op re-run", s, ru, counts))
+        # what the store alone takes to list the archive, from this process, straight to the
+        # server: as the driver lists it (its folders side by side), and as one listing
+        # whose pages come one after another (how it listed it before 2026-12-07)
+        t0 = time.time()
+        assert len(storage.listed_files(arch)) == n
+        rows[-1]["listing_s"] = round(time.time() - t0, 1)
+        fs, p = storage.resolve(arch)
+        t0 = time.time()
+        assert len([i for i in fs.get_file_info(storage.pafs.FileSelector(p, recursive=True))
+                    if i.type == storage.pafs.FileType.File]) == n
+        rows[-1]["one_listing_s"] = round(time.time() - t0, 1)
         k = max(1, int(n * new))
         _copy_s3(client, n, n + k)
         with fault_proxy(os.environ["AWS_ENDPOINT_URL"], {}) as proxy:
@@ -229,8 +245,8 @@ def main():
         print(f"# {time.strftime('%Y-%m-%d')} python bench/archive_scale.py --sizes {a.sizes} "
               f"--s3-sizes {a.s3_sizes} --new {a.new}")
         print("| storage | archive | run | videos | store requests | driver wall s | driver CPU s | "
-              "driver peak RSS MB | heavy imports |")
-        print("|---|---|---|---|---|---|---|---|---|")
+              "driver peak RSS MB | heavy imports | the listing alone s |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         rows = []
         for n in [int(x) for x in a.s3_sizes.split(",") if x]:
             for r in s3(n, a.new, work, seed_dir, template, args, a.requests_log):

@@ -77,6 +77,29 @@ def test_uris_globs_and_whole_object_writes_on_s3(s3):
     assert storage.dirname("s3://bkt/out/s.json") == "s3://bkt/out"
 
 
+def test_an_archives_folders_are_listed_side_by_side_and_say_the_same(s3, monkeypatch):
+    """Issue #45: an object store's pages of one listing come one after another, so an archive
+    in camera folders is listed a folder at a time, several at once: one listing of its own
+    level (delimited), then one of each folder, the same files with the same sizes and
+    modification times as a single listing of everything (the proxy counts the requests)."""
+    from faultproxy import fault_proxy
+
+    keys = ["arch/top.mp4"] + [f"arch/cam{c}/d{d}/h{h}.mp4" for c in range(3) for d in range(2) for h in range(2)]
+    for k in keys:
+        s3.put_object(Bucket="bkt", Key=k, Body=k.encode())
+    with fault_proxy(os.environ["AWS_ENDPOINT_URL"], {}) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        got = storage.listed_files("s3://bkt/arch")
+        lists = [q for m, q in proxy.seen if m == "GET" and "list-type=2" in q]
+    fs, p = storage.resolve("s3://bkt/arch")
+    flat = fs.get_file_info(storage.pafs.FileSelector(p, recursive=True))
+    want = {f"s3://{i.path}": (i.size, i.mtime) for i in flat if i.type == storage.pafs.FileType.File}
+    assert {k: (i.size, i.mtime) for k, i in got.items()} == want and len(want) == len(keys)
+    assert sum("delimiter" in q and "prefix=arch%2F&" in q + "&" for q in lists) == 1, lists
+    for c in range(3):     # each camera's folder by a listing of its own
+        assert [q for q in lists if f"prefix=arch%2Fcam{c}%2F&" in q + "&"], lists
+
+
 def test_scratch_copies_are_removed_and_store_failures_are_not_video_errors(s3, tmp_path, monkeypatch):
     monkeypatch.setenv("VADCLIP_SCRATCH", str(tmp_path))
     s3.put_object(Bucket="bkt", Key="v/ok.mp4", Body=b"0123456789" * 1000)

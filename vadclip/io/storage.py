@@ -232,14 +232,33 @@ def list_files(directory: str, recursive: bool = True, suffixes: Optional[Tuple[
     return sorted(listed_files(directory, recursive, suffixes))
 
 
+LIST_THREADS = 16     # an object store's folders listed at once
+
+
 def listed_files(directory: str, recursive: bool = True,
                  suffixes: Optional[Tuple[str, ...]] = None) -> Dict[str, pafs.FileInfo]:
     """``{file: its info}`` under ``directory``, from one listing: an object store lists
     1,000 keys a request with their sizes and modification times, so knowing what changed
-    in an archive costs a request per 1,000 files, not one per file."""
+    in an archive costs a request per 1,000 files, not one per file.
+
+    In an object store, the folder's own level is listed first, then each of its folders
+    (a camera's, a day's), :data:`LIST_THREADS` at once: a store's pages of one listing
+    come one after another (a year of 100 cameras in hourly files is 900 of them), the
+    folders' side by side."""
     fs, p = resolve(directory)
-    infos = retrying(lambda: fs.get_file_info(pafs.FileSelector(p, recursive=recursive, allow_not_found=True)),
-                     directory)
+
+    def listing(where: str, deep: bool) -> List[pafs.FileInfo]:
+        return retrying(lambda: fs.get_file_info(pafs.FileSelector(where, recursive=deep, allow_not_found=True)),
+                        directory)
+
+    infos = listing(p, recursive and is_local(directory))
+    if recursive and not is_local(directory):
+        from concurrent.futures import ThreadPoolExecutor
+
+        folders = [i.path for i in infos if i.type == pafs.FileType.Directory]
+        with ThreadPoolExecutor(max_workers=max(1, min(LIST_THREADS, len(folders)))) as pool:
+            for more in pool.map(lambda f: listing(f, True), folders):
+                infos.extend(more)
     return {_uri_of(directory, i.path): i for i in infos if i.type == pafs.FileType.File
             and (suffixes is None or i.path.lower().endswith(suffixes))}
 
