@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from vadclip.model.config import ClipSpec  # noqa: E402
 from vadclip.clip.encoder import ClipImageEncoder  # noqa: E402
 from vadclip.jobs.extract import DecodeStage, ExtractOptions, run_extract  # noqa: E402
+from vadclip.jobs.stages import run_stages  # noqa: E402
 from vadclip.jobs.manifest import load_manifest  # noqa: E402
 from vadclip.video.samples import make_sample_set  # noqa: E402
 from vadclip.video.decode import iter_snippet_chunks  # noqa: E402
@@ -66,8 +67,7 @@ def decode_only(items, opts: ExtractOptions, size: int) -> float:
     """Snippets/s of the job's decode stage alone (Ray Data, its tasks and parallelism)."""
     import ray
 
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.flat_map(DecodeStage(opts, size), num_cpus=DecodeStage.num_cpus)
+    ds = run_stages(ray.data.from_items(items, override_num_blocks=len(items)), [DecodeStage(opts, size)])
     t, n = time.perf_counter(), 0
     for row in ds.iter_rows():
         n += len(row["frames"])

@@ -81,18 +81,22 @@ def _gpu_without_cuda() -> None:
 
     from vadclip.jobs.stages import EncodeStage
 
-    init = EncodeStage.__init__
+    setup = EncodeStage.setup
     if torch.cuda.is_available():
         return
 
-    @functools.wraps(init)
-    def on_cpu(self, opts, weights=None, on_gpu=False):
+    @functools.wraps(setup)
+    def on_cpu(self):
         import ray
 
-        init(self, opts, weights, on_gpu=False)
-        self.gpus = len(ray.get_gpu_ids()) if on_gpu else 0
+        share, self.share = self.share, 0.0
+        try:
+            setup(self)
+        finally:
+            self.share = share
+        self.gpus_held = len(ray.get_gpu_ids()) if share else 0
 
-    EncodeStage.__init__ = on_cpu
+    EncodeStage.setup = on_cpu
 
 
 def _wrap_encoder() -> None:

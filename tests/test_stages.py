@@ -8,6 +8,7 @@ from vadclip.model.config import ClipSpec
 from vadclip.jobs.extract import DecodeStage, EncodeStage, ExtractOptions
 from vadclip.io.features import feature_row
 from vadclip.jobs.score import SCORE_SCHEMA, STAGE_SCHEMA, ScoreOptions, ScoreStage
+from vadclip.jobs.stages import Resources, Stage, run_stages
 
 OPTS = ExtractOptions(clip=ClipSpec.tiny(), batch_size=4)
 
@@ -27,6 +28,7 @@ def test_decode_stage_chunks_a_video_and_turns_a_bad_one_into_one_error_row(samp
 
 def test_encode_stage_encodes_chunks_and_passes_errors_through():
     stage = EncodeStage(OPTS)
+    stage.setup()
     frames = np.random.default_rng(0).integers(0, 255, (3, 1, 3, 224, 224), dtype=np.uint8)
     batch = {"video_id": np.array(["a", "b"]), "path": np.array(["a.mp4", "b.mp4"]),
              "frames": np.array([frames, frames[:0]] + [None], dtype=object)[:-1],
@@ -42,6 +44,7 @@ def test_score_stage_scores_rows_and_records_bad_features():
     cfg = tiny_config("custom", classes=["Normal", "Fire"], visual_length=32)
     scoring_model = load_model_file(checkpoint_dict(build_model(cfg)))   # frozen text features, as run_score has
     stage = ScoreStage(checkpoint_dict(scoring_model), ScoreOptions(threshold=0.0))
+    stage.setup()
     rng = np.random.default_rng(0)
     rows = [feature_row("ok", "ok.mp4", None, 0, 25.0, 320, rng.normal(size=(20, 32))),
             feature_row("nan", "nan.mp4", None, 0, 25.0, 32, np.full((2, 32), np.nan))]
@@ -63,6 +66,53 @@ def test_each_stage_declares_its_gpu_share():
     assert (DecodeStage.gpus(cuda, True), EncodeStage.gpus(cuda, True)) == (0.1, 0.5)   # they share the GPU
     assert (DecodeStage.gpus(cuda, False), EncodeStage.gpus(cuda, False)) == (0.0, 0.0)  # no GPU: CPU decode
     assert EncodeStage.gpus(ExtractOptions(gpus_per_encoder=0.25), True) == 0.25
+
+
+def test_each_stage_declares_what_a_worker_of_it_reserves():
+    opts = ExtractOptions(num_encoders=3)
+    assert DecodeStage(opts, 64).resources() == Resources(cpus=1.0)
+    assert DecodeStage(opts, 64, 0.1).resources() == Resources(cpus=1.0, gpus=0.1) and \
+        DecodeStage(opts, 64, 0.1).device == "cuda"
+    assert EncodeStage(opts).resources() == Resources(cpus=1, actors=3, batch_size=1)
+    assert EncodeStage(opts, None, 0.5).resources() == Resources(cpus=0, gpus=0.5, actors=3, batch_size=1)
+    assert ScoreStage(None, ScoreOptions(num_scorers=2)).resources() == Resources(cpus=1, actors=2, batch_size=8)
+
+
+def test_run_stages_sets_each_worker_up_once_and_names_ray_operators_after_the_stages(ray_local):
+    """Tasks (a row stage) set up in each task; an actor pool (a batch stage) once per
+    actor, however many batches it takes; Ray's operators carry the stages' names."""
+    import ray
+
+    class _Tagged(Stage):
+        """Tags each row with the process that set it up and how often it was (a class
+        made here, so that Ray's workers get it by value)."""
+
+        def __init__(self, actors: int, batch_size=None):
+            self.actors, self.batch_size, self.setups = actors, batch_size, 0
+
+        def resources(self):
+            return Resources(cpus=0.25, actors=self.actors, batch_size=self.batch_size)
+
+        def setup(self):
+            import os
+
+            self.setups += 1
+            self.pid = os.getpid()
+
+        def __call__(self, rows):
+            if self.batch_size is None:
+                yield dict(rows, pid=self.pid, setups=self.setups)
+                return
+            yield dict(rows, pid=np.full(len(rows["id"]), self.pid), setups=np.full(len(rows["id"]), self.setups))
+
+    ds = run_stages(ray.data.range(40, override_num_blocks=8), [_Tagged(0), _Tagged(2, batch_size=4)])
+    assert "FlatMap(_Tagged)" in str(ds) and "MapBatches(_Tagged)" in str(ds)
+    rows = ds.take_all()
+    assert sorted(r["id"] for r in rows) == list(range(40))
+    assert {r["setups"] for r in rows} == {1}            # never set up twice in one worker
+    assert 1 <= len({r["pid"] for r in rows}) <= 2       # the pool's two actors at most
+    # the second stage's columns replaced the first's: every row went through both
+    assert all(isinstance(r["pid"], (int, np.integer)) for r in rows)
 
 
 def test_a_slow_but_progressing_video_outlives_a_stall_deadline_shorter_than_its_decode(tmp_path):

@@ -26,7 +26,7 @@ from vadclip.io.features import ERROR_SCHEMA, FEATURE_SCHEMA
 from vadclip.io.parts import drop_rows
 from vadclip.jobs.manifest import load_manifest
 from vadclip.jobs.output import ResumableOutput
-from vadclip.jobs.stages import DecodeStage, EncodeStage, ExtractOptions
+from vadclip.jobs.stages import DecodeStage, EncodeStage, ExtractOptions, run_stages
 from vadclip.jobs.writers import Progress, VideoSink, _Pace
 from vadclip.video.decode import (VideoError, check_decoder, identity_of, same_identity, torchcodec_missing,
                                   video_file)
@@ -349,8 +349,9 @@ def _correct(items, output: ResumableOutput, changed: set, on_corrected, log) ->
 
 
 def _pipeline(plan: _Plan, todo: List[Dict[str, Any]], opts: ExtractOptions, log):
-    """decode (tasks) → encode (actor pool) as a Ray Data dataset over ``todo``; each
-    stage says what share of a GPU it takes (:meth:`DecodeStage.gpus`, :meth:`EncodeStage.gpus`)."""
+    """The stages over ``todo`` (:func:`vadclip.jobs.stages.run_stages`): decode (tasks) →
+    encode (actor pool), each with the share of a GPU it takes (:meth:`DecodeStage.gpus`,
+    :meth:`EncodeStage.gpus`)."""
     import ray
 
     from vadclip.jobs.cluster import share_weights
@@ -358,7 +359,8 @@ def _pipeline(plan: _Plan, todo: List[Dict[str, Any]], opts: ExtractOptions, log
     have_gpus = plan.gpus
     if opts.decode_device == "cuda" and not have_gpus:
         log("[extract] decode device cuda: the cluster has no GPU, the videos are decoded on the CPU")
-    decode_gpus = DecodeStage.gpus(opts, have_gpus)
+    stages = [DecodeStage(opts, opts.clip.image_size, DecodeStage.gpus(opts, have_gpus)),
+              EncodeStage(opts, share_weights(plan.weights), EncodeStage.gpus(opts, have_gpus))]
     # one video a decode task, up to TASKS_CAP tasks (a lost node costs the videos in
     # flight on it, not a block of thousands); past it, as few as that allows
     # one chunk a block: a decode task hands on each chunk of frames as it is decoded (with
@@ -367,11 +369,7 @@ def _pipeline(plan: _Plan, todo: List[Dict[str, Any]], opts: ExtractOptions, log
     ctx = ray.data.DataContext.get_current()
     default, ctx.target_max_block_size = ctx.target_max_block_size, STREAM_BLOCK_BYTES
     try:      # a dataset keeps the context it was made in
-        ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo), TASKS_CAP)))
-        ds = ds.flat_map(DecodeStage(opts, opts.clip.image_size, "cuda" if decode_gpus else "cpu"),
-                         num_cpus=DecodeStage.num_cpus, num_gpus=decode_gpus)
-        return ds.map_batches(EncodeStage, **EncodeStage.ray_args(opts, EncodeStage.gpus(opts, have_gpus),
-                                                                  share_weights(plan.weights)))
+        return run_stages(ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo), TASKS_CAP))), stages)
     finally:
         ctx.target_max_block_size = default
 

@@ -24,6 +24,7 @@ from vadclip.io import layout
 from vadclip.io.features import ERROR_SCHEMA, meta_of
 from vadclip.io.provenance import check_fit
 from vadclip.jobs.output import ResumableOutput, row_sink
+from vadclip.jobs.stages import Resources, Stage, run_stages
 from vadclip.metrics.operating import DEFAULT_RULE, EventRule, OperatingPoint, snippet_times_for
 from vadclip.io.parts import committed_values as _committed_values
 from vadclip.io.parts import dataset_files
@@ -245,27 +246,33 @@ def find_events(anomaly: np.ndarray, probs: np.ndarray, classes: Sequence[str], 
     return events
 
 
-class ScoreStage:
-    """Ray Data ``map_batches`` actor stage: feature rows → per-snippet anomaly scores,
-    class probabilities, video score, events and the flag, one output row per input
-    row.  A row whose features cannot be used (wrong dimension, NaN, empty) gets its
-    error recorded, never dropped; anything else is the environment's and Ray retries.
+class ScoreStage(Stage):
+    """Scoring, the one class however a video's features come: an actor pool
+    (``--num-scorers``) over feature rows read back from Parquet (``score --features``,
+    :meth:`__call__`: one output row per input row), or set up inside the extraction
+    writers that assemble each video (``score --videos``, :class:`Scorer` calls
+    :meth:`score`).  A row whose features cannot be used (wrong dimension, NaN, empty)
+    gets its error recorded, never dropped; anything else is the environment's and Ray
+    retries.
 
     ``checkpoint`` is a checkpoint dict (or a Ray object reference to one, so that a
     pool of actors shares one copy of the weights)."""
 
     def __init__(self, checkpoint, opts: ScoreOptions) -> None:
-        self.model = model_of(checkpoint)
-        self.opts = opts
+        self.checkpoint, self.opts = checkpoint, opts
+
+    def resources(self) -> Resources:
+        return Resources(cpus=1, actors=self.opts.num_scorers, batch_size=8)    # the model is small
+
+    def setup(self) -> None:
+        self.model = model_of(self.checkpoint)
         self.classes = list(self.model.cfg.class_keys)
 
-    @staticmethod
-    def ray_args(checkpoint_ref, opts: ScoreOptions) -> Dict[str, Any]:
-        """What one scorer actor needs, for ``map_batches`` (one CPU; the model is small)."""
-        from ray.data import ActorPoolStrategy
-
-        return {"fn_constructor_args": (checkpoint_ref, opts), "batch_size": 8, "batch_format": "numpy",
-                "compute": ActorPoolStrategy(size=opts.num_scorers), "num_cpus": 1}
+    def score(self, meta: Dict[str, Any], feats: Optional[np.ndarray], snippets: int,
+              curves: Optional["Curves"] = None) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+        """(the video's score row, None), or (None, the error line) when its features
+        cannot be used (:func:`score_one`)."""
+        return score_one(self.model, self.classes, self.opts, meta, feats, snippets, curves)
 
     def __call__(self, batch: Dict[str, np.ndarray]) -> pa.Table:
         """The batch's score rows as an Arrow table of :data:`STAGE_SCHEMA` (the scores
@@ -281,7 +288,7 @@ class ScoreStage:
             except InputError as e:  # a problem of this row's features: recorded, never dropped
                 good, bad = None, score_error(row, e)
             else:
-                good, bad = score_one(self.model, self.classes, self.opts, row, feats, int(row["snippet_count"]))
+                good, bad = self.score(row, feats, int(row["snippet_count"]))
             out.append(dict(good, error=None) if good is not None else
                        {"video_id": row["video_id"], "path": row["path"], "error": bad})
         return pa.Table.from_pylist(out, schema=STAGE_SCHEMA)
@@ -431,13 +438,14 @@ def _text(value: Any) -> str:
 
 
 class Scorer:
-    """Scores whole videos where they are assembled (the extraction writers of
-    ``score --videos``): the model from a checkpoint (or a Ray reference to one), the
-    crop to score, and where the score rows go."""
+    """Feeds :class:`ScoreStage` the whole videos the extraction writers of
+    ``score --videos`` assemble (a long recording a segment at a time) and writes its
+    rows: the stage (the model's checkpoint, or a Ray reference to it, and the options),
+    the crop to score, and where the score rows go."""
 
     def __init__(self, checkpoint, opts: ScoreOptions, crop: int, output, run_id: str) -> None:
-        self.checkpoint, self.opts, self.crop, self.output, self.run_id = checkpoint, opts, crop, output, run_id
-        self.model = None
+        self.stage = ScoreStage(checkpoint, opts)
+        self.opts, self.crop, self.output, self.run_id = opts, crop, output, run_id
         self.forgotten: set = set()
 
     def forget(self, paths: set) -> None:
@@ -467,8 +475,7 @@ class Scorer:
         """In the writer: load the model, open the part writers.  ``skip``: videos whose
         scores are committed already (by an earlier incarnation of this writer, or an
         earlier round of the run)."""
-        self.model = model_of(self.checkpoint)
-        self.classes = list(self.model.cfg.class_keys)
+        self.stage.setup()
         self.skip = set(skip)
         self.streams: Dict[str, list] = {}     # long recordings being scored a segment at a time
         self.counts = {"rows": 0, "errors": 0, "snippets": 0, "failures": []}
@@ -489,7 +496,7 @@ class Scorer:
         scored as it comes, only the per-snippet scores kept."""
         if self.crop >= feats.shape[1] or vid in self.skip:
             return
-        st = self.streams.setdefault(vid, [Curves(self.model, f"{path} ({vid})"), None])
+        st = self.streams.setdefault(vid, [Curves(self.stage.model, f"{path} ({vid})"), None])
         if st[1] is None:
             try:
                 st[0].add(feats[:, self.crop])
@@ -507,9 +514,8 @@ class Scorer:
         if err is not None:
             good, bad = None, score_error(row, err)
         else:
-            good, bad = score_one(self.model, self.classes, self.opts, row,
-                                  feats[:, self.crop] if feats.shape[0] or curves is None else None,
-                                  snippets or feats.shape[0], curves)
+            good, bad = self.stage.score(row, feats[:, self.crop] if feats.shape[0] or curves is None else None,
+                                         snippets or feats.shape[0], curves)
         if good is None:
             self.ew.add([{"path": meta["path"], "video_id": vid, "stage": "score", "error": bad}])
         else:
@@ -649,7 +655,7 @@ def _score_from_features(features: str, crop: int, todo: Optional[List[str]], do
     ds = parts_dataset(files, FEATURE_SCHEMA, where & pc.field("snippet_start").is_null())
     if segmented:
         ds = ds.union(whole_videos_dataset(segmented, FEATURE_SCHEMA, pc.field("crop") == crop))
-    ds = ds.map_batches(ScoreStage, **ScoreStage.ray_args(ckpt_ref, opts))
+    ds = run_stages(ds, [ScoreStage(ckpt_ref, opts)])
     name = run_id if rnd == 1 else f"{run_id}-r{rnd}"    # each round its own part names
     sink = row_sink(output, name, SCORE_SCHEMA, ERROR_SCHEMA, opts.rows_per_file, _score_rows)
     try:

@@ -1,12 +1,15 @@
-"""The extraction pipeline's options and its two Ray Data stages, each declaring the
-resources it takes: decode (tasks: one manifest row → the video's snippet frames in
-chunks) and encode (an actor pool running the frozen CLIP image tower)."""
+"""What a job is made of: typed stages (:class:`Stage`), each declaring on itself what a
+worker of it reserves (:class:`Resources`), loading what it needs once in ``setup()`` and
+working in ``__call__``; :func:`run_stages` puts a list of them on a Ray Data dataset.
+Here too are the extraction pipeline's options and its two stages: decode (tasks: one
+manifest row → the video's snippet frames in chunks) and encode (an actor pool running
+the frozen CLIP image tower).  Scoring's stage is :class:`vadclip.jobs.score.ScoreStage`."""
 from __future__ import annotations
 
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -15,6 +18,79 @@ from vadclip.model.config import ClipSpec
 from vadclip.options import option
 from vadclip.video.decode import (VideoError, decoder_for, fetched, identity_of, in_place, iter_snippet_chunks,
                                   video_file)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one worker of a stage reserves.  ``actors`` > 0: a pool of that many actors,
+    each set up once; 0: tasks, each setting the stage up before its first input.
+    ``batch_size`` None: the stage takes one row and yields rows (Ray Data's
+    ``flat_map``); else it takes batches of that many rows as numpy columns and returns
+    columns or an Arrow table (``map_batches``)."""
+    cpus: float = 1.0
+    gpus: float = 0.0
+    actors: int = 0
+    batch_size: Optional[int] = None
+
+
+class Stage:
+    """One step of a job (as NeMo Curator's ``ProcessingStage``): :meth:`resources` says
+    what a worker of it reserves, :meth:`setup` loads what it needs (a model, weights) in
+    the worker, once, and ``__call__`` works.  A stage is built on the driver from its
+    options alone and travels to its workers as it is."""
+
+    def resources(self) -> Resources:
+        return Resources()
+
+    def setup(self) -> None:
+        """Load what the work needs, in the worker (nothing by default)."""
+
+    def __call__(self, rows):   # pragma: no cover - each stage says what it does
+        raise NotImplementedError
+
+
+class _OnWorker:
+    """A stage in a Ray Data worker: set up once (an actor: when the pool starts it),
+    then called.  :func:`_worker_of` names a subclass after the stage, so Ray's operators,
+    actors and processes carry the stage's name (``MapBatches(EncodeStage)``)."""
+
+    def __init__(self, stage: Stage, now: bool = True) -> None:
+        self.stage, self.ready = stage, False
+        if now:
+            self._setup()
+
+    def _setup(self) -> None:
+        self.stage.setup()
+        self.ready = True
+
+    def __call__(self, rows):
+        if not self.ready:
+            self._setup()
+        return self.stage(rows)
+
+
+def _worker_of(stage: Stage) -> type:
+    return type(type(stage).__name__, (_OnWorker,), {"__module__": __name__})
+
+
+def run_stages(ds, stages: Sequence[Stage]):
+    """``ds`` through ``stages`` in order, each with the resources it declares."""
+    for stage in stages:
+        r = stage.resources()
+        worker = _worker_of(stage)
+        kw: Dict[str, Any] = {"num_cpus": r.cpus, "num_gpus": r.gpus}
+        if r.actors:
+            from ray.data import ActorPoolStrategy
+
+            fn = worker
+            kw.update(fn_constructor_args=(stage,), compute=ActorPoolStrategy(size=r.actors))
+        else:
+            fn = worker(stage, now=False)
+        if r.batch_size is None:
+            ds = ds.flat_map(fn, **kw)
+        else:
+            ds = ds.map_batches(fn, batch_size=r.batch_size, batch_format="numpy", **kw)
+    return ds
 
 
 ENCODE = "video decoding and CLIP encoding"
@@ -97,8 +173,8 @@ class ExtractOptions:
 NO_TIMES = {"snippets": 0, "frames_listed": 0, "times": np.zeros(0, np.float64)}   # an error row's
 
 
-class DecodeStage:
-    """Ray Data ``flat_map`` stage: one manifest row → the video's snippet frames in
+class DecodeStage(Stage):
+    """Tasks, one manifest row each → the video's snippet frames in
     chunks of ``opts.chunk_snippets`` ([n, crops, 3, S, S] uint8 each), or one error row.
 
     A problem of the video (missing, empty, unreadable, truncated) is an error row; any
@@ -107,12 +183,15 @@ class DecodeStage:
     fails — no video is marked failed because of it.  A video in object storage is
     streamed to this node's scratch and removed after, or, larger than ``--copy-max-mb``
     (or an MPEG-TS/PS export), decoded where it lies.  ``device`` is where to decode
-    (cuda only in tasks that reserved a GPU share); each row names the decoder used."""
+    (cuda where the task holds ``gpus`` of a GPU, :meth:`gpus`); each row names the decoder used."""
 
-    num_cpus = 1.0          # one decode thread per task (num_threads=1 / num_ffmpeg_threads=1)
+    def __init__(self, opts: ExtractOptions, image_size: int, gpus: float = 0.0) -> None:
+        self.opts, self.size, self.share = opts, image_size, gpus
+        self.device = "cuda" if gpus else "cpu"
 
-    def __init__(self, opts: ExtractOptions, image_size: int, device: str = "cpu") -> None:
-        self.opts, self.size, self.device = opts, image_size, device
+    def resources(self) -> Resources:
+        # one decode thread per task (num_threads=1 / num_ffmpeg_threads=1)
+        return Resources(cpus=1.0, gpus=self.share)
 
     @staticmethod
     def gpus(opts: ExtractOptions, have_gpus: bool) -> float:
@@ -248,28 +327,36 @@ def within_deadline(rows: Iterator[Dict[str, Any]], stall_s: float = 0.0,
         stop.set()
 
 
-class EncodeStage:
-    """Ray Data ``map_batches`` actor stage: decoded chunks → CLIP image features
+class EncodeStage(Stage):
+    """An actor pool (``--num-encoders``): decoded chunks → CLIP image features
     ([n, crops, D] float32 per row); error rows pass through.  An encoder failure
     (CUDA error, out of memory, its node lost) is the environment's: Ray Data restarts
-    the actor and retries the batch (its defaults: without limit)."""
+    the actor and retries the batch (its defaults: without limit).  ``weights``: the job's
+    :class:`vadclip.clip.weights.Weights`, shared through Ray; ``gpus``: the share of a GPU
+    an encoder holds (:meth:`gpus`)."""
 
-    def __init__(self, opts: ExtractOptions, weights=None, on_gpu: bool = False) -> None:
+    def __init__(self, opts: ExtractOptions, weights=None, gpus: float = 0.0) -> None:
+        self.opts, self.weights, self.share = opts, weights, gpus
+
+    def resources(self) -> Resources:
+        return Resources(cpus=0 if self.share else 1, gpus=self.share, actors=self.opts.num_encoders, batch_size=1)
+
+    def setup(self) -> None:
         import torch
 
         from vadclip.clip.weights import activate
 
-        self.opts = opts
+        opts = self.opts
         import ray
 
         # the GPUs Ray gave this actor; a GPU actor without CUDA fails clearly
-        self.gpus = len(ray.get_gpu_ids()) if on_gpu else 0
-        if on_gpu and not torch.cuda.is_available():
+        self.gpus_held = len(ray.get_gpu_ids()) if self.share else 0
+        if self.share and not torch.cuda.is_available():
             from vadclip.errors import EnvironmentProblem
 
             raise EnvironmentProblem(f"encoder on node {ray.get_runtime_context().get_node_id()[:12]} holds a GPU "
                                      "but CUDA is not available there (driver, image or CUDA build of torch)")
-        activate(weights)     # the job's CLIP weights, from this node or Ray's object store
+        activate(self.weights)     # the job's CLIP weights, from this node or Ray's object store
         if not torch.cuda.is_available():
             # Ray pins an actor that reserves one CPU to one thread; the encoder is the
             # bottleneck, so it gets the node's cores shared by the pool
@@ -289,17 +376,6 @@ class EncodeStage:
             return opts.gpus_per_encoder
         return (0.5 if DecodeStage.gpus(opts, have_gpus) else 1.0) if have_gpus else 0.0
 
-    @staticmethod
-    def ray_args(opts: ExtractOptions, gpus: float, weights=None) -> Dict[str, Any]:
-        """What one encoder actor needs, for ``map_batches`` (``weights``: the job's
-        :class:`vadclip.clip.weights.Weights`, shared through Ray)."""
-        from ray.data import ActorPoolStrategy
-
-        return {"fn_constructor_kwargs": {"opts": opts, "weights": weights, "on_gpu": gpus > 0},
-                "batch_size": 1, "batch_format": "numpy",
-                "compute": ActorPoolStrategy(size=opts.num_encoders), "num_gpus": gpus,
-                "num_cpus": 0 if gpus else 1}
-
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, Any]:
         feats, errors, t0s, t1s = [], [], [], []
         for frames, err, path, vid in zip(batch["frames"], batch["error"], batch["path"], batch["video_id"]):
@@ -315,7 +391,7 @@ class EncodeStage:
         # when this encoder worked on each row: the run's start-up, busy fraction and pace
         out["encoder"] = np.asarray([self.name] * len(feats), dtype=object)
         out["encoder_node"] = np.asarray([self.node] * len(feats), dtype=object)
-        out["encoder_gpus"] = np.asarray([self.gpus] * len(feats), dtype=np.int64)
+        out["encoder_gpus"] = np.asarray([self.gpus_held] * len(feats), dtype=np.int64)
         out["precision"] = np.asarray([self.enc.precision] * len(feats), dtype=object)
         out["enc_t0"], out["enc_t1"] = np.asarray(t0s), np.asarray(t1s)
         out["error"] = np.asarray(errors, dtype=object)
