@@ -104,6 +104,62 @@ def test_report_is_bounded_but_counts_everything(tmp_path):
     assert main(["report", str(tmp_path / "nothing")]) == 2         # no scores: a one-line error
 
 
+def test_the_reports_rankings_and_camera_counts_are_those_of_every_row_read_one_by_one(tmp_path, monkeypatch):
+    """The report ranks and counts each part in Arrow (issue #45); here against reading every
+    row in Python: 300 videos in parts of 16, scores with ties, cameras (and rows without
+    one), flagged videos with several events, fewer event rows shown than there are events."""
+    from datetime import datetime, timedelta
+
+    import vadclip.report.html as html
+    from vadclip.io.parts import part_files, read_file
+
+    monkeypatch.setattr(html, "MAX_EVENTS_SHOWN", 25)
+    rng = np.random.default_rng(7)
+    rows = []
+    for i in range(300):
+        flagged = bool(rng.random() < 0.4)
+        evs = [{"start_s": float(k * 5), "end_s": float(k * 5 + 2), "start_frame": k * 125, "end_frame": k * 125 + 50,
+                "class_name": "Fighting", "score": float(np.round(rng.random(), 1))}
+               for k in range(int(rng.integers(1, 4)) if flagged else 0)]
+        cam = [None, "gate", "lobby", "yard"][i % 4]
+        meta = json.dumps({"camera": cam, "start_time": "2026-11-01T08:00:00+00:00"}) if cam else None
+        rows.append({"video_id": f"v{i:03d}", "path": f"/a/v{i}.mp4", "label": None, "fps": 25.0, "num_frames": 160,
+                     "snippet_count": 10, "classes": CLASSES, "anomaly": np.zeros(10, np.float32),
+                     "class_probs": np.zeros(40, np.float32), "video_score": float(np.round(rng.random(), 1)),
+                     "predicted_class": "Fighting" if flagged else "Normal", "flagged": flagged, "events": evs,
+                     "meta": meta})
+    w = PartWriter(str(tmp_path / "scores"), SCORE_SCHEMA, rows_per_file=16, run_id="t", flush_seconds=None)
+    w.add(rows)
+    w.flush()
+
+    # every row, in the order the parts are read
+    seen = [r for f in part_files(str(tmp_path / "scores")) for r in read_file(f).to_pylist()]
+    assert len(seen) == 300
+    want_top = [r["video_id"] for _, r in sorted(((bool(r["flagged"]), r["video_score"], n), r)
+                                                 for n, r in enumerate(seen, 1))[::-1][:12]]
+    all_events = sorted(((e["score"], n, k), dict(e, video_id=r["video_id"], camera=json.loads(r["meta"])["camera"]
+                                                  if r["meta"] else None))
+                        for n, r in enumerate(seen, 1) if r["flagged"] for k, e in enumerate(r["events"]))[::-1]
+    want_cams = {}
+    for r in seen:
+        if r["meta"]:
+            c = want_cams.setdefault(json.loads(r["meta"])["camera"], {"videos": 0, "flagged": 0, "events": 0})
+            c["videos"] += 1
+            c["flagged"] += r["flagged"]
+            c["events"] += len(r["events"]) if r["flagged"] else 0
+
+    top, events, cameras = html._scan(str(tmp_path / "scores"), 12)
+    assert [r["video_id"] for r in top] == want_top
+    assert [(e["video_id"], e["start_frame"], e["score"], e["camera"]) for e in events] == \
+        [(e["video_id"], e["start_frame"], e["score"], e["camera"]) for _, e in all_events[:25]]
+    assert len(all_events) > 25 and cameras == want_cams
+    first = next(e for e in events if e["camera"])
+    assert first["wall"] == (datetime(2026, 11, 1, 8) + timedelta(seconds=first["start_s"])).strftime(
+        "%Y-%m-%d %H:%M:%S UTC")
+    full = html._full_rows(top)        # the shown videos' whole rows, from the parts they are in
+    assert sorted(full) == sorted(want_top) and all(len(full[v]["anomaly"]) == 10 for v in full)
+
+
 def _chromium(*args, timeout=120):
     cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",

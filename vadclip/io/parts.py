@@ -23,7 +23,7 @@ import re
 import time
 import uuid
 from contextlib import contextmanager
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -705,6 +705,29 @@ def _each_read(files: Sequence[str], read) -> Iterable[Tuple[str, Optional[pa.Ta
     contexts = [contextvars.copy_context() for _ in files]
     with ThreadPoolExecutor(min(READ_THREADS, len(files))) as pool:
         return list(pool.map(lambda c, f: c.run(one, f), contexts, files))
+
+
+def read_ahead(files: Sequence[str], read, window: int = 2 * READ_THREADS) -> Iterator[Tuple[str, Any]]:
+    """``(file, read(file))`` in the files' order, up to :data:`READ_THREADS` reads at once
+    and at most ``window`` results held: a pass over every part of a folder that folds each
+    one in as it comes (the report's) waits on the store once per ``READ_THREADS`` parts,
+    and its memory does not grow with the folder."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    if len(files) < 2:
+        yield from ((f, read(f)) for f in files)
+        return
+    with ThreadPoolExecutor(min(READ_THREADS, len(files))) as pool:
+        q: deque = deque()
+        for f in files:
+            q.append((f, pool.submit(contextvars.copy_context().run, read, f)))
+            if len(q) >= window:
+                f0, fut = q.popleft()
+                yield f0, fut.result()
+        while q:
+            f0, fut = q.popleft()
+            yield f0, fut.result()
 
 
 def _identity_table(t: pa.Table) -> pa.Table:

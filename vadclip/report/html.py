@@ -25,6 +25,8 @@ import tempfile
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from vadclip.io import layout, storage
 
@@ -51,21 +53,24 @@ def _safe(video_id: str) -> str:
 
 def output_totals(scores_dir: str) -> Dict[str, int]:
     """Videos, flagged videos and events in a scores table, one part file and two
-    small columns at a time (memory does not grow with the archive)."""
-    import pyarrow.compute as pc
+    small columns at a time (memory does not grow with the archive), counted in Arrow."""
+    from vadclip.io.parts import part_files, read_ahead, read_file, read_schema
 
-    from vadclip.io.parts import part_files, read_file, read_schema
+    def read(f):
+        has_version = "model_version" in read_schema(f).names
+        return read_file(f, ["flagged", "events", "num_frames", "fps"] + (["model_version"] if has_version else []))
 
     tot = {"videos": 0, "flagged": 0, "events": 0, "hours": 0.0}
     by: Dict[str, int] = {}
-    for f in part_files(scores_dir):
-        has_version = "model_version" in read_schema(f).names
-        t = read_file(f, ["flagged", "events", "num_frames", "fps"] + (["model_version"] if has_version else []))
+    for _, t in read_ahead(part_files(scores_dir), read):
+        has_version = "model_version" in t.column_names
         tot["videos"] += t.num_rows
         # which model version scored how many videos (parts written before rows said: "")
-        versions = t.column("model_version").to_pylist() if has_version else [""] * t.num_rows
-        for v in versions:
-            by[v or ""] = by.get(v or "", 0) + 1
+        if has_version:
+            for vc in pc.value_counts(pc.fill_null(t.column("model_version"), "")).to_pylist():
+                by[vc["values"]] = by.get(vc["values"], 0) + int(vc["counts"])
+        elif t.num_rows:
+            by[""] = by.get("", 0) + t.num_rows
         tot["flagged"] += int(pc.sum(t.column("flagged")).as_py() or 0)
         tot["events"] += int(pc.sum(pc.list_value_length(t.column("events"))).as_py() or 0)
         fps = np.asarray(t.column("fps").to_numpy(zero_copy_only=False), np.float64)
@@ -108,58 +113,122 @@ def operating_footage(scores_dir: str, gt, snippet_len: int):
 def _scan(scores_dir: str, top_n: int):
     """One pass over the parts: the top-N videos for pages, the strongest events (each
     with its camera and wall-clock start where the manifest gave them) and the videos,
-    flagged videos and events per camera (``{}`` where no row names a camera)."""
-    from datetime import datetime, timedelta
+    flagged videos and events per camera (``{}`` where no row names a camera).  Each part
+    is ranked and counted with Arrow compute; only its candidates (at most ``top_n``
+    videos and :data:`MAX_EVENTS_SHOWN` events) and its distinct ``meta`` values become
+    Python objects, so the driver's work per part does not grow with the part's rows.
+    Each top video comes with the part it is in (``_file``)."""
+    from vadclip.io.parts import part_files, read_ahead, read_file, read_schema
 
-    from vadclip.io.features import meta_of
-    from vadclip.io.parts import part_files, read_file, read_schema
+    def read(f):
+        return read_file(f, SUMMARY_COLUMNS + (["meta"] if "meta" in read_schema(f).names else []))  # older: none
 
     top: List = []
     events: List = []
     cameras: Dict[str, Dict[str, int]] = {}
+    metas: Dict[Any, Dict[str, Any]] = {}
     n = 0
-    for f in part_files(scores_dir):
-        cols = SUMMARY_COLUMNS + (["meta"] if "meta" in read_schema(f).names else [])   # older parts have none
-        for r in read_file(f, cols).to_pylist():
-            n += 1
-            evs = r["events"] or []
-            meta = meta_of(r.get("meta"))
-            r["camera"], r["start_time"] = meta.get("camera"), meta.get("start_time")
-            if r["camera"] is not None:
-                c = cameras.setdefault(r["camera"], {"videos": 0, "flagged": 0, "events": 0})
-                c["videos"] += 1
-                c["flagged"] += bool(r["flagged"])
-                c["events"] += len(evs) if r["flagged"] else 0
-            # pages: flagged videos first, then the highest-scoring others (an archive with
-            # nothing flagged still shows how close it came)
-            item = ((bool(r["flagged"]), float(r["video_score"]), n), r)
-            if len(top) < top_n:
-                heapq.heappush(top, item)
-            elif top_n > 0 and item[0] > top[0][0]:
-                heapq.heapreplace(top, item)
-            if not r["flagged"]:
-                continue
-            t0 = datetime.fromisoformat(r["start_time"]) if r["start_time"] else None
-            for k, e in enumerate(evs):
-                wall = (t0 + timedelta(seconds=e["start_s"])).strftime("%Y-%m-%d %H:%M:%S UTC") if t0 else None
-                ev = ((float(e["score"]), n, k), dict(e, video_id=r["video_id"], camera=r["camera"], wall=wall))
-                if len(events) < MAX_EVENTS_SHOWN:
-                    heapq.heappush(events, ev)
-                elif ev[0] > events[0][0]:
-                    heapq.heapreplace(events, ev)
+    for f, t in read_ahead(part_files(scores_dir), read):
+        if "meta" not in t.column_names:
+            t = t.append_column("meta", pa.nulls(t.num_rows, pa.string()))
+        # the row's place in the whole scan breaks ties as the order of the rows does
+        t = t.append_column("_n", pa.array(np.arange(n + 1, n + 1 + t.num_rows, dtype=np.int64)))
+        n += t.num_rows
+        _count_cameras(t, cameras, metas)
+        # pages: flagged videos first, then the highest-scoring others (an archive with
+        # nothing flagged still shows how close it came)
+        if top_n > 0 and t.num_rows:
+            ranked = t.select(["flagged", "video_score", "_n"]).append_column("_i", pa.array(
+                np.arange(t.num_rows, dtype=np.int64)))
+            ranked = ranked.set_column(0, "flagged", pc.fill_null(ranked["flagged"], False))
+            ranked = ranked.set_column(1, "video_score", pc.fill_null(ranked["video_score"], float("-inf")))
+            idx = pc.select_k_unstable(ranked, top_n, [("flagged", "descending"), ("video_score", "descending"),
+                                                      ("_n", "descending")]).to_numpy()
+            for r in t.take(ranked["_i"].take(pa.array(idx))).to_pylist():
+                key = (bool(r["flagged"]), float(r["video_score"] if r["video_score"] is not None else float("-inf")),
+                       int(r.pop("_n")))
+                r.update(_file=f, **_camera_and_start(r.pop("meta"), metas))
+                if len(top) < top_n:
+                    heapq.heappush(top, (key, r))
+                elif key > top[0][0]:
+                    heapq.heapreplace(top, (key, r))
+        _strongest_events(t, f, events, metas)
     return ([r for _, r in sorted(top, key=lambda kr: kr[0], reverse=True)],
             [e for _, e in sorted(events, key=lambda kr: kr[0], reverse=True)], cameras)
 
 
-def _full_rows(scores_dir: str, ids: List[str]) -> Dict[str, Dict[str, Any]]:
-    from vadclip.io.parts import part_files, read_file
+def _camera_and_start(meta: Any, metas: Dict[Any, Dict[str, Any]]) -> Dict[str, Any]:
+    """A row's camera and recording start from its ``meta`` text, each distinct text parsed once."""
+    got = metas.get(meta)
+    if got is None:
+        from vadclip.io.features import meta_of
 
+        m = meta_of(meta)
+        got = metas[meta] = {"camera": m.get("camera"), "start_time": m.get("start_time")}
+    return got
+
+
+def _count_cameras(t: pa.Table, cameras: Dict[str, Dict[str, int]], metas: Dict[Any, Dict[str, Any]]) -> None:
+    """Add a part's videos, flagged videos and events (of flagged videos) per camera: grouped
+    by ``meta`` in Arrow, then each distinct ``meta`` read once."""
+    flagged = pc.fill_null(t["flagged"], False)
+    nev = pc.if_else(flagged, pc.fill_null(pc.list_value_length(t["events"]), 0), 0)
+    g = pa.table({"meta": t["meta"], "flagged": pc.cast(flagged, pa.int64()), "nev": pc.cast(nev, pa.int64())})
+    for r in g.group_by("meta").aggregate([([], "count_all"), ("flagged", "sum"), ("nev", "sum")]).to_pylist():
+        cam = _camera_and_start(r["meta"], metas)["camera"]
+        if cam is None:
+            continue
+        c = cameras.setdefault(cam, {"videos": 0, "flagged": 0, "events": 0})
+        c["videos"] += int(r["count_all"])
+        c["flagged"] += int(r["flagged_sum"] or 0)
+        c["events"] += int(r["nev_sum"] or 0)
+
+
+def _strongest_events(t: pa.Table, f: str, events: List, metas: Dict[Any, Dict[str, Any]]) -> None:
+    """Keep the :data:`MAX_EVENTS_SHOWN` strongest events of flagged videos seen so far
+    (``events``, a heap), ranking a part's events in Arrow first."""
+    from datetime import datetime, timedelta
+
+    fl = t.filter(pc.fill_null(t["flagged"], False))
+    if not fl.num_rows:
+        return
+    lists = fl["events"].combine_chunks()
+    flat = pc.list_flatten(lists)
+    if not len(flat):
+        return
+    parent = pc.list_parent_indices(lists).to_numpy()
+    starts = lists.offsets.to_numpy()[:-1] - lists.offsets[0].as_py()
+    within = np.arange(len(flat)) - starts[parent]           # an event's place in its video's list
+    score = pc.fill_null(pc.struct_field(flat, "score"), float("-inf"))
+    ranked = pa.table({"score": score, "n": fl["_n"].combine_chunks().take(pa.array(parent)),
+                       "k": pa.array(within, pa.int64())})
+    idx = pc.select_k_unstable(ranked, MAX_EVENTS_SHOWN, [("score", "descending"), ("n", "descending"),
+                                                          ("k", "descending")]).to_numpy()
+    rows = fl.select(["video_id", "meta"]).take(pa.array(parent[idx])).to_pylist()
+    for e, r, j in zip(flat.take(pa.array(idx)).to_pylist(), rows, idx):
+        cs = _camera_and_start(r["meta"], metas)
+        t0 = datetime.fromisoformat(cs["start_time"]) if cs["start_time"] else None
+        wall = (t0 + timedelta(seconds=e["start_s"])).strftime("%Y-%m-%d %H:%M:%S UTC") if t0 else None
+        key = (float(e["score"]) if e["score"] is not None else float("-inf"), int(ranked["n"][int(j)].as_py()),
+               int(within[j]))
+        ev = (key, dict(e, video_id=r["video_id"], camera=cs["camera"], wall=wall))
+        if len(events) < MAX_EVENTS_SHOWN:
+            heapq.heappush(events, ev)
+        elif key > events[0][0]:
+            heapq.heapreplace(events, ev)
+
+
+def _full_rows(top: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """The whole score rows (every snippet's scores) of the videos shown, read from the
+    parts :func:`_scan` found them in, no other."""
+    from vadclip.io.parts import read_file
+
+    by_file: Dict[str, List[str]] = {}
+    for r in top:
+        by_file.setdefault(r["_file"], []).append(r["video_id"])
     out: Dict[str, Dict[str, Any]] = {}
-    if not ids:
-        return out
-    for f in part_files(scores_dir):
-        t = read_file(f, filters=[("video_id", "in", ids)])
-        for r in t.to_pylist():
+    for f, ids in by_file.items():
+        for r in read_file(f, filters=[("video_id", "in", ids)]).to_pylist():
             out.setdefault(r["video_id"], r)
     return out
 
@@ -455,7 +524,7 @@ def build_report(out_dir: str, summary: Optional[Dict[str, Any]] = None, gt_path
     gt = read_gt(gt_path) if gt_path else {}
     counts = output_totals(scores)
     top, events, cameras = _scan(scores, top_n)
-    full = _full_rows(scores, [r["video_id"] for r in top])
+    full = _full_rows(top)
     tmp = None
     if local_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="vadclip-report-")
