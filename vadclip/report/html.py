@@ -110,51 +110,65 @@ def operating_footage(scores_dir: str, gt, snippet_len: int):
     return out
 
 
+SCAN_ROWS = 16384      # rows ranked and counted by one round of Arrow compute (several parts)
+
+
 def _scan(scores_dir: str, top_n: int):
     """One pass over the parts: the top-N videos for pages, the strongest events (each
     with its camera and wall-clock start where the manifest gave them) and the videos,
-    flagged videos and events per camera (``{}`` where no row names a camera).  Each part
-    is ranked and counted with Arrow compute; only its candidates (at most ``top_n``
-    videos and :data:`MAX_EVENTS_SHOWN` events) and its distinct ``meta`` values become
-    Python objects, so the driver's work per part does not grow with the part's rows.
-    Each top video comes with the part it is in (``_file``)."""
+    flagged videos and events per camera (``{}`` where no row names a camera).  Parts are
+    read 16 at once and ranked and counted with Arrow compute, :data:`SCAN_ROWS` rows at a
+    time; only the candidates (at most ``top_n`` videos and :data:`MAX_EVENTS_SHOWN`
+    events a round) and the distinct ``meta`` values become Python objects.  Each top
+    video comes with the part it is in (``_file``)."""
     from vadclip.io.parts import part_files, read_ahead, read_file, read_schema
 
     def read(f):
         return read_file(f, SUMMARY_COLUMNS + (["meta"] if "meta" in read_schema(f).names else []))  # older: none
 
+    files = part_files(scores_dir)
     top: List = []
     events: List = []
     cameras: Dict[str, Dict[str, int]] = {}
     metas: Dict[Any, Dict[str, Any]] = {}
+    held: List[pa.Table] = []
     n = 0
-    for f, t in read_ahead(part_files(scores_dir), read):
+    for i, (f, t) in enumerate(read_ahead(files, read)):
         if "meta" not in t.column_names:
             t = t.append_column("meta", pa.nulls(t.num_rows, pa.string()))
         # the row's place in the whole scan breaks ties as the order of the rows does
         t = t.append_column("_n", pa.array(np.arange(n + 1, n + 1 + t.num_rows, dtype=np.int64)))
+        t = t.append_column("_f", pa.array(np.full(t.num_rows, i, dtype=np.int32)))
+        held.append(t)
         n += t.num_rows
-        _count_cameras(t, cameras, metas)
-        # pages: flagged videos first, then the highest-scoring others (an archive with
-        # nothing flagged still shows how close it came)
-        if top_n > 0 and t.num_rows:
-            ranked = t.select(["flagged", "video_score", "_n"]).append_column("_i", pa.array(
-                np.arange(t.num_rows, dtype=np.int64)))
-            ranked = ranked.set_column(0, "flagged", pc.fill_null(ranked["flagged"], False))
-            ranked = ranked.set_column(1, "video_score", pc.fill_null(ranked["video_score"], float("-inf")))
-            idx = pc.select_k_unstable(ranked, top_n, [("flagged", "descending"), ("video_score", "descending"),
-                                                      ("_n", "descending")]).to_numpy()
-            for r in t.take(ranked["_i"].take(pa.array(idx))).to_pylist():
-                key = (bool(r["flagged"]), float(r["video_score"] if r["video_score"] is not None else float("-inf")),
-                       int(r.pop("_n")))
-                r.update(_file=f, **_camera_and_start(r.pop("meta"), metas))
-                if len(top) < top_n:
-                    heapq.heappush(top, (key, r))
-                elif key > top[0][0]:
-                    heapq.heapreplace(top, (key, r))
-        _strongest_events(t, f, events, metas)
+        if sum(h.num_rows for h in held) >= SCAN_ROWS or i == len(files) - 1:
+            t = pa.concat_tables(held, promote_options="permissive").combine_chunks()
+            held = []
+            _count_cameras(t, cameras, metas)
+            _top_videos(t, files, top_n, top, metas)
+            _strongest_events(t, events, metas)
     return ([r for _, r in sorted(top, key=lambda kr: kr[0], reverse=True)],
             [e for _, e in sorted(events, key=lambda kr: kr[0], reverse=True)], cameras)
+
+
+def _top_videos(t: pa.Table, files: List[str], top_n: int, top: List, metas: Dict[Any, Dict[str, Any]]) -> None:
+    """Keep the ``top_n`` videos for pages seen so far (``top``, a heap): flagged videos
+    first, then the highest-scoring others (an archive with nothing flagged still shows how
+    close it came)."""
+    if top_n <= 0 or not t.num_rows:
+        return
+    ranked = pa.table({"flagged": pc.fill_null(t["flagged"], False),
+                       "video_score": pc.fill_null(t["video_score"], float("-inf")), "_n": t["_n"]})
+    idx = pc.select_k_unstable(ranked, top_n, [("flagged", "descending"), ("video_score", "descending"),
+                                              ("_n", "descending")])
+    for r in t.take(idx).to_pylist():
+        key = (bool(r["flagged"]), float(r["video_score"] if r["video_score"] is not None else float("-inf")),
+               int(r.pop("_n")))
+        r.update(_file=files[r.pop("_f")], **_camera_and_start(r.pop("meta"), metas))
+        if len(top) < top_n:
+            heapq.heappush(top, (key, r))
+        elif key > top[0][0]:
+            heapq.heapreplace(top, (key, r))
 
 
 def _camera_and_start(meta: Any, metas: Dict[Any, Dict[str, Any]]) -> Dict[str, Any]:
@@ -184,7 +198,7 @@ def _count_cameras(t: pa.Table, cameras: Dict[str, Dict[str, int]], metas: Dict[
         c["events"] += int(r["nev_sum"] or 0)
 
 
-def _strongest_events(t: pa.Table, f: str, events: List, metas: Dict[Any, Dict[str, Any]]) -> None:
+def _strongest_events(t: pa.Table, events: List, metas: Dict[Any, Dict[str, Any]]) -> None:
     """Keep the :data:`MAX_EVENTS_SHOWN` strongest events of flagged videos seen so far
     (``events``, a heap), ranking a part's events in Arrow first."""
     from datetime import datetime, timedelta
