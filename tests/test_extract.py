@@ -366,3 +366,50 @@ def test_a_folder_keeps_the_ids_it_gave_and_a_new_video_never_takes_one(ray_loca
     assert s["videos_ok"] == 1 and s["videos_skipped"] == 1
     ids = {os.path.relpath(r["path"], cams): r["video_id"] for r in read_feature_rows(str(out / "features"))}
     assert ids == {"cam1/2026-11-01/00.mp4": "cam2/2026-11-01/00", "cam2/2026-11-01/00.mp4": "cams/cam2/2026-11-01/00"}
+
+
+def test_manifest_corrections_are_the_rows_whose_manifest_columns_now_say_otherwise(tmp_path):
+    """What a nightly run asks of every done video (read as Arrow, joined in one step): only
+    a row whose label or manifest columns differ in value is corrected; a start_time taken
+    from the container stays unless the manifest now gives one; an older part without a
+    ``meta`` column reads as none."""
+    import json
+
+    import pyarrow as pa
+
+    from vadclip.io.parts import PartWriter
+    from vadclip.jobs.extract import manifest_corrections
+
+    def meta(**kw):
+        return json.dumps(kw, sort_keys=True)
+
+    rows = [("same", None, meta(camera="gate")), ("moved", None, meta(camera="gate")),
+            ("relabelled", None, ""), ("stamped", None, meta(start_time="2026-11-01T07:00:00+00:00",
+                                                             start_time_from="container")),
+            ("stamped-now-given", None, meta(start_time="2026-11-01T07:00:00+00:00", start_time_from="container")),
+            ("skipped", None, meta(camera="a")), ("reordered", "Fire", '{"site": "x", "camera": "c"}')]
+    schema = pa.schema([("path", pa.string()), ("video_id", pa.string()), ("label", pa.string()),
+                        ("meta", pa.string())])
+    w = PartWriter(str(tmp_path / "rows"), schema, rows_per_file=2, run_id="t", flush_seconds=None)
+    for path, label, m in rows:       # two crop rows a video, saying the same
+        w.add([{"path": path, "video_id": path, "label": label, "meta": m}] * 2, whole=True)
+    w.flush()
+    old = PartWriter(str(tmp_path / "rows"), schema.remove(3), rows_per_file=2, run_id="o", flush_seconds=None)
+    old.add([{"path": "old-part", "video_id": "old-part", "label": None}], whole=True)
+    old.flush()
+    items = [{"path": "same", "label": None, "meta": meta(camera="gate")},
+             {"path": "moved", "label": None, "meta": meta(camera="lobby")},
+             {"path": "relabelled", "label": "Fire", "meta": ""},
+             {"path": "stamped", "label": None, "meta": ""},
+             {"path": "stamped-now-given", "label": None, "meta": meta(start_time="2026-11-01T08:00:00+00:00")},
+             {"path": "skipped", "label": None, "meta": meta(camera="b")},
+             {"path": "reordered", "label": "Fire", "meta": meta(camera="c", site="x")},
+             {"path": "old-part", "label": None, "meta": meta(camera="yard")},
+             {"path": "new", "label": None, "meta": meta(camera="gate")}]
+    got = manifest_corrections(items, str(tmp_path / "rows"), {"skipped"})
+    assert got == {"moved": {"label": "", "meta": meta(camera="lobby")},
+                   "relabelled": {"label": "Fire", "meta": ""},
+                   "stamped-now-given": {"label": "", "meta": meta(start_time="2026-11-01T08:00:00+00:00")},
+                   "old-part": {"label": "", "meta": meta(camera="yard")}}
+    assert manifest_corrections([], str(tmp_path / "rows"), set()) == {}
+    assert manifest_corrections(items, str(tmp_path / "nothing"), set()) == {}
