@@ -207,51 +207,26 @@ def manifest_corrections(items: List[Dict[str, Any]], rows_dir: str, skip: set) 
     """``{path: {"label", "meta"}}`` of the done videos whose manifest row now says something
     else than their feature rows (a camera, a site, a start_time or a label corrected): the
     manifest is the truth for what it describes.  A start_time the rows took from the
-    container (``start_time_from: container``) stays unless the manifest gives one.
-
-    Every night's run asks this of every done video, so the rows' ``path``, ``label`` and
-    ``meta`` are read as Arrow (16 parts at once) and joined with the manifest's in one
-    step; only rows whose text differs from their manifest row's are parsed and compared
-    as values."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
+    container (``start_time_from: container``) stays unless the manifest gives one."""
     from vadclip.io.features import meta_of
-    from vadclip.io.parts import part_files, read_ahead, read_file, read_schema
+    from vadclip.io.parts import part_files, read_file, read_schema
 
-    keep = [it for it in items if it["path"] not in skip]
-    if not keep:
-        return {}
-    want = pa.table({"path": pa.array([it["path"] for it in keep], pa.string()),
-                     "want_label": pa.array([it.get("label") or "" for it in keep], pa.string()),
-                     "want_meta": pa.array([it.get("meta") or "" for it in keep], pa.string())})
-
-    def read(f):
+    by_path = {it["path"]: it for it in items if it["path"] not in skip}
+    have: Dict[str, Tuple[Optional[str], Dict[str, Any]]] = {}
+    for f in part_files(rows_dir):
         names = read_schema(f).names
-        t = read_file(f, ["path"] + [c for c in ("label", "meta") if c in names])
-        for c in ("label", "meta"):        # parts written before a column: as if empty
-            t = t.append_column(c, pa.nulls(t.num_rows, pa.string())) if c not in t.column_names else t
-        return t.select(["path", "label", "meta"]).cast(pa.schema([("path", pa.string()), ("label", pa.string()),
-                                                                    ("meta", pa.string())]))
-
-    parts = [t for _, t in read_ahead(part_files(rows_dir), read)]
-    if not parts:
-        return {}
-    have = pa.concat_tables(parts).join(want, "path", join_type="inner")
-    differ = pc.or_(pc.not_equal(pc.fill_null(have["label"], ""), have["want_label"]),
-                    pc.not_equal(pc.fill_null(have["meta"], ""), have["want_meta"]))
-    by_path = {it["path"]: it for it in keep}
+        cols = ["path"] + [c for c in ("label", "meta") if c in names]
+        for r in read_file(f, cols).to_pylist():
+            if r["path"] in by_path:
+                have[r["path"]] = (r.get("label") or None, meta_of(r.get("meta")))
     out = {}
-    for r in have.filter(differ).select(["path", "label", "meta"]).to_pylist():
-        if r["path"] in out:
-            continue
-        it, label, meta = by_path[r["path"]], r["label"] or None, meta_of(r["meta"])
-        want_meta = meta_of(it.get("meta") or "")
-        if meta.get("start_time_from") == "container" and "start_time" not in want_meta:
-            want_meta = dict(want_meta, start_time=meta.get("start_time"), start_time_from="container")
-        if (it.get("label") or None) != label or want_meta != meta:
-            out[r["path"]] = {"label": it.get("label") or "",
-                              "meta": json.dumps(want_meta, sort_keys=True) if want_meta else ""}
+    for path, (label, meta) in have.items():
+        it = by_path[path]
+        want = meta_of(it.get("meta") or "")
+        if meta.get("start_time_from") == "container" and "start_time" not in want:
+            want = dict(want, start_time=meta.get("start_time"), start_time_from="container")
+        if (it.get("label") or None) != label or want != meta:
+            out[path] = {"label": it.get("label") or "", "meta": json.dumps(want, sort_keys=True) if want else ""}
     return out
 
 
