@@ -160,6 +160,37 @@ def test_the_reports_rankings_and_camera_counts_are_those_of_every_row_read_one_
     assert sorted(full) == sorted(want_top) and all(len(full[v]["anomaly"]) == 10 for v in full)
 
 
+def test_a_rebuilt_report_reads_labels_as_the_model_that_scored_them(tmp_path):
+    """The false alarms of `vadclip report --gt` count a video as normal footage exactly when
+    the model's config says its label is normal (one LabelRule, recorded in the summary);
+    before, the report had a string test of its own."""
+    from vadclip import tiny_config
+    from vadclip.report.html import operating_footage
+
+    cfg = tiny_config("xd")
+    labels = ["A", "A-0-0", "B1-0-0", "B2-G-0", "normal", "Normal", None]
+    videos = [{"video_id": f"v{i}", "path": f"/a/v{i}.mp4", "label": lab} for i, lab in enumerate(labels)]
+    rows = [dict(r, classes=list(cfg.class_keys), label=v["label"]) for r, v in zip(_score_rows(videos, {}, lambda v: 4),
+                                                                                 videos)]
+    w = PartWriter(str(tmp_path / "scores"), SCORE_SCHEMA, rows_per_file=4, run_id="t", flush_seconds=None)
+    w.add(rows)
+    w.flush()
+
+    def model_says(lab):
+        if not lab:
+            return True
+        try:
+            return cfg.is_normal(lab)
+        except Exception:      # a label the model cannot read is not normal footage
+            return False
+
+    got = [f.normal for f in operating_footage(str(tmp_path / "scores"), {}, 16, cfg.label_rule.to_dict())]
+    assert got == [model_says(lab) for lab in labels] == [True, True, False, False, False, False, True]
+    # a summary from before the rule was recorded: the rows' classes, read without a separator
+    assert [f.normal for f in operating_footage(str(tmp_path / "scores"), {}, 16)] == \
+        [True, False, False, False, False, False, True]
+
+
 def _chromium(*args, timeout=120):
     cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",

@@ -135,6 +135,7 @@ def test_score_videos_end_to_end_resume_and_registry(trained, tmp_path):
         assert (r["predicted_class"] != "Normal") == r["flagged"]
     summary = json.loads((out / "score_summary.json").read_text())
     assert summary["videos_scored"] == 6
+    assert summary["label_rule"]["classes"] == CLASSES     # how the model reads labels, for a rebuilt report
     # one row per event, flattened from the score rows (read_events; DuckDB's unnest(events))
     events = read_events(str(out)).to_pylist()
     want = sorted((v, i, ev["start_frame"], ev["end_frame"], ev["class_name"]) for v, r in rows.items()

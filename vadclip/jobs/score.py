@@ -908,6 +908,7 @@ def _summary(c: _Checked, model_uri: str, out_dir: str, output: ResumableOutput,
         "output": _scores_dir(out_dir), "model_uri": model_uri, "model_version_uri": c.version_uri, **c.identity,
         # the options, less model_version: the identity's number above stays, model_version_uri is the URI
         "snippet_len": c.model.cfg.snippet_len, **{k: v for k, v in asdict(c.opts).items() if k != "model_version"},
+        "label_rule": c.model.cfg.label_rule.to_dict(),   # how the model reads labels: a rebuilt report the same
         "operating_point": c.operating,
         "feature_mismatch": c.mismatch,
     }

@@ -104,6 +104,52 @@ class LabelError(InputError):
     """A video-level label that the configured label space does not know."""
 
 
+@dataclass(frozen=True)
+class LabelRule:
+    """How a video-level label string is read: its tokens (split on ``separator`` unless
+    the whole label is a class, ``placeholders`` dropped), each one of ``classes``; a label
+    is normal when every token is the first class.  The one test of "normal" (training's
+    batches, scoring's metrics, the report's false alarms), recorded in a scoring run's
+    summary so that a report rebuilt later reads labels as the model did."""
+    classes: Tuple[str, ...]
+    separator: Optional[str] = None
+    placeholders: Tuple[str, ...] = ()
+
+    def tokens(self, label: str) -> List[str]:
+        label = str(label).strip()
+        if self.separator and self.separator in label and label not in self.classes:
+            toks = [t for t in label.split(self.separator) if t]
+        else:
+            toks = [label]
+        return [t for t in toks if t not in self.placeholders]
+
+    def vector(self, label: str) -> np.ndarray:
+        """Multi-hot vector over the classes (:class:`LabelError` naming an unknown token)."""
+        vec = np.zeros(len(self.classes), dtype=np.float32)
+        toks = self.tokens(label)
+        if not toks:
+            raise LabelError(f"label {label!r} names no class (known: {list(self.classes)})")
+        for t in toks:
+            try:
+                vec[self.classes.index(t)] = 1.0
+            except ValueError:
+                raise LabelError(
+                    f"unknown label {t!r} in {label!r}; known classes: {list(self.classes)}"
+                ) from None
+        return vec
+
+    def is_normal(self, label: str) -> bool:
+        v = self.vector(label)
+        return bool(v[0] == 1.0 and v[1:].sum() == 0)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"classes": list(self.classes), "separator": self.separator, "placeholders": list(self.placeholders)}
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "LabelRule":
+        return cls(tuple(d.get("classes") or ()), d.get("separator"), tuple(d.get("placeholders") or ()))
+
+
 @dataclass
 class VadConfig:
     """Everything that defines a VadCLIP model and its training run."""
@@ -195,35 +241,23 @@ class VadConfig:
         return len(self.class_keys)
 
     # ------------------------------------------------------------------- labels
+    @property
+    def label_rule(self) -> "LabelRule":
+        """How this model reads a video-level label (its classes, separator, placeholders)."""
+        return LabelRule(tuple(self.class_keys), self.label_separator, tuple(self.label_placeholders))
+
     def label_tokens(self, label: str) -> List[str]:
-        label = str(label).strip()
-        if self.label_separator and self.label_separator in label and label not in self.class_keys:
-            toks = [t for t in label.split(self.label_separator) if t]
-        else:
-            toks = [label]
-        return [t for t in toks if t not in self.label_placeholders]
+        return self.label_rule.tokens(label)
 
     def label_vector(self, label: str) -> np.ndarray:
         """Multi-hot vector over classes for a video-level label string.
 
         Raises :class:`LabelError` naming the label when a token is unknown.
         """
-        vec = np.zeros(self.num_classes, dtype=np.float32)
-        toks = self.label_tokens(label)
-        if not toks:
-            raise LabelError(f"label {label!r} names no class (known: {self.class_keys})")
-        for t in toks:
-            try:
-                vec[self.class_keys.index(t)] = 1.0
-            except ValueError:
-                raise LabelError(
-                    f"unknown label {t!r} in {label!r}; known classes: {self.class_keys}"
-                ) from None
-        return vec
+        return self.label_rule.vector(label)
 
     def is_normal(self, label: str) -> bool:
-        v = self.label_vector(label)
-        return bool(v[0] == 1.0 and v[1:].sum() == 0)
+        return self.label_rule.is_normal(label)
 
     # ------------------------------------------------------------ serialisation
     def to_dict(self) -> Dict[str, Any]:

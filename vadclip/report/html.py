@@ -92,21 +92,24 @@ def summary_rule(summary: Dict[str, Any]):
                      merge_gap_s=float(summary.get("merge_gap_s", DEFAULT_RULE.merge_gap_s) or 0.0))
 
 
-def operating_footage(scores_dir: str, gt, snippet_len: int):
+def operating_footage(scores_dir: str, gt, snippet_len: int, labels: Optional[Dict[str, Any]] = None):
     """Every scored video as validation footage against ``gt`` (one part file at a
     time; only the snippet scores are kept).  A video is normal footage when it has no
-    ground-truth interval and its label, if any, is the model's normal class."""
+    ground-truth interval and its label, if any, is normal as the model reads labels
+    (:class:`vadclip.model.config.LabelRule`: ``labels``, the scoring run's summary's
+    ``label_rule``; without one, the rows' classes, no separator)."""
     from vadclip.io.parts import part_files, read_file, read_schema
     from vadclip.metrics.operating import footage_of
+    from vadclip.model.config import LabelRule
 
+    fixed = LabelRule.from_dict(labels) if labels else None
     out = []
     for f in part_files(scores_dir):
         cols = ["video_id", "label", "fps", "num_frames", "anomaly", "classes"]
         cols += ["snippet_times"] if "snippet_times" in read_schema(f).names else []   # parts written before it
         for r in read_file(f, cols).to_pylist():
-            normal = (r["classes"] or ["normal"])[0]
-            out.append(footage_of(r, np.asarray(r["anomaly"], np.float64), snippet_len, gt,
-                                  lambda lab, n=normal: str(lab).strip() in (n, n.lower(), "normal", "Normal")))
+            rule = fixed or LabelRule(tuple(r["classes"] or ("Normal",)))
+            out.append(footage_of(r, np.asarray(r["anomaly"], np.float64), snippet_len, gt, rule.is_normal))
     return out
 
 
@@ -554,7 +557,7 @@ def build_report(out_dir: str, summary: Optional[Dict[str, Any]] = None, gt_path
         from vadclip.metrics.operating import curve, operating_stats
 
         if operating is None:
-            footage = operating_footage(scores, gt, snippet_len)
+            footage = operating_footage(scores, gt, snippet_len, summary.get("label_rule"))
             operating = (operating_stats(footage, rule), curve(footage, rule))
             del footage
         stats, scanned = operating
