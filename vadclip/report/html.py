@@ -51,22 +51,37 @@ def _safe(video_id: str) -> str:
     return f"{base}-{hashlib.sha1(str(video_id).encode()).hexdigest()[:6]}"
 
 
+TOTALS_COLUMNS = ["flagged", "events", "num_frames", "fps"]     # and model_version where a part has it
+
+
 def output_totals(scores_dir: str) -> Dict[str, int]:
-    """Videos, flagged videos and events in a scores table, one part file and two
+    """Videos, flagged videos and events in a scores table, one part file and a few
     small columns at a time (memory does not grow with the archive), counted in Arrow."""
     from vadclip.io.parts import part_files, read_ahead, read_file, read_schema
 
     def read(f):
-        has_version = "model_version" in read_schema(f).names
-        return read_file(f, ["flagged", "events", "num_frames", "fps"] + (["model_version"] if has_version else []))
+        names = read_schema(f).names
+        return read_file(f, TOTALS_COLUMNS + (["model_version"] if "model_version" in names else []))
 
-    tot = {"videos": 0, "flagged": 0, "events": 0, "hours": 0.0}
-    by: Dict[str, int] = {}
+    tot = _Totals()
     for _, t in read_ahead(part_files(scores_dir), read):
-        has_version = "model_version" in t.column_names
+        tot.add(t)
+    return tot.result()
+
+
+class _Totals:
+    """The folder's counts, a part's table at a time (:func:`output_totals`, and the report's
+    own pass over the parts, :func:`_scan`, which reads these columns too)."""
+
+    def __init__(self) -> None:
+        self.tot: Dict[str, Any] = {"videos": 0, "flagged": 0, "events": 0, "hours": 0.0}
+        self.by: Dict[str, int] = {}
+
+    def add(self, t: pa.Table) -> None:
+        tot, by = self.tot, self.by
         tot["videos"] += t.num_rows
         # which model version scored how many videos (parts written before rows said: "")
-        if has_version:
+        if "model_version" in t.column_names:
             for vc in pc.value_counts(pc.fill_null(t.column("model_version"), "")).to_pylist():
                 by[vc["values"]] = by.get(vc["values"], 0) + int(vc["counts"])
         elif t.num_rows:
@@ -76,8 +91,9 @@ def output_totals(scores_dir: str) -> Dict[str, int]:
         fps = np.asarray(t.column("fps").to_numpy(zero_copy_only=False), np.float64)
         frames = np.asarray(t.column("num_frames").to_numpy(zero_copy_only=False), np.float64)
         tot["hours"] += float((frames / np.where(fps > 0, fps, 30.0)).sum() / 3600.0)
-    tot["scored_by"] = dict(sorted(by.items()))
-    return tot
+
+    def result(self) -> Dict[str, Any]:
+        return dict(self.tot, scored_by=dict(sorted(self.by.items())))
 
 
 def summary_rule(summary: Dict[str, Any]):
@@ -116,27 +132,33 @@ def operating_footage(scores_dir: str, gt, snippet_len: int, labels: Optional[Di
 SCAN_ROWS = 16384      # rows ranked and counted by one round of Arrow compute (several parts)
 
 
-def _scan(scores_dir: str, top_n: int):
+def _scan(scores_dir: str, top_n: int, totals: Optional[Dict[str, Any]] = None):
     """One pass over the parts: the top-N videos for pages, the strongest events (each
     with its camera and wall-clock start where the manifest gave them) and the videos,
-    flagged videos and events per camera (``{}`` where no row names a camera).  Parts are
-    read 16 at once and ranked and counted with Arrow compute, :data:`SCAN_ROWS` rows at a
-    time; only the candidates (at most ``top_n`` videos and :data:`MAX_EVENTS_SHOWN`
-    events a round) and the distinct ``meta`` values become Python objects.  Each top
-    video comes with the part it is in (``_file``)."""
+    flagged videos and events per camera (``{}`` where no row names a camera); with
+    ``totals`` (a dict), it is filled with :func:`output_totals`' counts from the same
+    pass.  Parts are read 16 at once and ranked and counted with Arrow compute,
+    :data:`SCAN_ROWS` rows at a time; only the candidates (at most ``top_n`` videos and
+    :data:`MAX_EVENTS_SHOWN` events a round) and the distinct ``meta`` values become
+    Python objects.  Each top video comes with the part it is in (``_file``)."""
     from vadclip.io.parts import part_files, read_ahead, read_file, read_schema
 
     def read(f):
-        return read_file(f, SUMMARY_COLUMNS + (["meta"] if "meta" in read_schema(f).names else []))  # older: none
+        names = read_schema(f).names     # older parts lack meta or model_version
+        return read_file(f, SUMMARY_COLUMNS + [c for c in ("meta", "model_version") if c in names])
 
     files = part_files(scores_dir)
+    counts = _Totals()
     top: List = []
     events: List = []
     cameras: Dict[str, Dict[str, int]] = {}
     metas: Dict[Any, Dict[str, Any]] = {}
     held: List[pa.Table] = []
-    n = 0
+    n = n_ranked = 0
     for i, (f, t) in enumerate(read_ahead(files, read)):
+        counts.add(t)
+        if "model_version" in t.column_names:
+            t = t.drop_columns(["model_version"])
         if "meta" not in t.column_names:
             t = t.append_column("meta", pa.nulls(t.num_rows, pa.string()))
         # the row's place in the whole scan breaks ties as the order of the rows does
@@ -144,12 +166,14 @@ def _scan(scores_dir: str, top_n: int):
         t = t.append_column("_f", pa.array(np.full(t.num_rows, i, dtype=np.int32)))
         held.append(t)
         n += t.num_rows
-        if sum(h.num_rows for h in held) >= SCAN_ROWS or i == len(files) - 1:
+        if n - n_ranked >= SCAN_ROWS or i == len(files) - 1:
             t = pa.concat_tables(held, promote_options="permissive").combine_chunks()
-            held = []
+            held, n_ranked = [], n
             _count_cameras(t, cameras, metas)
             _top_videos(t, files, top_n, top, metas)
             _strongest_events(t, events, metas)
+    if totals is not None:
+        totals.update(counts.result())
     return ([r for _, r in sorted(top, key=lambda kr: kr[0], reverse=True)],
             [e for _, e in sorted(events, key=lambda kr: kr[0], reverse=True)], cameras)
 
@@ -186,7 +210,7 @@ def _camera_and_start(meta: Any, metas: Dict[Any, Dict[str, Any]]) -> Dict[str, 
 
 
 def _count_cameras(t: pa.Table, cameras: Dict[str, Dict[str, int]], metas: Dict[Any, Dict[str, Any]]) -> None:
-    """Add a part's videos, flagged videos and events (of flagged videos) per camera: grouped
+    """Add a round's videos, flagged videos and events (of flagged videos) per camera: grouped
     by ``meta`` in Arrow, then each distinct ``meta`` read once."""
     flagged = pc.fill_null(t["flagged"], False)
     nev = pc.if_else(flagged, pc.fill_null(pc.list_value_length(t["events"]), 0), 0)
@@ -203,7 +227,7 @@ def _count_cameras(t: pa.Table, cameras: Dict[str, Dict[str, int]], metas: Dict[
 
 def _strongest_events(t: pa.Table, events: List, metas: Dict[Any, Dict[str, Any]]) -> None:
     """Keep the :data:`MAX_EVENTS_SHOWN` strongest events of flagged videos seen so far
-    (``events``, a heap), ranking a part's events in Arrow first."""
+    (``events``, a heap), ranking the round's events in Arrow first."""
     from datetime import datetime, timedelta
 
     fl = t.filter(pc.fill_null(t["flagged"], False))
@@ -222,12 +246,12 @@ def _strongest_events(t: pa.Table, events: List, metas: Dict[Any, Dict[str, Any]
     idx = pc.select_k_unstable(ranked, MAX_EVENTS_SHOWN, [("score", "descending"), ("n", "descending"),
                                                           ("k", "descending")]).to_numpy()
     rows = fl.select(["video_id", "meta"]).take(pa.array(parent[idx])).to_pylist()
+    n_of = ranked["n"].to_numpy()
     for e, r, j in zip(flat.take(pa.array(idx)).to_pylist(), rows, idx):
         cs = _camera_and_start(r["meta"], metas)
         t0 = datetime.fromisoformat(cs["start_time"]) if cs["start_time"] else None
         wall = (t0 + timedelta(seconds=e["start_s"])).strftime("%Y-%m-%d %H:%M:%S UTC") if t0 else None
-        key = (float(e["score"]) if e["score"] is not None else float("-inf"), int(ranked["n"][int(j)].as_py()),
-               int(within[j]))
+        key = (float(e["score"]) if e["score"] is not None else float("-inf"), int(n_of[j]), int(within[j]))
         ev = (key, dict(e, video_id=r["video_id"], camera=cs["camera"], wall=wall))
         if len(events) < MAX_EVENTS_SHOWN:
             heapq.heappush(events, ev)
@@ -539,8 +563,8 @@ def build_report(out_dir: str, summary: Optional[Dict[str, Any]] = None, gt_path
     rule = summary_rule(summary)
     threshold = rule.threshold
     gt = read_gt(gt_path) if gt_path else {}
-    counts = output_totals(scores)
-    top, events, cameras = _scan(scores, top_n)
+    counts: Dict[str, Any] = {}
+    top, events, cameras = _scan(scores, top_n, counts)     # and the folder's counts, in the same pass
     full = _full_rows(top)
     tmp = None
     if local_dir is None:
