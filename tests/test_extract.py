@@ -369,7 +369,8 @@ def test_a_folder_keeps_the_ids_it_gave_and_a_new_video_never_takes_one(ray_loca
 
 
 def test_manifest_corrections_are_the_rows_whose_manifest_columns_now_say_otherwise(tmp_path):
-    """What a nightly run asks of every done video (read as Arrow, joined in one step): only
+    """What a nightly run asks of every done video (each part's columns compared with the
+    manifest's as Arrow, a Python object only for a row that differs): only
     a row whose label or manifest columns differ in value is corrected; a start_time taken
     from the container stays unless the manifest now gives one; an older part without a
     ``meta`` column reads as none."""
@@ -379,6 +380,7 @@ def test_manifest_corrections_are_the_rows_whose_manifest_columns_now_say_otherw
 
     from vadclip.io.parts import PartWriter
     from vadclip.jobs.extract import manifest_corrections
+    from vadclip.jobs.manifest import MANIFEST
 
     def meta(**kw):
         return json.dumps(kw, sort_keys=True)
@@ -406,10 +408,11 @@ def test_manifest_corrections_are_the_rows_whose_manifest_columns_now_say_otherw
              {"path": "reordered", "label": "Fire", "meta": meta(camera="c", site="x")},
              {"path": "old-part", "label": None, "meta": meta(camera="yard")},
              {"path": "new", "label": None, "meta": meta(camera="gate")}]
+    items = pa.Table.from_pylist(items, schema=MANIFEST)
     got = manifest_corrections(items, str(tmp_path / "rows"), {"skipped"})
     assert got == {"moved": {"label": "", "meta": meta(camera="lobby")},
                    "relabelled": {"label": "Fire", "meta": ""},
                    "stamped-now-given": {"label": "", "meta": meta(start_time="2026-11-01T08:00:00+00:00")},
                    "old-part": {"label": "", "meta": meta(camera="yard")}}
-    assert manifest_corrections([], str(tmp_path / "rows"), set()) == {}
+    assert manifest_corrections(MANIFEST.empty_table(), str(tmp_path / "rows"), set()) == {}
     assert manifest_corrections(items, str(tmp_path / "nothing"), set()) == {}

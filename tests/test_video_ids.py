@@ -109,3 +109,42 @@ def test_camera_folders_get_stable_readable_unique_ids(tmp_path):
     man.write_text(f"path,video_id\n{a},same\n{b},same\n")
     with pytest.raises(Exception, match="video_id 'same' is given to two videos"):
         load_manifest(str(man))
+
+
+def test_a_folder_names_only_its_new_videos_and_they_get_what_the_whole_rule_gives():
+    """A nightly plan names videos as Arrow columns (issue #45): the ids the output folder
+    holds are kept, a manifest's own id stays unless the folder gives it to another path,
+    and only the new paths go through the id rule, against just the held ids they could
+    clash with.  That gives exactly what the rule gives with every held id in hand."""
+    import random
+
+    import pyarrow as pa
+
+    from vadclip.io.ids import distinct_ids
+    from vadclip.jobs.manifest import MANIFEST, with_ids
+
+    rng = random.Random(7)
+    folders = ["/a/cam1", "/a/cam2", "/b/cam1", "/b/cam1/2026-11-01", "/c/x/cam1/2026-11-01", "/s3/bucket"]
+    names = ["00.mp4", "01.mp4", "clip.mp4", "0001.mp4", "gate.ts", "clip.mkv"]
+    for trial in range(30):
+        paths = sorted({f"{rng.choice(folders)}/{rng.choice(names)}" for _ in range(25)})
+        held = rng.sample(paths, len(paths) // 2)
+        named = distinct_ids(held)                        # what an earlier run gave them
+        gone = {"/z/old/clip.mp4": "clip"} if "clip" not in named.values() else {}   # held, not listed now
+        given = {p: f"given{i}" for i, p in enumerate(rng.sample(paths, 2))}
+        if trial % 3 == 0 and held:                       # a given id the folder gives another path
+            other = next(p for p in paths if p != held[0])
+            given[other] = named[held[0]]
+        rows = [{"path": p, "video_id": given.get(p), "label": None, "meta": "", "listed": ""} for p in paths]
+        folder = pa.table({"path": list(named) + list(gone), "video_id": list(named.values()) + list(gone.values())})
+        got = dict(zip(*(with_ids(pa.Table.from_pylist(rows, schema=MANIFEST), folder)[c].to_pylist()
+                         for c in ("path", "video_id"))))
+        assert all(got[p] == v for p, v in named.items())            # the folder's ids are kept
+        taken = {v: p for p, v in {**gone, **named}.items()}
+        kept = {p: v for p, v in given.items() if p not in named and taken.get(v, p) == p}
+        assert all(got[p] == v for p, v in kept.items())             # a free given id stays
+        free = [p for p in paths if p not in named and p not in kept]
+        want = distinct_ids(free, {**taken, **{v: p for p, v in kept.items()}})
+        assert {p: got[p] for p in free} == want                      # the rule with every held id in hand
+        assert len(set(got.values())) == len(got)
+        assert not set(got.values()) & set(gone.values())               # nor one a path no longer listed holds

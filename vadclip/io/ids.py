@@ -91,6 +91,13 @@ def distinct_ids(paths: Sequence[str], taken: Optional[Dict[str, str]] = None) -
     return out
 
 
+def candidate_ids(path: str) -> List[str]:
+    """Every id :func:`distinct_ids` may give ``path``: its own, with each number of
+    parent folders in front, and the last resort."""
+    n = len(_parts(path))
+    return [path_video_id(path, x) for x in range(n + 1)] + ["/".join(_parts(path)) or path]
+
+
 def named_id(name: str) -> str:
     """A video named in ground truth or a list, as an id: a file name or path (it ends
     in an extension the project reads) by :func:`path_video_id`; anything else is an id

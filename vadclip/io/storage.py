@@ -237,30 +237,41 @@ LIST_THREADS = 16     # an object store's folders listed at once
 
 def listed_files(directory: str, recursive: bool = True,
                  suffixes: Optional[Tuple[str, ...]] = None) -> Dict[str, pafs.FileInfo]:
-    """``{file: its info}`` under ``directory``, from one listing: an object store lists
-    1,000 keys a request with their sizes and modification times, so knowing what changed
-    in an archive costs a request per 1,000 files, not one per file.
+    """``{file: its info}`` under ``directory`` (:func:`listing`, gathered)."""
+    return {f: i for batch in listing(directory, recursive, suffixes) for f, i in batch}
 
-    In an object store, the folder's own level is listed first, then each of its folders
-    (a camera's, a day's), :data:`LIST_THREADS` at once: a store's pages of one listing
-    come one after another (a year of 100 cameras in hourly files is 900 of them), the
-    folders' side by side."""
+
+def listing(directory: str, recursive: bool = True,
+            suffixes: Optional[Tuple[str, ...]] = None) -> Iterator[List[Tuple[str, pafs.FileInfo]]]:
+    """The files under ``directory`` with their infos, a folder at a time: an object store
+    lists 1,000 keys a request with their sizes and modification times, so knowing what
+    changed in an archive costs a request per 1,000 files, not one per file.
+
+    The folder's own level is listed first, then each of its folders (a camera's, a
+    day's), :data:`LIST_THREADS` at once, each yielded as it comes: a store's pages of one
+    listing come one after another (a year of 100 cameras in hourly files is 900 of them),
+    the folders' side by side; and a caller that keeps only columns of each batch never
+    holds an info object per file of the whole archive."""
+    from concurrent.futures import ThreadPoolExecutor
+
     fs, p = resolve(directory)
 
-    def listing(where: str, deep: bool) -> List[pafs.FileInfo]:
+    def files(infos: List[pafs.FileInfo]) -> List[Tuple[str, pafs.FileInfo]]:
+        return [(_uri_of(directory, i.path), i) for i in infos if i.type == pafs.FileType.File
+                and (suffixes is None or i.path.lower().endswith(suffixes))]
+
+    def listed(where: str, deep: bool) -> List[pafs.FileInfo]:
         return retrying(lambda: fs.get_file_info(pafs.FileSelector(where, recursive=deep, allow_not_found=True)),
                         directory)
 
-    infos = listing(p, recursive and is_local(directory))
-    if recursive and not is_local(directory):
-        from concurrent.futures import ThreadPoolExecutor
-
-        folders = [i.path for i in infos if i.type == pafs.FileType.Directory]
+    top = listed(p, False)
+    yield files(top)
+    folders = [i.path for i in top if i.type == pafs.FileType.Directory] if recursive else []
+    del top
+    if folders:
         with ThreadPoolExecutor(max_workers=max(1, min(LIST_THREADS, len(folders)))) as pool:
-            for more in pool.map(lambda f: listing(f, True), folders):
-                infos.extend(more)
-    return {_uri_of(directory, i.path): i for i in infos if i.type == pafs.FileType.File
-            and (suffixes is None or i.path.lower().endswith(suffixes))}
+            for more in pool.map(lambda f: files(listed(f, True)), folders):
+                yield more
 
 
 def list_infos(directory: str) -> List[pafs.FileInfo]:

@@ -4,8 +4,9 @@ Pipeline: manifest rows → ``flat_map`` decode tasks (torchcodec or decord, on 
 or torchcodec's NVDEC decoder with ``decode_device="cuda"``; one frame per snippet;
 resize + crop; bounded chunks of snippets) → CLIP image-encoder actor pool
 (``ActorPoolStrategy``; ``num_gpus`` when the cluster has GPUs; fp16/bf16 there) →
-the driver stitches each video's chunks and writes finished videos to Parquet part
-files (committed parts, :mod:`vadclip.io.parts`).  Videos and outputs may be local or in
+writer actors stitch each video's chunks and commit finished videos to the Delta table
+(:mod:`vadclip.io.parts`).  The driver plans over Arrow columns: the manifest, the
+done set, what changed (:func:`check_run`).  Videos and outputs may be local or in
 object storage (:mod:`vadclip.io.storage`); a remote video is streamed to the decode
 task's node-local scratch, never through the driver.  A failure of one video becomes
 a row of the errors table; re-running skips videos already written (and, unless
@@ -19,12 +20,15 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Tuple
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from vadclip.clip.encoder import ClipImageEncoder
 from vadclip.errors import InputError
 from vadclip.io import layout, provenance, storage
 from vadclip.io.features import ERROR_SCHEMA, FEATURE_SCHEMA
 from vadclip.io.parts import drop_rows
-from vadclip.jobs.manifest import load_manifest
+from vadclip.jobs.manifest import manifest_table, with_ids
 from vadclip.jobs.output import ResumableOutput
 from vadclip.jobs.stages import DecodeStage, EncodeStage, ExtractOptions, run_stages
 from vadclip.jobs.writers import Progress, VideoSink, _Pace
@@ -58,23 +62,28 @@ def _one_provenance(features: str, prov: Dict[str, Any]) -> None:
             "one output folder never mixes provenances: give another --out")
 
 
-def changed_inputs(identities: Dict[str, Optional[str]], listed: Optional[Dict[str, str]] = None,
-                   threads: int = 32) -> set:
-    """The paths whose file is no longer what their rows were made from (size or
-    modification time differ).  A path without a recorded identity (rows written before
-    identities were) or whose file is gone keeps its rows.  What the manifest's own listing
-    saw (``listed``: a folder or glob source) costs nothing more; the other paths are
-    looked up by listing each folder that holds two or more of them (an object store lists
-    1,000 keys a request) and with one stat (a HEAD) for a path alone in its folder,
-    ``threads`` at a time; a failing store raises (the environment's)."""
+def changed_inputs(held: pa.Table, manifest: pa.Table, threads: int = 32) -> set:
+    """The paths of ``held`` (``path``, ``identity``: what the output's rows were made
+    from) whose file is no longer that (size or modification time differ).  A path without
+    a recorded identity (rows written before identities were) or whose file is gone keeps
+    its rows.  What the manifest's own listing saw (its ``listed`` column: a folder or glob
+    source) is compared as columns and costs nothing more; the other paths are looked up
+    by listing each folder that holds two or more of them (an object store lists 1,000
+    keys a request) and with one stat (a HEAD) for a path alone in its folder, ``threads``
+    at a time; a failing store raises (the environment's)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    listed = dict(listed or {})
-    known = [(p, i) for p, i in identities.items() if i]
+    known = held.filter(pc.is_valid(held["identity"]))
+    seen = manifest.filter(pc.not_equal(manifest["listed"], ""))
+    idx = pc.index_in(known["path"], value_set=seen["path"])
+    now = pc.take(seen["listed"], idx)
+    differ = known.append_column("now", now).filter(pc.fill_null(pc.not_equal(now, known["identity"]), False))
+    out = {p for p, old, new in zip(*(differ[c].to_pylist() for c in ("path", "identity", "now")))
+           if not same_identity(new, old)}        # whole seconds (a HEAD) against a listing's milliseconds
+    rest = known.filter(pc.is_null(idx))
     folders: Dict[str, List[str]] = {}
-    for p, _ in known:
-        if p not in listed:
-            folders.setdefault(storage.dirname(p), []).append(p)
+    for p in rest["path"].to_pylist():
+        folders.setdefault(storage.dirname(p), []).append(p)
 
     def look(folder: str) -> Dict[str, str]:
         paths = folders[folder]
@@ -85,10 +94,14 @@ def changed_inputs(identities: Dict[str, Optional[str]], listed: Optional[Dict[s
                 return {}
         return {p: identity_of(i) for p, i in storage.listed_files(folder, recursive=False).items()}
 
-    with ThreadPoolExecutor(max(1, min(threads, len(folders) or 1))) as pool:
-        for found in pool.map(look, list(folders)):
-            listed.update(found)
-    return {p for p, old in known if p in listed and not same_identity(listed[p], old)}
+    if folders:
+        found: Dict[str, str] = {}
+        with ThreadPoolExecutor(max(1, min(threads, len(folders)))) as pool:
+            for one in pool.map(look, list(folders)):
+                found.update(one)
+        out |= {p for p, old in zip(rest["path"].to_pylist(), rest["identity"].to_pylist())
+                if p in found and not same_identity(found[p], old)}
+    return out
 
 
 def feature_dir(out_dir: str) -> str:
@@ -102,8 +115,8 @@ def errors_dir(out_dir: str) -> str:
 # ------------------------------------------------------------------------------ the job
 @dataclass
 class _Plan:
-    items: List[Dict[str, Any]]
-    todo: List[Dict[str, Any]]
+    items: pa.Table          # the manifest (:data:`vadclip.jobs.manifest.MANIFEST`), every id filled
+    todo: pa.Table           # its rows to run
     output: ResumableOutput
     prov: Dict[str, Any]
     weights: Any
@@ -171,77 +184,62 @@ def _check_torchcodec(opts: ExtractOptions, log) -> None:
         log(f"[extract] torchcodec cannot decode here ({why}): decoding with decord")
 
 
-def _keep_ids(items: List[Dict[str, Any]], named: Dict[str, str]) -> None:
-    """A video the folder holds keeps the id its rows carry (a feature set written under
-    an earlier id rule included); a new one never takes an id the folder gives another."""
-    if not named:
-        return
-    taken = {v: p for p, v in named.items()}
-    fresh = []
-    for it in items:
-        if it["path"] in named:
-            it["video_id"] = named[it["path"]]
-        elif taken.get(it["video_id"], it["path"]) != it["path"]:
-            fresh.append(it)
-    if fresh:
-        from vadclip.io.ids import distinct_ids
-
-        moving = {id(it) for it in fresh}
-        mine = {it["video_id"]: it["path"] for it in items if id(it) not in moving}
-        ids = distinct_ids([it["path"] for it in fresh], {**mine, **taken})
-        for it in fresh:
-            it["video_id"] = ids[it["path"]]
-
-
-def _pending(items, done_ids, failed_ids, changed: set, retry_failed: bool):
+def _pending(items: pa.Table, done: pa.Table, failed: pa.Table, changed: set,
+             retry_failed: bool) -> Tuple[pa.Table, set]:
     """(the items left to run, the failed paths to retry): done and failed ones skipped,
     those whose file changed run again; with ``retry_failed`` the failed run too."""
-    done, failed = set(done_ids) - changed, set(failed_ids) - changed
+    gone = pa.array(sorted(changed), pa.string())
+    done_p = done["path"].filter(pc.invert(pc.is_in(done["path"], value_set=gone)))
+    failed_p = failed["path"].filter(pc.invert(pc.is_in(failed["path"], value_set=gone)))
     retried: set = set()
     if retry_failed:
-        failed, retried = set(), failed - done
-    return [it for it in items if it["path"] not in done and it["path"] not in failed], retried
+        retried = set(failed_p.filter(pc.invert(pc.is_in(failed_p, value_set=done_p))).to_pylist())
+        failed_p = pa.chunked_array([], pa.string())
+    skip = pa.chunked_array(done_p.chunks + failed_p.chunks, pa.string())
+    return items.filter(pc.invert(pc.is_in(items["path"], value_set=skip))), retried
 
 
-def manifest_corrections(items: List[Dict[str, Any]], rows_dir: str, skip: set) -> Dict[str, Dict[str, Any]]:
+def manifest_corrections(items: pa.Table, rows_dir: str, skip: set) -> Dict[str, Dict[str, Any]]:
     """``{path: {"label", "meta"}}`` of the done videos whose manifest row now says something
     else than their feature rows (a camera, a site, a start_time or a label corrected): the
     manifest is the truth for what it describes.  A start_time the rows took from the
-    container (``start_time_from: container``) stays unless the manifest gives one."""
+    container (``start_time_from: container``) stays unless the manifest gives one.  Each
+    part's columns are compared with the manifest's as Arrow; only rows whose text differs
+    are parsed."""
     from vadclip.io.features import meta_of
-    from vadclip.io.parts import part_files, read_file, read_schema
+    from vadclip.io.parts import committed_text
 
-    by_path = {it["path"]: it for it in items if it["path"] not in skip}
-    have: Dict[str, Tuple[Optional[str], Dict[str, Any]]] = {}
-    for f in part_files(rows_dir):
-        names = read_schema(f).names
-        cols = ["path"] + [c for c in ("label", "meta") if c in names]
-        for r in read_file(f, cols).to_pylist():
-            if r["path"] in by_path:
-                have[r["path"]] = (r.get("label") or None, meta_of(r.get("meta")))
+    items = items.filter(pc.invert(pc.is_in(items["path"], value_set=pa.array(sorted(skip), pa.string()))))
+    t = committed_text(rows_dir, ["path", "label", "meta"])     # a part without label or meta: nulls
+    idx = pc.index_in(t["path"], value_set=items["path"])      # one lookup for the whole folder
+    want_label, want_meta = pc.take(items["label"], idx), pc.take(items["meta"], idx)
+    differ = pc.and_(pc.is_valid(idx), pc.or_(pc.not_equal(pc.fill_null(t["label"], ""), pc.fill_null(want_label, "")),
+                                              pc.not_equal(pc.fill_null(t["meta"], ""), pc.fill_null(want_meta, ""))))
+    have: Dict[str, Tuple[Optional[str], Dict[str, Any], Optional[str], str]] = {}
+    for p, lab, m, wl, wm in zip(*(pc.filter(c, differ).to_pylist()
+                                   for c in (t["path"], t["label"], t["meta"], want_label, want_meta))):
+        have[p] = (lab or None, meta_of(m), wl or None, wm or "")
     out = {}
-    for path, (label, meta) in have.items():
-        it = by_path[path]
-        want = meta_of(it.get("meta") or "")
+    for path, (label, meta, want_label, want_text) in have.items():
+        want = meta_of(want_text)
         if meta.get("start_time_from") == "container" and "start_time" not in want:
             want = dict(want, start_time=meta.get("start_time"), start_time_from="container")
-        if (it.get("label") or None) != label or want != meta:
-            out[path] = {"label": it.get("label") or "", "meta": json.dumps(want, sort_keys=True) if want else ""}
+        if want_label != label or want != meta:
+            out[path] = {"label": want_label or "", "meta": json.dumps(want, sort_keys=True) if want else ""}
     return out
 
 
 @dataclass
 class Checked:
     """What :func:`check_run` found, before anything in the output folder changed."""
-    items: List[Dict[str, Any]]
+    items: pa.Table                  # the manifest, every id filled (:func:`with_ids`)
     output: ResumableOutput
     opts: ExtractOptions
     weights: Any
     prov: Dict[str, Any]
-    ids: Tuple[Dict[str, Any], Dict[str, Any]]      # (done, failed) identities of the committed parts
-    listed: Dict[str, str]
+    ids: Tuple[pa.Table, pa.Table]   # (done, failed) identities of the committed parts
     changed: set
-    todo: List[Dict[str, Any]]
+    todo: pa.Table
     gpus: bool
 
 
@@ -252,7 +250,7 @@ def check_run(source: str, out_dir: str, opts: ExtractOptions, retry_failed: boo
     changing nothing in it: a refused run leaves the folder, and a live run writing it, as
     they were.  ``score --videos`` runs it before it takes the scores folder's lease."""
     weights = _check_environment(opts, log)
-    items = load_manifest(source)
+    items = manifest_table(source)
     output = ResumableOutput(feature_dir(out_dir), errors_dir(out_dir), FEATURE_SCHEMA, ERROR_SCHEMA)
     before = provenance.read(output.rows_dir)
     if opts.precision == "auto" and (before or {}).get("precision") in CONCRETE_PRECISIONS:
@@ -260,8 +258,8 @@ def check_run(source: str, out_dir: str, opts: ExtractOptions, retry_failed: boo
     prov = feature_provenance(opts, weights)
     _one_provenance(output.rows_dir, prov)
     done_ids, failed_ids = output.identities()        # what the committed parts hold: read, nothing changed
-    listed = {it["path"]: it["listed"] for it in items if it.get("listed")}
-    changed = changed_inputs({**failed_ids, **done_ids}, listed)
+    changed = changed_inputs(pa.concat_tables([failed_ids, done_ids]), items)
+    items = with_ids(items, output.named())
     todo, _ = _pending(items, done_ids, failed_ids, changed, retry_failed)
     gpus = False
     if todo:       # the cluster can run what is asked
@@ -273,7 +271,7 @@ def check_run(source: str, out_dir: str, opts: ExtractOptions, retry_failed: boo
         if opts.precision == "auto" and before is None:      # a new folder: auto resolves here, once
             opts = replace(opts, precision=_resolve_precision(opts, gpus, log))
             prov = feature_provenance(opts, weights)
-    return Checked(items, output, opts, weights, prov, (done_ids, failed_ids), listed, changed, todo, gpus)
+    return Checked(items, output, opts, weights, prov, (done_ids, failed_ids), changed, todo, gpus)
 
 
 def _plan(source: str, out_dir: str, opts: ExtractOptions, retry_failed: bool, log,
@@ -290,7 +288,7 @@ def _plan(source: str, out_dir: str, opts: ExtractOptions, retry_failed: bool, l
         if nothing_to_do(c, retry_failed):
             # a re-run that finds nothing new writes nothing to the folders, so it takes no lease: the
             # nightly no-op costs the listings and one read of the log, and fences no live run
-            return _Plan(c.items, [], c.output, c.prov, c.weights, set(), c.gpus, precision=c.opts.precision)
+            return _Plan(c.items, c.todo, c.output, c.prov, c.weights, set(), c.gpus, precision=c.opts.precision)
         return _plan_leased(c, out_dir, retry_failed, log, on_changed, on_corrected)
 
 
@@ -305,10 +303,12 @@ def _plan_leased(c: Checked, out_dir: str, retry_failed: bool, log, on_changed, 
         # read again under the lease: what an earlier run's writers committed since the read
         # above (before they were fenced) is done too, never written a second time
         done_now, failed_now = output.identities()
-        new = {p: i for p, i in {**failed_now, **done_now}.items() if p not in done_ids and p not in failed_ids}
-        changed |= changed_inputs(new, c.listed) if new else set()
+        now = pa.concat_tables([failed_now, done_now])
+        before = pa.concat_tables([failed_ids, done_ids])["path"]
+        new = now.filter(pc.invert(pc.is_in(now["path"], value_set=before)))
+        changed |= changed_inputs(new, items) if new.num_rows else set()
+        items = with_ids(items, output.named())
         todo, retried = _pending(items, done_now, failed_now, changed, retry_failed)
-        _keep_ids(items, output.named())
         if changed:
             # a video replaced at the same path (a camera's daily file rewritten) runs again: its old
             # rows go in the commit that adds its new ones (or at the run's end, where it fails now)
@@ -331,7 +331,7 @@ def nothing_to_do(c: Checked, retry_failed: bool) -> bool:
     retry, no manifest correction to apply (read as :func:`check_run` read the folder).
     Parts an interrupted run left uncommitted then stay until a run with work (no reader
     sees them); the run that has work takes the lease and reads everything again."""
-    if c.todo or c.changed or (retry_failed and c.ids[1]):
+    if c.todo.num_rows or c.changed or (retry_failed and c.ids[1].num_rows):
         return False
     return not manifest_corrections(c.items, c.output.rows_dir, set())
 
@@ -348,7 +348,7 @@ def _correct(items, output: ResumableOutput, changed: set, on_corrected, log) ->
             "(camera, site, start_time, label): their rows updated, nothing decoded again")
 
 
-def _pipeline(plan: _Plan, todo: List[Dict[str, Any]], opts: ExtractOptions, log):
+def _pipeline(plan: _Plan, todo: pa.Table, opts: ExtractOptions, log):
     """The stages over ``todo`` (:func:`vadclip.jobs.stages.run_stages`): decode (tasks) →
     encode (actor pool), each with the share of a GPU it takes (:meth:`DecodeStage.gpus`,
     :meth:`EncodeStage.gpus`)."""
@@ -369,9 +369,17 @@ def _pipeline(plan: _Plan, todo: List[Dict[str, Any]], opts: ExtractOptions, log
     ctx = ray.data.DataContext.get_current()
     default, ctx.target_max_block_size = ctx.target_max_block_size, STREAM_BLOCK_BYTES
     try:      # a dataset keeps the context it was made in
-        return run_stages(ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo), TASKS_CAP))), stages)
+        return run_stages(ray.data.from_arrow(_blocks(todo)), stages)
     finally:
         ctx.target_max_block_size = default
+
+
+def _blocks(todo: pa.Table) -> List[pa.Table]:
+    """``todo`` in slices of one video, or as few as :data:`TASKS_CAP` tasks allow: the
+    input blocks of the decode tasks, handed to Ray Data as Arrow (no Python object per
+    video on the driver)."""
+    per = -(-todo.num_rows // TASKS_CAP) if todo.num_rows else 1
+    return [todo.slice(i, per) for i in range(0, max(todo.num_rows, 1), per)]
 
 
 STREAM_BLOCK_BYTES = 1 << 20   # below any chunk of frames: each is a block of its own
@@ -401,7 +409,7 @@ def _rounds(plan: _Plan, opts: ExtractOptions, log, scorer=None) -> List[Dict[st
         sink = VideoSink(out, schema, run_id if rnd == 1 else f"{run_id}-r{rnd}", opts.rows_per_file,
                          opts.flush_seconds, n=opts.num_writers or max(1, opts.num_encoders), scorer=scorer,
                          skip_scores=scored, segment=opts.segment_snippets)
-        progress = Progress(sink, len(plan.items), len(plan.items) - len(todo), log)
+        progress = Progress(sink, plan.items.num_rows, plan.items.num_rows - todo.num_rows, log)
         lost_node = None
         try:
             # the write tasks only hand each chunk to its writer actor: they reserve no CPU, so
@@ -426,15 +434,15 @@ def _rounds(plan: _Plan, opts: ExtractOptions, log, scorer=None) -> List[Dict[st
     def missing(todo):
         mine = f"part-{run_id}"
         written = set(committed_values(out.rows_dir, "path", mine)) | set(committed_values(out.errors_dir, "path", mine))
-        lost = [it for it in todo if it["path"] not in written]
-        plan.redone += len(lost)
-        if not lost and any(r.get("staged") for r in results):
+        lost = todo.filter(pc.invert(pc.is_in(todo["path"], value_set=pa.array(sorted(written), pa.string()))))
+        plan.redone += lost.num_rows
+        if not lost.num_rows and any(r.get("staged") for r in results):
             # segments of a long recording that failed (or was lost and done again) part-way:
             # never counted, and gone now rather than at the next run
             remove_uncommitted(out.rows_dir)
         return lost
 
-    in_rounds("extract", plan.todo, one_round, missing, log, label=lambda it: it["path"])
+    in_rounds("extract", plan.todo, one_round, missing, log, first=lambda lost: lost["path"][0].as_py())
     return results
 
 
@@ -472,11 +480,12 @@ def _folder_totals(plan: _Plan, out_dir: str) -> Dict[str, Any]:
 
 def _summarise(plan: _Plan, results: List[Dict[str, Any]], t0: float) -> Dict[str, Any]:
     """This run's committed rows and the encoders' pace, as one run summary."""
-    s: Dict[str, Any] = {"videos_total": len(plan.items), "videos_skipped": len(plan.items) - len(plan.todo),
+    s: Dict[str, Any] = {"videos_total": plan.items.num_rows,
+                         "videos_skipped": plan.items.num_rows - plan.todo.num_rows,
                          "videos_changed": len(plan.changed), "videos_redone": plan.redone, "rounds": plan.rounds,
                          "videos_ok": 0, "videos_failed": 0,
                          "rows_written": 0, "snippets": 0, "frames": 0}
-    if plan.todo:
+    if plan.todo.num_rows:
         counts = _run_rows(plan)
         s.update({k: v for k, v in counts.items() if k != "failures"})
     if results:
@@ -529,11 +538,11 @@ def _extract_and(source: str, out_dir: str, opts: ExtractOptions, scorer, retry_
                  on_changed=scorer.forget if scorer is not None else None,
                  on_corrected=scorer.correct if scorer is not None else None, checked=checked)
     try:
-        log(f"[extract] {len(plan.items)} videos: {len(plan.items) - len(plan.todo)} already done or failed earlier, "
-            f"{len(plan.todo)} to process")
+        n, todo = plan.items.num_rows, plan.todo.num_rows
+        log(f"[extract] {n} videos: {n - todo} already done or failed earlier, {todo} to process")
         t0 = time.time()
         results: List[Dict[str, Any]] = []
-        if plan.todo:
+        if plan.todo.num_rows:
             results = _rounds(plan, replace(opts, precision=plan.precision), log, scorer)
             for r in results:
                 for line in r["failures"]:

@@ -22,8 +22,9 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from vadclip.io.parts import (Heartbeat, LeaseBusy, LeaseGuard, PartWriter, lease_history, live_holder,
+from vadclip.io.parts import (IDENTITIES, Heartbeat, LeaseBusy, LeaseGuard, PartWriter, lease_history, live_holder,
                                new_run_id, read_column, read_identities, remove_uncommitted, take_lease)
 
 
@@ -128,21 +129,27 @@ class ResumableOutput:
         d = directory or self.rows_dir
         return LeaseGuard(d, self.tokens[d]) if d in self.tokens else None
 
-    def identities(self) -> Tuple[Dict[str, Optional[str]], Dict[str, Optional[str]]]:
-        """``({path: input identity}`` of the done rows, the same of the failed ones); a
-        second call reads only the parts committed since the first."""
-        return (read_identities(self.rows_dir, self._seen.setdefault("rows", {})),
-                read_identities(self.errors_dir, self._seen.setdefault("errors", {})))
+    def identities(self) -> Tuple[pa.Table, pa.Table]:
+        """(the done rows, the failed ones) as Arrow tables, a row per path: ``path``,
+        ``identity`` of the input its rows were made from, ``video_id``
+        (:func:`vadclip.io.parts.read_identities`); a second call reads only the parts
+        committed since the first."""
+        self._seen["held"] = (read_identities(self.rows_dir, self._seen.setdefault("rows", {})),
+                              read_identities(self.errors_dir, self._seen.setdefault("errors", {})))
+        return self._seen["held"]
 
-    def named(self) -> Dict[str, str]:
-        """``{path: video id}`` of the rows and error rows :meth:`identities` read: the ids
-        an output folder gave its videos, which they keep."""
-        return {p: v for part in ("errors", "rows") for t in self._seen.get(part, {}).values()
-                for p, v in zip(t.column("path").to_pylist(), t.column("video_id").to_pylist())}
+    def named(self) -> pa.Table:
+        """``path``, ``video_id`` of the rows and error rows :meth:`identities` read last:
+        the ids an output folder gave its videos, which they keep (a path with both: its
+        rows' id)."""
+        done, failed = self._seen.get("held", (IDENTITIES.empty_table(), IDENTITIES.empty_table()))
+        failed = failed.filter(pc.invert(pc.is_in(failed["path"], value_set=done["path"])))
+        return pa.concat_tables([done, failed]).select(["path", "video_id"])
 
-    def row_ids(self) -> Set[str]:
-        """The video ids of the rows (not the error rows) :meth:`identities` read."""
-        return {v for t in self._seen.get("rows", {}).values() for v in t.column("video_id").to_pylist()}
+    def row_ids(self) -> pa.Array:
+        """The video ids of the rows (not the error rows) :meth:`identities` read last."""
+        done, _ = self._seen.get("held", (IDENTITIES.empty_table(), None))
+        return done["video_id"].unique()
 
     def replace_later(self, directory: str, paths: Set[str]) -> Set[str]:
         """Under the lease: the rows ``directory`` holds of ``paths`` (recordings rewritten
@@ -198,13 +205,13 @@ class ResumableOutput:
 MAX_ROUNDS = 3       # a job's pipeline runs again over the videos a lost node took with it, at most this often
 
 
-def in_rounds(job: str, todo, one_round, missing, log, label=str) -> None:
+def in_rounds(job: str, todo, one_round, missing, log, first=lambda lost: lost[0]) -> None:
     """Run ``one_round(todo, rnd)``, then again over ``missing(todo)``: the videos neither
     a committed row nor a committed error row of this run (their chunks or rows died with a
     worker node or a writer), at most :data:`MAX_ROUNDS` times in all.  A round the cluster
     cut short by losing a node goes on to that count; any other failure is raised.  A
     video still missing then fails the job (an environment problem): exit 0 always means
-    every video is there (``label(video)`` names one).  The one retry loop of extraction
+    every video is there (``first(lost)`` names one of those).  The one retry loop of extraction
     and scoring."""
     from vadclip.errors import EnvironmentProblem
     from vadclip.jobs.cluster import lost_with_a_node
@@ -218,10 +225,10 @@ def in_rounds(job: str, todo, one_round, missing, log, label=str) -> None:
             log(f"[{job}] round {rnd}: the pipeline lost a worker ({type(e).__name__}); "
                 "the videos not written are run again")
         lost = missing(todo)
-        if not lost:
+        if not len(lost):
             return
         if rnd == MAX_ROUNDS:
-            raise EnvironmentProblem(f"{len(lost)} videos (e.g. {label(lost[0])}) are still not written after "
+            raise EnvironmentProblem(f"{len(lost)} videos (e.g. {first(lost)}) are still not written after "
                                      f"{MAX_ROUNDS} rounds: the cluster keeps losing the workers holding them; "
                                      "run the same command again to resume")
         log(f"[{job}] {len(lost)} videos were lost with a worker (a node lost or a writer restarted): "

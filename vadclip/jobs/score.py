@@ -27,7 +27,7 @@ from vadclip.jobs.output import ResumableOutput, row_sink
 from vadclip.jobs.stages import Resources, Stage, run_stages
 from vadclip.metrics.operating import DEFAULT_RULE, EventRule, OperatingPoint, snippet_times_for
 from vadclip.io.parts import committed_values as _committed_values
-from vadclip.io.parts import dataset_files
+from vadclip.io.parts import committed_column, dataset_files
 from vadclip.report.html import build_report, output_totals
 
 EVENT_TYPE = pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("start_frame", pa.int64()),
@@ -770,10 +770,10 @@ def _nothing_new(c: _Checked, out_dir: str, videos: Optional[str], log) -> Optio
             return None
         want = c.extraction.output.row_ids()
     else:
-        want = _ids_at(c.found, c.model_record["crop"])
+        want = pa.array(sorted(_ids_at(c.found, c.model_record["crop"])), pa.string())
     output = ResumableOutput(_scores_dir(out_dir), layout.score_errors_dir(out_dir))
-    scored, failed = output.ids("video_id")
-    if want - scored - failed:
+    scored, failed = (committed_column(d, "video_id") for d in (output.rows_dir, output.errors_dir))
+    if pc.any(pc.invert(pc.or_(pc.is_in(want, value_set=scored), pc.is_in(want, value_set=failed)))).as_py():
         return None
     totals = output_totals(_scores_dir(out_dir))
     summary = {"videos_scored": 0, "videos_failed": 0, "videos_skipped": len(want), "nothing_new": True,
@@ -782,7 +782,7 @@ def _nothing_new(c: _Checked, out_dir: str, videos: Optional[str], log) -> Optio
                "model_uri": c.model_uri, "model_version_uri": c.version_uri, **c.identity,
                "report": storage.join(layout.report_dir(out_dir), "index.html")}
     if videos is not None:
-        summary["extract"] = {"videos_ok": 0, "videos_failed": 0, "videos_skipped": len(c.extraction.items)}
+        summary["extract"] = {"videos_ok": 0, "videos_failed": 0, "videos_skipped": c.extraction.items.num_rows}
     storage.makedirs(out_dir)
     storage.write_text(storage.join(out_dir, layout.SCORE_SUMMARY), json.dumps(storage.redact_all(summary), indent=2))
     log(f"[score] nothing new: all {len(want)} videos were scored before; the folders, the report and the "

@@ -677,21 +677,32 @@ def list_videos(root: str) -> List[str]:
     """Video files under a folder or object-store prefix (recursive, sorted).  A local
     symbolic link whose target is gone is listed too, so that it ends as an error row
     (``file not found``) instead of vanishing without a trace."""
-    return sorted(listed_videos(root))
+    return listed_videos(root)["path"].to_pylist()
 
 
-def listed_videos(root: str) -> Dict[str, Optional[str]]:
-    """:func:`list_videos` with each video's identity (:func:`identity_of`) as the one
-    listing saw it (None for a dangling link): what tells a re-run which files changed,
-    without a request per file."""
-    found: Dict[str, Optional[str]] = {p: identity_of(i) for p, i in
-                                       storage.listed_files(root, recursive=True, suffixes=VIDEO_EXTENSIONS).items()}
+def listed_videos(root: str) -> "pa.Table":
+    """:func:`list_videos` as Arrow columns, ``path`` (sorted) and ``identity``
+    (:func:`identity_of`) as the one listing saw it (null for a dangling link): what tells
+    a re-run which files changed, without a request per file.  Built a folder at a time
+    (:func:`vadclip.io.storage.listing`): no object per file of the archive is held."""
+    import pyarrow as pa
+
+    paths: List[pa.Array] = []
+    idents: List[pa.Array] = []
+    for batch in storage.listing(root, recursive=True, suffixes=VIDEO_EXTENSIONS):
+        if batch:
+            paths.append(pa.array([f for f, _ in batch], pa.string()))
+            idents.append(pa.array([identity_of(i) for _, i in batch], pa.string()))
     if storage.is_local(root):
         base = storage.resolve(root)[1]
         for d, _, files in os.walk(base):
-            found.update({os.path.join(d, f): None for f in files if f.lower().endswith(VIDEO_EXTENSIONS)
-                          and os.path.islink(os.path.join(d, f)) and not os.path.exists(os.path.join(d, f))})
-    return found
+            gone = [os.path.join(d, f) for f in files if f.lower().endswith(VIDEO_EXTENSIONS)
+                    and os.path.islink(os.path.join(d, f)) and not os.path.exists(os.path.join(d, f))]
+            if gone:
+                paths.append(pa.array(gone, pa.string()))
+                idents.append(pa.nulls(len(gone), pa.string()))
+    t = pa.table({"path": pa.chunked_array(paths, pa.string()), "identity": pa.chunked_array(idents, pa.string())})
+    return t.sort_by("path")
 
 
 def frames_at(path: str, times: Sequence[float], name: Optional[str] = None) -> Tuple[List[np.ndarray], int]:
