@@ -344,10 +344,23 @@ def test_a_plan_reads_each_part_once_and_sees_what_it_rewrites(tmp_path, monkeyp
     assert len(opened) == n + 2                 # outside: each read opens the file
 
 
-def test_rewritten_videos_replaced_by_concurrent_writers_in_one_commit_each(tmp_path):
-    """Six videos in one committed part, four of them rewritten: four writers (threads, as
-    writer actors would be) each commit a new row that takes its video's old row out of that
-    part in the same commit. Their commits race on the one old part; delta-rs refuses the
+def _replace_one(out, i, schema, start):
+    """One writer of the test below: video ``i``'s new row, taking its old row out (a process
+    of its own, as a writer actor is, or a thread), once every writer is ready (``start``)."""
+    w = out.writers(f"run1-w{i:03d}", schema, schema, 10, None)[0]
+    start.wait(120)
+    w.add([{"path": f"/v{i}", "video_id": f"v{i}", "gen": 1}], whole=True)
+    w.flush()
+
+
+@pytest.mark.parametrize("how", ["threads", "processes"])
+def test_rewritten_videos_replaced_by_concurrent_writers_in_one_commit_each(tmp_path, how):
+    """Six videos in one committed part, four of them rewritten: four writers (threads of one
+    process, or processes as writer actors are) each commit a new row that takes its video's
+    old row out of that part in the same commit.  (Threads of one process share its table
+    object: a look by one moved it to a newer version under another's commit, whose removes,
+    prepared from the older one, then passed: 2 of 8 runs under load brought old rows back
+    and twice, before each commit held its table.) Their commits race on the one old part; delta-rs refuses the
     losers and they rewrite the part again from the table's new version. At every version a
     reader saw each video once, and the two videos nobody rewrote kept their rows."""
     import threading
@@ -369,19 +382,30 @@ def test_rewritten_videos_replaced_by_concurrent_writers_in_one_commit_each(tmp_
     assert [part_base(os.path.basename(f)) for f in part_files(d)] == list(bases)
 
     errors = []
+    if how == "processes":
+        import multiprocessing
 
-    def write(i):
-        try:
-            w = out.writers(f"run1-w{i:03d}", schema, schema, 10, None)[0]
-            w.add([{"path": f"/v{i}", "video_id": f"v{i}", "gen": 1}], whole=True)
-            w.flush()
-        except BaseException as e:      # noqa: BLE001 - raised below, in the test's thread
-            errors.append(e)
-    threads = [threading.Thread(target=write, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+        ctx = multiprocessing.get_context("spawn")
+        start = ctx.Barrier(4)
+        procs = [ctx.Process(target=_replace_one, args=(out, i, schema, start)) for i in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(120)
+        errors = [p.exitcode for p in procs if p.exitcode != 0]
+    else:
+        start = threading.Barrier(4)
+
+        def write(i):
+            try:
+                _replace_one(out, i, schema, start)
+            except BaseException as e:      # noqa: BLE001 - raised below, in the test's thread
+                errors.append(e)
+        threads = [threading.Thread(target=write, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     assert not errors
     rows = sorted((r["path"], r["gen"]) for r in read_table(d).to_pylist())
     assert rows == [(f"/v{i}", 1 if i < 4 else 0) for i in range(6)]

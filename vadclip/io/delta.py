@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import threading
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -42,6 +43,17 @@ COMMIT_TRIES = int(os.environ.get("VADCLIP_COMMIT_TRIES", "40"))
 
 _tables: Dict[Tuple[str, Tuple[Tuple[str, str], ...]], object] = {}
 _lock = threading.RLock()
+# {table: a lock}: a process holds one DeltaTable object per table, which each look brings up to
+# date in place; a commit holds its table's lock from its read of the files to its write, so that
+# another thread's look cannot move the object to a newer version in between (delta-rs would then
+# take the newer version as the commit's read version, and a remove prepared from the older one
+# would pass its conflict check: two writers each removing one part and adding their rewrites)
+_table_locks: Dict[Tuple[str, Tuple[Tuple[str, str], ...]], threading.RLock] = {}
+
+
+def _table_lock(uri: str, opts: Dict[str, str]) -> threading.RLock:
+    with _lock:
+        return _table_locks.setdefault(_key(uri, opts), threading.RLock())
 
 
 class Superseded(Exception):
@@ -95,7 +107,8 @@ def table(directory: str):
     with _lock:
         dt = _tables.get(key)
     if dt is not None:
-        storage.retrying(dt.update_incremental, storage.join(directory, LOG))
+        with _table_lock(uri, opts):
+            storage.retrying(dt.update_incremental, storage.join(directory, LOG))
         return dt
     if not exists(directory):
         return None
@@ -209,39 +222,55 @@ def commit(directory: str, adds: Sequence[Tuple[str, int, Optional[int]]], schem
     given the table's current file names at each try, returns more (adds, removes) for the
     same commit (files rewritten from the current version: a conflict with another commit
     that removed one of them makes the next try prepare them again).  Returns the version."""
+    acts = [_add(n, s, r) for n, s, r in adds]
+    for attempt in range(COMMIT_TRIES):
+        with _table_lock(*location(directory)):
+            done = _commit_once(directory, schema, acts, removes, token, what, prepare)
+        if done is not None:
+            return done
+        # another commit of this run (or a run that took the table since: seen at the next look)
+        # landed between this one's read and its write: read again, try again
+        time.sleep(random.uniform(0.01, min(1.0, 0.02 * 2 ** min(attempt, 6))))
+    raise EnvironmentProblem(f"{directory}: {what} kept meeting concurrent commits ({COMMIT_TRIES} tries)")
+
+
+def _commit_once(directory: str, schema, acts, removes, token, what: str, prepare) -> Optional[int]:
+    """One try of :func:`commit`: its version, or None where a concurrent commit won."""
     from deltalake.exceptions import CommitFailedError
     from deltalake.transaction import CommitProperties, RemoveAction, Transaction
 
-    acts = [_add(n, s, r) for n, s, r in adds]
-    for attempt in range(COMMIT_TRIES):
-        dt = table(directory)
-        if dt is None:
-            if _create(directory, schema, acts, token):
-                dt = table(directory)
-                return dt.version()
-            continue
-        held = dt.transaction_version(LEASE_APP)
-        if token is not None and held is not None and held > token:
-            raise Superseded(f"lease {held} > {token}")
-        try:
-            if _evolve(dt, schema):
-                dt.update_incremental()
-            now = int(time.time() * 1000)
-            more_adds, more_removes = prepare(_names(dt, directory)) if prepare is not None else ([], [])
-            rm = [RemoveAction(n, True, now) for n in list(removes) + list(more_removes)]
-            acts_now = acts + [_add(n, s, r) for n, s, r in more_adds]
-            props = CommitProperties(app_transactions=[Transaction(LEASE_APP, token)] if token is not None else None)
-            storage.retrying(lambda: dt.create_write_transaction(acts_now + rm, "append", dt.schema(),
-                                                                 commit_properties=props),
-                             f"{directory}: {what}")
+    dt = table(directory)
+    if dt is None:
+        if _create(directory, schema, acts, token):
+            dt = table(directory)
             return dt.version()
-        except CommitFailedError as e:
-            if not _concurrent(e):
-                raise
-            # another commit of this run (or a run that took the table since: seen at the
-            # next look) landed between this one's read and its write: read again, try again
-            time.sleep(random.uniform(0.01, min(1.0, 0.02 * 2 ** min(attempt, 6))))
-    raise EnvironmentProblem(f"{directory}: {what} kept meeting concurrent commits ({COMMIT_TRIES} tries)")
+        return None
+    held = dt.transaction_version(LEASE_APP)
+    if token is not None and held is not None and held > token:
+        raise Superseded(f"lease {held} > {token}")
+    rm: list = []
+    try:
+        if _evolve(dt, schema):
+            dt.update_incremental()
+        now = int(time.time() * 1000)
+        more_adds, more_removes = prepare(_names(dt, directory)) if prepare is not None else ([], [])
+        rm = [RemoveAction(n, True, now) for n in list(removes) + list(more_removes)]
+        acts_now = acts + [_add(n, s, r) for n, s, r in more_adds]
+        # a commit that removes files is not rebased by delta-rs onto a newer version: refused, it is
+        # prepared again here from the version that won (two commits removing one part, each adding
+        # its own rewrite of it, would bring rows back and twice); appends alone are rebased
+        props = CommitProperties(app_transactions=[Transaction(LEASE_APP, token)] if token is not None else None,
+                                 max_commit_retries=0 if rm else None)
+        storage.retrying(lambda: dt.create_write_transaction(acts_now + rm, "append", dt.schema(),
+                                                             commit_properties=props),
+                         f"{directory}: {what}")
+        return dt.version()
+    except CommitFailedError as e:
+        # a commit not rebased (max_commit_retries=0) that met a newer version says only
+        # "Failed to commit transaction: 0" (the retries it had)
+        if not (_concurrent(e) or (rm and re.fullmatch(r"failed to commit transaction: \d+", str(e).strip().lower()))):
+            raise
+        return None
 
 
 def _concurrent(e: BaseException) -> bool:

@@ -268,7 +268,10 @@ def listing(directory: str, recursive: bool = True,
     yield files(top)
     folders = [i.path for i in top if i.type == pafs.FileType.Directory] if recursive else []
     del top
-    if folders:
+    if folders and is_local(directory):     # a local disk gains nothing from threads, and they hold memory
+        for f in folders:
+            yield files(listed(f, True))
+    elif folders:
         with ThreadPoolExecutor(max_workers=max(1, min(LIST_THREADS, len(folders)))) as pool:
             for more in pool.map(lambda f: files(listed(f, True)), folders):
                 yield more
