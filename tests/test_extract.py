@@ -416,3 +416,23 @@ def test_manifest_corrections_are_the_rows_whose_manifest_columns_now_say_otherw
                    "old-part": {"label": "", "meta": meta(camera="yard")}}
     assert manifest_corrections(MANIFEST.empty_table(), str(tmp_path / "rows"), set()) == {}
     assert manifest_corrections(items, str(tmp_path / "nothing"), set()) == {}
+
+
+def test_a_plan_longer_than_a_window_runs_as_consecutive_pipelines_each_video_once(ray_local, sample_videos,
+                                                                                   tmp_path, monkeypatch):
+    """A first run over a year's archive is longer than one pipeline's window: it runs as
+    consecutive pipelines over windows of the plan (here two videos each), every video in a
+    decode task of its own, and each video ends once, as a row or an error row."""
+    import shutil
+
+    from vadclip.jobs import extract
+
+    d = tmp_path / "cams"
+    d.mkdir()
+    for i in range(5):
+        shutil.copy(sample_videos["good"][i % len(sample_videos["good"])]["path"], d / f"cam{i}.mp4")
+    monkeypatch.setattr(extract, "WINDOW", 2)
+    s = run_extract(str(d), str(tmp_path / "out"), _opts(), log=lambda *_: None)
+    assert s["videos_ok"] == 5 and s["videos_failed"] == 0 and s["rounds"] == 1
+    ids = pq.read_table(str(tmp_path / "out" / "features"), columns=["video_id"]).column("video_id").to_pylist()
+    assert sorted(ids) == [f"cam{i}" for i in range(5)]

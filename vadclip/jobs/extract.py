@@ -361,31 +361,26 @@ def _pipeline(plan: _Plan, todo: pa.Table, opts: ExtractOptions, log):
         log("[extract] decode device cuda: the cluster has no GPU, the videos are decoded on the CPU")
     stages = [DecodeStage(opts, opts.clip.image_size, DecodeStage.gpus(opts, have_gpus)),
               EncodeStage(opts, share_weights(plan.weights), EncodeStage.gpus(opts, have_gpus))]
-    # one video a decode task, up to TASKS_CAP tasks (a lost node costs the videos in
-    # flight on it, not a block of thousands); past it, as few as that allows
+    # one video a decode task (a lost node costs the videos in flight on it, not a block of
+    # thousands; :func:`_rounds` runs a longer plan as consecutive windows of WINDOW videos);
     # one chunk a block: a decode task hands on each chunk of frames as it is decoded (with
     # Ray Data's default of 128 MiB blocks it held chunks until a block filled, the whole of
     # a short or low-resolution recording), and each encoded chunk goes on to its writer
     ctx = ray.data.DataContext.get_current()
     default, ctx.target_max_block_size = ctx.target_max_block_size, STREAM_BLOCK_BYTES
     try:      # a dataset keeps the context it was made in
-        return run_stages(ray.data.from_arrow(_blocks(todo)), stages)
+        return run_stages(ray.data.from_arrow([todo.slice(i, 1) for i in range(todo.num_rows)]), stages)
     finally:
         ctx.target_max_block_size = default
-
-
-def _blocks(todo: pa.Table) -> List[pa.Table]:
-    """``todo`` in slices of one video, or as few as :data:`TASKS_CAP` tasks allow: the
-    input blocks of the decode tasks, handed to Ray Data as Arrow (no Python object per
-    video on the driver)."""
-    per = -(-todo.num_rows // TASKS_CAP) if todo.num_rows else 1
-    return [todo.slice(i, per) for i in range(0, max(todo.num_rows, 1), per)]
 
 
 STREAM_BLOCK_BYTES = 1 << 20   # below any chunk of frames: each is a block of its own
 
 
-TASKS_CAP = 65536    # decode tasks of one pipeline at most: one video each up to 65,536 videos
+# videos of one pipeline at most: a longer plan (a first run over a year's archive) runs as
+# consecutive pipelines over windows of the plan, each video in a decode task of its own, so the
+# driver never holds more than this many input blocks however large the plan
+WINDOW = 65536
 
 
 def _rounds(plan: _Plan, opts: ExtractOptions, log, scorer=None) -> List[Dict[str, Any]]:
@@ -418,8 +413,9 @@ def _rounds(plan: _Plan, opts: ExtractOptions, log, scorer=None) -> List[Dict[st
             # its decode task ended, and waited in the object store meanwhile); two per writer
             # at most (unbounded, each block of a chunk started a worker process of its own:
             # 375 snippets in chunks of 8 took 49.6 s against 13.3 s)
-            _pipeline(plan, todo, opts, log).write_datasink(sink.datasink(), ray_remote_args={"num_cpus": 0},
-                                                            concurrency=2 * len(sink.writers))
+            for lo in range(0, todo.num_rows, WINDOW):
+                _pipeline(plan, todo.slice(lo, WINDOW), opts, log).write_datasink(
+                    sink.datasink(), ray_remote_args={"num_cpus": 0}, concurrency=2 * len(sink.writers))
         except Exception as e:  # noqa: BLE001 - a lost node: what the writers hold counts, then the next round
             if not lost_with_a_node(e):
                 progress.stop()
@@ -468,14 +464,15 @@ def _run_rows(plan: _Plan) -> Dict[str, Any]:
 
 
 def _folder_totals(plan: _Plan, out_dir: str) -> Dict[str, Any]:
-    """The whole output folder over every run (the summary's other keys are this run's)."""
-    from vadclip.io.parts import committed_table
+    """The whole output folder over every run (the summary's other keys are this run's),
+    counted as Arrow columns: only the failures listed become Python objects."""
+    from vadclip.io.parts import committed_column, committed_text
 
-    ok = {r["video_id"] for r in committed_table(plan.output.rows_dir, ["video_id"])}
-    errs = [r for r in committed_table(plan.output.errors_dir, ["video_id", "path", "stage", "error"])
-            if r["video_id"] not in ok]
-    return {"videos_ok": len(ok), "videos_failed": len({r["video_id"] for r in errs}),
-            "failed": sorted(errs, key=lambda r: str(r["video_id"]))[:layout.FAILED_LISTED]}
+    ok = committed_column(plan.output.rows_dir, "video_id").unique()
+    errs = committed_text(plan.output.errors_dir, ["video_id", "path", "stage", "error"])
+    errs = errs.filter(pc.invert(pc.is_in(errs["video_id"], value_set=ok)))
+    shown = errs.sort_by("video_id").slice(0, layout.FAILED_LISTED).to_pylist()
+    return {"videos_ok": len(ok), "videos_failed": pc.count_distinct(errs["video_id"]).as_py(), "failed": shown}
 
 
 def _summarise(plan: _Plan, results: List[Dict[str, Any]], t0: float) -> Dict[str, Any]:
