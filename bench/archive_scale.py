@@ -14,8 +14,8 @@ extracting 100,000 videos first would take hours here and is not what is measure
 Then, as separate processes exactly as a cron job runs them:
 * the no-op re-run (nothing new): store requests by kind (counted at a proxy in front of
   the S3-API server), requests per archived video, the driver's wall and CPU seconds and
-  its peak resident memory (``ru_maxrss``), the heavy packages it imported; then, on the
-  S3-API server, the same listing of the archive made alone from this process (what the
+  its peak resident memory (``VmHWM``: its own since its exec, not the bench's at the fork),
+  the heavy packages it imported; then, on the S3-API server, the same listing of the archive made alone from this process (what the
   server's pages of 1,000 keys, one after another, take of that wall time);
 * the 1%-new re-run: N/100 new recordings (links of the same four) decoded and encoded
   with the tiny random-init CLIP, the same figures.
@@ -59,9 +59,12 @@ import atexit, json, os, resource, runpy, sys, time
 t0 = time.time()
 def _told():
     ru = resource.getrusage(resource.RUSAGE_SELF)
+    # VmHWM: this process's own peak since its exec; ru_maxrss would start from the bench's RSS
+    # at the fork (Linux keeps it across exec), which holds the whole archive's manifest
+    hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")]
     with open(os.environ["BENCH_RUSAGE"], "w") as f:
         json.dump({"wall_s": time.time() - t0, "cpu_s": ru.ru_utime + ru.ru_stime,
-                   "peak_rss_mb": ru.ru_maxrss / 1024,
+                   "peak_rss_mb": (hwm[0] if hwm else ru.ru_maxrss) / 1024,
                    "imported": [m for m in ("torch", "open_clip", "torchcodec", "decord", "av")
                                 if m in sys.modules]}, f)
 atexit.register(_told)
