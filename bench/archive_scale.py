@@ -45,7 +45,7 @@ import pyarrow.compute as pc  # noqa: E402
 
 from vadclip.io import storage  # noqa: E402
 from vadclip.io import delta  # noqa: E402
-from vadclip.io.parts import IDENTITY_KEY, new_run_id, read_table, write_part  # noqa: E402
+from vadclip.io.parts import IDENTITY_COLUMN, IDENTITY_KEY, new_run_id, read_table, write_part  # noqa: E402
 from vadclip.jobs.manifest import load_manifest  # noqa: E402
 from vadclip.video.samples import write_video  # noqa: E402
 
@@ -112,9 +112,12 @@ def _copy_s3(s3, lo, hi):
         list(pool.map(one, range(lo, hi)))
 
 
-def _replicate(template: pa.Table, items, out_features):
+def _replicate(template: pa.Table, items, out_features, identities="column"):
     """The seed videos' feature rows under each item's path, id, label and meta, in parts
-    of 256 rows with each path's identity (as the archive's listing gave it)."""
+    of 256 rows with each path's identity (as the archive's listing gave it): in the
+    ``input_identity`` column as the job writes them since 2026-12-07, or (``identities=
+    "metadata"``) as JSON in each part's schema metadata, as before."""
+    template = template.drop_columns([c for c in (IDENTITY_COLUMN,) if c in template.column_names])
     by_seed = {os.path.basename(p)[:-4]: i for i, p in enumerate(template.column("path").to_pylist())}
     run = new_run_id()
     adds, schema = [], None
@@ -125,8 +128,11 @@ def _replicate(template: pa.Table, items, out_features):
         for col, key in (("path", "path"), ("video_id", "video_id"), ("label", "label"), ("meta", "meta")):
             vals = [it[key] if key != "meta" else (it[key] or "") for it in chunk]
             t = t.set_column(t.schema.get_field_index(col), t.schema.field(col), pa.array(vals, t.schema.field(col).type))
-        ids = {it["path"]: it["listed"] or None for it in chunk}
-        t = t.replace_schema_metadata({**(template.schema.metadata or {}), IDENTITY_KEY: json.dumps(ids).encode()})
+        if identities == "metadata":
+            ids = {it["path"]: it["listed"] or None for it in chunk}
+            t = t.replace_schema_metadata({**(template.schema.metadata or {}), IDENTITY_KEY: json.dumps(ids).encode()})
+        else:
+            t = t.append_column(IDENTITY_COLUMN, pa.array([it["listed"] or None for it in chunk], pa.string()))
         name = f"part-{run}-w000-bench-{n:05d}.parquet"
         write_part(out_features, name, t, commit=False)
         adds.append((name, storage.info(storage.join(out_features, name)).size, t.num_rows))

@@ -3,12 +3,14 @@ ARCHIVE --out OUT`` with nothing new, run alternately from each checkout, printi
 one's median driver wall time, CPU time and peak RSS and their ratios.
 
     python bench/noop_compare.py --trees /path/to/old,/path/to/new [--size 100000] [--repeat 3]
-                                 [--workdir /tmp/vadclip_noop_compare]
+                                 [--identities column,column] [--workdir /tmp/vadclip_noop_compare]
 
 A tree is a checkout of this repository (``git worktree add /tmp/old 1de3eac``).  The
 archive and its output are made once, by this checkout's ``bench/archive_scale.py``
 helpers (hard links of four short real videos, their feature rows replicated under every
-path); each run is a process of its own started from one tree (``PYTHONPATH``).  A single
+path, one output folder per tree, its parts keeping each path's identity as that tree's
+writers do: ``--identities metadata,column`` for a tree from before 2026-12-07, whose
+parts kept them in their schema metadata); each run is a process of its own started from one tree (``PYTHONPATH``).  A single
 run's peak RSS varies by up to ~100 MB between runs of one commit on this machine, hence
 the alternation and the medians.
 """
@@ -35,6 +37,8 @@ def main():
     ap.add_argument("--size", type=int, default=100000, help="recordings in the archive (at most 260,000: "
                                                               "ext4's hard links per seed video)")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--identities", default="column,column",
+                    help="per tree, how its output's parts keep identities: column (since 2026-12-07) or metadata")
     ap.add_argument("--workdir", default=None)
     a = ap.parse_args()
     trees = [os.path.abspath(t) for t in a.trees.split(",")]
@@ -43,20 +47,24 @@ def main():
     args = ["--tiny-clip", "--decoder", "decord"]
     seed = scale._seed_videos(work)
     scale._cli(["extract", seed, "--out", os.path.join(work, "seed_out"), *args], {}, work)
-    arch, out = os.path.join(work, "arch"), os.path.join(work, "out")
+    arch = os.path.join(work, "arch")
     scale._link_local(seed, arch, 0, a.size)
-    scale._replicate(scale._template(os.path.join(work, "seed_out")), load_manifest(arch), storage.join(out, "features"))
+    template, items = scale._template(os.path.join(work, "seed_out")), load_manifest(arch)
+    outs = {t: os.path.join(work, f"out{i}") for i, t in enumerate(trees)}
+    for t, how in zip(trees, a.identities.split(",")):
+        scale._replicate(template, items, storage.join(outs[t], "features"), identities=how)
     os.chdir(work)      # `python -c` puts the working directory first on the path: never a checkout
     got = {t: [] for t in trees}
     for _ in range(a.repeat):
         for t in trees:
-            s, ru = scale._cli(["extract", arch, "--out", out, *args], {"PYTHONPATH": t}, work)
+            s, ru = scale._cli(["extract", arch, "--out", outs[t], *args], {"PYTHONPATH": t}, work)
             assert s["videos_skipped"] == a.size and s["videos_ok"] == 0, s
             got[t].append(ru)
     med = {t: {k: statistics.median(r[k] for r in rs) for k in ("wall_s", "cpu_s", "peak_rss_mb")}
            for t, rs in got.items()}
     base, new = trees
-    print(f"# python bench/noop_compare.py --trees {a.trees} --size {a.size} --repeat {a.repeat}")
+    print(f"# python bench/noop_compare.py --trees {a.trees} --size {a.size} --repeat {a.repeat} "
+          f"--identities {a.identities}")
     print("| tree | driver wall s | driver CPU s | driver peak RSS MB | each run's peak RSS MB |")
     print("|---|---|---|---|---|")
     for t in trees:

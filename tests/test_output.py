@@ -93,6 +93,35 @@ def test_the_done_set_stays_on_the_driver_as_arrow_and_never_travels_to_a_writer
     assert again.named().num_rows == 0 and again.rows_dir == out.rows_dir
 
 
+def test_identities_are_a_column_and_a_folder_that_kept_them_in_part_metadata_still_reads(tmp_path):
+    """Parts keep each row's input identity in an ``input_identity`` column; a folder
+    written before 2026-12-07 kept them as JSON in each part's schema metadata.  A nightly
+    run over such a folder, now with parts of both kinds, knows every video's identity
+    (none is taken for changed or new), and a part written now carries no identity JSON
+    in its footer (issue #45: 19 KB a part, read on every run)."""
+    import json
+
+    from vadclip.io.parts import IDENTITY_KEY, write_part
+
+    schema = pa.schema([("video_id", pa.string()), ("path", pa.string())])
+    rows_dir = str(tmp_path / "rows")
+    old = pa.table({"video_id": ["a", "b"], "path": ["/cam/a.mp4", "/cam/b.mp4"]}, schema=schema)
+    old = old.replace_schema_metadata({IDENTITY_KEY: json.dumps({"/cam/a.mp4": "10:1", "/cam/b.mp4": None}).encode()})
+    write_part(rows_dir, "part-old-00000.parquet", old)
+    out = ResumableOutput(rows_dir, str(tmp_path / "errors"))
+    rows, _ = out.writers("run2", schema, schema, rows_per_file=10, flush_seconds=None, identities=True)
+    rows.add([{"video_id": "c", "path": "/cam/c.mp4", "input_identity": "30:3"},
+              {"video_id": "d", "path": "/cam/d.mp4", "input_identity": ""}])
+    rows.flush()
+    new_part = [f for f in part_files(rows_dir) if "run2" in f][0]
+    footer = pq.read_schema(new_part)
+    assert "input_identity" in footer.names and IDENTITY_KEY not in (footer.metadata or {})
+    done, _ = out.identities()
+    held = dict(zip(done["path"].to_pylist(), done["identity"].to_pylist()))
+    # an empty identity (the input could not be looked at) is none, as it was in the metadata
+    assert held == {"/cam/a.mp4": "10:1", "/cam/b.mp4": None, "/cam/c.mp4": "30:3", "/cam/d.mp4": None}
+
+
 def test_every_video_has_one_writer_whatever_the_process():
     owners = {shard_of(f"cam{i}", 4) for i in range(200)}
     assert owners == {0, 1, 2, 3}

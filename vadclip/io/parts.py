@@ -81,7 +81,7 @@ class PartWriter:
         self.on_commit = on_commit
         # {path: bases of the parts holding its old rows}: a rewritten recording's, replaced by its new rows' commit
         self.replaces = dict(replaces or {})
-        # rows carry "input_identity" (not a column): kept per path in each part's metadata
+        # rows carry "input_identity": a column of their parts (:func:`with_identities`)
         self.identities = identities
         self.flush_seconds, self.clock = flush_seconds, clock
         self.buf: List[Dict[str, Any]] = []
@@ -124,7 +124,7 @@ class PartWriter:
                 k += 1
             rows = self.buf[:n]
             name = f"part-{self.run_id}-{self.parts:05d}.parquet"
-            table = pa.Table.from_pylist(rows, schema=with_identities(self.schema, rows) if self.identities
+            table = pa.Table.from_pylist(rows, schema=with_identities(self.schema) if self.identities
                                          else self.schema)
             if self.guard is not None:
                 self.guard()
@@ -148,11 +148,15 @@ def _replacing(replaces: Dict[str, List[str]], paths: Set[str]) -> Optional[Tupl
     return (sorted({b for p in paths for b in replaces[p]}), set(paths)) if paths else None
 
 
-def with_identities(schema: pa.Schema, rows: Sequence[Dict[str, Any]]) -> pa.Schema:
-    """``schema`` with the identity of each row's input (``input_identity``, not a column)
-    kept per path in its metadata (:func:`read_identities`)."""
-    ids = {r["path"]: r.get("input_identity") or None for r in rows}
-    return schema.with_metadata({**(schema.metadata or {}), IDENTITY_KEY: json.dumps(ids).encode()})
+def with_identities(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with the identity of each row's input (``input_identity``: size:mtime, or
+    the store's ETag) as a column (:func:`read_identities`).  Parts written before
+    2026-12-07 kept it per path as JSON in their schema's metadata (:data:`IDENTITY_KEY`),
+    which is still read: 19 KB in every part's footer, twice, parsed into Python objects
+    on each nightly run."""
+    if IDENTITY_COLUMN in schema.names:
+        return schema
+    return schema.append(pa.field(IDENTITY_COLUMN, pa.string()))
 
 
 def write_part(directory: str, name: str, table: pa.Table, staged: Sequence[str] = (), commit: bool = True,
@@ -660,7 +664,8 @@ def read_table(path: str, columns: Optional[Sequence[str]] = None, what: str = "
     return pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
 
 
-IDENTITY_KEY = b"vadclip.input_identity"
+IDENTITY_COLUMN = "input_identity"
+IDENTITY_KEY = b"vadclip.input_identity"      # where parts written before 2026-12-07 kept it
 
 
 def read_identities(directory: str, cache: Optional[Dict[str, pa.Table]] = None) -> pa.Table:
@@ -671,7 +676,7 @@ def read_identities(directory: str, cache: Optional[Dict[str, pa.Table]] = None)
     Python object per row: the done set of an archive of 900,000 recordings is columns."""
     cache = {} if cache is None else cache
     files = part_files(directory)
-    for f, t in _each_read([f for f in files if f not in cache], lambda f: read_file(f, ["path", "video_id"])):
+    for f, t in _each_read([f for f in files if f not in cache], _identity_columns):
         if t is None:
             # committed, then lost from the store: its videos are not done (the run that takes
             # the folder next takes the file out of the table, see remove_uncommitted)
@@ -684,8 +689,11 @@ def read_identities(directory: str, cache: Optional[Dict[str, pa.Table]] = None)
     # a video's crops and segments are rows of one path (one identity): its first row stands for
     # them (a hash of the distinct paths: Acero's group_by held ~75 MB more at 100,000 videos)
     t = pa.concat_tables(held)
+    distinct = pc.unique(t["path"])
+    if len(distinct) == t.num_rows:     # a row per video (one crop, no segments): the parts' own columns
+        return pa.table([t["path"], t["identity"], t["video_id"]], schema=IDENTITIES)
     paths = t["path"].combine_chunks()
-    first = pc.index_in(pc.unique(paths), value_set=paths)
+    first = pc.index_in(distinct, value_set=paths)
     return pa.table({"path": pc.take(paths, first), "identity": pc.take(t["identity"], first),
                      "video_id": pc.take(t["video_id"], first)}, schema=IDENTITIES)
 
@@ -738,10 +746,22 @@ def read_ahead(files: Sequence[str], read, window: int = 2 * READ_THREADS) -> It
             yield f0, fut.result()
 
 
+def _identity_columns(f: str) -> pa.Table:
+    """A part's path, video id and input identity (a part without the column: its
+    schema's metadata keeps the identities, read with the footer)."""
+    names = read_schema(f).names
+    return read_file(f, [c for c in ("path", "video_id", IDENTITY_COLUMN) if c in names])
+
+
 def _identity_table(t: pa.Table) -> pa.Table:
-    ids = json.loads((t.schema.metadata or {}).get(IDENTITY_KEY) or b"{}")
     paths = t.column("path").combine_chunks()
-    identity = pa.array([ids.get(p) for p in paths.to_pylist()], pa.string()) if ids else pa.nulls(len(t), pa.string())
+    if IDENTITY_COLUMN in t.column_names:
+        identity = t.column(IDENTITY_COLUMN).combine_chunks()
+        identity = pc.if_else(pc.equal(identity, ""), pa.scalar(None, pa.string()), identity)
+    else:
+        ids = json.loads((t.schema.metadata or {}).get(IDENTITY_KEY) or b"{}")
+        identity = pa.array([ids.get(p) for p in paths.to_pylist()], pa.string()) if ids \
+            else pa.nulls(len(t), pa.string())
     return pa.table({"path": paths, "identity": identity, "video_id": t.column("video_id").combine_chunks()})
 
 

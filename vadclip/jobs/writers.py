@@ -233,10 +233,10 @@ class VideoWriter(Closable):
         if seg.shape[0]:
             rows = [dict(feature_row(vid, row["path"], row["label"] or None, c, row["fps"], row["num_frames"],
                                      seg[:, c], row.get("meta"), snippet_start=st["start"]),
-                         decoder=str(row.get("decoder") or "") or None)
+                         decoder=str(row.get("decoder") or "") or None, input_identity=row["input_identity"])
                     for c in range(seg.shape[1])]
             name = f"part-{self.run_id}-s{self.staged:05d}.parquet"
-            schema = with_identities(self.schema, [row])
+            schema = with_identities(self.schema)
             if self.fw.guard is not None:
                 self.fw.guard()
             write_part(self.output.rows_dir, name, pa.Table.from_pylist(rows, schema=schema), commit=False)
