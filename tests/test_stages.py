@@ -16,14 +16,23 @@ OPTS = ExtractOptions(clip=ClipSpec.tiny(), batch_size=4)
 def test_decode_stage_chunks_a_video_and_turns_a_bad_one_into_one_error_row(sample_videos):
     good = sample_videos["good"][0]
     stage = DecodeStage(OPTS, 64)
-    rows = list(stage({"video_id": good["video_id"], "path": good["path"], "label": good["label"]}))
+    stage.setup()
+    # the plan hands the manifest's columns on as a map ((key, value) pairs), never JSON text
+    rows = list(stage({"video_id": good["video_id"], "path": good["path"], "label": good["label"],
+                       "meta": [("camera", "gate"), ("site", "north")]}))
     n_snip = sum(r["frames"].shape[0] for r in rows)
+    assert all(r["meta"] == {"camera": "gate", "site": "north"} for r in rows)
+    # each chunk's decode span rides beside the data, not as columns of it
+    spans = [r["stage_perf"]["decode"] for r in rows]
+    assert all(s["end"] >= s["start"] and s["worker"] for s in spans)
+    assert all(b["start"] >= a["end"] for a, b in zip(spans, spans[1:]))
     assert rows[0]["frames"].shape[1:] == (1, 3, 64, 64) and rows[0]["frames"].dtype == np.uint8
     assert [r["chunk"] for r in rows] == list(range(rows[0]["n_chunks"]))
     assert n_snip == -(-rows[0]["num_frames"] // 16) and all(r["error"] == "" for r in rows)
     bad = sample_videos["bad"][0]
     (err,) = list(stage({"video_id": "corrupt", "path": bad["path"], "label": None}))
     assert err["chunk"] == -1 and "corrupt.mp4: not a readable video" in err["error"]
+    assert err["meta"] == {} and err["stage_perf"]["decode"]["end"] >= err["stage_perf"]["decode"]["start"]
 
 
 def test_encode_stage_encodes_chunks_and_passes_errors_through():
@@ -32,8 +41,15 @@ def test_encode_stage_encodes_chunks_and_passes_errors_through():
     frames = np.random.default_rng(0).integers(0, 255, (3, 1, 3, 224, 224), dtype=np.uint8)
     batch = {"video_id": np.array(["a", "b"]), "path": np.array(["a.mp4", "b.mp4"]),
              "frames": np.array([frames, frames[:0]] + [None], dtype=object)[:-1],
-             "error": np.array(["", "b.mp4: empty file (0 bytes)"], dtype=object), "chunk": np.array([0, -1])}
+             "error": np.array(["", "b.mp4: empty file (0 bytes)"], dtype=object), "chunk": np.array([0, -1]),
+             "stage_perf": np.array([{"decode": {"worker": "h:1", "node": "n", "start": 1.0, "end": 2.0}}] * 2 + [None],
+                                    dtype=object)[:-1]}
     out = stage(batch)
+    perf = list(out["stage_perf"])
+    # the decode span kept, the encode span beside it: what the run summary's pace is made of
+    assert all(p["decode"]["end"] == 2.0 and p["encode"]["end"] >= p["encode"]["start"] for p in perf)
+    assert {p["encode"]["precision"] for p in perf} == {stage.enc.precision} and perf[0]["encode"]["gpus"] == 0
+    assert not {"encoder", "enc_t0", "enc_t1", "precision", "encoder_node"} & set(out)
     assert out["features"][0].shape == (3, 1, 32) and out["features"][0].dtype == np.float32
     assert out["features"][1].shape == (0, 1, 32) and out["error"][1] == "b.mp4: empty file (0 bytes)"
     np.testing.assert_allclose(out["features"][0], stage.enc.encode(frames), atol=1e-6)
@@ -178,3 +194,33 @@ def test_a_read_that_stops_moving_is_failed_by_the_stall_deadline():
             got.append(r)
             time.sleep(1.0)                 # the consumer holding it back does not count
     assert got == [0] and 1.4 < time.monotonic() - t0 < 5
+
+
+def test_no_json_text_crosses_between_the_extraction_stages(ray_local, sample_videos, tmp_path):
+    """The extraction pipeline as a job runs it (its real plan, decode tasks and encoder
+    pool): what reaches the writers carries the manifest's columns as a struct and each
+    stage's timing in one ``stage_perf`` struct beside the data — no column of JSON text
+    and no timing column; the stored rows' ``meta`` text is made by the writer alone."""
+    import csv
+
+    import pyarrow as pa
+
+    from vadclip.jobs.extract import _Plan, _pipeline, check_run
+
+    good = sample_videos["good"][0]
+    manifest = tmp_path / "m.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerows([["path", "camera", "start_time"], [good["path"], "gate", "2026-11-01T08:00:00Z"]])
+    opts = ExtractOptions(clip=ClipSpec.tiny(), batch_size=4, decoder="decord")
+    c = check_run(str(manifest), str(tmp_path / "out"), opts, False, lambda *_: None)
+    plan = _Plan(c.items, c.todo, c.output, c.prov, c.weights, set(), c.gpus, precision=c.opts.precision)
+    ds = _pipeline(plan, c.todo, c.opts, lambda *_: None)
+    rows = ds.take_all()
+    schema = ds.schema().base_schema
+    assert pa.types.is_struct(schema.field("meta").type) and pa.types.is_struct(schema.field("stage_perf").type)
+    assert {f.name for f in schema.field("stage_perf").type} == {"decode", "encode"}
+    assert not {"encoder", "encoder_node", "enc_t0", "enc_t1", "precision"} & set(schema.names)
+    assert rows and all(r["meta"] == {"camera": "gate", "start_time": "2026-11-01T08:00:00+00:00"} for r in rows)
+    for r in rows:      # every string a stage hands on is a name, a path or an error, never a JSON document
+        assert not any(isinstance(v, str) and v.lstrip().startswith(("{", "[")) for v in r.values())

@@ -74,7 +74,7 @@ def check_features(arr: np.ndarray, source: str, expected_dim: Optional[int] = N
 
 
 def feature_row(video_id: str, path: str, label: Optional[str], crop: int, fps: float, num_frames: int,
-                features: np.ndarray, meta: Optional[str] = None, snippet_times: Optional[Sequence[float]] = None,
+                features: np.ndarray, meta: Any = None, snippet_times: Optional[Sequence[float]] = None,
                 frames_listed: Optional[int] = None, snippet_start: Optional[int] = None) -> Dict:
     f = np.ascontiguousarray(features, dtype=np.float32)
     if snippet_times is not None and len(snippet_times) != (snippet_start or 0) + f.shape[0] + 1:
@@ -83,7 +83,7 @@ def feature_row(video_id: str, path: str, label: Optional[str], crop: int, fps: 
     return {
         "video_id": video_id, "path": path, "label": label, "crop": int(crop), "fps": float(fps),
         "num_frames": int(num_frames), "snippet_count": int(f.shape[0]), "feature_dim": int(f.shape[1]),
-        "features": f.reshape(-1), "meta": meta or "",
+        "features": f.reshape(-1), "meta": meta_text(meta),
         "snippet_times": None if snippet_times is None else [float(t) for t in snippet_times],
         "frames_listed": None if not frames_listed else int(frames_listed),
         "snippet_start": None if snippet_start is None else int(snippet_start),
@@ -128,17 +128,52 @@ def times_of(row: Dict) -> Optional[np.ndarray]:
     return t if t.ndim == 1 and len(t) >= 2 else None
 
 
-def meta_of(text: Any) -> Dict[str, str]:
-    """The ``meta`` of a row as a dict ({} for none, or a row written before it existed)."""
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "replace")
-    if not isinstance(text, str) or not text:
+def meta_of(value: Any) -> Dict[str, str]:
+    """The ``meta`` of a row as a dict ({} for none, or a row written before it existed):
+    what a stored row keeps (JSON text), or what crosses between a job's stages (a dict,
+    as Ray Data hands an Arrow struct back; a map's (key, value) pairs)."""
+    if isinstance(value, dict):
+        return {str(k): v for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        pairs = ((p["key"], p["value"]) if isinstance(p, dict) else p for p in value)
+        return {str(k): v for k, v in pairs if v is not None}
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if not isinstance(value, str) or not value:
         return {}
     try:
-        value = json.loads(text)
+        got = json.loads(value)
     except ValueError:
         return {}
-    return value if isinstance(value, dict) else {}
+    return got if isinstance(got, dict) else {}
+
+
+def meta_text(value: Any) -> str:
+    """``meta`` as the stored rows keep it: JSON text, keys sorted ("" for none).  Only
+    the writers make it: between stages ``meta`` is a map or struct column, a dict per row."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, str):       # a stored row's, as it is
+        return value
+    m = meta_of(value)
+    return json.dumps(m, sort_keys=True) if m else ""
+
+
+META_MAP = pa.map_(pa.string(), pa.string())
+
+
+def as_read_by_a_stage(schema: pa.Schema) -> pa.Schema:
+    """``schema`` (a stored table's) with ``meta`` a map column: how rows read back from a
+    table enter a stage (:func:`vadclip.jobs.output.conform` turns the text into the map)."""
+    i = schema.get_field_index("meta")
+    return schema if i < 0 else schema.set(i, pa.field("meta", META_MAP))
+
+
+def meta_map(texts) -> pa.Array:
+    """A column of stored ``meta`` texts as an Arrow map column (what a job's first stage
+    receives): the manifest's columns of each video as key → value, no JSON."""
+    values = texts.to_pylist() if hasattr(texts, "to_pylist") else list(texts)
+    return pa.array([sorted(meta_of(t).items()) for t in values], META_MAP)
 
 
 def row_features(row: Dict) -> np.ndarray:

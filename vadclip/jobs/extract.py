@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from vadclip.clip.encoder import ClipImageEncoder
 from vadclip.errors import InputError
 from vadclip.io import layout, provenance, storage
-from vadclip.io.features import ERROR_SCHEMA, FEATURE_SCHEMA
+from vadclip.io.features import ERROR_SCHEMA, FEATURE_SCHEMA, META_MAP, meta_map
 from vadclip.io.parts import drop_rows
 from vadclip.jobs.manifest import manifest_table, with_ids
 from vadclip.jobs.output import ResumableOutput
@@ -368,6 +368,9 @@ def _pipeline(plan: _Plan, todo: pa.Table, opts: ExtractOptions, log):
     # a short or low-resolution recording), and each encoded chunk goes on to its writer
     ctx = ray.data.DataContext.get_current()
     default, ctx.target_max_block_size = ctx.target_max_block_size, STREAM_BLOCK_BYTES
+    # the manifest's columns of each video as a map (the plan keeps the text its rows store, to
+    # compare with them): no JSON crosses between the stages
+    todo = todo.set_column(todo.schema.get_field_index("meta"), pa.field("meta", META_MAP), meta_map(todo["meta"]))
     try:      # a dataset keeps the context it was made in
         return run_stages(ray.data.from_arrow([todo.slice(i, 1) for i in range(todo.num_rows)]), stages)
     finally:

@@ -268,10 +268,20 @@ def _read_parts(batch: pa.Table, schema: pa.Schema, where=None) -> pa.Table:
 
 
 def conform(t: pa.Table, schema: pa.Schema) -> pa.Table:
-    """``t`` with exactly ``schema``'s columns (one it lacks: nulls), without metadata."""
-    return pa.Table.from_arrays(
-        [t.column(f.name).cast(f.type) if f.name in t.column_names else pa.nulls(t.num_rows, f.type)
-         for f in schema], schema=pa.schema(list(schema)))
+    """``t`` with exactly ``schema``'s columns (one it lacks: nulls), without metadata; a
+    stored ``meta`` text read as the map ``schema`` asks for
+    (:func:`vadclip.io.features.as_read_by_a_stage`)."""
+    from vadclip.io.features import META_MAP, meta_map
+
+    def column(f: pa.Field):
+        if f.name not in t.column_names:
+            return pa.nulls(t.num_rows, f.type)
+        c = t.column(f.name)
+        if f.type == META_MAP and c.type != META_MAP:
+            return meta_map(c)
+        return c.cast(f.type)
+
+    return pa.Table.from_arrays([column(f) for f in schema], schema=pa.schema(list(schema)))
 
 
 def whole_videos_dataset(videos: Dict[str, List[str]], schema: pa.Schema, where=None):

@@ -21,7 +21,7 @@ from vadclip.io import storage
 from vadclip.errors import InputError
 from vadclip.options import MISMATCH_HELP, option
 from vadclip.io import layout
-from vadclip.io.features import ERROR_SCHEMA, meta_of
+from vadclip.io.features import ERROR_SCHEMA, meta_of, meta_text
 from vadclip.io.provenance import check_fit
 from vadclip.jobs.output import ResumableOutput, row_sink
 from vadclip.jobs.stages import Resources, Stage, run_stages
@@ -163,11 +163,11 @@ class ScoreOptions:
                          merge_gap_s=d.merge_gap_s if self.merge_gap_s is None else float(self.merge_gap_s))
 
     def rule_for(self, meta: Any = None) -> EventRule:
-        """The rule of a video whose manifest columns are ``meta`` (its rows' JSON text or
-        a dict): its group's where the operating point has one for its value of
+        """The rule of a video whose manifest columns are ``meta`` (its rows' JSON text, or
+        a dict between stages): its group's where the operating point has one for its value of
         ``rule_by`` (its camera's), else :meth:`rule`."""
         if self.rule_by and self.group_rules:
-            v = (meta if isinstance(meta, dict) else meta_of(_text(meta))).get(self.rule_by)
+            v = meta_of(meta).get(self.rule_by)
             g = self.group_rules.get(str(v)) if v is not None else None
             if g is not None:
                 return EventRule(**g)
@@ -420,7 +420,7 @@ def score_row(meta: Dict[str, Any], s: Dict[str, Any], snippet_count: int, class
             "classes": classes, "anomaly": np.asarray(s["anomaly"], np.float32),
             "class_probs": np.asarray(s["class_probs"], np.float32), "video_score": float(s["video_score"]),
             "predicted_class": s["predicted_class"], "flagged": bool(s["flagged"]), "events": s["events"],
-            "meta": _text(meta.get("meta")), "snippet_times": _times_list(meta),
+            "meta": meta_text(meta.get("meta")), "snippet_times": _times_list(meta),
             "model_version": opts.model_version, "rule": opts.rule_json(meta.get("meta"))}
 
 
@@ -429,12 +429,6 @@ def _times_list(row: Dict[str, Any]) -> Optional[List[float]]:
 
     t = times_of(row)
     return None if t is None else t.tolist()
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    return value if isinstance(value, str) else ""
 
 
 class Scorer:
@@ -636,7 +630,7 @@ def _score_from_features(features: str, crop: int, todo: Optional[List[str]], do
     """Score the rows of ``features`` at ``crop`` — those in ``todo``, or (``todo`` None)
     every one not in ``done`` — in a pool of scorer actors; the workers write the rows,
     the driver gets their counts."""
-    from vadclip.io.features import FEATURE_SCHEMA
+    from vadclip.io.features import FEATURE_SCHEMA, as_read_by_a_stage
     from vadclip.jobs.output import parts_dataset, whole_videos_dataset
 
     # one block per part file (extraction writes at most --rows-per-file videos per part):
@@ -652,9 +646,10 @@ def _score_from_features(features: str, crop: int, todo: Optional[List[str]], do
     elif done:
         where = where & ~pc.field("video_id").isin(sorted(done))
     # a long recording kept in segments is joined by a task of its own, then scored as any video
-    ds = parts_dataset(files, FEATURE_SCHEMA, where & pc.field("snippet_start").is_null())
+    schema = as_read_by_a_stage(FEATURE_SCHEMA)       # meta: a map into the scoring stage, not JSON text
+    ds = parts_dataset(files, schema, where & pc.field("snippet_start").is_null())
     if segmented:
-        ds = ds.union(whole_videos_dataset(segmented, FEATURE_SCHEMA, pc.field("crop") == crop))
+        ds = ds.union(whole_videos_dataset(segmented, schema, pc.field("crop") == crop))
     ds = run_stages(ds, [ScoreStage(ckpt_ref, opts)])
     name = run_id if rnd == 1 else f"{run_id}-r{rnd}"    # each round its own part names
     sink = row_sink(output, name, SCORE_SCHEMA, ERROR_SCHEMA, opts.rows_per_file, _score_rows)

@@ -14,6 +14,7 @@ from typing import Any, Dict, Iterator, Optional, Sequence
 import numpy as np
 
 from vadclip.clip.encoder import ClipImageEncoder
+from vadclip.io.features import meta_of
 from vadclip.model.config import ClipSpec
 from vadclip.options import option
 from vadclip.video.decode import (VideoError, decoder_for, fetched, identity_of, in_place, iter_snippet_chunks,
@@ -193,6 +194,17 @@ class DecodeStage(Stage):
         # one decode thread per task (num_threads=1 / num_ffmpeg_threads=1)
         return Resources(cpus=1.0, gpus=self.share)
 
+    where: Optional[Dict[str, str]] = None
+
+    def setup(self) -> None:
+        self.where = _where()
+
+    def _perf(self, start: float) -> Dict[str, Any]:
+        """A row's ``stage_perf``: where and when this task decoded it (its chunk)."""
+        if self.where is None:
+            self.setup()
+        return {"decode": dict(self.where, start=start, end=time.time())}
+
     @staticmethod
     def gpus(opts: ExtractOptions, have_gpus: bool) -> float:
         """The GPU share a decode task reserves: ``--decode-gpus`` when decoding on the
@@ -201,9 +213,11 @@ class DecodeStage(Stage):
 
     def __call__(self, item: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
         opts = self.opts
+        # the manifest's columns (camera, site, start_time) as a dict: an Arrow struct between the stages
         base = {"video_id": item["video_id"], "path": item["path"], "label": item["label"] or "",
-                "input_identity": "", "meta": item.get("meta") or ""}
+                "input_identity": "", "meta": meta_of(item.get("meta"))}
         empty = np.zeros((0, opts.crops, 3, self.size, self.size), np.uint8)
+        began = time.time()
         rows = self._rows(item, base, empty)
         if not opts.video_timeout_s and not opts.stall_timeout_s:
             yield from rows
@@ -212,7 +226,8 @@ class DecodeStage(Stage):
             yield from within_deadline(rows, opts.stall_timeout_s, opts.video_timeout_s)
         except DeadlineExceeded as e:
             yield dict(base, chunk=-1, n_chunks=0, fps=0.0, num_frames=0, frames=empty, decoder="", **NO_TIMES,
-                       error=f"{item['path']}: {e}; the job went on without it (--retry-failed runs it again)")
+                       error=f"{item['path']}: {e}; the job went on without it (--retry-failed runs it again)",
+                       stage_perf=self._perf(began))
 
     def _rows(self, item: Dict[str, Any], base: Dict[str, Any], empty: np.ndarray) -> Iterator[Dict[str, Any]]:
         opts = self.opts
@@ -226,6 +241,7 @@ class DecodeStage(Stage):
                                                    opts.chunk_snippets, name=item["path"], decoder=decoder,
                                                    device=self.device)
                 n_chunks = -(-info.snippet_count(opts.snippet_len) // opts.chunk_snippets)
+                began = time.time()     # each chunk's decode span: from the last one handed on
                 for k, frames in enumerate(chunks):
                     # the last chunk's values are the video's (a truncation shows by then):
                     # the frames that decode, their rate, the snippets they make and, for a
@@ -234,27 +250,25 @@ class DecodeStage(Stage):
                     yield dict(base, chunk=k, n_chunks=n_chunks, fps=info.fps, num_frames=info.num_frames,
                                frames=frames, error="", decoder=info.decoder,
                                snippets=info.snippet_count(opts.snippet_len), frames_listed=info.frames_listed,
-                               times=np.asarray(times or (), np.float64))
+                               times=np.asarray(times or (), np.float64), stage_perf=self._perf(began))
+                    began = time.time()
         except VideoError as e:
             yield dict(base, chunk=-1, n_chunks=0, fps=0.0, num_frames=0, frames=empty, error=str(e), decoder="",
-                       **NO_TIMES)
+                       **NO_TIMES, stage_perf=self._perf(time.time()))
 
 
-def with_recording_start(meta: str, local: str) -> str:
-    """A video's ``meta`` JSON with ``start_time`` from its container's ``creation_time``
+def with_recording_start(meta: Dict[str, Any], local: str) -> Dict[str, Any]:
+    """A video's ``meta`` with ``start_time`` from its container's ``creation_time``
     (``start_time_from: container``) when its manifest gave none: its events then get
     wall-clock times too.  A manifest's ``start_time`` always wins."""
-    import json
-
     from vadclip.video.decode import recording_start
 
-    d = json.loads(meta) if meta else {}
-    if d.get("start_time"):
+    if meta.get("start_time"):
         return meta
     t = recording_start(local)
     if t is None:
         return meta
-    return json.dumps(dict(d, start_time=t, start_time_from="container"), sort_keys=True)
+    return dict(meta, start_time=t, start_time_from="container")
 
 
 class DeadlineExceeded(Exception):
@@ -327,6 +341,22 @@ def within_deadline(rows: Iterator[Dict[str, Any]], stall_s: float = 0.0,
         stop.set()
 
 
+def _where() -> Dict[str, str]:
+    """The worker (host:pid) and Ray node a stage runs on, as each row's ``stage_perf`` names them."""
+    import socket
+
+    import ray
+
+    return {"worker": f"{socket.gethostname()}:{os.getpid()}", "node": ray.get_runtime_context().get_node_id()}
+
+
+def _objects(values) -> np.ndarray:
+    """A numpy column of Python objects (dicts: Ray Data makes them an Arrow struct column)."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
 class EncodeStage(Stage):
     """An actor pool (``--num-encoders``): decoded chunks → CLIP image features
     ([n, crops, D] float32 per row); error rows pass through.  An encoder failure
@@ -363,10 +393,7 @@ class EncodeStage(Stage):
             n = opts.encoder_threads or max(1, (os.cpu_count() or 1) // max(1, opts.num_encoders))
             torch.set_num_threads(int(n))
         self.enc = ClipImageEncoder(opts.clip, opts.precision)
-        import socket
-
-        self.name = f"{socket.gethostname()}:{os.getpid()}"
-        self.node = ray.get_runtime_context().get_node_id()
+        self.where = _where()
 
     @staticmethod
     def gpus(opts: ExtractOptions, have_gpus: bool) -> float:
@@ -387,13 +414,12 @@ class EncodeStage(Stage):
                 feats.append(self.enc.encode(np.asarray(frames)))
                 errors.append("")
             t1s.append(time.time())
-        out = {k: v for k, v in batch.items() if k not in ("frames", "error")}
-        # when this encoder worked on each row: the run's start-up, busy fraction and pace
-        out["encoder"] = np.asarray([self.name] * len(feats), dtype=object)
-        out["encoder_node"] = np.asarray([self.node] * len(feats), dtype=object)
-        out["encoder_gpus"] = np.asarray([self.gpus_held] * len(feats), dtype=np.int64)
-        out["precision"] = np.asarray([self.enc.precision] * len(feats), dtype=object)
-        out["enc_t0"], out["enc_t1"] = np.asarray(t0s), np.asarray(t1s)
+        out = {k: v for k, v in batch.items() if k not in ("frames", "error", "stage_perf")}
+        # where and when this encoder worked on each row, beside the decode task's span: the
+        # run's start-up, each encoder's busy fraction and pace (jobs.writers._Pace)
+        out["stage_perf"] = _objects([dict(p, encode=dict(self.where, gpus=self.gpus_held, precision=self.enc.precision,
+                                                          start=t0, end=t1))
+                                      for p, t0, t1 in zip(batch["stage_perf"], t0s, t1s)])
         out["error"] = np.asarray(errors, dtype=object)
         out["features"] = np.asarray(feats + [None], dtype=object)[:-1]  # ragged → object array
         return out

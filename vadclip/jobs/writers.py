@@ -38,7 +38,7 @@ def give_back_memory() -> None:
 
 
 class _Pace:
-    """How the encoders spent the run, from the encode times each row carries: the
+    """How the encoders spent the run, from the encode span each row's ``stage_perf`` carries: the
     start-up (job start → the first encode), each encoder's busy fraction (time
     encoding / time from its first encode to its last; 1.0 means the decode tasks kept
     it fed), and the job's steady snippet rate over those spans — what a long archive
@@ -50,8 +50,9 @@ class _Pace:
     def row(self, row: Dict[str, Any]) -> None:
         if row["error"]:
             return
-        t0, t1 = float(row["enc_t0"]), float(row["enc_t1"])
-        sp = self.spans.setdefault(str(row["encoder"]), [t0, t1, 0.0, 0])
+        enc = row["stage_perf"]["encode"]
+        t0, t1 = float(enc["start"]), float(enc["end"])
+        sp = self.spans.setdefault(str(enc["worker"]), [t0, t1, 0.0, 0])
         sp[0], sp[1] = min(sp[0], t0), max(sp[1], t1)
         sp[2] += t1 - t0
         sp[3] += len(row["features"])
@@ -147,10 +148,11 @@ class VideoWriter(Closable):
         if row.get("decoder"):
             self.decoders.add(str(row["decoder"]))
         if not row["error"]:
-            self.precisions.add(str(row["precision"]))
-            self.encoder_nodes.add(str(row["encoder_node"]))
-            if int(row.get("encoder_gpus", 0) or 0) > 0:
-                self.gpu_encoders.add(str(row["encoder"]))
+            enc = row["stage_perf"]["encode"]
+            self.precisions.add(str(enc["precision"]))
+            self.encoder_nodes.add(str(enc["node"]))
+            if int(enc.get("gpus") or 0) > 0:
+                self.gpu_encoders.add(str(enc["worker"]))
         vid = str(row["video_id"])
         if vid in self.dead or vid in self.assembled:
             return          # buffered or committed already (a retried task delivers chunks again)
