@@ -46,6 +46,11 @@ FEATURE_SCHEMA = pa.schema([
     # (vadclip.io.parts); its last segment holds the video's fps, num_frames, frames_listed
     # and, for a variable-frame-rate file, all its snippet_times.  whole_videos() joins them.
     ("snippet_start", pa.int64()),
+    # what the video's file was when its rows were made (size:mtime, or the store's ETag): a
+    # re-run extracts it again when its listing says otherwise; null where the set was not
+    # extracted here (imported), and in parts written before 2026-12-07, which kept it in
+    # their schema metadata (vadclip.io.parts.read_identities reads both)
+    ("input_identity", pa.string()),
 ])
 
 ERROR_SCHEMA = pa.schema([
