@@ -347,7 +347,9 @@ def _where() -> Dict[str, str]:
 
     import ray
 
-    return {"worker": f"{socket.gethostname()}:{os.getpid()}", "node": ray.get_runtime_context().get_node_id()}
+    # outside Ray (a stage called by hand) no node: asking would start, or connect to, a cluster
+    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+    return {"worker": f"{socket.gethostname()}:{os.getpid()}", "node": node}
 
 
 def _objects(values) -> np.ndarray:
