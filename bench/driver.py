@@ -42,6 +42,7 @@ from vadclip.io.parts import PartWriter, new_run_id  # noqa: E402
 from vadclip.io import provenance  # noqa: E402
 from vadclip.jobs import extract  # noqa: E402
 from vadclip.jobs.cluster import ensure_ray  # noqa: E402
+from vadclip.jobs.stages import run_stages  # noqa: E402
 from vadclip.video.samples import write_manifest, write_video  # noqa: E402
 
 CLIP = ClipSpec("vadclip-tiny", None, {"embed_dim": 512, "vision_cfg": {
@@ -77,13 +78,17 @@ def cpu() -> float:
 def driver_as_sink(source, out, opts):
     """The job before: the same decode → encode pipeline, every chunk pulled to the
     driver, stitched and written there (kept here, not in the package, for comparison)."""
-    plan = extract._plan(source, out, opts, False, lambda *_: None)
+    job = extract.ExtractJob(source, out, opts)
+    job.check(lambda *_: None)
+    job.plan(lambda *_: None)     # a new folder: nothing to replace, no lease needed by this driver-side writer
+    plan = job.state
     run_id = new_run_id()
     fw = PartWriter(plan.output.rows_dir, provenance.with_provenance(FEATURE_SCHEMA, plan.prov), opts.rows_per_file,
                     run_id, opts.flush_seconds, identities=True)
     ew = PartWriter(plan.output.errors_dir, ERROR_SCHEMA, 64, run_id, opts.flush_seconds, identities=True)
     pending = {}
-    for row in extract._pipeline(plan, opts, lambda *_: None).iter_rows():
+    (window,) = extract._datasets(plan.todo)
+    for row in run_stages(window, extract.extraction_stages(plan, job.checked.opts, lambda *_: None)).iter_rows():
         fw.tick()
         if row["error"]:
             continue

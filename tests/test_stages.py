@@ -205,7 +205,8 @@ def test_no_json_text_crosses_between_the_extraction_stages(ray_local, sample_vi
 
     import pyarrow as pa
 
-    from vadclip.jobs.extract import _Plan, _pipeline, check_run
+    from vadclip.jobs.extract import _datasets, _Plan, check_run, extraction_stages
+    from vadclip.jobs.stages import run_stages
 
     good = sample_videos["good"][0]
     manifest = tmp_path / "m.csv"
@@ -215,7 +216,8 @@ def test_no_json_text_crosses_between_the_extraction_stages(ray_local, sample_vi
     opts = ExtractOptions(clip=ClipSpec.tiny(), batch_size=4, decoder="decord")
     c = check_run(str(manifest), str(tmp_path / "out"), opts, False, lambda *_: None)
     plan = _Plan(c.items, c.todo, c.output, c.prov, c.weights, set(), c.gpus, precision=c.opts.precision)
-    ds = _pipeline(plan, c.todo, c.opts, lambda *_: None)
+    (first,) = _datasets(c.todo)     # one window: the runner's dataset of the round, through the job's stages
+    ds = run_stages(first, extraction_stages(plan, c.opts, lambda *_: None))
     rows = ds.take_all()
     schema = ds.schema().base_schema
     assert pa.types.is_struct(schema.field("meta").type) and pa.types.is_struct(schema.field("stage_perf").type)

@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -30,8 +30,9 @@ from vadclip.io.features import ERROR_SCHEMA, FEATURE_SCHEMA, META_MAP, meta_map
 from vadclip.io.parts import drop_rows
 from vadclip.jobs.manifest import manifest_table, with_ids
 from vadclip.jobs.output import ResumableOutput
-from vadclip.jobs.stages import DecodeStage, EncodeStage, ExtractOptions, run_stages
-from vadclip.jobs.writers import Progress, VideoSink, _Pace
+from vadclip.jobs.runner import Job, Pipeline, run
+from vadclip.jobs.stages import DecodeStage, EncodeStage, ExtractOptions, Stage
+from vadclip.jobs.writers import VideoSink, _Pace
 from vadclip.video.decode import (VideoError, check_decoder, identity_of, same_identity, torchcodec_missing,
                                   video_file)
 
@@ -274,55 +275,32 @@ def check_run(source: str, out_dir: str, opts: ExtractOptions, retry_failed: boo
     return Checked(items, output, opts, weights, prov, (done_ids, failed_ids), changed, todo, gpus)
 
 
-def _plan(source: str, out_dir: str, opts: ExtractOptions, retry_failed: bool, log,
-          address: Optional[str] = None, on_changed=None, on_corrected=None,
-          checked: Optional[Checked] = None) -> _Plan:
-    """What to do: the manifest, less what earlier runs did (unless its file changed).
-    Every check (:func:`check_run`, or ``checked`` where the caller ran it) comes before
-    the output's lease is taken.  Each committed part is fetched once for all of it
-    (:func:`vadclip.io.parts.read_once`)."""
-    from vadclip.io.parts import read_once
-
-    with read_once():
-        c = checked or check_run(source, out_dir, opts, retry_failed, log, address)
-        if nothing_to_do(c, retry_failed):
-            # a re-run that finds nothing new writes nothing to the folders, so it takes no lease: the
-            # nightly no-op costs the listings and one read of the log, and fences no live run
-            return _Plan(c.items, c.todo, c.output, c.prov, c.weights, set(), c.gpus, precision=c.opts.precision)
-        return _plan_leased(c, out_dir, retry_failed, log, on_changed, on_corrected)
-
-
-def _plan_leased(c: Checked, out_dir: str, retry_failed: bool, log, on_changed, on_corrected) -> _Plan:
-    """Under the output's lease: what changed since :func:`check_run` read the folder, the
-    rows of rewritten recordings set to be replaced, manifest corrections applied."""
+def _plan_leased(c: Checked, retry_failed: bool, log, on_changed, on_corrected) -> _Plan:
+    """Under the output's lease (taken by the runner): what changed since :func:`check_run`
+    read the folder, the rows of rewritten recordings set to be replaced, manifest
+    corrections applied."""
     items, output, changed = c.items, c.output, set(c.changed)
     done_ids, failed_ids = c.ids
-    storage.makedirs(out_dir)
-    output.start(c.opts.wait, log)
-    try:
-        # read again under the lease: what an earlier run's writers committed since the read
-        # above (before they were fenced) is done too, never written a second time
-        done_now, failed_now = output.identities()
-        now = pa.concat_tables([failed_now, done_now])
-        before = pa.concat_tables([failed_ids, done_ids])["path"]
-        new = now.filter(pc.invert(pc.is_in(now["path"], value_set=before)))
-        changed |= changed_inputs(new, items) if new.num_rows else set()
-        items = with_ids(items, output.named())
-        todo, retried = _pending(items, done_now, failed_now, changed, retry_failed)
-        if changed:
-            # a video replaced at the same path (a camera's daily file rewritten) runs again: its old
-            # rows go in the commit that adds its new ones (or at the run's end, where it fails now)
-            output.replace_later(output.rows_dir, changed)
-            drop_rows(output.errors_dir, "path", changed, output.tokens.get(output.errors_dir))
-            if on_changed is not None:      # what was made from the old file goes with it (its scores and events)
-                on_changed(changed)
-            log(f"[extract] {len(changed)} videos changed since their rows were written: processing them again")
-        if retry_failed and retried:
-            drop_rows(output.errors_dir, "path", retried, output.tokens.get(output.errors_dir))
-        _correct(items, output, changed, on_corrected, log)
-    except BaseException:
-        output.release()      # a run that fails here leaves the folder to the next at once
-        raise
+    # read again under the lease: what an earlier run's writers committed since the read
+    # above (before they were fenced) is done too, never written a second time
+    done_now, failed_now = output.identities()
+    now = pa.concat_tables([failed_now, done_now])
+    before = pa.concat_tables([failed_ids, done_ids])["path"]
+    new = now.filter(pc.invert(pc.is_in(now["path"], value_set=before)))
+    changed |= changed_inputs(new, items) if new.num_rows else set()
+    items = with_ids(items, output.named())
+    todo, retried = _pending(items, done_now, failed_now, changed, retry_failed)
+    if changed:
+        # a video replaced at the same path (a camera's daily file rewritten) runs again: its old
+        # rows go in the commit that adds its new ones (or at the run's end, where it fails now)
+        output.replace_later(output.rows_dir, changed)
+        drop_rows(output.errors_dir, "path", changed, output.tokens.get(output.errors_dir))
+        if on_changed is not None:      # what was made from the old file goes with it (its scores and events)
+            on_changed(changed)
+        log(f"[extract] {len(changed)} videos changed since their rows were written: processing them again")
+    if retry_failed and retried:
+        drop_rows(output.errors_dir, "path", retried, output.tokens.get(output.errors_dir))
+    _correct(items, output, changed, on_corrected, log)
     return _Plan(items, todo, output, c.prov, c.weights, changed, c.gpus, precision=c.opts.precision)
 
 
@@ -348,34 +326,6 @@ def _correct(items, output: ResumableOutput, changed: set, on_corrected, log) ->
             "(camera, site, start_time, label): their rows updated, nothing decoded again")
 
 
-def _pipeline(plan: _Plan, todo: pa.Table, opts: ExtractOptions, log):
-    """The stages over ``todo`` (:func:`vadclip.jobs.stages.run_stages`): decode (tasks) →
-    encode (actor pool), each with the share of a GPU it takes (:meth:`DecodeStage.gpus`,
-    :meth:`EncodeStage.gpus`)."""
-    import ray
-
-    from vadclip.jobs.cluster import share_weights
-
-    have_gpus = plan.gpus
-    if opts.decode_device == "cuda" and not have_gpus:
-        log("[extract] decode device cuda: the cluster has no GPU, the videos are decoded on the CPU")
-    stages = [DecodeStage(opts, opts.clip.image_size, DecodeStage.gpus(opts, have_gpus)),
-              EncodeStage(opts, share_weights(plan.weights), EncodeStage.gpus(opts, have_gpus))]
-    # one video a decode task (a lost node costs the videos in flight on it, not a block of
-    # thousands; :func:`_rounds` runs a longer plan as consecutive windows of WINDOW videos);
-    # one chunk a block: a decode task hands on each chunk of frames as it is decoded (with
-    # Ray Data's default of 128 MiB blocks it held chunks until a block filled, the whole of
-    # a short or low-resolution recording), and each encoded chunk goes on to its writer
-    ctx = ray.data.DataContext.get_current()
-    default, ctx.target_max_block_size = ctx.target_max_block_size, STREAM_BLOCK_BYTES
-    # the manifest's columns of each video as a map (the plan keeps the text its rows store, to
-    # compare with them): no JSON crosses between the stages
-    todo = todo.set_column(todo.schema.get_field_index("meta"), pa.field("meta", META_MAP), meta_map(todo["meta"]))
-    try:      # a dataset keeps the context it was made in
-        return run_stages(ray.data.from_arrow([todo.slice(i, 1) for i in range(todo.num_rows)]), stages)
-    finally:
-        ctx.target_max_block_size = default
-
 
 STREAM_BLOCK_BYTES = 1 << 20   # below any chunk of frames: each is a block of its own
 
@@ -386,71 +336,153 @@ STREAM_BLOCK_BYTES = 1 << 20   # below any chunk of frames: each is a block of i
 WINDOW = 65536
 
 
-def _rounds(plan: _Plan, opts: ExtractOptions, log, scorer=None) -> List[Dict[str, Any]]:
-    """The pipeline over the plan's videos, in rounds (:func:`vadclip.jobs.output.in_rounds`:
-    again over those a lost node took with it).  Returns the writers' results of every round."""
-    from vadclip.io.parts import committed_values, remove_uncommitted
-    from vadclip.jobs.cluster import lost_with_a_node
-    from vadclip.jobs.output import in_rounds
+def _datasets(todo: pa.Table):
+    """The round's videos as Ray datasets, :data:`WINDOW` videos each, one video a block (a
+    lost node costs the videos in flight on it, not a block of thousands), made with blocks
+    of one chunk of frames at most (:data:`STREAM_BLOCK_BYTES`: a decode task hands on each
+    chunk as it is decoded; with Ray Data's default of 128 MiB blocks it held chunks until a
+    block filled, the whole of a short or low-resolution recording).  The manifest's
+    columns of each video go as a map (the plan keeps the text its rows store, to compare
+    with them): no JSON crosses between the stages."""
+    import ray
 
-    out, run_id = plan.output, plan.output.run_id
-    schema = provenance.with_provenance(FEATURE_SCHEMA, plan.prov)
-    results: List[Dict[str, Any]] = []
+    todo = todo.set_column(todo.schema.get_field_index("meta"), pa.field("meta", META_MAP), meta_map(todo["meta"]))
+    for lo in range(0, todo.num_rows, WINDOW):
+        window = todo.slice(lo, WINDOW)
+        ctx = ray.data.DataContext.get_current()
+        default, ctx.target_max_block_size = ctx.target_max_block_size, STREAM_BLOCK_BYTES
+        try:      # a dataset keeps the context it was made in
+            yield ray.data.from_arrow([window.slice(i, 1) for i in range(window.num_rows)])
+        finally:
+            ctx.target_max_block_size = default
 
-    def one_round(todo, rnd):
+
+def extraction_stages(plan: _Plan, opts: ExtractOptions, log) -> List[Stage]:
+    """Decode (tasks) → encode (actor pool), each with the share of a GPU it takes
+    (:meth:`DecodeStage.gpus`, :meth:`EncodeStage.gpus`); the CLIP weights put in the
+    object store once for every encoder."""
+    from vadclip.jobs.cluster import share_weights
+
+    if opts.decode_device == "cuda" and not plan.gpus:
+        log("[extract] decode device cuda: the cluster has no GPU, the videos are decoded on the CPU")
+    return [DecodeStage(opts, opts.clip.image_size, DecodeStage.gpus(opts, plan.gpus)),
+            EncodeStage(opts, share_weights(plan.weights), EncodeStage.gpus(opts, plan.gpus))]
+
+
+class ExtractJob(Job):
+    """``vadclip extract``, and the extraction part of ``score --videos`` (``scorer``: the
+    :class:`vadclip.jobs.score.Scorer` its writers hand each assembled video to).  Its
+    pipeline: decode → encode → :class:`VideoSink` (writers that assemble, score and commit
+    each video whole)."""
+    name = "extract"
+
+    def __init__(self, source: str, out_dir: str, opts: ExtractOptions, retry_failed: bool = False,
+                 address: Optional[str] = None, scorer=None, checked: Optional[Checked] = None) -> None:
+        self.source, self.out_dir, self.opts = source, storage.absolute(out_dir), opts
+        self.retry_failed, self.address, self.scorer, self.checked = retry_failed, address, scorer, checked
+        self.wait_s = opts.wait
+        self.state: Optional[_Plan] = None
+        self.pipeline: Optional[Pipeline] = None
+        self.t0: Optional[float] = None
+
+    def check(self, log) -> None:
+        if self.checked is None:
+            self.checked = check_run(self.source, self.out_dir, self.opts, self.retry_failed, log, self.address)
+
+    def idle(self) -> bool:
+        """Nothing to run, nothing changed, nothing to correct: no lease, no commit."""
+        if not hasattr(self, "_idle"):
+            self._idle = nothing_to_do(self.checked, self.retry_failed)
+        return self._idle
+
+    def quiet(self, log) -> Optional[Dict[str, Any]]:
+        if not self.idle():
+            return None
+        self.plan(log)
+        return self.count(time.time(), log)
+
+    def outputs(self) -> List[ResumableOutput]:
+        if self.idle():
+            return []
+        storage.makedirs(self.out_dir)
+        return [self.checked.output]
+
+    def plan(self, log) -> None:
+        c = self.checked
+        if self.idle():
+            # a re-run that finds nothing new writes nothing to the folders, so it takes no lease: the
+            # nightly no-op costs the listings and one read of the log, and fences no live run
+            self.state = _Plan(c.items, c.todo, c.output, c.prov, c.weights, set(), c.gpus, precision=c.opts.precision)
+        else:
+            s = self.scorer
+            self.state = _plan_leased(c, self.retry_failed, log, s.forget if s is not None else None,
+                                      s.correct if s is not None else None)
+        n, todo = self.state.items.num_rows, self.state.todo.num_rows
+        log(f"[extract] {n} videos: {n - todo} already done or failed earlier, {todo} to process")
+
+    def pipelines(self, log) -> Iterator[Pipeline]:
+        plan = self.state
+        self.t0 = time.time()
+        if not plan.todo.num_rows:
+            return
+        opts = replace(self.checked.opts, precision=plan.precision)
+        self.pipeline = Pipeline("extract", plan.todo, _datasets, extraction_stages(plan, opts, log),
+                                 lambda todo, rnd: self._sink(opts, todo, rnd), self._missing,
+                                 first=lambda lost: lost["path"][0].as_py())
+        yield self.pipeline
+        for r in self.pipeline.results:
+            for line in r["failures"]:
+                log(f"[extract] FAILED {line}")
+
+    def _sink(self, opts: ExtractOptions, todo: pa.Table, rnd: int) -> VideoSink:
+        """Round ``rnd``'s writers; their parts named after the run and the round."""
+        from vadclip.io.parts import committed_values
+
+        plan, scorer = self.state, self.scorer
         plan.rounds = rnd
         scored = set()
         if rnd > 1 and scorer is not None:   # scored by an earlier round: never twice
             mine = f"part-{scorer.run_id}"
             scored = set(committed_values(scorer.output.rows_dir, "video_id", mine)) | \
                 set(committed_values(scorer.output.errors_dir, "video_id", mine))
-        sink = VideoSink(out, schema, run_id if rnd == 1 else f"{run_id}-r{rnd}", opts.rows_per_file,
-                         opts.flush_seconds, n=opts.num_writers or max(1, opts.num_encoders), scorer=scorer,
-                         skip_scores=scored, segment=opts.segment_snippets)
-        progress = Progress(sink, plan.items.num_rows, plan.items.num_rows - todo.num_rows, log)
-        lost_node = None
-        try:
-            # the write tasks only hand each chunk to its writer actor: they reserve no CPU, so
-            # the decode tasks and encoders, which hold a node's CPUs, never keep them waiting
-            # (with one CPU each, a day-long recording's chunks all reached the writers after
-            # its decode task ended, and waited in the object store meanwhile); two per writer
-            # at most (unbounded, each block of a chunk started a worker process of its own:
-            # 375 snippets in chunks of 8 took 49.6 s against 13.3 s)
-            for lo in range(0, todo.num_rows, WINDOW):
-                _pipeline(plan, todo.slice(lo, WINDOW), opts, log).write_datasink(
-                    sink.datasink(), ray_remote_args={"num_cpus": 0}, concurrency=2 * len(sink.writers))
-        except Exception as e:  # noqa: BLE001 - a lost node: what the writers hold counts, then the next round
-            if not lost_with_a_node(e):
-                progress.stop()
-                _finish_quietly(sink)    # what the writers hold is committed: a re-run resumes from it
-                raise
-            lost_node = e
-        progress.stop()
-        results.extend(sink.finish())
-        if lost_node is not None:
-            raise lost_node
+        run_id = plan.output.run_id
+        return VideoSink(plan.output, provenance.with_provenance(FEATURE_SCHEMA, plan.prov),
+                         run_id if rnd == 1 else f"{run_id}-r{rnd}", opts.rows_per_file, opts.flush_seconds,
+                         n=opts.num_writers or max(1, opts.num_encoders), scorer=scorer, skip_scores=scored,
+                         segment=opts.segment_snippets,
+                         progress_of=(plan.items.num_rows, plan.items.num_rows - todo.num_rows))
 
-    def missing(todo):
-        mine = f"part-{run_id}"
+    def _missing(self, todo: pa.Table) -> pa.Table:
+        """The round's videos with neither a committed row nor an error row of this run."""
+        from vadclip.io.parts import committed_values, remove_uncommitted
+
+        out = self.state.output
+        mine = f"part-{out.run_id}"
         written = set(committed_values(out.rows_dir, "path", mine)) | set(committed_values(out.errors_dir, "path", mine))
         lost = todo.filter(pc.invert(pc.is_in(todo["path"], value_set=pa.array(sorted(written), pa.string()))))
-        plan.redone += lost.num_rows
-        if not lost.num_rows and any(r.get("staged") for r in results):
+        self.state.redone += lost.num_rows
+        if not lost.num_rows and any(r.get("staged") for r in self.pipeline.results):
             # segments of a long recording that failed (or was lost and done again) part-way:
             # never counted, and gone now rather than at the next run
             remove_uncommitted(out.rows_dir)
         return lost
 
-    in_rounds("extract", plan.todo, one_round, missing, log, first=lambda lost: lost["path"][0].as_py())
-    return results
-
-
-def _finish_quietly(sink: VideoSink) -> None:
-    try:
-        sink.finish()
-    except Exception as e:  # noqa: BLE001 - the pipeline's own error is the one raised
-        log.warning("writers could not flush after the pipeline failed: %s", e)
-
+    def count(self, t0: float, log) -> Dict[str, Any]:
+        """The run's summary (written to ``OUT/extract_summary.json``)."""
+        plan = self.state
+        summary = _summarise(plan, self.pipeline.results if self.pipeline is not None else [], self.t0 or t0)
+        summary["folder"] = _folder_totals(plan, self.out_dir)
+        storage.write_text(storage.join(self.out_dir, layout.EXTRACT_SUMMARY),
+                           json.dumps(storage.redact_all(summary), indent=2))
+        log(f"[extract] done: {summary['videos_ok']} ok, {summary['videos_failed']} failed, "
+            f"{summary['videos_skipped']} skipped; {summary['snippets']} snippets, {summary['frames']} frames "
+            f"in {summary['elapsed_s']:.1f}s ({summary['frames_per_s']} frames/s) → {plan.output.rows_dir}"
+            + (f"; decoded with {', '.join(summary['decoders'])}" if summary.get("decoders") else "")
+            + (f"; encoded in {', '.join(summary['precisions'])}" if summary.get("precisions") else "")
+            + (f"; encoders: first encode {summary['startup_s']:.1f}s after the start, then busy "
+               f"{summary['encoder_busy_fraction']:.1%} of the time at {summary['steady_snippets_per_s']} snippets/s"
+               if "startup_s" in summary else ""))
+        return summary
 
 def _run_rows(plan: _Plan) -> Dict[str, Any]:
     """What this run committed, read from the folder (a writer that died took its
@@ -507,59 +539,11 @@ def _summarise(plan: _Plan, results: List[Dict[str, Any]], t0: float) -> Dict[st
     return s
 
 
+
 def run_extract(source: str, out_dir: str, opts: ExtractOptions, retry_failed: bool = False,
                 address: Optional[str] = None, log=None) -> Dict[str, Any]:
     """Extract features for every video of ``source`` into ``out_dir``/features (Parquet)
     with failures in ``out_dir``/errors.  The workers write every row; the driver plans,
-    starts the pipeline and sums the writers' counts.  Returns the run summary (also
-    written to ``out_dir``/summary.json)."""
-    return extract_and(source, out_dir, opts, retry_failed=retry_failed, address=address, log=log)[0]
-
-
-def extract_and(source: str, out_dir: str, opts: ExtractOptions, scorer=None, retry_failed: bool = False,
-                address: Optional[str] = None, log=None, checked: Optional[Checked] = None):
-    """:func:`run_extract`, each assembled video also handed to ``scorer`` in its
-    writer (``score --videos``: one streaming pipeline, ``checked`` by
-    :func:`check_run` before the scores folder's lease).  Returns (summary, the writers'
-    results)."""
-    from vadclip.io.parts import read_once
-
-    # the run's writers (on workers) add parts of new names and never rewrite one, so what
-    # the plan fetched of the folder's parts also serves the totals after the run
-    with read_once():
-        return _extract_and(source, out_dir, opts, scorer, retry_failed, address, log, checked)
-
-
-def _extract_and(source: str, out_dir: str, opts: ExtractOptions, scorer, retry_failed: bool,
-                 address: Optional[str], log, checked: Optional[Checked]):
-    log = log or logging.getLogger("vadclip").info
-    out_dir = storage.absolute(out_dir)
-    plan = _plan(source, out_dir, opts, retry_failed, log, address,
-                 on_changed=scorer.forget if scorer is not None else None,
-                 on_corrected=scorer.correct if scorer is not None else None, checked=checked)
-    try:
-        n, todo = plan.items.num_rows, plan.todo.num_rows
-        log(f"[extract] {n} videos: {n - todo} already done or failed earlier, {todo} to process")
-        t0 = time.time()
-        results: List[Dict[str, Any]] = []
-        if plan.todo.num_rows:
-            results = _rounds(plan, replace(opts, precision=plan.precision), log, scorer)
-            for r in results:
-                for line in r["failures"]:
-                    log(f"[extract] FAILED {line}")
-        plan.output.finish_replacing()      # the old rows of rewritten recordings that failed now
-        summary = _summarise(plan, results, t0)
-        summary["folder"] = _folder_totals(plan, out_dir)
-        storage.write_text(storage.join(out_dir, layout.EXTRACT_SUMMARY), json.dumps(storage.redact_all(summary),
-                                                                                     indent=2))
-        log(f"[extract] done: {summary['videos_ok']} ok, {summary['videos_failed']} failed, "
-            f"{summary['videos_skipped']} skipped; {summary['snippets']} snippets, {summary['frames']} frames "
-            f"in {summary['elapsed_s']:.1f}s ({summary['frames_per_s']} frames/s) → {plan.output.rows_dir}"
-            + (f"; decoded with {', '.join(summary['decoders'])}" if summary.get("decoders") else "")
-            + (f"; encoded in {', '.join(summary['precisions'])}" if summary.get("precisions") else "")
-            + (f"; encoders: first encode {summary['startup_s']:.1f}s after the start, then busy "
-               f"{summary['encoder_busy_fraction']:.1%} of the time at {summary['steady_snippets_per_s']} snippets/s"
-               if "startup_s" in summary else ""))
-        return summary, results
-    finally:
-        plan.output.release()
+    starts the pipeline and counts what the folder holds.  Returns the run summary (also
+    written to ``out_dir``/extract_summary.json)."""
+    return run(ExtractJob(source, out_dir, opts, retry_failed, address), log)

@@ -8,10 +8,9 @@ report are logged to MLflow."""
 from __future__ import annotations
 
 import json
-import logging
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -24,7 +23,8 @@ from vadclip.io import layout
 from vadclip.io.features import ERROR_SCHEMA, meta_of, meta_text
 from vadclip.io.provenance import check_fit
 from vadclip.jobs.output import ResumableOutput, row_sink
-from vadclip.jobs.stages import Resources, Stage, run_stages
+from vadclip.jobs.runner import Job, Pipeline, Sink, run
+from vadclip.jobs.stages import Resources, Stage
 from vadclip.metrics.operating import DEFAULT_RULE, EventRule, OperatingPoint, snippet_times_for
 from vadclip.io.parts import committed_values as _committed_values
 from vadclip.io.parts import committed_column, dataset_files
@@ -624,41 +624,51 @@ def _score_rows(table: pa.Table):
     return good, bad
 
 
-def _score_from_features(features: str, crop: int, todo: Optional[List[str]], done: set, ckpt_ref,
-                         opts: ScoreOptions, output: ResumableOutput, run_id: str, classes: List[str],
-                         rnd: int = 1) -> Dict[str, Any]:
-    """Score the rows of ``features`` at ``crop`` — those in ``todo``, or (``todo`` None)
-    every one not in ``done`` — in a pool of scorer actors; the workers write the rows,
-    the driver gets their counts."""
+def _score_datasets(features: str, crop: int, todo: Optional[List[str]], done: set):
+    """The feature rows of ``features`` at ``crop`` to score — those in ``todo``, or (``todo``
+    None) every one not in ``done`` — as a Ray dataset (none where no part holds one).  One
+    block per part file (extraction writes at most --rows-per-file videos per part): each
+    block's scores are committed by one write task as soon as it is scored.  The rows are
+    chosen as each part is read (Arrow expressions: never a Python row filter, which
+    round-trips a block through pandas and turns an all-null label column into NaN); a
+    long recording kept in segments is joined by a task of its own, then scored as any
+    video.  ``meta`` reaches the scoring stage as a map, as from the extraction writers."""
     from vadclip.io.features import FEATURE_SCHEMA, as_read_by_a_stage
     from vadclip.jobs.output import parts_dataset, whole_videos_dataset
 
-    # one block per part file (extraction writes at most --rows-per-file videos per part):
-    # each block's scores are committed by one write task as soon as it is scored.  The
-    # rows are chosen as each part is read (Arrow expressions: never a Python row filter,
-    # which round-trips a block through pandas and turns an all-null label column into NaN)
     files, segmented = _files_to_score(dataset_files(features), todo, done)
     if not files:
-        return {"rows": 0, "errors": 0, "snippets": 0, "duplicates": 0, "failures": []}
+        return
     where = pc.field("crop") == crop
     if todo is not None:
         where = where & pc.field("video_id").isin(list(todo))
     elif done:
         where = where & ~pc.field("video_id").isin(sorted(done))
-    # a long recording kept in segments is joined by a task of its own, then scored as any video
-    schema = as_read_by_a_stage(FEATURE_SCHEMA)       # meta: a map into the scoring stage, not JSON text
+    schema = as_read_by_a_stage(FEATURE_SCHEMA)
     ds = parts_dataset(files, schema, where & pc.field("snippet_start").is_null())
     if segmented:
         ds = ds.union(whole_videos_dataset(segmented, schema, pc.field("crop") == crop))
-    ds = run_stages(ds, [ScoreStage(ckpt_ref, opts)])
-    name = run_id if rnd == 1 else f"{run_id}-r{rnd}"    # each round its own part names
-    sink = row_sink(output, name, SCORE_SCHEMA, ERROR_SCHEMA, opts.rows_per_file, _score_rows)
-    try:
-        ds.write_datasink(sink)
-    finally:
-        sink.close()
-    return {k: sink.totals.get(k, [] if k == "failures" else 0)
-            for k in ("rows", "errors", "snippets", "duplicates", "failures")}
+    yield ds
+
+
+class RowSink(Sink):
+    """Scoring's sink (:class:`vadclip.jobs.runner.Sink`): write tasks that commit each
+    block's score rows and error rows, one row per video whatever a retried task delivers
+    (:func:`vadclip.jobs.output.row_sink`)."""
+
+    def __init__(self, output: ResumableOutput, name: str, rows_per_file: int) -> None:
+        self.sink = row_sink(output, name, SCORE_SCHEMA, ERROR_SCHEMA, rows_per_file, _score_rows)
+
+    def datasink(self):
+        return self.sink
+
+    def finish(self) -> List[Dict[str, Any]]:
+        self.sink.close()
+        return [{k: self.sink.totals.get(k, [] if k == "failures" else 0)
+                 for k in ("rows", "errors", "snippets", "duplicates", "failures")}]
+
+    def abort(self) -> None:
+        self.sink.close()
 
 
 def _ids_at(found: Dict[str, Any], crop: int) -> set:
@@ -666,26 +676,6 @@ def _ids_at(found: Dict[str, Any], crop: int) -> set:
     meta = found["meta"]
     return set(meta.filter(pc.equal(meta["crop"], crop)).column("video_id").to_pylist())
 
-
-def _score_rounds(features: str, crop: int, todo: Optional[List[str]], done: set, have: set, ckpt_ref,
-                  opts: ScoreOptions, output: ResumableOutput, run_id: str, classes: List[str], log) -> int:
-    """Score the videos of ``todo`` (None: every video of ``have`` not in ``done``), in
-    rounds (:func:`vadclip.jobs.output.in_rounds`: again over those a lost node took with
-    it).  Returns the duplicate rows ignored."""
-    from vadclip.jobs.output import in_rounds
-
-    want, dups = (set(todo) if todo is not None else have - done), [0]
-
-    def one_round(todo, rnd):
-        dups[0] += _score_from_features(features, crop, todo, done, ckpt_ref, opts, output, run_id, classes,
-                                        rnd)["duplicates"]
-
-    def missing(_):
-        scored, failed = output.ids("video_id")
-        return sorted(want - scored - failed)
-
-    in_rounds("score", todo, one_round, missing, log)
-    return dups[0]
 
 
 def _run_counts(output: ResumableOutput) -> Dict[str, Any]:
@@ -710,45 +700,6 @@ class _Checked:
     extraction: Any = None               # ``--videos``: :class:`vadclip.jobs.extract.Checked`
     model_uri: str = ""                  # as the user gave it
 
-
-def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, videos: Optional[str] = None,
-              extract_opts=None, opts: Optional[ScoreOptions] = None, gt_path: Optional[str] = None,
-              tracking_uri: Optional[str] = None, experiment: str = "vadclip-score",
-              address: Optional[str] = None, log=None) -> Dict[str, Any]:
-    """Score an archive.  Give ``features`` (a Parquet feature set) or ``videos`` (a
-    manifest/dir/glob, extracted first into ``out_dir``/features with the model's CLIP).
-    Labels are optional; every distinct video gets exactly one row (resumable).  Every
-    check that can refuse the run comes before its first lease (:func:`_check_score`)."""
-    log = log or logging.getLogger("vadclip").info
-    from vadclip.io.storage import absolute
-
-    features, videos, gt_path, out_dir = map(absolute, (features, videos, gt_path, out_dir))
-    c = _check_score(model_uri, out_dir, features, videos, extract_opts, opts or ScoreOptions(), gt_path,
-                     tracking_uri, address, log)
-    quiet = _nothing_new(c, out_dir, videos, log) if gt_path is None else None   # --gt: the figures are asked for
-    if quiet is not None:
-        return quiet
-    storage.makedirs(out_dir)
-    output = ResumableOutput(_scores_dir(out_dir), layout.score_errors_dir(out_dir), SCORE_SCHEMA, ERROR_SCHEMA)
-    run_id = output.start((extract_opts.wait if extract_opts is not None else 0.0), log)
-    try:
-        _retire_events_table(out_dir, log)
-        storage.write_text(storage.join(_scores_dir(out_dir), RULE_FILE),
-                           json.dumps(c.opts.rules_record(), sort_keys=True))
-        storage.write_text(storage.join(_scores_dir(out_dir), MODEL_FILE), json.dumps(c.model_record, sort_keys=True))
-        t0 = time.time()
-        done, extract_summary, features, rescored, n_dup = _score_all(c, out_dir, features, videos, output, run_id,
-                                                                       address, log)
-        summary = _summary(c, model_uri, out_dir, output, done, rescored, n_dup, time.time() - t0, extract_summary,
-                           log)
-        _finish(c, summary, model_uri, out_dir, features, gt_path, tracking_uri, experiment, run_id)
-        log(f"[score] {summary['videos_scored']} scored, {summary['videos_failed']} failed, {len(done)} already "
-            f"done; {summary['anomalous_videos']} flagged with {summary['events']} events; "
-            f"{summary['snippets_per_s']} snippets/s → {summary['output']}")
-        log(f"[score] review report: {summary['report']}")
-        return summary
-    finally:
-        output.release()
 
 
 def _nothing_new(c: _Checked, out_dir: str, videos: Optional[str], log) -> Optional[Dict[str, Any]]:
@@ -841,49 +792,132 @@ def _check_score(model_uri: str, out_dir: str, features: Optional[str], videos: 
     return c
 
 
-def _score_all(c: _Checked, out_dir: str, features: Optional[str], videos: Optional[str], output: ResumableOutput,
-               run_id: str, address: Optional[str], log):
-    """Under the lease: ``--rescore``'s rows dropped, then every video not scored yet
-    scored — for ``--videos`` in the extraction's own pipeline first, then whatever it
-    left (an interrupted run's features).  Returns (the ids done before, the extraction's
-    summary, the feature set scored, videos rescored, duplicate rows ignored)."""
-    import ray
 
-    from vadclip.io.features import check_feature_set
-    from vadclip.model.checkpoint import checkpoint_dict
+class ScoreJob(Job):
+    """``vadclip score``: ``features`` (a feature set) or ``videos`` (extracted into
+    ``OUT/features`` in the same run, each video scored by the writer that assembles it:
+    an :class:`vadclip.jobs.extract.ExtractJob` with a :class:`Scorer`), scored into
+    ``OUT/scores``.  Its pipelines: the extraction's (``--videos``), then
+    ``ScoreStage`` → :class:`RowSink` over whatever feature rows have no score yet (all
+    of them for ``--features``; for ``--videos`` only what an interrupted run left)."""
+    name = "score"
 
-    opts, cfg, found = c.opts, c.model.cfg, c.found
-    extract_summary = None
-    stale = _rescore_stale(out_dir, opts, output, log)  # --rescore: scored again below, replacing their rows
-    rescored = len(stale)
-    done, _ = output.ids("video_id")           # scored by earlier runs
-    done -= stale
-    ckpt_ref = ray.put(checkpoint_dict(c.model))
-    todo = None                                 # None: every feature row not scored yet
-    if videos is not None:
-        # one streaming pipeline: decode → encode → the writers assemble each video, write
-        # its features and score it (then only videos left unscored by an interrupted
-        # run are scored from their features below)
-        from vadclip.jobs.extract import extract_and, feature_dir
+    def __init__(self, model_uri: str, out_dir: str, features: Optional[str] = None, videos: Optional[str] = None,
+                 extract_opts=None, opts: Optional[ScoreOptions] = None, gt_path: Optional[str] = None,
+                 tracking_uri: Optional[str] = None, experiment: str = "vadclip-score",
+                 address: Optional[str] = None) -> None:
+        self.features, self.videos, self.gt_path, self.out_dir = map(storage.absolute, (features, videos, gt_path,
+                                                                                         out_dir))
+        self.model_uri, self.extract_opts, self.opts = model_uri, extract_opts, opts or ScoreOptions()
+        self.tracking_uri, self.experiment, self.address = tracking_uri, experiment, address
+        self.wait_s = extract_opts.wait if extract_opts is not None else 0.0
+        self.extraction = None
+        self.extract_summary: Optional[Dict[str, Any]] = None
+        self.scoring: Optional[Pipeline] = None
 
-        scorer = Scorer(ckpt_ref, opts, c.crop, output, run_id)
-        extract_summary, _ = extract_and(videos, out_dir, c.extraction.opts, scorer=scorer, address=address, log=log,
-                                         checked=c.extraction)
-        done -= scorer.forgotten           # rewritten recordings: scored again, not skipped
-        features = feature_dir(out_dir)
-        found = check_feature_set(features, c.model.embed_dim, crop=c.crop)
-        c.mismatch = check_fit(cfg, features, f"the model {c.model_uri}", opts.allow_feature_mismatch, log)
-        scored, failed_now = output.ids("video_id")
-        # rows still waiting to be replaced (rescored, or rewritten and lost with a writer) are not done
-        pending = (stale | scorer.forgotten) - set(_committed_values(output.rows_dir, "video_id", f"part-{run_id}"))
-        todo = sorted(_ids_at(found, c.crop) - (scored - pending) - failed_now)
-    crop = found["crops"][0] if opts.crop is None else opts.crop
-    n_dup = 0
-    if todo is None or todo:
-        n_dup = _score_rounds(features, crop, todo, done, _ids_at(found, crop), ckpt_ref, opts, output, run_id,
-                              list(cfg.class_keys), log)
-    output.finish_replacing()       # the old rows of videos that could not be scored again now
-    return done, extract_summary, features, rescored, n_dup
+    def check(self, log) -> None:
+        from vadclip.jobs.extract import ExtractJob
+
+        self.c = _check_score(self.model_uri, self.out_dir, self.features, self.videos, self.extract_opts, self.opts,
+                              self.gt_path, self.tracking_uri, self.address, log)
+        if self.videos is not None:
+            x = self.c.extraction
+            self.extraction = ExtractJob(self.videos, self.out_dir, x.opts, address=self.address, checked=x)
+
+    def quiet(self, log) -> Optional[Dict[str, Any]]:
+        # --gt: the figures are asked for
+        return _nothing_new(self.c, self.out_dir, self.videos, log) if self.gt_path is None else None
+
+    def outputs(self) -> List[ResumableOutput]:
+        storage.makedirs(self.out_dir)
+        self.output = ResumableOutput(_scores_dir(self.out_dir), layout.score_errors_dir(self.out_dir), SCORE_SCHEMA,
+                                      ERROR_SCHEMA)
+        return [self.output] + (self.extraction.outputs() if self.extraction is not None else [])
+
+    def plan(self, log) -> None:
+        """Under the leases: the old events table retired, the folder's rule and model
+        recorded, ``--rescore``'s rows set to be replaced, the done set read, the model put
+        in the object store once; for ``--videos`` the extraction's plan, whose rewritten
+        recordings' score rows go with their feature rows (:meth:`Scorer.forget`)."""
+        import ray
+
+        from vadclip.model.checkpoint import checkpoint_dict
+
+        c, out_dir, output = self.c, self.out_dir, self.output
+        _retire_events_table(out_dir, log)
+        storage.write_text(storage.join(_scores_dir(out_dir), RULE_FILE), json.dumps(c.opts.rules_record(),
+                                                                                     sort_keys=True))
+        storage.write_text(storage.join(_scores_dir(out_dir), MODEL_FILE), json.dumps(c.model_record, sort_keys=True))
+        self.stale = _rescore_stale(out_dir, c.opts, output, log)  # scored again, replacing their rows
+        done, _ = output.ids("video_id")           # scored by earlier runs
+        self.done = done - self.stale
+        self.ckpt_ref = ray.put(checkpoint_dict(c.model))
+        if self.extraction is not None:
+            self.extraction.scorer = Scorer(self.ckpt_ref, c.opts, c.crop, output, output.run_id)
+            self.extraction.plan(log)
+
+    def pipelines(self, log) -> Iterator[Pipeline]:
+        c, output = self.c, self.output
+        todo = None                                 # None: every feature row not scored yet
+        if self.extraction is not None:
+            from vadclip.io.features import check_feature_set
+            from vadclip.jobs.extract import feature_dir
+
+            x = self.extraction
+            yield from x.pipelines(log)
+            x.state.output.finish_replacing()      # before the leftovers: a rewritten file that failed is gone
+            self.extract_summary = x.count(time.time(), log)
+            self.done -= x.scorer.forgotten         # rewritten recordings: scored again, not skipped
+            self.features = feature_dir(self.out_dir)
+            c.found = check_feature_set(self.features, c.model.embed_dim, crop=c.crop)
+            c.mismatch = check_fit(c.model.cfg, self.features, f"the model {c.model_uri}",
+                                   c.opts.allow_feature_mismatch, log)
+            scored, failed_now = output.ids("video_id")
+            # rows still waiting to be replaced (rescored, or rewritten and lost with a writer) are not done
+            pending = (self.stale | x.scorer.forgotten) - \
+                set(_committed_values(output.rows_dir, "video_id", f"part-{output.run_id}"))
+            todo = sorted(_ids_at(c.found, c.crop) - (scored - pending) - failed_now)
+        crop = c.found["crops"][0] if c.opts.crop is None else c.opts.crop
+        if todo is not None and not todo:
+            return
+        want, done, features = (set(todo) if todo is not None else _ids_at(c.found, crop) - self.done), self.done, \
+            self.features
+
+        def missing(_):
+            scored, failed = output.ids("video_id")
+            return sorted(want - scored - failed)
+
+        run_id, rows = output.run_id, c.opts.rows_per_file
+        self.scoring = Pipeline("score", todo, lambda todo: _score_datasets(features, crop, todo, done),
+                                [ScoreStage(self.ckpt_ref, c.opts)],
+                                lambda todo, rnd: RowSink(output, run_id if rnd == 1 else f"{run_id}-r{rnd}", rows),
+                                missing)
+        yield self.scoring
+
+    def count(self, t0: float, log) -> Dict[str, Any]:
+        n_dup = sum(r["duplicates"] for r in self.scoring.results) if self.scoring is not None else 0
+        return _summary(self.c, self.model_uri, self.out_dir, self.output, self.done, len(self.stale), n_dup,
+                        time.time() - t0, self.extract_summary, log)
+
+    def finish(self, summary: Dict[str, Any], log) -> None:
+        _finish(self.c, summary, self.model_uri, self.out_dir, self.features, self.gt_path, self.tracking_uri,
+                self.experiment, self.output.run_id)
+        log(f"[score] {summary['videos_scored']} scored, {summary['videos_failed']} failed, "
+            f"{summary['videos_skipped']} already done; {summary['anomalous_videos']} flagged with "
+            f"{summary['events']} events; {summary['snippets_per_s']} snippets/s → {summary['output']}")
+        log(f"[score] review report: {summary['report']}")
+
+
+def run_score(model_uri: str, out_dir: str, features: Optional[str] = None, videos: Optional[str] = None,
+              extract_opts=None, opts: Optional[ScoreOptions] = None, gt_path: Optional[str] = None,
+              tracking_uri: Optional[str] = None, experiment: str = "vadclip-score",
+              address: Optional[str] = None, log=None) -> Dict[str, Any]:
+    """Score an archive.  Give ``features`` (a Parquet feature set) or ``videos`` (a
+    manifest/dir/glob, extracted first into ``out_dir``/features with the model's CLIP).
+    Labels are optional; every distinct video gets exactly one row (resumable).  Every
+    check that can refuse the run comes before its first lease (:func:`_check_score`)."""
+    return run(ScoreJob(model_uri, out_dir, features, videos, extract_opts, opts, gt_path, tracking_uri, experiment,
+                        address), log)
 
 
 def _summary(c: _Checked, model_uri: str, out_dir: str, output: ResumableOutput, done: set, rescored: int,

@@ -7,8 +7,8 @@ A writer holds only what is not committed yet.  Ray restarts a writer whose proc
 node dies (``max_restarts=-1``, its calls retried on the new incarnation); the new
 incarnation reads which videos its earlier ones committed (so a chunk delivered again
 never commits a video twice), and the videos whose chunks or rows died with the old one
-are neither rows nor error rows at the end of the pipeline: the driver runs them again
-(:func:`vadclip.jobs.extract.extract_and`)."""
+are neither rows nor error rows at the end of the pipeline: the runner runs them again
+(:func:`vadclip.jobs.runner.run_pipeline`)."""
 from __future__ import annotations
 
 import uuid
@@ -20,6 +20,7 @@ import pyarrow as pa
 from vadclip.io.features import ERROR_SCHEMA, feature_row
 from vadclip.io.parts import committed_values, with_identities
 from vadclip.jobs.output import Closable, ResumableOutput, Ticker, block_columns, end_actors, helper_placement, shard_of
+from vadclip.jobs.runner import Sink
 
 
 def give_back_memory() -> None:
@@ -273,21 +274,35 @@ class VideoWriter(Closable):
                     "incomplete": sorted(self.pending)}
 
 
-class VideoSink:
-    """Where the encoded chunks go: a Ray Data ``Datasink`` whose write tasks (on the
-    workers) send each chunk row to the :class:`VideoWriter` owning its video.  The
-    writers are restartable actors placed on worker nodes as they come
-    (:func:`vadclip.jobs.output.helper_placement`); after the pipeline the driver collects
-    what they did."""
+class VideoSink(Sink):
+    """The extraction pipeline's last step (:class:`vadclip.jobs.runner.Sink`): a Ray Data
+    ``Datasink`` whose write tasks (on the workers) send each chunk row to the
+    :class:`VideoWriter` owning its video, which assembles the video, scores it
+    (``score --videos``) and commits it whole.  The writers are restartable actors placed
+    on worker nodes as they come (:func:`vadclip.jobs.output.helper_placement`); after the
+    round the runner collects what they did.  ``progress_of``: (videos in the plan, done
+    before this round), for the progress lines."""
 
     def __init__(self, output: ResumableOutput, schema, run_id: str, rows_per_file: int,
-                 flush_seconds: Optional[float], n: int, scorer=None, skip_scores=(), segment: int = 8192) -> None:
+                 flush_seconds: Optional[float], n: int, scorer=None, skip_scores=(), segment: int = 8192,
+                 progress_of=(0, 0)) -> None:
         import ray
 
         actor = ray.remote(VideoWriter)
         self.writers = [actor.options(**helper_placement(spread=True)).remote(
             output, schema, f"{run_id}-w{i:03d}", rows_per_file, flush_seconds, scorer, list(skip_scores), segment)
             for i in range(n)]
+        self.progress_of = progress_of
+        # the write tasks only hand each chunk to its writer actor: they reserve no CPU, so
+        # the decode tasks and encoders, which hold a node's CPUs, never keep them waiting
+        # (with one CPU each, a day-long recording's chunks all reached the writers after
+        # its decode task ended, and waited in the object store meanwhile); two per writer
+        # at most (unbounded, each block of a chunk started a worker process of its own:
+        # 375 snippets in chunks of 8 took 49.6 s against 13.3 s)
+        self.write_args = {"ray_remote_args": {"num_cpus": 0}, "concurrency": 2 * n}
+
+    def watch(self, log):
+        return Progress(self, *self.progress_of, log).stop
 
     def datasink(self):
         from ray.data import Datasink
