@@ -116,3 +116,41 @@ def test_a_recording_in_segments_reads_and_scores_as_in_one_piece(scorer, tmp_pa
         assert np.allclose(a[v]["anomaly"], c[v]["anomaly"], atol=1e-5)
         assert json.dumps([(e["start_s"], e["end_s"]) for e in a[v]["events"]]) == \
             json.dumps([(e["start_s"], e["end_s"]) for e in c[v]["events"]])
+
+
+def test_the_writers_assemble_step_joins_chunks_in_any_order_and_cuts_long_recordings_in_segments():
+    """The writer's assemble step on its own (``writers.Assembler``): chunks in any order and
+    a chunk delivered twice give the video once, in snippet order; a recording longer than
+    ``segment`` snippets comes out as segments of half as many, then its last part, which
+    together are the whole recording; a truncated file's padding snippets never come out."""
+    from vadclip.jobs.writers import Assembler, Segment, Whole
+
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((40, 2, 8)).astype(np.float32)       # 40 snippets, 2 crops
+    chunks = [feats[i:i + 4] for i in range(0, 40, 4)]               # 10 chunks of 4
+
+    def row(k, **kw):
+        return dict({"chunk": k, "n_chunks": len(chunks), "features": chunks[k], "path": "/v/a.mp4",
+                     "times": None}, **kw)
+
+    short = Assembler(segment=1000)
+    order = [3, 0, 1, 1, 2, 9, 4, 5, 6, 8, 7]      # out of order, chunk 1 twice
+    got = [p for k in order for p in short.add("a", row(k))]
+    assert len(got) == 1 and isinstance(got[0], Whole) and got[0].start == 0
+    np.testing.assert_array_equal(got[0].feats, feats)
+    assert short.incomplete() == []
+
+    long = Assembler(segment=16)       # 40 snippets > 16: segments of 8 while chunks are held
+    pieces = [p for k in range(10) for p in long.add("a", row(k))]
+    *segs, last = pieces
+    assert segs and all(isinstance(s, Segment) and s.feats.shape[0] == 8 for s in segs)
+    assert isinstance(last, Whole) and last.start == 8 * len(segs)
+    assert [s.start for s in segs] == [8 * i for i in range(len(segs))]
+    np.testing.assert_array_equal(np.concatenate([s.feats for s in segs] + [last.feats]), feats)
+
+    cut = Assembler(segment=16)        # a truncated file: only its first 30 snippets decode
+    pieces = [p for k in range(10) for p in cut.add("a", row(k, snippets=30))]
+    np.testing.assert_array_equal(np.concatenate([p.feats for p in pieces]), feats[:30])
+
+    lost = Assembler(segment=1000)     # a chunk that never comes: the video stays incomplete
+    assert [p for k in range(9) for p in lost.add("b", row(k))] == [] and lost.incomplete() == ["b"]

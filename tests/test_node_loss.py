@@ -82,7 +82,13 @@ c.shutdown()
 
 
 def _run(*args, timeout=900):
-    env = dict(os.environ, VADCLIP_PROGRESS_BARS="0", VADCLIP_DATA_NO_PROGRESS_TIMEOUT_S="240")
+    import tempfile
+
+    # a tracking store of its own: the default, ./runs/mlflow.db in the checkout, keeps an experiment's
+    # first artifact location, which a test run before this one may have put in a server now stopped
+    store = tempfile.mkdtemp(prefix="vadclip-mlflow-")
+    env = dict(os.environ, VADCLIP_PROGRESS_BARS="0", VADCLIP_DATA_NO_PROGRESS_TIMEOUT_S="240",
+               MLFLOW_TRACKING_URI=f"sqlite:///{store}/mlflow.db")
     r = subprocess.run([sys.executable, "-c", SCRIPT, *map(str, args)], capture_output=True, text=True,
                        timeout=timeout, env=env)
     assert r.returncode == 0, r.stderr[-4000:]

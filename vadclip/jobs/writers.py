@@ -1,7 +1,11 @@
-"""The extraction job's writer side, on the workers: writer actors that assemble each
-video from its encoded chunks and commit its rows (:class:`VideoWriter`), the Ray Data
-``Datasink`` that routes the chunks to them (:class:`VideoSink`), and the encoders'
-pace as the rows report it.
+"""The extraction job's writer side, on the workers: the last steps of the extraction
+pipeline, assemble → score → write, in writer actors (:class:`VideoWriter`) that own each
+video (a video's chunks come from many tasks, so the step that joins them is keyed by
+video, not a Ray Data stage): :class:`Assembler` joins a video's encoded chunks (a long
+recording in segments), :class:`vadclip.jobs.score.Scorer` feeds the same
+:class:`vadclip.jobs.score.ScoreStage` that ``score --features`` runs, and the part
+writers commit each video whole.  :class:`VideoSink` is the runner's sink routing each
+chunk to its writer; the encoders' pace comes from the rows' ``stage_perf``.
 
 A writer holds only what is not committed yet.  Ray restarts a writer whose process or
 node dies (``max_restarts=-1``, its calls retried on the new incarnation); the new
@@ -12,6 +16,7 @@ are neither rows nor error rows at the end of the pipeline: the runner runs them
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -77,6 +82,104 @@ class _Pace:
                 "steady_snippets_per_s": round(rate, 3)}
 
 
+@dataclass
+class Segment:
+    """A long recording's next ``feats`` [n, crops, D], its snippets from ``start`` on;
+    ``row``: the chunk row that completed it (the video's columns)."""
+    vid: str
+    row: Dict[str, Any]
+    feats: np.ndarray
+    start: int
+
+
+@dataclass
+class Whole:
+    """A video assembled: ``feats`` [T, crops, D] (a long recording: its snippets from
+    ``start`` on, the earlier ones given as :class:`Segment`), ``meta`` its last chunk's
+    columns (the video's frame count, rate and times) with ``snippet_times``."""
+    vid: str
+    meta: Dict[str, Any]
+    feats: np.ndarray
+    start: int
+
+
+class Assembler:
+    """The writer's assemble step: a video's encoded chunks, in any order, joined into
+    runs of consecutive chunks; :meth:`add` returns what a chunk completes — past
+    ``segment`` snippets a :class:`Segment` of half as many (what a writer holds, writes
+    and scores at once then stays below what it does for a recording it writes whole:
+    writing and scoring a row costs a few times the row's size for a moment), and at its
+    last chunk the :class:`Whole` video.  A chunk met again (a retried task) is ignored."""
+
+    def __init__(self, segment: int = 8192) -> None:
+        self.segment = max(1, int(segment))
+        self.pending: Dict[str, Dict[str, Any]] = {}
+
+    def drop(self, vid: str) -> None:
+        self.pending.pop(vid, None)
+
+    def incomplete(self) -> List[str]:
+        """The videos still missing chunks (their other chunks died with a worker)."""
+        return sorted(self.pending)
+
+    def add(self, vid: str, row: Dict[str, Any]) -> List[Any]:
+        st = self.pending.setdefault(vid, {"chunks": {}, "meta": row, "next": 0, "run": [], "held": 0,
+                                           "start": 0, "keep": 0, "chunk_len": 0})
+        if int(row["chunk"]) < st["next"]:
+            return []       # taken already (a retried task delivers a video's chunks again)
+        feats = np.asarray(row["features"], np.float32)
+        st["chunks"][int(row["chunk"])] = feats
+        st["chunk_len"] = max(st["chunk_len"], feats.shape[0])
+        snippets = int(row.get("snippets") or 0)
+        if snippets:        # a chunk made once a truncation showed carries the snippets that decode
+            st["keep"] = min(st["keep"] or snippets, snippets)
+        if int(row["chunk"]) == int(row["n_chunks"]) - 1:
+            st["meta"] = row          # the last chunk's frame count, rate and times are the video's
+        while st["next"] in st["chunks"]:
+            f = st["chunks"].pop(st["next"])
+            st["run"].append(f)
+            st["held"] += f.shape[0]
+            st["next"] += 1
+        last = st["next"] == int(row["n_chunks"])
+        out: List[Any] = []
+        half = max(1, self.segment // 2)
+        if int(row["n_chunks"]) * st["chunk_len"] > self.segment:
+            while not last and st["held"] > half:
+                seg = self._cut(st, half)
+                if seg.shape[0]:
+                    out.append(Segment(vid, row, seg, st["start"] - seg.shape[0]))
+        if last:
+            out.append(self._whole(vid, self.pending.pop(vid)))
+        return out
+
+    def _cut(self, st: Dict[str, Any], n: int) -> np.ndarray:
+        """The next ``n`` snippets of the run held (never a padding snippet of a truncated
+        file), a view the writer lets go once it is written and scored; the rest copied out
+        (a view would keep the whole concatenation alive until the next segment)."""
+        run = np.concatenate(st["run"], axis=0)
+        if st["keep"]:
+            n = min(n, max(0, st["keep"] - st["start"]))
+        seg, rest = run[:n], run[n:]
+        st["shape"] = run.shape[1:]
+        if st["keep"] and st["start"] + run.shape[0] > st["keep"]:
+            rest = rest[:max(0, st["keep"] - st["start"] - n)]
+        st["start"] += seg.shape[0]
+        st["run"], st["held"] = ([rest.copy()], rest.shape[0]) if rest.shape[0] else ([], 0)
+        return seg
+
+    @staticmethod
+    def _whole(vid: str, st: Dict[str, Any]) -> Whole:
+        feats = np.concatenate(st["run"], axis=0) if st["run"] else np.zeros((0, *st.get("shape", (1, 0))), np.float32)
+        meta = dict(st["meta"])
+        total = int(meta.get("snippets") or 0)
+        if total and total - st["start"] < feats.shape[0]:
+            # a truncated file: the snippets past its last decoded frame are padding
+            feats = feats[:max(0, total - st["start"])]
+        times = meta.get("times")
+        meta["snippet_times"] = [float(t) for t in times] if times is not None and len(times) else None
+        return Whole(vid, meta, feats, st["start"])
+
+
 class VideoWriter(Closable):
     """A Ray actor owning the videos routed to it (:func:`vadclip.jobs.output.shard_of`):
     it assembles each video's encoded chunks, and writes the video's rows (one per crop)
@@ -106,8 +209,9 @@ class VideoWriter(Closable):
             scorer.start(skip=skip)
         self.fw, self.ew = output.writers(run_id, schema, ERROR_SCHEMA, rows_per_file, flush_seconds,
                                           identities=True, on_commit=self._committed)
-        self.pending: Dict[str, Dict[str, Any]] = {}
-        self.output, self.schema, self.run_id, self.segment = output, schema, run_id, max(1, int(segment))
+        self.assembler = Assembler(segment)
+        self.staged_parts: Dict[str, List[str]] = {}    # {video: its segments' parts written, uncommitted}
+        self.output, self.schema, self.run_id = output, schema, run_id
         self.staged = 0          # segment parts written (named apart from the part writer's)
         self.counts = {"videos_ok": 0, "videos_failed": 0, "rows_written": 0, "snippets": 0, "frames": 0}
         self.pace, self.decoders, self.precisions, self.failures = _Pace(), set(), set(), []
@@ -145,6 +249,30 @@ class VideoWriter(Closable):
         return len(cols["video_id"])
 
     def _row(self, row: Dict[str, Any]) -> None:
+        """One encoded chunk: noted, then assembled; what assembling completes is scored
+        (``score --videos``) and written (:meth:`_segment`, :meth:`_video`)."""
+        self._note(row)
+        vid = str(row["video_id"])
+        if vid in self.dead or vid in self.assembled:
+            return          # buffered or committed already (a retried task delivers chunks again)
+        if row["error"]:
+            self.dead.add(vid)
+            self.assembler.drop(vid)     # segments it staged stay uncommitted; the next run removes them
+            self.staged_parts.pop(vid, None)
+            if self.scorer is not None:
+                self.scorer.streams.pop(vid, None)
+            self.ew.add([{"path": row["path"], "video_id": vid, "stage": "extract", "error": str(row["error"]),
+                          "input_identity": row["input_identity"]}])
+            return
+        for piece in self.assembler.add(vid, row):
+            if isinstance(piece, Segment):
+                self._segment(piece)
+            else:
+                self.assembled.add(vid)
+                self._video(piece)
+
+    def _note(self, row: Dict[str, Any]) -> None:
+        """What the run summary says of the stages a chunk went through (``stage_perf``)."""
         self.pace.row(row)
         if row.get("decoder"):
             self.decoders.add(str(row["decoder"]))
@@ -154,104 +282,45 @@ class VideoWriter(Closable):
             self.encoder_nodes.add(str(enc["node"]))
             if int(enc.get("gpus") or 0) > 0:
                 self.gpu_encoders.add(str(enc["worker"]))
-        vid = str(row["video_id"])
-        if vid in self.dead or vid in self.assembled:
-            return          # buffered or committed already (a retried task delivers chunks again)
-        if row["error"]:
-            self.dead.add(vid)
-            self.pending.pop(vid, None)     # segments it staged stay uncommitted; the next run removes them
-            if self.scorer is not None:
-                self.scorer.streams.pop(vid, None)
-            self.ew.add([{"path": row["path"], "video_id": vid, "stage": "extract", "error": str(row["error"]),
-                          "input_identity": row["input_identity"]}])
-            return
-        # chunks join the video's run of consecutive chunks as they come (in any order);
-        # past ``segment`` snippets a segment is written (uncommitted) and let go
-        st = self.pending.setdefault(vid, {"chunks": {}, "meta": row, "next": 0, "run": [], "held": 0,
-                                           "start": 0, "staged": [], "keep": 0, "chunk_len": 0})
-        if int(row["chunk"]) < st["next"]:
-            return          # taken already (a retried task delivers a video's chunks again)
-        feats = np.asarray(row["features"], np.float32)
-        st["chunks"][int(row["chunk"])] = feats
-        st["chunk_len"] = max(st["chunk_len"], feats.shape[0])
-        snippets = int(row.get("snippets") or 0)
-        if snippets:        # a chunk made once a truncation showed carries the snippets that decode
-            st["keep"] = min(st["keep"] or snippets, snippets)
-        if int(row["chunk"]) == int(row["n_chunks"]) - 1:
-            st["meta"] = row          # the last chunk's frame count, rate and times are the video's
-        while st["next"] in st["chunks"]:
-            f = st["chunks"].pop(st["next"])
-            st["run"].append(f)
-            st["held"] += f.shape[0]
-            st["next"] += 1
-        last = st["next"] == int(row["n_chunks"])
-        # a recording longer than ``segment`` snippets (by its chunks) goes in rows of half as
-        # many: what a writer holds, writes and scores at once then stays below what it does
-        # for a recording it writes whole (measured: writing and scoring a row costs a few
-        # times the row's size for a moment)
-        rows = max(1, self.segment // 2)
-        if int(row["n_chunks"]) * st["chunk_len"] > self.segment:
-            while not last and st["held"] > rows:
-                self._stage(vid, st, row, rows)
-        if not last:
-            return
-        self.pending.pop(vid)
-        self.assembled.add(vid)
-        feats = np.concatenate(st["run"], axis=0) if st["run"] else np.zeros((0, *st.get("shape", (1, 0))), np.float32)
-        meta = dict(st["meta"])
-        total = int(meta.get("snippets") or 0)
-        if total and total - st["start"] < feats.shape[0]:
-            # a truncated file: the snippets past its last decoded frame are padding
-            feats = feats[:max(0, total - st["start"])]
-        times = meta.get("times")
-        times = [float(t) for t in times] if times is not None and len(times) else None
-        meta["snippet_times"] = times
-        listed = int(meta.get("frames_listed") or 0)
-        start = st["start"] if st["staged"] else None
-        self.fw.add([dict(feature_row(vid, meta["path"], meta["label"] or None, c, meta["fps"], meta["num_frames"],
+
+    def _video(self, w: "Whole") -> None:
+        """A whole video (a long recording: its last segment): its rows, one per crop, with
+        its earlier segments' parts, in one commit; then scored."""
+        meta, feats, staged = w.meta, w.feats, self.staged_parts.pop(w.vid, [])
+        times, listed = meta["snippet_times"], int(meta.get("frames_listed") or 0)
+        self.fw.add([dict(feature_row(w.vid, meta["path"], meta["label"] or None, c, meta["fps"], meta["num_frames"],
                                       feats[:, c], meta.get("meta"), snippet_times=times,
-                                      frames_listed=listed or None, snippet_start=start),
+                                      frames_listed=listed or None, snippet_start=w.start if staged else None),
                           input_identity=meta["input_identity"], decoder=str(meta.get("decoder") or "") or None,
-                          video_snippets=st["start"] + feats.shape[0])
-                     for c in range(feats.shape[1])], whole=True, staged=st["staged"])
-        # a video's crops (and its earlier segments): one commit
+                          video_snippets=w.start + feats.shape[0])
+                     for c in range(feats.shape[1])], whole=True, staged=staged)
         if self.scorer is not None:
-            self.scorer.video(vid, meta, feats, snippets=st["start"] + feats.shape[0])
-        if st["staged"]:
-            del feats
+            self.scorer.video(w.vid, meta, feats, snippets=w.start + feats.shape[0])
+        if staged:
+            del feats, w
             give_back_memory()
 
-    def _stage(self, vid: str, st: Dict[str, Any], row: Dict[str, Any], n: int) -> None:
-        """Write a long recording's next ``n`` snippets as a part without a commit
-        marker (readers never count it alone); the video's last part commits it."""
+    def _segment(self, seg: "Segment") -> None:
+        """A long recording's next snippets, as a part without a commit marker (readers never
+        count it alone; the video's last part commits it); then scored as they come."""
         from vadclip.io.parts import write_part
 
-        run = np.concatenate(st["run"], axis=0)
-        if st["keep"]:
-            n = min(n, max(0, st["keep"] - st["start"]))   # never a padding snippet of a truncated file
-        seg, rest = run[:n], run[n:]
-        st["shape"] = run.shape[1:]
-        if st["keep"] and st["start"] + run.shape[0] > st["keep"]:
-            rest = rest[:max(0, st["keep"] - st["start"] - n)]
-        if seg.shape[0]:
-            rows = [dict(feature_row(vid, row["path"], row["label"] or None, c, row["fps"], row["num_frames"],
-                                     seg[:, c], row.get("meta"), snippet_start=st["start"]),
-                         decoder=str(row.get("decoder") or "") or None, input_identity=row["input_identity"])
-                    for c in range(seg.shape[1])]
-            name = f"part-{self.run_id}-s{self.staged:05d}.parquet"
-            schema = with_identities(self.schema)
-            if self.fw.guard is not None:
-                self.fw.guard()
-            write_part(self.output.rows_dir, name, pa.Table.from_pylist(rows, schema=schema), commit=False)
-            del rows        # written: gone before the segment is scored
-            self.staged += 1
-            st["staged"].append(name)
-            if self.scorer is not None:
-                self.scorer.segment(vid, seg, row["path"])
-        st["start"] += seg.shape[0]
-        # the rest copied out: a view would keep the whole concatenation alive until the next segment
-        st["run"], st["held"] = ([rest.copy()], rest.shape[0]) if rest.shape[0] else ([], 0)
-        del run, seg, rest
+        row = seg.row
+        rows = [dict(feature_row(seg.vid, row["path"], row["label"] or None, c, row["fps"], row["num_frames"],
+                                 seg.feats[:, c], row.get("meta"), snippet_start=seg.start),
+                     decoder=str(row.get("decoder") or "") or None, input_identity=row["input_identity"])
+                for c in range(seg.feats.shape[1])]
+        name = f"part-{self.run_id}-s{self.staged:05d}.parquet"
+        if self.fw.guard is not None:
+            self.fw.guard()
+        write_part(self.output.rows_dir, name, pa.Table.from_pylist(rows, schema=with_identities(self.schema)),
+                   commit=False)
+        del rows        # written: gone before the segment is scored
+        self.staged += 1
+        self.staged_parts.setdefault(seg.vid, []).append(name)
+        if self.scorer is not None:
+            self.scorer.segment(seg.vid, seg.feats, row["path"])
+        seg.feats = None
         give_back_memory()
 
     def progress(self) -> Dict[str, int]:
@@ -271,7 +340,7 @@ class VideoWriter(Closable):
                     "precisions": sorted(self.precisions), "node": self.node, "encoder_nodes": sorted(self.encoder_nodes),
                     "gpu_encoders": sorted(self.gpu_encoders),
                     "failures": self.failures[:1000], "parts": self.fw.parts, "staged": self.staged,
-                    "incomplete": sorted(self.pending)}
+                    "incomplete": self.assembler.incomplete()}
 
 
 class VideoSink(Sink):
