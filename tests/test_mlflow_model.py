@@ -29,6 +29,24 @@ def _register(tmp_path, name, auc=0.7, file="m.pt", seed=None):
                                       log=lambda *_: None)
 
 
+def test_a_run_given_no_store_after_one_given_a_store_goes_to_the_default(tmp_path, monkeypatch):
+    """MLflow's set_tracking_uri writes MLFLOW_TRACKING_URI into the process's environment; a
+    Python user (a notebook, the demo) who scores once into a store and then with none must
+    land in the documented default (./runs/mlflow.db), as the user's own variable would say."""
+    from vadclip.tracking.runs import use_store
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    elsewhere = f"sqlite:///{tmp_path}/other/mlflow.db"
+    use_experiment("first", elsewhere)
+    assert mlflow.get_tracking_uri() == elsewhere and "MLFLOW_TRACKING_URI" not in os.environ
+    default = use_store(None)
+    assert default == f"sqlite:///{tmp_path}/runs/mlflow.db" and mlflow.get_tracking_uri() == default
+    assert mlflow.get_experiment_by_name("first") is None        # the other store's experiment is not here
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", elsewhere)          # the user's own variable still counts
+    assert use_store(None) == elsewhere and os.environ["MLFLOW_TRACKING_URI"] == elsewhere
+
+
 def test_model_from_code_with_signature(tmp_path):
     _, uri, out = _register(tmp_path, "vad-code")
     info = mlflow.models.get_model_info("models:/vad-code@champion")

@@ -87,7 +87,16 @@ def use_store(uri: Optional[str] = None) -> str:
     os.environ.setdefault("AWS_MAX_ATTEMPTS", os.environ.get("VADCLIP_STORAGE_RETRIES", "10"))
     if uri.startswith("sqlite:///"):
         os.makedirs(os.path.dirname(uri[len("sqlite:///"):]) or ".", exist_ok=True)
+    # MLflow's set_tracking_uri also writes MLFLOW_TRACKING_URI into this process's environment,
+    # which the next call's resolve_tracking_uri would then take for the user's: a run given no
+    # store after one given a store went to that store, not to the default.  The variable is put
+    # back as it was (vadclip hands the store to its training ranks itself, never through it)
+    before = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
     return uri
 
 
