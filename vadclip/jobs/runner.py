@@ -100,14 +100,16 @@ class Job:
 def run(job: Job, log=None) -> Dict[str, Any]:
     """Drive ``job``: check, then (unless it is quiet) lease its outputs, plan, run its
     pipelines in rounds, count and finish.  Each committed part is fetched at most once
-    for the checks and the plan (:func:`vadclip.io.parts.read_once`); the leases end
-    whatever happens."""
+    (:func:`vadclip.io.parts.read_once`); the leases end whatever happens."""
     from vadclip.io.parts import read_once
 
     log = log or logging.getLogger("vadclip").info
     held: List[Any] = []
-    try:
-        with read_once():
+    # the run's writers add parts of new names and never rewrite one, so what the checks and the
+    # plan fetched of the folders' parts also serves the counts after the pipelines: a nightly run
+    # with one new recording reads each old part's footer once, not twice
+    with read_once():
+        try:
             job.check(log)
             quiet = job.quiet(log)
             if quiet is not None:
@@ -116,17 +118,17 @@ def run(job: Job, log=None) -> Dict[str, Any]:
                 out.start(job.wait_s, log)
                 held.append(out)
             job.plan(log)
-        t0 = time.time()
-        for p in job.pipelines(log):
-            run_pipeline(p, log)
-        for out in held:
-            out.finish_replacing()     # the old rows no new row replaced (their new file failed): dropped now
-        summary = job.count(t0, log)
-        job.finish(summary, log)
-        return summary
-    finally:
-        for out in reversed(held):
-            out.release()
+            t0 = time.time()
+            for p in job.pipelines(log):
+                run_pipeline(p, log)
+            for out in held:
+                out.finish_replacing()     # the old rows no new row replaced (their new file failed): dropped now
+            summary = job.count(t0, log)
+            job.finish(summary, log)
+            return summary
+        finally:
+            for out in reversed(held):
+                out.release()
 
 
 def run_pipeline(p: Pipeline, log) -> List[Dict[str, Any]]:
