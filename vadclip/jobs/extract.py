@@ -15,7 +15,6 @@ asked, videos already failed).
 from __future__ import annotations
 
 import json
-import logging
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -36,7 +35,6 @@ from vadclip.jobs.writers import VideoSink, _Pace
 from vadclip.video.decode import (VideoError, check_decoder, identity_of, same_identity, torchcodec_missing,
                                   video_file)
 
-log = logging.getLogger(__name__)
 
 
 def feature_provenance(opts: ExtractOptions, weights=None) -> Dict[str, Any]:
@@ -384,6 +382,7 @@ class ExtractJob(Job):
         self.state: Optional[_Plan] = None
         self.pipeline: Optional[Pipeline] = None
         self.t0: Optional[float] = None
+        self._idle: Optional[bool] = None
 
     def check(self, log) -> None:
         if self.checked is None:
@@ -391,7 +390,7 @@ class ExtractJob(Job):
 
     def idle(self) -> bool:
         """Nothing to run, nothing changed, nothing to correct: no lease, no commit."""
-        if not hasattr(self, "_idle"):
+        if self._idle is None:      # read once: it compares the manifest with every committed part
             self._idle = nothing_to_do(self.checked, self.retry_failed)
         return self._idle
 

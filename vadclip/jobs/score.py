@@ -702,17 +702,17 @@ class _Checked:
 
 
 
-def _nothing_new(c: _Checked, out_dir: str, videos: Optional[str], log) -> Optional[Dict[str, Any]]:
+def _nothing_new(c: _Checked, out_dir: str, extraction, log) -> Optional[Dict[str, Any]]:
     """A nightly run that finds nothing to extract and nothing to score (every video of the
     feature set has its score row or score error, no ``--rescore``) changes nothing: no
     lease (it fences no live run), no commit, the report and the tracking server left as
-    they are; only ``score_summary.json`` says it ran.  Its summary, or None when there is work."""
-    from vadclip.jobs.extract import nothing_to_do
-
+    they are; only ``score_summary.json`` says it ran.  ``extraction``: the run's
+    :class:`vadclip.jobs.extract.ExtractJob` (``--videos``), else None.  Its summary, or None
+    when there is work."""
     if c.opts.rescore != "none" or storage.exists(layout.events_dir(out_dir)):
         return None
-    if videos is not None:
-        if not nothing_to_do(c.extraction, False):
+    if extraction is not None:
+        if not extraction.idle():
             return None
         want = c.extraction.output.row_ids()
     else:
@@ -727,7 +727,7 @@ def _nothing_new(c: _Checked, out_dir: str, videos: Optional[str], log) -> Optio
                "events": totals["events"], "scored_by": totals["scored_by"], "output": _scores_dir(out_dir),
                "model_uri": c.model_uri, "model_version_uri": c.version_uri, **c.identity,
                "report": storage.join(layout.report_dir(out_dir), "index.html")}
-    if videos is not None:
+    if extraction is not None:
         summary["extract"] = {"videos_ok": 0, "videos_failed": 0, "videos_skipped": c.extraction.items.num_rows}
     storage.makedirs(out_dir)
     storage.write_text(storage.join(out_dir, layout.SCORE_SUMMARY), json.dumps(storage.redact_all(summary), indent=2))
@@ -826,7 +826,7 @@ class ScoreJob(Job):
 
     def quiet(self, log) -> Optional[Dict[str, Any]]:
         # --gt: the figures are asked for
-        return _nothing_new(self.c, self.out_dir, self.videos, log) if self.gt_path is None else None
+        return _nothing_new(self.c, self.out_dir, self.extraction, log) if self.gt_path is None else None
 
     def outputs(self) -> List[ResumableOutput]:
         storage.makedirs(self.out_dir)

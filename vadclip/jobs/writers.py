@@ -180,6 +180,15 @@ class Assembler:
         return Whole(vid, meta, feats, st["start"])
 
 
+def _crop_rows(vid: str, m: Dict[str, Any], feats: np.ndarray, **kw) -> List[Dict[str, Any]]:
+    """A video's (or a segment's) feature rows, one per crop of ``feats`` [n, crops, D], from
+    the columns ``m`` of its chunk rows; ``kw``: :func:`feature_row`'s optional columns."""
+    return [dict(feature_row(vid, m["path"], m["label"] or None, c, m["fps"], m["num_frames"], feats[:, c],
+                             m.get("meta"), **kw),
+                 decoder=str(m.get("decoder") or "") or None, input_identity=m["input_identity"])
+            for c in range(feats.shape[1])]
+
+
 class VideoWriter(Closable):
     """A Ray actor owning the videos routed to it (:func:`vadclip.jobs.output.shard_of`):
     it assembles each video's encoded chunks, and writes the video's rows (one per crop)
@@ -287,13 +296,12 @@ class VideoWriter(Closable):
         """A whole video (a long recording: its last segment): its rows, one per crop, with
         its earlier segments' parts, in one commit; then scored."""
         meta, feats, staged = w.meta, w.feats, self.staged_parts.pop(w.vid, [])
-        times, listed = meta["snippet_times"], int(meta.get("frames_listed") or 0)
-        self.fw.add([dict(feature_row(w.vid, meta["path"], meta["label"] or None, c, meta["fps"], meta["num_frames"],
-                                      feats[:, c], meta.get("meta"), snippet_times=times,
-                                      frames_listed=listed or None, snippet_start=w.start if staged else None),
-                          input_identity=meta["input_identity"], decoder=str(meta.get("decoder") or "") or None,
-                          video_snippets=w.start + feats.shape[0])
-                     for c in range(feats.shape[1])], whole=True, staged=staged)
+        rows = _crop_rows(w.vid, meta, feats, snippet_times=meta["snippet_times"],
+                          frames_listed=int(meta.get("frames_listed") or 0) or None,
+                          snippet_start=w.start if staged else None)
+        for r in rows:      # the whole recording's snippets, for the committed counts
+            r["video_snippets"] = w.start + feats.shape[0]
+        self.fw.add(rows, whole=True, staged=staged)
         if self.scorer is not None:
             self.scorer.video(w.vid, meta, feats, snippets=w.start + feats.shape[0])
         if staged:
@@ -305,11 +313,7 @@ class VideoWriter(Closable):
         count it alone; the video's last part commits it); then scored as they come."""
         from vadclip.io.parts import write_part
 
-        row = seg.row
-        rows = [dict(feature_row(seg.vid, row["path"], row["label"] or None, c, row["fps"], row["num_frames"],
-                                 seg.feats[:, c], row.get("meta"), snippet_start=seg.start),
-                     decoder=str(row.get("decoder") or "") or None, input_identity=row["input_identity"])
-                for c in range(seg.feats.shape[1])]
+        rows = _crop_rows(seg.vid, seg.row, seg.feats, snippet_start=seg.start)
         name = f"part-{self.run_id}-s{self.staged:05d}.parquet"
         if self.fw.guard is not None:
             self.fw.guard()
@@ -319,7 +323,7 @@ class VideoWriter(Closable):
         self.staged += 1
         self.staged_parts.setdefault(seg.vid, []).append(name)
         if self.scorer is not None:
-            self.scorer.segment(seg.vid, seg.feats, row["path"])
+            self.scorer.segment(seg.vid, seg.feats, seg.row["path"])
         seg.feats = None
         give_back_memory()
 
